@@ -1,0 +1,432 @@
+"""The embedded bus: Kafka's semantics on one machine, in a SQLite database in WAL mode.
+
+Durability: a record's future completes only after the transaction holding it has committed with
+``synchronous=FULL`` (the WAL is fsynced), so kill -9 of any process loses nothing that was acknowledged.
+Writes from one process are group-committed by one writer task; several processes (receiver workers) may
+share the file, SQLite serialises their transactions. Consumer groups: live members heartbeat into a table
+and each takes the partitions ``p`` with ``p % members == its rank``; a member that stops heartbeating
+for ``session_timeout_seconds`` loses its partitions, like a Kafka consumer that left the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import struct
+import time
+import uuid
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from gateway.bus import (
+    MAX_RECORD_BYTES,
+    BusUnavailable,
+    Headers,
+    OffsetTracker,
+    Record,
+    RevokeCallback,
+    TopicPartition,
+    check_record_size,
+)
+from gateway.metrics import Metrics
+from gateway.settings import EmbeddedBusSettings
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY,
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    "offset" INTEGER NOT NULL,
+    key BLOB NOT NULL,
+    value BLOB NOT NULL,
+    headers BLOB NOT NULL,
+    ts INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS records_position ON records (topic, partition, "offset");
+CREATE INDEX IF NOT EXISTS records_ts ON records (ts);
+CREATE TABLE IF NOT EXISTS log_end (
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)
+);
+CREATE TABLE IF NOT EXISTS committed (
+    grp TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL,
+    PRIMARY KEY (grp, topic, partition)
+);
+CREATE TABLE IF NOT EXISTS members (
+    grp TEXT NOT NULL,
+    member TEXT NOT NULL,
+    heartbeat REAL NOT NULL,
+    PRIMARY KEY (grp, member)
+);
+"""
+
+_MAX_BATCH_BYTES = 64 * 1024 * 1024
+_MAX_QUEUED_BYTES = 256 * 1024 * 1024
+_RETENTION_CHECK_SECONDS = 60.0
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, timeout=60.0, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute("PRAGMA busy_timeout=60000")
+    return connection
+
+
+_NAME_LENGTH = struct.Struct("<H")
+_VALUE_LENGTH = struct.Struct("<I")
+
+
+def encode_headers(headers: Headers) -> bytes:
+    parts = []
+    for name, value in headers:
+        encoded = name.encode()
+        parts += [_NAME_LENGTH.pack(len(encoded)), encoded, _VALUE_LENGTH.pack(len(value)), value]
+    return b"".join(parts)
+
+
+def decode_headers(data: bytes) -> tuple[tuple[str, bytes], ...]:
+    headers = []
+    offset = 0
+    while offset < len(data):
+        (size,) = _NAME_LENGTH.unpack_from(data, offset)
+        name = data[offset + 2 : offset + 2 + size].decode()
+        offset += 2 + size
+        (size,) = _VALUE_LENGTH.unpack_from(data, offset)
+        headers.append((name, data[offset + 4 : offset + 4 + size]))
+        offset += 4 + size
+    return tuple(headers)
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    return zlib.crc32(key) % partitions
+
+
+class EmbeddedBus:
+    kind = "embedded"
+
+    def __init__(self, directory: Path, settings: EmbeddedBusSettings, metrics: Metrics) -> None:
+        self._path = directory / "bus.sqlite3"
+        self._settings = settings
+        self._metrics = metrics
+        self._appended = asyncio.Event()
+        """Wakes this process's consumers when this process appends; other processes are seen by polling."""
+        directory.mkdir(parents=True, exist_ok=True)
+        with _connect(self._path) as connection:
+            connection.executescript(_SCHEMA)
+
+    @property
+    def partitions(self) -> int:
+        return self._settings.partitions
+
+    async def ensure_topics(self) -> None:
+        """Topics exist implicitly; nothing to create."""
+
+    @asynccontextmanager
+    async def producer(self) -> AsyncIterator[EmbeddedProducer]:
+        producer = EmbeddedProducer(self)
+        await producer.start()
+        try:
+            yield producer
+        finally:
+            await producer.stop()
+
+    @asynccontextmanager
+    async def consumer(
+        self, group: str, topics: Sequence[str], on_revoked: RevokeCallback | None = None
+    ) -> AsyncIterator[EmbeddedConsumer]:
+        consumer = EmbeddedConsumer(self, group, tuple(topics), on_revoked)
+        await consumer.join()
+        try:
+            yield consumer
+        finally:
+            await consumer.leave()
+
+    def _notify_appended(self) -> None:
+        self._appended.set()
+        self._appended = asyncio.Event()
+
+
+_Pending = tuple[str, bytes, bytes, bytes, asyncio.Future[None]]
+
+
+class EmbeddedProducer:
+    max_record_bytes = MAX_RECORD_BYTES
+
+    def __init__(self, bus: EmbeddedBus) -> None:
+        self._bus = bus
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._queued_bytes = 0
+        self._room = asyncio.Condition()
+        self._writer: asyncio.Task[None] | None = None
+        self._connection: sqlite3.Connection | None = None
+        self._next_retention_check = 0.0
+
+    async def start(self) -> None:
+        self._connection = await asyncio.to_thread(_connect, self._bus._path)
+        self._writer = asyncio.create_task(self._write_loop(), name="embedded-bus-writer")
+
+    async def stop(self) -> None:
+        """Flush what is queued, then close."""
+        await self._queue.join()
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+        if self._connection is not None:
+            await asyncio.to_thread(self._connection.close)
+
+    async def send(self, topic: str, key: bytes, value: bytes, headers: Headers = ()) -> Awaitable[None]:
+        check_record_size(key, value, headers, self.max_record_bytes)
+        if self._writer is None or self._writer.done():
+            raise BusUnavailable("embedded bus writer is not running")
+        size = len(value)
+        async with self._room:
+            await self._room.wait_for(lambda: self._queued_bytes < _MAX_QUEUED_BYTES)
+            self._queued_bytes += size
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        encoded_headers = encode_headers(headers)
+        self._queue.put_nowait((topic, bytes(key), bytes(value), encoded_headers, future))
+        return future
+
+    async def publish(self, topic: str, key: bytes, value: bytes, headers: Headers = ()) -> None:
+        await (await self.send(topic, key, value, headers))
+
+    async def _write_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            size = len(batch[0][2])
+            while not self._queue.empty() and size < _MAX_BATCH_BYTES:
+                item = self._queue.get_nowait()
+                batch.append(item)
+                size += len(item[2])
+            try:
+                await asyncio.to_thread(self._write, batch)
+            except sqlite3.Error as exc:
+                log.error("embedded bus write failed", extra={"error": str(exc), "records": len(batch)})
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(BusUnavailable(f"embedded bus write failed: {exc}"))
+                self._bus._metrics.bus_publish_failures.labels(batch[0][0]).inc(len(batch))
+            else:
+                for topic, _, value, _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+                    self._bus._metrics.bus_records_published.labels(topic).inc()
+                    self._bus._metrics.bus_bytes_published.labels(topic).inc(len(value))
+                self._bus._notify_appended()
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+                async with self._room:
+                    self._queued_bytes -= size
+                    self._room.notify_all()
+
+    def _write(self, batch: list[_Pending]) -> None:
+        assert self._connection is not None
+        connection = self._connection
+        now_ms = int(time.time() * 1000)
+        partitions = self._bus.partitions
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            ends: dict[TopicPartition, int] = {}
+            for topic, key, value, headers, _ in batch:
+                tp = (topic, partition_for(key, partitions))
+                if tp not in ends:
+                    row = connection.execute(
+                        "SELECT next_offset FROM log_end WHERE topic = ? AND partition = ?", tp
+                    ).fetchone()
+                    ends[tp] = row[0] if row else 0
+                connection.execute(
+                    'INSERT INTO records (topic, partition, "offset", key, value, headers, ts) '
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (tp[0], tp[1], ends[tp], key, value, headers, now_ms),
+                )
+                ends[tp] += 1
+            connection.executemany(
+                "INSERT INTO log_end (topic, partition, next_offset) VALUES (?, ?, ?) "
+                "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+                [(topic, partition, end) for (topic, partition), end in ends.items()],
+            )
+            if time.monotonic() >= self._next_retention_check:
+                self._next_retention_check = time.monotonic() + _RETENTION_CHECK_SECONDS
+                horizon = now_ms - int(self._bus._settings.retention_hours * 3_600_000)
+                connection.execute("DELETE FROM records WHERE ts < ?", (horizon,))
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+
+
+class EmbeddedConsumer:
+    """One member of a consumer group; fetches from the partitions the group gives it."""
+
+    def __init__(
+        self, bus: EmbeddedBus, group: str, topics: tuple[str, ...], on_revoked: RevokeCallback | None
+    ) -> None:
+        self.group = group
+        self._bus = bus
+        self._topics = topics
+        self._on_revoked = on_revoked
+        self._member = f"{group}-{uuid.uuid4()}"
+        self._connection: sqlite3.Connection | None = None
+        self._assigned: set[TopicPartition] = set()
+        self._positions: dict[TopicPartition, int] = {}
+        self._tracker = OffsetTracker()
+        self._last_heartbeat = 0.0
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._assigned)
+
+    async def join(self) -> None:
+        self._connection = await asyncio.to_thread(_connect, self._bus._path)
+        await self._rebalance()
+
+    async def leave(self) -> None:
+        """Commit what is done and leave the group, so the partitions move on without waiting for a timeout."""
+        try:
+            await self.commit()
+            await asyncio.to_thread(self._execute, "DELETE FROM members WHERE grp = ? AND member = ?",
+                                    (self.group, self._member))
+        finally:
+            if self._connection is not None:
+                await asyncio.to_thread(self._connection.close)
+
+    async def fetch(self, timeout: float = 1.0, max_records: int = 500) -> list[Record]:
+        deadline = time.monotonic() + timeout
+        while True:
+            appended = self._bus._appended
+            if time.monotonic() - self._last_heartbeat >= self._bus._settings.session_timeout_seconds / 4:
+                await self._rebalance()
+            records = await asyncio.to_thread(self._read, max_records)
+            if records:
+                for record in records:
+                    self._positions[(record.topic, record.partition)] = record.offset + 1
+                    self._tracker.fetched(record)
+                    self._bus._metrics.bus_records_consumed.labels(record.topic, self.group).inc()
+                return records
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            try:
+                await asyncio.wait_for(
+                    appended.wait(), min(remaining, self._bus._settings.poll_interval_seconds * 4)
+                )
+            except TimeoutError:
+                pass
+
+    def done(self, record: Record) -> None:
+        if (record.topic, record.partition) in self._assigned:
+            self._tracker.done(record)
+
+    async def commit(self) -> None:
+        await self._commit_partitions(self._assigned)
+
+    def _execute(self, sql: str, parameters: tuple[object, ...]) -> None:
+        assert self._connection is not None
+        self._connection.execute(sql, parameters)
+
+    def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        assert self._connection is not None
+        self._connection.executemany(
+            "INSERT INTO committed (grp, topic, partition, next_offset) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (grp, topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+            [(self.group, topic, partition, offset) for (topic, partition), offset in offsets.items()],
+        )
+
+    async def _rebalance(self) -> None:
+        assignment = await asyncio.to_thread(self._heartbeat_and_assign)
+        self._last_heartbeat = time.monotonic()
+        revoked = self._assigned - assignment
+        added = assignment - self._assigned
+        if revoked:
+            await self._commit_partitions(revoked)
+            self._tracker.forget(revoked)
+            for tp in revoked:
+                self._positions.pop(tp, None)
+            self._assigned -= revoked
+            if self._on_revoked is not None:
+                await self._on_revoked(revoked)
+        if added:
+            starts = await asyncio.to_thread(self._committed_offsets, added)
+            self._positions.update(starts)
+            self._assigned |= added
+            log.info("partitions assigned", extra={"group": self.group, "partitions": sorted(added)})
+
+    async def _commit_partitions(self, partitions: set[TopicPartition]) -> None:
+        offsets = self._tracker.take_committable(partitions)
+        if offsets:
+            await asyncio.to_thread(self._commit, offsets)
+            self._bus._metrics.bus_commits.labels(self.group).inc()
+
+    def _heartbeat_and_assign(self) -> set[TopicPartition]:
+        assert self._connection is not None
+        connection = self._connection
+        now = time.time()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            connection.execute(
+                "INSERT INTO members (grp, member, heartbeat) VALUES (?, ?, ?) "
+                "ON CONFLICT (grp, member) DO UPDATE SET heartbeat = excluded.heartbeat",
+                (self.group, self._member, now),
+            )
+            connection.execute(
+                "DELETE FROM members WHERE grp = ? AND heartbeat < ?",
+                (self.group, now - self._bus._settings.session_timeout_seconds),
+            )
+            members = [row[0] for row in connection.execute(
+                "SELECT member FROM members WHERE grp = ? ORDER BY member", (self.group,)
+            )]
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        rank, count = members.index(self._member), len(members)
+        return {
+            (topic, partition)
+            for topic in self._topics
+            for partition in range(self._bus.partitions)
+            if partition % count == rank
+        }
+
+    def _committed_offsets(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
+        assert self._connection is not None
+        starts = {}
+        for topic, partition in partitions:
+            row = self._connection.execute(
+                "SELECT next_offset FROM committed WHERE grp = ? AND topic = ? AND partition = ?",
+                (self.group, topic, partition),
+            ).fetchone()
+            if row is None:
+                row = self._connection.execute(
+                    'SELECT COALESCE(MIN("offset"), 0) FROM records WHERE topic = ? AND partition = ?',
+                    (topic, partition),
+                ).fetchone()
+            starts[(topic, partition)] = row[0]
+        return starts
+
+    def _read(self, max_records: int) -> list[Record]:
+        assert self._connection is not None
+        records: list[Record] = []
+        budget = _MAX_BATCH_BYTES
+        for (topic, partition), position in sorted(self._positions.items()):
+            rows = self._connection.execute(
+                'SELECT "offset", key, value, headers, ts FROM records '
+                'WHERE topic = ? AND partition = ? AND "offset" >= ? ORDER BY "offset" LIMIT ?',
+                (topic, partition, position, max_records - len(records)),
+            )
+            for offset, key, value, headers, ts in rows:
+                records.append(Record(topic, partition, offset, key, value, decode_headers(headers), ts))
+                budget -= len(value)
+                if budget <= 0 or len(records) >= max_records:
+                    return records
+        return records

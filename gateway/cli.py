@@ -1,0 +1,78 @@
+"""The ``dicom-gateway`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import orjson
+import uvloop
+
+from gateway import logs
+from gateway.app import build_bus, build_roles
+from gateway.metrics import Metrics
+from gateway.runtime import RoleCrashed, run_roles
+from gateway.settings import ROLES, Settings, SettingsError, load_settings
+
+log = logging.getLogger("gateway")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dicom-gateway",
+        description="DICOM ingestion gateway: receive studies, keep them durable, forward them to the archive.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the gateway (every role, or those named with --role)")
+    run.add_argument("--role", action="append", choices=ROLES, dest="roles",
+                     help="run only this role (repeatable); default: every role")
+    run.add_argument("--config", type=Path, help="YAML settings file (environment variables override it)")
+    run.set_defaults(func=_run)
+
+    show = commands.add_parser("settings", help="print the effective settings as JSON, secrets masked")
+    show.add_argument("--config", type=Path, help="YAML settings file")
+    show.set_defaults(func=_show_settings)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SettingsError as exc:
+        print(f"dicom-gateway: {exc}", file=sys.stderr)
+        return 2
+
+
+def _show_settings(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    print(orjson.dumps(settings.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    logs.configure(settings.log.level, settings.log.json_format)
+    roles = args.roles or list(ROLES)
+    try:
+        uvloop.run(_serve(settings, roles))
+    except RoleCrashed:
+        return 1
+    return 0
+
+
+async def _serve(settings: Settings, roles: list[str]) -> None:
+    metrics = Metrics()
+    bus = build_bus(settings, metrics)
+    if bus.kind == "embedded":
+        log.info("no Kafka configured: using the embedded bus", extra={"data_dir": str(settings.data_dir)})
+    await bus.ensure_topics()
+    await run_roles(settings, build_roles(roles, settings, bus, metrics), metrics)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

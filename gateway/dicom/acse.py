@@ -1,0 +1,166 @@
+"""Association establishment (PS3.8 section 7.1): who may associate, and which contexts we accept.
+
+The PDUs are decoded and encoded with pynetdicom's codecs and presentation contexts negotiated with its
+``negotiate_as_acceptor``; the policy (AE allow-list, called AE, limits) is ours.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from functools import cache
+
+from pydicom.uid import AllTransferSyntaxes
+from pynetdicom import AllStoragePresentationContexts
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation,
+)
+from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
+
+from gateway.settings import AllowedAE, DicomSettings
+
+APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+VERIFICATION = "1.2.840.10008.1.1"
+IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.9.7433.1.1"
+IMPLEMENTATION_VERSION = "DICOMGW_010"
+
+# A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)
+REJECT_APPLICATION_CONTEXT = (0x01, 0x01, 0x02)
+REJECT_PROTOCOL_VERSION = (0x01, 0x02, 0x02)
+REJECT_TOO_MANY = (0x02, 0x03, 0x02)
+
+
+def storage_sop_classes() -> list[str]:
+    return [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
+
+
+@cache
+def supported_contexts() -> tuple[PresentationContext, ...]:
+    """Verification and every storage SOP class pydicom knows, with every transfer syntax: we store bytes
+    as received and never transcode, so any encoding a sender offers is fine."""
+    contexts = []
+    for uid in [VERIFICATION, *storage_sop_classes()]:
+        context = PresentationContext()
+        context.abstract_syntax = uid
+        context.transfer_syntax = [str(ts) for ts in AllTransferSyntaxes]
+        context.scp_role = True
+        context.scu_role = False
+        contexts.append(context)
+    return tuple(contexts)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    pdu: bytes
+    calling_ae: str
+    called_ae: str
+    peer_max_pdu: int
+    """Largest P-DATA-TF the requestor accepts from us (0 = unlimited)."""
+    contexts: dict[int, str] = field(default_factory=dict)
+    """Accepted presentation context ID -> transfer syntax UID."""
+    abstract_syntaxes: dict[int, str] = field(default_factory=dict)
+    caller: AllowedAE | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    pdu: bytes
+    reason: str
+    calling_ae: str
+    called_ae: str
+
+
+def reject_pdu(result: int, source: int, diagnostic: int) -> bytes:
+    primitive = A_ASSOCIATE()
+    primitive.result = result
+    primitive.result_source = source
+    primitive.diagnostic = diagnostic
+    pdu = A_ASSOCIATE_RJ()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())
+
+
+def find_caller(settings: DicomSettings, calling_ae: str, peer_ip: str) -> AllowedAE | None:
+    address = ipaddress.ip_address(peer_ip) if peer_ip else None
+    for entry in settings.allowed_aes:
+        if entry.ae_title != calling_ae:
+            continue
+        if not entry.networks or (address is not None and any(address in net for net in entry.networks)):
+            return entry
+    return None
+
+
+def negotiate(pdu: bytes, settings: DicomSettings, peer_ip: str, open_associations: int) -> Accepted | Rejected:
+    """Answer an A-ASSOCIATE-RQ PDU (whole, header included). Raises ValueError if it does not decode."""
+    request = A_ASSOCIATE_RQ()
+    try:
+        request.decode(pdu)
+        primitive = request.to_primitive()
+    except Exception as exc:
+        raise ValueError(f"A-ASSOCIATE-RQ does not decode: {exc}") from exc
+    calling = (primitive.calling_ae_title or "").strip()
+    called = (primitive.called_ae_title or "").strip()
+
+    def rejected(rsd: tuple[int, int, int], reason: str) -> Rejected:
+        return Rejected(reject_pdu(*rsd), reason, calling, called)
+
+    if not request.protocol_version & 0x0001:
+        return rejected(REJECT_PROTOCOL_VERSION, "protocol version not supported")
+    if str(primitive.application_context_name) != APPLICATION_CONTEXT:
+        return rejected(REJECT_APPLICATION_CONTEXT, "application context name not supported")
+    if called != settings.ae_title:
+        return rejected(REJECT_CALLED_AE, "called AE title not recognised")
+    caller = find_caller(settings, calling, peer_ip)
+    if settings.allowed_aes and caller is None:
+        return rejected(REJECT_CALLING_AE, "calling AE title or its address not allowed")
+    if open_associations > settings.max_associations:
+        return rejected(REJECT_TOO_MANY, "too many associations open")
+
+    peer_max_pdu = 0
+    roles: dict[str, tuple[bool | None, bool | None]] = {}
+    for item in primitive.user_information:
+        if isinstance(item, MaximumLengthNotification):
+            peer_max_pdu = item.maximum_length_received or 0
+        elif isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid is not None:
+            roles[item.sop_class_uid] = (item.scu_role, item.scp_role)
+
+    results, role_items = negotiate_as_acceptor(
+        primitive.presentation_context_definition_list, list(supported_contexts()), roles  # type: ignore[arg-type]
+    )
+    accepted = [cx for cx in results if cx.result == 0x00]
+
+    answer = A_ASSOCIATE()
+    answer.application_context_name = APPLICATION_CONTEXT
+    answer.calling_ae_title = primitive.calling_ae_title
+    answer.called_ae_title = primitive.called_ae_title
+    answer.result = 0x00
+    answer.result_source = 0x01
+    answer.presentation_context_definition_results_list = results
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = settings.max_pdu_length
+    class_uid = ImplementationClassUIDNotification()
+    class_uid.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    version = ImplementationVersionNameNotification()
+    version.implementation_version_name = IMPLEMENTATION_VERSION
+    answer.user_information = [max_length, class_uid, version, *role_items]
+    pdu_ac = A_ASSOCIATE_AC()
+    pdu_ac.from_primitive(answer)
+    return Accepted(
+        pdu=bytes(pdu_ac.encode()),
+        calling_ae=calling,
+        called_ae=called,
+        peer_max_pdu=peer_max_pdu,
+        contexts={cx.context_id: str(cx.transfer_syntax[0]) for cx in accepted if cx.context_id is not None},
+        abstract_syntaxes={
+            cx.context_id: str(cx.abstract_syntax) for cx in accepted if cx.context_id is not None
+        },
+        caller=caller,
+    )
+

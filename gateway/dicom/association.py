@@ -1,0 +1,319 @@
+"""One association as the acceptor (PS3.8 upper layer, PS3.7 DIMSE), on an asyncio stream.
+
+PDUs are framed here and P-DATA-TF is split into PDVs with memoryviews, so data-set fragments go to the
+C-STORE handler without being copied into a whole-instance buffer. DIMSE dispatch is a table from Command
+Field to handler; the asynchronous operations window stays 1/1 (we do not offer more), so one request is
+in progress at a time. Anything malformed or out of order is answered with A-ABORT and logged; it never
+escapes as an exception from ``run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+from pynetdicom.pdu import A_ABORT_RQ, A_RELEASE_RP
+
+from gateway.bus import Producer
+from gateway.dicom import acse, dimse
+from gateway.errors import DicomStatusError
+from gateway.logs import bind
+from gateway.metrics import Metrics
+from gateway.publish import InstancePublisher, Origin
+from gateway.settings import DicomSettings
+
+log = logging.getLogger(__name__)
+
+A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ = 0x01, 0x02, 0x03
+P_DATA_TF, A_RELEASE_RQ, A_RELEASE_RP_TYPE, A_ABORT = 0x04, 0x05, 0x06, 0x07
+ASSOCIATE_RQ_LIMIT = 1024 * 1024
+COMMAND_LIMIT = 64 * 1024
+
+# A-ABORT service-provider reasons, PS3.8 9.3.8
+REASON_NOT_SPECIFIED = 0
+REASON_UNRECOGNIZED_PDU = 1
+REASON_UNEXPECTED_PDU = 2
+REASON_INVALID_PARAMETER = 6
+
+_HEADER = struct.Struct(">BBI")
+_PDV_HEADER = struct.Struct(">IBB")
+RELEASE_RP = bytes(A_RELEASE_RP().encode())
+
+
+def abort_pdu(source: int, reason: int) -> bytes:
+    pdu = A_ABORT_RQ()
+    pdu.source = source
+    pdu.reason_diagnostic = reason
+    return bytes(pdu.encode())
+
+
+class ProtocolError(Exception):
+    """The peer broke the upper-layer protocol; we abort with ``reason``."""
+
+    def __init__(self, reason: int, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class _Store:
+    """The C-STORE in progress: its request and the publisher receiving its data set."""
+
+    request: Dataset
+    context_id: int
+    publisher: InstancePublisher
+    error: DicomStatusError | None = None
+
+
+class Association:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        settings: DicomSettings,
+        producer: Producer,
+        topic: str,
+        metrics: Metrics,
+        open_associations: Callable[[], int],
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._settings = settings
+        self._producer = producer
+        self._topic = topic
+        self._metrics = metrics
+        self._open_associations = open_associations
+        peer = writer.get_extra_info("peername") or ("", 0)
+        self._peer_ip = str(peer[0])
+        self._peer = f"{peer[0]}:{peer[1]}"
+        self.id = uuid.uuid4().hex[:12]
+        self._accepted: acse.Accepted | None = None
+        self._command = bytearray()
+        self._command_context = 0
+        self._store: _Store | None = None
+        self._handlers: dict[int, Callable[[Dataset, int], Awaitable[None]]] = {
+            dimse.C_ECHO_RQ: self._c_echo,
+            dimse.C_STORE_RQ: self._c_store,
+        }
+
+    async def run(self) -> None:
+        bind(association=self.id, peer=self._peer)
+        try:
+            await self._establish()
+            if self._accepted is not None:
+                await self._serve()
+        except ProtocolError as exc:
+            self._metrics.protocol_errors.labels(_REASONS.get(exc.reason, "other")).inc()
+            log.warning("protocol error, aborting association", extra={"reason": str(exc)})
+            await self._send(abort_pdu(2, exc.reason))
+        except TimeoutError:
+            log.warning("association timed out, aborting")
+            self._metrics.associations.labels("timeout").inc()
+            await self._send(abort_pdu(2, REASON_NOT_SPECIFIED))
+        except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
+            log.info("connection closed by peer", extra={"error": type(exc).__name__})
+        finally:
+            if self._store is not None:
+                await self._store.publisher.abort("association ended before the data set was complete")
+                log.warning("instance incomplete when the association ended; nothing acknowledged",
+                            extra={"sop_instance_uid": str(self._store.request.get("AffectedSOPInstanceUID", ""))})
+            self._writer.close()
+
+    async def _read_pdu(self, limit: int) -> tuple[int, bytes]:
+        header = await self._reader.readexactly(6)
+        pdu_type, _, length = _HEADER.unpack(header)
+        if pdu_type not in (A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, P_DATA_TF, A_RELEASE_RQ,
+                            A_RELEASE_RP_TYPE, A_ABORT):
+            raise ProtocolError(REASON_UNRECOGNIZED_PDU, f"unrecognised PDU type 0x{pdu_type:02x}")
+        if length > limit:
+            raise ProtocolError(REASON_INVALID_PARAMETER, f"PDU of {length} bytes exceeds the limit of {limit}")
+        return pdu_type, header + await self._reader.readexactly(length)
+
+    async def _establish(self) -> None:
+        async with asyncio.timeout(self._settings.acse_timeout_seconds):
+            pdu_type, pdu = await self._read_pdu(ASSOCIATE_RQ_LIMIT)
+        if pdu_type == A_ABORT:
+            return
+        if pdu_type != A_ASSOCIATE_RQ:
+            raise ProtocolError(REASON_UNEXPECTED_PDU, f"PDU type 0x{pdu_type:02x} before A-ASSOCIATE-RQ")
+        try:
+            outcome = acse.negotiate(pdu, self._settings, self._peer_ip, self._open_associations())
+        except ValueError as exc:
+            raise ProtocolError(REASON_INVALID_PARAMETER, str(exc)) from exc
+        bind(calling_ae=outcome.calling_ae, called_ae=outcome.called_ae)
+        await self._send(outcome.pdu)
+        if isinstance(outcome, acse.Rejected):
+            self._metrics.associations.labels("rejected").inc()
+            log.warning("association rejected", extra={"reason": outcome.reason})
+            return
+        self._accepted = outcome
+        self._metrics.associations.labels("accepted").inc()
+        log.info("association accepted", extra={"contexts": len(outcome.contexts)})
+
+    async def _serve(self) -> None:
+        assert self._accepted is not None
+        while True:
+            timeout = self._settings.dimse_timeout_seconds if self._store else self._settings.network_timeout_seconds
+            async with asyncio.timeout(timeout):
+                pdu_type, pdu = await self._read_pdu(self._settings.max_pdu_length)
+            if pdu_type == P_DATA_TF:
+                await self._p_data(memoryview(pdu)[6:])
+            elif pdu_type == A_RELEASE_RQ:
+                if self._store is not None:
+                    raise ProtocolError(REASON_UNEXPECTED_PDU, "A-RELEASE-RQ in the middle of a data set")
+                await self._send(RELEASE_RP)
+                self._metrics.associations.labels("released").inc()
+                log.info("association released")
+                return
+            elif pdu_type == A_ABORT:
+                self._metrics.associations.labels("aborted_by_peer").inc()
+                log.warning("association aborted by peer")
+                return
+            else:
+                raise ProtocolError(REASON_UNEXPECTED_PDU, f"unexpected PDU type 0x{pdu_type:02x}")
+
+    async def _p_data(self, body: memoryview) -> None:
+        assert self._accepted is not None
+        offset, end = 0, len(body)
+        while offset < end:
+            if end - offset < _PDV_HEADER.size:
+                raise ProtocolError(REASON_INVALID_PARAMETER, "PDV header truncated")
+            length, context_id, control = _PDV_HEADER.unpack_from(body, offset)
+            if length < 2 or offset + 4 + length > end:
+                raise ProtocolError(REASON_INVALID_PARAMETER, "PDV longer than its PDU")
+            if context_id not in self._accepted.contexts:
+                raise ProtocolError(REASON_INVALID_PARAMETER, f"PDV on presentation context {context_id} "
+                                    "that was not accepted")
+            fragment = body[offset + 6 : offset + 4 + length]
+            offset += 4 + length
+            if control & 0x01:
+                await self._command_fragment(context_id, fragment, last=bool(control & 0x02))
+            else:
+                await self._data_fragment(context_id, fragment, last=bool(control & 0x02))
+
+    async def _command_fragment(self, context_id: int, fragment: memoryview, last: bool) -> None:
+        if self._store is not None:
+            raise ProtocolError(REASON_UNEXPECTED_PDU, "command received while a data set was expected")
+        if self._command and context_id != self._command_context:
+            raise ProtocolError(REASON_INVALID_PARAMETER, "command fragments on different contexts")
+        self._command_context = context_id
+        self._command += fragment
+        if len(self._command) > COMMAND_LIMIT:
+            raise ProtocolError(REASON_INVALID_PARAMETER, "command set larger than 64 KiB")
+        if not last:
+            return
+        data, self._command = bytes(self._command), bytearray()
+        try:
+            command = dimse.decode_command(data)
+        except ValueError as exc:
+            raise ProtocolError(REASON_INVALID_PARAMETER, str(exc)) from exc
+        handler = self._handlers.get(command.CommandField, self._unrecognized)
+        await handler(command, context_id)
+
+    async def _data_fragment(self, context_id: int, fragment: memoryview, last: bool) -> None:
+        store = self._store
+        if store is None or context_id != store.context_id:
+            raise ProtocolError(REASON_UNEXPECTED_PDU, "data set fragment without a C-STORE request")
+        if store.error is None:
+            try:
+                await store.publisher.write(fragment)
+            except DicomStatusError as exc:
+                store.error = exc
+                await store.publisher.abort(exc.comment)
+        if last:
+            self._store = None
+            await self._finish_store(store)
+
+    async def _send(self, data: bytes) -> None:
+        try:
+            self._writer.write(data)
+            await self._writer.drain()
+        except (ConnectionError, OSError):
+            pass
+
+    async def _send_command(self, context_id: int, command: bytes) -> None:
+        """Send a command set as P-DATA-TF, fragmented to the peer's maximum PDU length."""
+        assert self._accepted is not None
+        room = self._accepted.peer_max_pdu - 6 if self._accepted.peer_max_pdu else len(command)
+        room = max(room, 1)
+        pdus = []
+        for start in range(0, len(command), room):
+            piece = command[start : start + room]
+            control = 0x01 | (0x02 if start + room >= len(command) else 0x00)
+            pdv = _PDV_HEADER.pack(len(piece) + 2, context_id, control) + piece
+            pdus.append(_HEADER.pack(P_DATA_TF, 0, len(pdv)) + pdv)
+        await self._send(b"".join(pdus))
+
+    async def _respond(self, request: Dataset, context_id: int, status: int, comment: str | None = None) -> None:
+        command_field = request.CommandField | 0x8000
+        await self._send_command(context_id, dimse.response(request, command_field, status, comment))
+        self._metrics.dimse_statuses.labels(f"0x{command_field:04x}", f"0x{status:04x}").inc()
+
+    async def _c_echo(self, request: Dataset, context_id: int) -> None:
+        await self._respond(request, context_id, dimse.SUCCESS)
+
+    async def _c_store(self, request: Dataset, context_id: int) -> None:
+        assert self._accepted is not None
+        if request.get("CommandDataSetType", dimse.NO_DATA_SET) == dimse.NO_DATA_SET:
+            raise ProtocolError(REASON_INVALID_PARAMETER, "C-STORE-RQ without a data set")
+        caller = self._accepted.caller
+        origin = Origin(
+            calling_ae=self._accepted.calling_ae,
+            called_ae=self._accepted.called_ae,
+            peer=self._peer,
+            organization=caller.organization if caller else "",
+            organization_oid=caller.organization_oid if caller else "",
+        )
+        publisher = InstancePublisher(
+            self._producer,
+            self._topic,
+            origin,
+            transfer_syntax=self._accepted.contexts[context_id],
+            sop_class_uid=str(request.get("AffectedSOPClassUID", "")),
+            sop_instance_uid=str(request.get("AffectedSOPInstanceUID", "")),
+            correlation_id=f"{self.id}-{request.MessageID}",
+            max_instance_bytes=self._settings.max_instance_bytes,
+        )
+        self._store = _Store(request, context_id, publisher)
+
+    async def _finish_store(self, store: _Store) -> None:
+        request = store.request
+        error = store.error
+        if error is None:
+            started = asyncio.get_running_loop().time()
+            try:
+                published = await store.publisher.finish(self._settings.publish_timeout_seconds)
+            except DicomStatusError as exc:
+                error = exc
+                await store.publisher.abort(exc.comment)
+            else:
+                self._metrics.publish_latency.observe(asyncio.get_running_loop().time() - started)
+                self._metrics.instances_received.inc()
+                self._metrics.bytes_received.inc(published.size)
+                log.debug("instance durable", extra={"instance_id": published.instance_id,
+                                                     "sop_instance_uid": published.sop_instance_uid})
+                await self._respond(request, store.context_id, dimse.SUCCESS)
+                return
+        log.warning("C-STORE refused", extra={
+            "status": f"0x{error.status:04x}", "reason": error.comment,
+            "sop_instance_uid": str(request.get("AffectedSOPInstanceUID", "")),
+        })
+        await self._respond(request, store.context_id, error.status, error.comment)
+
+    async def _unrecognized(self, request: Dataset, context_id: int) -> None:
+        if request.get("CommandDataSetType", dimse.NO_DATA_SET) != dimse.NO_DATA_SET:
+            raise ProtocolError(REASON_UNEXPECTED_PDU, f"unsupported command 0x{request.CommandField:04x}")
+        await self._respond(request, context_id, dimse.UNRECOGNIZED_OPERATION)
+
+
+_REASONS = {
+    REASON_NOT_SPECIFIED: "not_specified",
+    REASON_UNRECOGNIZED_PDU: "unrecognized_pdu",
+    REASON_UNEXPECTED_PDU: "unexpected_pdu",
+    REASON_INVALID_PARAMETER: "invalid_parameter",
+}

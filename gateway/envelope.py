@@ -1,0 +1,60 @@
+"""What travels on the bus for each received instance, so that no later stage re-parses the header.
+
+An instance is a run of records on the instances topic, all keyed by its Study Instance UID (one partition,
+in order): zero or more ``chunk`` records, then one ``end`` record that carries the last bytes and the
+envelope. A consumer acts on an instance only once its ``end`` arrives and size and SHA-256 match; an
+``abort`` record (or a run with no end) means the sender failed mid-instance and the chunks are discarded.
+Chunks hold the data set bytes exactly as received, without the Part 10 file meta the gateway adds on storage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+
+KIND = "gw-kind"
+INSTANCE = "gw-instance"
+SEQUENCE = "gw-seq"
+ENVELOPE = "gw-envelope"
+
+CHUNK = b"chunk"
+END = b"end"
+ABORT = b"abort"
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceEnvelope:
+    instance_id: str
+    """Unique per receive attempt: a re-sent instance gets a new one, and duplicates are resolved downstream."""
+    correlation_id: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    patient_id: str
+    issuer_of_patient_id: str
+    accession_number: str
+    modality: str
+    study_date: str
+    study_time: str
+    transfer_syntax_uid: str
+    size: int
+    sha256: str
+    chunks: int
+    calling_ae: str
+    called_ae: str
+    peer: str
+    organization: str
+    organization_oid: str
+    received_at: str
+    """UTC, ISO 8601."""
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, data: bytes) -> InstanceEnvelope:
+        values: dict[str, Any] = orjson.loads(data)
+        return cls(**values)

@@ -1,0 +1,55 @@
+"""Every metric the gateway exports, in one place, on a registry the caller owns (tests pass their own).
+
+Names use the ``dicomgw_`` prefix and base units; no UID is ever a label.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.up = Gauge("dicomgw_ready", "1 while the process accepts work", registry=r)
+        self.bus_records_published = Counter(
+            "dicomgw_bus_records_published_total", "Records made durable on the bus", ["topic"], registry=r
+        )
+        self.bus_bytes_published = Counter(
+            "dicomgw_bus_published_bytes_total", "Record value bytes made durable on the bus", ["topic"], registry=r
+        )
+        self.bus_publish_failures = Counter(
+            "dicomgw_bus_publish_failures_total", "Publishes that did not become durable", ["topic"], registry=r
+        )
+        self.bus_records_consumed = Counter(
+            "dicomgw_bus_records_consumed_total", "Records handed to a consumer", ["topic", "group"], registry=r
+        )
+        self.bus_commits = Counter(
+            "dicomgw_bus_offset_commits_total", "Offset commits made by consumers", ["group"], registry=r
+        )
+        self.associations_open = Gauge("dicomgw_associations_open", "Associations currently open", registry=r)
+        self.associations = Counter(
+            "dicomgw_associations_total", "Associations by outcome", ["outcome"], registry=r
+        )
+        self.instances_received = Counter(
+            "dicomgw_instances_received_total", "Instances acknowledged with C-STORE Success", registry=r
+        )
+        self.bytes_received = Counter(
+            "dicomgw_received_bytes_total", "Data set bytes of acknowledged instances", registry=r
+        )
+        self.dimse_statuses = Counter(
+            "dicomgw_dimse_responses_total", "DIMSE responses sent", ["command", "status"], registry=r
+        )
+        self.publish_latency = Histogram(
+            "dicomgw_instance_publish_seconds",
+            "From the last fragment received to the whole instance durable on the bus",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.protocol_errors = Counter(
+            "dicomgw_protocol_errors_total", "Malformed or out-of-order input that aborted an association",
+            ["reason"], registry=r,
+        )

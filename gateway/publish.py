@@ -1,0 +1,277 @@
+"""Publishing one received instance into the bus as its fragments arrive, never holding it whole.
+
+The first bytes are kept until the header up to Series Instance UID parses (the key and the envelope need
+it); from then on the data set is cut into records of just under 1 MiB and sent, with a bounded number
+in flight. ``finish`` sends the last bytes with the envelope and returns only once every record is
+durable: that is when the receiver may answer C-STORE Success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import logging
+import uuid
+import zlib
+from collections import deque
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+
+from gateway import envelope
+from gateway.bus import MAX_RECORD_BYTES, BusError, Producer
+from gateway.envelope import InstanceEnvelope
+from gateway.errors import CannotUnderstand, DataSetMismatch, OutOfResources
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = MAX_RECORD_BYTES - 16 * 1024
+"""Data per record; the rest of the 1 MiB record is left for the key and headers (the envelope)."""
+IN_FLIGHT_CHUNKS = 4
+HEADER_LIMIT_BYTES = 8 * 1024 * 1024
+_FIRST_PARSE_AT = 16 * 1024
+_LAST_HEADER_TAG = 0x0020000E
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_IMPLICIT_LITTLE = "1.2.840.10008.1.2"
+_EXPLICIT_BIG = "1.2.840.10008.1.2.2"
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where an instance came from: the association's side of the envelope."""
+
+    calling_ae: str
+    called_ae: str
+    peer: str
+    organization: str
+    organization_oid: str
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    patient_id: str
+    issuer_of_patient_id: str
+    accession_number: str
+    modality: str
+    study_date: str
+    study_time: str
+
+
+def _text(dataset: Dataset, keyword: str) -> str:
+    value = dataset.get(keyword)
+    return "" if value is None else str(value).strip()
+
+
+def _issuer(dataset: Dataset) -> str:
+    issuer = _text(dataset, "IssuerOfPatientID")
+    if issuer:
+        return issuer
+    for item in dataset.get("IssuerOfPatientIDQualifiersSequence") or []:
+        entity = _text(item, "UniversalEntityID")
+        if entity:
+            return entity
+    return ""
+
+
+def parse_header(prefix: bytes, transfer_syntax: str, complete: bool) -> Header | None:
+    """The header from the first bytes of a data set; None while more bytes are needed to reach it."""
+    stream = io.BytesIO(prefix)
+    try:
+        dataset = read_dataset(
+            stream,
+            is_implicit_VR=transfer_syntax == _IMPLICIT_LITTLE,
+            is_little_endian=transfer_syntax != _EXPLICIT_BIG,
+            stop_when=lambda tag, vr, length: tag > _LAST_HEADER_TAG,
+        )
+        reached = stream.tell() < len(prefix)
+        if not reached and not complete:
+            return None
+        header = Header(
+            sop_class_uid=_text(dataset, "SOPClassUID"),
+            sop_instance_uid=_text(dataset, "SOPInstanceUID"),
+            study_instance_uid=_text(dataset, "StudyInstanceUID"),
+            series_instance_uid=_text(dataset, "SeriesInstanceUID"),
+            patient_id=_text(dataset, "PatientID"),
+            issuer_of_patient_id=_issuer(dataset),
+            accession_number=_text(dataset, "AccessionNumber"),
+            modality=_text(dataset, "Modality"),
+            study_date=_text(dataset, "StudyDate"),
+            study_time=_text(dataset, "StudyTime"),
+        )
+    except Exception as exc:
+        if not complete:
+            return None
+        raise CannotUnderstand(f"data set does not parse: {type(exc).__name__}") from exc
+    return header
+
+
+def _consume_outcome(delivery: asyncio.Future[None]) -> None:
+    if not delivery.cancelled():
+        delivery.exception()
+
+
+class InstancePublisher:
+    """Streams one instance of one C-STORE into the instances topic."""
+
+    def __init__(
+        self,
+        producer: Producer,
+        topic: str,
+        origin: Origin,
+        transfer_syntax: str,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        correlation_id: str,
+        max_instance_bytes: int,
+    ) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._origin = origin
+        self._transfer_syntax = transfer_syntax
+        self._sop_class_uid = sop_class_uid
+        self._sop_instance_uid = sop_instance_uid
+        self._correlation_id = correlation_id
+        self._max_instance_bytes = max_instance_bytes
+        self.instance_id = uuid.uuid4().hex
+        self._received_at = datetime.now(UTC).isoformat()
+        self._sha256 = hashlib.sha256()
+        self._size = 0
+        self._buffer = bytearray()
+        self._header: Header | None = None
+        self._key = b""
+        self._next_parse_at = _FIRST_PARSE_AT
+        self._inflater = zlib.decompressobj(-zlib.MAX_WBITS) if transfer_syntax == _DEFLATED else None
+        self._inflated = bytearray()
+        self._sequence = 0
+        self._in_flight: deque[Awaitable[None]] = deque()
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    async def write(self, fragment: memoryview) -> None:
+        """Take the next fragment of the data set. Raises DicomStatusError once the instance is refused."""
+        self._size += len(fragment)
+        if self._size > self._max_instance_bytes:
+            raise OutOfResources(f"instance exceeds the {self._max_instance_bytes}-byte limit")
+        self._sha256.update(fragment)
+        self._buffer += fragment
+        if self._header is None:
+            self._try_header(complete=False, fragment=fragment)
+        while self._header is not None and len(self._buffer) > CHUNK_BYTES:
+            chunk = self._buffer
+            self._buffer = bytearray(chunk[CHUNK_BYTES:])
+            del chunk[CHUNK_BYTES:]
+            await self._send(chunk, envelope.CHUNK)
+
+    async def finish(self, timeout: float) -> InstanceEnvelope:
+        """Send the rest with the envelope; return once every record of the instance is durable."""
+        if self._header is None:
+            self._try_header(complete=True)
+        assert self._header is not None
+        header = self._header
+        result = InstanceEnvelope(
+            instance_id=self.instance_id,
+            correlation_id=self._correlation_id,
+            sop_class_uid=header.sop_class_uid,
+            sop_instance_uid=header.sop_instance_uid,
+            study_instance_uid=header.study_instance_uid,
+            series_instance_uid=header.series_instance_uid,
+            patient_id=header.patient_id,
+            issuer_of_patient_id=header.issuer_of_patient_id,
+            accession_number=header.accession_number,
+            modality=header.modality,
+            study_date=header.study_date,
+            study_time=header.study_time,
+            transfer_syntax_uid=self._transfer_syntax,
+            size=self._size,
+            sha256=self._sha256.hexdigest(),
+            chunks=self._sequence + 1,
+            calling_ae=self._origin.calling_ae,
+            called_ae=self._origin.called_ae,
+            peer=self._origin.peer,
+            organization=self._origin.organization,
+            organization_oid=self._origin.organization_oid,
+            received_at=self._received_at,
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                await self._send(self._buffer, envelope.END, result.to_json())
+                while self._in_flight:
+                    await self._in_flight.popleft()
+        except TimeoutError as exc:
+            raise OutOfResources("bus did not confirm the instance in time") from exc
+        except BusError as exc:
+            raise OutOfResources(f"bus unavailable: {exc}") from exc
+        return result
+
+    async def abort(self, reason: str) -> None:
+        """Tell consumers to drop what was sent of this instance (best effort: they also time orphans out)."""
+        for delivery in self._in_flight:
+            asyncio.ensure_future(delivery).add_done_callback(_consume_outcome)
+        self._in_flight.clear()
+        if self._sequence == 0 or not self._key:
+            return
+        try:
+            async with asyncio.timeout(5):
+                await self._producer.publish(
+                    self._topic, self._key, reason.encode()[:1024], self._headers(envelope.ABORT)
+                )
+        except (TimeoutError, BusError) as exc:
+            log.warning("abort marker not published", extra={"instance_id": self.instance_id, "error": str(exc)})
+
+    def _headers(self, kind: bytes, envelope_json: bytes | None = None) -> list[tuple[str, bytes]]:
+        headers = [
+            (envelope.KIND, kind),
+            (envelope.INSTANCE, self.instance_id.encode()),
+            (envelope.SEQUENCE, str(self._sequence).encode()),
+        ]
+        if envelope_json is not None:
+            headers.append((envelope.ENVELOPE, envelope_json))
+        return headers
+
+    async def _send(self, data: bytearray, kind: bytes, envelope_json: bytes | None = None) -> None:
+        try:
+            if len(self._in_flight) >= IN_FLIGHT_CHUNKS:
+                await self._in_flight.popleft()
+            delivery = await self._producer.send(
+                self._topic, self._key, bytes(data), self._headers(kind, envelope_json)
+            )
+        except BusError as exc:
+            raise OutOfResources(f"bus unavailable: {exc}") from exc
+        self._in_flight.append(delivery)
+        self._sequence += 1
+
+    def _try_header(self, complete: bool, fragment: memoryview | None = None) -> None:
+        if self._inflater is not None:
+            if fragment is not None:
+                self._inflated += self._inflater.decompress(fragment, HEADER_LIMIT_BYTES - len(self._inflated))
+            prefix = self._inflated
+        else:
+            prefix = self._buffer
+        if not complete and len(prefix) < self._next_parse_at:
+            return
+        if not complete and len(prefix) >= HEADER_LIMIT_BYTES:
+            raise CannotUnderstand("header before Series Instance UID exceeds 8 MiB")
+        self._next_parse_at = 2 * len(prefix)
+        header = parse_header(bytes(prefix), self._transfer_syntax, complete)
+        if header is None:
+            return
+        if not header.study_instance_uid:
+            raise CannotUnderstand("data set has no Study Instance UID")
+        if header.sop_class_uid != self._sop_class_uid:
+            raise DataSetMismatch("SOP Class UID differs from the C-STORE request")
+        if header.sop_instance_uid != self._sop_instance_uid:
+            raise DataSetMismatch("SOP Instance UID differs from the C-STORE request")
+        self._header = header
+        self._key = header.study_instance_uid.encode()
+        self._inflated = bytearray()
+

@@ -1,0 +1,121 @@
+"""The receiver role: DICOM listeners (plain and TLS) whose associations publish instances into the bus.
+
+Stopping drains: listeners close first, associations in progress get ``runtime.drain_timeout_seconds``
+to finish (an instance being received is either acknowledged after it is durable or not at all), then
+the rest are cancelled and the producer flushes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from contextlib import AsyncExitStack
+from types import TracebackType
+
+from gateway.bus import Bus, Producer
+from gateway.dicom.association import Association
+from gateway.metrics import Metrics
+from gateway.settings import DicomSettings, TopicSettings
+
+log = logging.getLogger(__name__)
+
+
+def tls_context(settings: DicomSettings) -> ssl.SSLContext | None:
+    tls = settings.tls
+    if not tls.enabled:
+        return None
+    assert tls.cert_file is not None and tls.key_file is not None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.ca_file is not None:
+        context.load_verify_locations(tls.ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
+    return context
+
+
+class Receiver:
+    name = "receiver"
+
+    def __init__(
+        self, settings: DicomSettings, topics: TopicSettings, bus: Bus, metrics: Metrics,
+        drain_timeout: float = 30.0,
+    ) -> None:
+        self._settings = settings
+        self._topics = topics
+        self._bus = bus
+        self._metrics = metrics
+        self._drain_timeout = drain_timeout
+        self._stack = AsyncExitStack()
+        self._servers: list[asyncio.Server] = []
+        self._associations: set[asyncio.Task[None]] = set()
+        self._producer: Producer | None = None
+        self._failed: asyncio.Future[None] | None = None
+        self.ports: list[int] = []
+
+    async def __aenter__(self) -> Receiver:
+        self._failed = asyncio.get_running_loop().create_future()
+        self._producer = await self._stack.enter_async_context(self._bus.producer())
+        try:
+            await self._listen(self._settings.port, None)
+            context = tls_context(self._settings)
+            if context is not None:
+                await self._listen(self._settings.tls.port, context)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def _listen(self, port: int, context: ssl.SSLContext | None) -> None:
+        server = await asyncio.start_server(
+            self._accept, self._settings.host, port, ssl=context, reuse_port=self._settings.workers > 1,
+            ssl_handshake_timeout=self._settings.acse_timeout_seconds if context else None,
+            limit=1024 * 1024,
+        )
+        self._servers.append(server)
+        self.ports.append(server.sockets[0].getsockname()[1])
+        log.info("listening", extra={"port": self.ports[-1], "tls": context is not None,
+                                     "ae_title": self._settings.ae_title})
+        if not self._settings.allowed_aes:
+            log.warning("no AE allow-list configured: any calling AE is accepted")
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        task = asyncio.current_task()
+        assert task is not None and self._producer is not None
+        self._associations.add(task)
+        self._metrics.associations_open.inc()
+        try:
+            association = Association(
+                reader, writer, self._settings, self._producer, self._topics.instances, self._metrics,
+                lambda: len(self._associations),
+            )
+            await association.run()
+        except Exception:
+            log.exception("association handler failed")
+        finally:
+            self._metrics.associations_open.dec()
+            self._associations.discard(task)
+
+    async def wait(self) -> None:
+        assert self._failed is not None
+        await self._failed
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for server in self._servers:
+            server.close()
+        if self._associations:
+            log.info("draining associations", extra={"open": len(self._associations)})
+            _, pending = await asyncio.wait(set(self._associations), timeout=self._drain_timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for server in self._servers:
+            await server.wait_closed()
+        await self._stack.aclose()

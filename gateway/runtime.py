@@ -1,0 +1,89 @@
+"""Runs the chosen roles in one process, each an async context manager on one exit stack.
+
+Start-up enters the HTTP server, then every role; the process is ready once all are in. The first SIGTERM
+or SIGINT turns readiness to 503 and unwinds the stack in reverse: roles stop accepting and drain in-flight
+work (bounded by ``runtime.drain_timeout_seconds``), consumers commit, producers flush, HTTP closes last.
+A second signal exits at once. If any role dies, the others are drained and the process exits non-zero,
+so the orchestrator restarts it rather than leaving a half-working pod.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from typing import Protocol
+
+from gateway.http import Health, serve_http
+from gateway.metrics import Metrics
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FORCED_EXIT_CODE = 130
+
+
+class Role(AbstractAsyncContextManager["Role"], Protocol):
+    """A role is running between ``__aenter__`` and ``__aexit__``; ``__aexit__`` drains it."""
+
+    name: str
+
+    async def wait(self) -> None:
+        """Return or raise only if the role stopped by itself, which the runtime treats as a crash."""
+        ...
+
+
+class RoleCrashed(Exception):
+    pass
+
+
+async def run_roles(
+    settings: Settings, roles: Sequence[Role], metrics: Metrics, stop: asyncio.Event | None = None
+) -> None:
+    stop = stop or asyncio.Event()
+    health = Health(metrics)
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second signal, exiting without draining", extra={"signal": signum})
+            os._exit(FORCED_EXIT_CODE)
+        log.info("shutting down", extra={"signal": signal.Signals(signum).name})
+        health.set_ready(False)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        async with AsyncExitStack() as stack:
+            port = await stack.enter_async_context(serve_http(settings.http, health, metrics))
+            for role in roles:
+                await stack.enter_async_context(role)
+            health.set_ready(True)
+            log.info("ready", extra={"roles": [role.name for role in roles], "http_port": port})
+            await _until_stop_or_crash(stop, roles)
+            health.set_ready(False)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    log.info("stopped")
+
+
+async def _until_stop_or_crash(stop: asyncio.Event, roles: Sequence[Role]) -> None:
+    stopping = asyncio.create_task(stop.wait(), name="stop-signal")
+    watchers = {asyncio.create_task(role.wait(), name=f"role-{role.name}"): role for role in roles}
+    try:
+        done, _ = await asyncio.wait([stopping, *watchers], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in [stopping, *watchers]:
+            task.cancel()
+    for task in done:
+        if task is stopping:
+            continue
+        role = watchers[task]
+        error = task.exception() if not task.cancelled() else None
+        log.error("role stopped unexpectedly", extra={"role": role.name, "error": repr(error)})
+        raise RoleCrashed(f"role {role.name} stopped: {error!r}") from error

@@ -1,0 +1,266 @@
+"""Every setting of the gateway, parsed once at start-up and passed down.
+
+Sources, strongest first: environment (``GATEWAY_`` prefix, ``__`` for nesting), secret files in
+``GATEWAY_SECRETS_DIR`` (one file per setting, named like its environment variable, as Kubernetes
+mounts a Secret), the YAML file given with ``--config``, then the defaults below. No other module
+reads the environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+ENV_PREFIX = "GATEWAY_"
+NESTED_DELIMITER = "__"
+DEFAULT_SECRETS_DIR = Path("/run/secrets/dicom-gateway")
+ROLES = ("receiver",)
+"""Roles this build can run; each worker role is added here when its stage exists."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class AllowedAE(_Section):
+    """A calling AE the receiver accepts, and the organisation later stages attribute its data to."""
+
+    ae_title: str = Field(min_length=1, max_length=16)
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    organization: str = ""
+    organization_oid: str = ""
+
+
+class TlsSettings(_Section):
+    """DICOM TLS listener; enabled when a certificate is configured."""
+
+    port: int = Field(2762, ge=1, le=65535)
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    require_client_cert: bool = False
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be set together")
+        if self.require_client_cert and self.ca_file is None:
+            raise ValueError("require_client_cert needs ca_file (the CAs client certificates must chain to)")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+class DicomSettings(_Section):
+    """The edge receiver's upper layer."""
+
+    host: str = "0.0.0.0"
+    port: int = Field(11112, ge=1, le=65535)
+    ae_title: str = Field("DICOMGW", min_length=1, max_length=16)
+    allowed_aes: tuple[AllowedAE, ...] = ()
+    max_associations: int = Field(64, ge=1)
+    max_pdu_length: int = Field(262_144, ge=4096, le=0xFFFFFFFF)
+    """Largest P-DATA-TF we accept; advertised in our A-ASSOCIATE-AC."""
+    max_instance_bytes: int = Field(8 * 1024**3, ge=1024)
+    acse_timeout_seconds: float = Field(30.0, gt=0)
+    dimse_timeout_seconds: float = Field(60.0, gt=0)
+    network_timeout_seconds: float = Field(120.0, gt=0)
+    """Idle time after which an open association is aborted."""
+    publish_timeout_seconds: float = Field(30.0, gt=0)
+    """How long a C-STORE waits for the bus before answering 0xA700."""
+    workers: int = Field(1, ge=1, le=64)
+    """Receiver processes sharing the port with SO_REUSEPORT."""
+    tls: TlsSettings = TlsSettings()
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        return value.strip()
+
+
+class HttpSettings(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535)
+
+
+class TopicSettings(_Section):
+    instances: str = "dicomgw.instances"
+    """Instance chunks and their final envelopes, keyed by Study Instance UID."""
+    events: str = "dicomgw.events"
+    dead_letter: str = "dicomgw.dead-letter"
+
+
+class KafkaSettings(_Section):
+    """Production bus. Every client setting that matters is explicit: aiokafka's defaults are wrong for us."""
+
+    bootstrap_servers: str | None = None
+    client_id: str = "dicom-gateway"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_file: Path | None = None
+    ssl_cert_file: Path | None = None
+    ssl_key_file: Path | None = None
+    partitions: int = Field(12, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    min_insync_replicas: int = Field(1, ge=1)
+    linger_ms: int = Field(2, ge=0)
+    max_batch_bytes: int = Field(1_048_576, ge=16_384)
+    request_timeout_ms: int = Field(30_000, ge=1000)
+    session_timeout_ms: int = Field(30_000, ge=6000)
+    max_poll_interval_ms: int = Field(300_000, ge=10_000)
+    fetch_max_bytes: int = Field(52_428_800, ge=1_048_576)
+
+    @model_validator(mode="after")
+    def _replicas(self) -> KafkaSettings:
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError("min_insync_replicas cannot exceed replication_factor")
+        return self
+
+
+class EmbeddedBusSettings(_Section):
+    """The single-machine bus used when no Kafka is configured."""
+
+    partitions: int = Field(4, ge=1)
+    retention_hours: float = Field(24.0, gt=0)
+    poll_interval_seconds: float = Field(0.05, gt=0)
+    session_timeout_seconds: float = Field(10.0, gt=0)
+
+
+class S3Settings(_Section):
+    endpoint: str | None = None
+    bucket: str = "dicom-gateway"
+    access_key: SecretStr | None = None
+    secret_key: SecretStr | None = None
+    secure: bool = True
+    region: str | None = None
+
+
+class DatabaseSettings(_Section):
+    url: SecretStr | None = None
+    """postgresql://user:password@host/db; unset = SQLite under the data dir."""
+
+
+class RuntimeSettings(_Section):
+    drain_timeout_seconds: float = Field(30.0, gt=0)
+    """Time in-flight work gets after SIGTERM before it is cancelled."""
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_format: bool = True
+
+
+class Settings(BaseSettings):
+    """The root: what ``--config``, the environment and the secrets directory say, validated once."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=NESTED_DELIMITER,
+        frozen=True,
+        extra="forbid",
+        case_sensitive=False,
+    )
+
+    data_dir: Path = Path("./data")
+    dicom: DicomSettings = DicomSettings()
+    http: HttpSettings = HttpSettings()
+    topics: TopicSettings = TopicSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    embedded_bus: EmbeddedBusSettings = EmbeddedBusSettings()
+    s3: S3Settings = S3Settings()
+    database: DatabaseSettings = DatabaseSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            _SecretFilesSource(settings_cls, _secrets_dir()),
+            YamlConfigSettingsSource(settings_cls),
+        )
+
+    @property
+    def embedded_bus_enabled(self) -> bool:
+        return not self.kafka.bootstrap_servers
+
+
+def _secrets_dir() -> Path:
+    return Path(os.environ.get(f"{ENV_PREFIX}SECRETS_DIR", DEFAULT_SECRETS_DIR))
+
+
+class _SecretFilesSource(PydanticBaseSettingsSource):
+    """One file per setting, named like its variable (``GATEWAY_S3__SECRET_KEY``), as Kubernetes mounts Secrets."""
+
+    def __init__(self, settings_cls: type[BaseSettings], directory: Path) -> None:
+        super().__init__(settings_cls)
+        self._directory = directory
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        if not self._directory.is_dir():
+            return {}
+        values: dict[str, Any] = {}
+        for path in sorted(self._directory.iterdir()):
+            name = path.name.upper()
+            if not name.startswith(ENV_PREFIX) or not path.is_file() or name == f"{ENV_PREFIX}SECRETS_DIR":
+                continue
+            keys = name[len(ENV_PREFIX) :].lower().split(NESTED_DELIMITER)
+            node = values
+            for key in keys[:-1]:
+                node = node.setdefault(key, {})
+            node[keys[-1]] = path.read_text().strip()
+        return values
+
+
+class SettingsError(Exception):
+    """Configuration that cannot start the gateway; its message names the setting and what it accepts."""
+
+
+def load_settings(config_file: Path | None = None) -> Settings:
+    """Parse settings once, turning validation errors into one readable message per bad setting."""
+    from pydantic import ValidationError
+
+    if config_file is not None and not config_file.is_file():
+        raise SettingsError(f"--config {config_file}: no such file")
+    root: type[Settings] = Settings
+    if config_file is not None:
+
+        class _FromFile(Settings):
+            model_config = SettingsConfigDict(yaml_file=config_file)
+
+        root = _FromFile
+    try:
+        return root()
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            location = NESTED_DELIMITER.join(str(part) for part in error["loc"] if not isinstance(part, int))
+            variable = f"{ENV_PREFIX}{location}".upper()
+            lines.append(f"{variable}: {error['msg']}")
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
