@@ -61,5 +61,5 @@ def configure(level: str, json_format: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("aiokafka", "kafka", "pynetdicom", "aiohttp.access"):
+    for noisy in ("aiokafka", "kafka", "pynetdicom", "pydicom", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

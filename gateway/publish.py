@@ -13,6 +13,7 @@ import hashlib
 import io
 import logging
 import uuid
+import warnings
 import zlib
 from collections import deque
 from collections.abc import Awaitable
@@ -85,12 +86,14 @@ def parse_header(prefix: bytes, transfer_syntax: str, complete: bool) -> Header 
     """The header from the first bytes of a data set; None while more bytes are needed to reach it."""
     stream = io.BytesIO(prefix)
     try:
-        dataset = read_dataset(
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's notes on odd encodings; we report our own outcome
+            dataset = read_dataset(
             stream,
-            is_implicit_VR=transfer_syntax == _IMPLICIT_LITTLE,
-            is_little_endian=transfer_syntax != _EXPLICIT_BIG,
-            stop_when=lambda tag, vr, length: tag > _LAST_HEADER_TAG,
-        )
+                is_implicit_VR=transfer_syntax == _IMPLICIT_LITTLE,
+                is_little_endian=transfer_syntax != _EXPLICIT_BIG,
+                stop_when=lambda tag, vr, length: tag > _LAST_HEADER_TAG,
+            )
         reached = stream.tell() < len(prefix)
         if not reached and not complete:
             return None

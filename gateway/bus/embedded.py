@@ -3,9 +3,10 @@
 Durability: a record's future completes only after the transaction holding it has committed with
 ``synchronous=FULL`` (the WAL is fsynced), so kill -9 of any process loses nothing that was acknowledged.
 Writes from one process are group-committed by one writer task; several processes (receiver workers) may
-share the file, SQLite serialises their transactions. Consumer groups: live members heartbeat into a table
-and each takes the partitions ``p`` with ``p % members == its rank``; a member that stops heartbeating
-for ``session_timeout_seconds`` loses its partitions, like a Kafka consumer that left the group.
+share the file, SQLite serialises their transactions. Consumer groups: live members heartbeat into a table,
+each is due the partitions ``p`` with ``p % members == its rank``, and a partition changes owner only
+after the old owner released it or stopped heartbeating for ``session_timeout_seconds``, like a Kafka
+consumer that left the group.
 """
 
 from __future__ import annotations
@@ -60,6 +61,13 @@ CREATE TABLE IF NOT EXISTS committed (
     topic TEXT NOT NULL,
     partition INTEGER NOT NULL,
     next_offset INTEGER NOT NULL,
+    PRIMARY KEY (grp, topic, partition)
+);
+CREATE TABLE IF NOT EXISTS owners (
+    grp TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    member TEXT NOT NULL,
     PRIMARY KEY (grp, topic, partition)
 );
 CREATE TABLE IF NOT EXISTS members (
@@ -283,6 +291,7 @@ class EmbeddedConsumer:
         self._positions: dict[TopicPartition, int] = {}
         self._tracker = OffsetTracker()
         self._last_heartbeat = 0.0
+        self._heartbeat_interval = min(bus._settings.session_timeout_seconds / 4, 0.5)
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._assigned)
@@ -295,8 +304,7 @@ class EmbeddedConsumer:
         """Commit what is done and leave the group, so the partitions move on without waiting for a timeout."""
         try:
             await self.commit()
-            await asyncio.to_thread(self._execute, "DELETE FROM members WHERE grp = ? AND member = ?",
-                                    (self.group, self._member))
+            await asyncio.to_thread(self._leave)
         finally:
             if self._connection is not None:
                 await asyncio.to_thread(self._connection.close)
@@ -305,7 +313,7 @@ class EmbeddedConsumer:
         deadline = time.monotonic() + timeout
         while True:
             appended = self._bus._appended
-            if time.monotonic() - self._last_heartbeat >= self._bus._settings.session_timeout_seconds / 4:
+            if time.monotonic() - self._last_heartbeat >= self._heartbeat_interval:
                 await self._rebalance()
             records = await asyncio.to_thread(self._read, max_records)
             if records:
@@ -331,48 +339,68 @@ class EmbeddedConsumer:
     async def commit(self) -> None:
         await self._commit_partitions(self._assigned)
 
-    def _execute(self, sql: str, parameters: tuple[object, ...]) -> None:
-        assert self._connection is not None
-        self._connection.execute(sql, parameters)
-
-    def _commit(self, offsets: dict[TopicPartition, int]) -> None:
-        assert self._connection is not None
-        self._connection.executemany(
-            "INSERT INTO committed (grp, topic, partition, next_offset) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (grp, topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
-            [(self.group, topic, partition, offset) for (topic, partition), offset in offsets.items()],
-        )
-
-    async def _rebalance(self) -> None:
-        assignment = await asyncio.to_thread(self._heartbeat_and_assign)
-        self._last_heartbeat = time.monotonic()
-        revoked = self._assigned - assignment
-        added = assignment - self._assigned
-        if revoked:
-            await self._commit_partitions(revoked)
-            self._tracker.forget(revoked)
-            for tp in revoked:
-                self._positions.pop(tp, None)
-            self._assigned -= revoked
-            if self._on_revoked is not None:
-                await self._on_revoked(revoked)
-        if added:
-            starts = await asyncio.to_thread(self._committed_offsets, added)
-            self._positions.update(starts)
-            self._assigned |= added
-            log.info("partitions assigned", extra={"group": self.group, "partitions": sorted(added)})
-
     async def _commit_partitions(self, partitions: set[TopicPartition]) -> None:
         offsets = self._tracker.take_committable(partitions)
         if offsets:
             await asyncio.to_thread(self._commit, offsets)
             self._bus._metrics.bus_commits.labels(self.group).inc()
 
-    def _heartbeat_and_assign(self) -> set[TopicPartition]:
+    def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit only partitions this member still owns: a member the group expelled is fenced off."""
         assert self._connection is not None
-        connection = self._connection
+        self._connection.executemany(
+            "INSERT INTO committed (grp, topic, partition, next_offset) "
+            "SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM owners WHERE grp = ? AND topic = ? "
+            "AND partition = ? AND member = ?) "
+            "ON CONFLICT (grp, topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+            [
+                (self.group, topic, partition, offset, self.group, topic, partition, self._member)
+                for (topic, partition), offset in offsets.items()
+            ],
+        )
+
+    async def _rebalance(self) -> None:
+        """Heartbeat, give up partitions the group now assigns elsewhere, then claim the free ones of ours.
+
+        A partition changes hands only through the owners table, after its old owner committed and
+        released it (or timed out), so two live members never process one partition at once.
+        """
+        target, owned = await asyncio.to_thread(self._heartbeat)
+        self._last_heartbeat = time.monotonic()
+        lost = self._assigned - owned
+        if lost:
+            log.warning("partitions lost after a missed heartbeat", extra={"group": self.group})
+            await self._revoke(lost)
+        surplus = self._assigned - target
+        if surplus:
+            await self._commit_partitions(surplus)
+            await self._revoke(surplus)
+            await asyncio.to_thread(self._release, surplus)
+        wanted = target - self._assigned
+        if wanted:
+            claimed = await asyncio.to_thread(self._claim, wanted)
+            if claimed:
+                self._positions.update(await asyncio.to_thread(self._committed_offsets, claimed))
+                self._assigned |= claimed
+                log.info("partitions assigned", extra={"group": self.group, "partitions": sorted(claimed)})
+
+    async def _revoke(self, partitions: set[TopicPartition]) -> None:
+        self._tracker.forget(partitions)
+        for tp in partitions:
+            self._positions.pop(tp, None)
+        self._assigned -= partitions
+        if self._on_revoked is not None:
+            await self._on_revoked(partitions)
+
+    def _transaction(self) -> sqlite3.Connection:
+        assert self._connection is not None
+        self._connection.execute("BEGIN IMMEDIATE")
+        return self._connection
+
+    def _heartbeat(self) -> tuple[set[TopicPartition], set[TopicPartition]]:
+        """Returns (partitions the group assigns to this member, partitions it owns now)."""
+        connection = self._transaction()
         now = time.time()
-        connection.execute("BEGIN IMMEDIATE")
         try:
             connection.execute(
                 "INSERT INTO members (grp, member, heartbeat) VALUES (?, ?, ?) "
@@ -383,20 +411,63 @@ class EmbeddedConsumer:
                 "DELETE FROM members WHERE grp = ? AND heartbeat < ?",
                 (self.group, now - self._bus._settings.session_timeout_seconds),
             )
+            connection.execute(
+                "DELETE FROM owners WHERE grp = ? AND member NOT IN (SELECT member FROM members WHERE grp = ?)",
+                (self.group, self.group),
+            )
             members = [row[0] for row in connection.execute(
                 "SELECT member FROM members WHERE grp = ? ORDER BY member", (self.group,)
             )]
+            owned = {(row[0], row[1]) for row in connection.execute(
+                "SELECT topic, partition FROM owners WHERE grp = ? AND member = ?", (self.group, self._member)
+            )}
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
             raise
         rank, count = members.index(self._member), len(members)
-        return {
+        target = {
             (topic, partition)
             for topic in self._topics
             for partition in range(self._bus.partitions)
             if partition % count == rank
         }
+        return target, owned
+
+    def _claim(self, partitions: set[TopicPartition]) -> set[TopicPartition]:
+        connection = self._transaction()
+        try:
+            claimed = set()
+            for topic, partition in partitions:
+                cursor = connection.execute(
+                    "INSERT INTO owners (grp, topic, partition, member) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (grp, topic, partition) DO NOTHING",
+                    (self.group, topic, partition, self._member),
+                )
+                if cursor.rowcount:
+                    claimed.add((topic, partition))
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        return claimed
+
+    def _release(self, partitions: set[TopicPartition]) -> None:
+        assert self._connection is not None
+        self._connection.executemany(
+            "DELETE FROM owners WHERE grp = ? AND topic = ? AND partition = ? AND member = ?",
+            [(self.group, topic, partition, self._member) for topic, partition in partitions],
+        )
+
+    def _leave(self) -> None:
+        connection = self._transaction()
+        try:
+            connection.execute("DELETE FROM owners WHERE grp = ? AND member = ?", (self.group, self._member))
+            connection.execute("DELETE FROM members WHERE grp = ? AND member = ?", (self.group, self._member))
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
 
     def _committed_offsets(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
         assert self._connection is not None

@@ -1,0 +1,85 @@
+"""Test helpers: read instances back from the bus, find the data set bytes of a Part 10 file, free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway import envelope
+from gateway.bus import Bus
+from gateway.envelope import InstanceEnvelope
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The data set of a Part 10 file as a sender puts it on the wire: everything after the file meta."""
+    data = path.read_bytes()
+    position = 132 if data[128:132] == b"DICM" else 0
+    while position + 8 <= len(data):
+        group, _ = struct.unpack_from("<HH", data, position)
+        if group != 0x0002:
+            break
+        if data[position + 4 : position + 6] in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+            position += 12 + struct.unpack_from("<I", data, position + 8)[0]
+        else:
+            position += 8 + struct.unpack_from("<H", data, position + 6)[0]
+    return data[position:]
+
+
+@dataclass
+class BusContents:
+    complete: dict[str, tuple[InstanceEnvelope, bytes]] = field(default_factory=dict)
+    """SOP Instance UID -> (envelope, data set bytes) of instances whose end record arrived (the last one)."""
+    received: list[tuple[InstanceEnvelope, bytes]] = field(default_factory=list)
+    """Every complete instance in bus order, including several with one SOP Instance UID."""
+    partial: set[str] = field(default_factory=set)
+    """Instance ids with chunks but no end record."""
+    aborted: set[str] = field(default_factory=set)
+
+
+async def read_instances(bus: Bus, topic: str, group: str, idle: float = 1.0) -> BusContents:
+    """Reassemble every instance on the topic the way a consumer must: act only on the end record."""
+    contents = BusContents()
+    chunks: dict[str, list[bytes]] = {}
+    async with bus.consumer(group, [topic]) as consumer:
+        while True:
+            records = await consumer.fetch(timeout=idle)
+            if not records:
+                break
+            for record in records:
+                instance = (record.header(envelope.INSTANCE) or b"").decode()
+                kind = record.header(envelope.KIND)
+                if kind == envelope.ABORT:
+                    chunks.pop(instance, None)
+                    contents.aborted.add(instance)
+                    continue
+                chunks.setdefault(instance, []).append(record.value)
+                if kind == envelope.END:
+                    meta = InstanceEnvelope.from_json(record.header(envelope.ENVELOPE) or b"")
+                    pieces = chunks.pop(instance)
+                    data = b"".join(pieces)
+                    assert len(pieces) == meta.chunks
+                    assert len(data) == meta.size and hashlib.sha256(data).hexdigest() == meta.sha256
+                    contents.complete[meta.sop_instance_uid] = (meta, data)
+                    contents.received.append((meta, data))
+    contents.partial = set(chunks)
+    return contents
+
+
+async def run(*argv: str, timeout: float = 120) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    async with asyncio.timeout(timeout):
+        out, _ = await process.communicate()
+    return process.returncode or 0, out.decode(errors="replace")
+

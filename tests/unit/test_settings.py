@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import SettingsError, load_settings
+
+
+def test_defaults_select_the_embedded_setup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("GATEWAY_SECRETS_DIR", str(tmp_path / "none"))
+    settings = load_settings()
+    assert settings.dicom.port == 11112 and settings.dicom.ae_title == "DICOMGW"
+    assert settings.http.port == 8080
+    assert settings.embedded_bus_enabled
+    assert settings.s3.endpoint is None and settings.database.url is None
+
+
+def test_environment_overrides_yaml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "dicom:\n  port: 104\n  ae_title: FROMFILE\n  allowed_aes:\n"
+        "    - ae_title: CT1\n      networks: ['10.1.0.0/16']\n      organization_oid: 1.2.246.10.1234567.10\n"
+    )
+    monkeypatch.setenv("GATEWAY_DICOM__AE_TITLE", "FROMENV")
+    settings = load_settings(config)
+    assert settings.dicom.port == 104
+    assert settings.dicom.ae_title == "FROMENV"
+    [allowed] = settings.dicom.allowed_aes
+    assert allowed.ae_title == "CT1" and str(allowed.networks[0]) == "10.1.0.0/16"
+
+
+def test_secrets_come_from_files_named_like_the_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "GATEWAY_S3__SECRET_KEY").write_text("s3cret\n")
+    (tmp_path / "GATEWAY_DATABASE__URL").write_text("postgresql://u:p@db/gw")
+    monkeypatch.setenv("GATEWAY_SECRETS_DIR", str(tmp_path))
+    settings = load_settings()
+    assert settings.s3.secret_key is not None and settings.s3.secret_key.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(settings)
+    assert settings.database.url is not None
+    assert settings.database.url.get_secret_value() == "postgresql://u:p@db/gw"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("GATEWAY_DICOM__PORT", "seventy", "GATEWAY_DICOM__PORT: Input should be a valid integer"),
+        ("GATEWAY_DICOM__PORT", "70000", "GATEWAY_DICOM__PORT: Input should be less than or equal to 65535"),
+        ("GATEWAY_LOG__LEVEL", "LOUD", "GATEWAY_LOG__LEVEL: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
+        ("GATEWAY_DICOM__NO_SUCH", "1", "GATEWAY_DICOM__NO_SUCH: Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_setting_names_itself(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert expected in str(error.value)
+
+
+def test_cli_reports_bad_configuration_without_a_traceback(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "run"],
+        env={"GATEWAY_KAFKA__REPLICATION_FACTOR": "1", "GATEWAY_KAFKA__MIN_INSYNC_REPLICAS": "3",
+             "GATEWAY_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "GATEWAY_KAFKA" in result.stderr and "min_insync_replicas cannot exceed" in result.stderr
+    assert "Traceback" not in result.stderr
