@@ -135,8 +135,14 @@ class Association:
         return pdu_type, header + await self._reader.readexactly(length)
 
     async def _establish(self) -> None:
-        async with asyncio.timeout(self._settings.acse_timeout_seconds):
-            pdu_type, pdu = await self._read_pdu(ASSOCIATE_RQ_LIMIT)
+        try:
+            async with asyncio.timeout(self._settings.acse_timeout_seconds):
+                pdu_type, pdu = await self._read_pdu(ASSOCIATE_RQ_LIMIT)
+        except TimeoutError:
+            # ARTIM expired before any A-ASSOCIATE-RQ: close the transport without an A-ABORT (PS3.8 AA-2)
+            self._metrics.associations.labels("timeout").inc()
+            log.warning("no A-ASSOCIATE-RQ within the ACSE timeout, closing")
+            return
         if pdu_type == A_ABORT:
             return
         if pdu_type != A_ASSOCIATE_RQ:

@@ -1,0 +1,184 @@
+"""Malformed and out-of-order input over raw sockets: answered with A-ABORT or a close, never a crash or wedge."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+from pynetdicom.presentation import build_context
+
+from gateway.bus.embedded import EmbeddedBus
+from gateway.metrics import Metrics
+from gateway.receiver import Receiver
+from gateway.settings import DicomSettings, EmbeddedBusSettings, TopicSettings
+from tests.conftest import dcmtk
+from tests.helpers import free_port
+
+import subprocess
+
+
+def associate_rq(called: str = "DICOMGW") -> bytes:
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title = "RAW"
+    primitive.called_ae_title = called
+    verification = build_context("1.2.840.10008.1.1", ["1.2.840.10008.1.2"])
+    verification.context_id = 1
+    ct = build_context("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1"])
+    ct.context_id = 3
+    primitive.presentation_context_definition_list = [verification, ct]
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = 16384
+    primitive.user_information = [max_length]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())
+
+
+def p_data(context_id: int, control: int, payload: bytes, pdv_length: int | None = None) -> bytes:
+    pdv = struct.pack(">IBB", pdv_length if pdv_length is not None else len(payload) + 2, context_id, control)
+    return struct.pack(">BBI", 0x04, 0, len(pdv) + len(payload)) + pdv + payload
+
+
+class ThreadedGateway:
+    """A receiver on its own event loop thread, so that blocking sockets and hypothesis can drive it."""
+
+    def __init__(self, directory: Path) -> None:
+        self.settings = DicomSettings(host="127.0.0.1", port=free_port(), acse_timeout_seconds=1,
+                                      network_timeout_seconds=2, dimse_timeout_seconds=2, max_pdu_length=65536)
+        self.metrics = Metrics()
+        self._bus = EmbeddedBus(directory, EmbeddedBusSettings(), self.metrics)
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._main(),), daemon=True)
+
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()
+        async with Receiver(self.settings, TopicSettings(), self._bus, self.metrics, drain_timeout=2):
+            self._ready.set()
+            await self._stop.wait()
+
+    def __enter__(self) -> ThreadedGateway:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        assert self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def exchange(self, *messages: bytes, wait: float = 3.0) -> bytes:
+        """Send messages, then read until the gateway closes (or ``wait`` passes); returns what it sent."""
+        with socket.create_connection(("127.0.0.1", self.settings.port), timeout=wait) as sock:
+            for message in messages:
+                try:
+                    sock.sendall(message)
+                except OSError:
+                    break
+            received = b""
+            try:
+                while chunk := sock.recv(65536):
+                    received += chunk
+            except (TimeoutError, OSError):
+                pass
+            return received
+
+    def echo_works(self) -> bool:
+        result = subprocess.run([dcmtk("echoscu"), "-to", "5", "-aec", "DICOMGW", "127.0.0.1",
+                                 str(self.settings.port)], capture_output=True, timeout=30)
+        return result.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def threaded_gateway() -> Iterator[ThreadedGateway]:
+    with tempfile.TemporaryDirectory() as directory, ThreadedGateway(Path(directory)) as gateway:
+        yield gateway
+
+
+def abort_reason(reply: bytes) -> int | None:
+    """The provider reason of an A-ABORT at the end of a reply, if that is how it ends."""
+    if len(reply) >= 10 and reply[-10] == 0x07:
+        return reply[-1]
+    return None
+
+
+ACCEPT = 0x02
+
+
+@pytest.mark.parametrize(
+    ("name", "messages", "reason"),
+    [
+        ("P-DATA before association", [p_data(1, 0x03, b"\x00" * 8)], 2),
+        ("unknown PDU type", [b"\x09\x00\x00\x00\x00\x04abcd"], 1),
+        ("A-ASSOCIATE-RQ that does not decode", [b"\x01\x00\x00\x00\x00\x08" + b"\xff" * 8], 6),
+        ("oversized A-ASSOCIATE-RQ", [b"\x01\x00\x7f\xff\xff\xff"], 6),
+    ],
+)
+def test_bad_first_pdu_is_aborted(threaded_gateway: ThreadedGateway, name: str, messages: list[bytes],
+                                  reason: int) -> None:
+    reply = threaded_gateway.exchange(*messages)
+    assert abort_reason(reply) == reason, (name, reply)
+    assert threaded_gateway.echo_works()
+
+
+@pytest.mark.parametrize(
+    ("name", "message", "reason"),
+    [
+        ("PDV longer than its PDU", p_data(1, 0x03, b"\x00" * 8, pdv_length=400), 6),
+        ("PDV on a context never accepted", p_data(9, 0x03, b"\x00" * 8), 6),
+        ("command set that does not decode", p_data(1, 0x03, b"\xde\xad\xbe\xef" * 5), 6),
+        ("data set without a command", p_data(3, 0x02, b"\x08\x00\x16\x00UI\x02\x001\x00"), 2),
+        ("P-DATA larger than the negotiated maximum", struct.pack(">BBI", 0x04, 0, 70000) + b"\x00" * 70000, 6),
+        ("second A-ASSOCIATE-RQ", associate_rq(), 2),
+    ],
+)
+def test_bad_pdu_inside_association_is_aborted(threaded_gateway: ThreadedGateway, name: str, message: bytes,
+                                               reason: int) -> None:
+    reply = threaded_gateway.exchange(associate_rq(), message)
+    assert reply[0] == ACCEPT, name
+    assert abort_reason(reply) == reason, (name, reply[-10:])
+    assert threaded_gateway.echo_works()
+
+
+def test_truncated_pdu_then_close_does_not_wedge(threaded_gateway: ThreadedGateway) -> None:
+    threaded_gateway.exchange(b"\x01\x00\x00\x00\x01\x00" + b"\x00" * 10, wait=0.2)
+    threaded_gateway.exchange(associate_rq(), struct.pack(">BBI", 0x04, 0, 5000) + b"\x00" * 100, wait=0.2)
+    assert threaded_gateway.echo_works()
+
+
+def test_silent_peer_is_dropped_after_the_artim_timeout(threaded_gateway: ThreadedGateway) -> None:
+    with socket.create_connection(("127.0.0.1", threaded_gateway.settings.port), timeout=10) as sock:
+        assert sock.recv(100) == b""  # closed by the gateway, before our 10 s timeout
+
+
+def test_unknown_called_ae_is_rejected_with_its_reason(threaded_gateway: ThreadedGateway) -> None:
+    reply = threaded_gateway.exchange(associate_rq(called="NOTUS"))
+    assert reply[:1] == b"\x03" and reply[7:10] == b"\x01\x01\x07"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(garbage=st.binary(min_size=1, max_size=300), after_association=st.booleans())
+def test_fuzzed_bytes_never_crash_the_receiver(
+    threaded_gateway: ThreadedGateway, garbage: bytes, after_association: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    messages = [associate_rq(), garbage] if after_association else [garbage]
+    with caplog.at_level(logging.ERROR, logger="gateway"):
+        threaded_gateway.exchange(*messages, wait=0.3)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "an unexpected error escaped"
+
+
+def test_receiver_still_serves_after_the_fuzzing(threaded_gateway: ThreadedGateway) -> None:
+    assert threaded_gateway.echo_works()
