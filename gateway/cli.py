@@ -16,6 +16,7 @@ from gateway.app import build_bus, build_roles
 from gateway.metrics import Metrics
 from gateway.runtime import RoleCrashed, run_roles
 from gateway.settings import ROLES, Settings, SettingsError, load_settings
+from workers.validation import cli as validation_cli
 
 log = logging.getLogger("gateway")
 
@@ -36,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     show = commands.add_parser("settings", help="print the effective settings as JSON, secrets masked")
     show.add_argument("--config", type=Path, help="YAML settings file")
     show.set_defaults(func=_show_settings)
+
+    validation_cli.add_parser(commands)
     return parser
 
 

@@ -80,8 +80,6 @@ class DicomSettings(_Section):
     """Idle time after which an open association is aborted."""
     publish_timeout_seconds: float = Field(30.0, gt=0)
     """How long a C-STORE waits for the bus before answering 0xA700."""
-    workers: int = Field(1, ge=1, le=64)
-    """Receiver processes sharing the port with SO_REUSEPORT."""
     tls: TlsSettings = TlsSettings()
 
     @field_validator("ae_title")

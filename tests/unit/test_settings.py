@@ -5,8 +5,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
-from gateway.settings import SettingsError, load_settings
+from gateway.settings import Settings, SettingsError, load_settings
 
 
 def test_defaults_select_the_embedded_setup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -71,3 +72,20 @@ def test_cli_reports_bad_configuration_without_a_traceback(tmp_path: Path) -> No
     assert result.returncode == 2
     assert "GATEWAY_KAFKA" in result.stderr and "min_insync_replicas cannot exceed" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _variables(model: type[BaseModel], prefix: str) -> list[str]:
+    names = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names += _variables(annotation, f"{prefix}{name.upper()}__")
+        else:
+            names.append(f"{prefix}{name.upper()}")
+    return names
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [name for name in _variables(Settings, "GATEWAY_") if f"`{name}`" not in readme]
+    assert not missing, f"settings missing from the README's table: {missing}"

@@ -1,0 +1,202 @@
+{{/*
+Names, labels and the per-role facts every template shares. Helpers that take
+a role are called with (dict "root" $ "component" "<role>"); a role is one of
+single, receiver, store, register, notify.
+*/}}
+
+{{- define "dicom-gateway.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "dicom-gateway.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "dicom-gateway.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Roles deployed in the configured mode, space separated. */}}
+{{- define "dicom-gateway.components" -}}
+{{- if eq .Values.mode "single" }}single{{ else }}receiver store register notify{{ end }}
+{{- end }}
+
+{{/* Object name of a role: the full name in single mode, <fullname>-<role> in split mode. */}}
+{{- define "dicom-gateway.componentName" -}}
+{{- $fullname := include "dicom-gateway.fullname" .root }}
+{{- if eq .component "single" }}
+{{- $fullname }}
+{{- else }}
+{{- printf "%s-%s" ($fullname | trunc 52 | trimSuffix "-") .component }}
+{{- end }}
+{{- end }}
+
+{{- define "dicom-gateway.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "dicom-gateway.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- with .component }}
+app.kubernetes.io/component: {{ . }}
+{{- end }}
+{{- end }}
+
+{{- define "dicom-gateway.labels" -}}
+helm.sh/chart: {{ include "dicom-gateway.chart" .root }}
+{{ include "dicom-gateway.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Values.image.tag | default .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: dicom-gateway
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "dicom-gateway.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "dicom-gateway.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "dicom-gateway.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when the gateway runs without Kafka (its embedded bus). */}}
+{{- define "dicom-gateway.embedded" -}}
+{{- if and (eq .Values.mode "single") (not .Values.kafka.bootstrapServers) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the role accepts DICOM associations. */}}
+{{- define "dicom-gateway.receivesDicom" -}}
+{{- if has .component (list "single" "receiver") }}true{{ end }}
+{{- end }}
+
+{{/* Kafka consumer groups a role's pods belong to. */}}
+{{- define "dicom-gateway.consumerGroups" -}}
+{{- if eq .component "single" }}dicomgw-store dicomgw-register dicomgw-notify
+{{- else if has .component (list "store" "register" "notify") }}dicomgw-{{ .component }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when a KEDA ScaledObject scales the role. */}}
+{{- define "dicom-gateway.kedaEnabled" -}}
+{{- if dig "keda" "enabled" false (index .root.Values .component) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the chart's CPU HorizontalPodAutoscaler scales the role. */}}
+{{- define "dicom-gateway.hpaEnabled" -}}
+{{- if and (index .root.Values .component).autoscaling.enabled (not (include "dicom-gateway.kedaEnabled" .)) }}true{{ end }}
+{{- end }}
+
+{{- define "dicom-gateway.terminationGracePeriodSeconds" -}}
+{{- $g := .Values.gateway }}
+{{- add $g.preStopSleepSeconds $g.drainTimeoutSeconds $g.terminationGraceMarginSeconds }}
+{{- end }}
+
+{{- define "dicom-gateway.secretsDir" -}}
+/run/secrets/dicom-gateway
+{{- end }}
+
+{{- define "dicom-gateway.tlsDir" -}}
+/etc/dicom-gateway/tls
+{{- end }}
+
+{{- define "dicom-gateway.kafkaTlsDir" -}}
+/etc/dicom-gateway/kafka-tls
+{{- end }}
+
+{{/*
+Secret-backed settings as a list of {env, secret, key}: the env var (and file
+name under GATEWAY_SECRETS_DIR) each existing Secret key supplies.
+*/}}
+{{- define "dicom-gateway.secretSettings" -}}
+{{- $items := list }}
+{{- with .Values.s3 }}
+{{- if .existingSecret }}
+{{- $items = append $items (dict "env" "GATEWAY_S3__ACCESS_KEY" "secret" .existingSecret "key" .accessKeyKey) }}
+{{- $items = append $items (dict "env" "GATEWAY_S3__SECRET_KEY" "secret" .existingSecret "key" .secretKeyKey) }}
+{{- end }}
+{{- end }}
+{{- with .Values.database }}
+{{- if .existingSecret }}
+{{- $items = append $items (dict "env" "GATEWAY_DATABASE__URL" "secret" .existingSecret "key" .urlKey) }}
+{{- end }}
+{{- end }}
+{{- with .Values.kafka.sasl }}
+{{- if .existingSecret }}
+{{- $items = append $items (dict "env" "GATEWAY_KAFKA__SASL_USERNAME" "secret" .existingSecret "key" .usernameKey) }}
+{{- $items = append $items (dict "env" "GATEWAY_KAFKA__SASL_PASSWORD" "secret" .existingSecret "key" .passwordKey) }}
+{{- end }}
+{{- end }}
+{{- toJson $items }}
+{{- end }}
+
+{{/* Refuse value combinations that cannot work. */}}
+{{- define "dicom-gateway.validate" -}}
+{{- $v := .Values }}
+{{- if and (eq $v.mode "split") (not $v.kafka.bootstrapServers) }}
+{{- fail "mode=split needs kafka.bootstrapServers: the roles talk through Kafka" }}
+{{- end }}
+{{- if include "dicom-gateway.embedded" . }}
+{{- if gt (int $v.single.replicas) 1 }}
+{{- fail "the embedded bus (single mode without kafka.bootstrapServers) must not scale beyond 1 replica: set single.replicas=1 or configure kafka.bootstrapServers" }}
+{{- end }}
+{{- if $v.single.autoscaling.enabled }}
+{{- fail "the embedded bus (single mode without kafka.bootstrapServers) must not scale beyond 1 replica: disable single.autoscaling or configure kafka.bootstrapServers" }}
+{{- end }}
+{{- if $v.single.keda.enabled }}
+{{- fail "single.keda needs kafka.bootstrapServers (the embedded bus has no consumer lag to scale on and must stay at 1 replica)" }}
+{{- end }}
+{{- end }}
+{{- if not (include "dicom-gateway.embedded" .) }}
+{{- if not $v.s3.endpoint }}
+{{- fail "with Kafka the pods share no disk: set s3.endpoint (and s3.existingSecret) for the object store" }}
+{{- end }}
+{{- if not $v.database.existingSecret }}
+{{- fail "with Kafka the pods share no disk: set database.existingSecret (a PostgreSQL URL); the SQLite fallback is per pod" }}
+{{- end }}
+{{- end }}
+{{- if gt (int $v.kafka.minInsyncReplicas) (int $v.kafka.replicationFactor) }}
+{{- fail "kafka.minInsyncReplicas cannot exceed kafka.replicationFactor" }}
+{{- end }}
+{{- with $v.gateway.dicom.tls }}
+{{- if and .enabled (not .existingSecret) }}
+{{- fail "gateway.dicom.tls.enabled needs gateway.dicom.tls.existingSecret" }}
+{{- end }}
+{{- if and .enabled .requireClientCert (not .caKey) }}
+{{- fail "gateway.dicom.tls.requireClientCert needs gateway.dicom.tls.caKey (the CAs client certificates must chain to)" }}
+{{- end }}
+{{- end }}
+{{- if and (hasPrefix "SASL_" $v.kafka.securityProtocol) (not $v.kafka.sasl.existingSecret) }}
+{{- fail (printf "kafka.securityProtocol=%s needs kafka.sasl.existingSecret" $v.kafka.securityProtocol) }}
+{{- end }}
+{{- if and (ne $v.kafka.securityProtocol "PLAINTEXT") (not $v.keda.authenticationRef) }}
+{{- range $component := include "dicom-gateway.components" . | splitList " " }}
+{{- if include "dicom-gateway.kedaEnabled" (dict "root" $ "component" $component) }}
+{{- fail (printf "%s.keda with kafka.securityProtocol=%s needs keda.authenticationRef (a KEDA TriggerAuthentication with the Kafka credentials)" $component $v.kafka.securityProtocol) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if and $v.networkPolicy.enabled (not $v.networkPolicy.dicomCIDRs) }}
+{{- fail "networkPolicy.enabled needs networkPolicy.dicomCIDRs (the sources allowed to send DICOM)" }}
+{{- end }}
+{{- range $key, $_ := $v.gateway.extraConfig }}
+{{- if not (hasPrefix "GATEWAY_" $key) }}
+{{- fail (printf "gateway.extraConfig key %q must start with GATEWAY_" $key) }}
+{{- end }}
+{{- end }}
+{{- end }}

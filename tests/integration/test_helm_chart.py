@@ -1,0 +1,393 @@
+"""Renders the Helm chart with the real helm binary and checks what Kubernetes would get.
+
+helm is the one scripts/helm-check installs (GATEWAY_TOOLS_DIR, default
+~/.cache/dicom-gateway/tools). Without it these tests fail: run scripts/helm-check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHART = REPO_ROOT / "helm" / "dicom-gateway"
+SPLIT_CI = CHART / "ci" / "split-values.yaml"
+SINGLE_CI = CHART / "ci" / "single-values.yaml"
+# Kafka, S3 and PostgreSQL: what every non-embedded install needs.
+BACKENDS = (
+    "kafka.bootstrapServers=kafka-bootstrap.kafka.svc:9092,"
+    "s3.endpoint=minio.storage.svc:9000,database.existingSecret=dicomgw-postgres"
+)
+WORKER_ROLES = ("store", "register", "notify")
+SPLIT_ROLES = ("receiver", *WORKER_ROLES)
+SECRET_SETTINGS = {
+    "GATEWAY_S3__ACCESS_KEY",
+    "GATEWAY_S3__SECRET_KEY",
+    "GATEWAY_DATABASE__URL",
+    "GATEWAY_KAFKA__SASL_USERNAME",
+    "GATEWAY_KAFKA__SASL_PASSWORD",
+}
+# (value files, --set values) covering both modes and the embedded default.
+VALUE_SETS = {
+    "embedded-default": ((), ()),
+    "single-ci": ((SINGLE_CI,), ()),
+    "split-ci": ((SPLIT_CI,), ()),
+    "split-minimal": ((), ("mode=split", BACKENDS)),
+}
+
+Manifest = dict[str, Any]
+
+
+def _tools_dir() -> Path:
+    configured = os.environ.get("GATEWAY_TOOLS_DIR")
+    return Path(configured) if configured else Path.home() / ".cache" / "dicom-gateway" / "tools"
+
+
+def _helm() -> Path:
+    helm = _tools_dir() / "bin" / "helm"
+    if not os.access(helm, os.X_OK):
+        pytest.fail(
+            f"helm not found at {helm}: run scripts/helm-check once to install it "
+            "(set GATEWAY_TOOLS_DIR if you use another tools directory)",
+            pytrace=False,
+        )
+    return helm
+
+
+def _run_template(values: tuple[Path, ...], sets: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
+    command = [str(_helm()), "template", "gw", str(CHART), "--namespace", "dicom"]
+    for path in values:
+        command += ["--values", str(path)]
+    for assignment in sets:
+        command += ["--set", assignment]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+def render(*sets: str, values: tuple[Path, ...] = ()) -> list[Manifest]:
+    result = _run_template(values, sets)
+    if result.returncode != 0:
+        pytest.fail(f"helm template failed:\n{result.stderr}", pytrace=False)
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def render_error(*sets: str, values: tuple[Path, ...] = ()) -> str:
+    result = _run_template(values, sets)
+    assert result.returncode != 0, "helm template was expected to refuse these values"
+    return result.stderr
+
+
+def render_set(name: str) -> list[Manifest]:
+    values, sets = VALUE_SETS[name]
+    return render(*sets, values=values)
+
+
+def of_kind(manifests: list[Manifest], kind: str) -> dict[str, Manifest]:
+    return {m["metadata"]["name"]: m for m in manifests if m["kind"] == kind}
+
+
+def component(manifest: Manifest) -> str:
+    return manifest["metadata"]["labels"]["app.kubernetes.io/component"]
+
+
+def containers(deployment: Manifest) -> list[Manifest]:
+    return deployment["spec"]["template"]["spec"]["containers"]
+
+
+def config_map(manifests: list[Manifest]) -> dict[str, str]:
+    (cm,) = of_kind(manifests, "ConfigMap").values()
+    return cm["data"]
+
+
+@pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
+def test_probes_are_http_on_the_http_port(value_set: str) -> None:
+    deployments = of_kind(render_set(value_set), "Deployment")
+    assert deployments
+    for name, deployment in deployments.items():
+        for container in containers(deployment):
+            ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+            assert ports["http"] == 8080, name
+            expected = {"livenessProbe": "/healthz", "readinessProbe": "/readyz", "startupProbe": "/healthz"}
+            for probe_name, path in expected.items():
+                probe = container[probe_name]
+                assert "tcpSocket" not in probe and "exec" not in probe, (name, probe_name)
+                assert probe["httpGet"]["path"] == path, (name, probe_name)
+                port = probe["httpGet"]["port"]
+                assert ports.get(port, port) == 8080, (name, probe_name, port)
+
+
+@pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
+def test_pods_and_containers_run_locked_down_as_non_root(value_set: str) -> None:
+    for name, deployment in of_kind(render_set(value_set), "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"].get("runAsUser", 1) != 0, name
+        assert pod["automountServiceAccountToken"] is False, name
+        for container in containers(deployment):
+            sc = container["securityContext"]
+            assert sc["runAsNonRoot"] is True, name
+            assert sc.get("runAsUser", 1) != 0, name
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc.get("privileged", False) is False, name
+            assert "ALL" in sc["capabilities"]["drop"], name
+            assert not sc["capabilities"].get("add"), name
+
+
+def test_chart_schema_refuses_weakened_security_context() -> None:
+    error = render_error("containerSecurityContext.readOnlyRootFilesystem=false")
+    assert "readOnlyRootFilesystem" in error
+    error = render_error("podSecurityContext.runAsNonRoot=false")
+    assert "runAsNonRoot" in error
+
+
+@pytest.mark.parametrize(("drain", "margin", "sets"), [(30, 15, ()), (120, 20, ("mode=split", BACKENDS))])
+def test_termination_grace_period_outlasts_the_drain(drain: int, margin: int, sets: tuple[str, ...]) -> None:
+    manifests = render(*sets, f"gateway.drainTimeoutSeconds={drain}", f"gateway.terminationGraceMarginSeconds={margin}")
+    assert config_map(manifests)["GATEWAY_RUNTIME__DRAIN_TIMEOUT_SECONDS"] == str(drain)
+    for name, deployment in of_kind(manifests, "Deployment").items():
+        grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert grace >= drain + margin, name
+
+
+@pytest.mark.parametrize("delivery", ["files", "env"])
+@pytest.mark.parametrize("values", [SINGLE_CI, SPLIT_CI])
+def test_secrets_are_referenced_never_inlined(delivery: str, values: Path) -> None:
+    manifests = render(f"secretDelivery={delivery}", values=(values,))
+    assert not of_kind(manifests, "Secret"), "the chart must not create Secrets"
+    assert SECRET_SETTINGS.isdisjoint(config_map(manifests))
+    existing = {"dicomgw-s3", "dicomgw-postgres", "dicomgw-kafka-user", "dicomgw-dicom-tls", "dicomgw-kafka-cluster-ca"}
+    for name, deployment in of_kind(manifests, "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = containers(deployment)
+        env = {e["name"]: e for e in container.get("env", [])}
+        for entry in env.values():
+            if entry["name"] in SECRET_SETTINGS:
+                assert "value" not in entry, (name, entry)
+                assert entry["valueFrom"]["secretKeyRef"]["name"] in existing, (name, entry)
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        projected = volumes["secrets"].get("projected", {}).get("sources", [])
+        delivered_files = {item["path"] for source in projected for item in source["secret"]["items"]}
+        assert {source["secret"]["name"] for source in projected} <= existing
+        delivered = delivered_files if delivery == "files" else set(env) & SECRET_SETTINGS
+        assert delivered == SECRET_SETTINGS, name
+        if delivery == "env":
+            assert not delivered_files, name
+        if "dicom-tls" in volumes:
+            assert volumes["dicom-tls"]["secret"]["secretName"] == "dicomgw-dicom-tls"
+        (ca_source,) = volumes["kafka-tls"]["projected"]["sources"]
+        assert ca_source["secret"]["name"] == "dicomgw-kafka-cluster-ca"
+
+
+def test_split_mode_runs_one_deployment_per_role() -> None:
+    manifests = render_set("split-ci")
+    deployments = of_kind(manifests, "Deployment")
+    assert sorted(component(d) for d in deployments.values()) == sorted(SPLIT_ROLES)
+    selectors = set()
+    for deployment in deployments.values():
+        role = component(deployment)
+        (container,) = containers(deployment)
+        assert container["args"] == ["run", "--role", role]
+        ports = {p["name"] for p in container["ports"]}
+        assert ports == ({"http", "dicom", "dicom-tls"} if role == "receiver" else {"http"})
+        selectors.add(tuple(sorted(deployment["spec"]["selector"]["matchLabels"].items())))
+    assert len(selectors) == len(SPLIT_ROLES), "each role needs its own pod selector"
+
+
+def test_split_mode_exposes_dicom_and_dicom_tls_on_the_receiver_service() -> None:
+    services = of_kind(render_set("split-ci"), "Service")
+    receiver = services["gw-dicom-gateway-receiver"]
+    assert receiver["spec"]["type"] == "NodePort"
+    assert receiver["spec"]["selector"]["app.kubernetes.io/component"] == "receiver"
+    ports = {p["name"]: (p["port"], p.get("nodePort")) for p in receiver["spec"]["ports"]}
+    assert ports == {"dicom": (11112, 31112), "dicom-tls": (2762, 32762)}
+    lb = of_kind(render("mode=split", BACKENDS), "Service")["gw-dicom-gateway-receiver"]
+    assert lb["spec"]["type"] == "LoadBalancer"
+    assert lb["spec"]["externalTrafficPolicy"] == "Local"
+
+
+def test_single_mode_runs_every_role_in_one_deployment() -> None:
+    (deployment,) = of_kind(render_set("single-ci"), "Deployment").values()
+    (container,) = containers(deployment)
+    assert container["args"] == ["run"]
+
+
+@pytest.mark.parametrize("value_set", ["split-minimal", "split-ci", "single-ci"])
+def test_every_deployment_has_a_pdb_and_an_autoscaler(value_set: str) -> None:
+    manifests = render_set(value_set)
+    deployments = of_kind(manifests, "Deployment")
+    pdbs = of_kind(manifests, "PodDisruptionBudget")
+    hpas = of_kind(manifests, "HorizontalPodAutoscaler")
+    scaled = of_kind(manifests, "ScaledObject")
+    for name, deployment in deployments.items():
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert pdbs[name]["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+        autoscalers = [m for m in (hpas.get(name), scaled.get(name)) if m]
+        assert len(autoscalers) == 1, f"{name} needs exactly one autoscaler"
+        assert autoscalers[0]["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+        assert "replicas" not in deployment["spec"], "an autoscaled Deployment must not pin replicas"
+    for hpa in hpas.values():
+        (metric,) = hpa["spec"]["metrics"]
+        assert metric["resource"]["name"] == "cpu"
+
+
+def test_network_policy_only_when_enabled() -> None:
+    assert not of_kind(render("mode=split", BACKENDS), "NetworkPolicy")
+    manifests = render_set("split-ci")
+    policies = of_kind(manifests, "NetworkPolicy")
+    assert set(policies) == set(of_kind(manifests, "Deployment"))
+    receiver = policies["gw-dicom-gateway-receiver"]["spec"]
+    dicom_rules = [r for r in receiver["ingress"] if {"port": "dicom", "protocol": "TCP"} in r["ports"]]
+    (rule,) = dicom_rules
+    assert [peer["ipBlock"]["cidr"] for peer in rule["from"]] == ["10.20.0.0/16", "192.0.2.0/24"]
+    for role in WORKER_ROLES:
+        ports = [p["port"] for r in policies[f"gw-dicom-gateway-{role}"]["spec"]["ingress"] for p in r["ports"]]
+        assert ports == ["http"], role
+    assert "dicomCIDRs" in render_error("mode=split", BACKENDS, "networkPolicy.enabled=true")
+
+
+def test_keda_scaled_objects_only_when_enabled() -> None:
+    assert not of_kind(render("mode=split", BACKENDS), "ScaledObject")
+    assert not of_kind(render(BACKENDS), "ScaledObject")
+    manifests = render("mode=split", BACKENDS, "store.keda.enabled=true")
+    (scaled,) = of_kind(manifests, "ScaledObject").values()
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "gw-dicom-gateway-store"
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "kafka"
+    assert trigger["metadata"]["consumerGroup"] == "dicomgw-store"
+    assert trigger["metadata"]["topic"] == "dicomgw.instances"
+    assert "gw-dicom-gateway-store" not in of_kind(manifests, "HorizontalPodAutoscaler")
+
+    single = render(BACKENDS, "single.keda.enabled=true")
+    (scaled,) = of_kind(single, "ScaledObject").values()
+    groups = sorted(t["metadata"]["consumerGroup"] for t in scaled["spec"]["triggers"])
+    assert groups == ["dicomgw-notify", "dicomgw-register", "dicomgw-store"]
+
+
+def test_embedded_mode_keeps_one_replica_on_a_volume() -> None:
+    manifests = render_set("embedded-default")
+    (deployment,) = of_kind(manifests, "Deployment").values()
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert "GATEWAY_KAFKA__BOOTSTRAP_SERVERS" not in config_map(manifests)
+    (claim,) = of_kind(manifests, "PersistentVolumeClaim")
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["data"]["persistentVolumeClaim"]["claimName"] == claim
+    for refused in ("single.replicas=2", "single.autoscaling.enabled=true", "single.keda.enabled=true"):
+        assert "embedded bus" in render_error(refused), refused
+
+
+def test_split_mode_requires_kafka() -> None:
+    assert "kafka.bootstrapServers" in render_error("mode=split")
+
+
+def test_service_monitor_scrapes_metrics_when_enabled() -> None:
+    assert not of_kind(render_set("embedded-default"), "ServiceMonitor")
+    manifests = render_set("split-ci")
+    (monitor,) = of_kind(manifests, "ServiceMonitor").values()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("http", "/metrics")
+    metrics = of_kind(manifests, "Service")["gw-dicom-gateway-metrics"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= metrics["metadata"]["labels"].items()
+
+
+def _leaf_paths(values: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = []
+    for key, value in values.items():
+        path = (*prefix, key)
+        paths += _leaf_paths(value, path) if isinstance(value, dict) and value else [path]
+    return paths
+
+
+def _schema_node(schema: dict[str, Any], root: dict[str, Any], key: str) -> dict[str, Any] | None:
+    if "$ref" in schema:
+        schema = root["definitions"][schema["$ref"].rsplit("/", 1)[1]]
+    if key in schema.get("properties", {}):
+        return schema["properties"][key]
+    assert schema.get("additionalProperties", True) is not False, f"schema refuses {key}"
+    return None
+
+
+def test_every_value_is_documented_and_in_the_schema() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    readme = (CHART / "README.md").read_text()
+    roles = {"single", *SPLIT_ROLES}
+    for path in _leaf_paths(values):
+        doc_path = ("<role>", *path[1:]) if path[0] in roles else path
+        prefixes = [".".join(doc_path[:n]) for n in range(len(doc_path), 0, -1)]
+        assert any(f"| `{prefix}` |" in readme for prefix in prefixes), f"{'.'.join(path)} is not documented"
+        node: dict[str, Any] | None = schema
+        for key in path:
+            node = _schema_node(node, schema, key)
+            if node is None:
+                break
+
+
+def _pod_settings(deployment: Manifest, config: dict[str, str], secrets_dir: Path) -> dict[str, str]:
+    """The GATEWAY_* environment a pod of this Deployment starts with; secret files land in secrets_dir."""
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = containers(deployment)
+    env = {**config, "GATEWAY_SECRETS_DIR": str(secrets_dir)}
+    for entry in container.get("env", []):
+        ref = entry.get("valueFrom", {}).get("secretKeyRef")
+        env[entry["name"]] = f"from-{ref['name']}-{ref['key']}" if ref else entry["value"]
+    for volume in pod["volumes"]:
+        if volume["name"] != "secrets" or "projected" not in volume:
+            continue
+        for source in volume["projected"]["sources"]:
+            for item in source["secret"]["items"]:
+                value = f"from-{source['secret']['name']}-{item['key']}"
+                (secrets_dir / item["path"]).write_text(value + "\n")
+    return env
+
+
+def _gateway_settings(deployment: Manifest, config: dict[str, str], secrets_dir: Path) -> tuple[dict[str, Any], str]:
+    """What `dicom-gateway settings` prints in a pod of this Deployment, and its raw output."""
+    secrets_dir.mkdir()
+    env = _pod_settings(deployment, config, secrets_dir)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "settings"],
+        env={**base, **env, "PYTHONPATH": str(REPO_ROOT)},
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, f"{deployment['metadata']['name']}: {result.stderr}"
+    return json.loads(result.stdout), result.stdout
+
+
+def test_the_gateway_accepts_the_embedded_defaults(tmp_path: Path) -> None:
+    manifests = render_set("embedded-default")
+    (deployment,) = of_kind(manifests, "Deployment").values()
+    settings, _ = _gateway_settings(deployment, config_map(manifests), tmp_path / "secrets")
+    assert settings["kafka"]["bootstrap_servers"] is None
+    assert settings["data_dir"] == "/var/lib/dicom-gateway"
+
+
+@pytest.mark.parametrize("delivery", ["files", "env"])
+@pytest.mark.parametrize("values", [SINGLE_CI, SPLIT_CI])
+def test_the_gateway_accepts_the_rendered_configuration(delivery: str, values: Path, tmp_path: Path) -> None:
+    manifests = render(f"secretDelivery={delivery}", values=(values,))
+    config = config_map(manifests)
+    for name, deployment in of_kind(manifests, "Deployment").items():
+        settings, output = _gateway_settings(deployment, config, tmp_path / name)
+        assert settings["kafka"]["bootstrap_servers"] == config["GATEWAY_KAFKA__BOOTSTRAP_SERVERS"]
+        assert settings["kafka"]["sasl_username"] == "from-dicomgw-kafka-user-username"
+        assert settings["kafka"]["ssl_ca_file"] == "/etc/dicom-gateway/kafka-tls/ca.crt"
+        assert settings["runtime"]["drain_timeout_seconds"] == 30
+        assert settings["data_dir"] == "/var/lib/dicom-gateway"
+        receives_dicom = component(deployment) in ("single", "receiver")
+        tls_cert = "/etc/dicom-gateway/tls/tls.crt" if receives_dicom else None
+        assert settings["dicom"]["tls"]["cert_file"] == tls_cert, name
+        assert "from-dicomgw-s3-secret-key" not in output, "secrets must stay masked"
+        assert settings["s3"]["secret_key"] and settings["database"]["url"], name
