@@ -6,6 +6,7 @@ import asyncio
 import logging
 import socket
 import struct
+import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -24,8 +25,6 @@ from gateway.receiver import Receiver
 from gateway.settings import DicomSettings, EmbeddedBusSettings, TopicSettings
 from tests.conftest import dcmtk
 from tests.helpers import free_port
-
-import subprocess
 
 
 def associate_rq(called: str = "DICOMGW") -> bytes:
@@ -79,6 +78,7 @@ class ThreadedGateway:
         assert self._stop is not None
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
+        self._loop.close()
 
     def exchange(self, *messages: bytes, wait: float = 3.0) -> bytes:
         """Send messages, then read until the gateway closes (or ``wait`` passes); returns what it sent."""

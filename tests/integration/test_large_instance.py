@@ -29,7 +29,7 @@ def write_large_instance(path: Path, pixel_bytes: int) -> None:
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.9.7433.5.2", "1.2.826.0.1.3680043.9.7433.5.3"
     ds.PatientID, ds.Modality = "010101-900R", "CT"
-    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16384, pixel_bytes // 32768, 16, 16, 15
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 32768, pixel_bytes // 65536, 16, 16, 15
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = 1, "MONOCHROME2", 0
     ds.save_as(path, enforce_file_format=True)
     block = os.urandom(4 * 1024 * 1024)
