@@ -52,6 +52,7 @@ def generate(kind: Kind, count: int, directory: Path, studies: int = 10) -> list
     if len(existing) >= count:
         return existing[:count]
     study_uids = [generate_uid() for _ in range(studies)]
+    series_uids = [generate_uid() for _ in range(studies)]
     paths = []
     for n in range(count):
         study = n % studies
@@ -62,7 +63,7 @@ def generate(kind: Kind, count: int, directory: Path, studies: int = 10) -> list
         ds = Dataset()
         ds.file_meta = meta
         ds.SOPClassUID, ds.SOPInstanceUID = kind.sop_class, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uids[study], f"{study_uids[study]}.1"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uids[study], series_uids[study]
         ds.PatientID, ds.IssuerOfPatientID = test_patient_id(study), "1.2.246.21"
         ds.PatientName, ds.PatientBirthDate, ds.PatientSex = "Test^Patient", "", "O"
         ds.AccessionNumber, ds.StudyDescription = f"ACC{study:06d}", "Benchmark study"

@@ -10,13 +10,16 @@ Chunks hold the data set bytes exactly as received, without the Part 10 file met
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Self
 
 import orjson
 
 KIND = "gw-kind"
 INSTANCE = "gw-instance"
 SEQUENCE = "gw-seq"
+BEGIN = "gw-begin"
+"""On the first record of a multi-record instance: its InstanceHeader, so a consumer can name and route the
+object before the last byte arrives."""
 ENVELOPE = "gw-envelope"
 
 CHUNK = b"chunk"
@@ -25,7 +28,9 @@ ABORT = b"abort"
 
 
 @dataclass(frozen=True, slots=True)
-class InstanceEnvelope:
+class InstanceHeader:
+    """Everything about an instance that is known once its header has been read."""
+
     instance_id: str
     """Unique per receive attempt: a re-sent instance gets a new one, and duplicates are resolved downstream."""
     correlation_id: str
@@ -40,9 +45,6 @@ class InstanceEnvelope:
     study_date: str
     study_time: str
     transfer_syntax_uid: str
-    size: int
-    sha256: str
-    chunks: int
     calling_ae: str
     called_ae: str
     peer: str
@@ -55,6 +57,17 @@ class InstanceEnvelope:
         return orjson.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, data: bytes) -> InstanceEnvelope:
+    def from_json(cls, data: bytes) -> Self:
         values: dict[str, Any] = orjson.loads(data)
         return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceEnvelope(InstanceHeader):
+    """The header plus what is known only at the end: on the ``end`` record."""
+
+    size: int
+    sha256: str
+    """Of the data set bytes exactly as received."""
+    chunks: int
+    """Records of the instance, the end record included."""

@@ -61,5 +61,7 @@ def configure(level: str, json_format: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("aiokafka", "kafka", "pynetdicom", "pydicom", "aiohttp.access"):
+    for noisy in ("aiokafka", "kafka", "pynetdicom", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # pydicom's warnings quote element values, which may be patient data: never log them
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)

@@ -17,7 +17,7 @@ import warnings
 import zlib
 from collections import deque
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 from pydicom.dataset import Dataset
@@ -25,7 +25,7 @@ from pydicom.filereader import read_dataset
 
 from gateway import envelope
 from gateway.bus import MAX_RECORD_BYTES, BusError, Producer
-from gateway.envelope import InstanceEnvelope
+from gateway.envelope import InstanceEnvelope, InstanceHeader
 from gateway.errors import CannotUnderstand, DataSetMismatch, OutOfResources
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,19 @@ class Header:
     study_time: str
 
 
+_HEADER_KEYWORDS = {
+    "sop_class_uid": "SOPClassUID",
+    "sop_instance_uid": "SOPInstanceUID",
+    "study_instance_uid": "StudyInstanceUID",
+    "series_instance_uid": "SeriesInstanceUID",
+    "patient_id": "PatientID",
+    "accession_number": "AccessionNumber",
+    "modality": "Modality",
+    "study_date": "StudyDate",
+    "study_time": "StudyTime",
+}
+
+
 def _text(dataset: Dataset, keyword: str) -> str:
     value = dataset.get(keyword)
     return "" if value is None else str(value).strip()
@@ -87,28 +100,18 @@ def parse_header(prefix: bytes, transfer_syntax: str, complete: bool) -> Header 
     stream = io.BytesIO(prefix)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pydicom's notes on odd encodings; we report our own outcome
+            warnings.simplefilter("ignore")  # pydicom's notes on odd values; we report our own outcome
             dataset = read_dataset(
-            stream,
+                stream,
                 is_implicit_VR=transfer_syntax == _IMPLICIT_LITTLE,
                 is_little_endian=transfer_syntax != _EXPLICIT_BIG,
                 stop_when=lambda tag, vr, length: tag > _LAST_HEADER_TAG,
             )
-        reached = stream.tell() < len(prefix)
-        if not reached and not complete:
-            return None
-        header = Header(
-            sop_class_uid=_text(dataset, "SOPClassUID"),
-            sop_instance_uid=_text(dataset, "SOPInstanceUID"),
-            study_instance_uid=_text(dataset, "StudyInstanceUID"),
-            series_instance_uid=_text(dataset, "SeriesInstanceUID"),
-            patient_id=_text(dataset, "PatientID"),
-            issuer_of_patient_id=_issuer(dataset),
-            accession_number=_text(dataset, "AccessionNumber"),
-            modality=_text(dataset, "Modality"),
-            study_date=_text(dataset, "StudyDate"),
-            study_time=_text(dataset, "StudyTime"),
-        )
+            reached = stream.tell() < len(prefix)
+            if not reached and not complete:
+                return None
+            header = Header(**{name: _text(dataset, keyword) for name, keyword in _HEADER_KEYWORDS.items()},
+                            issuer_of_patient_id=_issuer(dataset))
     except Exception as exc:
         if not complete:
             return None
@@ -148,7 +151,7 @@ class InstancePublisher:
         self._sha256 = hashlib.sha256()
         self._size = 0
         self._buffer = bytearray()
-        self._header: Header | None = None
+        self._envelope_header: InstanceHeader | None = None
         self._key = b""
         self._next_parse_at = _FIRST_PARSE_AT
         self._inflater = zlib.decompressobj(-zlib.MAX_WBITS) if transfer_syntax == _DEFLATED else None
@@ -167,9 +170,9 @@ class InstancePublisher:
             raise OutOfResources(f"instance exceeds the {self._max_instance_bytes}-byte limit")
         self._sha256.update(fragment)
         self._buffer += fragment
-        if self._header is None:
+        if self._envelope_header is None:
             self._try_header(complete=False, fragment=fragment)
-        while self._header is not None and len(self._buffer) > CHUNK_BYTES:
+        while self._envelope_header is not None and len(self._buffer) > CHUNK_BYTES:
             chunk = self._buffer
             self._buffer = bytearray(chunk[CHUNK_BYTES:])
             del chunk[CHUNK_BYTES:]
@@ -177,33 +180,11 @@ class InstancePublisher:
 
     async def finish(self, timeout: float) -> InstanceEnvelope:
         """Send the rest with the envelope; return once every record of the instance is durable."""
-        if self._header is None:
+        if self._envelope_header is None:
             self._try_header(complete=True)
-        assert self._header is not None
-        header = self._header
+        assert self._envelope_header is not None
         result = InstanceEnvelope(
-            instance_id=self.instance_id,
-            correlation_id=self._correlation_id,
-            sop_class_uid=header.sop_class_uid,
-            sop_instance_uid=header.sop_instance_uid,
-            study_instance_uid=header.study_instance_uid,
-            series_instance_uid=header.series_instance_uid,
-            patient_id=header.patient_id,
-            issuer_of_patient_id=header.issuer_of_patient_id,
-            accession_number=header.accession_number,
-            modality=header.modality,
-            study_date=header.study_date,
-            study_time=header.study_time,
-            transfer_syntax_uid=self._transfer_syntax,
-            size=self._size,
-            sha256=self._sha256.hexdigest(),
-            chunks=self._sequence + 1,
-            calling_ae=self._origin.calling_ae,
-            called_ae=self._origin.called_ae,
-            peer=self._origin.peer,
-            organization=self._origin.organization,
-            organization_oid=self._origin.organization_oid,
-            received_at=self._received_at,
+            **asdict(self._envelope_header), size=self._size, sha256=self._sha256.hexdigest(), chunks=self._sequence + 1
         )
         try:
             async with asyncio.timeout(timeout):
@@ -239,6 +220,8 @@ class InstancePublisher:
         ]
         if envelope_json is not None:
             headers.append((envelope.ENVELOPE, envelope_json))
+        elif self._sequence == 0 and self._envelope_header is not None:
+            headers.append((envelope.BEGIN, self._envelope_header.to_json()))
         return headers
 
     async def _send(self, data: bytearray, kind: bytes, envelope_json: bytes | None = None) -> None:
@@ -274,7 +257,19 @@ class InstancePublisher:
             raise DataSetMismatch("SOP Class UID differs from the C-STORE request")
         if header.sop_instance_uid != self._sop_instance_uid:
             raise DataSetMismatch("SOP Instance UID differs from the C-STORE request")
-        self._header = header
         self._key = header.study_instance_uid.encode()
         self._inflated = bytearray()
+        origin = self._origin
+        self._envelope_header = InstanceHeader(
+            instance_id=self.instance_id,
+            correlation_id=self._correlation_id,
+            **asdict(header),
+            transfer_syntax_uid=self._transfer_syntax,
+            calling_ae=origin.calling_ae,
+            called_ae=origin.called_ae,
+            peer=origin.peer,
+            organization=origin.organization,
+            organization_oid=origin.organization_oid,
+            received_at=self._received_at,
+        )
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from gateway import envelope
 from gateway.bus import Bus
-from gateway.envelope import InstanceEnvelope
+from gateway.envelope import InstanceEnvelope, InstanceHeader
 
 
 def free_port() -> int:
@@ -62,6 +62,9 @@ async def read_instances(bus: Bus, topic: str, group: str, idle: float = 1.0) ->
                     chunks.pop(instance, None)
                     contents.aborted.add(instance)
                     continue
+                if kind == envelope.CHUNK and record.header(envelope.SEQUENCE) == b"0":
+                    begin = InstanceHeader.from_json(record.header(envelope.BEGIN) or b"")
+                    assert begin.instance_id == instance, "the first chunk must name its instance's header"
                 chunks.setdefault(instance, []).append(record.value)
                 if kind == envelope.END:
                     meta = InstanceEnvelope.from_json(record.header(envelope.ENVELOPE) or b"")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -24,11 +24,13 @@ from gateway.bus import (
     BusUnavailable,
     Headers,
     OffsetTracker,
+    Producer,
     Record,
     RevokeCallback,
     check_record_size,
 )
 from gateway.bus import TopicPartition as TP
+from gateway.bus.rdkafka import rdkafka_producer
 from gateway.metrics import Metrics
 from gateway.settings import KafkaSettings, TopicSettings
 
@@ -94,8 +96,13 @@ class KafkaBus:
         finally:
             await admin.close()
 
+    def producer(self) -> AbstractAsyncContextManager[Producer]:
+        if self._settings.producer_client == "librdkafka":
+            return rdkafka_producer(self._settings, self._metrics)
+        return self._aiokafka_producer()
+
     @asynccontextmanager
-    async def producer(self) -> AsyncIterator[KafkaProducer]:
+    async def _aiokafka_producer(self) -> AsyncIterator[Producer]:
         s = self._settings
         client = AIOKafkaProducer(
             **self._common(),
@@ -112,7 +119,7 @@ class KafkaBus:
             await client.stop()
             raise BusUnavailable(f"cannot connect to Kafka at {s.bootstrap_servers}: {exc}") from exc
         try:
-            yield KafkaProducer(client, self._metrics)
+            yield AioKafkaProducer(client, self._metrics)
         finally:
             await client.stop()
 
@@ -146,7 +153,7 @@ class KafkaBus:
                 await client.stop()
 
 
-class KafkaProducer:
+class AioKafkaProducer:
     max_record_bytes = MAX_RECORD_BYTES
 
     def __init__(self, client: AIOKafkaProducer, metrics: Metrics) -> None:
