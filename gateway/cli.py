@@ -10,11 +10,13 @@ from pathlib import Path
 
 import orjson
 import uvloop
+from prometheus_client import CollectorRegistry
 
 from gateway import logs
 from gateway.app import build_bus, build_roles
 from gateway.metrics import Metrics
-from gateway.runtime import RoleCrashed, run_roles
+from gateway.processes import MergedMetrics, ReceiverProcesses
+from gateway.runtime import Role, RoleCrashed, run_roles
 from gateway.settings import ROLES, Settings, SettingsError, load_settings
 from workers.validation import cli as validation_cli
 
@@ -32,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--role", action="append", choices=ROLES, dest="roles",
                      help="run only this role (repeatable); default: every role")
     run.add_argument("--config", type=Path, help="YAML settings file (environment variables override it)")
+    run.add_argument("--workers", type=int, metavar="N",
+                     help="receiver processes sharing the DICOM port (overrides GATEWAY_DICOM__PROCESSES)")
     run.set_defaults(func=_run)
 
     show = commands.add_parser("settings", help="print the effective settings as JSON, secrets masked")
@@ -59,22 +63,33 @@ def _show_settings(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
+    if args.workers is not None:
+        if args.workers < 1:
+            raise SettingsError("--workers must be at least 1")
+        settings = settings.model_copy(update={"dicom": settings.dicom.model_copy(update={"processes": args.workers})})
     logs.configure(settings.log.level, settings.log.json_format)
     roles = args.roles or list(ROLES)
     try:
-        uvloop.run(_serve(settings, roles))
+        uvloop.run(_serve(settings, roles, args.config))
     except RoleCrashed:
         return 1
     return 0
 
 
-async def _serve(settings: Settings, roles: list[str]) -> None:
+async def _serve(settings: Settings, roles: list[str], config: Path | None) -> None:
     metrics = Metrics()
+    extra: list[Role] = []
+    if settings.dicom.processes > 1 and "receiver" in roles:
+        settings = settings.model_copy(update={"dicom": settings.dicom.model_copy(update={"reuse_port": True})})
+        processes = ReceiverProcesses(settings.dicom.processes - 1, config, settings.runtime.drain_timeout_seconds)
+        metrics.exposition = CollectorRegistry(auto_describe=False)
+        metrics.exposition.register(MergedMetrics(metrics.registry, processes))
+        extra.append(processes)
     bus = build_bus(settings, metrics)
     if bus.kind == "embedded":
         log.info("no Kafka configured: using the embedded bus", extra={"data_dir": str(settings.data_dir)})
     await bus.ensure_topics()
-    await run_roles(settings, build_roles(roles, settings, bus, metrics), metrics)
+    await run_roles(settings, [*extra, *build_roles(roles, settings, bus, metrics)], metrics)
 
 
 if __name__ == "__main__":

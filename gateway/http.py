@@ -34,7 +34,7 @@ def make_app(health: Health, metrics: Metrics) -> web.Application:
         return web.json_response({"status": "not ready"}, status=503)
 
     async def metrics_endpoint(_: web.Request) -> web.Response:
-        response = web.Response(body=generate_latest(metrics.registry))
+        response = web.Response(body=generate_latest(metrics.exposition))
         response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
         return response
 

@@ -13,6 +13,8 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.exposition = self.registry
+        """What /metrics serves: this registry, or one that merges in other processes' metrics."""
         r = self.registry
         self.up = Gauge("dicomgw_ready", "1 while the process accepts work", registry=r)
         self.bus_records_published = Counter(

@@ -70,7 +70,7 @@ class Receiver:
 
     async def _listen(self, port: int, context: ssl.SSLContext | None) -> None:
         server = await asyncio.start_server(
-            self._accept, self._settings.host, port, ssl=context,
+            self._accept, self._settings.host, port, ssl=context, reuse_port=self._settings.reuse_port,
             ssl_handshake_timeout=self._settings.acse_timeout_seconds if context else None,
             limit=1024 * 1024,
         )

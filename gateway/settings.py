@@ -80,6 +80,10 @@ class DicomSettings(_Section):
     """Idle time after which an open association is aborted."""
     publish_timeout_seconds: float = Field(30.0, gt=0)
     """How long a C-STORE waits for the bus before answering 0xA700."""
+    processes: int = Field(1, ge=1, le=64)
+    """Receiver processes sharing the DICOM port (SO_REUSEPORT); ``run --workers N`` sets it too."""
+    reuse_port: bool = False
+    """Set for every receiver process when there are several; not needed otherwise."""
     tls: TlsSettings = TlsSettings()
 
     @field_validator("ae_title")

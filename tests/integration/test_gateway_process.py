@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import socket
 import struct
@@ -19,7 +20,7 @@ from gateway.metrics import Metrics
 from gateway.settings import EmbeddedBusSettings
 from tests.component.test_malformed_input import associate_rq, p_data
 from tests.conftest import dcmtk
-from tests.helpers import read_instances
+from tests.helpers import read_instances, run
 from tests.process import GatewayProcess
 
 CT = str(get_testdata_file("CT_small.dcm"))
@@ -161,3 +162,21 @@ async def test_kill_9_mid_publish_loses_no_acknowledged_record(tmp_path: Path) -
         while records := await consumer.fetch(timeout=1.0, max_records=5000):
             found.update(int(r.value[: len(r.value) // 1000]) for r in records)
     assert set(acknowledged) <= found
+
+
+async def test_receiver_processes_share_the_port_and_merge_metrics(tmp_path: Path) -> None:
+    gateway = GatewayProcess(tmp_path / "data", GATEWAY_DICOM__PROCESSES="3")
+    try:
+        gateway.wait_ready()
+        results = await asyncio.gather(*[
+            run(dcmtk("storescu"), "-aec", "DICOMGW", "127.0.0.1", str(gateway.dicom_port), CT) for _ in range(12)
+        ])
+        assert all(code == 0 for code, _ in results), results
+        lines = [json.loads(line) for line in gateway.log.read_text().splitlines() if line.startswith("{")]
+        serving = {line["pid"] for line in lines if line.get("msg") == "association accepted"}
+        assert len(serving) >= 2, "associations were not spread over the receiver processes"
+        _, metrics = gateway.http("/metrics")
+        assert "dicomgw_instances_received_total 12.0" in metrics
+        assert "dicomgw_ready 3.0" in metrics
+    finally:
+        assert gateway.stop() == 0

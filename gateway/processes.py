@@ -1,0 +1,131 @@
+"""Extra receiver processes sharing the DICOM port with SO_REUSEPORT, so one pod can use all its cores.
+
+Python runs one core per process; the kernel spreads new associations over every process listening on the
+port. The first process serves HTTP and supervises the others as one role: they start before it is ready,
+stop (draining) when it stops, and if one dies the whole pod exits so that the orchestrator restarts it.
+Their metrics are merged into the first process's ``/metrics`` (MergedMetrics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import sys
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+
+import orjson
+from prometheus_client.core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector, CollectorRegistry
+
+log = logging.getLogger(__name__)
+
+_READY_TIMEOUT = 60.0
+
+
+def _die_with_parent() -> None:
+    """PR_SET_PDEATHSIG: a receiver process must not outlive the first one (kill -9, forced exit)."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+
+
+class ReceiverProcesses:
+    name = "receiver-processes"
+
+    def __init__(self, count: int, config: Path | None, drain_timeout: float) -> None:
+        self._count = count
+        self._config = config
+        self._drain_timeout = drain_timeout
+        self._children: list[asyncio.subprocess.Process] = []
+        self._forwarders: list[asyncio.Task[None]] = []
+        self.http_ports: list[int] = []
+
+    async def __aenter__(self) -> ReceiverProcesses:
+        argv = [sys.executable, "-m", "gateway.cli", "run", "--role", "receiver", "--workers", "1"]
+        if self._config is not None:
+            argv += ["--config", str(self._config)]
+        env = {**os.environ, "GATEWAY_HTTP__PORT": "0", "GATEWAY_HTTP__HOST": "127.0.0.1",
+               "GATEWAY_DICOM__REUSE_PORT": "true"}
+        try:
+            for _ in range(self._count):
+                child = await asyncio.create_subprocess_exec(
+                    *argv, env=env, stderr=asyncio.subprocess.PIPE, preexec_fn=_die_with_parent
+                )
+                self._children.append(child)
+                ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+                self._forwarders.append(asyncio.create_task(self._forward(child, ready)))
+                async with asyncio.timeout(_READY_TIMEOUT):
+                    self.http_ports.append(await ready)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        log.info("receiver processes ready", extra={"processes": self._count})
+        return self
+
+    async def _forward(self, child: asyncio.subprocess.Process, ready: asyncio.Future[int]) -> None:
+        """Pass the child's log lines through, and learn its HTTP port from its 'ready' line."""
+        assert child.stderr is not None
+        async for line in child.stderr:
+            sys.stderr.buffer.write(line)
+            if not ready.done() and b'"msg":"ready"' in line:
+                ready.set_result(int(orjson.loads(line)["http_port"]))
+        if not ready.done():
+            ready.set_exception(RuntimeError(f"receiver process exited with {await child.wait()}"))
+
+    async def wait(self) -> None:
+        done, _ = await asyncio.wait([asyncio.create_task(child.wait()) for child in self._children],
+                                     return_when=asyncio.FIRST_COMPLETED)
+        raise RuntimeError(f"a receiver process exited with {done.pop().result()}")
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for child in self._children:
+            if child.returncode is None:
+                child.send_signal(signal.SIGTERM)
+        for child in self._children:
+            try:
+                async with asyncio.timeout(self._drain_timeout + 5):
+                    await child.wait()
+            except TimeoutError:
+                child.kill()
+                await child.wait()
+        await asyncio.gather(*self._forwarders, return_exceptions=True)
+
+
+class MergedMetrics(Collector):
+    """This process's metrics plus the receiver processes', summed per name and labels, as one exposition."""
+
+    def __init__(self, own: CollectorRegistry, processes: ReceiverProcesses) -> None:
+        self._own = own
+        self._processes = processes
+
+    def collect(self) -> Iterable[Metric]:
+        families: dict[str, tuple[Metric, dict[tuple[str, tuple[tuple[str, str], ...]], float]]] = {}
+
+        def add(collected: Iterable[Metric]) -> None:
+            for family in collected:
+                metric, totals = families.setdefault(
+                    family.name, (Metric(family.name, family.documentation, family.type), {})
+                )
+                for sample in family.samples:
+                    if not sample.name.endswith("_created"):
+                        key = (sample.name, tuple(sorted(sample.labels.items())))
+                        totals[key] = totals.get(key, 0.0) + sample.value
+
+        add(self._own.collect())
+        for port in self._processes.http_ports:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+                    add(text_string_to_metric_families(response.read().decode()))
+            except OSError:
+                log.warning("metrics of a receiver process unavailable", extra={"http_port": port})
+        for metric, totals in families.values():
+            for (name, labels), value in totals.items():
+                metric.add_sample(name, dict(labels), value)
+            yield metric
