@@ -18,6 +18,7 @@ from gateway.metrics import Metrics
 from gateway.processes import MergedMetrics, ReceiverProcesses
 from gateway.runtime import Role, RoleCrashed, run_roles
 from gateway.settings import ROLES, Settings, SettingsError, load_settings
+from workers import dead_letter
 from workers.validation import cli as validation_cli
 
 log = logging.getLogger("gateway")
@@ -42,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--config", type=Path, help="YAML settings file")
     show.set_defaults(func=_show_settings)
 
+    dead = commands.add_parser("dead-letter", help="list or re-drive what the workers could not process")
+    dead.add_argument("action", choices=["list", "redrive"])
+    dead.add_argument("instance_ids", nargs="*", metavar="INSTANCE_ID", help="entries to re-drive")
+    dead.add_argument("--all", action="store_true", help="re-drive every open entry")
+    dead.add_argument("--config", type=Path, help="YAML settings file")
+    dead.set_defaults(func=_dead_letter)
+
     validation_cli.add_parser(commands)
     return parser
 
@@ -59,6 +67,36 @@ def _show_settings(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     print(orjson.dumps(settings.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode())
     return 0
+
+
+def _dead_letter(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    logs.configure("WARNING", settings.log.json_format)
+    return uvloop.run(_dead_letter_async(settings, args))
+
+
+async def _dead_letter_async(settings: Settings, args: argparse.Namespace) -> int:
+    bus = build_bus(settings, Metrics())
+    await bus.ensure_topics()
+    open_entries = await dead_letter.entries(bus, settings.topics)
+    if args.action == "list":
+        for entry in open_entries:
+            print(orjson.dumps(entry.summary()).decode())
+        return 0
+    chosen = open_entries if args.all else [e for e in open_entries if e.instance_id in set(args.instance_ids)]
+    missing = set(args.instance_ids) - {e.instance_id for e in chosen}
+    for instance_id in sorted(missing):
+        print(f"dicom-gateway: no open dead-letter entry {instance_id}", file=sys.stderr)
+    failed = bool(missing)
+    for entry in chosen:
+        try:
+            new_id = await dead_letter.redrive(bus, settings.topics, entry)
+        except LookupError as exc:
+            print(f"dicom-gateway: {entry.instance_id}: {exc}", file=sys.stderr)
+            failed = True
+        else:
+            print(orjson.dumps({"redriven": entry.instance_id, "as": new_id}).decode())
+    return 1 if failed else 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -51,6 +51,15 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.instances_stored = Counter(
+            "dicomgw_instances_stored_total", "Instances through the store stage, by event", ["event"], registry=r
+        )
+        self.dead_letters = Counter(
+            "dicomgw_dead_letters_total", "Instances sent to the dead-letter topic", ["stage"], registry=r
+        )
+        self.stage_retries = Counter(
+            "dicomgw_stage_retries_total", "Back-offs while a service a stage needs was down", ["stage"], registry=r
+        )
         self.protocol_errors = Counter(
             "dicomgw_protocol_errors_total", "Malformed or out-of-order input that aborted an association",
             ["reason"], registry=r,

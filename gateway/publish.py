@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import logging
 import uuid
-import warnings
 import zlib
 from collections import deque
 from collections.abc import Awaitable
@@ -21,10 +19,10 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
 
 from gateway import envelope
 from gateway.bus import MAX_RECORD_BYTES, BusError, Producer
+from gateway.dicom.dataset import DEFLATED, read_prefix
 from gateway.envelope import InstanceEnvelope, InstanceHeader
 from gateway.errors import CannotUnderstand, DataSetMismatch, OutOfResources
 
@@ -35,10 +33,8 @@ CHUNK_BYTES = MAX_RECORD_BYTES - 16 * 1024
 IN_FLIGHT_CHUNKS = 4
 HEADER_LIMIT_BYTES = 8 * 1024 * 1024
 _FIRST_PARSE_AT = 16 * 1024
-_LAST_HEADER_TAG = 0x0020000E
-_DEFLATED = "1.2.840.10008.1.2.1.99"
-_IMPLICIT_LITTLE = "1.2.840.10008.1.2"
-_EXPLICIT_BIG = "1.2.840.10008.1.2.2"
+_AFTER_HEADER_TAG = 0x0020000F
+"""The first tag after Series Instance UID: the envelope needs nothing beyond it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,26 +93,14 @@ def _issuer(dataset: Dataset) -> str:
 
 def parse_header(prefix: bytes, transfer_syntax: str, complete: bool) -> Header | None:
     """The header from the first bytes of a data set; None while more bytes are needed to reach it."""
-    stream = io.BytesIO(prefix)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pydicom's notes on odd values; we report our own outcome
-            dataset = read_dataset(
-                stream,
-                is_implicit_VR=transfer_syntax == _IMPLICIT_LITTLE,
-                is_little_endian=transfer_syntax != _EXPLICIT_BIG,
-                stop_when=lambda tag, vr, length: tag > _LAST_HEADER_TAG,
-            )
-            reached = stream.tell() < len(prefix)
-            if not reached and not complete:
-                return None
-            header = Header(**{name: _text(dataset, keyword) for name, keyword in _HEADER_KEYWORDS.items()},
-                            issuer_of_patient_id=_issuer(dataset))
+        dataset = read_prefix(prefix, transfer_syntax, _AFTER_HEADER_TAG, complete)
     except Exception as exc:
-        if not complete:
-            return None
         raise CannotUnderstand(f"data set does not parse: {type(exc).__name__}") from exc
-    return header
+    if dataset is None:
+        return None
+    return Header(**{name: _text(dataset, keyword) for name, keyword in _HEADER_KEYWORDS.items()},
+                  issuer_of_patient_id=_issuer(dataset))
 
 
 def _consume_outcome(delivery: asyncio.Future[None]) -> None:
@@ -154,7 +138,7 @@ class InstancePublisher:
         self._envelope_header: InstanceHeader | None = None
         self._key = b""
         self._next_parse_at = _FIRST_PARSE_AT
-        self._inflater = zlib.decompressobj(-zlib.MAX_WBITS) if transfer_syntax == _DEFLATED else None
+        self._inflater = zlib.decompressobj(-zlib.MAX_WBITS) if transfer_syntax == DEFLATED else None
         self._inflated = bytearray()
         self._sequence = 0
         self._in_flight: deque[Awaitable[None]] = deque()

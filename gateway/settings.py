@@ -24,7 +24,7 @@ from pydantic_settings import (
 ENV_PREFIX = "GATEWAY_"
 NESTED_DELIMITER = "__"
 DEFAULT_SECRETS_DIR = Path("/run/secrets/dicom-gateway")
-ROLES = ("receiver",)
+ROLES = ("receiver", "store")
 """Roles this build can run; each worker role is added here when its stage exists."""
 
 
@@ -159,6 +159,26 @@ class DatabaseSettings(_Section):
     """postgresql://user:password@host/db; unset = SQLite under the data dir."""
 
 
+class ValidationSettings(_Section):
+    """Which validation profile checks which source (profiles: workers/validation, docs/validation-rules.md)."""
+
+    default_profile: str = "dicom-basic"
+    profiles_by_calling_ae: dict[str, str] = {}
+    profile_files: tuple[Path, ...] = ()
+    """Site profiles (YAML) layered over the bundled ones, e.g. fi-kanta with its procedure code list."""
+
+
+class StoreSettings(_Section):
+    """The store worker pool."""
+
+    correction_policy: Literal["replace", "reject", "keep-first"] = "replace"
+    """Same SOP Instance UID, different content: replace (prior version kept), reject, or keep the first."""
+    orphan_timeout_seconds: float = Field(600.0, gt=0)
+    """An instance whose end record has not come this long after its last record is dropped."""
+    retry_max_seconds: float = Field(60.0, gt=0)
+    """Longest back-off between attempts while S3, the index or the bus is down."""
+
+
 class RuntimeSettings(_Section):
     drain_timeout_seconds: float = Field(30.0, gt=0)
     """Time in-flight work gets after SIGTERM before it is cancelled."""
@@ -188,6 +208,8 @@ class Settings(BaseSettings):
     embedded_bus: EmbeddedBusSettings = EmbeddedBusSettings()
     s3: S3Settings = S3Settings()
     database: DatabaseSettings = DatabaseSettings()
+    validation: ValidationSettings = ValidationSettings()
+    store: StoreSettings = StoreSettings()
     runtime: RuntimeSettings = RuntimeSettings()
     log: LogSettings = LogSettings()
 

@@ -15,7 +15,7 @@ from tests.helpers import free_port
 
 
 class GatewayProcess:
-    def __init__(self, data_dir: Path, **environment: str) -> None:
+    def __init__(self, data_dir: Path, role: str = "all", **environment: str) -> None:
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.data_dir = data_dir
@@ -30,9 +30,11 @@ class GatewayProcess:
             "GATEWAY_SECRETS_DIR": str(data_dir / "no-secrets"),
             **environment,
         }
+        data_dir.mkdir(parents=True, exist_ok=True)
         self._out = self.log.open("ab")
+        roles = [] if role == "all" else ["--role", role]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run"], env=env, stdout=self._out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "gateway.cli", "run", *roles], env=env, stdout=self._out, stderr=subprocess.STDOUT
         )
 
     def http(self, path: str) -> tuple[int, str]:

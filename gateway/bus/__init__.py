@@ -109,6 +109,10 @@ class Bus(Protocol):
 
     def producer(self) -> AbstractAsyncContextManager[Producer]: ...
 
+    async def read(self, topic: str, partition: int, offsets: Sequence[int]) -> list[Record]:
+        """Particular records, outside any group (re-driving dead letters); those past retention are missing."""
+        ...
+
     def consumer(
         self, group: str, topics: Sequence[str], on_revoked: RevokeCallback | None = None
     ) -> AbstractAsyncContextManager[Consumer]: ...

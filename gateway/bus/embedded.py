@@ -12,6 +12,7 @@ consumer that left the group.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import struct
@@ -139,6 +140,19 @@ class EmbeddedBus:
 
     async def ensure_topics(self) -> None:
         """Topics exist implicitly; nothing to create."""
+
+    async def read(self, topic: str, partition: int, offsets: Sequence[int]) -> list[Record]:
+        def select() -> list[Record]:
+            with contextlib.closing(_connect(self._path)) as connection:
+                placeholders = ",".join("?" * len(offsets))
+                rows = connection.execute(
+                    f'SELECT "offset", key, value, headers, ts FROM records WHERE topic = ? AND partition = ? '
+                    f'AND "offset" IN ({placeholders}) ORDER BY "offset"',
+                    (topic, partition, *offsets),
+                ).fetchall()
+            return [Record(topic, partition, o, k, v, decode_headers(h), ts) for o, k, v, h, ts in rows]
+
+        return await asyncio.to_thread(select)
 
     @asynccontextmanager
     async def producer(self) -> AsyncIterator[EmbeddedProducer]:

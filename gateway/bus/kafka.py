@@ -96,6 +96,28 @@ class KafkaBus:
         finally:
             await admin.close()
 
+    async def read(self, topic: str, partition: int, offsets: Sequence[int]) -> list[Record]:
+        wanted = set(offsets)
+        tp = TopicPartition(topic, partition)
+        client = AIOKafkaConsumer(**self._common(), enable_auto_commit=False, group_id=None,
+                                  isolation_level="read_committed",
+                                  max_partition_fetch_bytes=4 * (MAX_RECORD_BYTES + _RECORD_OVERHEAD))
+        await client.start()
+        records: list[Record] = []
+        try:
+            client.assign([tp])
+            client.seek(tp, min(wanted))
+            end = (await client.end_offsets([tp]))[tp]
+            while wanted and await client.position(tp) < min(end, max(wanted) + 1):
+                for message in (await client.getmany(tp, timeout_ms=1000)).get(tp, []):
+                    if message.offset in wanted:
+                        wanted.discard(message.offset)
+                        records.append(Record(topic, partition, message.offset, message.key or b"",
+                                              message.value or b"", tuple(message.headers), message.timestamp))
+        finally:
+            await client.stop()
+        return records
+
     def producer(self) -> AbstractAsyncContextManager[Producer]:
         if self._settings.producer_client == "librdkafka":
             return rdkafka_producer(self._settings, self._metrics)

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from gateway.settings import ValidationSettings
 from workers.validation.coercion import CoercionConfig
 from workers.validation.model import ProfileParameters, Severity
 from workers.validation.rules import RULES
@@ -202,14 +203,6 @@ class ProfileRegistry:
         else:
             raise ProfileError(f"profile {name} extends {parent!r}, which is not defined before it")
         return _merge(self._resolve(parent, parent_layer, (*chain, (name, layer))), own)
-
-
-class ValidationSettings(_Section):
-    """Which profile validates which source; meant for the gateway's settings root."""
-
-    default_profile: str = "dicom-basic"
-    profiles_by_calling_ae: dict[str, str] = {}
-    profile_files: tuple[Path, ...] = ()
 
 
 class ProfileSelector:

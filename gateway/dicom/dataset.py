@@ -1,0 +1,42 @@
+"""Reading the start of a data set while the rest is still arriving."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+
+IMPLICIT_LITTLE = "1.2.840.10008.1.2"
+EXPLICIT_BIG = "1.2.840.10008.1.2.2"
+DEFLATED = "1.2.840.10008.1.2.1.99"
+PIXEL_DATA = 0x7FE00010
+
+
+def read_prefix(prefix: bytes, transfer_syntax: str, stop_before: int, complete: bool) -> Dataset | None:
+    """The top-level elements before tag ``stop_before``; None while more bytes are needed to reach it.
+
+    With ``complete`` the prefix is all there is, and whatever parses is returned. Raises only then.
+    pydicom's warnings (odd values) are silenced here: they may quote patient data, and the caller reports
+    its own outcome. Values are read inside, since pydicom converts them lazily.
+    """
+    stream = io.BytesIO(prefix)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dataset = read_dataset(
+                stream,
+                is_implicit_VR=transfer_syntax == IMPLICIT_LITTLE,
+                is_little_endian=transfer_syntax != EXPLICIT_BIG,
+                stop_when=lambda tag, vr, length: tag >= stop_before,
+            )
+            if stream.tell() >= len(prefix) and not complete:
+                return None
+            for element in dataset:
+                element.value  # noqa: B018 - convert now, under the warnings filter
+            return dataset
+    except Exception:
+        if not complete:
+            return None
+        raise

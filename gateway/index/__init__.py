@@ -1,0 +1,129 @@
+"""The index port: what the gateway has stored, one current row per SOP Instance UID, every version kept.
+
+Two adapters implement it with the same semantics: ``postgres`` (production) and ``sqlite`` (one machine);
+one contract suite checks both. ``record_instance`` is the single write: one transaction that either
+inserts a new instance, recognises a re-delivery (same SOP Instance UID and same hash as received), or
+applies the correction policy to a changed instance. The decision is made once, here, in ``resolve``;
+adapters only read the current row, lock, and persist what it returns.
+
+The index assigns versions (the ``version`` of a row passed in is ignored), and a row is current unless its
+status is ``replaced``. Patient, study and series rows follow the newest stored instance; a quarantined
+instance creates them when missing but never changes them, since its header is not trusted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol, Self
+
+
+class CorrectionPolicy(StrEnum):
+    """What to do when an instance arrives again with the same SOP Instance UID but different content."""
+
+    REPLACE = "replace"
+    REJECT = "reject"
+    KEEP_FIRST = "keep-first"
+
+
+class InstanceStatus(StrEnum):
+    STORED = "stored"
+    QUARANTINED = "quarantined"
+    REPLACED = "replaced"
+    """Superseded by a correction; kept with its storage key so the prior version stays retrievable."""
+
+
+class Outcome(StrEnum):
+    INSERTED = "inserted"
+    DUPLICATE = "duplicate"
+    REPLACED = "replaced"
+    REJECTED = "rejected"
+    KEPT_FIRST = "kept-first"
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRow:
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    patient_id: str
+    issuer_of_patient_id: str
+    accession_number: str
+    modality: str
+    study_date: str
+    study_time: str
+    study_description: str
+    series_number: int | None
+    instance_number: int | None
+    transfer_syntax_uid: str
+    storage_key: str
+    size: int
+    sha256: str
+    received_sha256: str
+    """Hash of the data set as received; differs from ``sha256`` when coercion rewrote the header."""
+    source_ae: str
+    source_organization_oid: str
+    status: InstanceStatus
+    findings: tuple[dict[str, str], ...]
+    """Validation findings, as ``Finding.to_dict`` gives them."""
+    instance_id: str
+    """The bus's per-receive id (``InstanceEnvelope.instance_id``), not a database key."""
+    received_at: datetime
+    stored_at: datetime
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        if self.received_at.tzinfo is None or self.stored_at.tzinfo is None:
+            raise ValueError("received_at and stored_at must be timezone-aware")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordResult:
+    outcome: Outcome
+    current: InstanceRow
+    """The row that is current after the call."""
+    previous: InstanceRow | None
+    """The row it replaced (now ``replaced``) or conflicted with; None for an insert or a duplicate."""
+
+    @property
+    def written(self) -> bool:
+        return self.outcome in (Outcome.INSERTED, Outcome.REPLACED)
+
+
+def resolve(current: InstanceRow | None, row: InstanceRow, policy: CorrectionPolicy) -> RecordResult:
+    """Decide ``record_instance`` for every adapter, given the current row read under the UID's write lock."""
+    if row.status is InstanceStatus.REPLACED:
+        raise ValueError("a new instance cannot be recorded as replaced")
+    if current is None:
+        return RecordResult(Outcome.INSERTED, replace(row, version=1), None)
+    if current.received_sha256 == row.received_sha256:
+        return RecordResult(Outcome.DUPLICATE, current, None)
+    if policy is CorrectionPolicy.REPLACE:
+        return RecordResult(Outcome.REPLACED, replace(row, version=current.version + 1),
+                            replace(current, status=InstanceStatus.REPLACED))
+    outcome = Outcome.REJECTED if policy is CorrectionPolicy.REJECT else Outcome.KEPT_FIRST
+    return RecordResult(outcome, current, current)
+
+
+class Index(Protocol):
+    async def migrate(self) -> None:
+        """Apply the pending schema migrations; safe to call from several processes at once."""
+
+    async def record_instance(self, row: InstanceRow, policy: CorrectionPolicy) -> RecordResult:
+        """Record a stored (or quarantined) instance in one transaction, as ``resolve`` decides."""
+
+    async def current_instance(self, sop_instance_uid: str) -> InstanceRow | None: ...
+
+    async def instance_versions(self, sop_instance_uid: str) -> list[InstanceRow]:
+        """Every version of the instance, oldest first, replaced ones included."""
+
+    async def study_instances(self, study_instance_uid: str, include_quarantined: bool = False) -> list[InstanceRow]:
+        """The current rows of a study, by series and instance number."""
+
+    async def close(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...

@@ -1,0 +1,145 @@
+"""The PostgreSQL index (production): an asyncpg pool, one READ COMMITTED transaction per ``record_instance``.
+
+Writers of one SOP Instance UID, in any process, are serialised by a transaction-scoped advisory lock on
+the UID, taken before the current row is read: a second writer then reads what the first committed, so a
+correction never races the insert it corrects and nothing needs retrying. The partial unique index on
+current rows is what guarantees one current row even so. ``migrate`` holds an advisory lock too, so
+replicas that start together apply each migration once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from datetime import UTC, datetime
+from typing import Any, Self
+
+import asyncpg
+import orjson
+
+from gateway.index import CorrectionPolicy, InstanceRow, InstanceStatus, RecordResult, resolve
+from gateway.index.migrations import load
+
+_FIELDS = tuple(field.name for field in fields(InstanceRow))
+
+# Advisory lock classes: the first key of the two-key form, so the gateway's locks stay apart from others'.
+_MIGRATION_LOCK = 0x64676D01
+_INSTANCE_LOCK = 0x64676D02
+_LOCK_MIGRATIONS = "SELECT pg_advisory_xact_lock($1, 0)"
+_LOCK_INSTANCE = "SELECT pg_advisory_xact_lock($1, hashtext($2))"
+
+_SCHEMA_MIGRATIONS = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)"""
+_APPLIED = "SELECT version FROM schema_migrations"
+_RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)"
+
+_SELECT = f"SELECT {', '.join(_FIELDS)} FROM instances"
+_CURRENT = f"{_SELECT} WHERE sop_instance_uid = $1 AND is_current"
+_VERSIONS = f"{_SELECT} WHERE sop_instance_uid = $1 ORDER BY version"
+_STUDY = f"""{_SELECT} WHERE study_instance_uid = $1 AND is_current AND (status = 'stored' OR $2)
+ORDER BY series_number NULLS LAST, series_instance_uid, instance_number NULLS LAST, sop_instance_uid"""
+
+_MARK_REPLACED = "UPDATE instances SET status = 'replaced' WHERE sop_instance_uid = $1 AND is_current"
+_INSERT = (f"INSERT INTO instances ({', '.join(_FIELDS)}) "
+           f"VALUES ({', '.join(f'${n}' for n in range(1, len(_FIELDS) + 1))})")
+_UPSERT_PATIENT = """
+INSERT INTO patients (patient_id, issuer_of_patient_id) VALUES ($1, $2)
+ON CONFLICT (patient_id, issuer_of_patient_id) DO UPDATE SET patient_id = EXCLUDED.patient_id
+RETURNING id"""
+_UPSERT_STUDY = """
+INSERT INTO studies AS s (study_instance_uid, patient_ref, accession_number, study_date, study_time,
+                          study_description, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (study_instance_uid) DO UPDATE SET
+    patient_ref = EXCLUDED.patient_ref, accession_number = EXCLUDED.accession_number,
+    study_date = EXCLUDED.study_date, study_time = EXCLUDED.study_time,
+    study_description = EXCLUDED.study_description, updated_at = EXCLUDED.updated_at
+WHERE $8 AND (s.patient_ref, s.accession_number, s.study_date, s.study_time, s.study_description)
+    IS DISTINCT FROM (EXCLUDED.patient_ref, EXCLUDED.accession_number, EXCLUDED.study_date,
+                      EXCLUDED.study_time, EXCLUDED.study_description)"""
+_UPSERT_SERIES = """
+INSERT INTO series AS s (series_instance_uid, study_instance_uid, modality, series_number)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (series_instance_uid) DO UPDATE SET
+    study_instance_uid = EXCLUDED.study_instance_uid, modality = EXCLUDED.modality,
+    series_number = EXCLUDED.series_number
+WHERE $5 AND (s.study_instance_uid, s.modality, s.series_number)
+    IS DISTINCT FROM (EXCLUDED.study_instance_uid, EXCLUDED.modality, EXCLUDED.series_number)"""
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    await connection.set_type_codec("jsonb", schema="pg_catalog", encoder=lambda value: orjson.dumps(value).decode(),
+                                    decoder=orjson.loads, format="text")
+
+
+def _row(record: asyncpg.Record) -> InstanceRow:
+    values: dict[str, Any] = dict(record)
+    values["status"] = InstanceStatus(values["status"])
+    values["findings"] = tuple(values["findings"])
+    return InstanceRow(**values)
+
+
+class PostgresIndex:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def connect(cls, url: str, *, min_size: int = 1, max_size: int = 10) -> PostgresIndex:
+        """Open a pool on ``url`` (``postgresql://user:password@host:port/db``); ``migrate`` is separate."""
+        pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=_init_connection)
+        return cls(pool)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def migrate(self) -> None:
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute(_LOCK_MIGRATIONS, _MIGRATION_LOCK)
+            await connection.execute(_SCHEMA_MIGRATIONS)
+            applied = {record["version"] for record in await connection.fetch(_APPLIED)}
+            for migration in load("postgres"):
+                if migration.version not in applied:
+                    await connection.execute(migration.sql)
+                    await connection.execute(_RECORD_MIGRATION, migration.version, migration.name)
+
+    async def record_instance(self, row: InstanceRow, policy: CorrectionPolicy) -> RecordResult:
+        uid = row.sop_instance_uid
+        async with self._pool.acquire() as connection, connection.transaction(isolation="read_committed"):
+            # READ COMMITTED: each statement after the lock sees what the lock's previous holder committed.
+            await connection.execute(_LOCK_INSTANCE, _INSTANCE_LOCK, uid)
+            current = await connection.fetchrow(_CURRENT, uid)
+            result = resolve(None if current is None else _row(current), row, policy)
+            if result.written:
+                if result.previous is not None:
+                    await connection.execute(_MARK_REPLACED, uid)
+                await self._write(connection, result.current)
+        return result
+
+    @staticmethod
+    async def _write(connection: asyncpg.Connection, row: InstanceRow) -> None:
+        trusted = row.status is InstanceStatus.STORED
+        patient_ref = await connection.fetchval(_UPSERT_PATIENT, row.patient_id, row.issuer_of_patient_id)
+        await connection.execute(_UPSERT_STUDY, row.study_instance_uid, patient_ref, row.accession_number,
+                                 row.study_date, row.study_time, row.study_description, datetime.now(UTC), trusted)
+        await connection.execute(_UPSERT_SERIES, row.series_instance_uid, row.study_instance_uid, row.modality,
+                                 row.series_number, trusted)
+        await connection.execute(_INSERT, *(getattr(row, name) for name in _FIELDS))
+
+    async def current_instance(self, sop_instance_uid: str) -> InstanceRow | None:
+        record = await self._pool.fetchrow(_CURRENT, sop_instance_uid)
+        return None if record is None else _row(record)
+
+    async def instance_versions(self, sop_instance_uid: str) -> list[InstanceRow]:
+        return [_row(record) for record in await self._pool.fetch(_VERSIONS, sop_instance_uid)]
+
+    async def study_instances(self, study_instance_uid: str, include_quarantined: bool = False) -> list[InstanceRow]:
+        return [_row(record) for record in await self._pool.fetch(_STUDY, study_instance_uid, include_quarantined)]

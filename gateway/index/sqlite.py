@@ -1,0 +1,207 @@
+"""The SQLite index (one machine): stdlib sqlite3 on one dedicated thread per adapter, WAL, ``synchronous=FULL``.
+
+One connection used only from its own thread, so calls from many tasks are serialised without blocking the
+event loop. Every write runs in ``BEGIN IMMEDIATE``, which takes the database's write lock before the
+current row is read: writers in this and other processes sharing the file are serialised (they wait up to
+the busy timeout), so ``record_instance`` and ``migrate`` never race. Timestamps are stored as fixed-width
+ISO 8601 UTC text and come back timezone-aware.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+import orjson
+
+from gateway.index import CorrectionPolicy, InstanceRow, InstanceStatus, RecordResult, resolve
+from gateway.index.migrations import load
+
+_FIELDS = tuple(field.name for field in fields(InstanceRow))
+_T = TypeVar("_T")
+_BUSY_TIMEOUT_SECONDS = 60.0
+
+_SCHEMA_MIGRATIONS = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at TEXT NOT NULL
+) STRICT"""
+_APPLIED = "SELECT version FROM schema_migrations"
+_RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)"
+
+_SELECT = f"SELECT {', '.join(_FIELDS)} FROM instances"
+_CURRENT = f"{_SELECT} WHERE sop_instance_uid = ?1 AND is_current"
+_VERSIONS = f"{_SELECT} WHERE sop_instance_uid = ?1 ORDER BY version"
+_STUDY = f"""{_SELECT} WHERE study_instance_uid = ?1 AND is_current AND (status = 'stored' OR ?2)
+ORDER BY series_number NULLS LAST, series_instance_uid, instance_number NULLS LAST, sop_instance_uid"""
+
+_MARK_REPLACED = "UPDATE instances SET status = 'replaced' WHERE sop_instance_uid = ?1 AND is_current"
+_INSERT = (f"INSERT INTO instances ({', '.join(_FIELDS)}) "
+           f"VALUES ({', '.join(f'?{n}' for n in range(1, len(_FIELDS) + 1))})")
+_UPSERT_PATIENT = """
+INSERT INTO patients (patient_id, issuer_of_patient_id) VALUES (?1, ?2)
+ON CONFLICT (patient_id, issuer_of_patient_id) DO UPDATE SET patient_id = excluded.patient_id
+RETURNING id"""
+_UPSERT_STUDY = """
+INSERT INTO studies AS s (study_instance_uid, patient_ref, accession_number, study_date, study_time,
+                          study_description, updated_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+ON CONFLICT (study_instance_uid) DO UPDATE SET
+    patient_ref = excluded.patient_ref, accession_number = excluded.accession_number,
+    study_date = excluded.study_date, study_time = excluded.study_time,
+    study_description = excluded.study_description, updated_at = excluded.updated_at
+WHERE ?8 AND (s.patient_ref, s.accession_number, s.study_date, s.study_time, s.study_description)
+    IS DISTINCT FROM (excluded.patient_ref, excluded.accession_number, excluded.study_date,
+                      excluded.study_time, excluded.study_description)"""
+_UPSERT_SERIES = """
+INSERT INTO series AS s (series_instance_uid, study_instance_uid, modality, series_number)
+VALUES (?1, ?2, ?3, ?4)
+ON CONFLICT (series_instance_uid) DO UPDATE SET
+    study_instance_uid = excluded.study_instance_uid, modality = excluded.modality,
+    series_number = excluded.series_number
+WHERE ?5 AND (s.study_instance_uid, s.modality, s.series_number)
+    IS DISTINCT FROM (excluded.study_instance_uid, excluded.modality, excluded.series_number)"""
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_SECONDS, isolation_level=None)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute("PRAGMA foreign_keys=ON")
+    return connection
+
+
+def _timestamp(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _params(row: InstanceRow) -> list[Any]:
+    values: dict[str, Any] = {name: getattr(row, name) for name in _FIELDS}
+    values["status"] = row.status.value
+    values["findings"] = orjson.dumps(row.findings).decode()
+    values["received_at"] = _timestamp(row.received_at)
+    values["stored_at"] = _timestamp(row.stored_at)
+    return list(values.values())
+
+
+def _row(record: tuple[Any, ...]) -> InstanceRow:
+    values = dict(zip(_FIELDS, record, strict=True))
+    values["status"] = InstanceStatus(values["status"])
+    values["findings"] = tuple(orjson.loads(values["findings"]))
+    values["received_at"] = datetime.fromisoformat(values["received_at"])
+    values["stored_at"] = datetime.fromisoformat(values["stored_at"])
+    return InstanceRow(**values)
+
+
+def _statements(script: str) -> Iterator[str]:
+    """A migration statement by statement: ``executescript`` would first commit the migration's transaction."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            yield statement
+            statement = ""
+    if statement.strip():
+        yield statement
+
+
+class SqliteIndex:
+    def __init__(self, connection: sqlite3.Connection, thread: ThreadPoolExecutor) -> None:
+        self._db = connection
+        self._thread = thread
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteIndex:
+        """Open (creating if missing) the database file at ``path``; ``migrate`` is separate."""
+        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-index")
+        try:
+            connection = await asyncio.get_running_loop().run_in_executor(thread, _connect, path)
+        except BaseException:
+            thread.shutdown(wait=False)
+            raise
+        return cls(connection, thread)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._run(self._db.close)
+        self._thread.shutdown()
+
+    async def _run(self, function: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
+
+    @contextmanager
+    def _write_transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+
+    async def migrate(self) -> None:
+        await self._run(self._migrate)
+
+    def _migrate(self) -> None:
+        with self._write_transaction():
+            self._db.execute(_SCHEMA_MIGRATIONS)
+            applied = {version for (version,) in self._db.execute(_APPLIED)}
+            for migration in load("sqlite"):
+                if migration.version not in applied:
+                    for statement in _statements(migration.sql):
+                        self._db.execute(statement)
+                    self._db.execute(_RECORD_MIGRATION,
+                                     (migration.version, migration.name, _timestamp(datetime.now(UTC))))
+
+    async def record_instance(self, row: InstanceRow, policy: CorrectionPolicy) -> RecordResult:
+        return await self._run(self._record_instance, row, policy)
+
+    def _record_instance(self, row: InstanceRow, policy: CorrectionPolicy) -> RecordResult:
+        uid = row.sop_instance_uid
+        with self._write_transaction():
+            result = resolve(self._current_instance(uid), row, policy)
+            if result.written:
+                if result.previous is not None:
+                    self._db.execute(_MARK_REPLACED, (uid,))
+                self._write(result.current)
+        return result
+
+    def _write(self, row: InstanceRow) -> None:
+        trusted = row.status is InstanceStatus.STORED
+        [(patient_ref,)] = self._db.execute(_UPSERT_PATIENT, (row.patient_id, row.issuer_of_patient_id)).fetchall()
+        self._db.execute(_UPSERT_STUDY, (row.study_instance_uid, patient_ref, row.accession_number, row.study_date,
+                                         row.study_time, row.study_description, _timestamp(datetime.now(UTC)),
+                                         trusted))
+        self._db.execute(_UPSERT_SERIES, (row.series_instance_uid, row.study_instance_uid, row.modality,
+                                          row.series_number, trusted))
+        self._db.execute(_INSERT, _params(row))
+
+    async def current_instance(self, sop_instance_uid: str) -> InstanceRow | None:
+        return await self._run(self._current_instance, sop_instance_uid)
+
+    def _current_instance(self, sop_instance_uid: str) -> InstanceRow | None:
+        record = self._db.execute(_CURRENT, (sop_instance_uid,)).fetchone()
+        return None if record is None else _row(record)
+
+    async def instance_versions(self, sop_instance_uid: str) -> list[InstanceRow]:
+        return await self._run(self._fetch, _VERSIONS, (sop_instance_uid,))
+
+    async def study_instances(self, study_instance_uid: str, include_quarantined: bool = False) -> list[InstanceRow]:
+        return await self._run(self._fetch, _STUDY, (study_instance_uid, include_quarantined))
+
+    def _fetch(self, query: str, params: tuple[Any, ...]) -> list[InstanceRow]:
+        return [_row(record) for record in self._db.execute(query, params)]

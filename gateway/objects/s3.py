@@ -1,0 +1,385 @@
+"""S3-compatible object storage through the minio SDK, every blocking call in a thread off the event loop.
+
+The SHA-256 is kept as the object tag ``sha256``: S3 takes metadata only when an upload starts, and a streamed
+object's hash is known only at its end. ``put`` and ``copy`` send the tag with the object itself; a streamed
+``Upload`` tags the object right after its multipart upload completes, so an object whose completion was
+interrupted in between has ``sha256`` None (see the port). Metadata travels as ``x-amz-meta-*`` headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import enum
+import io
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import BinaryIO, NoReturn, TypeVar, cast
+
+import urllib3
+from minio import Minio
+from minio.commonconfig import REPLACE, ComposeSource, CopySource, Tags
+from minio.error import InvalidResponseError, S3Error, ServerError
+
+from gateway.objects import (
+    READ_CHUNK_BYTES,
+    ChunkStream,
+    ObjectInfo,
+    ObjectNotFound,
+    ObjectStoreError,
+    ObjectStoreUnavailable,
+    check_key,
+    check_metadata,
+    check_sha256,
+)
+from gateway.settings import S3Settings
+
+T = TypeVar("T")
+MiB = 1024 * 1024
+PART_SIZE = 8 * MiB
+"""minio holds up to four parts' worth at once while streaming (the part in flight, the next one being read,
+its one-byte look-ahead concatenation and slice), so 8 MiB parts keep an upload near 32 MiB plus its queue;
+10,000 of them still take 78 GiB, and ``size_hint`` grows them beyond that."""
+PIECE_BYTES = MiB
+"""Writes are queued in pieces of at most this size, so the queue's length bounds its bytes."""
+MAX_PARTS = 10_000
+COPY_OBJECT_LIMIT = 5 * 1024**3
+"""Largest source CopyObject accepts; larger objects are copied part by part (UploadPartCopy)."""
+SHA256_TAG = "sha256"
+META_PREFIX = "x-amz-meta-"
+
+
+def http_client(connect_timeout: float, read_timeout: float, retries: int) -> urllib3.PoolManager:
+    """minio's own client waits 5 minutes and retries 5 times; the worker retries with back-off instead."""
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+        retries=urllib3.Retry(
+            total=retries, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504), raise_on_status=False
+        ),
+        maxsize=16,
+        cert_reqs="CERT_REQUIRED",
+    )
+
+
+def translate(exc: BaseException, key: str) -> ObjectStoreError | None:
+    """The port's error for a minio or urllib3 failure, or None for anything else."""
+    if isinstance(exc, S3Error):
+        if exc.code == "NoSuchKey":
+            return ObjectNotFound(key)
+        if exc.response.status >= 500:
+            return ObjectStoreUnavailable(f"S3 failed on {key!r}: {exc.code} {exc.message}")
+        return ObjectStoreError(f"S3 refused {key!r}: {exc.code} {exc.message}")
+    if isinstance(exc, ServerError | InvalidResponseError | urllib3.exceptions.HTTPError | OSError):
+        return ObjectStoreUnavailable(f"S3 unavailable for {key!r}: {exc}")
+    return None
+
+
+@contextlib.contextmanager
+def translated(key: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        error = translate(exc, key)
+        if error is None:
+            raise
+        raise error from exc
+
+
+class S3ObjectStore:
+    def __init__(
+        self,
+        settings: S3Settings,
+        *,
+        connect_timeout_seconds: float = 5.0,
+        read_timeout_seconds: float = 60.0,
+        retries: int = 2,
+        part_size: int = PART_SIZE,
+        idle_timeout_seconds: float = 600.0,
+    ) -> None:
+        if not settings.endpoint:
+            raise ValueError("S3 endpoint is not set")
+        self._bucket = settings.bucket
+        self._region = settings.region
+        self._part_size = part_size
+        self._idle_timeout = idle_timeout_seconds
+        self._http = http_client(connect_timeout_seconds, read_timeout_seconds, retries)
+        self._client = Minio(
+            settings.endpoint,
+            access_key=settings.access_key.get_secret_value() if settings.access_key else None,
+            secret_key=settings.secret_key.get_secret_value() if settings.secret_key else None,
+            secure=settings.secure,
+            region=settings.region,
+            http_client=self._http,
+        )
+
+    async def _call(self, key: str, call: Callable[[], T]) -> T:
+        with translated(key):
+            return await asyncio.to_thread(call)
+
+    async def ensure_bucket(self) -> None:
+        await self._call(self._bucket, self._ensure_bucket)
+
+    def _ensure_bucket(self) -> None:
+        if self._client.bucket_exists(self._bucket):
+            return
+        try:
+            self._client.make_bucket(self._bucket, location=self._region)
+        except S3Error as exc:
+            if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
+
+    def begin(self, key: str, metadata: dict[str, str], size_hint: int | None = None) -> S3Upload:
+        """``size_hint`` grows the part size for objects that would not fit S3's 10,000 parts."""
+        check_key(key)
+        check_metadata(metadata)
+        part_size = self._part_size
+        if size_hint is not None and size_hint > part_size * MAX_PARTS:
+            part_size = -(-size_hint // (MAX_PARTS * MiB)) * MiB
+        return S3Upload(self._client, self._bucket, key, metadata, part_size, self._idle_timeout)
+
+    async def put(self, key: str, data: bytes, metadata: dict[str, str], sha256: str) -> ObjectInfo:
+        check_key(key)
+        check_metadata(metadata)
+        check_sha256(sha256)
+        await self._call(key, partial(
+            self._client.put_object, self._bucket, key, io.BytesIO(data), len(data),
+            metadata=_headers(metadata), tags=_tags(sha256), part_size=self._part_size, num_parallel_uploads=1,
+        ))
+        return ObjectInfo(key, len(data), dict(metadata), sha256)
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        check_key(key)
+        try:
+            return await self._call(key, partial(self._stat, key))
+        except ObjectNotFound:
+            return None
+
+    def _stat(self, key: str) -> ObjectInfo:
+        head = self._client.stat_object(self._bucket, key)
+        tags = self._client.get_object_tags(self._bucket, key)
+        metadata = {
+            name.lower().removeprefix(META_PREFIX): value
+            for name, value in (head.metadata or {}).items()
+            if name.lower().startswith(META_PREFIX)
+        }
+        return ObjectInfo(key, head.size or 0, metadata, tags.get(SHA256_TAG) if tags else None)
+
+    async def read(self, key: str) -> ChunkStream:
+        check_key(key)
+        response = await self._call(key, partial(self._client.get_object, self._bucket, key))
+        return ChunkStream(partial(_read_chunk, response, key), partial(_release, response))
+
+    async def copy(self, source: str, destination: str, metadata: dict[str, str] | None = None) -> ObjectInfo:
+        check_key(source)
+        check_key(destination)
+        if metadata is not None:
+            check_metadata(metadata)
+        info = await self._call(source, partial(self._stat, source))
+        target = ObjectInfo(destination, info.size, dict(info.metadata if metadata is None else metadata),
+                            info.sha256)
+        tags = _tags(info.sha256) if info.sha256 else None
+        if info.size <= COPY_OBJECT_LIMIT:
+            copy: Callable[[], object] = partial(
+                self._client.copy_object, self._bucket, destination, CopySource(self._bucket, source),
+                metadata=_headers(target.metadata), tags=tags, metadata_directive=REPLACE, tagging_directive=REPLACE,
+            )
+        else:
+            copy = partial(
+                self._client.compose_object, self._bucket, destination, [ComposeSource(self._bucket, source)],
+                metadata=_headers(target.metadata), tags=tags,
+            )
+        await self._call(destination, copy)
+        return target
+
+    async def delete(self, key: str) -> None:
+        check_key(key)
+        await self._call(key, partial(self._client.remove_object, self._bucket, key))
+
+    async def close(self) -> None:
+        self._http.clear()
+
+
+def _headers(metadata: dict[str, str]) -> dict[str, str | list[str] | tuple[str]]:
+    return {META_PREFIX + name: value for name, value in metadata.items()}
+
+
+def _tags(sha256: str) -> Tags:
+    tags = Tags(for_object=True)
+    tags[SHA256_TAG] = sha256
+    return tags
+
+
+def _read_chunk(response: urllib3.BaseHTTPResponse, key: str) -> bytes:
+    with translated(key):
+        return response.read(READ_CHUNK_BYTES)
+
+
+def _release(response: urllib3.BaseHTTPResponse) -> None:
+    response.close()
+    response.release_conn()
+
+
+class _Signal(enum.Enum):
+    EOF = enum.auto()
+    ABORT = enum.auto()
+
+
+class _Aborted(ObjectStoreError):
+    """Raised inside minio's read so that it aborts its multipart upload."""
+
+
+class _PieceReader:
+    """The file-like object minio reads parts from: pieces from the queue until EOF, abort or idleness."""
+
+    def __init__(self, pieces: queue.Queue[memoryview | _Signal], idle_timeout: float,
+                 taken: Callable[[], None]) -> None:
+        self._pieces = pieces
+        self._idle_timeout = idle_timeout
+        self._taken = taken
+        self._pending = memoryview(b"")
+        self._eof = False
+
+    def read(self, size: int) -> bytes:
+        chunks = []
+        while size > 0 and not self._eof:
+            if not self._pending:
+                try:
+                    item = self._pieces.get(timeout=self._idle_timeout)
+                except queue.Empty:
+                    raise _Aborted(f"nothing written for {self._idle_timeout:.0f}s") from None
+                self._taken()
+                if item is _Signal.ABORT:
+                    raise _Aborted("aborted")
+                if item is _Signal.EOF:
+                    self._eof = True
+                    break
+                self._pending = item
+            chunk = self._pending[:size]
+            self._pending = self._pending[len(chunk):]
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
+
+
+class S3Upload:
+    """One ``put_object`` of unknown length run by minio in its own thread, fed from a bounded queue.
+
+    minio sends a single PutObject when everything fits one part, else a multipart upload part by part
+    (one at a time), which it aborts when our reader raises. The queue holds one part, so the writer keeps
+    going while a part is sent; memory stays near five parts (see ``PART_SIZE``). The thread is a daemon so
+    that an upload never ended cannot hold up shutdown; it gives up after ``idle_timeout`` without writes.
+    """
+
+    def __init__(self, client: Minio, bucket: str, key: str, metadata: dict[str, str], part_size: int,
+                 idle_timeout: float) -> None:
+        self._client = client
+        self._bucket = bucket
+        self._key = key
+        self._metadata = dict(metadata)
+        self._part_size = part_size
+        self._idle_timeout = idle_timeout
+        self._pieces: queue.Queue[memoryview | _Signal] = queue.Queue(maxsize=max(1, part_size // PIECE_BYTES))
+        self._space = asyncio.Event()
+        self._done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._size = 0
+        self._state = "open"
+
+    async def write(self, data: bytes) -> None:
+        self._check_open()
+        self._start()
+        view = memoryview(data if isinstance(data, bytes) else bytes(data))
+        try:
+            for offset in range(0, len(view), PIECE_BYTES):
+                await self._put(view[offset:offset + PIECE_BYTES])
+        except BaseException:
+            self._state = "failed"
+            raise
+        self._size += len(view)
+
+    async def complete(self, sha256: str) -> ObjectInfo:
+        check_sha256(sha256)
+        self._check_open()
+        self._start()
+        self._state = "completing"
+        await self._put(_Signal.EOF)
+        try:
+            await asyncio.wrap_future(self._done)
+        except Exception:
+            self._raise_failure()
+        with translated(self._key):
+            await asyncio.to_thread(self._client.set_object_tags, self._bucket, self._key, _tags(sha256))
+        return ObjectInfo(self._key, self._size, dict(self._metadata), sha256)
+
+    async def abort(self) -> None:
+        if self._state == "aborted":
+            return
+        completing, self._state = self._state == "completing", "aborted"
+        if self._thread is None:
+            return
+        if not completing:
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self._pieces.get_nowait()
+            self._pieces.put_nowait(_Signal.ABORT)
+        # The thread's own failure was already raised by write() or complete(), or is moot now; a multipart
+        # upload S3 could not abort stays invisible and is left to the bucket's lifecycle rule.
+        with contextlib.suppress(Exception):
+            await asyncio.wrap_future(self._done)
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise ObjectStoreError(f"upload of {self._key!r} is {self._state}; abort it and start again")
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._loop = asyncio.get_running_loop()
+            self._done.set_running_or_notify_cancel()  # cancelling an await on it must not cancel the upload
+            self._thread = threading.Thread(target=self._upload, name=f"s3-upload {self._key}", daemon=True)
+            self._thread.start()
+
+    async def _put(self, item: memoryview | _Signal) -> None:
+        """Queue an item without blocking the loop: wait for the reader to take one when the queue is full."""
+        while True:
+            if self._done.done():
+                self._raise_failure()
+            try:
+                self._pieces.put_nowait(item)
+                return
+            except queue.Full:
+                self._space.clear()
+                if self._pieces.full():
+                    await self._space.wait()
+
+    def _raise_failure(self) -> NoReturn:
+        failure = self._done.exception() or ObjectStoreError(f"upload of {self._key!r} has already ended")
+        if isinstance(failure, ObjectStoreError):
+            raise failure
+        raise translate(failure, self._key) or ObjectStoreError(f"upload of {self._key!r} failed") from failure
+
+    def _upload(self) -> None:
+        reader = _PieceReader(self._pieces, self._idle_timeout, self._wake)
+        try:
+            self._client.put_object(
+                self._bucket, self._key, cast(BinaryIO, reader), length=-1, part_size=self._part_size,
+                num_parallel_uploads=1, metadata=_headers(self._metadata),
+            )
+        except BaseException as exc:
+            self._done.set_exception(exc)
+        else:
+            self._done.set_result(None)
+        finally:
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self._pieces.get_nowait()
+            self._wake()
+
+    def _wake(self) -> None:
+        """Tell a write waiting for room that the reader took an item (or stopped)."""
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            self._loop.call_soon_threadsafe(self._space.set)

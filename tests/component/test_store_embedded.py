@@ -1,0 +1,155 @@
+"""Receiver and store pool on the embedded default: objects under the data dir, SQLite index."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import warnings
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from gateway import envelope
+from gateway.app import open_index, store_stage
+from gateway.bus.embedded import EmbeddedBus, partition_for
+from gateway.index import InstanceStatus
+from gateway.metrics import Metrics
+from gateway.receiver import Receiver
+from gateway.settings import DicomSettings, EmbeddedBusSettings, Settings
+from tests.conftest import dcmtk
+from tests.helpers import dataset_bytes, free_port, run
+from workers import dead_letter
+from workers.pool import StorePool
+
+CT = Path(get_testdata_file("CT_small.dcm"))  # type: ignore[arg-type]
+
+
+class Gateway:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+
+    async def store(self, *paths: Path) -> None:
+        code, out = await run(dcmtk("storescu"), "-aec", "DICOMGW", "127.0.0.1", str(self.settings.dicom.port),
+                              *map(str, paths))
+        assert code == 0, out
+
+    async def until_stored(self, count: int, timeout: float = 30) -> None:
+        async with asyncio.timeout(timeout):
+            while sum(c._value.get() for c in self.metrics.instances_stored._metrics.values()) < count:
+                await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+    settings = Settings(data_dir=tmp_path / "data", dicom=DicomSettings(host="127.0.0.1", port=free_port()),
+                        embedded_bus=EmbeddedBusSettings(poll_interval_seconds=0.01))
+    metrics = Metrics()
+    bus = EmbeddedBus(settings.data_dir / "bus", settings.embedded_bus, metrics)
+    async with Receiver(settings.dicom, settings.topics, bus, metrics, 5), \
+            StorePool(bus, settings.topics, store_stage(settings, metrics), metrics, 600, 5, 5):
+        yield Gateway(settings, metrics)
+
+
+def stored_file(settings: Settings, key: str) -> Path:
+    return settings.data_dir / "objects" / key
+
+
+async def test_instances_are_stored_as_part10_files_and_indexed(gateway: Gateway, tmp_path: Path) -> None:
+    await gateway.store(CT)
+    await gateway.until_stored(1)
+    source = pydicom.dcmread(CT)
+    async with await open_index(gateway.settings) as index:
+        row = await index.current_instance(source.SOPInstanceUID)
+    assert row is not None and row.status is InstanceStatus.STORED
+    assert (row.study_instance_uid, row.series_instance_uid, row.modality) == (
+        source.StudyInstanceUID, source.SeriesInstanceUID, "CT")
+    assert row.source_ae == "STORESCU" and row.received_at.tzinfo is not None
+    path = stored_file(gateway.settings, row.storage_key)
+    stored = pydicom.dcmread(path)
+    assert stored.file_meta.MediaStorageSOPInstanceUID == source.SOPInstanceUID
+    assert stored.file_meta.TransferSyntaxUID == source.file_meta.TransferSyntaxUID
+    assert stored.file_meta.SourceApplicationEntityTitle == "STORESCU"
+    assert stored.PixelData == source.PixelData
+    assert hashlib.sha256(dataset_bytes(path)).hexdigest() == row.sha256
+
+
+async def test_same_instance_twice_is_stored_once(gateway: Gateway) -> None:
+    await gateway.store(CT)
+    await gateway.store(CT)
+    await gateway.until_stored(2)
+    source = pydicom.dcmread(CT)
+    async with await open_index(gateway.settings) as index:
+        versions = await index.instance_versions(source.SOPInstanceUID)
+    assert len(versions) == 1
+    files = list((gateway.settings.data_dir / "objects").rglob("*.dcm"))
+    assert len(files) == 1, files
+
+
+async def test_correction_replaces_and_keeps_the_prior_version(gateway: Gateway, tmp_path: Path) -> None:
+    await gateway.store(CT)
+    corrected = pydicom.dcmread(CT)
+    corrected.StudyDescription = "Corrected description"
+    del corrected[0xFFFCFFFC]
+    path = tmp_path / "corrected.dcm"
+    corrected.save_as(path)
+    await gateway.store(path)
+    await gateway.until_stored(2)
+    async with await open_index(gateway.settings) as index:
+        versions = await index.instance_versions(corrected.SOPInstanceUID)
+        current = await index.current_instance(corrected.SOPInstanceUID)
+    assert [v.status for v in versions] == [InstanceStatus.REPLACED, InstanceStatus.STORED]
+    assert current is not None and current.version == 2 and current.study_description == "Corrected description"
+    assert stored_file(gateway.settings, versions[0].storage_key).exists(), "the prior version must stay"
+
+
+async def test_invalid_instance_is_quarantined_with_its_reasons(gateway: Gateway, tmp_path: Path) -> None:
+    bad = pydicom.dcmread(CT)
+    path = tmp_path / "bad.dcm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom notices the bad UID too
+        bad.SeriesInstanceUID = "1.2.03.4"  # leading zero in a UID component
+        bad.save_as(path)
+    await gateway.store(path)
+    await gateway.until_stored(1)
+    async with await open_index(gateway.settings) as index:
+        row = await index.current_instance(bad.SOPInstanceUID)
+    assert row is not None and row.status is InstanceStatus.QUARANTINED
+    assert row.storage_key.startswith("quarantine/")
+    assert "DICOM-UID-SYNTAX" in {f["code"] for f in row.findings}
+    assert stored_file(gateway.settings, row.storage_key).exists()
+
+
+async def test_corrupted_instance_is_dead_lettered_and_can_be_redriven(gateway: Gateway) -> None:
+    """An instance whose bytes disagree with its envelope is never stored; an operator sees it and re-drives it."""
+    bus = EmbeddedBus(gateway.settings.data_dir / "bus", gateway.settings.embedded_bus, Metrics())
+    await gateway.store(CT)
+    await gateway.until_stored(1)
+    [record] = await bus.read(gateway.settings.topics.instances, _partition_of(gateway, CT), [0])
+    tampered = [(name, orjson.dumps({**orjson.loads(value), "sha256": "0" * 64, "instance_id": "tampered"})
+                 if name == envelope.ENVELOPE else b"tampered" if name == envelope.INSTANCE else value)
+                for name, value in record.headers]
+    async with bus.producer() as producer:
+        await producer.publish(gateway.settings.topics.instances, record.key, record.value, tampered)
+    async with asyncio.timeout(30):
+        while not (entries := await dead_letter.entries(bus, gateway.settings.topics)):
+            await asyncio.sleep(0.2)
+    [entry] = entries
+    assert entry.instance_id == "tampered" and "does not match the envelope" in entry.reason
+    assert gateway.metrics.dead_letters.labels("store")._value.get() == 1
+
+    await dead_letter.redrive(bus, gateway.settings.topics, entry)
+    async with asyncio.timeout(30):
+        while gateway.metrics.dead_letters.labels("store")._value.get() < 2:
+            await asyncio.sleep(0.2)  # still corrupt: it comes back to the dead letters, nothing is stored
+    [again] = await dead_letter.entries(bus, gateway.settings.topics)
+    assert again.instance_id != "tampered" and again.reason == entry.reason
+
+
+def _partition_of(gateway: Gateway, path: Path) -> int:
+    study = pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID
+    return partition_for(study.encode(), gateway.settings.embedded_bus.partitions)

@@ -1,0 +1,271 @@
+"""Store: validate each instance, write it as a Part 10 object with its hash, and index it.
+
+The stage is the sink of the assembler (workers/consume.py). An instance's first bytes are held until its
+header up to the pixel data has been read and validated (bounded: at most ``HEADER_LIMIT_BYTES``); that
+decides its object key (``studies/...`` or, with error findings, ``quarantine/...``). From then on its bytes
+stream into the object store as they arrive. At the end the size and SHA-256 are checked against the
+envelope, the object is completed, and the index decides whether it is new, a re-delivery (no-op: the copy
+just written is removed) or a correction (the configured policy). Events then tell later stages.
+
+Failures: an unavailable object store, index or bus raises ``Unavailable`` and the worker retries the whole
+instance after a back-off; anything that cannot succeed (size or hash mismatch) goes to the dead-letter
+topic with its reason and the offsets of its records, from which it can be re-driven.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import zlib
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from io import BytesIO
+
+import orjson
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+
+from gateway.bus import Producer, Record
+from gateway.dicom.acse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
+from gateway.dicom.dataset import DEFLATED, PIXEL_DATA, read_prefix
+from gateway.envelope import InstanceEnvelope, InstanceHeader
+from gateway.index import CorrectionPolicy, Index, InstanceRow, InstanceStatus, Outcome
+from gateway.metrics import Metrics
+from gateway.objects import ObjectStore, Upload
+from gateway.settings import TopicSettings
+from workers.validation import Finding, ProfileSelector, Severity, SourceContext, ValidationResult, validate
+
+log = logging.getLogger(__name__)
+
+HEADER_LIMIT_BYTES = 8 * 1024 * 1024
+UNREADABLE_HEADER = "DICOM-HEADER-UNREADABLE"
+
+
+def object_key(header: InstanceHeader, quarantined: bool) -> str:
+    """One object per received instance: re-deliveries of one receive overwrite it, versions sit side by side."""
+    key = (f"studies/{header.study_instance_uid}/series/{header.series_instance_uid}/instances/"
+           f"{header.sop_instance_uid}/{header.instance_id}.dcm")
+    return f"quarantine/{key}" if quarantined else key
+
+
+def file_meta(header: InstanceHeader) -> bytes:
+    """The Part 10 preamble and file meta the gateway writes in front of the data set as received."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = header.sop_class_uid
+    meta.MediaStorageSOPInstanceUID = header.sop_instance_uid
+    meta.TransferSyntaxUID = header.transfer_syntax_uid
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+    if header.calling_ae:
+        meta.SourceApplicationEntityTitle = header.calling_ae
+    out = BytesIO()
+    out.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(out, meta, enforce_standard=True)  # type: ignore[arg-type]
+    return out.getvalue()
+
+
+class Unavailable(Exception):
+    """A service the stage needs is down; the instance is retried later, from its first record."""
+
+
+class DeadLetter(Exception):
+    """The instance can never be stored as it is; it goes to the dead-letter topic with this reason."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    header: InstanceHeader
+    sha256: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    size: int = 0
+    prefix: bytearray = field(default_factory=bytearray)
+    inflater: object | None = None
+    validation: ValidationResult | None = None
+    key: str = ""
+    upload: Upload | None = None
+    dataset: Dataset | None = None
+
+
+class StoreStage:
+    def __init__(
+        self,
+        objects: ObjectStore,
+        index: Index,
+        producer: Producer,
+        topics: TopicSettings,
+        profiles: ProfileSelector,
+        policy: CorrectionPolicy,
+        metrics: Metrics,
+    ) -> None:
+        self._objects = objects
+        self._index = index
+        self._producer = producer
+        self._topics = topics
+        self._profiles = profiles
+        self._policy = policy
+        self._metrics = metrics
+        self._pending: dict[str, _Pending] = {}
+
+    async def begin(self, header: InstanceHeader) -> None:
+        self._pending[header.instance_id] = _Pending(header)
+
+    async def data(self, instance_id: str, data: bytes) -> None:
+        pending = self._pending[instance_id]
+        pending.sha256.update(data)
+        pending.size += len(data)
+        if pending.upload is not None:
+            await self._write(pending, data)
+            return
+        pending.prefix += data
+        await self._try_decide(pending, complete=False)
+
+    async def end(self, instance: InstanceEnvelope, data: bytes, records: list[Record]) -> None:
+        pending = self._pending.pop(instance.instance_id)
+        try:
+            await self._finish(pending, instance, data, records)
+        except BaseException:
+            await self._abort(pending)
+            raise
+
+    async def discard(self, instance_id: str, reason: str) -> None:
+        pending = self._pending.pop(instance_id, None)
+        if pending is not None:
+            log.info("instance discarded", extra={"instance_id": instance_id, "reason": reason})
+            await self._abort(pending)
+
+    async def abandon_all(self) -> None:
+        for instance_id in list(self._pending):
+            await self.discard(instance_id, "worker stopping; the instance will be delivered again")
+
+    async def _finish(self, pending: _Pending, instance: InstanceEnvelope, data: bytes,
+                      records: list[Record]) -> None:
+        pending.sha256.update(data)
+        pending.size += len(data)
+        if pending.upload is None:
+            pending.prefix += data
+            await self._try_decide(pending, complete=True)
+        else:
+            await self._write(pending, data)
+        sha256 = pending.sha256.hexdigest()
+        if pending.size != instance.size or sha256 != instance.sha256:
+            raise DeadLetter(f"data set of {pending.size} bytes / sha256 {sha256} does not match the envelope "
+                             f"({instance.size} bytes / {instance.sha256}): corrupted on the bus")
+        assert pending.upload is not None and pending.validation is not None
+        try:
+            stored = await pending.upload.complete(sha256)
+        except Exception as exc:
+            raise Unavailable(f"object store: {exc}") from exc
+        pending.upload = None
+        row = self._row(pending, instance, stored.size)
+        try:
+            result = await self._index.record_instance(row, self._policy)
+        except Exception as exc:
+            raise Unavailable(f"index: {exc}") from exc
+        if result.outcome not in (Outcome.INSERTED, Outcome.REPLACED) and result.current.storage_key != row.storage_key:
+            await self._objects.delete(row.storage_key)  # a copy of what is already stored: keep one
+        await self._emit(result.outcome, row, records)
+
+    def _row(self, pending: _Pending, instance: InstanceEnvelope, object_size: int) -> InstanceRow:
+        assert pending.validation is not None
+        dataset = pending.dataset if pending.dataset is not None else Dataset()
+        quarantined = pending.validation.has_errors
+        return InstanceRow(
+            sop_instance_uid=instance.sop_instance_uid, sop_class_uid=instance.sop_class_uid,
+            study_instance_uid=instance.study_instance_uid, series_instance_uid=instance.series_instance_uid,
+            patient_id=instance.patient_id, issuer_of_patient_id=instance.issuer_of_patient_id,
+            accession_number=instance.accession_number, modality=instance.modality,
+            study_date=instance.study_date, study_time=instance.study_time,
+            study_description=str(dataset.get("StudyDescription", "") or ""),
+            series_number=_integer(dataset.get("SeriesNumber")),
+            instance_number=_integer(dataset.get("InstanceNumber")),
+            transfer_syntax_uid=instance.transfer_syntax_uid, storage_key=pending.key, size=object_size,
+            sha256=instance.sha256, received_sha256=instance.sha256, source_ae=instance.calling_ae,
+            source_organization_oid=instance.organization_oid,
+            status=InstanceStatus.QUARANTINED if quarantined else InstanceStatus.STORED,
+            findings=tuple({k: str(v) for k, v in f.to_dict().items()} for f in pending.validation.findings),
+            instance_id=instance.instance_id, received_at=datetime.fromisoformat(instance.received_at),
+            stored_at=datetime.now(UTC),
+        )
+
+    async def _emit(self, outcome: Outcome, row: InstanceRow, records: list[Record]) -> None:
+        kind = {
+            Outcome.INSERTED: f"instance.{row.status.value}",
+            Outcome.REPLACED: f"instance.{row.status.value}",
+            Outcome.DUPLICATE: "instance.duplicate",
+            Outcome.REJECTED: "instance.rejected",
+            Outcome.KEPT_FIRST: "instance.rejected",
+        }[outcome]
+        event = {"type": kind, "outcome": outcome.value, **_jsonable(row),
+                 "source": {"topic": records[0].topic, "partition": records[0].partition,
+                            "offsets": [r.offset for r in records]}}
+        try:
+            await self._producer.publish(self._topics.events, row.study_instance_uid.encode(), orjson.dumps(event))
+        except Exception as exc:
+            raise Unavailable(f"bus: {exc}") from exc
+        self._metrics.instances_stored.labels(kind).inc()
+        log.info("instance stored", extra={"instance_id": row.instance_id, "outcome": outcome.value,
+                                           "status": row.status.value, "storage_key": row.storage_key})
+
+    async def _try_decide(self, pending: _Pending, complete: bool) -> None:
+        """Read and validate the header once enough of it is here; then open the object under its key."""
+        prefix = bytes(pending.prefix)
+        if pending.header.transfer_syntax_uid == DEFLATED:
+            prefix = zlib.decompressobj(-zlib.MAX_WBITS).decompress(prefix, HEADER_LIMIT_BYTES)
+        limit_reached = len(pending.prefix) >= HEADER_LIMIT_BYTES
+        try:
+            dataset = read_prefix(prefix, pending.header.transfer_syntax_uid, PIXEL_DATA, complete or limit_reached)
+        except Exception:
+            dataset = None
+            if not (complete or limit_reached):
+                return
+        if dataset is None and not (complete or limit_reached):
+            return
+        header = pending.header
+        source = SourceContext(header.calling_ae, header.organization, header.organization_oid)
+        if dataset is None:
+            finding = Finding(UNREADABLE_HEADER, Severity.ERROR, "", 0, "the data set header does not parse")
+            pending.validation = ValidationResult("none", (finding,), ())
+        else:
+            pending.dataset = dataset
+            pending.validation = validate(dataset, self._profiles.for_calling_ae(header.calling_ae), source)
+        pending.key = object_key(header, pending.validation.has_errors)
+        metadata = {
+            "sop-instance-uid": header.sop_instance_uid, "sop-class-uid": header.sop_class_uid,
+            "study-instance-uid": header.study_instance_uid, "series-instance-uid": header.series_instance_uid,
+            "transfer-syntax-uid": header.transfer_syntax_uid, "source-ae": header.calling_ae,
+            "instance-id": header.instance_id,
+        }
+        if pending.validation.has_errors:
+            metadata["findings"] = ",".join(sorted({f.code for f in pending.validation.findings}))
+        pending.upload = self._objects.begin(pending.key, metadata)
+        await self._write(pending, file_meta(header))
+        data, pending.prefix = bytes(pending.prefix), bytearray()
+        await self._write(pending, data)
+
+    async def _write(self, pending: _Pending, data: bytes) -> None:
+        assert pending.upload is not None
+        try:
+            await pending.upload.write(data)
+        except Exception as exc:
+            raise Unavailable(f"object store: {exc}") from exc
+
+    async def _abort(self, pending: _Pending) -> None:
+        if pending.upload is not None:
+            try:
+                await pending.upload.abort()
+            except Exception as exc:
+                log.warning("abort of a partial object failed", extra={"key": pending.key, "error": str(exc)})
+            pending.upload = None
+
+
+def _integer(value: object) -> int | None:
+    try:
+        return int(str(value)) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _jsonable(row: InstanceRow) -> dict[str, object]:
+    values = asdict(row)
+    values["received_at"] = row.received_at.isoformat()
+    values["stored_at"] = row.stored_at.isoformat()
+    return values
