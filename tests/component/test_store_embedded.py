@@ -10,6 +10,7 @@ from pathlib import Path
 
 import orjson
 import pydicom
+import pynetdicom
 import pytest
 from pydicom.data import get_testdata_file
 
@@ -20,6 +21,7 @@ from gateway.index import InstanceStatus
 from gateway.metrics import Metrics
 from gateway.receiver import Receiver
 from gateway.settings import DicomSettings, EmbeddedBusSettings, Settings
+from tests.component.test_receiver_pynetdicom import corpus, send_all
 from tests.conftest import dcmtk
 from tests.helpers import dataset_bytes, free_port, run
 from workers import dead_letter
@@ -153,3 +155,20 @@ async def test_corrupted_instance_is_dead_lettered_and_can_be_redriven(gateway: 
 def _partition_of(gateway: Gateway, path: Path) -> int:
     study = pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID
     return partition_for(study.encode(), gateway.settings.embedded_bus.partitions)
+
+
+async def test_pydicom_corpus_round_trips_through_the_store(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every valid storage file of pydicom's corpus ends up as an object whose data set is the file's, byte for
+    byte (several encodings of one image share a SOP Instance UID: they become versions of one instance)."""
+    monkeypatch.setattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET", True)
+    samples = [sample for sample in corpus() if sample.valid]
+    statuses = await asyncio.to_thread(send_all, gateway.settings.dicom.port, samples)
+    assert all(status is not None and status.Status == 0 for status in statuses.values())
+    await gateway.until_stored(len(samples), timeout=120)
+    async with await open_index(gateway.settings) as index:
+        for sample in samples:
+            versions = await index.instance_versions(sample.sop_instance)
+            stored = {dataset_bytes(stored_file(gateway.settings, v.storage_key)) for v in versions}
+            assert dataset_bytes(sample.path) in stored, sample.path

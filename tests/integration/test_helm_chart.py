@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+from gateway.settings import ROLES
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "helm" / "dicom-gateway"
 SPLIT_CI = CHART / "ci" / "split-values.yaml"
@@ -26,7 +28,11 @@ BACKENDS = (
     "s3.endpoint=minio.storage.svc:9000,database.existingSecret=dicomgw-postgres"
 )
 WORKER_ROLES = ("store", "register", "notify")
-SPLIT_ROLES = ("receiver", *WORKER_ROLES)
+# Worker roles values.yaml enables; register and notify arrive with their gateway releases.
+ENABLED_WORKER_ROLES = ("store",)
+FUTURE_ROLES = ("register", "notify")
+SPLIT_ROLES = ("receiver", *ENABLED_WORKER_ROLES)
+ENABLE_FUTURE_ROLES = tuple(f"{role}.enabled=true" for role in FUTURE_ROLES)
 SECRET_SETTINGS = {
     "GATEWAY_S3__ACCESS_KEY",
     "GATEWAY_S3__SECRET_KEY",
@@ -185,10 +191,13 @@ def test_secrets_are_referenced_never_inlined(delivery: str, values: Path) -> No
         assert ca_source["secret"]["name"] == "dicomgw-kafka-cluster-ca"
 
 
-def test_split_mode_runs_one_deployment_per_role() -> None:
+def test_split_mode_runs_one_deployment_per_enabled_role() -> None:
     manifests = render_set("split-ci")
     deployments = of_kind(manifests, "Deployment")
     assert sorted(component(d) for d in deployments.values()) == sorted(SPLIT_ROLES)
+    for kind in ("PodDisruptionBudget", "HorizontalPodAutoscaler", "ScaledObject", "NetworkPolicy"):
+        rendered = {component(m) for m in of_kind(manifests, kind).values()}
+        assert rendered.isdisjoint(FUTURE_ROLES), (kind, rendered)
     selectors = set()
     for deployment in deployments.values():
         role = component(deployment)
@@ -216,6 +225,62 @@ def test_single_mode_runs_every_role_in_one_deployment() -> None:
     (deployment,) = of_kind(render_set("single-ci"), "Deployment").values()
     (container,) = containers(deployment)
     assert container["args"] == ["run"]
+
+
+def _role_args(deployment: Manifest) -> list[str]:
+    """The roles named with --role (or --role=X) in the args and command of every container of a Deployment."""
+    pod = deployment["spec"]["template"]["spec"]
+    roles = []
+    for container in [*pod.get("initContainers", []), *pod["containers"]]:
+        argv = [*container.get("command", []), *container.get("args", [])]
+        for index, arg in enumerate(argv):
+            if arg == "--role":
+                assert index + 1 < len(argv), f"{deployment['metadata']['name']}: --role without a value"
+                roles.append(argv[index + 1])
+            elif arg.startswith("--role="):
+                roles.append(arg.split("=", 1)[1])
+    return roles
+
+
+# (value files, --set values, roles explicitly enabled beyond gateway.settings.ROLES)
+ROLE_VALUE_SETS = {
+    **{name: (values, sets, ()) for name, (values, sets) in VALUE_SETS.items()},
+    "single-minimal": ((), (BACKENDS,), ()),
+    "single-ci-future-roles": ((SINGLE_CI,), ENABLE_FUTURE_ROLES, FUTURE_ROLES),
+    "split-minimal-future-roles": ((), ("mode=split", BACKENDS, *ENABLE_FUTURE_ROLES), FUTURE_ROLES),
+    "split-ci-future-roles": ((SPLIT_CI,), ENABLE_FUTURE_ROLES, FUTURE_ROLES),
+}
+
+
+@pytest.mark.parametrize("value_set", sorted(ROLE_VALUE_SETS))
+def test_every_rendered_role_is_one_the_gateway_runs(value_set: str) -> None:
+    """`dicom-gateway run --role X` refuses roles outside ROLES: a pod with one would crash-loop."""
+    values, sets, future = ROLE_VALUE_SETS[value_set]
+    manifests = render(*sets, values=values)
+    deployments = of_kind(manifests, "Deployment")
+    assert deployments
+    rendered = {name: _role_args(deployment) for name, deployment in deployments.items()}
+    for name, roles in rendered.items():
+        for role in roles:
+            assert role in ROLES or role in future, f"{name} runs --role {role}, not in gateway.settings.ROLES {ROLES}"
+        if component(deployments[name]) == "single":
+            assert roles == [], "single mode runs every role of the image, without --role"
+        else:
+            assert roles == [component(deployments[name])], name
+    if future and any(component(d) != "single" for d in deployments.values()):
+        split_roles = {role for roles in rendered.values() for role in roles}
+        assert split_roles == {"receiver", *ENABLED_WORKER_ROLES, *future}, "explicitly enabled roles get Deployments"
+        pdbs = {component(m) for m in of_kind(manifests, "PodDisruptionBudget").values()}
+        autoscaled = {component(m) for kind in ("HorizontalPodAutoscaler", "ScaledObject") for m in of_kind(manifests, kind).values()}
+        assert set(future) <= pdbs and set(future) <= autoscaled
+
+
+def test_future_roles_stay_disabled_by_default() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert {role: values[role]["enabled"] for role in WORKER_ROLES} == {"store": True, "register": False, "notify": False}
+    assert set(ENABLED_WORKER_ROLES) <= set(ROLES)
+    for role in FUTURE_ROLES:
+        assert role not in ROLES, f"{role} is in gateway.settings.ROLES now: enable it in values.yaml and update this test"
 
 
 @pytest.mark.parametrize("value_set", ["split-minimal", "split-ci", "single-ci"])
@@ -246,7 +311,7 @@ def test_network_policy_only_when_enabled() -> None:
     dicom_rules = [r for r in receiver["ingress"] if {"port": "dicom", "protocol": "TCP"} in r["ports"]]
     (rule,) = dicom_rules
     assert [peer["ipBlock"]["cidr"] for peer in rule["from"]] == ["10.20.0.0/16", "192.0.2.0/24"]
-    for role in WORKER_ROLES:
+    for role in ENABLED_WORKER_ROLES:
         ports = [p["port"] for r in policies[f"gw-dicom-gateway-{role}"]["spec"]["ingress"] for p in r["ports"]]
         assert ports == ["http"], role
     assert "dicomCIDRs" in render_error("mode=split", BACKENDS, "networkPolicy.enabled=true")
@@ -264,10 +329,23 @@ def test_keda_scaled_objects_only_when_enabled() -> None:
     assert trigger["metadata"]["topic"] == "dicomgw.instances"
     assert "gw-dicom-gateway-store" not in of_kind(manifests, "HorizontalPodAutoscaler")
 
+    # Single mode: one trigger per consumer group of an enabled worker role.
     single = render(BACKENDS, "single.keda.enabled=true")
     (scaled,) = of_kind(single, "ScaledObject").values()
     groups = sorted(t["metadata"]["consumerGroup"] for t in scaled["spec"]["triggers"])
+    assert groups == ["dicomgw-store"]
+    single = render(BACKENDS, "single.keda.enabled=true", *ENABLE_FUTURE_ROLES)
+    (scaled,) = of_kind(single, "ScaledObject").values()
+    groups = sorted(t["metadata"]["consumerGroup"] for t in scaled["spec"]["triggers"])
     assert groups == ["dicomgw-notify", "dicomgw-register", "dicomgw-store"]
+    assert "enable at least one" in render_error(BACKENDS, "single.keda.enabled=true", "store.enabled=false")
+
+    # A disabled role's keda switch renders nothing.
+    split = render("mode=split", BACKENDS, "register.keda.enabled=true")
+    assert not of_kind(split, "ScaledObject")
+    split = render("mode=split", BACKENDS, "register.enabled=true", "register.keda.enabled=true")
+    (scaled,) = of_kind(split, "ScaledObject").values()
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "gw-dicom-gateway-register"
 
 
 def test_embedded_mode_keeps_one_replica_on_a_volume() -> None:
@@ -318,7 +396,7 @@ def test_every_value_is_documented_and_in_the_schema() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     schema = json.loads((CHART / "values.schema.json").read_text())
     readme = (CHART / "README.md").read_text()
-    roles = {"single", *SPLIT_ROLES}
+    roles = {"single", "receiver", *WORKER_ROLES}
     for path in _leaf_paths(values):
         doc_path = ("<role>", *path[1:]) if path[0] in roles else path
         prefixes = [".".join(doc_path[:n]) for n in range(len(doc_path), 0, -1)]

@@ -1,7 +1,9 @@
 {{/*
 Names, labels and the per-role facts every template shares. Helpers that take
 a role are called with (dict "root" $ "component" "<role>"); a role is one of
-single, receiver, store, register, notify.
+single, receiver, store, register, notify. The worker roles (store, register,
+notify) are deployed only when <role>.enabled: a role arrives with the gateway
+release whose image can run it.
 */}}
 
 {{- define "dicom-gateway.name" -}}
@@ -25,9 +27,18 @@ single, receiver, store, register, notify.
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* Roles deployed in the configured mode, space separated. */}}
+{{/* Worker roles switched on with <role>.enabled, space separated (may be empty). */}}
+{{- define "dicom-gateway.workerRoles" -}}
+{{- $enabled := list }}
+{{- range $role := list "store" "register" "notify" }}
+{{- if (index $.Values $role).enabled }}{{ $enabled = append $enabled $role }}{{ end }}
+{{- end }}
+{{- join " " $enabled }}
+{{- end }}
+
+{{/* Roles deployed in the configured mode, space separated: single, or the receiver and the enabled worker roles. */}}
 {{- define "dicom-gateway.components" -}}
-{{- if eq .Values.mode "single" }}single{{ else }}receiver store register notify{{ end }}
+{{- if eq .Values.mode "single" }}single{{ else }}{{ list "receiver" (include "dicom-gateway.workerRoles" .) | compact | join " " }}{{ end }}
 {{- end }}
 
 {{/* Object name of a role: the full name in single mode, <fullname>-<role> in split mode. */}}
@@ -85,9 +96,12 @@ app.kubernetes.io/part-of: dicom-gateway
 {{- if has .component (list "single" "receiver") }}true{{ end }}
 {{- end }}
 
-{{/* Kafka consumer groups a role's pods belong to. */}}
+{{/* Kafka consumer groups a role's pods belong to (single: those of the enabled worker roles). */}}
 {{- define "dicom-gateway.consumerGroups" -}}
-{{- if eq .component "single" }}dicomgw-store dicomgw-register dicomgw-notify
+{{- if eq .component "single" }}
+{{- $groups := list }}
+{{- range include "dicom-gateway.workerRoles" .root | splitList " " | compact }}{{ $groups = append $groups (printf "dicomgw-%s" .) }}{{ end }}
+{{- join " " $groups }}
 {{- else if has .component (list "store" "register" "notify") }}dicomgw-{{ .component }}
 {{- end }}
 {{- end }}
@@ -183,6 +197,9 @@ name under GATEWAY_SECRETS_DIR) each existing Secret key supplies.
 {{- end }}
 {{- if and (hasPrefix "SASL_" $v.kafka.securityProtocol) (not $v.kafka.sasl.existingSecret) }}
 {{- fail (printf "kafka.securityProtocol=%s needs kafka.sasl.existingSecret" $v.kafka.securityProtocol) }}
+{{- end }}
+{{- if and (eq $v.mode "single") $v.single.keda.enabled (not (include "dicom-gateway.workerRoles" .)) }}
+{{- fail "single.keda scales on the consumer groups of the enabled worker roles: enable at least one of store, register, notify" }}
 {{- end }}
 {{- if and (ne $v.kafka.securityProtocol "PLAINTEXT") (not $v.keda.authenticationRef) }}
 {{- range $component := include "dicom-gateway.components" . | splitList " " }}
