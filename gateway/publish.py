@@ -94,11 +94,12 @@ def _issuer(dataset: Dataset) -> str:
 def parse_header(prefix: bytes, transfer_syntax: str, complete: bool) -> Header | None:
     """The header from the first bytes of a data set; None while more bytes are needed to reach it."""
     try:
-        dataset = read_prefix(prefix, transfer_syntax, _AFTER_HEADER_TAG, complete)
+        parsed = read_prefix(prefix, transfer_syntax, _AFTER_HEADER_TAG, complete)
     except Exception as exc:
         raise CannotUnderstand(f"data set does not parse: {type(exc).__name__}") from exc
-    if dataset is None:
+    if parsed is None:
         return None
+    dataset, _ = parsed
     return Header(**{name: _text(dataset, keyword) for name, keyword in _HEADER_KEYWORDS.items()},
                   issuer_of_patient_id=_issuer(dataset))
 

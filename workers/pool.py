@@ -15,7 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 
 from gateway.bus import Bus, BusError, Producer, Record
-from gateway.envelope import InstanceEnvelope
+from gateway.envelope import InstanceEnvelope, InstanceHeader
 from gateway.metrics import Metrics
 from gateway.settings import TopicSettings
 from workers.consume import InstanceAssembler
@@ -23,6 +23,9 @@ from workers.dead_letter import entry_value
 from workers.store import DeadLetter, StoreStage, Unavailable
 
 log = logging.getLogger(__name__)
+
+RETRIABLE = (Unavailable, BusError, OSError)
+"""A service is down: back off and retry the instance. Anything else is about the instance itself."""
 
 StageFactory = Callable[[Producer], AbstractAsyncContextManager[StoreStage]]
 
@@ -69,7 +72,7 @@ class StorePool:
             try:
                 await self._consume()
                 return
-            except (Unavailable, BusError, OSError) as exc:
+            except RETRIABLE as exc:
                 self._metrics.stage_retries.labels(self.name).inc()
                 log.warning("store paused: a service is unavailable", extra={"error": str(exc), "retry_in": backoff})
                 try:
@@ -101,25 +104,65 @@ class StorePool:
 
 
 class _DeadLettering:
-    """Passes instances to the stage; what cannot be stored is recorded on the dead-letter topic."""
+    """Passes instances to the stage; what cannot be stored is recorded on the dead-letter topic.
+
+    Besides the stage's own verdicts (DeadLetter), an unexpected error on one instance - a defect, a header
+    no rule foresaw - dead-letters that instance rather than crash-looping the pool on it; once the cause is
+    fixed, ``dicom-gateway dead-letter redrive`` sends it through again.
+    """
 
     def __init__(self, stage: StoreStage, producer: Producer, topics: TopicSettings, metrics: Metrics) -> None:
         self._stage = stage
         self._producer = producer
         self._topics = topics
         self._metrics = metrics
-        self.begin = stage.begin
-        self.data = stage.data
-        self.discard = stage.discard
+        self._failed: dict[str, str] = {}
+
+    async def begin(self, header: InstanceHeader) -> None:
+        try:
+            await self._stage.begin(header)
+        except RETRIABLE:
+            raise
+        except Exception as exc:
+            await self._fail(header.instance_id, exc)
+
+    async def data(self, instance_id: str, data: bytes) -> None:
+        if instance_id in self._failed:
+            return
+        try:
+            await self._stage.data(instance_id, data)
+        except RETRIABLE:
+            raise
+        except Exception as exc:
+            await self._fail(instance_id, exc)
 
     async def end(self, instance: InstanceEnvelope, data: bytes, records: list[Record]) -> None:
-        try:
-            await self._stage.end(instance, data, records)
-        except DeadLetter as reason:
-            await self._record(instance.instance_id, str(reason), instance.study_instance_uid, records)
+        reason = self._failed.pop(instance.instance_id, None)
+        if reason is None:
+            try:
+                await self._stage.end(instance, data, records)
+                return
+            except DeadLetter as verdict:
+                reason = str(verdict)
+            except RETRIABLE:
+                raise
+            except Exception as exc:
+                log.exception("store failed on an instance", extra={"instance_id": instance.instance_id})
+                reason = f"unexpected error: {exc!r}"
+        await self._record(instance.instance_id, reason, instance.study_instance_uid, records)
+
+    async def discard(self, instance_id: str, reason: str) -> None:
+        self._failed.pop(instance_id, None)
+        await self._stage.discard(instance_id, reason)
 
     async def broken(self, instance_id: str, reason: str, records: list[Record]) -> None:
+        self._failed.pop(instance_id, None)
         await self._record(instance_id, reason, records[0].key.decode(errors="replace"), records)
+
+    async def _fail(self, instance_id: str, exc: Exception) -> None:
+        log.exception("store failed on an instance", extra={"instance_id": instance_id})
+        self._failed[instance_id] = f"unexpected error: {exc!r}"
+        await self._stage.discard(instance_id, "failed; it goes to the dead letters at its end")
 
     async def _record(self, instance_id: str, reason: str, study: str, records: list[Record]) -> None:
         value = entry_value("store", reason, instance_id, study, records)

@@ -14,8 +14,10 @@ topic with its reason and the offsets of its records, from which it can be re-dr
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
+import warnings
 import zlib
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -27,13 +29,21 @@ from pydicom.filewriter import write_file_meta_info
 
 from gateway.bus import Producer, Record
 from gateway.dicom.acse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
-from gateway.dicom.dataset import DEFLATED, PIXEL_DATA, read_prefix
+from gateway.dicom.dataset import DEFLATED, PIXEL_DATA, encode, read_prefix
 from gateway.envelope import InstanceEnvelope, InstanceHeader
 from gateway.index import CorrectionPolicy, Index, InstanceRow, InstanceStatus, Outcome
 from gateway.metrics import Metrics
 from gateway.objects import ObjectStore, Upload
 from gateway.settings import TopicSettings
-from workers.validation import Finding, ProfileSelector, Severity, SourceContext, ValidationResult, validate
+from workers.validation import (
+    Finding,
+    ProfileSelector,
+    Severity,
+    SourceContext,
+    ValidationResult,
+    apply_changes,
+    validate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +86,9 @@ class DeadLetter(Exception):
 class _Pending:
     header: InstanceHeader
     sha256: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    """Of the data set as received: checked against the envelope."""
+    stored_sha256: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    """Of the data set as stored: the same unless coercion rewrote the header."""
     size: int = 0
     prefix: bytearray = field(default_factory=bytearray)
     inflater: object | None = None
@@ -151,11 +164,11 @@ class StoreStage:
                              f"({instance.size} bytes / {instance.sha256}): corrupted on the bus")
         assert pending.upload is not None and pending.validation is not None
         try:
-            stored = await pending.upload.complete(sha256)
+            stored = await pending.upload.complete(pending.stored_sha256.hexdigest())
         except Exception as exc:
             raise Unavailable(f"object store: {exc}") from exc
         pending.upload = None
-        row = self._row(pending, instance, stored.size)
+        row = self._row(pending, instance, stored.size, pending.stored_sha256.hexdigest())
         try:
             result = await self._index.record_instance(row, self._policy)
         except Exception as exc:
@@ -164,7 +177,7 @@ class StoreStage:
             await self._objects.delete(row.storage_key)  # a copy of what is already stored: keep one
         await self._emit(result.outcome, row, records)
 
-    def _row(self, pending: _Pending, instance: InstanceEnvelope, object_size: int) -> InstanceRow:
+    def _row(self, pending: _Pending, instance: InstanceEnvelope, object_size: int, stored_sha256: str) -> InstanceRow:
         assert pending.validation is not None
         dataset = pending.dataset if pending.dataset is not None else Dataset()
         quarantined = pending.validation.has_errors
@@ -178,7 +191,7 @@ class StoreStage:
             series_number=_integer(dataset.get("SeriesNumber")),
             instance_number=_integer(dataset.get("InstanceNumber")),
             transfer_syntax_uid=instance.transfer_syntax_uid, storage_key=pending.key, size=object_size,
-            sha256=instance.sha256, received_sha256=instance.sha256, source_ae=instance.calling_ae,
+            sha256=stored_sha256, received_sha256=instance.sha256, source_ae=instance.calling_ae,
             source_organization_oid=instance.organization_oid,
             status=InstanceStatus.QUARANTINED if quarantined else InstanceStatus.STORED,
             findings=tuple({k: str(v) for k, v in f.to_dict().items()} for f in pending.validation.findings),
@@ -212,13 +225,14 @@ class StoreStage:
             prefix = zlib.decompressobj(-zlib.MAX_WBITS).decompress(prefix, HEADER_LIMIT_BYTES)
         limit_reached = len(pending.prefix) >= HEADER_LIMIT_BYTES
         try:
-            dataset = read_prefix(prefix, pending.header.transfer_syntax_uid, PIXEL_DATA, complete or limit_reached)
+            parsed = read_prefix(prefix, pending.header.transfer_syntax_uid, PIXEL_DATA, complete or limit_reached)
         except Exception:
-            dataset = None
+            parsed = None
             if not (complete or limit_reached):
                 return
-        if dataset is None and not (complete or limit_reached):
+        if parsed is None and not (complete or limit_reached):
             return
+        dataset, header_end = parsed if parsed is not None else (None, 0)
         header = pending.header
         source = SourceContext(header.calling_ae, header.organization, header.organization_oid)
         if dataset is None:
@@ -226,7 +240,9 @@ class StoreStage:
             pending.validation = ValidationResult("none", (finding,), ())
         else:
             pending.dataset = dataset
-            pending.validation = validate(dataset, self._profiles.for_calling_ae(header.calling_ae), source)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pydicom's notes quote values; the findings say what matters
+                pending.validation = validate(dataset, self._profiles.for_calling_ae(header.calling_ae), source)
         pending.key = object_key(header, pending.validation.has_errors)
         metadata = {
             "sop-instance-uid": header.sop_instance_uid, "sop-class-uid": header.sop_class_uid,
@@ -237,16 +253,22 @@ class StoreStage:
         if pending.validation.has_errors:
             metadata["findings"] = ",".join(sorted({f.code for f in pending.validation.findings}))
         pending.upload = self._objects.begin(pending.key, metadata)
-        await self._write(pending, file_meta(header))
+        await _upload(pending, file_meta(header))
         data, pending.prefix = bytes(pending.prefix), bytearray()
+        if pending.validation.changes and dataset is not None and header.transfer_syntax_uid != DEFLATED:
+            coerced = copy.deepcopy(dataset)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                apply_changes(coerced, pending.validation.changes)
+                data = encode(coerced, header.transfer_syntax_uid) + data[header_end:]
+            log.info("header coerced", extra={"instance_id": header.instance_id,
+                                              "changes": [c.to_dict() for c in pending.validation.changes]})
         await self._write(pending, data)
 
     async def _write(self, pending: _Pending, data: bytes) -> None:
-        assert pending.upload is not None
-        try:
-            await pending.upload.write(data)
-        except Exception as exc:
-            raise Unavailable(f"object store: {exc}") from exc
+        """Write data set bytes, hashing what is stored (which differs from what arrived once coerced)."""
+        pending.stored_sha256.update(data)
+        await _upload(pending, data)
 
     async def _abort(self, pending: _Pending) -> None:
         if pending.upload is not None:
@@ -255,6 +277,14 @@ class StoreStage:
             except Exception as exc:
                 log.warning("abort of a partial object failed", extra={"key": pending.key, "error": str(exc)})
             pending.upload = None
+
+
+async def _upload(pending: _Pending, data: bytes) -> None:
+    assert pending.upload is not None
+    try:
+        await pending.upload.write(data)
+    except Exception as exc:
+        raise Unavailable(f"object store: {exc}") from exc
 
 
 def _integer(value: object) -> int | None:

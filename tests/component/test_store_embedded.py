@@ -20,10 +20,11 @@ from gateway.bus.embedded import EmbeddedBus, partition_for
 from gateway.index import InstanceStatus
 from gateway.metrics import Metrics
 from gateway.receiver import Receiver
-from gateway.settings import DicomSettings, EmbeddedBusSettings, Settings
+from gateway.settings import DicomSettings, EmbeddedBusSettings, Settings, ValidationSettings
 from tests.component.test_receiver_pynetdicom import corpus, send_all
 from tests.conftest import dcmtk
 from tests.helpers import dataset_bytes, free_port, run
+import workers.store
 from workers import dead_letter
 from workers.pool import StorePool
 
@@ -172,3 +173,61 @@ async def test_pydicom_corpus_round_trips_through_the_store(
             versions = await index.instance_versions(sample.sop_instance)
             stored = {dataset_bytes(stored_file(gateway.settings, v.storage_key)) for v in versions}
             assert dataset_bytes(sample.path) in stored, sample.path
+
+
+async def test_coerced_header_is_stored_and_both_hashes_recorded(tmp_path: Path) -> None:
+    profile = tmp_path / "site.yaml"
+    profile.write_text("name: dicom-basic\nextends: dicom-basic\ncoercion:\n  by_calling_ae:\n"
+                       "    OLD_CT:\n      issuer_of_patient_id: always\n      institution_name: true\n")
+    settings = Settings(
+        data_dir=tmp_path / "data", dicom=DicomSettings(
+            host="127.0.0.1", port=free_port(),
+            allowed_aes=[{"ae_title": "OLD_CT", "organization": "Example Hospital",
+                          "organization_oid": "1.2.246.10.1234567.10"}]),
+        validation=ValidationSettings(profile_files=(profile,)),
+    )
+    metrics = Metrics()
+    bus = EmbeddedBus(settings.data_dir / "bus", settings.embedded_bus, metrics)
+    async with Receiver(settings.dicom, settings.topics, bus, metrics, 5), \
+            StorePool(bus, settings.topics, store_stage(settings, metrics), metrics, 600, 5, 5):
+        code, out = await run(dcmtk("storescu"), "-aet", "OLD_CT", "-aec", "DICOMGW", "127.0.0.1",
+                              str(settings.dicom.port), str(CT))
+        assert code == 0, out
+        await Gateway(settings, metrics).until_stored(1)
+    source = pydicom.dcmread(CT)
+    async with await open_index(settings) as index:
+        row = await index.current_instance(source.SOPInstanceUID)
+    assert row is not None and row.sha256 != row.received_sha256
+    stored = pydicom.dcmread(stored_file(settings, row.storage_key))
+    assert stored.IssuerOfPatientID == "1.2.246.21"
+    assert stored.IssuerOfPatientIDQualifiersSequence[0].UniversalEntityIDType == "ISO"
+    assert stored.InstitutionName == "Example Hospital"
+    assert stored.PixelData == source.PixelData and stored.PatientID == source.PatientID
+    assert hashlib.sha256(dataset_bytes(stored_file(settings, row.storage_key))).hexdigest() == row.sha256
+
+
+async def test_instance_hitting_a_defect_is_dead_lettered_and_redriven_once_fixed(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def defect(header: object) -> bytes:
+        raise RuntimeError("a defect in file meta writing")
+
+    working = workers.store.file_meta
+    monkeypatch.setattr(workers.store, "file_meta", defect)
+    await gateway.store(CT)
+    bus = EmbeddedBus(gateway.settings.data_dir / "bus", gateway.settings.embedded_bus, Metrics())
+    async with asyncio.timeout(30):
+        while not (entries := await dead_letter.entries(bus, gateway.settings.topics)):
+            await asyncio.sleep(0.2)
+    [entry] = entries
+    assert "a defect in file meta writing" in entry.reason
+    async with await open_index(gateway.settings) as index:
+        assert await index.current_instance(pydicom.dcmread(CT).SOPInstanceUID) is None
+
+    monkeypatch.setattr(workers.store, "file_meta", working)  # the fix is deployed
+    await dead_letter.redrive(bus, gateway.settings.topics, entry)
+    await gateway.until_stored(1)
+    async with await open_index(gateway.settings) as index:
+        row = await index.current_instance(pydicom.dcmread(CT).SOPInstanceUID)
+    assert row is not None and row.status is InstanceStatus.STORED
+    assert await dead_letter.entries(bus, gateway.settings.topics) == []
