@@ -32,7 +32,9 @@ PROFILES = {
     "quick": {"kinds": {"ct": 400, "tiny": 800}, "concurrency": [1, 4], "repeats": 3},
     "full": {"kinds": {"ct": 2000, "tiny": 4000, "mammo": 40}, "concurrency": [1, 4, 16], "repeats": 5},
 }
-DEFAULT_TARGETS = ["gateway-embedded", "gateway-kafka", "orthanc", "pynetdicom", "storescp-disk", "storescp-ignore"]
+DEFAULT_TARGETS = ["gateway-embedded", "gateway-kafka", "gateway-kafka-2p", "orthanc", "pynetdicom", "storescp-disk",
+                   "storescp-ignore"]
+"""gateway-*: the receiver role alone (ingest into the bus); -2p: two receiver processes on one port."""
 
 
 @dataclass
@@ -55,15 +57,27 @@ class Run:
         return self.megabytes / self.seconds
 
 
+def _tree(pid: int) -> list[int]:
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            pids += _tree(int(child))
+    return pids
+
+
 def cpu_and_rss(pid: int) -> tuple[float, float]:
-    """CPU seconds (user + system, children included) and peak RSS in MiB of a process and its children."""
+    """CPU seconds (user + system) and summed peak RSS in MiB of a process and all its descendants."""
     ticks = os.sysconf("SC_CLK_TCK")
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = sum(int(value) for value in fields[11:15]) / ticks
-    rss = 0.0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            rss = int(line.split()[1]) / 1024
+    cpu = rss = 0.0
+    for member in _tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu += sum(int(value) for value in fields[11:13]) / ticks
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    rss += int(line.split()[1]) / 1024
+        except FileNotFoundError:
+            continue
     return cpu, rss
 
 
@@ -176,7 +190,7 @@ def main() -> None:
     profile = PROFILES[args.profile]
     names = args.targets.split(",")
     kafka = None
-    if "gateway-kafka" in names:
+    if any(name.startswith("gateway-kafka") for name in names):
         services = [sys.executable, str(ROOT / "scripts" / "services")]
         subprocess.run([*services, "up", "kafka"], check=True)
         exports = subprocess.run([*services, "env", "kafka"], capture_output=True, text=True, check=True).stdout

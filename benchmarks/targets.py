@@ -75,13 +75,15 @@ def make_targets(names: list[str], root: Path, kafka_bootstrap: str | None) -> l
             env = {"GATEWAY_DATA_DIR": str(store), "GATEWAY_DICOM__PORT": str(port),
                    "GATEWAY_DICOM__HOST": "127.0.0.1", "GATEWAY_HTTP__PORT": str(free_port()),
                    "GATEWAY_LOG__LEVEL": "WARNING", "GATEWAY_EMBEDDED_BUS__RETENTION_HOURS": "0.01"}
-            if name == "gateway-kafka":
+            if name.startswith("gateway-kafka"):
                 if not kafka_bootstrap:
                     raise RuntimeError("gateway-kafka needs Kafka: scripts/services up kafka")
                 env |= {"GATEWAY_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap, "GATEWAY_KAFKA__PARTITIONS": "12",
                         "GATEWAY_TOPICS__INSTANCES": f"bench.instances.{os.getpid()}.{int(time.time())}"}
+            processes = "2" if name.endswith("-2p") else "1"
             target = Target(name, "DICOMGW", port, workdir=workdir, env=env,
-                            argv=[sys.executable, "-m", "gateway.cli", "run"])
+                            argv=[sys.executable, "-m", "gateway.cli", "run", "--role", "receiver",
+                                  "--workers", processes])
         elif name == "orthanc":
             config = {"Name": "bench", "StorageDirectory": str(store / "storage"),
                       "IndexDirectory": str(store / "index"), "HttpPort": free_port(), "DicomPort": port,

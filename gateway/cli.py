@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -37,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, help="YAML settings file (environment variables override it)")
     run.add_argument("--workers", type=int, metavar="N",
                      help="receiver processes sharing the DICOM port (overrides GATEWAY_DICOM__PROCESSES)")
+    run.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # a receiver process tells its parent
     run.set_defaults(func=_run)
 
     show = commands.add_parser("settings", help="print the effective settings as JSON, secrets masked")
@@ -108,13 +110,13 @@ def _run(args: argparse.Namespace) -> int:
     logs.configure(settings.log.level, settings.log.json_format)
     roles = args.roles or list(ROLES)
     try:
-        uvloop.run(_serve(settings, roles, args.config))
+        uvloop.run(_serve(settings, roles, args.config, args.ready_fd))
     except RoleCrashed:
         return 1
     return 0
 
 
-async def _serve(settings: Settings, roles: list[str], config: Path | None) -> None:
+async def _serve(settings: Settings, roles: list[str], config: Path | None, ready_fd: int | None) -> None:
     metrics = Metrics()
     extra: list[Role] = []
     if settings.dicom.processes > 1 and "receiver" in roles:
@@ -127,7 +129,12 @@ async def _serve(settings: Settings, roles: list[str], config: Path | None) -> N
     if bus.kind == "embedded":
         log.info("no Kafka configured: using the embedded bus", extra={"data_dir": str(settings.data_dir)})
     await bus.ensure_topics()
-    await run_roles(settings, [*extra, *build_roles(roles, settings, bus, metrics)], metrics)
+    on_ready = None
+    if ready_fd is not None:
+        def on_ready(port: int) -> None:
+            os.write(ready_fd, f"{port}\n".encode())
+            os.close(ready_fd)
+    await run_roles(settings, [*extra, *build_roles(roles, settings, bus, metrics)], metrics, on_ready=on_ready)
 
 
 if __name__ == "__main__":

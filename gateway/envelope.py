@@ -9,7 +9,7 @@ Chunks hold the data set bytes exactly as received, without the Part 10 file met
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Self
 
 import orjson
@@ -54,7 +54,11 @@ class InstanceHeader:
     """UTC, ISO 8601."""
 
     def to_json(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        return orjson.dumps(self)
+
+    def completed(self, size: int, sha256: str, chunks: int) -> InstanceEnvelope:
+        return InstanceEnvelope(**{name: getattr(self, name) for name in _HEADER_FIELDS},
+                                size=size, sha256=sha256, chunks=chunks)
 
     @classmethod
     def from_json(cls, data: bytes) -> Self:
@@ -71,3 +75,6 @@ class InstanceEnvelope(InstanceHeader):
     """Of the data set bytes exactly as received."""
     chunks: int
     """Records of the instance, the end record included."""
+
+
+_HEADER_FIELDS = tuple(f.name for f in fields(InstanceHeader))

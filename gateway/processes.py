@@ -19,7 +19,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
-import orjson
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -42,7 +41,6 @@ class ReceiverProcesses:
         self._config = config
         self._drain_timeout = drain_timeout
         self._children: list[asyncio.subprocess.Process] = []
-        self._forwarders: list[asyncio.Task[None]] = []
         self.http_ports: list[int] = []
 
     async def __aenter__(self) -> ReceiverProcesses:
@@ -53,29 +51,28 @@ class ReceiverProcesses:
                "GATEWAY_DICOM__REUSE_PORT": "true"}
         try:
             for _ in range(self._count):
-                child = await asyncio.create_subprocess_exec(
-                    *argv, env=env, stderr=asyncio.subprocess.PIPE, preexec_fn=_die_with_parent
-                )
+                read_end, write_end = os.pipe()
+                try:
+                    child = await asyncio.create_subprocess_exec(
+                        *argv, "--ready-fd", str(write_end), env=env, pass_fds=(write_end,),
+                        preexec_fn=_die_with_parent,
+                    )
+                finally:
+                    os.close(write_end)
                 self._children.append(child)
-                ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-                self._forwarders.append(asyncio.create_task(self._forward(child, ready)))
-                async with asyncio.timeout(_READY_TIMEOUT):
-                    self.http_ports.append(await ready)
+                try:
+                    async with asyncio.timeout(_READY_TIMEOUT):
+                        line = await asyncio.to_thread(os.read, read_end, 64)
+                finally:
+                    os.close(read_end)
+                if not line:
+                    raise RuntimeError(f"receiver process exited with {await child.wait()} before it was ready")
+                self.http_ports.append(int(line))
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
         log.info("receiver processes ready", extra={"processes": self._count})
         return self
-
-    async def _forward(self, child: asyncio.subprocess.Process, ready: asyncio.Future[int]) -> None:
-        """Pass the child's log lines through, and learn its HTTP port from its 'ready' line."""
-        assert child.stderr is not None
-        async for line in child.stderr:
-            sys.stderr.buffer.write(line)
-            if not ready.done() and b'"msg":"ready"' in line:
-                ready.set_result(int(orjson.loads(line)["http_port"]))
-        if not ready.done():
-            ready.set_exception(RuntimeError(f"receiver process exited with {await child.wait()}"))
 
     async def wait(self) -> None:
         done, _ = await asyncio.wait([asyncio.create_task(child.wait()) for child in self._children],
@@ -95,7 +92,6 @@ class ReceiverProcesses:
             except TimeoutError:
                 child.kill()
                 await child.wait()
-        await asyncio.gather(*self._forwarders, return_exceptions=True)
 
 
 class MergedMetrics(Collector):

@@ -12,10 +12,11 @@ import asyncio
 import hashlib
 import logging
 import uuid
+import warnings
 import zlib
 from collections import deque
 from collections.abc import Awaitable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pydicom.dataset import Dataset
@@ -100,8 +101,13 @@ def parse_header(prefix: bytes, transfer_syntax: str, complete: bool) -> Header 
     if parsed is None:
         return None
     dataset, _ = parsed
-    return Header(**{name: _text(dataset, keyword) for name, keyword in _HEADER_KEYWORDS.items()},
-                  issuer_of_patient_id=_issuer(dataset))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's notes on odd values may quote patient data
+        try:
+            return Header(**{name: _text(dataset, keyword) for name, keyword in _HEADER_KEYWORDS.items()},
+                          issuer_of_patient_id=_issuer(dataset))
+        except Exception as exc:
+            raise CannotUnderstand(f"data set header does not parse: {type(exc).__name__}") from exc
 
 
 def _consume_outcome(delivery: asyncio.Future[None]) -> None:
@@ -168,9 +174,7 @@ class InstancePublisher:
         if self._envelope_header is None:
             self._try_header(complete=True)
         assert self._envelope_header is not None
-        result = InstanceEnvelope(
-            **asdict(self._envelope_header), size=self._size, sha256=self._sha256.hexdigest(), chunks=self._sequence + 1
-        )
+        result = self._envelope_header.completed(self._size, self._sha256.hexdigest(), self._sequence + 1)
         try:
             async with asyncio.timeout(timeout):
                 await self._send(self._buffer, envelope.END, result.to_json())
@@ -248,7 +252,16 @@ class InstancePublisher:
         self._envelope_header = InstanceHeader(
             instance_id=self.instance_id,
             correlation_id=self._correlation_id,
-            **asdict(header),
+            sop_class_uid=header.sop_class_uid,
+            sop_instance_uid=header.sop_instance_uid,
+            study_instance_uid=header.study_instance_uid,
+            series_instance_uid=header.series_instance_uid,
+            patient_id=header.patient_id,
+            issuer_of_patient_id=header.issuer_of_patient_id,
+            accession_number=header.accession_number,
+            modality=header.modality,
+            study_date=header.study_date,
+            study_time=header.study_time,
             transfer_syntax_uid=self._transfer_syntax,
             calling_ae=origin.calling_ae,
             called_ae=origin.called_ae,

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Protocol
 
@@ -41,8 +41,13 @@ class RoleCrashed(Exception):
 
 
 async def run_roles(
-    settings: Settings, roles: Sequence[Role], metrics: Metrics, stop: asyncio.Event | None = None
+    settings: Settings,
+    roles: Sequence[Role],
+    metrics: Metrics,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[int], None] | None = None,
 ) -> None:
+    """Run until stopped; ``on_ready`` gets the HTTP port once every role is in (a parent process waits on it)."""
     stop = stop or asyncio.Event()
     health = Health(metrics)
     loop = asyncio.get_running_loop()
@@ -64,6 +69,8 @@ async def run_roles(
                 await stack.enter_async_context(role)
             health.set_ready(True)
             log.info("ready", extra={"roles": [role.name for role in roles], "http_port": port})
+            if on_ready is not None:
+                on_ready(port)
             await _until_stop_or_crash(stop, roles)
             health.set_ready(False)
     finally:

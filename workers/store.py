@@ -180,6 +180,10 @@ class StoreStage:
     def _row(self, pending: _Pending, instance: InstanceEnvelope, object_size: int, stored_sha256: str) -> InstanceRow:
         assert pending.validation is not None
         dataset = pending.dataset if pending.dataset is not None else Dataset()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's notes on odd values may quote patient data
+            description = str(dataset.get("StudyDescription", "") or "")
+            series_number, instance_number = _integer(dataset.get("SeriesNumber")), _integer(dataset.get("InstanceNumber"))
         quarantined = pending.validation.has_errors
         return InstanceRow(
             sop_instance_uid=instance.sop_instance_uid, sop_class_uid=instance.sop_class_uid,
@@ -187,9 +191,7 @@ class StoreStage:
             patient_id=instance.patient_id, issuer_of_patient_id=instance.issuer_of_patient_id,
             accession_number=instance.accession_number, modality=instance.modality,
             study_date=instance.study_date, study_time=instance.study_time,
-            study_description=str(dataset.get("StudyDescription", "") or ""),
-            series_number=_integer(dataset.get("SeriesNumber")),
-            instance_number=_integer(dataset.get("InstanceNumber")),
+            study_description=description, series_number=series_number, instance_number=instance_number,
             transfer_syntax_uid=instance.transfer_syntax_uid, storage_key=pending.key, size=object_size,
             sha256=stored_sha256, received_sha256=instance.sha256, source_ae=instance.calling_ae,
             source_organization_oid=instance.organization_oid,

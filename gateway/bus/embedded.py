@@ -82,6 +82,7 @@ CREATE TABLE IF NOT EXISTS members (
 _MAX_BATCH_BYTES = 64 * 1024 * 1024
 _MAX_QUEUED_BYTES = 256 * 1024 * 1024
 _RETENTION_CHECK_SECONDS = 60.0
+_READ_PAGE = 32
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -500,18 +501,22 @@ class EmbeddedConsumer:
         return starts
 
     def _read(self, max_records: int) -> list[Record]:
+        """Each query is read to its end (fetchall under a small LIMIT): an unfinished cursor would keep a
+        read transaction open on this connection and stall its next write."""
         assert self._connection is not None
         records: list[Record] = []
         budget = _MAX_BATCH_BYTES
         for (topic, partition), position in sorted(self._positions.items()):
-            rows = self._connection.execute(
-                'SELECT "offset", key, value, headers, ts FROM records '
-                'WHERE topic = ? AND partition = ? AND "offset" >= ? ORDER BY "offset" LIMIT ?',
-                (topic, partition, position, max_records - len(records)),
-            )
-            for offset, key, value, headers, ts in rows:
-                records.append(Record(topic, partition, offset, key, value, decode_headers(headers), ts))
-                budget -= len(value)
-                if budget <= 0 or len(records) >= max_records:
-                    return records
+            while len(records) < max_records and budget > 0:
+                rows = self._connection.execute(
+                    'SELECT "offset", key, value, headers, ts FROM records '
+                    'WHERE topic = ? AND partition = ? AND "offset" >= ? ORDER BY "offset" LIMIT ?',
+                    (topic, partition, position, min(_READ_PAGE, max_records - len(records))),
+                ).fetchall()
+                for offset, key, value, headers, ts in rows:
+                    records.append(Record(topic, partition, offset, key, value, decode_headers(headers), ts))
+                    budget -= len(value)
+                    position = offset + 1
+                if len(rows) < _READ_PAGE:
+                    break
         return records

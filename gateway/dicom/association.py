@@ -16,11 +16,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from pydicom.dataset import Dataset
 from pynetdicom.pdu import A_ABORT_RQ, A_RELEASE_RP
 
 from gateway.bus import Producer
 from gateway.dicom import acse, dimse
+from gateway.dicom.dimse import Command
 from gateway.errors import DicomStatusError
 from gateway.logs import bind
 from gateway.metrics import Metrics
@@ -64,7 +64,7 @@ class ProtocolError(Exception):
 class _Store:
     """The C-STORE in progress: its request and the publisher receiving its data set."""
 
-    request: Dataset
+    request: Command
     context_id: int
     publisher: InstancePublisher
     error: DicomStatusError | None = None
@@ -96,7 +96,7 @@ class Association:
         self._command = bytearray()
         self._command_context = 0
         self._store: _Store | None = None
-        self._handlers: dict[int, Callable[[Dataset, int], Awaitable[None]]] = {
+        self._handlers: dict[int, Callable[[Command, int], Awaitable[None]]] = {
             dimse.C_ECHO_RQ: self._c_echo,
             dimse.C_STORE_RQ: self._c_store,
         }
@@ -121,7 +121,7 @@ class Association:
             if self._store is not None:
                 await self._store.publisher.abort("association ended before the data set was complete")
                 log.warning("instance incomplete when the association ended; nothing acknowledged",
-                            extra={"sop_instance_uid": str(self._store.request.get("AffectedSOPInstanceUID", ""))})
+                            extra={"sop_instance_uid": self._store.request.affected_sop_instance_uid})
             self._writer.close()
 
     async def _read_pdu(self, limit: int) -> tuple[int, bytes]:
@@ -218,7 +218,7 @@ class Association:
             command = dimse.decode_command(data)
         except ValueError as exc:
             raise ProtocolError(REASON_INVALID_PARAMETER, str(exc)) from exc
-        handler = self._handlers.get(command.CommandField, self._unrecognized)
+        handler = self._handlers.get(command.command_field, self._unrecognized)
         await handler(command, context_id)
 
     async def _data_fragment(self, context_id: int, fragment: memoryview, last: bool) -> None:
@@ -255,17 +255,17 @@ class Association:
             pdus.append(_HEADER.pack(P_DATA_TF, 0, len(pdv)) + pdv)
         await self._send(b"".join(pdus))
 
-    async def _respond(self, request: Dataset, context_id: int, status: int, comment: str | None = None) -> None:
-        command_field = request.CommandField | 0x8000
+    async def _respond(self, request: Command, context_id: int, status: int, comment: str | None = None) -> None:
+        command_field = request.command_field | 0x8000
         await self._send_command(context_id, dimse.response(request, command_field, status, comment))
         self._metrics.dimse_statuses.labels(f"0x{command_field:04x}", f"0x{status:04x}").inc()
 
-    async def _c_echo(self, request: Dataset, context_id: int) -> None:
+    async def _c_echo(self, request: Command, context_id: int) -> None:
         await self._respond(request, context_id, dimse.SUCCESS)
 
-    async def _c_store(self, request: Dataset, context_id: int) -> None:
+    async def _c_store(self, request: Command, context_id: int) -> None:
         assert self._accepted is not None
-        if request.get("CommandDataSetType", dimse.NO_DATA_SET) == dimse.NO_DATA_SET:
+        if not request.has_data_set:
             raise ProtocolError(REASON_INVALID_PARAMETER, "C-STORE-RQ without a data set")
         caller = self._accepted.caller
         origin = Origin(
@@ -280,9 +280,9 @@ class Association:
             self._topic,
             origin,
             transfer_syntax=self._accepted.contexts[context_id],
-            sop_class_uid=str(request.get("AffectedSOPClassUID", "")),
-            sop_instance_uid=str(request.get("AffectedSOPInstanceUID", "")),
-            correlation_id=f"{self.id}-{request.MessageID}",
+            sop_class_uid=request.affected_sop_class_uid,
+            sop_instance_uid=request.affected_sop_instance_uid,
+            correlation_id=f"{self.id}-{request.message_id}",
             max_instance_bytes=self._settings.max_instance_bytes,
         )
         self._store = _Store(request, context_id, publisher)
@@ -307,13 +307,13 @@ class Association:
                 return
         log.warning("C-STORE refused", extra={
             "status": f"0x{error.status:04x}", "reason": error.comment,
-            "sop_instance_uid": str(request.get("AffectedSOPInstanceUID", "")),
+            "sop_instance_uid": request.affected_sop_instance_uid,
         })
         await self._respond(request, store.context_id, error.status, error.comment)
 
-    async def _unrecognized(self, request: Dataset, context_id: int) -> None:
-        if request.get("CommandDataSetType", dimse.NO_DATA_SET) != dimse.NO_DATA_SET:
-            raise ProtocolError(REASON_UNEXPECTED_PDU, f"unsupported command 0x{request.CommandField:04x}")
+    async def _unrecognized(self, request: Command, context_id: int) -> None:
+        if request.has_data_set:
+            raise ProtocolError(REASON_UNEXPECTED_PDU, f"unsupported command 0x{request.command_field:04x}")
         await self._respond(request, context_id, dimse.UNRECOGNIZED_OPERATION)
 
 

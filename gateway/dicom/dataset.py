@@ -21,8 +21,8 @@ def read_prefix(prefix: bytes, transfer_syntax: str, stop_before: int, complete:
     bytes are needed to reach it.
 
     With ``complete`` the prefix is all there is, and whatever parses is returned. Raises only then.
-    pydicom's warnings (odd values) are silenced here: they may quote patient data, and the caller reports
-    its own outcome. Values are read inside, since pydicom converts them lazily.
+    pydicom converts values lazily, on access: callers read the values they need under
+    ``warnings.catch_warnings`` too, since pydicom's warnings may quote patient data.
     """
     stream = io.BytesIO(prefix)
     try:
@@ -36,8 +36,6 @@ def read_prefix(prefix: bytes, transfer_syntax: str, stop_before: int, complete:
             )
             if stream.tell() >= len(prefix) and not complete:
                 return None
-            for element in dataset:
-                element.value  # noqa: B018 - convert now, under the warnings filter
             return dataset, stream.tell()
     except Exception:
         if not complete:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pynetdicom.dsutils import encode
 
 from gateway.bus.embedded import EmbeddedBus
 from gateway.metrics import Metrics
@@ -48,10 +50,6 @@ def test_echo_health_and_metrics(gateway: GatewayProcess) -> None:
 
 def open_store(port: int, dataset_prefix: bytes) -> socket.socket:
     """An association with a C-STORE whose data set has started but not finished."""
-    from pydicom.dataset import Dataset
-
-    from gateway.dicom.dimse import encode_command
-
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.sendall(associate_rq())
     assert sock.recv(65536)[0] == 0x02
@@ -62,7 +60,8 @@ def open_store(port: int, dataset_prefix: bytes) -> socket.socket:
     command.Priority = 0
     command.CommandDataSetType = 0x0000
     command.AffectedSOPInstanceUID = "1.2.3.4.5"
-    sock.sendall(p_data(3, 0x03, encode_command(command)))
+    body = encode(command, True, True)
+    sock.sendall(p_data(3, 0x03, struct.pack("<HHII", 0, 0, 4, len(body)) + body))
     for start in range(0, len(dataset_prefix), 16000):
         sock.sendall(p_data(3, 0x00, dataset_prefix[start : start + 16000]))
     return sock
