@@ -24,6 +24,7 @@ from pydicom.dataset import Dataset
 from gateway import envelope
 from gateway.bus import MAX_RECORD_BYTES, BusError, Producer
 from gateway.dicom.dataset import DEFLATED, read_prefix
+from gateway.dicom.header import ISSUER_QUALIFIERS, Malformed, read_values
 from gateway.envelope import InstanceEnvelope, InstanceHeader
 from gateway.errors import CannotUnderstand, DataSetMismatch, OutOfResources
 
@@ -34,8 +35,21 @@ CHUNK_BYTES = MAX_RECORD_BYTES - 16 * 1024
 IN_FLIGHT_CHUNKS = 4
 HEADER_LIMIT_BYTES = 8 * 1024 * 1024
 _FIRST_PARSE_AT = 16 * 1024
-_AFTER_HEADER_TAG = 0x0020000F
-"""The first tag after Series Instance UID: the envelope needs nothing beyond it."""
+_LAST_HEADER_TAG = 0x0020000E
+"""Series Instance UID: the envelope needs nothing beyond it."""
+_ISSUER_OF_PATIENT_ID = 0x00100021
+_HEADER_TAGS = {
+    "sop_class_uid": 0x00080016,
+    "sop_instance_uid": 0x00080018,
+    "study_instance_uid": 0x0020000D,
+    "series_instance_uid": 0x0020000E,
+    "patient_id": 0x00100020,
+    "accession_number": 0x00080050,
+    "modality": 0x00080060,
+    "study_date": 0x00080020,
+    "study_time": 0x00080030,
+}
+_WANTED = frozenset([*_HEADER_TAGS.values(), _ISSUER_OF_PATIENT_ID])
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +107,24 @@ def _issuer(dataset: Dataset) -> str:
 
 
 def parse_header(prefix: bytes, transfer_syntax: str, complete: bool) -> Header | None:
-    """The header from the first bytes of a data set; None while more bytes are needed to reach it."""
+    """The header from the first bytes of a data set; None while more bytes are needed to reach it.
+
+    The fast walker reads it; a data set it cannot follow (say, implicit VR where the context said
+    explicit) goes to pydicom, which is slower and more forgiving.
+    """
     try:
-        parsed = read_prefix(prefix, transfer_syntax, _AFTER_HEADER_TAG, complete)
+        values = read_values(prefix, transfer_syntax, _WANTED, _LAST_HEADER_TAG, complete)
+    except Malformed:
+        return _parse_header_with_pydicom(prefix, transfer_syntax, complete)
+    if values is None:
+        return None
+    return Header(**{name: values.get(tag, "") for name, tag in _HEADER_TAGS.items()},
+                  issuer_of_patient_id=values.get(_ISSUER_OF_PATIENT_ID) or values.get(ISSUER_QUALIFIERS, ""))
+
+
+def _parse_header_with_pydicom(prefix: bytes, transfer_syntax: str, complete: bool) -> Header | None:
+    try:
+        parsed = read_prefix(prefix, transfer_syntax, _LAST_HEADER_TAG + 1, complete)
     except Exception as exc:
         raise CannotUnderstand(f"data set does not parse: {type(exc).__name__}") from exc
     if parsed is None:
