@@ -42,6 +42,8 @@ from workers.validation import (
     SourceContext,
     ValidationResult,
     apply_changes,
+    patient_attributes,
+    patient_conflicts,
     validate,
 )
 
@@ -96,6 +98,9 @@ class _Pending:
     key: str = ""
     upload: Upload | None = None
     dataset: Dataset | None = None
+    coerced: Dataset | None = None
+    """The header as it will be stored, when coercion changed it."""
+    patient: dict[str, str] = field(default_factory=dict)
 
 
 class StoreStage:
@@ -198,7 +203,7 @@ class StoreStage:
             status=InstanceStatus.QUARANTINED if quarantined else InstanceStatus.STORED,
             findings=tuple({k: str(v) for k, v in f.to_dict().items()} for f in pending.validation.findings),
             instance_id=instance.instance_id, received_at=datetime.fromisoformat(instance.received_at),
-            stored_at=datetime.now(UTC),
+            stored_at=datetime.now(UTC), patient_attributes=pending.patient,
         )
 
     async def _emit(self, outcome: Outcome, row: InstanceRow, records: list[Record]) -> None:
@@ -244,7 +249,16 @@ class StoreStage:
             pending.dataset = dataset
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # pydicom's notes quote values; the findings say what matters
-                pending.validation = validate(dataset, self._profiles.for_calling_ae(header.calling_ae), source)
+                validation = validate(dataset, self._profiles.for_calling_ae(header.calling_ae), source)
+                effective = dataset
+                if validation.changes:
+                    effective = copy.deepcopy(dataset)
+                    apply_changes(effective, validation.changes)
+                pending.coerced = effective if validation.changes else None
+                pending.patient = patient_attributes(effective)
+                conflicts = patient_conflicts(await self._study_patient(header.study_instance_uid), effective)
+            pending.validation = ValidationResult(validation.profile, validation.findings + tuple(conflicts),
+                                                  validation.changes)
         pending.key = object_key(header, pending.validation.has_errors)
         metadata = {
             "sop-instance-uid": header.sop_instance_uid, "sop-class-uid": header.sop_class_uid,
@@ -257,15 +271,22 @@ class StoreStage:
         pending.upload = self._objects.begin(pending.key, metadata)
         await _upload(pending, file_meta(header))
         data, pending.prefix = bytes(pending.prefix), bytearray()
-        if pending.validation.changes and dataset is not None and header.transfer_syntax_uid != DEFLATED:
-            coerced = copy.deepcopy(dataset)
+        if pending.coerced is not None and header.transfer_syntax_uid != DEFLATED:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                apply_changes(coerced, pending.validation.changes)
-                data = encode(coerced, header.transfer_syntax_uid) + data[header_end:]
+                data = encode(pending.coerced, header.transfer_syntax_uid) + data[header_end:]
             log.info("header coerced", extra={"instance_id": header.instance_id,
                                               "changes": [c.to_dict() for c in pending.validation.changes]})
         await self._write(pending, data)
+
+    async def _study_patient(self, study_instance_uid: str) -> dict[str, str]:
+        """The patient attributes already stored for the study (its instances all come through this
+        partition, hence this worker, in order)."""
+        try:
+            earlier = await self._index.study_instances(study_instance_uid)
+        except Exception as exc:
+            raise Unavailable(f"index: {exc}") from exc
+        return next((row.patient_attributes for row in earlier if row.patient_attributes), {})
 
     async def _write(self, pending: _Pending, data: bytes) -> None:
         """Write data set bytes, hashing what is stored (which differs from what arrived once coerced)."""

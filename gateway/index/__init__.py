@@ -13,7 +13,7 @@ instance creates them when missing but never changes them, since its header is n
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol, Self
@@ -73,6 +73,8 @@ class InstanceRow:
     received_at: datetime
     stored_at: datetime
     version: int = 1
+    patient_attributes: dict[str, str] = field(default_factory=dict)
+    """PatientID, IssuerOfPatientID, PatientName, PatientBirthDate, PatientSex as the instance had them."""
 
     def __post_init__(self) -> None:
         if self.received_at.tzinfo is None or self.stored_at.tzinfo is None:

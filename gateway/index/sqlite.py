@@ -87,6 +87,7 @@ def _params(row: InstanceRow) -> list[Any]:
     values: dict[str, Any] = {name: getattr(row, name) for name in _FIELDS}
     values["status"] = row.status.value
     values["findings"] = orjson.dumps(row.findings).decode()
+    values["patient_attributes"] = orjson.dumps(row.patient_attributes).decode()
     values["received_at"] = _timestamp(row.received_at)
     values["stored_at"] = _timestamp(row.stored_at)
     return list(values.values())
@@ -96,6 +97,7 @@ def _row(record: tuple[Any, ...]) -> InstanceRow:
     values = dict(zip(_FIELDS, record, strict=True))
     values["status"] = InstanceStatus(values["status"])
     values["findings"] = tuple(orjson.loads(values["findings"]))
+    values["patient_attributes"] = orjson.loads(values["patient_attributes"])
     values["received_at"] = datetime.fromisoformat(values["received_at"])
     values["stored_at"] = datetime.fromisoformat(values["stored_at"])
     return InstanceRow(**values)

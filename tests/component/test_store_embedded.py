@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import warnings
 from collections.abc import AsyncIterator
@@ -231,3 +232,26 @@ async def test_instance_hitting_a_defect_is_dead_lettered_and_redriven_once_fixe
         row = await index.current_instance(pydicom.dcmread(CT).SOPInstanceUID)
     assert row is not None and row.status is InstanceStatus.STORED
     assert await dead_letter.entries(bus, gateway.settings.topics) == []
+
+
+async def test_instance_of_another_patient_in_a_study_is_quarantined(gateway: Gateway, tmp_path: Path) -> None:
+    first = pydicom.dcmread(CT)
+    del first[0xFFFCFFFC]
+    other = copy.deepcopy(first)
+    other.SOPInstanceUID = other.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.9.7433.3.1"
+    other.PatientName, other.PatientSex = "Someone^Else", "F"
+    paths = [tmp_path / "first.dcm", tmp_path / "other.dcm"]
+    first.save_as(paths[0])
+    other.save_as(paths[1])
+    await gateway.store(paths[0])
+    await gateway.until_stored(1)
+    await gateway.store(paths[1])
+    await gateway.until_stored(2)
+    async with await open_index(gateway.settings) as index:
+        accepted = await index.current_instance(first.SOPInstanceUID)
+        conflicting = await index.current_instance(other.SOPInstanceUID)
+    assert accepted is not None and accepted.status is InstanceStatus.STORED
+    assert conflicting is not None and conflicting.status is InstanceStatus.QUARANTINED
+    conflicts = [f for f in conflicting.findings if f["code"] == "DICOM-PATIENT-CONFLICT"]
+    assert {f["keyword"] for f in conflicts} == {"PatientName", "PatientSex"}
+    assert all("Else" not in f["message"] for f in conflicts)
