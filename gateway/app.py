@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
+from gateway.api import Api
 from gateway.bus import Bus, Producer
 from gateway.bus.embedded import EmbeddedBus
 from gateway.bus.kafka import KafkaBus
@@ -74,6 +75,7 @@ def build_roles(names: Sequence[str], settings: Settings, bus: Bus, metrics: Met
     drain = settings.runtime.drain_timeout_seconds
     factories: dict[str, Callable[[], Role]] = {
         "receiver": lambda: Receiver(settings.dicom, settings.topics, bus, metrics, drain),
+        "api": lambda: Api(lambda: open_index(settings), bus, settings.topics),
         "store": lambda: StorePool(bus, settings.topics, store_stage(settings, metrics), metrics,
                                    settings.store.orphan_timeout_seconds, settings.store.retry_max_seconds, drain),
     }

@@ -19,7 +19,7 @@ from gateway.metrics import Metrics
 from gateway.processes import MergedMetrics, ReceiverProcesses
 from gateway.runtime import Role, RoleCrashed, run_roles
 from gateway.settings import ROLES, Settings, SettingsError, load_settings
-from workers import dead_letter
+from gateway import dead_letter
 from workers.validation import cli as validation_cli
 
 log = logging.getLogger("gateway")

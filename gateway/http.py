@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from aiohttp import web
@@ -24,7 +24,7 @@ class Health:
         self._metrics.up.set(1 if ready else 0)
 
 
-def make_app(health: Health, metrics: Metrics) -> web.Application:
+def make_app(health: Health, metrics: Metrics, routes: Sequence[web.RouteDef] = ()) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -42,13 +42,16 @@ def make_app(health: Health, metrics: Metrics) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
+    app.add_routes(routes)
     return app
 
 
 @asynccontextmanager
-async def serve_http(settings: HttpSettings, health: Health, metrics: Metrics) -> AsyncIterator[int]:
-    """Serve until the block ends; yields the bound port (useful when configured as 0)."""
-    runner = web.AppRunner(make_app(health, metrics), access_log=None, handle_signals=False)
+async def serve_http(
+    settings: HttpSettings, health: Health, metrics: Metrics, routes: Sequence[web.RouteDef] = ()
+) -> AsyncIterator[int]:
+    """Serve until the block ends (with the roles' own routes, e.g. the API); yields the bound port."""
+    runner = web.AppRunner(make_app(health, metrics, routes), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
     await site.start()

@@ -54,6 +54,17 @@ class Metrics:
         self.instances_stored = Counter(
             "dicomgw_instances_stored_total", "Instances through the store stage, by event", ["event"], registry=r
         )
+        self.bytes_stored = Counter(
+            "dicomgw_stored_bytes_total", "Bytes of objects written by the store stage", registry=r
+        )
+        self.validation_findings = Counter(
+            "dicomgw_validation_findings_total", "Validation findings by rule and severity", ["code", "severity"],
+            registry=r,
+        )
+        self.object_store_seconds = Histogram(
+            "dicomgw_object_store_complete_seconds", "Time to complete an object (last part, tags)",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
         self.dead_letters = Counter(
             "dicomgw_dead_letters_total", "Instances sent to the dead-letter topic", ["stage"], registry=r
         )

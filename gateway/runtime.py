@@ -64,7 +64,8 @@ async def run_roles(
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         async with AsyncExitStack() as stack:
-            port = await stack.enter_async_context(serve_http(settings.http, health, metrics))
+            routes = [route for role in roles for route in getattr(role, "routes", ())]
+            port = await stack.enter_async_context(serve_http(settings.http, health, metrics, routes))
             for role in roles:
                 await stack.enter_async_context(role)
             health.set_ready(True)

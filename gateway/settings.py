@@ -24,7 +24,7 @@ from pydantic_settings import (
 ENV_PREFIX = "GATEWAY_"
 NESTED_DELIMITER = "__"
 DEFAULT_SECRETS_DIR = Path("/run/secrets/dicom-gateway")
-ROLES = ("receiver", "store")
+ROLES = ("receiver", "store", "api")
 """Roles this build can run; each worker role is added here when its stage exists."""
 
 
@@ -166,6 +166,8 @@ class ValidationSettings(_Section):
     profiles_by_calling_ae: dict[str, str] = {}
     profile_files: tuple[Path, ...] = ()
     """Site profiles (YAML) layered over the bundled ones, e.g. fi-kanta with its procedure code list."""
+    test_environment: bool = False
+    """Accept test identity codes (individual number 900-999): only for the deployment test."""
 
 
 class StoreSettings(_Section):

@@ -19,7 +19,7 @@ from gateway.envelope import InstanceEnvelope, InstanceHeader
 from gateway.metrics import Metrics
 from gateway.settings import TopicSettings
 from workers.consume import InstanceAssembler
-from workers.dead_letter import entry_value
+from gateway.dead_letter import entry_value
 from workers.store import DeadLetter, StoreStage, Unavailable
 
 log = logging.getLogger(__name__)

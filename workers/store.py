@@ -169,7 +169,8 @@ class StoreStage:
                              f"({instance.size} bytes / {instance.sha256}): corrupted on the bus")
         assert pending.upload is not None and pending.validation is not None
         try:
-            stored = await pending.upload.complete(pending.stored_sha256.hexdigest())
+            with self._metrics.object_store_seconds.time():
+                stored = await pending.upload.complete(pending.stored_sha256.hexdigest())
         except Exception as exc:
             raise Unavailable(f"object store: {exc}") from exc
         pending.upload = None
@@ -222,6 +223,10 @@ class StoreStage:
         except Exception as exc:
             raise Unavailable(f"bus: {exc}") from exc
         self._metrics.instances_stored.labels(kind).inc()
+        if outcome in (Outcome.INSERTED, Outcome.REPLACED):
+            self._metrics.bytes_stored.inc(row.size)
+            for finding in row.findings:
+                self._metrics.validation_findings.labels(finding["code"], finding["severity"]).inc()
         log.info("instance stored", extra={"instance_id": row.instance_id, "outcome": outcome.value,
                                            "status": row.status.value, "storage_key": row.storage_key})
 

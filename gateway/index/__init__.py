@@ -109,6 +109,20 @@ def resolve(current: InstanceRow | None, row: InstanceRow, policy: CorrectionPol
     return RecordResult(outcome, current, current)
 
 
+@dataclass(frozen=True, slots=True)
+class StudySummary:
+    """A study as a list shows it: its current instances' common attributes and how many there are."""
+
+    study_instance_uid: str
+    patient_id: str
+    issuer_of_patient_id: str
+    accession_number: str
+    study_date: str
+    study_time: str
+    study_description: str
+    instances: int
+
+
 class Index(Protocol):
     async def migrate(self) -> None:
         """Apply the pending schema migrations; safe to call from several processes at once."""
@@ -121,8 +135,13 @@ class Index(Protocol):
     async def instance_versions(self, sop_instance_uid: str) -> list[InstanceRow]:
         """Every version of the instance, oldest first, replaced ones included."""
 
-    async def study_instances(self, study_instance_uid: str, include_quarantined: bool = False) -> list[InstanceRow]:
-        """The current rows of a study, by series and instance number."""
+    async def study_instances(self, study_instance_uid: str, include_quarantined: bool = False,
+                              include_replaced: bool = False) -> list[InstanceRow]:
+        """The rows of a study by series and instance number: stored ones, and on request the quarantined and
+        the replaced (prior versions)."""
+
+    async def find_studies(self, patient_id: str = "", accession_number: str = "", limit: int = 100) -> list[StudySummary]:
+        """Studies with current instances, newest study date first; empty filters match everything."""
 
     async def close(self) -> None: ...
 

@@ -16,7 +16,7 @@ from typing import Any, Self
 import asyncpg
 import orjson
 
-from gateway.index import CorrectionPolicy, InstanceRow, InstanceStatus, RecordResult, resolve
+from gateway.index import CorrectionPolicy, InstanceRow, InstanceStatus, RecordResult, StudySummary, resolve
 from gateway.index.migrations import load
 
 _FIELDS = tuple(field.name for field in fields(InstanceRow))
@@ -39,8 +39,13 @@ _RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name) VALUES ($1, $
 _SELECT = f"SELECT {', '.join(_FIELDS)} FROM instances"
 _CURRENT = f"{_SELECT} WHERE sop_instance_uid = $1 AND is_current"
 _VERSIONS = f"{_SELECT} WHERE sop_instance_uid = $1 ORDER BY version"
-_STUDY = f"""{_SELECT} WHERE study_instance_uid = $1 AND is_current AND (status = 'stored' OR $2)
-ORDER BY series_number NULLS LAST, series_instance_uid, instance_number NULLS LAST, sop_instance_uid"""
+_STUDY = f"""{_SELECT} WHERE study_instance_uid = $1
+AND (status = 'stored' OR ($2 AND status = 'quarantined') OR ($3 AND status = 'replaced'))
+ORDER BY series_number NULLS LAST, series_instance_uid, instance_number NULLS LAST, sop_instance_uid, version"""
+_FIND_STUDIES = """SELECT study_instance_uid, max(patient_id), max(issuer_of_patient_id), max(accession_number),
+max(study_date), max(study_time), max(study_description), count(*) FROM instances
+WHERE is_current AND ($1 = '' OR patient_id = $1) AND ($2 = '' OR accession_number = $2)
+GROUP BY study_instance_uid ORDER BY max(study_date) DESC, study_instance_uid LIMIT $3"""
 
 _MARK_REPLACED = "UPDATE instances SET status = 'replaced' WHERE sop_instance_uid = $1 AND is_current"
 _INSERT = (f"INSERT INTO instances ({', '.join(_FIELDS)}) "
@@ -141,5 +146,11 @@ class PostgresIndex:
     async def instance_versions(self, sop_instance_uid: str) -> list[InstanceRow]:
         return [_row(record) for record in await self._pool.fetch(_VERSIONS, sop_instance_uid)]
 
-    async def study_instances(self, study_instance_uid: str, include_quarantined: bool = False) -> list[InstanceRow]:
-        return [_row(record) for record in await self._pool.fetch(_STUDY, study_instance_uid, include_quarantined)]
+    async def study_instances(self, study_instance_uid: str, include_quarantined: bool = False,
+                              include_replaced: bool = False) -> list[InstanceRow]:
+        records = await self._pool.fetch(_STUDY, study_instance_uid, include_quarantined, include_replaced)
+        return [_row(record) for record in records]
+
+    async def find_studies(self, patient_id: str = "", accession_number: str = "", limit: int = 100) -> list[StudySummary]:
+        records = await self._pool.fetch(_FIND_STUDIES, patient_id, accession_number, limit)
+        return [StudySummary(*record) for record in records]

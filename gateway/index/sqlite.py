@@ -21,7 +21,7 @@ from typing import Any, Self, TypeVar
 
 import orjson
 
-from gateway.index import CorrectionPolicy, InstanceRow, InstanceStatus, RecordResult, resolve
+from gateway.index import CorrectionPolicy, InstanceRow, InstanceStatus, RecordResult, StudySummary, resolve
 from gateway.index.migrations import load
 
 _FIELDS = tuple(field.name for field in fields(InstanceRow))
@@ -40,8 +40,13 @@ _RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name, applied_at) V
 _SELECT = f"SELECT {', '.join(_FIELDS)} FROM instances"
 _CURRENT = f"{_SELECT} WHERE sop_instance_uid = ?1 AND is_current"
 _VERSIONS = f"{_SELECT} WHERE sop_instance_uid = ?1 ORDER BY version"
-_STUDY = f"""{_SELECT} WHERE study_instance_uid = ?1 AND is_current AND (status = 'stored' OR ?2)
-ORDER BY series_number NULLS LAST, series_instance_uid, instance_number NULLS LAST, sop_instance_uid"""
+_STUDY = f"""{_SELECT} WHERE study_instance_uid = ?1
+AND (status = 'stored' OR (?2 AND status = 'quarantined') OR (?3 AND status = 'replaced'))
+ORDER BY series_number NULLS LAST, series_instance_uid, instance_number NULLS LAST, sop_instance_uid, version"""
+_FIND_STUDIES = """SELECT study_instance_uid, max(patient_id), max(issuer_of_patient_id), max(accession_number),
+max(study_date), max(study_time), max(study_description), count(*) FROM instances
+WHERE is_current AND (?1 = '' OR patient_id = ?1) AND (?2 = '' OR accession_number = ?2)
+GROUP BY study_instance_uid ORDER BY max(study_date) DESC, study_instance_uid LIMIT ?3"""
 
 _MARK_REPLACED = "UPDATE instances SET status = 'replaced' WHERE sop_instance_uid = ?1 AND is_current"
 _INSERT = (f"INSERT INTO instances ({', '.join(_FIELDS)}) "
@@ -202,8 +207,16 @@ class SqliteIndex:
     async def instance_versions(self, sop_instance_uid: str) -> list[InstanceRow]:
         return await self._run(self._fetch, _VERSIONS, (sop_instance_uid,))
 
-    async def study_instances(self, study_instance_uid: str, include_quarantined: bool = False) -> list[InstanceRow]:
-        return await self._run(self._fetch, _STUDY, (study_instance_uid, include_quarantined))
+    async def study_instances(self, study_instance_uid: str, include_quarantined: bool = False,
+                              include_replaced: bool = False) -> list[InstanceRow]:
+        return await self._run(self._fetch, _STUDY, (study_instance_uid, include_quarantined, include_replaced))
+
+    async def find_studies(self, patient_id: str = "", accession_number: str = "", limit: int = 100) -> list[StudySummary]:
+        def query() -> list[StudySummary]:
+            return [StudySummary(*record) for record in self._db.execute(
+                _FIND_STUDIES, (patient_id, accession_number, limit))]
+
+        return await self._run(query)
 
     def _fetch(self, query: str, params: tuple[Any, ...]) -> list[InstanceRow]:
         return [_row(record) for record in self._db.execute(query, params)]

@@ -26,7 +26,7 @@ from tests.component.test_receiver_pynetdicom import corpus, send_all
 from tests.conftest import dcmtk
 from tests.helpers import dataset_bytes, free_port, run
 import workers.store
-from workers import dead_letter
+from gateway import dead_letter
 from workers.pool import StorePool
 
 CT = Path(get_testdata_file("CT_small.dcm"))  # type: ignore[arg-type]
@@ -255,3 +255,52 @@ async def test_instance_of_another_patient_in_a_study_is_quarantined(gateway: Ga
     conflicts = [f for f in conflicting.findings if f["code"] == "DICOM-PATIENT-CONFLICT"]
     assert {f["keyword"] for f in conflicts} == {"PatientName", "PatientSex"}
     assert all("Else" not in f["message"] for f in conflicts)
+
+
+async def test_operators_api_lists_and_details_studies(tmp_path: Path) -> None:
+    """The api role on the HTTP port: find a study, see its instances with hashes, versions and findings."""
+    from aiohttp import ClientSession
+
+    from gateway.cli import _serve
+
+    settings = Settings(data_dir=tmp_path / "data", dicom=DicomSettings(host="127.0.0.1", port=free_port()),
+                        http={"host": "127.0.0.1", "port": free_port()})
+    server = asyncio.create_task(_serve(settings, ["receiver", "store", "api"], None, None))
+    try:
+        async with ClientSession() as http:
+            base = f"http://127.0.0.1:{settings.http.port}"
+            async with asyncio.timeout(30):
+                while True:
+                    try:
+                        async with http.get(f"{base}/readyz") as response:
+                            if response.status == 200:
+                                break
+                    except OSError:
+                        pass
+                    await asyncio.sleep(0.1)
+            code, out = await run(dcmtk("storescu"), "-aec", "DICOMGW", "127.0.0.1", str(settings.dicom.port),
+                                  str(CT))
+            assert code == 0, out
+            source = pydicom.dcmread(CT)
+            async with asyncio.timeout(30):
+                while True:
+                    async with http.get(f"{base}/api/studies", params={"patient_id": source.PatientID}) as response:
+                        studies = await response.json()
+                    if studies:
+                        break
+                    await asyncio.sleep(0.1)
+            [study] = studies
+            assert study["study_instance_uid"] == source.StudyInstanceUID and study["instances"] == 1
+            async with http.get(f"{base}/api/studies/{source.StudyInstanceUID}") as response:
+                detail = await response.json()
+            [series] = detail["series"]
+            [instance] = series["instances"]
+            assert instance["sop_instance_uid"] == source.SOPInstanceUID and instance["status"] == "stored"
+            assert instance["version"] == 1 and len(instance["sha256"]) == 64 and instance["storage_key"]
+            async with http.get(f"{base}/api/studies/1.2.3.404") as response:
+                assert response.status == 404
+            async with http.get(f"{base}/api/dlq") as response:
+                assert await response.json() == []
+    finally:
+        server.cancel()
+        await asyncio.gather(server, return_exceptions=True)

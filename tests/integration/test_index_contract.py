@@ -349,3 +349,27 @@ async def test_processes_migrate_and_record_concurrently(store: Store) -> None:
         assert sorted(o[uid] for o in outcomes) == [Outcome.DUPLICATE, Outcome.INSERTED]
     assert await store.query("SELECT count(*) FROM instances WHERE is_current") == [(20,)]
     assert await store.query("SELECT version FROM schema_migrations") == [(m.version,) for m in load(store.kind)]
+
+
+async def test_studies_are_found_by_patient_or_accession(index: Index) -> None:
+    patient, accession = f"P-{uuid.uuid4().hex[:8]}", f"A-{uuid.uuid4().hex[:8]}"
+    first = make_row(patient_id=patient, accession_number=accession)
+    await index.record_instance(first, CorrectionPolicy.REPLACE)
+    await index.record_instance(make_row(study_instance_uid=first.study_instance_uid, patient_id=patient,
+                                         accession_number=accession), CorrectionPolicy.REPLACE)
+    await index.record_instance(make_row(patient_id=patient, study_date="20200101"), CorrectionPolicy.REPLACE)
+    by_patient = await index.find_studies(patient_id=patient)
+    assert [s.instances for s in by_patient] == [2, 1], "newest study first, instances counted"
+    [by_accession] = await index.find_studies(accession_number=accession)
+    assert by_accession.study_instance_uid == first.study_instance_uid and by_accession.patient_id == patient
+    assert await index.find_studies(patient_id="nobody") == []
+
+
+async def test_study_rows_include_prior_versions_on_request(index: Index) -> None:
+    row = make_row()
+    await index.record_instance(row, CorrectionPolicy.REPLACE)
+    await index.record_instance(corrected(row), CorrectionPolicy.REPLACE)
+    current = await index.study_instances(row.study_instance_uid)
+    everything = await index.study_instances(row.study_instance_uid, include_replaced=True)
+    assert [r.version for r in current] == [2]
+    assert [(r.version, r.status) for r in everything] == [(1, InstanceStatus.REPLACED), (2, InstanceStatus.STORED)]

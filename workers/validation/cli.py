@@ -1,6 +1,7 @@
 """``dicom-gateway validate``: run a validation profile on DICOM files offline, as the gateway would.
 
-Exit status: 0 no error findings, 1 some file has error findings, 2 usage error, bad profile or unreadable file.
+Exit status: 0 no error findings, 1 some file has error findings, 2 usage error, bad settings or profile, or
+unreadable file.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import orjson
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
+from gateway.settings import SettingsError, load_settings
 from workers.validation.engine import ValidationResult, validate
 from workers.validation.model import Severity, SourceContext
 from workers.validation.profiles import Profile, ProfileError, ProfileRegistry
@@ -24,14 +26,23 @@ OK, FINDINGS, UNUSABLE = 0, 1, 2
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE", help="DICOM Part 10 files")
-    parser.add_argument("--profile", default="dicom-basic", help="profile name (default: dicom-basic)")
+    parser.add_argument("--profile", help="profile name (default: the gateway's GATEWAY_VALIDATION__DEFAULT_PROFILE,"
+                                          " dicom-basic unless set)")
     parser.add_argument("--profile-file", action="append", type=Path, default=[], dest="profile_files",
-                        metavar="PATH", help="YAML profile layered over the bundled ones (repeatable)")
+                        metavar="PATH", help="YAML profile layered over the bundled ones and those of the gateway "
+                                             "settings (repeatable)")
     parser.add_argument("--calling-ae", default="", metavar="AE", help="calling AE title the files came from")
     parser.add_argument("--organization", default="", help="organisation name configured for the calling AE")
     parser.add_argument("--organization-oid", default="", metavar="OID",
-                        help="organisation OID configured for the calling AE (1.2.246.10....)")
-    parser.add_argument("--json", action="store_true", help="one JSON object per file instead of a table")
+                        help="organisation OID configured for the calling AE (1.2.246.10....); without any of "
+                             "--calling-ae, --organization and --organization-oid the rules that judge the "
+                             "sender are skipped")
+    parser.add_argument("--test-environment", action="store_true",
+                        help="accept test identity codes (900-series), as GATEWAY_VALIDATION__TEST_ENVIRONMENT=true "
+                             "does")
+    parser.add_argument("--config", type=Path, metavar="PATH",
+                        help="YAML settings file of the gateway (environment variables override it)")
+    parser.add_argument("--json", action="store_true", help="one JSON array, an object per file, instead of a table")
     parser.set_defaults(func=run)
 
 
@@ -48,11 +59,13 @@ def _table(path: Path, result: ValidationResult) -> str:
         tag = f"({f.tag >> 16:04X},{f.tag & 0xFFFF:04X})"
         lines.append(f"  {f.severity.value:<7}  {f.code:<28} {tag} {f.keyword:<32} {f.message}")
     lines += [f"  coerced  {change.keyword} ({change.reason})" for change in result.changes]
+    if result.skipped:
+        lines.append(f"  skipped: {', '.join(result.skipped)}")
     return "\n".join(lines)
 
 
-def _check(path: Path, profile: Profile, source: SourceContext, as_json: bool) -> int:
-    """Validate one file and print its report; returns the file's exit status."""
+def _check(path: Path, profile: Profile, source: SourceContext) -> dict[str, Any] | ValidationResult:
+    """The file's result, or its JSON report with the reason when it cannot be read (also said on stderr)."""
     with warnings.catch_warnings():
         # pydicom warns about the very value problems the findings report (and its warnings quote the values)
         warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\.")
@@ -60,24 +73,43 @@ def _check(path: Path, profile: Profile, source: SourceContext, as_json: bool) -
             ds = dcmread(path, stop_before_pixels=True)
         except (OSError, InvalidDicomError, ValueError, EOFError) as exc:
             reason = f"cannot read: {getattr(exc, 'strerror', None) or exc}"
-            if as_json:
-                print(orjson.dumps({"file": str(path), "error": reason}).decode())
-            else:
-                print(f"{path}: {reason}", file=sys.stderr)
-            return UNUSABLE
-        result = validate(ds, profile, source)
-    print(orjson.dumps({"file": str(path), **result.to_dict()}).decode() if as_json else _table(path, result))
-    return FINDINGS if result.has_errors else OK
+            print(f"{path}: {reason}", file=sys.stderr)
+            return {"file": str(path), "error": reason, "findings": []}
+        return validate(ds, profile, source)
+
+
+def _profile(args: argparse.Namespace) -> Profile:
+    """The profile to run: named or the gateway's default, from the settings' profile files and the given ones."""
+    settings = load_settings(args.config).validation
+    profile = ProfileRegistry.load([*settings.profile_files, *args.profile_files]).get(
+        args.profile or settings.default_profile
+    )
+    return profile.for_test_environment() if args.test_environment or settings.test_environment else profile
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        profile = ProfileRegistry.load(args.profile_files).get(args.profile)
-    except ProfileError as exc:
+        profile = _profile(args)
+    except (SettingsError, ProfileError) as exc:
         print(f"dicom-gateway validate: {exc}", file=sys.stderr)
         return UNUSABLE
     source = SourceContext(args.calling_ae.strip(), args.organization, args.organization_oid)
-    return max([_check(path, profile, source, args.json) for path in args.files], default=OK)
+    if not (source.calling_ae_title or source.organization or source.organization_oid):
+        source = SourceContext.unknown()
+    status, reports = OK, []
+    for path in args.files:
+        result = _check(path, profile, source)
+        if isinstance(result, ValidationResult):
+            status = max(status, FINDINGS if result.has_errors else OK)
+            reports.append({"file": str(path), **result.to_dict()})
+            if not args.json:
+                print(_table(path, result))
+        else:
+            status = UNUSABLE
+            reports.append(result)
+    if args.json:
+        print(orjson.dumps(reports, option=orjson.OPT_INDENT_2).decode())
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,9 +13,14 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from workers.validation.coercion import AttributeChange, apply_changes, plan_coercion
-from workers.validation.model import Finding, RuleContext, Severity, SourceContext
+from workers.validation.model import Finding, Rule, RuleContext, Severity, SourceContext
 from workers.validation.profiles import Profile
 from workers.validation.rules import RULES
+
+
+def needs_source(rule: Rule) -> bool:
+    """Whether the rule judges the sender (calling AE, its organisation), which an offline file does not name."""
+    return rule.needs_source
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,8 @@ class ValidationResult:
     profile: str
     findings: tuple[Finding, ...]
     changes: tuple[AttributeChange, ...]
+    skipped: tuple[str, ...] = ()
+    """Codes of the enabled rules that did not run because the source was not known (offline checks)."""
 
     @property
     def has_errors(self) -> bool:
@@ -34,20 +41,28 @@ class ValidationResult:
             "has_errors": self.has_errors,
             "findings": [finding.to_dict() for finding in self.findings],
             "changes": [change.to_dict() for change in self.changes],
+            "skipped": list(self.skipped),
         }
 
 
 def validate(ds: Dataset, profile: Profile, source: SourceContext) -> ValidationResult:
-    """Coerce (on a copy) and validate one instance header with `profile`."""
+    """Coerce (on a copy) and validate one instance header with `profile`.
+
+    With ``SourceContext.unknown()`` (a file checked offline without naming its sender) the rules that judge
+    the sender do not run; their codes are in ``ValidationResult.skipped``. The gateway always passes the
+    calling AE's context, so there every enabled rule runs.
+    """
     changes = plan_coercion(ds, profile.coercion_for(source.calling_ae_title), source)
     header = ds
     if changes:
         header = copy.deepcopy(ds)
         apply_changes(header, changes)
     context = RuleContext(source, profile.parameters)
+    skipped = tuple(code for code in profile.rules if not source.known and needs_source(RULES[code]))
     findings = [
         finding
         for code, severity in profile.rules.items()
+        if code not in skipped
         for finding in RULES[code].findings(header, context, severity)
     ]
-    return ValidationResult(profile.name, tuple(findings), tuple(changes))
+    return ValidationResult(profile.name, tuple(findings), tuple(changes), skipped)

@@ -159,7 +159,7 @@ def temporary_id_range(ds: Dataset, context: RuleContext) -> Iterator[Violation]
         )
 
 
-@rule("FI-TEMP-ID-ORG", Severity.ERROR, "IssuerOfPatientID")
+@rule("FI-TEMP-ID-ORG", Severity.ERROR, "IssuerOfPatientID", needs_source=True)
 def temporary_id_organisation(ds: Dataset, context: RuleContext) -> Iterator[Violation]:
     """A temporary identifier is unique only within the organisation that made it: the sender's own namespace."""
     issuer = patient_id_issuer(ds)
@@ -224,7 +224,7 @@ def study_date_time(ds: Dataset, context: RuleContext) -> Iterator[Violation]:
             yield Violation(keyword, f"{keyword} {problem}")
 
 
-@rule("FI-SOURCE-UNKNOWN", Severity.ERROR, "InstitutionName")
+@rule("FI-SOURCE-UNKNOWN", Severity.ERROR, "InstitutionName", needs_source=True)
 def source_known(ds: Dataset, context: RuleContext) -> Iterator[Violation]:
     """The archive attributes the study to the sending organisation, so the calling AE must map to one."""
     source = context.source

@@ -67,6 +67,14 @@ class SourceContext:
     calling_ae_title: str
     organization: str = ""
     organization_oid: str = ""
+    known: bool = True
+    """False for a file checked offline without naming its sender (``SourceContext.unknown()``): the rules
+    that judge the sender are skipped instead of failing. The gateway always knows the calling AE."""
+
+    @classmethod
+    def unknown(cls) -> SourceContext:
+        """No calling AE and no organisation: the context of a file checked offline."""
+        return cls("", known=False)
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,8 @@ class Rule:
     check: Check
     requires: tuple[str, ...] = ()
     """ProfileParameters fields that must be set for the rule to be enabled."""
+    needs_source: bool = False
+    """The rule judges the sender (calling AE, its organisation): skipped when the SourceContext is not known."""
 
     def findings(self, ds: Dataset, context: RuleContext, severity: Severity | None = None) -> list[Finding]:
         return [
@@ -105,11 +115,11 @@ class Rule:
 
 
 def rule(
-    code: str, severity: Severity, *attributes: str, requires: tuple[str, ...] = ()
+    code: str, severity: Severity, *attributes: str, requires: tuple[str, ...] = (), needs_source: bool = False
 ) -> Callable[[Check], Rule]:
     """Decorator turning a check function into a Rule with a stable code."""
 
     def wrap(check: Check) -> Rule:
-        return Rule(code, severity, attributes, check, requires)
+        return Rule(code, severity, attributes, check, requires, needs_source)
 
     return wrap

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,10 @@ class Profile:
 
     def coercion_for(self, calling_ae_title: str) -> CoercionConfig:
         return self.coercion_by_calling_ae.get(calling_ae_title.strip(), self.coercion)
+
+    def for_test_environment(self) -> Profile:
+        """This profile with ``test_environment`` on: test identity codes accepted (the deployment test)."""
+        return replace(self, parameters=replace(self.parameters, test_environment=True))
 
 
 def _read(text: str, origin: str, directory: Path) -> _Document:
@@ -214,10 +218,16 @@ class ProfileSelector:
 
     @classmethod
     def from_settings(cls, settings: ValidationSettings) -> ProfileSelector:
+        """The selected profiles; with ``settings.test_environment`` every one accepts test identity codes."""
         registry = ProfileRegistry.load(settings.profile_files)
+
+        def get(name: str) -> Profile:
+            profile = registry.get(name)
+            return profile.for_test_environment() if settings.test_environment else profile
+
         return cls(
-            registry.get(settings.default_profile),
-            {ae: registry.get(name) for ae, name in settings.profiles_by_calling_ae.items()},
+            get(settings.default_profile),
+            {ae: get(name) for ae, name in settings.profiles_by_calling_ae.items()},
         )
 
     def for_calling_ae(self, calling_ae_title: str) -> Profile:

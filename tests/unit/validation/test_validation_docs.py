@@ -7,6 +7,7 @@ from pathlib import Path
 
 from workers.validation import RULES
 from workers.validation.consistency import CODE as CONSISTENCY_CODE
+from workers.validation.engine import needs_source
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "validation-rules.md"
 
@@ -16,3 +17,8 @@ def test_rule_table_matches_the_registry() -> None:
     documented = dict(rows)
     assert len(documented) == len(rows)
     assert documented == {CONSISTENCY_CODE: "error", **{code: rule.severity.value for code, rule in RULES.items()}}
+
+
+def test_rules_skipped_offline_are_marked() -> None:
+    marked = re.findall(r"^\| `([A-Z0-9-]+)` \|.*Needs the sender", DOC.read_text(encoding="utf-8"), re.MULTILINE)
+    assert set(marked) == {code for code, rule in RULES.items() if needs_source(rule)}

@@ -11,7 +11,8 @@ import orjson
 import pytest
 from pydicom.dataset import Dataset
 
-from workers.validation import Profile, ProfileRegistry, Severity, SourceContext, validate
+from workers.validation import RULES, Profile, ProfileRegistry, Severity, SourceContext, validate
+from workers.validation.engine import needs_source
 
 Put = Callable[[Dataset, str, Any], None]
 SOURCE = SourceContext("CT01", "Turun kaupunki", "1.2.246.10.2048198")
@@ -68,3 +69,24 @@ def test_result_serialises_without_patient_data(header: Dataset, kanta: Profile,
     document = orjson.dumps(result.to_dict()).decode()
     assert {f["code"] for f in orjson.loads(document)["findings"]} == {"FI-HETU-CHECKSUM", "DICOM-VR-DA"}
     assert "131052" not in document and "Meik" not in document and "1952" not in document
+
+
+def test_rules_judging_the_sender_are_skipped_when_it_is_unknown(header: Dataset, kanta: Profile) -> None:
+    result = validate(header, kanta, SourceContext.unknown())
+    assert (result.findings, result.skipped) == ((), ("FI-TEMP-ID-ORG", "FI-SOURCE-UNKNOWN"))
+    assert result.to_dict()["skipped"] == ["FI-TEMP-ID-ORG", "FI-SOURCE-UNKNOWN"] and not result.has_errors
+
+
+def test_a_known_source_runs_every_rule(header: Dataset, kanta: Profile) -> None:
+    assert validate(header, kanta, SOURCE).skipped == ()
+    unconfigured = validate(header, kanta, SourceContext(""))  # the gateway's view of an AE without organisation
+    assert [f.code for f in unconfigured.findings] == ["FI-SOURCE-UNKNOWN"] and unconfigured.skipped == ()
+
+
+def test_only_rules_judging_the_sender_need_it() -> None:
+    assert {code for code, rule in RULES.items() if needs_source(rule)} == {"FI-SOURCE-UNKNOWN", "FI-TEMP-ID-ORG"}
+
+
+def test_basic_profile_skips_nothing(header: Dataset) -> None:
+    result = validate(header, ProfileRegistry.load().get("dicom-basic"), SourceContext.unknown())
+    assert (result.findings, result.skipped) == ((), ())

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.settings import load_settings
 from workers.validation import (
     RULES,
     CoercionConfig,
@@ -153,3 +154,22 @@ def test_selection_per_calling_ae(site_kanta: Path) -> None:
 def test_selection_fails_at_start_up_for_an_unusable_profile() -> None:
     with pytest.raises(ProfileError, match="fi-kanta"):
         ProfileSelector.from_settings(ValidationSettings(profiles_by_calling_ae={"CT01": "fi-kanta"}))
+
+
+def test_selection_in_the_test_environment(site_kanta: Path) -> None:
+    settings = ValidationSettings(profiles_by_calling_ae={"CT01": "fi-kanta"}, profile_files=(site_kanta,))
+    production = ProfileSelector.from_settings(settings)
+    test = ProfileSelector.from_settings(settings.model_copy(update={"test_environment": True}))
+    for ae in ("CT01", "US02"):
+        assert not production.for_calling_ae(ae).parameters.test_environment
+        assert test.for_calling_ae(ae).parameters.test_environment
+        assert test.for_calling_ae(ae).rules == production.for_calling_ae(ae).rules
+    assert test.for_calling_ae("CT01").parameters.procedure_codes == frozenset({"GD1AA", "NA1AA"})
+
+
+def test_test_environment_from_the_environment(site_kanta: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_VALIDATION__TEST_ENVIRONMENT", "true")
+    monkeypatch.setenv("GATEWAY_SECRETS_DIR", str(site_kanta.parent / "no-secrets"))
+    settings = load_settings().validation
+    assert settings.test_environment
+    assert ProfileSelector.from_settings(settings).for_calling_ae("CT01").parameters.test_environment
