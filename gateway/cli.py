@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import uvloop
 from prometheus_client import CollectorRegistry
 
-from gateway import logs
+from gateway import dead_letter, logs
 from gateway.app import build_bus, build_roles
 from gateway.metrics import Metrics
 from gateway.processes import MergedMetrics, ReceiverProcesses
 from gateway.runtime import Role, RoleCrashed, run_roles
 from gateway.settings import ROLES, Settings, SettingsError, load_settings
-from gateway import dead_letter
 from workers.validation import cli as validation_cli
 
 log = logging.getLogger("gateway")
@@ -129,12 +128,18 @@ async def _serve(settings: Settings, roles: list[str], config: Path | None, read
     if bus.kind == "embedded":
         log.info("no Kafka configured: using the embedded bus", extra={"data_dir": str(settings.data_dir)})
     await bus.ensure_topics()
-    on_ready = None
-    if ready_fd is not None:
-        def on_ready(port: int) -> None:
-            os.write(ready_fd, f"{port}\n".encode())
-            os.close(ready_fd)
-    await run_roles(settings, [*extra, *build_roles(roles, settings, bus, metrics)], metrics, on_ready=on_ready)
+    await run_roles(settings, [*extra, *build_roles(roles, settings, bus, metrics)], metrics,
+                    on_ready=None if ready_fd is None else _tell_parent(ready_fd))
+
+
+def _tell_parent(ready_fd: int) -> Callable[[int], None]:
+    """A receiver process reports its HTTP port to the process that started it (gateway/processes.py)."""
+
+    def ready(port: int) -> None:
+        os.write(ready_fd, f"{port}\n".encode())
+        os.close(ready_fd)
+
+    return ready
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from gateway.metrics import Metrics
 from gateway.receiver import Receiver
 from gateway.settings import DicomSettings, KafkaSettings, TopicSettings
 from tests.conftest import SERVICES, start_services
-from tests.helpers import dataset_bytes, free_port, read_instances
+from tests.helpers import free_port, read_instances
 
 
 def store(port: int, dataset: Dataset) -> int:
