@@ -32,6 +32,10 @@ class Metrics:
         self.bus_commits = Counter(
             "dicomgw_bus_offset_commits_total", "Offset commits made by consumers", ["group"], registry=r
         )
+        self.consumer_lag = Gauge(
+            "dicomgw_consumer_lag_records", "Records waiting on this member's partitions", ["group", "topic"],
+            registry=r,
+        )
         self.associations_open = Gauge("dicomgw_associations_open", "Associations currently open", registry=r)
         self.associations = Counter(
             "dicomgw_associations_total", "Associations by outcome", ["outcome"], registry=r

@@ -98,6 +98,8 @@ class StorePool:
                     while not self._stopping.is_set():
                         await _feed_partitions_concurrently(assembler, await consumer.fetch(timeout=0.5))
                         await consumer.commit()
+                        self._metrics.consumer_lag.labels(self.group, self._topics.instances).set(
+                            sum((await consumer.lag()).values()))
                 finally:
                     await stage.abandon_all()
 

@@ -99,6 +99,10 @@ class Consumer(Protocol):
 
     def assignment(self) -> set[TopicPartition]: ...
 
+    async def lag(self) -> dict[TopicPartition, int]:
+        """Records on each assigned partition not yet fetched by this member: what is waiting."""
+        ...
+
 
 class Bus(Protocol):
     """Creates producers and consumer-group members; ``kind`` names the adapter for logs and metrics."""

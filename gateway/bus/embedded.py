@@ -311,6 +311,15 @@ class EmbeddedConsumer:
     def assignment(self) -> set[TopicPartition]:
         return set(self._assigned)
 
+    async def lag(self) -> dict[TopicPartition, int]:
+        def ends() -> dict[TopicPartition, int]:
+            assert self._connection is not None
+            return {(topic, partition): end for topic, partition, end in self._connection.execute(
+                "SELECT topic, partition, next_offset FROM log_end").fetchall()}
+
+        log_ends = await asyncio.to_thread(ends)
+        return {tp: max(0, log_ends.get(tp, 0) - position) for tp, position in self._positions.items()}
+
     async def join(self) -> None:
         self._connection = await asyncio.to_thread(_connect, self._bus._path)
         await self._rebalance()

@@ -218,6 +218,14 @@ class KafkaConsumer:
     def assignment(self) -> set[TP]:
         return {(tp.topic, tp.partition) for tp in self._client.assignment()}
 
+    async def lag(self) -> dict[TP, int]:
+        lags = {}
+        for tp in self._client.assignment():
+            highwater = self._client.highwater(tp)
+            if highwater is not None:
+                lags[(tp.topic, tp.partition)] = max(0, highwater - await self._client.position(tp))
+        return lags
+
     async def fetch(self, timeout: float = 1.0, max_records: int = 500) -> list[Record]:
         batches = await self._client.getmany(timeout_ms=int(timeout * 1000), max_records=max_records)
         records: list[Record] = []

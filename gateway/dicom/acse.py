@@ -50,8 +50,9 @@ def supported_contexts() -> tuple[PresentationContext, ...]:
         context = PresentationContext()
         context.abstract_syntax = uid
         context.transfer_syntax = [str(ts) for ts in AllTransferSyntaxes]
-        context.scp_role = True
-        context.scu_role = False
+        # when the requestor proposes roles (SCP/SCU Role Selection): it may be the SCU, never the SCP
+        context.scu_role = True
+        context.scp_role = False
         contexts.append(context)
     return tuple(contexts)
 

@@ -111,3 +111,28 @@ async def test_request_and_data_set_disagree(gateway: RunningGateway, mismatch: 
     assert "differs from the C-STORE request" in status.ErrorComment
     contents = await gateway.instances()
     assert not contents.complete and not contents.partial
+
+
+def associate_with_roles(port: int, scu_role: bool, scp_role: bool) -> tuple[bool, bool, int]:
+    """(we may send C-STORE requests, the gateway may send us C-STORE requests, status of one C-STORE)."""
+    from pynetdicom import build_role
+    from pynetdicom.sop_class import CTImageStorage
+
+    ae = AE(ae_title="ROLES")
+    ae.add_requested_context(CTImageStorage)
+    association = ae.associate("127.0.0.1", port, ae_title="DICOMGW",
+                               ext_neg=[build_role(CTImageStorage, scu_role=scu_role, scp_role=scp_role)])
+    assert association.is_established
+    try:
+        [context] = association.accepted_contexts
+        status = association.send_c_store(pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm")))
+        return context.as_scu, context.as_scp, int(status.Status)
+    finally:
+        association.release()
+
+
+async def test_scp_scu_role_selection_is_negotiated(gateway: RunningGateway) -> None:
+    # proposing to be SCU: accepted as asked, and storing works
+    assert await asyncio.to_thread(associate_with_roles, gateway.port, True, False) == (True, False, 0x0000)
+    # asking the gateway to act as a storage SCU (C-GET style) is declined; we remain the SCU
+    assert await asyncio.to_thread(associate_with_roles, gateway.port, True, True) == (True, False, 0x0000)

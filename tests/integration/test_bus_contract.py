@@ -128,3 +128,20 @@ async def test_oversized_record_is_refused(bus_and_topic: tuple[Bus, str]) -> No
     async with bus.consumer("big", [topic]) as consumer:
         [record] = await drain(consumer, 1)
     assert record.value == biggest
+
+
+async def test_lag_counts_what_is_waiting(bus_and_topic: tuple[Bus, str]) -> None:
+    bus, topic = bus_and_topic
+    async with bus.producer() as producer:
+        await asyncio.gather(*[await producer.send(topic, b"one-study", str(i).encode()) for i in range(30)])
+    async with bus.consumer("lagging", [topic]) as consumer:
+        fetched: list[Record] = []
+        async with asyncio.timeout(30):
+            while not fetched:
+                fetched = await consumer.fetch(timeout=0.5, max_records=5)
+            assert 0 < len(fetched) <= 5
+            while sum((await consumer.lag()).values()) != 30 - len(fetched):
+                await asyncio.sleep(0.1)  # Kafka learns the high watermark with its fetches
+            while len(fetched) < 30:
+                fetched += await consumer.fetch(timeout=0.5)
+        assert sum((await consumer.lag()).values()) == 0
