@@ -84,16 +84,6 @@ class InstanceAssembler:
         for partition in partitions:
             self._open.pop(partition, None)
 
-    def open_instances(self) -> list[str]:
-        return [instance for instances in self._open.values() for instance in instances]
-
-    async def abandon_all(self, reason: str) -> None:
-        """Tell the sink to drop every unfinished instance (we stop; they will be redelivered)."""
-        for instances in self._open.values():
-            for instance_id in list(instances):
-                await self._sink.discard(instance_id, reason)
-        self._open.clear()
-
     async def feed(self, record: Record) -> None:
         partition = self._open.setdefault((record.topic, record.partition), {})
         await self._expire_orphans(partition, record.timestamp_ms)

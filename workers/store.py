@@ -93,7 +93,6 @@ class _Pending:
     """Of the data set as stored: the same unless coercion rewrote the header."""
     size: int = 0
     prefix: bytearray = field(default_factory=bytearray)
-    inflater: object | None = None
     validation: ValidationResult | None = None
     key: str = ""
     upload: Upload | None = None
