@@ -19,6 +19,7 @@ import hashlib
 import logging
 import warnings
 import zlib
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from io import BytesIO
@@ -50,6 +51,8 @@ from workers.validation import (
 log = logging.getLogger(__name__)
 
 HEADER_LIMIT_BYTES = 8 * 1024 * 1024
+STUDY_PATIENT_CACHE = 10_000
+"""Studies whose patient attributes a worker keeps in memory."""
 UNREADABLE_HEADER = "DICOM-HEADER-UNREADABLE"
 
 
@@ -121,6 +124,7 @@ class StoreStage:
         self._policy = policy
         self._metrics = metrics
         self._pending: dict[str, _Pending] = {}
+        self._study_patients: OrderedDict[str, dict[str, str]] = OrderedDict()
 
     async def begin(self, header: InstanceHeader) -> None:
         self._pending[header.instance_id] = _Pending(header)
@@ -178,6 +182,9 @@ class StoreStage:
             result = await self._index.record_instance(row, self._policy)
         except Exception as exc:
             raise Unavailable(f"index: {exc}") from exc
+        if row.status is InstanceStatus.STORED and row.patient_attributes:
+            self._study_patients.setdefault(row.study_instance_uid, row.patient_attributes)
+            self._remember_patient(row.study_instance_uid, self._study_patients[row.study_instance_uid])
         if result.outcome not in (Outcome.INSERTED, Outcome.REPLACED) and result.current.storage_key != row.storage_key:
             await self._objects.delete(row.storage_key)  # a copy of what is already stored: keep one
         await self._emit(result.outcome, row, records)
@@ -284,13 +291,27 @@ class StoreStage:
         await self._write(pending, data)
 
     async def _study_patient(self, study_instance_uid: str) -> dict[str, str]:
-        """The patient attributes already stored for the study (its instances all come through this
-        partition, hence this worker, in order)."""
+        """The patient attributes already stored for the study. A study's instances all come through one
+        partition, hence this worker, so the answer is kept: the index is asked once per study, not once per
+        instance (which would read the whole study again for every instance of a large one)."""
+        known = self._study_patients.get(study_instance_uid)
+        if known is not None:
+            self._study_patients.move_to_end(study_instance_uid)
+            return known
         try:
             earlier = await self._index.study_instances(study_instance_uid)
         except Exception as exc:
             raise Unavailable(f"index: {exc}") from exc
-        return next((row.patient_attributes for row in earlier if row.patient_attributes), {})
+        found = next((row.patient_attributes for row in earlier if row.patient_attributes), {})
+        if found:
+            self._remember_patient(study_instance_uid, found)
+        return found
+
+    def _remember_patient(self, study_instance_uid: str, attributes: dict[str, str]) -> None:
+        self._study_patients[study_instance_uid] = attributes
+        self._study_patients.move_to_end(study_instance_uid)
+        while len(self._study_patients) > STUDY_PATIENT_CACHE:
+            self._study_patients.popitem(last=False)
 
     async def _write(self, pending: _Pending, data: bytes) -> None:
         """Write data set bytes, hashing what is stored (which differs from what arrived once coerced)."""
