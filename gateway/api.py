@@ -1,8 +1,16 @@
 """The operators' JSON API (role ``api``), on the HTTP port beside the health and metrics endpoints.
 
     GET /api/studies?patient_id=&accession=   studies with current instances, newest first
-    GET /api/studies/{study_uid}              its series and instances (quarantined and prior versions too)
+    GET /api/studies/{study_uid}              its series and instances (quarantined and prior versions too),
+                                              stability, and its IANs' delivery state
+                                              and its XDS registration (manifests, current one, state)
+    GET /api/commitments/{transaction_uid}    a storage-commitment transaction: requester, outcome per instance,
+                                              report delivery state and attempts
+    GET /api/xds/documents?patient_id=        ITI-18 FindDocuments in the registry (a hetu, or CX with its
+                                              assigning authority); ?unique_id= (repeatable) for GetDocuments
     GET /api/dlq                              open dead-letter entries with their reasons
+
+Times are UTC, ISO 8601.
 """
 
 from __future__ import annotations
@@ -10,14 +18,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
 from aiohttp import web
 
 from gateway.bus import Bus
-from gateway.index import Index, InstanceRow
-from gateway.settings import TopicSettings
+from gateway.index import Delivery, Index, InstanceRow, Registration, StudyActivity
+from gateway.settings import TopicSettings, XdsSettings
+from gateway.xds.client import XdsClient, XdsError
+from gateway.xds.metadata import MetadataError, patient_cx
 from gateway import dead_letter
 
 _LIST_LIMIT = 200
@@ -26,15 +37,19 @@ _LIST_LIMIT = 200
 class Api:
     name = "api"
 
-    def __init__(self, open_index: Callable[[], Awaitable[Index]], bus: Bus, topics: TopicSettings) -> None:
+    def __init__(self, open_index: Callable[[], Awaitable[Index]], bus: Bus, topics: TopicSettings,
+                 xds: XdsSettings) -> None:
         self._open_index = open_index
         self._bus = bus
         self._topics = topics
+        self._xds = xds
         self._index: Index | None = None
         self._stopped = asyncio.Event()
         self.routes = [
             web.get("/api/studies", self._studies),
             web.get("/api/studies/{study_uid}", self._study),
+            web.get("/api/commitments/{transaction_uid}", self._commitment),
+            web.get("/api/xds/documents", self._xds_documents),
             web.get("/api/dlq", self._dead_letters),
         ]
 
@@ -76,6 +91,10 @@ class Api:
                 "series_instance_uid": row.series_instance_uid, "modality": row.modality, "instances": [],
             })
             entry["instances"].append(_instance(row))
+        index = self._ready_index()
+        activity = await index.study_activity(rows[0].study_instance_uid)
+        deliveries = await index.deliveries(rows[0].study_instance_uid)
+        registrations = await index.registrations(rows[0].study_instance_uid)
         return web.json_response({
             "study_instance_uid": rows[0].study_instance_uid,
             "patient_id": current[0].patient_id,
@@ -84,11 +103,101 @@ class Api:
             "study_date": current[0].study_date,
             "study_description": current[0].study_description,
             "series": list(series.values()),
+            "stability": None if activity is None else {
+                "last_instance_at": _utc(activity.last_instance_at), "stable_at": _utc(activity.stable_at),
+                "generation": activity.generation,
+            },
+            "notifications": [_delivery(d) for d in deliveries if d.kind == "ian"],
+            "registration": _registration(activity, registrations,
+                                          next((d for d in deliveries if d.kind == "xds-registration"), None)),
         })
+
+    async def _commitment(self, request: web.Request) -> web.Response:
+        index = self._ready_index()
+        transaction_uid = request.match_info["transaction_uid"]
+        commitment = await index.commitment(transaction_uid)
+        if commitment is None:
+            raise web.HTTPNotFound(text="no such storage-commitment transaction")
+        reports = await index.deliveries(transaction_uid)
+        decided = commitment.decided_at is not None
+        return web.json_response({
+            "transaction_uid": commitment.transaction_uid,
+            "requester_ae": commitment.requester_ae,
+            "requested_at": _utc(commitment.requested_at),
+            "deadline": _utc(commitment.deadline),
+            "decided_at": _utc(commitment.decided_at),
+            "instances": [{
+                "sop_class_uid": item.sop_class_uid, "sop_instance_uid": item.sop_instance_uid,
+                "outcome": ("waiting" if not decided else "committed" if item.failure_reason is None
+                            else "failed"),
+                "failure_reason": None if item.failure_reason is None else f"0x{item.failure_reason:04X}",
+            } for item in commitment.items],
+            "report": _delivery(reports[0]) if reports else None,
+        })
+
+    async def _xds_documents(self, request: web.Request) -> web.Response:
+        """ITI-18 through the gateway's registry client: what the affinity domain knows of a patient."""
+        patient_id = request.query.get("patient_id", "")
+        unique_ids = request.query.getall("unique_id", [])
+        if not self._xds.registry_url:
+            raise web.HTTPServiceUnavailable(text="no registry configured (GATEWAY_XDS__REGISTRY_URL)")
+        if not patient_id and not unique_ids:
+            raise web.HTTPBadRequest(text="give patient_id (FindDocuments) or unique_id (GetDocuments)")
+        try:
+            patient = patient_id if "^" in patient_id or not patient_id else patient_cx(patient_id,
+                                                                                          test_environment=True)
+        except MetadataError as exc:
+            raise web.HTTPBadRequest(text=f"patient_id: {exc}") from exc
+        try:
+            async with XdsClient(self._xds) as client:
+                found = (await client.get_documents(unique_ids=unique_ids) if unique_ids
+                         else await client.find_documents(patient))
+        except XdsError as exc:
+            raise web.HTTPBadGateway(text=f"registry: {exc} {list(exc.codes)}") from exc
+        return web.json_response([entry.to_dict() for entry in found])
 
     async def _dead_letters(self, _: web.Request) -> web.Response:
         entries = await dead_letter.entries(self._bus, self._topics)
         return web.json_response([entry.summary() for entry in entries])
+
+
+def _utc(epoch: float | None) -> str | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat()
+
+
+def _delivery(delivery: Delivery) -> dict[str, Any]:
+    return {
+        "kind": delivery.kind, "target_ae": delivery.target_ae, "state": delivery.state.value,
+        "attempts": delivery.attempts, "last_error": delivery.last_error,
+        "next_attempt_at": _utc(delivery.next_attempt_at) if delivery.state.value == "pending" else None,
+        "delivered_at": _utc(delivery.delivered_at), "generation": delivery.payload.get("generation"),
+    }
+
+
+def _registration(activity: StudyActivity | None, registrations: list[Registration],
+                  queued: Delivery | None) -> dict[str, Any]:
+    """pending-stability, queued, registered, or failed (with the registry's errors); every manifest listed."""
+    current = next((r for r in registrations if r.current), None)
+    if queued is not None and queued.state.value == "failed":
+        state = "failed"
+    elif queued is not None and queued.state.value == "pending":
+        state = "pending-registration"
+    elif current is not None:
+        state = "registered"
+    elif activity is None or activity.stable_at is None:
+        state = "pending-stability"
+    else:
+        state = "not-registered"
+    return {
+        "state": state,
+        "last_error": queued.last_error if queued is not None else "",
+        "attempts": queued.attempts if queued is not None else 0,
+        "manifests": [{
+            "document_unique_id": r.document_unique_id, "entry_uuid": r.entry_uuid, "generation": r.generation,
+            "instances": r.instances, "registered_at": _utc(r.registered_at),
+            "status": "current" if r.current else "replaced", "replaces_entry_uuid": r.replaces_entry_uuid,
+        } for r in registrations],
+    }
 
 
 def _instance(row: InstanceRow) -> dict[str, Any]:

@@ -21,9 +21,19 @@ from gateway.objects.filesystem import FilesystemObjectStore
 from gateway.objects.s3 import S3ObjectStore
 from gateway.receiver import Receiver
 from gateway.runtime import Role
-from gateway.settings import Settings
+from gateway.settings import Settings, SettingsError
+from gateway.xds.client import XdsClient
+from gateway.dicom.outbound import Outbound
+from workers.availability import IAN, AvailabilityNotifier, ian_sender
+from workers.commitment import REPORT, CommitmentTracker, report_sender
+from workers.deliver import Deliverer, RetryPolicy
+from workers.events import EventPool
+from workers.notify import NotifyStage
+from workers.register import REGISTRATION, Registrar, RegisterStage
 from workers.pool import StorePool
-from workers.store import StoreStage, Unavailable
+from workers.stability import StabilityClock
+from workers.retry import Unavailable
+from workers.store import StoreStage
 from workers.validation import ProfileSelector
 
 
@@ -49,34 +59,87 @@ async def open_index(settings: Settings) -> Index:
     return await SqliteIndex.open(settings.data_dir / "index.sqlite3")
 
 
-def store_stage(settings: Settings, metrics: Metrics) -> Callable[[Producer], AsyncIterator[StoreStage]]:
+@asynccontextmanager
+async def _services(settings: Settings) -> AsyncIterator[tuple[ObjectStore, Index]]:
+    """The object store and the index a worker stage uses; failing to reach them is retried like an outage."""
+    objects = build_objects(settings)
+    try:
+        try:
+            await objects.ensure_bucket()
+            index = await open_index(settings)
+            await index.migrate()
+        except _SERVICE_ERRORS as exc:
+            raise Unavailable(f"cannot open the object store or index: {exc}") from exc
+        async with index:
+            yield objects, index
+    finally:
+        await objects.close()
+
+
+def store_pool(settings: Settings, bus: Bus, metrics: Metrics) -> StorePool:
     profiles = ProfileSelector.from_settings(settings.validation)
 
     @asynccontextmanager
     async def open_stage(producer: Producer) -> AsyncIterator[StoreStage]:
-        objects = build_objects(settings)
-        try:
-            try:
-                await objects.ensure_bucket()
-                index = await open_index(settings)
-                await index.migrate()
-            except _SERVICE_ERRORS as exc:
-                raise Unavailable(f"cannot open the object store or index: {exc}") from exc
-            async with index:
-                yield StoreStage(objects, index, producer, settings.topics, profiles,
-                                 CorrectionPolicy(settings.store.correction_policy), metrics)
-        finally:
-            await objects.close()
+        async with _services(settings) as (objects, index):
+            yield StoreStage(objects, index, producer, settings.topics, profiles,
+                             CorrectionPolicy(settings.store.correction_policy), metrics)
 
-    return open_stage  # type: ignore[return-value]
+    def clock(stage: StoreStage, producer: Producer) -> StabilityClock:
+        return StabilityClock(stage.index, producer, settings.topics, settings.xds.stable_after_seconds, metrics)
+
+    return StorePool(bus, settings.topics, open_stage, clock, settings.xds.stability_check_seconds, metrics,
+                     settings.store.orphan_timeout_seconds, settings.store.retry_max_seconds,
+                     settings.runtime.drain_timeout_seconds)
+
+
+def notify_pool(settings: Settings, bus: Bus, metrics: Metrics) -> EventPool:
+    notify = settings.notify
+
+    @asynccontextmanager
+    async def open_stage(producer: Producer) -> AsyncIterator[NotifyStage]:
+        async with _services(settings) as (objects, index):
+            tracker = CommitmentTracker(index, objects, settings.notify, metrics, settings.xds.trigger_on_commitment)
+            outbound = Outbound(settings.dicom, notify.association_timeout_seconds)
+            senders = {REPORT: report_sender(outbound, settings.dicom), IAN: ian_sender(outbound, settings.dicom)}
+            retry = RetryPolicy(notify.retry_initial_seconds, notify.retry_max_seconds, notify.retry_max_attempts,
+                                notify.association_timeout_seconds * 4 + 30)
+            deliverer = Deliverer(index, senders, producer, settings.topics, retry, "notify", metrics)
+            yield NotifyStage(tracker, AvailabilityNotifier(index, notify), deliverer)
+
+    return EventPool("notify", bus, settings.topics, open_stage, metrics, notify.retry_max_seconds,
+                     settings.runtime.drain_timeout_seconds)
+
+
+def register_pool(settings: Settings, bus: Bus, metrics: Metrics) -> EventPool:
+    xds = settings.xds
+    if not xds.enabled:
+        raise SettingsError("the register role needs GATEWAY_XDS__REPOSITORY_URL (registration is off without it)")
+    if not (xds.organization_oid and xds.retrieve_location_uid):
+        raise SettingsError("registration needs GATEWAY_XDS__ORGANIZATION_OID and GATEWAY_XDS__RETRIEVE_LOCATION_UID")
+
+    @asynccontextmanager
+    async def open_stage(producer: Producer) -> AsyncIterator[RegisterStage]:
+        async with _services(settings) as (_, index), XdsClient(xds) as client:
+            registrar = Registrar(index, client, producer, xds, settings.dicom, settings.topics,
+                                  settings.validation.test_environment)
+            retry = RetryPolicy(xds.retry_initial_seconds, xds.retry_max_seconds, xds.retry_max_attempts,
+                                xds.timeout_seconds * 4 + 30)
+            deliverer = Deliverer(index, {REGISTRATION: registrar.send}, producer, settings.topics, retry,
+                                  "register", metrics)
+            yield RegisterStage(registrar, deliverer)
+
+    return EventPool("register", bus, settings.topics, open_stage, metrics, xds.retry_max_seconds,
+                     settings.runtime.drain_timeout_seconds)
 
 
 def build_roles(names: Sequence[str], settings: Settings, bus: Bus, metrics: Metrics) -> list[Role]:
     drain = settings.runtime.drain_timeout_seconds
     factories: dict[str, Callable[[], Role]] = {
         "receiver": lambda: Receiver(settings.dicom, settings.topics, bus, metrics, drain),
-        "api": lambda: Api(lambda: open_index(settings), bus, settings.topics),
-        "store": lambda: StorePool(bus, settings.topics, store_stage(settings, metrics), metrics,
-                                   settings.store.orphan_timeout_seconds, settings.store.retry_max_seconds, drain),
+        "api": lambda: Api(lambda: open_index(settings), bus, settings.topics, settings.xds),
+        "store": lambda: store_pool(settings, bus, metrics),
+        "register": lambda: register_pool(settings, bus, metrics),
+        "notify": lambda: notify_pool(settings, bus, metrics),
     }
     return [factories[name]() for name in names]

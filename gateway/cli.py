@@ -19,6 +19,8 @@ from gateway.metrics import Metrics
 from gateway.processes import MergedMetrics, ReceiverProcesses
 from gateway.runtime import Role, RoleCrashed, run_roles
 from gateway.settings import ROLES, Settings, SettingsError, load_settings
+from gateway.xds import cli as xds_cli
+from gateway.xds import simulator as xds_simulator
 from workers.validation import cli as validation_cli
 
 log = logging.getLogger("gateway")
@@ -46,12 +48,14 @@ def _parser() -> argparse.ArgumentParser:
 
     dead = commands.add_parser("dead-letter", help="list or re-drive what the workers could not process")
     dead.add_argument("action", choices=["list", "redrive"])
-    dead.add_argument("instance_ids", nargs="*", metavar="INSTANCE_ID", help="entries to re-drive")
+    dead.add_argument("entry_ids", nargs="*", metavar="ENTRY_ID", help="entries to re-drive")
     dead.add_argument("--all", action="store_true", help="re-drive every open entry")
     dead.add_argument("--config", type=Path, help="YAML settings file")
     dead.set_defaults(func=_dead_letter)
 
     validation_cli.add_parser(commands)
+    xds_cli.add_parser(commands)
+    xds_simulator.add_parser(commands)
     return parser
 
 
@@ -84,19 +88,19 @@ async def _dead_letter_async(settings: Settings, args: argparse.Namespace) -> in
         for entry in open_entries:
             print(orjson.dumps(entry.summary()).decode())
         return 0
-    chosen = open_entries if args.all else [e for e in open_entries if e.instance_id in set(args.instance_ids)]
-    missing = set(args.instance_ids) - {e.instance_id for e in chosen}
-    for instance_id in sorted(missing):
-        print(f"dicom-gateway: no open dead-letter entry {instance_id}", file=sys.stderr)
+    chosen = open_entries if args.all else [e for e in open_entries if e.entry_id in set(args.entry_ids)]
+    missing = set(args.entry_ids) - {e.entry_id for e in chosen}
+    for entry_id in sorted(missing):
+        print(f"dicom-gateway: no open dead-letter entry {entry_id}", file=sys.stderr)
     failed = bool(missing)
     for entry in chosen:
         try:
             new_id = await dead_letter.redrive(bus, settings.topics, entry)
         except LookupError as exc:
-            print(f"dicom-gateway: {entry.instance_id}: {exc}", file=sys.stderr)
+            print(f"dicom-gateway: {entry.entry_id}: {exc}", file=sys.stderr)
             failed = True
         else:
-            print(orjson.dumps({"redriven": entry.instance_id, "as": new_id}).decode())
+            print(orjson.dumps({"redriven": entry.entry_id, "as": new_id}).decode())
     return 1 if failed else 0
 
 
@@ -107,7 +111,7 @@ def _run(args: argparse.Namespace) -> int:
             raise SettingsError("--workers must be at least 1")
         settings = settings.model_copy(update={"dicom": settings.dicom.model_copy(update={"processes": args.workers})})
     logs.configure(settings.log.level, settings.log.json_format)
-    roles = args.roles or list(ROLES)
+    roles = args.roles or [role for role in ROLES if role != "register" or settings.xds.enabled]
     try:
         uvloop.run(_serve(settings, roles, args.config, args.ready_fd))
     except RoleCrashed:

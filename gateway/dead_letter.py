@@ -1,9 +1,11 @@
 """The dead-letter topic: what could not be processed, why, and how to send it through again.
 
-An entry names the stage, the reason and the offsets of the instance's records on the instances topic. To
-re-drive it, ``redrive`` reads those records back and publishes them again as a new run (a new instance id),
-so the store pool processes them as if just received; a ``redriven`` record then closes the entry, and
-``entries`` lists only the open ones. Records past the bus's retention cannot be re-driven, and say so.
+An entry names the stage, the reason and the offsets of the records that caused the work: an instance's
+records on the instances topic (store), or the event a notification came from (notify: the storage-commitment
+request, the study-stable event). To re-drive it, ``redrive`` reads those records back and publishes them
+again - an instance as a new run with a new instance id - so the stage processes them as if just received; a
+``redriven`` record then closes the entry, and ``entries`` lists only the open ones. Records past the bus's
+retention cannot be re-driven, and say so.
 """
 
 from __future__ import annotations
@@ -24,27 +26,29 @@ REDRIVEN = "redriven"
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    instance_id: str
+    entry_id: str
+    """The instance id of a store entry, the delivery id of a notify entry."""
     stage: str
     reason: str
     failed_at: str
-    study_instance_uid: str
+    subject: str
+    """The Study Instance UID, or the Transaction UID of a storage-commitment report."""
     topic: str
     partition: int
     offsets: tuple[int, ...]
 
     def summary(self) -> dict[str, Any]:
         """What an operator sees: identifiers and the reason, never patient data."""
-        return {"instance_id": self.instance_id, "stage": self.stage, "reason": self.reason,
-                "failed_at": self.failed_at, "study_instance_uid": self.study_instance_uid,
+        return {"entry_id": self.entry_id, "stage": self.stage, "reason": self.reason,
+                "failed_at": self.failed_at, "subject": self.subject,
                 "records": f"{self.topic}[{self.partition}] {len(self.offsets)} records"}
 
 
-def entry_value(stage: str, reason: str, instance_id: str, study: str, records: list[Record]) -> bytes:
+def entry_value(stage: str, reason: str, entry_id: str, subject: str, topic: str, partition: int,
+                offsets: list[int]) -> bytes:
     return orjson.dumps({
-        "stage": stage, "reason": reason, "failed_at": datetime.now(UTC).isoformat(), "instance_id": instance_id,
-        "study_instance_uid": study, "topic": records[0].topic, "partition": records[0].partition,
-        "offsets": [record.offset for record in records],
+        "stage": stage, "reason": reason, "failed_at": datetime.now(UTC).isoformat(), "entry_id": entry_id,
+        "subject": subject, "topic": topic, "partition": partition, "offsets": offsets,
     })
 
 
@@ -58,18 +62,18 @@ async def entries(bus: Bus, topics: TopicSettings) -> list[Entry]:
                 if REDRIVEN in value:
                     found.pop(value[REDRIVEN], None)
                     continue
-                found[value["instance_id"]] = Entry(
-                    value["instance_id"], value["stage"], value["reason"], value["failed_at"],
-                    value["study_instance_uid"], value["topic"], value["partition"], tuple(value["offsets"]),
+                found[value["entry_id"]] = Entry(
+                    value["entry_id"], value["stage"], value["reason"], value["failed_at"],
+                    value["subject"], value["topic"], value["partition"], tuple(value["offsets"]),
                 )
     return sorted(found.values(), key=lambda entry: entry.failed_at)
 
 
 async def redrive(bus: Bus, topics: TopicSettings, entry: Entry) -> str:
-    """Publish the entry's records again as a new run; returns the new instance id."""
+    """Publish the entry's records again; returns the new instance id (an instance's records form a new run)."""
     records = await bus.read(entry.topic, entry.partition, entry.offsets)
     if len(records) != len(entry.offsets):
-        raise LookupError(f"{len(entry.offsets) - len(records)} of the instance's records are no longer on the bus "
+        raise LookupError(f"{len(entry.offsets) - len(records)} of the entry's records are no longer on the bus "
                           "(past retention): it cannot be re-driven; ask the sender to send it again")
     new_id = uuid.uuid4().hex
     async with bus.producer() as producer:
@@ -77,8 +81,8 @@ async def redrive(bus: Bus, topics: TopicSettings, entry: Entry) -> str:
                       for record in records]
         for delivery in deliveries:
             await delivery
-        closing = orjson.dumps({REDRIVEN: entry.instance_id, "as": new_id, "at": datetime.now(UTC).isoformat()})
-        await producer.publish(topics.dead_letter, entry.study_instance_uid.encode(), closing)
+        closing = orjson.dumps({REDRIVEN: entry.entry_id, "as": new_id, "at": datetime.now(UTC).isoformat()})
+        await producer.publish(topics.dead_letter, entry.subject.encode(), closing)
     return new_id
 
 

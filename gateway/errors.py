@@ -29,3 +29,12 @@ class CannotUnderstand(DicomStatusError):
     """Error: Cannot understand; the data set does not parse."""
 
     status = 0xC000
+
+
+class DeliveryFailed(Exception):
+    """An outbound message (commitment report, IAN, XDS submission) did not get through; it is retried."""
+
+
+class DeliveryRefused(DeliveryFailed):
+    """The receiving side refused the message for good (e.g. XDS metadata errors): retrying cannot help, so it
+    goes to the dead letters at once."""

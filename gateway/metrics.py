@@ -75,6 +75,22 @@ class Metrics:
         self.stage_retries = Counter(
             "dicomgw_stage_retries_total", "Back-offs while a service a stage needs was down", ["stage"], registry=r
         )
+        self.commitment_requests = Counter(
+            "dicomgw_commitment_requests_total", "Storage Commitment requests accepted (N-ACTION Success)",
+            registry=r,
+        )
+        self.commitments_decided = Counter(
+            "dicomgw_commitments_decided_total", "Storage Commitment transactions decided, by event type",
+            ["event_type"], registry=r,
+        )
+        self.deliveries = Counter(
+            "dicomgw_deliveries_total", "Outbound notifications (commitment reports, IANs) by kind and outcome",
+            ["kind", "outcome"], registry=r,
+        )
+        self.studies_stable = Counter(
+            "dicomgw_studies_stable_total", "Studies that became stable (no new instance for the set time)",
+            registry=r,
+        )
         self.protocol_errors = Counter(
             "dicomgw_protocol_errors_total", "Malformed or out-of-order input that aborted an association",
             ["reason"], registry=r,

@@ -91,7 +91,7 @@ class Receiver:
         self._metrics.associations_open.inc()
         try:
             association = Association(
-                reader, writer, self._settings, self._producer, self._topics.instances, self._metrics,
+                reader, writer, self._settings, self._producer, self._topics, self._metrics,
                 lambda: len(self._associations),
             )
             await association.run()

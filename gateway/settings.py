@@ -24,7 +24,7 @@ from pydantic_settings import (
 ENV_PREFIX = "GATEWAY_"
 NESTED_DELIMITER = "__"
 DEFAULT_SECRETS_DIR = Path("/run/secrets/dicom-gateway")
-ROLES = ("receiver", "store", "api")
+ROLES = ("receiver", "store", "register", "notify", "api")
 """Roles this build can run; each worker role is added here when its stage exists."""
 
 
@@ -63,8 +63,18 @@ class TlsSettings(_Section):
         return self.cert_file is not None
 
 
+class RemoteAE(_Section):
+    """A peer the gateway opens associations to: storage-commitment requesters, IAN subscribers."""
+
+    ae_title: str = Field(min_length=1, max_length=16)
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    tls: bool = False
+    """Connect with DICOM TLS, presenting ``dicom.tls`` cert_file/key_file and trusting its ca_file."""
+
+
 class DicomSettings(_Section):
-    """The edge receiver's upper layer."""
+    """The edge receiver's upper layer, and the gateway's identity on outbound associations."""
 
     host: str = "0.0.0.0"
     port: int = Field(11112, ge=1, le=65535)
@@ -85,11 +95,23 @@ class DicomSettings(_Section):
     reuse_port: bool = False
     """Set for every receiver process when there are several; not needed otherwise."""
     tls: TlsSettings = TlsSettings()
+    remote_aes: tuple[RemoteAE, ...] = ()
+    """Where the gateway connects to, by AE title (storage-commitment requesters, IAN subscribers)."""
 
     @field_validator("ae_title")
     @classmethod
     def _ae_title(cls, value: str) -> str:
         return value.strip()
+
+    @model_validator(mode="after")
+    def _unique_remote_aes(self) -> DicomSettings:
+        titles = [remote.ae_title for remote in self.remote_aes]
+        if len(titles) != len(set(titles)):
+            raise ValueError("remote_aes: each AE title may appear once")
+        return self
+
+    def remote_ae(self, ae_title: str) -> RemoteAE | None:
+        return next((remote for remote in self.remote_aes if remote.ae_title == ae_title), None)
 
 
 class HttpSettings(_Section):
@@ -181,6 +203,66 @@ class StoreSettings(_Section):
     """Longest back-off between attempts while S3, the index or the bus is down."""
 
 
+class NotifySettings(_Section):
+    """The notify worker: storage-commitment reports and Instance Availability Notifications."""
+
+    commitment_timeout_seconds: float = Field(600.0, gt=0)
+    """How long a commitment request waits for instances not yet stored before they are reported failed."""
+    commitment_verification: Literal["hash", "size", "index"] = "hash"
+    """hash: re-read each object and compare its SHA-256; size: compare the object's size; index: trust the index."""
+    ian_subscribers: tuple[str, ...] = ()
+    """AE titles (from ``dicom.remote_aes``) that get an IAN for every stable study."""
+    ian_subscribers_by_calling_ae: dict[str, tuple[str, ...]] = {}
+    """Extra IAN subscribers for studies sent by a given calling AE."""
+    ian_trigger: Literal["stable", "registered"] = "stable"
+    """Send the IAN once the study is stable, or once it is registered with XDS."""
+    retry_initial_seconds: float = Field(2.0, gt=0)
+    retry_max_seconds: float = Field(300.0, gt=0)
+    retry_max_attempts: int = Field(10, ge=1)
+    """Delivery attempts before a report or IAN lands in the dead-letter topic."""
+    association_timeout_seconds: float = Field(30.0, gt=0)
+
+
+class XdsSettings(_Section):
+    """XDS-I.b registration of stable studies (RAD-68), registry queries (ITI-18), and when a study is stable."""
+
+    stable_after_seconds: float = Field(60.0, gt=0)
+    """A study is stable (complete) when no instance has arrived for this long; IANs wait for it too."""
+    stability_check_seconds: float = Field(5.0, gt=0)
+    """How often the store pool looks for studies that became stable."""
+    trigger_on_commitment: bool = True
+    """A storage-commitment request whose instances are all committed makes their study stable at once."""
+    repository_url: str = ""
+    """Repository endpoint for RAD-68 (Provide and Register Imaging Document Set); empty: registration off."""
+    registry_url: str = ""
+    """Registry endpoint for ITI-18 stored queries (FindDocuments, GetDocuments)."""
+    repository_unique_id: str = ""
+    """The repository's uniqueId (OID), for RAD-69/ITI-43 retrieval."""
+    organization_oid: str = ""
+    """The sending organisation's OID: author institution, and the submission's sourceId unless set."""
+    organization_name: str = ""
+    source_id: str = ""
+    """SubmissionSet sourceId (OID of this Imaging Document Source); default: ``organization_oid``."""
+    retrieve_location_uid: str = ""
+    """Retrieve Location UID in manifests: where the images can be retrieved (this gateway or the archive)."""
+    affinity_domain_file: Path | None = None
+    """YAML of the affinity domain's codes (classCode, typeCode, ...); unset: the bundled placeholder profile."""
+    cert_file: Path | None = None
+    """Client certificate (PEM) for HTTPS to the registry and repository."""
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    """CAs the registry's and repository's server certificates must chain to."""
+    timeout_seconds: float = Field(30.0, gt=0)
+    retry_initial_seconds: float = Field(5.0, gt=0)
+    retry_max_seconds: float = Field(600.0, gt=0)
+    retry_max_attempts: int = Field(12, ge=1)
+    """Attempts for a registration the registry answers as transient failure before it is dead-lettered."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.repository_url)
+
+
 class RuntimeSettings(_Section):
     drain_timeout_seconds: float = Field(30.0, gt=0)
     """Time in-flight work gets after SIGTERM before it is cancelled."""
@@ -212,6 +294,8 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     validation: ValidationSettings = ValidationSettings()
     store: StoreSettings = StoreSettings()
+    notify: NotifySettings = NotifySettings()
+    xds: XdsSettings = XdsSettings()
     runtime: RuntimeSettings = RuntimeSettings()
     log: LogSettings = LogSettings()
 

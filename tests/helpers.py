@@ -78,9 +78,9 @@ async def read_instances(bus: Bus, topic: str, group: str, idle: float = 1.0) ->
     return contents
 
 
-async def run(*argv: str, timeout: float = 120) -> tuple[int, str]:
+async def run(*argv: str, timeout: float = 120, env: dict[str, str] | None = None) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env
     )
     async with asyncio.timeout(timeout):
         out, _ = await process.communicate()

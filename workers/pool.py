@@ -12,74 +12,39 @@ import asyncio
 import logging
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from types import TracebackType
 
 from gateway.bus import Bus, BusError, Producer, Record
+from gateway.dead_letter import entry_value
 from gateway.envelope import InstanceEnvelope, InstanceHeader
 from gateway.metrics import Metrics
 from gateway.settings import TopicSettings
 from workers.consume import InstanceAssembler
-from gateway.dead_letter import entry_value
-from workers.store import DeadLetter, StoreStage, Unavailable
+from workers.retry import RETRIABLE, Unavailable, WorkerRole
+from workers.stability import StabilityClock
+from workers.store import DeadLetter, StoreStage
 
 log = logging.getLogger(__name__)
 
-RETRIABLE = (Unavailable, BusError, OSError)
-"""A service is down: back off and retry the instance. Anything else is about the instance itself."""
-
 StageFactory = Callable[[Producer], AbstractAsyncContextManager[StoreStage]]
+ClockFactory = Callable[[StoreStage, Producer], StabilityClock]
 
 
-class StorePool:
+class StorePool(WorkerRole):
     """The ``store`` role."""
 
     name = "store"
 
-    def __init__(self, bus: Bus, topics: TopicSettings, stage: StageFactory, metrics: Metrics,
-                 orphan_timeout_seconds: float, retry_max_seconds: float, drain_timeout: float) -> None:
+    def __init__(self, bus: Bus, topics: TopicSettings, stage: StageFactory, clock: ClockFactory,
+                 stability_check_seconds: float, metrics: Metrics, orphan_timeout_seconds: float,
+                 retry_max_seconds: float, drain_timeout: float) -> None:
+        super().__init__(metrics, retry_max_seconds, drain_timeout)
         self._bus = bus
         self._topics = topics
         self._stage_factory = stage
-        self._metrics = metrics
+        self._clock_factory = clock
+        self._stability_check = stability_check_seconds
         self._orphan_timeout_ms = int(orphan_timeout_seconds * 1000)
-        self._retry_max = retry_max_seconds
-        self._drain_timeout = drain_timeout
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self.group = "dicomgw-store"
-
-    async def __aenter__(self) -> StorePool:
-        self._task = asyncio.create_task(self._run(), name="store-pool")
-        return self
-
-    async def wait(self) -> None:
-        assert self._task is not None
-        await asyncio.shield(self._task)
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        self._stopping.set()
-        assert self._task is not None
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), self._drain_timeout)
-        except TimeoutError:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _run(self) -> None:
-        backoff = 1.0
-        while not self._stopping.is_set():
-            try:
-                await self._consume()
-                return
-            except RETRIABLE as exc:
-                self._metrics.stage_retries.labels(self.name).inc()
-                log.warning("store paused: a service is unavailable", extra={"error": str(exc), "retry_in": backoff})
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), backoff)
-                except TimeoutError:
-                    pass
-                backoff = min(backoff * 2, self._retry_max)
 
     async def _consume(self) -> None:
         async with self._bus.producer() as producer, self._stage_factory(producer) as stage:
@@ -94,10 +59,15 @@ class StorePool:
                     _DeadLettering(stage, producer, self._topics, self._metrics), consumer.done,
                     self._orphan_timeout_ms,
                 )
+                clock = self._clock_factory(stage, producer)
+                next_check = 0.0
                 try:
                     while not self._stopping.is_set():
                         await _feed_partitions_concurrently(assembler, await consumer.fetch(timeout=0.5))
                         await consumer.commit()
+                        if (now := asyncio.get_running_loop().time()) >= next_check:
+                            next_check = now + self._stability_check
+                            await clock.tick(lambda study: consumer.owns(self._topics.instances, study.encode()))
                         self._metrics.consumer_lag.labels(self.group, self._topics.instances).set(
                             sum((await consumer.lag()).values()))
                 finally:
@@ -185,7 +155,8 @@ class _DeadLettering:
         await self._stage.discard(instance_id, "failed; it goes to the dead letters at its end")
 
     async def _record(self, instance_id: str, reason: str, study: str, records: list[Record]) -> None:
-        value = entry_value("store", reason, instance_id, study, records)
+        value = entry_value("store", reason, instance_id, study, records[0].topic, records[0].partition,
+                            [record.offset for record in records])
         try:
             await self._producer.publish(self._topics.dead_letter, study.encode(), value)
         except BusError as exc:

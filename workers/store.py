@@ -36,6 +36,7 @@ from gateway.index import CorrectionPolicy, Index, InstanceRow, InstanceStatus, 
 from gateway.metrics import Metrics
 from gateway.objects import ObjectStore, Upload
 from gateway.settings import TopicSettings
+from workers.retry import Unavailable
 from workers.validation import (
     Finding,
     ProfileSelector,
@@ -77,10 +78,6 @@ def file_meta(header: InstanceHeader) -> bytes:
     out.write(b"\x00" * 128 + b"DICM")
     write_file_meta_info(out, meta, enforce_standard=True)  # type: ignore[arg-type]
     return out.getvalue()
-
-
-class Unavailable(Exception):
-    """A service the stage needs is down; the instance is retried later, from its first record."""
 
 
 class DeadLetter(Exception):
@@ -125,6 +122,11 @@ class StoreStage:
         self._metrics = metrics
         self._pending: dict[str, _Pending] = {}
         self._study_patients: OrderedDict[str, dict[str, str]] = OrderedDict()
+
+    @property
+    def index(self) -> Index:
+        """The index the stage records into; the stability clock reads the same one."""
+        return self._index
 
     async def begin(self, header: InstanceHeader) -> None:
         self._pending[header.instance_id] = _Pending(header)

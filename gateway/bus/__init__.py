@@ -99,6 +99,11 @@ class Consumer(Protocol):
 
     def assignment(self) -> set[TopicPartition]: ...
 
+    def owns(self, topic: str, key: bytes) -> bool:
+        """Whether records with ``key`` on ``topic`` go to a partition assigned to this member now, so that
+        work on a key's state (a study's stability) is done by the one member that also receives its records."""
+        ...
+
     async def lag(self) -> dict[TopicPartition, int]:
         """Records on each assigned partition not yet fetched by this member: what is waiting."""
         ...

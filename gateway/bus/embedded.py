@@ -311,6 +311,9 @@ class EmbeddedConsumer:
     def assignment(self) -> set[TopicPartition]:
         return set(self._assigned)
 
+    def owns(self, topic: str, key: bytes) -> bool:
+        return (topic, partition_for(key, self._bus.partitions)) in self._assigned
+
     async def lag(self) -> dict[TopicPartition, int]:
         def ends() -> dict[TopicPartition, int]:
             assert self._connection is not None

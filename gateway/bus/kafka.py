@@ -17,6 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
+from aiokafka.partitioner import murmur2
 
 from gateway.bus import (
     MAX_RECORD_BYTES,
@@ -217,6 +218,14 @@ class KafkaConsumer:
 
     def assignment(self) -> set[TP]:
         return {(tp.topic, tp.partition) for tp in self._client.assignment()}
+
+    def owns(self, topic: str, key: bytes) -> bool:
+        """Java's default partitioner, which librdkafka's murmur2_random and aiokafka's follow for keyed records."""
+        partitions = self._client.partitions_for_topic(topic)
+        if not partitions:
+            return False
+        partition = (murmur2(key) & 0x7FFFFFFF) % len(partitions)
+        return (topic, partition) in self.assignment()
 
     async def lag(self) -> dict[TP, int]:
         lags = {}

@@ -22,6 +22,7 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
+from gateway.dicom.commitment import STORAGE_COMMITMENT_PUSH_MODEL
 from gateway.settings import AllowedAE, DicomSettings
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
@@ -41,15 +42,21 @@ def storage_sop_classes() -> list[str]:
     return [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
 
 
+UNCOMPRESSED = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
+
+
 @cache
 def supported_contexts() -> tuple[PresentationContext, ...]:
     """Verification and every storage SOP class pydicom knows, with every transfer syntax: we store bytes
-    as received and never transcode, so any encoding a sender offers is fine."""
+    as received and never transcode, so any encoding a sender offers is fine. Storage Commitment requests
+    are read by us, so they come in an uncompressed syntax."""
     contexts = []
-    for uid in [VERIFICATION, *storage_sop_classes()]:
+    syntaxes = {uid: [str(ts) for ts in AllTransferSyntaxes] for uid in [VERIFICATION, *storage_sop_classes()]}
+    syntaxes[STORAGE_COMMITMENT_PUSH_MODEL] = list(UNCOMPRESSED)
+    for uid, transfer_syntaxes in syntaxes.items():
         context = PresentationContext()
         context.abstract_syntax = uid
-        context.transfer_syntax = [str(ts) for ts in AllTransferSyntaxes]
+        context.transfer_syntax = transfer_syntaxes
         # when the requestor proposes roles (SCP/SCU Role Selection): it may be the SCU, never the SCP
         context.scu_role = True
         context.scp_role = False

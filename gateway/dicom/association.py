@@ -1,9 +1,10 @@
 """One association as the acceptor (PS3.8 upper layer, PS3.7 DIMSE), on an asyncio stream.
 
 PDUs are framed here and P-DATA-TF is split into PDVs with memoryviews, so data-set fragments go to the
-C-STORE handler without being copied into a whole-instance buffer. DIMSE dispatch is a table from Command
-Field to handler; the asynchronous operations window stays 1/1 (we do not offer more), so one request is
-in progress at a time. Anything malformed or out of order is answered with A-ABORT and logged; it never
+C-STORE handler without being copied into a whole-instance buffer. A Storage Commitment N-ACTION (small: a
+list of references) is gathered whole, published to the events topic, and answered once it is durable. DIMSE
+dispatch is a table from Command Field to handler; the asynchronous operations window stays 1/1 (we do not
+offer more), so one request is in progress at a time. Anything malformed or out of order is answered with A-ABORT and logged; it never
 escapes as an exception from ``run``.
 """
 
@@ -15,17 +16,18 @@ import struct
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from pynetdicom.pdu import A_ABORT_RQ, A_RELEASE_RP
 
-from gateway.bus import Producer
-from gateway.dicom import acse, dimse
+from gateway.bus import BusError, Producer
+from gateway.dicom import acse, commitment, dimse
 from gateway.dicom.dimse import Command
 from gateway.errors import DicomStatusError
 from gateway.logs import bind
 from gateway.metrics import Metrics
 from gateway.publish import InstancePublisher, Origin
-from gateway.settings import DicomSettings
+from gateway.settings import DicomSettings, TopicSettings
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ = 0x01, 0x02, 0x03
 P_DATA_TF, A_RELEASE_RQ, A_RELEASE_RP_TYPE, A_ABORT = 0x04, 0x05, 0x06, 0x07
 ASSOCIATE_RQ_LIMIT = 1024 * 1024
 COMMAND_LIMIT = 64 * 1024
+ACTION_INFORMATION_LIMIT = 32 * 1024 * 1024
 
 # A-ABORT service-provider reasons, PS3.8 9.3.8
 REASON_NOT_SPECIFIED = 0
@@ -70,6 +73,15 @@ class _Store:
     error: DicomStatusError | None = None
 
 
+@dataclass(slots=True)
+class _Action:
+    """The N-ACTION in progress: its request and the Action Information gathered so far."""
+
+    request: Command
+    context_id: int
+    data: bytearray
+
+
 class Association:
     def __init__(
         self,
@@ -77,7 +89,7 @@ class Association:
         writer: asyncio.StreamWriter,
         settings: DicomSettings,
         producer: Producer,
-        topic: str,
+        topics: TopicSettings,
         metrics: Metrics,
         open_associations: Callable[[], int],
     ) -> None:
@@ -85,7 +97,7 @@ class Association:
         self._writer = writer
         self._settings = settings
         self._producer = producer
-        self._topic = topic
+        self._topics = topics
         self._metrics = metrics
         self._open_associations = open_associations
         peer = writer.get_extra_info("peername") or ("", 0)
@@ -96,9 +108,11 @@ class Association:
         self._command = bytearray()
         self._command_context = 0
         self._store: _Store | None = None
+        self._action: _Action | None = None
         self._handlers: dict[int, Callable[[Command, int], Awaitable[None]]] = {
             dimse.C_ECHO_RQ: self._c_echo,
             dimse.C_STORE_RQ: self._c_store,
+            dimse.N_ACTION_RQ: self._n_action,
         }
 
     async def run(self) -> None:
@@ -164,13 +178,14 @@ class Association:
     async def _serve(self) -> None:
         assert self._accepted is not None
         while True:
-            timeout = self._settings.dimse_timeout_seconds if self._store else self._settings.network_timeout_seconds
+            busy = self._store is not None or self._action is not None
+            timeout = self._settings.dimse_timeout_seconds if busy else self._settings.network_timeout_seconds
             async with asyncio.timeout(timeout):
                 pdu_type, pdu = await self._read_pdu(self._settings.max_pdu_length)
             if pdu_type == P_DATA_TF:
                 await self._p_data(memoryview(pdu)[6:])
             elif pdu_type == A_RELEASE_RQ:
-                if self._store is not None:
+                if self._store is not None or self._action is not None:
                     raise ProtocolError(REASON_UNEXPECTED_PDU, "A-RELEASE-RQ in the middle of a data set")
                 await self._send(RELEASE_RP)
                 self._metrics.associations.labels("released").inc()
@@ -203,7 +218,7 @@ class Association:
                 await self._data_fragment(context_id, fragment, last=bool(control & 0x02))
 
     async def _command_fragment(self, context_id: int, fragment: memoryview, last: bool) -> None:
-        if self._store is not None:
+        if self._store is not None or self._action is not None:
             raise ProtocolError(REASON_UNEXPECTED_PDU, "command received while a data set was expected")
         if self._command and context_id != self._command_context:
             raise ProtocolError(REASON_INVALID_PARAMETER, "command fragments on different contexts")
@@ -222,6 +237,9 @@ class Association:
         await handler(command, context_id)
 
     async def _data_fragment(self, context_id: int, fragment: memoryview, last: bool) -> None:
+        if self._action is not None:
+            await self._action_fragment(context_id, fragment, last)
+            return
         store = self._store
         if store is None or context_id != store.context_id:
             raise ProtocolError(REASON_UNEXPECTED_PDU, "data set fragment without a C-STORE request")
@@ -277,7 +295,7 @@ class Association:
         )
         publisher = InstancePublisher(
             self._producer,
-            self._topic,
+            self._topics.instances,
             origin,
             transfer_syntax=self._accepted.contexts[context_id],
             sop_class_uid=request.affected_sop_class_uid,
@@ -310,6 +328,71 @@ class Association:
             "sop_instance_uid": request.affected_sop_instance_uid,
         })
         await self._respond(request, store.context_id, error.status, error.comment)
+
+    async def _n_action(self, request: Command, context_id: int) -> None:
+        if not request.has_data_set:
+            await self._refuse_action(request, context_id, dimse.PROCESSING_FAILURE,
+                                      "N-ACTION without Action Information")
+            return
+        self._action = _Action(request, context_id, bytearray())
+
+    async def _action_fragment(self, context_id: int, fragment: memoryview, last: bool) -> None:
+        action = self._action
+        assert action is not None
+        if context_id != action.context_id:
+            raise ProtocolError(REASON_INVALID_PARAMETER, "N-ACTION data on another presentation context")
+        action.data += fragment
+        if len(action.data) > ACTION_INFORMATION_LIMIT:
+            raise ProtocolError(REASON_INVALID_PARAMETER, "N-ACTION Action Information larger than 32 MiB")
+        if last:
+            self._action = None
+            await self._request_commitment(action)
+
+    async def _request_commitment(self, action: _Action) -> None:
+        """Storage Commitment Push Model SCP: publish the request durably, then answer Success at once; the
+        notify worker sends the N-EVENT-REPORT when it has decided."""
+        assert self._accepted is not None
+        request, context_id = action.request, action.context_id
+        calling_ae = self._accepted.calling_ae
+        if request.text(dimse.REQUESTED_SOP_CLASS_UID) != commitment.STORAGE_COMMITMENT_PUSH_MODEL:
+            await self._refuse_action(request, context_id, dimse.NO_SUCH_SOP_CLASS, "not a Storage Commitment")
+            return
+        if request.text(dimse.REQUESTED_SOP_INSTANCE_UID) != commitment.STORAGE_COMMITMENT_INSTANCE:
+            await self._refuse_action(request, context_id, dimse.NO_SUCH_SOP_INSTANCE,
+                                      "Requested SOP Instance must be 1.2.840.10008.1.20.1.1")
+            return
+        if request.unsigned(dimse.ACTION_TYPE_ID) != commitment.REQUEST_STORAGE_COMMITMENT:
+            await self._refuse_action(request, context_id, dimse.NO_SUCH_ACTION, "Action Type ID must be 1")
+            return
+        if self._settings.remote_ae(calling_ae) is None:
+            await self._refuse_action(request, context_id, dimse.NOT_AUTHORIZED,
+                                      f"{calling_ae} is not a configured remote AE")
+            return
+        try:
+            transaction_uid, references = commitment.parse_action_information(
+                bytes(action.data), self._accepted.contexts[context_id])
+        except ValueError as exc:
+            await self._refuse_action(request, context_id, dimse.PROCESSING_FAILURE, str(exc))
+            return
+        commitment_request = commitment.CommitmentRequest(
+            transaction_uid, calling_ae, self._accepted.called_ae, self._peer, references,
+            datetime.now(UTC).isoformat())
+        bind(transaction_uid=transaction_uid)
+        try:
+            async with asyncio.timeout(self._settings.publish_timeout_seconds):
+                await self._producer.publish(self._topics.events, transaction_uid.encode(),
+                                             commitment_request.to_json())
+        except (BusError, TimeoutError) as exc:
+            await self._refuse_action(request, context_id, dimse.RESOURCE_LIMITATION,
+                                      f"the bus is unavailable: {exc}"[:64])
+            return
+        self._metrics.commitment_requests.inc()
+        log.info("storage commitment requested", extra={"references": len(references)})
+        await self._respond(request, context_id, dimse.SUCCESS)
+
+    async def _refuse_action(self, request: Command, context_id: int, status: int, comment: str) -> None:
+        log.warning("N-ACTION refused", extra={"status": f"0x{status:04x}", "reason": comment})
+        await self._respond(request, context_id, status, comment)
 
     async def _unrecognized(self, request: Command, context_id: int) -> None:
         if request.has_data_set:

@@ -12,13 +12,21 @@ from dataclasses import dataclass, field
 
 C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
 C_ECHO_RQ, C_ECHO_RSP = 0x0030, 0x8030
+N_ACTION_RQ, N_ACTION_RSP = 0x0130, 0x8130
 NO_DATA_SET = 0x0101
 
 SUCCESS = 0x0000
+PROCESSING_FAILURE = 0x0110
+NO_SUCH_SOP_INSTANCE = 0x0112
+NO_SUCH_SOP_CLASS = 0x0118
+NO_SUCH_ACTION = 0x0123
+NOT_AUTHORIZED = 0x0124
 UNRECOGNIZED_OPERATION = 0x0211
+RESOURCE_LIMITATION = 0x0213
 
 GROUP_LENGTH = 0x00000000
 AFFECTED_SOP_CLASS_UID = 0x00000002
+REQUESTED_SOP_CLASS_UID = 0x00000003
 COMMAND_FIELD = 0x00000100
 MESSAGE_ID = 0x00000110
 MESSAGE_ID_BEING_RESPONDED_TO = 0x00000120
@@ -27,6 +35,8 @@ COMMAND_DATA_SET_TYPE = 0x00000800
 STATUS = 0x00000900
 ERROR_COMMENT = 0x00000902
 AFFECTED_SOP_INSTANCE_UID = 0x00001000
+REQUESTED_SOP_INSTANCE_UID = 0x00001001
+ACTION_TYPE_ID = 0x00001008
 
 _ELEMENT = struct.Struct("<HHI")
 _US = struct.Struct("<H")
@@ -47,6 +57,13 @@ class Command:
     @property
     def has_data_set(self) -> bool:
         return self.data_set_type != NO_DATA_SET
+
+    def text(self, tag: int) -> str:
+        return _text(self.elements.get(tag, b""))
+
+    def unsigned(self, tag: int) -> int | None:
+        value = self.elements.get(tag)
+        return int(_US.unpack(value)[0]) if value is not None and len(value) == 2 else None
 
 
 def _text(value: bytes) -> str:
@@ -92,16 +109,22 @@ def _element(tag: int, value: bytes, pad: bytes = b"\x00") -> bytes:
 
 
 def response(request: Command, command_field: int, status: int, comment: str | None = None) -> bytes:
-    """The response command set, Command Group Length first, elements in tag order (PS3.7 E.1)."""
+    """The response command set, Command Group Length first, elements in tag order (PS3.7 E.1).
+
+    An N-ACTION names its SOP Class and Instance as Requested; its response returns them as Affected, with
+    the Action Type ID (PS3.7 10.1.4.1)."""
+    sop_class = request.affected_sop_class_uid or request.text(REQUESTED_SOP_CLASS_UID)
+    sop_instance = request.affected_sop_instance_uid or request.text(REQUESTED_SOP_INSTANCE_UID)
+    action = request.elements.get(ACTION_TYPE_ID) if request.command_field == N_ACTION_RQ else None
     body = b"".join([
-        _element(AFFECTED_SOP_CLASS_UID, request.affected_sop_class_uid.encode()),
+        _element(AFFECTED_SOP_CLASS_UID, sop_class.encode()),
         _element(COMMAND_FIELD, _US.pack(command_field)),
         _element(MESSAGE_ID_BEING_RESPONDED_TO, _US.pack(request.message_id)),
         _element(COMMAND_DATA_SET_TYPE, _US.pack(NO_DATA_SET)),
         _element(STATUS, _US.pack(status)),
         _element(ERROR_COMMENT, comment[:64].encode("ascii", errors="replace"), b" ")
         if comment and status != SUCCESS else b"",
-        _element(AFFECTED_SOP_INSTANCE_UID, request.affected_sop_instance_uid.encode())
-        if request.affected_sop_instance_uid else b"",
+        _element(AFFECTED_SOP_INSTANCE_UID, sop_instance.encode()) if sop_instance else b"",
+        _element(ACTION_TYPE_ID, action) if action is not None and len(action) == 2 else b"",
     ])
     return _element(GROUP_LENGTH, _UL.pack(len(body))) + body

@@ -9,6 +9,12 @@ adapters only read the current row, lock, and persist what it returns.
 The index assigns versions (the ``version`` of a row passed in is ignored), and a row is current unless its
 status is ``replaced``. Patient, study and series rows follow the newest stored instance; a quarantined
 instance creates them when missing but never changes them, since its header is not trusted.
+
+It also keeps what later stages must not forget across restarts: when each study last received an instance
+and whether it has been declared stable since, each storage-commitment transaction with its references, and
+every outbound notification (commitment report, IAN) with its delivery state, attempts and last error. A
+notification is claimed with a lease, so several notify workers share the queue and a worker killed while
+sending leaves it to be sent again once the lease runs out.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 
 class CorrectionPolicy(StrEnum):
@@ -123,6 +129,81 @@ class StudySummary:
     instances: int
 
 
+class DeliveryState(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    """Out of attempts: in the dead-letter topic until re-driven."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One outbound notification to one AE; times are UNIX epoch seconds."""
+
+    delivery_id: str
+    kind: str
+    """``commitment-report`` or ``ian``."""
+    subject: str
+    """The transaction UID of a report, the Study Instance UID of an IAN."""
+    target_ae: str
+    payload: dict[str, Any]
+    created_at: float
+    next_attempt_at: float
+    source: dict[str, Any]
+    """The bus record that caused it (topic, partition, offset), which a re-drive publishes again."""
+    state: DeliveryState = DeliveryState.PENDING
+    attempts: int = 0
+    last_error: str = ""
+    delivered_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CommitmentItem:
+    sop_class_uid: str
+    sop_instance_uid: str
+    failure_reason: int | None = None
+    """Meaningful once the transaction is decided: None means committed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Commitment:
+    """A storage-commitment transaction as the notify worker tracks it; times are UNIX epoch seconds."""
+
+    transaction_uid: str
+    requester_ae: str
+    requested_at: float
+    deadline: float
+    """Instances not stored by then are reported as failed."""
+    items: tuple[CommitmentItem, ...]
+    source: dict[str, Any]
+    decided_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StudyActivity:
+    study_instance_uid: str
+    last_instance_at: float
+    stable_at: float | None
+    generation: int
+    """Counts the times the study became active again after it had been declared stable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A manifest registered with XDS for one generation of a study; times are UNIX epoch seconds."""
+
+    study_instance_uid: str
+    generation: int
+    document_unique_id: str
+    """The KOS SOP Instance UID, the DocumentEntry's uniqueId."""
+    entry_uuid: str
+    submission_set_unique_id: str
+    instances: int
+    registered_at: float
+    replaces_entry_uuid: str | None
+    current: bool = True
+
+
 class Index(Protocol):
     async def migrate(self) -> None:
         """Apply the pending schema migrations; safe to call from several processes at once."""
@@ -142,6 +223,53 @@ class Index(Protocol):
 
     async def find_studies(self, patient_id: str = "", accession_number: str = "", limit: int = 100) -> list[StudySummary]:
         """Studies with current instances, newest study date first; empty filters match everything."""
+
+    async def study_activity(self, study_instance_uid: str) -> StudyActivity | None: ...
+
+    async def due_stable_studies(self, quiet_since: float, limit: int = 100) -> list[StudyActivity]:
+        """Studies not declared stable whose last instance was recorded before ``quiet_since``."""
+
+    async def mark_stable(self, activity: StudyActivity, at: float) -> bool:
+        """Declare the study stable unless an instance was recorded since ``activity`` was read."""
+
+    async def hasten_stability(self, study_instance_uid: str) -> None:
+        """Make a study due for stability now (a storage commitment covered it)."""
+
+    async def add_commitment(self, commitment: Commitment) -> bool:
+        """Record a new transaction; False when its Transaction UID is already known."""
+
+    async def commitment(self, transaction_uid: str) -> Commitment | None: ...
+
+    async def open_commitments(self, limit: int = 1000) -> list[Commitment]:
+        """Transactions not yet decided, earliest deadline first."""
+
+    async def commitments_waiting_for(self, sop_instance_uids: list[str]) -> list[str]:
+        """Transaction UIDs of undecided transactions that reference any of the instances."""
+
+    async def decide_commitment(self, transaction_uid: str, items: tuple[CommitmentItem, ...],
+                                report: Delivery, at: float) -> bool:
+        """Record the outcome of each reference and queue the report, in one transaction; False if already
+        decided."""
+
+    async def put_delivery(self, delivery: Delivery, replace: bool) -> None:
+        """Queue a delivery; an existing one with its id is left alone, or with ``replace`` queued anew."""
+
+    async def claim_deliveries(self, now: float, lease_seconds: float, limit: int,
+                               kinds: tuple[str, ...]) -> list[Delivery]:
+        """Pending deliveries of ``kinds`` due by ``now`` and not leased, leased to the caller until
+        ``now + lease``."""
+
+    async def finish_attempt(self, delivery_id: str, state: DeliveryState, error: str, next_attempt_at: float,
+                             at: float) -> None:
+        """Record one attempt: delivered, pending again at ``next_attempt_at``, or failed for good."""
+
+    async def deliveries(self, subject: str) -> list[Delivery]: ...
+
+    async def record_registration(self, registration: Registration) -> None:
+        """Record a registered manifest as the study's current one; the previous stays, no longer current."""
+
+    async def registrations(self, study_instance_uid: str) -> list[Registration]:
+        """The study's registrations, newest generation first."""
 
     async def close(self) -> None: ...
 

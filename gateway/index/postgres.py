@@ -9,6 +9,7 @@ replicas that start together apply each migration once.
 
 from __future__ import annotations
 
+import time
 from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any, Self
@@ -16,7 +17,21 @@ from typing import Any, Self
 import asyncpg
 import orjson
 
-from gateway.index import CorrectionPolicy, InstanceRow, InstanceStatus, RecordResult, StudySummary, resolve
+from gateway.index import (
+    Commitment,
+    CommitmentItem,
+    CorrectionPolicy,
+    Delivery,
+    DeliveryState,
+    InstanceRow,
+    Registration,
+    InstanceStatus,
+    RecordResult,
+    StudyActivity,
+    StudySummary,
+    resolve,
+    workflow,
+)
 from gateway.index.migrations import load
 
 _FIELDS = tuple(field.name for field in fields(InstanceRow))
@@ -138,6 +153,7 @@ class PostgresIndex:
         await connection.execute(_UPSERT_SERIES, row.series_instance_uid, row.study_instance_uid, row.modality,
                                  row.series_number, trusted)
         await connection.execute(_INSERT, *(getattr(row, name) for name in _FIELDS))
+        await connection.execute(workflow.TOUCH_STUDY, row.study_instance_uid, time.time())
 
     async def current_instance(self, sop_instance_uid: str) -> InstanceRow | None:
         record = await self._pool.fetchrow(_CURRENT, sop_instance_uid)
@@ -154,3 +170,93 @@ class PostgresIndex:
     async def find_studies(self, patient_id: str = "", accession_number: str = "", limit: int = 100) -> list[StudySummary]:
         records = await self._pool.fetch(_FIND_STUDIES, patient_id, accession_number, limit)
         return [StudySummary(*record) for record in records]
+
+    async def study_activity(self, study_instance_uid: str) -> StudyActivity | None:
+        row = await self._pool.fetchrow(workflow.STUDY_ACTIVITY, study_instance_uid)
+        return None if row is None else workflow.study_activity(tuple(row))
+
+    async def due_stable_studies(self, quiet_since: float, limit: int = 100) -> list[StudyActivity]:
+        rows = await self._pool.fetch(workflow.DUE_STABLE, quiet_since, limit)
+        return [workflow.study_activity(tuple(row)) for row in rows]
+
+    async def mark_stable(self, activity: StudyActivity, at: float) -> bool:
+        status = await self._pool.execute(workflow.MARK_STABLE, activity.study_instance_uid,
+                                          activity.last_instance_at, at)
+        return str(status) == "UPDATE 1"
+
+    async def hasten_stability(self, study_instance_uid: str) -> None:
+        await self._pool.execute(workflow.HASTEN_STABILITY, study_instance_uid)
+
+    async def add_commitment(self, commitment: Commitment) -> bool:
+        async with self._pool.acquire() as connection, connection.transaction():
+            inserted = await connection.fetchval(
+                workflow.INSERT_COMMITMENT, commitment.transaction_uid, commitment.requester_ae,
+                commitment.requested_at, commitment.deadline, commitment.source)
+            if inserted is None:
+                return False
+            await connection.executemany(workflow.INSERT_ITEM, [
+                (commitment.transaction_uid, position, item.sop_class_uid, item.sop_instance_uid)
+                for position, item in enumerate(commitment.items)])
+            return True
+
+    async def _commitment(self, connection: asyncpg.Connection, row: asyncpg.Record) -> Commitment:
+        items = [tuple(item) for item in await connection.fetch(workflow.ITEMS, row[0])]
+        return workflow.commitment(tuple(row), items, _identity)
+
+    async def commitment(self, transaction_uid: str) -> Commitment | None:
+        async with self._pool.acquire() as connection:
+            row = await connection.fetchrow(workflow.COMMITMENT, transaction_uid)
+            return None if row is None else await self._commitment(connection, row)
+
+    async def open_commitments(self, limit: int = 1000) -> list[Commitment]:
+        async with self._pool.acquire() as connection:
+            return [await self._commitment(connection, row)
+                    for row in await connection.fetch(workflow.OPEN_COMMITMENTS, limit)]
+
+    async def commitments_waiting_for(self, sop_instance_uids: list[str]) -> list[str]:
+        found: set[str] = set()
+        for start in range(0, len(sop_instance_uids), 500):
+            batch = sop_instance_uids[start : start + 500]
+            found.update(row[0] for row in await self._pool.fetch(workflow.waiting_for(len(batch)), *batch))
+        return sorted(found)
+
+    async def decide_commitment(self, transaction_uid: str, items: tuple[CommitmentItem, ...],
+                                report: Delivery, at: float) -> bool:
+        async with self._pool.acquire() as connection, connection.transaction():
+            if str(await connection.execute(workflow.DECIDE, transaction_uid, at)) != "UPDATE 1":
+                return False
+            await connection.executemany(workflow.SET_ITEM, [
+                (transaction_uid, position, item.failure_reason) for position, item in enumerate(items)])
+            await connection.execute(workflow.REPLACE_DELIVERY, *workflow.delivery_params(report, _identity))
+            return True
+
+    async def put_delivery(self, delivery: Delivery, replace: bool) -> None:
+        statement = workflow.REPLACE_DELIVERY if replace else workflow.INSERT_DELIVERY
+        await self._pool.execute(statement, *workflow.delivery_params(delivery, _identity))
+
+    async def claim_deliveries(self, now: float, lease_seconds: float, limit: int,
+                               kinds: tuple[str, ...]) -> list[Delivery]:
+        rows = await self._pool.fetch(workflow.claim(len(kinds), " FOR UPDATE SKIP LOCKED"),
+                                      now, now + lease_seconds, limit, *kinds)
+        return [workflow.delivery(tuple(row), _identity) for row in rows]
+
+    async def finish_attempt(self, delivery_id: str, state: DeliveryState, error: str, next_attempt_at: float,
+                             at: float) -> None:
+        await self._pool.execute(workflow.FINISH_ATTEMPT, delivery_id, state.value, error, next_attempt_at, at)
+
+    async def deliveries(self, subject: str) -> list[Delivery]:
+        return [workflow.delivery(tuple(row), _identity)
+                for row in await self._pool.fetch(workflow.DELIVERIES, subject)]
+
+    async def record_registration(self, registration: Registration) -> None:
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute(workflow.RETIRE_REGISTRATION, registration.study_instance_uid)
+            await connection.execute(workflow.INSERT_REGISTRATION, *workflow.registration_params(registration))
+
+    async def registrations(self, study_instance_uid: str) -> list[Registration]:
+        return [workflow.registration(tuple(row))
+                for row in await self._pool.fetch(workflow.REGISTRATIONS, study_instance_uid)]
+
+
+def _identity(value: Any) -> Any:
+    return value

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -21,12 +22,33 @@ from typing import Any, Self, TypeVar
 
 import orjson
 
-from gateway.index import CorrectionPolicy, InstanceRow, InstanceStatus, RecordResult, StudySummary, resolve
+from gateway.index import (
+    Commitment,
+    CommitmentItem,
+    CorrectionPolicy,
+    Delivery,
+    DeliveryState,
+    InstanceRow,
+    Registration,
+    InstanceStatus,
+    RecordResult,
+    StudyActivity,
+    StudySummary,
+    resolve,
+    workflow,
+)
 from gateway.index.migrations import load
 
 _FIELDS = tuple(field.name for field in fields(InstanceRow))
 _T = TypeVar("_T")
 _BUSY_TIMEOUT_SECONDS = 60.0
+
+_TOUCH_STUDY = workflow.sqlite(workflow.TOUCH_STUDY)
+
+
+def _json(value: dict[str, Any]) -> str:
+    return orjson.dumps(value).decode()
+
 
 _SCHEMA_MIGRATIONS = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -196,6 +218,7 @@ class SqliteIndex:
         self._db.execute(_UPSERT_SERIES, (row.series_instance_uid, row.study_instance_uid, row.modality,
                                           row.series_number, trusted))
         self._db.execute(_INSERT, _params(row))
+        self._db.execute(_TOUCH_STUDY, (row.study_instance_uid, time.time()))
 
     async def current_instance(self, sop_instance_uid: str) -> InstanceRow | None:
         return await self._run(self._current_instance, sop_instance_uid)
@@ -220,3 +243,129 @@ class SqliteIndex:
 
     def _fetch(self, query: str, params: tuple[Any, ...]) -> list[InstanceRow]:
         return [_row(record) for record in self._db.execute(query, params)]
+
+    async def study_activity(self, study_instance_uid: str) -> StudyActivity | None:
+        def query() -> StudyActivity | None:
+            row = self._db.execute(workflow.sqlite(workflow.STUDY_ACTIVITY), (study_instance_uid,)).fetchone()
+            return None if row is None else workflow.study_activity(row)
+
+        return await self._run(query)
+
+    async def due_stable_studies(self, quiet_since: float, limit: int = 100) -> list[StudyActivity]:
+        def query() -> list[StudyActivity]:
+            return [workflow.study_activity(row) for row in
+                    self._db.execute(workflow.sqlite(workflow.DUE_STABLE), (quiet_since, limit))]
+
+        return await self._run(query)
+
+    async def mark_stable(self, activity: StudyActivity, at: float) -> bool:
+        return await self._write_one(workflow.MARK_STABLE, (activity.study_instance_uid,
+                                                            activity.last_instance_at, at)) == 1
+
+    async def hasten_stability(self, study_instance_uid: str) -> None:
+        await self._write_one(workflow.HASTEN_STABILITY, (study_instance_uid,))
+
+    async def _write_one(self, statement: str, params: tuple[Any, ...]) -> int:
+        def write() -> int:
+            with self._write_transaction():
+                return self._db.execute(workflow.sqlite(statement), params).rowcount
+
+        return await self._run(write)
+
+    async def add_commitment(self, commitment: Commitment) -> bool:
+        def write() -> bool:
+            with self._write_transaction():
+                inserted = self._db.execute(workflow.sqlite(workflow.INSERT_COMMITMENT), (
+                    commitment.transaction_uid, commitment.requester_ae, commitment.requested_at,
+                    commitment.deadline, _json(commitment.source))).fetchone()
+                if inserted is None:
+                    return False
+                self._db.executemany(workflow.sqlite(workflow.INSERT_ITEM), [
+                    (commitment.transaction_uid, position, item.sop_class_uid, item.sop_instance_uid)
+                    for position, item in enumerate(commitment.items)])
+                return True
+
+        return await self._run(write)
+
+    def _commitment(self, row: tuple[Any, ...]) -> Commitment:
+        items = self._db.execute(workflow.sqlite(workflow.ITEMS), (row[0],)).fetchall()
+        return workflow.commitment(row, items, orjson.loads)
+
+    async def commitment(self, transaction_uid: str) -> Commitment | None:
+        def query() -> Commitment | None:
+            row = self._db.execute(workflow.sqlite(workflow.COMMITMENT), (transaction_uid,)).fetchone()
+            return None if row is None else self._commitment(row)
+
+        return await self._run(query)
+
+    async def open_commitments(self, limit: int = 1000) -> list[Commitment]:
+        def query() -> list[Commitment]:
+            rows = self._db.execute(workflow.sqlite(workflow.OPEN_COMMITMENTS), (limit,)).fetchall()
+            return [self._commitment(row) for row in rows]
+
+        return await self._run(query)
+
+    async def commitments_waiting_for(self, sop_instance_uids: list[str]) -> list[str]:
+        def query() -> list[str]:
+            found: set[str] = set()
+            for start in range(0, len(sop_instance_uids), 500):
+                batch = sop_instance_uids[start : start + 500]
+                found.update(uid for (uid,) in self._db.execute(
+                    workflow.sqlite(workflow.waiting_for(len(batch))), batch))
+            return sorted(found)
+
+        return await self._run(query)
+
+    async def decide_commitment(self, transaction_uid: str, items: tuple[CommitmentItem, ...],
+                                report: Delivery, at: float) -> bool:
+        def write() -> bool:
+            with self._write_transaction():
+                if self._db.execute(workflow.sqlite(workflow.DECIDE), (transaction_uid, at)).rowcount != 1:
+                    return False
+                self._db.executemany(workflow.sqlite(workflow.SET_ITEM), [
+                    (transaction_uid, position, item.failure_reason) for position, item in enumerate(items)])
+                self._db.execute(workflow.sqlite(workflow.REPLACE_DELIVERY), workflow.delivery_params(report, _json))
+                return True
+
+        return await self._run(write)
+
+    async def put_delivery(self, delivery: Delivery, replace: bool) -> None:
+        statement = workflow.REPLACE_DELIVERY if replace else workflow.INSERT_DELIVERY
+        await self._write_one(statement, workflow.delivery_params(delivery, _json))
+
+    async def claim_deliveries(self, now: float, lease_seconds: float, limit: int,
+                               kinds: tuple[str, ...]) -> list[Delivery]:
+        def write() -> list[Delivery]:
+            with self._write_transaction():
+                rows = self._db.execute(workflow.sqlite(workflow.claim(len(kinds))),
+                                        (now, now + lease_seconds, limit, *kinds)).fetchall()
+            return [workflow.delivery(row, orjson.loads) for row in rows]
+
+        return await self._run(write)
+
+    async def finish_attempt(self, delivery_id: str, state: DeliveryState, error: str, next_attempt_at: float,
+                             at: float) -> None:
+        await self._write_one(workflow.FINISH_ATTEMPT, (delivery_id, state.value, error, next_attempt_at, at))
+
+    async def deliveries(self, subject: str) -> list[Delivery]:
+        def query() -> list[Delivery]:
+            return [workflow.delivery(row, orjson.loads)
+                    for row in self._db.execute(workflow.sqlite(workflow.DELIVERIES), (subject,))]
+
+        return await self._run(query)
+
+    async def record_registration(self, registration: Registration) -> None:
+        def write() -> None:
+            with self._write_transaction():
+                self._db.execute(workflow.sqlite(workflow.RETIRE_REGISTRATION), (registration.study_instance_uid,))
+                self._db.execute(workflow.sqlite(workflow.INSERT_REGISTRATION),
+                                 workflow.registration_params(registration))
+
+        await self._run(write)
+
+    async def registrations(self, study_instance_uid: str) -> list[Registration]:
+        def query() -> list[Registration]:
+            return [workflow.registration(row) for row in
+                    self._db.execute(workflow.sqlite(workflow.REGISTRATIONS), (study_instance_uid,))]
+
+        return await self._run(query)

@@ -6,6 +6,7 @@ import asyncio
 import copy
 import hashlib
 import warnings
+from typing import Any
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,18 +17,24 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from gateway import envelope
-from gateway.app import open_index, store_stage
+from gateway.app import open_index, store_pool
 from gateway.bus.embedded import EmbeddedBus, partition_for
 from gateway.index import InstanceStatus
 from gateway.metrics import Metrics
 from gateway.receiver import Receiver
-from gateway.settings import DicomSettings, EmbeddedBusSettings, Settings, ValidationSettings
+from gateway.settings import (
+    DicomSettings,
+    EmbeddedBusSettings,
+    RuntimeSettings,
+    Settings,
+    StoreSettings,
+    ValidationSettings,
+)
 from tests.component.test_receiver_pynetdicom import corpus, send_all
 from tests.conftest import dcmtk
 from tests.helpers import dataset_bytes, free_port, run
 import workers.store
 from gateway import dead_letter
-from workers.pool import StorePool
 
 CT = Path(get_testdata_file("CT_small.dcm"))  # type: ignore[arg-type]
 
@@ -47,15 +54,19 @@ class Gateway:
             while sum(c._value.get() for c in self.metrics.instances_stored._metrics.values()) < count:
                 await asyncio.sleep(0.05)
 
+QUICK: dict[str, Any] = {"store": StoreSettings(retry_max_seconds=5),
+                         "runtime": RuntimeSettings(drain_timeout_seconds=5)}
+"""Short back-offs and drains, so that tests of outages and shutdown take seconds."""
+
 
 @pytest.fixture
 async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
     settings = Settings(data_dir=tmp_path / "data", dicom=DicomSettings(host="127.0.0.1", port=free_port()),
-                        embedded_bus=EmbeddedBusSettings(poll_interval_seconds=0.01))
+                        embedded_bus=EmbeddedBusSettings(poll_interval_seconds=0.01), **QUICK)
     metrics = Metrics()
     bus = EmbeddedBus(settings.data_dir / "bus", settings.embedded_bus, metrics)
     async with Receiver(settings.dicom, settings.topics, bus, metrics, 5), \
-            StorePool(bus, settings.topics, store_stage(settings, metrics), metrics, 600, 5, 5):
+            store_pool(settings, bus, metrics):
         yield Gateway(settings, metrics)
 
 
@@ -143,7 +154,7 @@ async def test_corrupted_instance_is_dead_lettered_and_can_be_redriven(gateway: 
         while not (entries := await dead_letter.entries(bus, gateway.settings.topics)):
             await asyncio.sleep(0.2)
     [entry] = entries
-    assert entry.instance_id == "tampered" and "does not match the envelope" in entry.reason
+    assert entry.entry_id == "tampered" and "does not match the envelope" in entry.reason
     assert gateway.metrics.dead_letters.labels("store")._value.get() == 1
 
     await dead_letter.redrive(bus, gateway.settings.topics, entry)
@@ -151,7 +162,7 @@ async def test_corrupted_instance_is_dead_lettered_and_can_be_redriven(gateway: 
         while gateway.metrics.dead_letters.labels("store")._value.get() < 2:
             await asyncio.sleep(0.2)  # still corrupt: it comes back to the dead letters, nothing is stored
     [again] = await dead_letter.entries(bus, gateway.settings.topics)
-    assert again.instance_id != "tampered" and again.reason == entry.reason
+    assert again.entry_id != "tampered" and again.reason == entry.reason
 
 
 def _partition_of(gateway: Gateway, path: Path) -> int:
@@ -185,12 +196,12 @@ async def test_coerced_header_is_stored_and_both_hashes_recorded(tmp_path: Path)
             host="127.0.0.1", port=free_port(),
             allowed_aes=[{"ae_title": "OLD_CT", "organization": "Example Hospital",
                           "organization_oid": "1.2.246.10.1234567.10"}]),
-        validation=ValidationSettings(profile_files=(profile,)),
+        validation=ValidationSettings(profile_files=(profile,)), **QUICK,
     )
     metrics = Metrics()
     bus = EmbeddedBus(settings.data_dir / "bus", settings.embedded_bus, metrics)
     async with Receiver(settings.dicom, settings.topics, bus, metrics, 5), \
-            StorePool(bus, settings.topics, store_stage(settings, metrics), metrics, 600, 5, 5):
+            store_pool(settings, bus, metrics):
         code, out = await run(dcmtk("storescu"), "-aet", "OLD_CT", "-aec", "DICOMGW", "127.0.0.1",
                               str(settings.dicom.port), str(CT))
         assert code == 0, out

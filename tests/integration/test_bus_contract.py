@@ -115,6 +115,11 @@ async def test_group_members_share_partitions(bus_and_topic: tuple[Bus, str]) ->
                     await consumer.commit()
         assert first.assignment() and second.assignment()
         assert not first.assignment() & second.assignment()
+        # the member a key's records went to is the one that owns the key
+        for record in seen[-50:]:
+            owner = first if (record.topic, record.partition) in first.assignment() else second
+            other = second if owner is first else first
+            assert owner.owns(topic, record.key) and not other.owns(topic, record.key)
     assert {int(r.value) for r in seen} == set(range(200))
 
 

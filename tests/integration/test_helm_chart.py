@@ -28,11 +28,11 @@ BACKENDS = (
     "s3.endpoint=minio.storage.svc:9000,database.existingSecret=dicomgw-postgres"
 )
 WORKER_ROLES = ("store", "register", "notify")
-# Worker roles values.yaml enables; register and notify arrive with their gateway releases.
-ENABLED_WORKER_ROLES = ("store",)
-FUTURE_ROLES = ("register", "notify")
+# Worker roles values.yaml enables; register is off until an XDS repository is configured.
+ENABLED_WORKER_ROLES = ("store", "notify")
+OPTIONAL_ROLES = ("register",)
 SPLIT_ROLES = ("receiver", *ENABLED_WORKER_ROLES)
-ENABLE_FUTURE_ROLES = tuple(f"{role}.enabled=true" for role in FUTURE_ROLES)
+ENABLE_OPTIONAL_ROLES = tuple(f"{role}.enabled=true" for role in OPTIONAL_ROLES)
 SECRET_SETTINGS = {
     "GATEWAY_S3__ACCESS_KEY",
     "GATEWAY_S3__SECRET_KEY",
@@ -197,7 +197,7 @@ def test_split_mode_runs_one_deployment_per_enabled_role() -> None:
     assert sorted(component(d) for d in deployments.values()) == sorted(SPLIT_ROLES)
     for kind in ("PodDisruptionBudget", "HorizontalPodAutoscaler", "ScaledObject", "NetworkPolicy"):
         rendered = {component(m) for m in of_kind(manifests, kind).values()}
-        assert rendered.isdisjoint(FUTURE_ROLES), (kind, rendered)
+        assert rendered.isdisjoint(OPTIONAL_ROLES), (kind, rendered)
     selectors = set()
     for deployment in deployments.values():
         role = component(deployment)
@@ -246,9 +246,9 @@ def _role_args(deployment: Manifest) -> list[str]:
 ROLE_VALUE_SETS = {
     **{name: (values, sets, ()) for name, (values, sets) in VALUE_SETS.items()},
     "single-minimal": ((), (BACKENDS,), ()),
-    "single-ci-future-roles": ((SINGLE_CI,), ENABLE_FUTURE_ROLES, FUTURE_ROLES),
-    "split-minimal-future-roles": ((), ("mode=split", BACKENDS, *ENABLE_FUTURE_ROLES), FUTURE_ROLES),
-    "split-ci-future-roles": ((SPLIT_CI,), ENABLE_FUTURE_ROLES, FUTURE_ROLES),
+    "single-ci-optional-roles": ((SINGLE_CI,), ENABLE_OPTIONAL_ROLES, OPTIONAL_ROLES),
+    "split-minimal-optional-roles": ((), ("mode=split", BACKENDS, *ENABLE_OPTIONAL_ROLES), OPTIONAL_ROLES),
+    "split-ci-optional-roles": ((SPLIT_CI,), ENABLE_OPTIONAL_ROLES, OPTIONAL_ROLES),
 }
 
 
@@ -275,12 +275,11 @@ def test_every_rendered_role_is_one_the_gateway_runs(value_set: str) -> None:
         assert set(future) <= pdbs and set(future) <= autoscaled
 
 
-def test_future_roles_stay_disabled_by_default() -> None:
+def test_worker_roles_enabled_by_default_are_those_that_need_no_extra_configuration() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert {role: values[role]["enabled"] for role in WORKER_ROLES} == {"store": True, "register": False, "notify": False}
-    assert set(ENABLED_WORKER_ROLES) <= set(ROLES)
-    for role in FUTURE_ROLES:
-        assert role not in ROLES, f"{role} is in gateway.settings.ROLES now: enable it in values.yaml and update this test"
+    enabled = {role: values[role]["enabled"] for role in WORKER_ROLES}
+    assert enabled == {"store": True, "register": False, "notify": True}
+    assert set(WORKER_ROLES) <= set(ROLES)
 
 
 @pytest.mark.parametrize("value_set", ["split-minimal", "split-ci", "single-ci"])
@@ -333,12 +332,13 @@ def test_keda_scaled_objects_only_when_enabled() -> None:
     single = render(BACKENDS, "single.keda.enabled=true")
     (scaled,) = of_kind(single, "ScaledObject").values()
     groups = sorted(t["metadata"]["consumerGroup"] for t in scaled["spec"]["triggers"])
-    assert groups == ["dicomgw-store"]
-    single = render(BACKENDS, "single.keda.enabled=true", *ENABLE_FUTURE_ROLES)
+    assert groups == ["dicomgw-notify", "dicomgw-store"]
+    single = render(BACKENDS, "single.keda.enabled=true", *ENABLE_OPTIONAL_ROLES)
     (scaled,) = of_kind(single, "ScaledObject").values()
     groups = sorted(t["metadata"]["consumerGroup"] for t in scaled["spec"]["triggers"])
     assert groups == ["dicomgw-notify", "dicomgw-register", "dicomgw-store"]
-    assert "enable at least one" in render_error(BACKENDS, "single.keda.enabled=true", "store.enabled=false")
+    assert "enable at least one" in render_error(BACKENDS, "single.keda.enabled=true", "store.enabled=false",
+                                                 "notify.enabled=false")
 
     # A disabled role's keda switch renders nothing.
     split = render("mode=split", BACKENDS, "register.keda.enabled=true")

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from pydicom.dataset import Dataset
 
 from workers.validation.header import first_item, patient_id_issuer, text
-from workers.validation.hetu import HETU_OID
+from gateway.hetu import HETU_OID
 from workers.validation.model import SourceContext, tag_of
 
 PADDED_IDS = ("PatientID", "IssuerOfPatientID", "AccessionNumber", "StudyID")

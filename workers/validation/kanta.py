@@ -14,7 +14,8 @@ from collections.abc import Iterator
 
 from pydicom.dataset import Dataset
 
-from workers.validation import hetu, vr
+from gateway import hetu
+from workers.validation import vr
 from workers.validation.header import patient_id_issuer, study_code, text, universal_issuer
 from workers.validation.model import Rule, RuleContext, Severity, Violation, rule
 

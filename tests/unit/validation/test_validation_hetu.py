@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.validation import hetu
-from workers.validation.hetu import HetuFault
+from gateway import hetu
+from gateway.hetu import HetuFault
 
 CHECK_TABLE = "0123456789ABCDEFHJKLMNPRSTUVWXY"
 CENTURIES = {"+": 1800, **dict.fromkeys("-YXWVU", 1900), **dict.fromkeys("ABCDEF", 2000)}

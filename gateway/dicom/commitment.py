@@ -1,0 +1,114 @@
+"""Storage Commitment Push Model (PS3.4 Annex J): the request as it travels on the bus, and the report.
+
+The receiver turns an N-ACTION into a ``CommitmentRequest`` and publishes it before answering; the notify
+worker decides each reference and builds the N-EVENT-REPORT data set with ``report``. Failure Reason values
+are PS3.4 J.3.2.1.1.3 / PS3.7 C.4 statuses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import warnings
+from typing import Any, Self
+
+import orjson
+from pydicom.dataset import Dataset
+
+from gateway.dicom.dataset import read_prefix
+
+STORAGE_COMMITMENT_PUSH_MODEL = "1.2.840.10008.1.20.1"
+STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
+"""The well-known SOP Instance UID every N-ACTION and N-EVENT-REPORT names."""
+REQUEST_STORAGE_COMMITMENT = 1
+EVENT_ALL_COMMITTED = 1
+EVENT_SOME_FAILED = 2
+
+PROCESSING_FAILURE = 0x0110
+NO_SUCH_OBJECT_INSTANCE = 0x0112
+CLASS_INSTANCE_CONFLICT = 0x0119
+DUPLICATE_TRANSACTION_UID = 0x0131
+
+REQUEST_TYPE = "commitment.requested"
+MAX_REFERENCES = 100_000
+"""More references than any study holds: a request beyond it is refused rather than tracked."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommitmentRequest:
+    transaction_uid: str
+    requester_ae: str
+    called_ae: str
+    peer: str
+    references: tuple[tuple[str, str], ...]
+    """(Referenced SOP Class UID, Referenced SOP Instance UID) in the order the requester listed them."""
+    requested_at: str
+    """UTC, ISO 8601."""
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"type": REQUEST_TYPE, **{name: getattr(self, name) for name in self.__slots__}})
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> Self:
+        return cls(value["transaction_uid"], value["requester_ae"], value["called_ae"], value["peer"],
+                   tuple((str(c), str(i)) for c, i in value["references"]), value["requested_at"])
+
+
+def parse_action_information(data: bytes, transfer_syntax: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """Transaction UID and references of an N-ACTION data set. Raises ValueError naming what is wrong."""
+    try:
+        dataset, _ = read_prefix(data, transfer_syntax, stop_before=0xFFFFFFFF, complete=True)  # type: ignore[misc]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            transaction_uid = str(dataset.get("TransactionUID", "") or "")
+            references = tuple((str(item.get("ReferencedSOPClassUID", "") or ""),
+                                str(item.get("ReferencedSOPInstanceUID", "") or ""))
+                               for item in dataset.get("ReferencedSOPSequence") or [])
+    except Exception as exc:
+        raise ValueError(f"Action Information does not parse: {exc}") from exc
+    if not transaction_uid:
+        raise ValueError("Transaction UID (0008,1195) missing")
+    if len(transaction_uid) > 64:
+        raise ValueError("Transaction UID longer than 64 characters")
+    if not references:
+        raise ValueError("Referenced SOP Sequence (0008,1199) missing or empty")
+    if len(references) > MAX_REFERENCES:
+        raise ValueError(f"more than {MAX_REFERENCES} references in one request")
+    if any(not cls or not inst for cls, inst in references):
+        raise ValueError("a Referenced SOP Sequence item lacks its SOP Class or Instance UID")
+    return transaction_uid, references
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the report says of one reference: committed, or failed with its Failure Reason."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    failure_reason: int | None = None
+
+    @property
+    def committed(self) -> bool:
+        return self.failure_reason is None
+
+
+def report(transaction_uid: str, decisions: list[Decision], retrieve_ae_title: str) -> tuple[int, Dataset]:
+    """The Event Type ID and Event Information of the N-EVENT-REPORT (PS3.4 J.3.3)."""
+    dataset = Dataset()
+    dataset.TransactionUID = transaction_uid
+    committed = [d for d in decisions if d.committed]
+    failed = [d for d in decisions if not d.committed]
+    if committed:
+        dataset.RetrieveAETitle = retrieve_ae_title
+        dataset.ReferencedSOPSequence = [_item(d) for d in committed]
+    if failed:
+        dataset.FailedSOPSequence = [_item(d) for d in failed]
+    return (EVENT_SOME_FAILED if failed else EVENT_ALL_COMMITTED), dataset
+
+
+def _item(decision: Decision) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = decision.sop_class_uid
+    item.ReferencedSOPInstanceUID = decision.sop_instance_uid
+    if decision.failure_reason is not None:
+        item.FailureReason = decision.failure_reason
+    return item

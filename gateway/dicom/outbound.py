@@ -1,0 +1,103 @@
+"""Associations the gateway opens: storage-commitment reports (N-EVENT-REPORT) and IANs (N-CREATE).
+
+These are pynetdicom's AE as requestor, run in a worker thread (its association API is blocking); they are
+few and small beside the inbound traffic, so the threaded model costs nothing here. A report goes on a new
+association on which the gateway is the SCP of the Storage Commitment Push Model SOP Class, so it proposes
+that role with SCP/SCU Role Selection (PS3.7 D.3.3.4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from pynetdicom import AE, build_role
+from pynetdicom.association import Association
+
+from gateway.dicom.commitment import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH_MODEL
+from gateway.dicom.ian import INSTANCE_AVAILABILITY_NOTIFICATION
+from gateway.errors import DeliveryFailed
+from gateway.settings import DicomSettings, RemoteAE
+
+
+_WARNINGS = (0x0001, 0x0107, 0x0116)
+"""Warning statuses of N-CREATE / N-EVENT-REPORT (PS3.7 C.4, 10.1): the operation was performed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    settings: DicomSettings
+    timeout: float
+
+    async def commitment_report(self, remote: RemoteAE, event_type: int, event_information: Dataset) -> None:
+        await asyncio.to_thread(self._report, remote, event_type, event_information)
+
+    async def availability(self, remote: RemoteAE, notification: Dataset) -> None:
+        await asyncio.to_thread(self._notify, remote, notification)
+
+    def _report(self, remote: RemoteAE, event_type: int, event_information: Dataset) -> None:
+        association = self._associate(remote, STORAGE_COMMITMENT_PUSH_MODEL, scp_role=True)
+        try:
+            status, _ = association.send_n_event_report(
+                event_information, event_type, STORAGE_COMMITMENT_PUSH_MODEL, STORAGE_COMMITMENT_INSTANCE)
+            _check(status, "N-EVENT-REPORT")
+        finally:
+            _end(association)
+
+    def _notify(self, remote: RemoteAE, notification: Dataset) -> None:
+        association = self._associate(remote, INSTANCE_AVAILABILITY_NOTIFICATION, scp_role=False)
+        try:
+            status, _ = association.send_n_create(notification, INSTANCE_AVAILABILITY_NOTIFICATION, generate_uid())
+            _check(status, "N-CREATE")
+        finally:
+            _end(association)
+
+    def _associate(self, remote: RemoteAE, sop_class: str, scp_role: bool) -> Association:
+        ae = AE(ae_title=self.settings.ae_title)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
+        ae.connection_timeout = self.timeout
+        ae.add_requested_context(sop_class)
+        extended = [build_role(sop_class, scu_role=False, scp_role=True)] if scp_role else []
+        tls = (self._tls_context(), remote.host) if remote.tls else None
+        try:
+            # pynetdicom leaks its socket when the connection is refused; an unreachable peer is the common
+            # failure here (a modality switched off), so find that out with a socket we close ourselves
+            socket.create_connection((remote.host, remote.port), timeout=self.timeout).close()
+            association = ae.associate(remote.host, remote.port, ae_title=remote.ae_title, ext_neg=extended,
+                                       tls_args=tls)
+        except OSError as exc:
+            raise DeliveryFailed(f"cannot connect to {remote.ae_title} at {remote.host}:{remote.port}: {exc}") from exc
+        if not association.is_established:
+            outcome = "rejected" if association.is_rejected else "aborted" if association.is_aborted else "failed"
+            raise DeliveryFailed(f"association with {remote.ae_title} at {remote.host}:{remote.port} {outcome}")
+        context = next((cx for cx in association.accepted_contexts if cx.abstract_syntax == sop_class), None)
+        if context is None or (scp_role and not context.as_scp):
+            _end(association)
+            role = "the SCP role for " if scp_role else ""
+            raise DeliveryFailed(f"{remote.ae_title} did not accept {role}{sop_class}")
+        return association
+
+    def _tls_context(self) -> ssl.SSLContext:
+        tls = self.settings.tls
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if tls.cert_file is not None and tls.key_file is not None:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+        return context
+
+
+def _check(status: Dataset | None, operation: str) -> None:
+    if status is None or "Status" not in status:
+        raise DeliveryFailed(f"no {operation} response (timeout or aborted association)")
+    code = int(status.Status)
+    if code != 0x0000 and code not in _WARNINGS and not 0xB000 <= code <= 0xBFFF:
+        raise DeliveryFailed(f"{operation} answered with status 0x{code:04X}")
+
+
+def _end(association: Association) -> None:
+    if association.is_established:
+        association.release()

@@ -1,0 +1,125 @@
+"""SQL of the workflow state (migration 0003), written once for both dialects.
+
+The statements use ``$n`` placeholders; the SQLite adapter rewrites them to ``?n``. Times are epoch seconds
+and JSON goes in as text for SQLite and as values for PostgreSQL's jsonb, so the only other difference is
+that PostgreSQL claims deliveries with ``FOR UPDATE SKIP LOCKED`` (SQLite serialises writers anyway).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.index import Commitment, CommitmentItem, Delivery, DeliveryState, Registration, StudyActivity
+
+TOUCH_STUDY = """
+INSERT INTO study_activity AS a (study_instance_uid, last_instance_at, stable_at, generation)
+VALUES ($1, $2, NULL, 1)
+ON CONFLICT (study_instance_uid) DO UPDATE SET
+    last_instance_at = excluded.last_instance_at, stable_at = NULL,
+    generation = a.generation + CASE WHEN a.stable_at IS NULL THEN 0 ELSE 1 END"""
+STUDY_ACTIVITY = ("SELECT study_instance_uid, last_instance_at, stable_at, generation FROM study_activity "
+                  "WHERE study_instance_uid = $1")
+DUE_STABLE = """SELECT study_instance_uid, last_instance_at, stable_at, generation FROM study_activity
+WHERE stable_at IS NULL AND last_instance_at < $1 ORDER BY last_instance_at LIMIT $2"""
+MARK_STABLE = """UPDATE study_activity SET stable_at = $3
+WHERE study_instance_uid = $1 AND last_instance_at = $2 AND stable_at IS NULL"""
+HASTEN_STABILITY = "UPDATE study_activity SET last_instance_at = 0 WHERE study_instance_uid = $1 AND stable_at IS NULL"
+
+INSERT_COMMITMENT = """INSERT INTO commitments (transaction_uid, requester_ae, requested_at, deadline, source)
+VALUES ($1, $2, $3, $4, $5) ON CONFLICT (transaction_uid) DO NOTHING RETURNING transaction_uid"""
+INSERT_ITEM = """INSERT INTO commitment_items (transaction_uid, position, sop_class_uid, sop_instance_uid)
+VALUES ($1, $2, $3, $4)"""
+COMMITMENT = ("SELECT transaction_uid, requester_ae, requested_at, deadline, source, decided_at FROM commitments "
+              "WHERE transaction_uid = $1")
+OPEN_COMMITMENTS = ("SELECT transaction_uid, requester_ae, requested_at, deadline, source, decided_at "
+                    "FROM commitments WHERE decided_at IS NULL ORDER BY deadline LIMIT $1")
+ITEMS = ("SELECT sop_class_uid, sop_instance_uid, failure_reason FROM commitment_items "
+         "WHERE transaction_uid = $1 ORDER BY position")
+DECIDE = "UPDATE commitments SET decided_at = $2 WHERE transaction_uid = $1 AND decided_at IS NULL"
+SET_ITEM = "UPDATE commitment_items SET failure_reason = $3 WHERE transaction_uid = $1 AND position = $2"
+
+_DELIVERY_COLUMNS = ("delivery_id, kind, subject, target_ae, payload, created_at, next_attempt_at, source, state, "
+                     "attempts, last_error, delivered_at")
+INSERT_DELIVERY = f"""INSERT INTO deliveries ({_DELIVERY_COLUMNS})
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+ON CONFLICT (delivery_id) DO NOTHING"""
+REPLACE_DELIVERY = f"""INSERT INTO deliveries ({_DELIVERY_COLUMNS})
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+ON CONFLICT (delivery_id) DO UPDATE SET payload = excluded.payload, next_attempt_at = excluded.next_attempt_at,
+    source = excluded.source, state = excluded.state, attempts = excluded.attempts,
+    last_error = excluded.last_error, delivered_at = excluded.delivered_at, lease_until = 0"""
+DELIVERIES = f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE subject = $1 ORDER BY created_at, delivery_id"
+
+
+def claim(kinds: int, lock: str = "") -> str:
+    """Lease due deliveries of ``kinds`` kinds ($4...): $1 now, $2 lease end, $3 limit."""
+    placeholders = ", ".join(f"${n}" for n in range(4, 4 + kinds))
+    due = (f"SELECT delivery_id FROM deliveries WHERE state = 'pending' AND next_attempt_at <= $1 "
+           f"AND lease_until <= $1 AND kind IN ({placeholders}) ORDER BY next_attempt_at LIMIT $3{lock}")
+    return f"UPDATE deliveries SET lease_until = $2 WHERE delivery_id IN ({due}) RETURNING {_DELIVERY_COLUMNS}"
+
+
+FINISH_ATTEMPT = """UPDATE deliveries SET state = $2, attempts = attempts + 1, last_error = $3,
+    next_attempt_at = $4, lease_until = 0,
+    delivered_at = CASE WHEN $2 = 'delivered' THEN $5 ELSE delivered_at END
+WHERE delivery_id = $1"""
+
+_REGISTRATION_COLUMNS = ("study_instance_uid, generation, document_unique_id, entry_uuid, submission_set_unique_id, "
+                         "instances, registered_at, replaces_entry_uuid, is_current")
+RETIRE_REGISTRATION = "UPDATE registrations SET is_current = 0 WHERE study_instance_uid = $1 AND is_current = 1"
+INSERT_REGISTRATION = f"""INSERT INTO registrations ({_REGISTRATION_COLUMNS})
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1)"""
+REGISTRATIONS = (f"SELECT {_REGISTRATION_COLUMNS} FROM registrations WHERE study_instance_uid = $1 "
+                 "ORDER BY generation DESC")
+
+
+def registration_params(registration: Registration) -> tuple[Any, ...]:
+    return (registration.study_instance_uid, registration.generation, registration.document_unique_id,
+            registration.entry_uuid, registration.submission_set_unique_id, registration.instances,
+            registration.registered_at, registration.replaces_entry_uuid)
+
+
+def registration(row: tuple[Any, ...]) -> Registration:
+    *values, current = row
+    return Registration(*values, current=bool(current))
+
+
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+def sqlite(statement: str) -> str:
+    return _PLACEHOLDER.sub(r"?\1", statement)
+
+
+def delivery_params(delivery: Delivery, encode: Any) -> tuple[Any, ...]:
+    """Parameters of INSERT/REPLACE_DELIVERY; ``encode`` turns a dict into what the driver stores as JSON."""
+    return (delivery.delivery_id, delivery.kind, delivery.subject, delivery.target_ae, encode(delivery.payload),
+            delivery.created_at, delivery.next_attempt_at, encode(delivery.source), delivery.state.value,
+            delivery.attempts, delivery.last_error, delivery.delivered_at)
+
+
+def delivery(row: Mapping[int, Any] | tuple[Any, ...], decode: Any) -> Delivery:
+    (delivery_id, kind, subject, target_ae, payload, created_at, next_attempt_at, source, state, attempts,
+     last_error, delivered_at) = tuple(row)
+    return Delivery(delivery_id, kind, subject, target_ae, decode(payload), created_at, next_attempt_at,
+                    decode(source), DeliveryState(state), attempts, last_error, delivered_at)
+
+
+def study_activity(row: tuple[Any, ...]) -> StudyActivity:
+    return StudyActivity(*row)
+
+
+def commitment(row: tuple[Any, ...], items: list[tuple[Any, ...]], decode: Any) -> Commitment:
+    transaction_uid, requester_ae, requested_at, deadline, source, decided_at = row
+    return Commitment(transaction_uid, requester_ae, requested_at, deadline,
+                      tuple(CommitmentItem(*item) for item in items), decode(source), decided_at)
+
+
+def waiting_for(count: int) -> str:
+    """Undecided transactions referencing any of ``count`` SOP Instance UIDs ($1..$count)."""
+    placeholders = ", ".join(f"${n}" for n in range(1, count + 1))
+    return f"""SELECT DISTINCT i.transaction_uid FROM commitment_items i
+JOIN commitments c ON c.transaction_uid = i.transaction_uid
+WHERE c.decided_at IS NULL AND i.sop_instance_uid IN ({placeholders})"""

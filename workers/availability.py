@@ -1,0 +1,76 @@
+"""Instance Availability Notification: when a study is complete here, tell its subscribers what is available.
+
+The trigger is a study event: ``study.stable`` (no new instance for the stability time), or
+``study.registered`` once XDS registration is on and the trigger says so. Each subscriber gets one IAN per
+study generation (a study that receives more instances after it was stable gets a new generation, and a new
+IAN listing everything then stored); a repeated event for the same generation changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from gateway.dicom import ian
+from gateway.dicom.outbound import Outbound
+from gateway.errors import DeliveryFailed
+from gateway.index import Delivery, DeliveryState, Index
+from gateway.settings import DicomSettings, NotifySettings
+from workers.deliver import Sender
+
+log = logging.getLogger(__name__)
+
+IAN = "ian"
+STUDY_STABLE = "study.stable"
+STUDY_REGISTERED = "study.registered"
+
+
+def ian_id(study_instance_uid: str, subscriber: str) -> str:
+    return f"{IAN}:{study_instance_uid}:{subscriber}"
+
+
+class AvailabilityNotifier:
+    def __init__(self, index: Index, settings: NotifySettings) -> None:
+        self._index = index
+        self._settings = settings
+        self.trigger = STUDY_STABLE if settings.ian_trigger == "stable" else STUDY_REGISTERED
+
+    async def study_event(self, event: dict[str, Any], source: dict[str, Any]) -> None:
+        study = event["study_instance_uid"]
+        generation = int(event.get("generation", 1))
+        rows = await self._index.study_instances(study)
+        if not rows:
+            return
+        subscribers = set(self._settings.ian_subscribers)
+        for source_ae in {row.source_ae for row in rows}:
+            subscribers.update(self._settings.ian_subscribers_by_calling_ae.get(source_ae, ()))
+        if not subscribers:
+            return
+        existing = {d.delivery_id: d for d in await self._index.deliveries(study)}
+        payload = {"generation": generation,
+                   "instances": [[r.series_instance_uid, r.sop_class_uid, r.sop_instance_uid] for r in rows]}
+        now = time.time()
+        for subscriber in sorted(subscribers):
+            delivery_id = ian_id(study, subscriber)
+            known = existing.get(delivery_id)
+            if known is not None and known.payload.get("generation", 0) >= generation \
+                    and known.state is not DeliveryState.FAILED:
+                continue
+            await self._index.put_delivery(
+                Delivery(delivery_id, IAN, study, subscriber, payload, now, now, source), replace=True)
+            log.info("IAN queued", extra={"study_instance_uid": study, "subscriber": subscriber,
+                                          "generation": generation, "instances": len(rows)})
+
+
+def ian_sender(outbound: Outbound, dicom: DicomSettings) -> Sender:
+    """Sends a queued IAN as an N-CREATE to its subscriber."""
+
+    async def send(delivery: Delivery) -> None:
+        remote = dicom.remote_ae(delivery.target_ae)
+        if remote is None:
+            raise DeliveryFailed(f"{delivery.target_ae} is not in dicom.remote_aes")
+        instances = [ian.AvailableInstance(*values) for values in delivery.payload["instances"]]
+        await outbound.availability(remote, ian.notification(delivery.subject, instances, dicom.ae_title))
+
+    return send

@@ -1,0 +1,182 @@
+"""Storage commitment: decide each referenced instance of a transaction, then queue the report.
+
+An instance is committed only if its current version is stored (not quarantined), has the SOP Class the
+requester named, and its object is still there as indexed: by default its bytes are read back and their
+SHA-256 compared (``commitment_verification``). A transaction is decided when every reference has an
+outcome; references not yet stored keep it waiting, until the instance arrives or the deadline passes and
+they are reported as "no such object instance". The decision and its report are written in one index
+transaction, so a worker killed at any point either decides again or finds the report queued.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from datetime import datetime
+from typing import Any
+
+from gateway.dicom import commitment as sc
+from gateway.dicom.commitment import CommitmentRequest, Decision
+from gateway.dicom.outbound import Outbound
+from gateway.errors import DeliveryFailed
+from gateway.index import Commitment, CommitmentItem, Delivery, DeliveryState, Index, InstanceRow, InstanceStatus
+from gateway.metrics import Metrics
+from gateway.objects import ObjectNotFound, ObjectStore
+from gateway.settings import DicomSettings, NotifySettings
+from workers.deliver import Sender
+
+log = logging.getLogger(__name__)
+
+REPORT = "commitment-report"
+_WAITING = -1
+"""An outcome that is not one yet: the instance has not been stored."""
+
+
+def report_id(transaction_uid: str) -> str:
+    return f"{REPORT}:{transaction_uid}"
+
+
+class CommitmentTracker:
+    def __init__(self, index: Index, objects: ObjectStore, settings: NotifySettings, metrics: Metrics,
+                 hasten_stability: bool) -> None:
+        self._index = index
+        self._objects = objects
+        self._settings = settings
+        self._metrics = metrics
+        self._hasten_stability = hasten_stability
+
+    async def requested(self, request: CommitmentRequest, source: dict[str, Any]) -> None:
+        requested_at = datetime.fromisoformat(request.requested_at).timestamp()
+        commitment = Commitment(
+            request.transaction_uid, request.requester_ae, requested_at,
+            requested_at + self._settings.commitment_timeout_seconds,
+            tuple(CommitmentItem(cls, inst) for cls, inst in request.references), source)
+        if not await self._index.add_commitment(commitment):
+            await self._again(commitment)
+            return
+        log.info("commitment tracked", extra={"transaction_uid": request.transaction_uid,
+                                             "references": len(request.references)})
+        await self._evaluate(commitment, final=False)
+
+    async def _again(self, commitment: Commitment) -> None:
+        """The request came again: a bus re-delivery, or a re-drive after its report failed for good."""
+        known = await self._index.commitment(commitment.transaction_uid)
+        assert known is not None
+        if [(i.sop_class_uid, i.sop_instance_uid) for i in known.items] != [
+                (i.sop_class_uid, i.sop_instance_uid) for i in commitment.items]:
+            log.warning("Transaction UID reused with other references; the first request stands",
+                        extra={"transaction_uid": commitment.transaction_uid})
+        for delivery in await self._index.deliveries(commitment.transaction_uid):
+            if delivery.state is DeliveryState.FAILED:
+                await self._index.put_delivery(Delivery(
+                    delivery.delivery_id, delivery.kind, delivery.subject, delivery.target_ae, delivery.payload,
+                    time.time(), time.time(), delivery.source), replace=True)
+                log.info("commitment report queued again", extra={"transaction_uid": commitment.transaction_uid})
+
+    async def instances_changed(self, sop_instance_uids: list[str]) -> None:
+        for transaction_uid in await self._index.commitments_waiting_for(sop_instance_uids):
+            commitment = await self._index.commitment(transaction_uid)
+            if commitment is not None and commitment.decided_at is None:
+                await self._evaluate(commitment, final=False)
+
+    async def sweep(self) -> None:
+        """Decide what the events may have missed, and what ran out of time."""
+        now = time.time()
+        for commitment in await self._index.open_commitments():
+            await self._evaluate(commitment, final=commitment.deadline <= now)
+
+    async def _evaluate(self, commitment: Commitment, final: bool) -> None:
+        decisions: list[CommitmentItem] = []
+        studies: set[str] = set()
+        for item in commitment.items:
+            row = await self._index.current_instance(item.sop_instance_uid)
+            outcome = await self._outcome(item, row)
+            if outcome == _WAITING:
+                if not final:
+                    return
+                outcome = sc.NO_SUCH_OBJECT_INSTANCE
+            if outcome is None and row is not None:
+                studies.add(row.study_instance_uid)
+            decisions.append(CommitmentItem(item.sop_class_uid, item.sop_instance_uid, outcome))
+        now = time.time()
+        report = Delivery(
+            report_id(commitment.transaction_uid), REPORT, commitment.transaction_uid, commitment.requester_ae,
+            {"decisions": [[d.sop_class_uid, d.sop_instance_uid, d.failure_reason] for d in decisions]},
+            now, now, commitment.source)
+        if not await self._index.decide_commitment(commitment.transaction_uid, tuple(decisions), report, now):
+            return
+        failed = sum(1 for d in decisions if d.failure_reason is not None)
+        self._metrics.commitments_decided.labels(str(sc.EVENT_SOME_FAILED if failed else sc.EVENT_ALL_COMMITTED)).inc()
+        log.info("commitment decided", extra={"transaction_uid": commitment.transaction_uid,
+                                             "committed": len(decisions) - failed, "failed": failed,
+                                             "timed_out": final})
+        if self._hasten_stability:
+            for study in studies:
+                await self._index.hasten_stability(study)
+
+    async def _outcome(self, item: CommitmentItem, row: InstanceRow | None) -> int | None:
+        if row is None:
+            return _WAITING
+        if row.sop_class_uid != item.sop_class_uid:
+            return sc.CLASS_INSTANCE_CONFLICT
+        if row.status is not InstanceStatus.STORED:
+            return sc.PROCESSING_FAILURE
+        if not await self._intact(row):
+            log.error("stored object missing or changed; not committed",
+                      extra={"sop_instance_uid": row.sop_instance_uid, "storage_key": row.storage_key})
+            return sc.PROCESSING_FAILURE
+        return None
+
+    async def _intact(self, row: InstanceRow) -> bool:
+        """The object as the index describes it; an unavailable store raises, and the worker retries."""
+        mode = self._settings.commitment_verification
+        if mode == "index":
+            return True
+        if mode == "size":
+            info = await self._objects.stat(row.storage_key)
+            return info is not None and info.size == row.size
+        digest = hashlib.sha256()
+        size = 0
+        head: bytes | None = b""
+        try:
+            stream = await self._objects.read(row.storage_key)
+        except ObjectNotFound:
+            return False
+        try:
+            async for chunk in stream:
+                size += len(chunk)
+                if head is not None:
+                    head += chunk
+                    offset = _data_set_offset(head)
+                    if offset is None:
+                        continue
+                    chunk, head = head[offset:], None
+                digest.update(chunk)
+        finally:
+            await stream.aclose()
+        return size == row.size and digest.hexdigest() == row.sha256
+
+
+def _data_set_offset(head: bytes) -> int | None:
+    """Where the data set starts after the gateway's Part 10 preamble and file meta (whose first element is
+    the group length), the index's ``sha256`` being of the data set as stored; None until enough has arrived."""
+    if len(head) < 144:
+        return None
+    if head[128:132] != b"DICM" or head[132:136] != b"\x02\x00\x00\x00" or head[136:138] != b"UL":
+        return 0
+    return 144 + int.from_bytes(head[140:144], "little")
+
+
+def report_sender(outbound: Outbound, dicom: DicomSettings) -> Sender:
+    """Sends a queued report as an N-EVENT-REPORT to its requester."""
+
+    async def send(delivery: Delivery) -> None:
+        remote = dicom.remote_ae(delivery.target_ae)
+        if remote is None:
+            raise DeliveryFailed(f"{delivery.target_ae} is not in dicom.remote_aes")
+        decided = [Decision(cls, inst, reason) for cls, inst, reason in delivery.payload["decisions"]]
+        event_type, information = sc.report(delivery.subject, decided, dicom.ae_title)
+        await outbound.commitment_report(remote, event_type, information)
+
+    return send

@@ -1,0 +1,96 @@
+"""Sending what a worker queued in the index (commitment reports, IANs, XDS submissions), with retries.
+
+Due deliveries of the kinds this worker sends are claimed with a lease, handed to the sender for their kind,
+and their attempt recorded. ``DeliveryFailed`` is retried with exponential back-off; after the last attempt,
+or at once for ``DeliveryRefused``, the delivery is ``failed`` and a dead-letter entry names it, its reason
+and the bus record it came from, so that ``dicom-gateway dead-letter redrive`` queues it again. A duplicate
+is possible (a worker killed after sending, before recording), a lost delivery is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from gateway.bus import BusError, Producer
+from gateway.dead_letter import entry_value
+from gateway.errors import DeliveryFailed, DeliveryRefused
+from gateway.index import Delivery, DeliveryState, Index
+from gateway.metrics import Metrics
+from gateway.settings import TopicSettings
+
+log = logging.getLogger(__name__)
+
+CONCURRENT_DELIVERIES = 8
+
+Sender = Callable[[Delivery], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    initial_seconds: float
+    max_seconds: float
+    max_attempts: int
+    lease_seconds: float
+    """Longer than one attempt can take, so a live worker's claim never lapses."""
+
+
+class Deliverer:
+    def __init__(self, index: Index, senders: Mapping[str, Sender], producer: Producer, topics: TopicSettings,
+                 retry: RetryPolicy, stage: str, metrics: Metrics) -> None:
+        self._index = index
+        self._senders = dict(senders)
+        self._producer = producer
+        self._topics = topics
+        self._retry = retry
+        self._stage = stage
+        self._metrics = metrics
+
+    async def deliver_due(self) -> int:
+        """Send what is due now; returns how many were attempted."""
+        due = await self._index.claim_deliveries(time.time(), self._retry.lease_seconds, CONCURRENT_DELIVERIES,
+                                                 tuple(self._senders))
+        await asyncio.gather(*(self._attempt(delivery) for delivery in due))
+        return len(due)
+
+    async def _attempt(self, delivery: Delivery) -> None:
+        try:
+            await self._senders[delivery.kind](delivery)
+        except DeliveryFailed as exc:
+            await self._failed(delivery, str(exc), refused=isinstance(exc, DeliveryRefused))
+            return
+        await self._index.finish_attempt(delivery.delivery_id, DeliveryState.DELIVERED, "", 0, time.time())
+        self._metrics.deliveries.labels(delivery.kind, "delivered").inc()
+        log.info("delivered", extra={"delivery_id": delivery.delivery_id, "target": delivery.target_ae,
+                                     "attempts": delivery.attempts + 1})
+
+    async def _failed(self, delivery: Delivery, reason: str, refused: bool) -> None:
+        attempts = delivery.attempts + 1
+        now = time.time()
+        if not refused and attempts < self._retry.max_attempts:
+            delay = min(self._retry.initial_seconds * 2 ** (attempts - 1), self._retry.max_seconds)
+            await self._index.finish_attempt(delivery.delivery_id, DeliveryState.PENDING, reason, now + delay, now)
+            self._metrics.deliveries.labels(delivery.kind, "retry").inc()
+            log.warning("delivery failed, will retry", extra={
+                "delivery_id": delivery.delivery_id, "reason": reason, "attempts": attempts, "retry_in": delay})
+            return
+        source = delivery.source
+        why = reason if refused else f"{reason} (after {attempts} attempts)"
+        value = entry_value(self._stage, why, delivery.delivery_id, delivery.subject, source["topic"],
+                            source["partition"], [source["offset"]])
+        try:
+            await self._producer.publish(self._topics.dead_letter, delivery.subject.encode(), value)
+        except BusError:
+            log.warning("dead-letter topic unavailable; the delivery stays pending",
+                        extra={"delivery_id": delivery.delivery_id})
+            await self._index.finish_attempt(delivery.delivery_id, DeliveryState.PENDING, reason,
+                                             now + self._retry.max_seconds, now)
+            return
+        await self._index.finish_attempt(delivery.delivery_id, DeliveryState.FAILED, why, now, now)
+        self._metrics.deliveries.labels(delivery.kind, "failed").inc()
+        self._metrics.dead_letters.labels(self._stage).inc()
+        log.error("delivery failed for good, dead-lettered", extra={
+            "delivery_id": delivery.delivery_id, "reason": why, "attempts": attempts})

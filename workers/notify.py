@@ -1,0 +1,44 @@
+"""The ``notify`` role: storage-commitment reports and Instance Availability Notifications.
+
+It reads the events topic (consumer group ``dicomgw-notify``): commitment requests from the receiver, instance
+events from the store pool (an awaited instance may have arrived) and study events (stable, or registered).
+Beside the consumer run a sweep that decides transactions the events did not settle (and those past their
+deadline), and the deliverer that sends what is due.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.dicom.commitment import REQUEST_TYPE, CommitmentRequest
+from workers.availability import AvailabilityNotifier
+from workers.commitment import CommitmentTracker
+from workers.deliver import Deliverer
+
+SWEEP_SECONDS = 5.0
+DELIVERY_POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyStage:
+    tracker: CommitmentTracker
+    notifier: AvailabilityNotifier
+    deliverer: Deliverer
+
+    async def handle(self, event: dict[str, Any], source: dict[str, Any]) -> None:
+        kind = event.get("type", "")
+        if kind == REQUEST_TYPE:
+            await self.tracker.requested(CommitmentRequest.from_json(event), source)
+        elif kind.startswith("instance."):
+            await self.tracker.instances_changed([str(event["sop_instance_uid"])])
+        elif kind == self.notifier.trigger:
+            await self.notifier.study_event(event, source)
+
+    def loops(self) -> list[tuple[float, Callable[[], Awaitable[None]]]]:
+        return [(SWEEP_SECONDS, self.tracker.sweep), (DELIVERY_POLL_SECONDS, self._deliver)]
+
+    async def _deliver(self) -> None:
+        while await self.deliverer.deliver_due():
+            pass

@@ -1,0 +1,146 @@
+"""Register: each stable study becomes an XDS-I.b imaging manifest (KOS) in the affinity domain's registry.
+
+On ``study.stable`` a registration of that generation is queued in the index (the same queue, leases, retries
+and dead letters as the notify role's deliveries). Sending it builds the KOS of the study's stored instances,
+wraps it in a RAD-68 Provide and Register Imaging Document Set (MTOM/XOP), and, on Success, records the manifest
+as the study's current one and publishes ``study.registered``. A later generation's manifest replaces the
+current DocumentEntry with an RPLC association. The manifest's UIDs and time are fixed when the registration is
+queued, so a retry sends the same document: a repository that did take the first attempt sees a re-submission
+of the same uniqueId and hash. Transient registry answers are retried; metadata errors are dead-lettered at once
+with the registry's error codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from pydicom.uid import generate_uid
+
+from gateway.bus import Producer
+from gateway.errors import DeliveryFailed, DeliveryRefused
+from gateway.index import Delivery, DeliveryState, Index, Registration
+from gateway.settings import DicomSettings, TopicSettings, XdsSettings
+from gateway.xds.client import XdsClient, XdsPermanent, XdsTransient
+from gateway.xds.manifest import build_manifest, to_part10
+from gateway.xds.metadata import AffinityDomain, MetadataError, build_submission
+from workers.availability import STUDY_REGISTERED, STUDY_STABLE
+from workers.deliver import Deliverer
+
+DELIVERY_POLL_SECONDS = 1.0
+
+log = logging.getLogger(__name__)
+
+REGISTRATION = "xds-registration"
+REPOSITORY = "XDS-REPOSITORY"
+DUPLICATE_UNIQUE_ID = "XDSDuplicateUniqueIdInRegistry"
+
+
+def registration_id(study_instance_uid: str) -> str:
+    return f"{REGISTRATION}:{study_instance_uid}"
+
+
+class Registrar:
+    def __init__(self, index: Index, client: XdsClient, producer: Producer, xds: XdsSettings, dicom: DicomSettings,
+                 topics: TopicSettings, test_environment: bool) -> None:
+        self._index = index
+        self._client = client
+        self._producer = producer
+        self._xds = xds
+        self._dicom = dicom
+        self._topics = topics
+        self._domain = AffinityDomain.load(xds.affinity_domain_file)
+        self._test_environment = test_environment
+
+    async def study_stable(self, event: dict[str, Any], source: dict[str, Any]) -> None:
+        """Queue the registration of this generation, unless it is queued or done already."""
+        study = event["study_instance_uid"]
+        generation = int(event.get("generation", 1))
+        known = next((d for d in await self._index.deliveries(study) if d.delivery_id == registration_id(study)), None)
+        if known is not None and known.payload["generation"] >= generation and known.state is not DeliveryState.FAILED:
+            return
+        now = time.time()
+        payload = {"generation": generation, "document_unique_id": generate_uid(),
+                   "entry_uuid": f"urn:uuid:{uuid.uuid4()}", "submission_set_uuid": f"urn:uuid:{uuid.uuid4()}",
+                   "submission_set_unique_id": generate_uid(), "prepared_at": now}
+        await self._index.put_delivery(Delivery(registration_id(study), REGISTRATION, study, REPOSITORY, payload,
+                                                now, now, source), replace=True)
+        log.info("registration queued", extra={"study_instance_uid": study, "generation": generation})
+
+    async def send(self, delivery: Delivery) -> None:
+        study, payload = delivery.subject, delivery.payload
+        rows = await self._index.study_instances(study)
+        if not rows:
+            log.info("nothing stored in the study; nothing to register", extra={"study_instance_uid": study})
+            return
+        registrations = await self._index.registrations(study)
+        current = next((r for r in registrations if r.current), None)
+        if current is not None and current.generation >= payload["generation"]:
+            return
+        prepared_at = datetime.fromtimestamp(payload["prepared_at"], UTC)
+        try:
+            manifest = build_manifest(
+                rows, retrieve_ae_title=self._dicom.ae_title, retrieve_location_uid=self._xds.retrieve_location_uid,
+                institution_name=self._xds.organization_name, now=prepared_at,
+                sop_instance_uid=payload["document_unique_id"])
+            document = to_part10(manifest)
+            submission = build_submission(
+                manifest, document, rows, domain=self._domain,
+                source_id=self._xds.source_id or self._xds.organization_oid,
+                organization_oid=self._xds.organization_oid, organization_name=self._xds.organization_name,
+                replaces_entry_uuid=current.entry_uuid if current else None, now=prepared_at,
+                document_entry_uuid=payload["entry_uuid"], submission_set_uuid=payload["submission_set_uuid"],
+                submission_set_unique_id=payload["submission_set_unique_id"],
+                test_environment=self._test_environment)
+        except (MetadataError, ValueError) as exc:
+            raise DeliveryRefused(f"the study cannot be described for XDS: {exc}") from exc
+        try:
+            await self._client.provide_and_register(submission)
+        except XdsTransient as exc:
+            raise DeliveryFailed(f"registry: {exc} {list(exc.codes)}") from exc
+        except XdsPermanent as exc:
+            if not (DUPLICATE_UNIQUE_ID in exc.codes and delivery.attempts and await self._registered(submission)):
+                raise DeliveryRefused(f"registry refused the submission: {list(exc.codes)} {exc}") from exc
+        registration = Registration(study, payload["generation"], submission.unique_id, submission.document_entry_uuid,
+                                    submission.submission_set_unique_id, len(rows), time.time(),
+                                    current.entry_uuid if current else None)
+        await self._index.record_registration(registration)
+        event = {"type": STUDY_REGISTERED, "study_instance_uid": study, "generation": payload["generation"],
+                 "document_unique_id": submission.unique_id, "entry_uuid": submission.document_entry_uuid}
+        await self._producer.publish(self._topics.events, study.encode(), orjson.dumps(event))
+        log.info("study registered", extra={"study_instance_uid": study, "generation": payload["generation"],
+                                            "document_unique_id": submission.unique_id,
+                                            "replaces": registration.replaces_entry_uuid})
+
+    async def _registered(self, submission: Any) -> bool:
+        """After a lost answer, the registry may hold our first attempt: then the entry with our uniqueId is ours."""
+        if not self._xds.registry_url:
+            return False
+        try:
+            found = await self._client.get_documents(unique_ids=[submission.unique_id])
+        except (XdsTransient, XdsPermanent):
+            return False
+        return any(entry.entry_uuid == submission.document_entry_uuid for entry in found)
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterStage:
+    registrar: Registrar
+    deliverer: Deliverer
+
+    async def handle(self, event: dict[str, Any], source: dict[str, Any]) -> None:
+        if event.get("type") == STUDY_STABLE:
+            await self.registrar.study_stable(event, source)
+
+    def loops(self) -> list[tuple[float, Callable[[], Awaitable[None]]]]:
+        return [(DELIVERY_POLL_SECONDS, self._deliver)]
+
+    async def _deliver(self) -> None:
+        while await self.deliverer.deliver_due():
+            pass

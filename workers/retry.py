@@ -1,0 +1,80 @@
+"""What a worker does when a service it needs is down: leave the group, back off, join again; and the shape
+every worker role shares (one task, drained on stop)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Self
+
+from gateway.bus import BusError
+from gateway.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class Unavailable(Exception):
+    """A service the stage needs is down; the work is retried later, from its first record."""
+
+
+RETRIABLE = (Unavailable, BusError, OSError)
+"""A service is down: back off and retry. Anything else is about the work item itself."""
+
+
+async def with_backoff(stage: str, consume: Callable[[], Awaitable[None]], stopping: asyncio.Event,
+                       retry_max_seconds: float, metrics: Metrics) -> None:
+    """Run ``consume`` until it returns or ``stopping`` is set, backing off exponentially while it fails
+    on an unavailable service, so nothing busy-loops during an outage."""
+    backoff = 1.0
+    while not stopping.is_set():
+        try:
+            await consume()
+            return
+        except RETRIABLE as exc:
+            metrics.stage_retries.labels(stage).inc()
+            log.warning("stage paused: a service is unavailable",
+                        extra={"stage": stage, "error": str(exc), "retry_in": backoff})
+            try:
+                await asyncio.wait_for(stopping.wait(), backoff)
+            except TimeoutError:
+                pass
+            backoff = min(backoff * 2, retry_max_seconds)
+
+
+class WorkerRole:
+    """A worker role as the runtime sees it: its work runs in one task, backing off while a service is down;
+    stopping lets in-flight work finish for ``drain_timeout`` seconds, then cancels it."""
+
+    name = "worker"
+
+    def __init__(self, metrics: Metrics, retry_max_seconds: float, drain_timeout: float) -> None:
+        self._metrics = metrics
+        self._retry_max = retry_max_seconds
+        self._drain_timeout = drain_timeout
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _consume(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(
+            with_backoff(self.name, self._consume, self._stopping, self._retry_max, self._metrics),
+            name=f"{self.name}-pool")
+        return self
+
+    async def wait(self) -> None:
+        assert self._task is not None
+        await asyncio.shield(self._task)
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self._stopping.set()
+        assert self._task is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), self._drain_timeout)
+        except TimeoutError:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
