@@ -5,6 +5,7 @@ pynetdicom peers as the requester (which receives the N-EVENT-REPORT on a new as
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -33,10 +34,12 @@ from gateway.index import DeliveryState
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from tests.component.test_commitment_receiver import action_information
+from tests.component.test_receiver_tls import pki
 from tests.conftest import dcmtk
 from tests.helpers import free_port, run
 
 CT = Path(get_testdata_file("CT_small.dcm"))  # type: ignore[arg-type]
+__all__ = ["pki"]
 
 
 @dataclass
@@ -48,6 +51,7 @@ class Peer:
     reports: list[tuple[int, Dataset]] = field(default_factory=list)
     notifications: list[Dataset] = field(default_factory=list)
     received: threading.Event = field(default_factory=threading.Event)
+    tls: ssl.SSLContext | None = None
 
     @contextmanager
     def listening(self) -> Iterator[None]:
@@ -65,7 +69,7 @@ class Peer:
             self.received.set()
             return 0x0000, event.attribute_list
 
-        server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=[
+        server = ae.start_server(("127.0.0.1", self.port), block=False, ssl_context=self.tls, evt_handlers=[
             (evt.EVT_N_EVENT_REPORT, report), (evt.EVT_N_CREATE, created)])
         try:
             yield
@@ -78,7 +82,7 @@ class Peer:
                 await asyncio.sleep(0.05)
 
     def remote(self) -> dict[str, Any]:
-        return {"ae_title": self.ae_title, "host": "127.0.0.1", "port": self.port}
+        return {"ae_title": self.ae_title, "host": "127.0.0.1", "port": self.port, "tls": self.tls is not None}
 
 
 @dataclass
@@ -351,3 +355,21 @@ def _quiet_pynetdicom() -> None:
     import logging
 
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+async def test_reports_go_over_dicom_tls_with_the_gateways_certificate(tmp_path: Path, pki: Path) -> None:
+    """A requester that demands TLS with client certificates from its CA gets its report that way."""
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki / "ca.pem"))
+    tls.load_cert_chain(str(pki / "server.pem"), str(pki / "server.key"))
+    tls.verify_mode = ssl.CERT_REQUIRED
+    modality = Peer("MODALITY1", tls=tls)
+    instances = copies(tmp_path, 1)
+    gateway_tls = {"port": free_port(), "cert_file": str(pki / "client.pem"), "key_file": str(pki / "client.key"),
+                   "ca_file": str(pki / "ca.pem")}
+    with modality.listening():
+        async with running(tmp_path, dicom={"remote_aes": [modality.remote()], "tls": gateway_tls}) as gateway:
+            await gateway.store(*(path for path, _ in instances))
+            await gateway.request_commitment(references([d for _, d in instances]))
+            await modality.wait(1)
+    [(event_type, _)] = modality.reports
+    assert event_type == commitment.EVENT_ALL_COMMITTED
