@@ -81,10 +81,11 @@ class CommitmentTracker:
                 await self._evaluate(commitment, final=False)
 
     async def sweep(self) -> None:
-        """Decide what the events may have missed, and what ran out of time."""
-        now = time.time()
-        for commitment in await self._index.open_commitments():
-            await self._evaluate(commitment, final=commitment.deadline <= now)
+        """Decide the transactions whose time ran out. The others need no polling: each is evaluated once it is
+        recorded, and again on every event of an instance it references (both after the index has it)."""
+        while expired := await self._index.expired_commitments(time.time()):
+            for commitment in expired:
+                await self._evaluate(commitment, final=True)
 
     async def _evaluate(self, commitment: Commitment, final: bool) -> None:
         decisions: list[CommitmentItem] = []

@@ -2,8 +2,8 @@
 
 It reads the events topic (consumer group ``dicomgw-notify``): commitment requests from the receiver, instance
 events from the store pool (an awaited instance may have arrived) and study events (stable, or registered).
-Beside the consumer run a sweep that decides transactions the events did not settle (and those past their
-deadline), and the deliverer that sends what is due.
+Beside the consumer run a sweep that decides the transactions past their deadline, and the deliverer that
+sends what is due.
 """
 
 from __future__ import annotations

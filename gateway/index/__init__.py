@@ -240,8 +240,8 @@ class Index(Protocol):
 
     async def commitment(self, transaction_uid: str) -> Commitment | None: ...
 
-    async def open_commitments(self, limit: int = 1000) -> list[Commitment]:
-        """Transactions not yet decided, earliest deadline first."""
+    async def expired_commitments(self, now: float, limit: int = 100) -> list[Commitment]:
+        """Transactions not yet decided whose deadline has passed by ``now``, earliest first."""
 
     async def commitments_waiting_for(self, sop_instance_uids: list[str]) -> list[str]:
         """Transaction UIDs of undecided transactions that reference any of the instances."""

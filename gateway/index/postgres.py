@@ -208,10 +208,10 @@ class PostgresIndex:
             row = await connection.fetchrow(workflow.COMMITMENT, transaction_uid)
             return None if row is None else await self._commitment(connection, row)
 
-    async def open_commitments(self, limit: int = 1000) -> list[Commitment]:
+    async def expired_commitments(self, now: float, limit: int = 100) -> list[Commitment]:
         async with self._pool.acquire() as connection:
             return [await self._commitment(connection, row)
-                    for row in await connection.fetch(workflow.OPEN_COMMITMENTS, limit)]
+                    for row in await connection.fetch(workflow.EXPIRED_COMMITMENTS, now, limit)]
 
     async def commitments_waiting_for(self, sop_instance_uids: list[str]) -> list[str]:
         found: set[str] = set()

@@ -298,9 +298,9 @@ class SqliteIndex:
 
         return await self._run(query)
 
-    async def open_commitments(self, limit: int = 1000) -> list[Commitment]:
+    async def expired_commitments(self, now: float, limit: int = 100) -> list[Commitment]:
         def query() -> list[Commitment]:
-            rows = self._db.execute(workflow.sqlite(workflow.OPEN_COMMITMENTS), (limit,)).fetchall()
+            rows = self._db.execute(workflow.sqlite(workflow.EXPIRED_COMMITMENTS), (now, limit)).fetchall()
             return [self._commitment(row) for row in rows]
 
         return await self._run(query)

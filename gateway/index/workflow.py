@@ -33,8 +33,8 @@ INSERT_ITEM = """INSERT INTO commitment_items (transaction_uid, position, sop_cl
 VALUES ($1, $2, $3, $4)"""
 COMMITMENT = ("SELECT transaction_uid, requester_ae, requested_at, deadline, source, decided_at FROM commitments "
               "WHERE transaction_uid = $1")
-OPEN_COMMITMENTS = ("SELECT transaction_uid, requester_ae, requested_at, deadline, source, decided_at "
-                    "FROM commitments WHERE decided_at IS NULL ORDER BY deadline LIMIT $1")
+EXPIRED_COMMITMENTS = ("SELECT transaction_uid, requester_ae, requested_at, deadline, source, decided_at "
+                       "FROM commitments WHERE decided_at IS NULL AND deadline <= $1 ORDER BY deadline LIMIT $2")
 ITEMS = ("SELECT sop_class_uid, sop_instance_uid, failure_reason FROM commitment_items "
          "WHERE transaction_uid = $1 ORDER BY position")
 DECIDE = "UPDATE commitments SET decided_at = $2 WHERE transaction_uid = $1 AND decided_at IS NULL"

@@ -85,7 +85,9 @@ async def test_a_commitment_is_recorded_once_and_reads_back(index: Index) -> Non
     assert not await index.add_commitment(replace(commitment, requester_ae="OTHER"))
     assert await index.commitment(commitment.transaction_uid) == commitment
     assert await index.commitment(new_uid()) is None
-    assert [c.transaction_uid for c in await index.open_commitments()] == [commitment.transaction_uid]
+    assert await index.expired_commitments(commitment.deadline - 1) == []
+    assert [c.transaction_uid for c in await index.expired_commitments(commitment.deadline)] == [
+        commitment.transaction_uid]
 
 
 async def test_waiting_commitments_are_found_by_their_instances(index: Index) -> None:
@@ -109,7 +111,7 @@ async def test_deciding_records_outcomes_and_queues_the_report_atomically(index:
 
     stored = await index.commitment(commitment.transaction_uid)
     assert stored is not None and stored.items == decided and stored.decided_at == now
-    assert await index.open_commitments() == []
+    assert await index.expired_commitments(commitment.deadline + 1) == []
     assert await index.commitments_waiting_for([commitment.items[0].sop_instance_uid]) == []
     assert await index.deliveries(commitment.transaction_uid) == [report]
 
