@@ -50,11 +50,20 @@ class Deliverer:
         self._metrics = metrics
 
     async def deliver_due(self) -> int:
-        """Send what is due now; returns how many were attempted."""
+        """Send what is due now; returns how many were attempted. Targets are served side by side, but one
+        target's deliveries one after the other: a modality accepts few associations at once, and would
+        refuse the rest."""
         due = await self._index.claim_deliveries(time.time(), self._retry.lease_seconds, CONCURRENT_DELIVERIES,
                                                  tuple(self._senders))
-        await asyncio.gather(*(self._attempt(delivery) for delivery in due))
+        by_target: dict[str, list[Delivery]] = {}
+        for delivery in due:
+            by_target.setdefault(delivery.target_ae, []).append(delivery)
+        await asyncio.gather(*(self._attempt_in_turn(deliveries) for deliveries in by_target.values()))
         return len(due)
+
+    async def _attempt_in_turn(self, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            await self._attempt(delivery)
 
     async def _attempt(self, delivery: Delivery) -> None:
         try:

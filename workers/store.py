@@ -58,9 +58,10 @@ UNREADABLE_HEADER = "DICOM-HEADER-UNREADABLE"
 
 
 def object_key(header: InstanceHeader, quarantined: bool) -> str:
-    """One object per received instance: re-deliveries of one receive overwrite it, versions sit side by side."""
-    key = (f"studies/{header.study_instance_uid}/series/{header.series_instance_uid}/instances/"
-           f"{header.sop_instance_uid}/{header.instance_id}.dcm")
+    """One object per received instance: re-deliveries of one receive overwrite it, versions sit side by side.
+    A UID the instance lacks (it is then quarantined) is written as ``-``, so the key stays valid."""
+    key = (f"studies/{header.study_instance_uid or '-'}/series/{header.series_instance_uid or '-'}/instances/"
+           f"{header.sop_instance_uid or '-'}/{header.instance_id}.dcm")
     return f"quarantine/{key}" if quarantined else key
 
 

@@ -9,7 +9,6 @@ that role with SCP/SCU Role Selection (PS3.7 D.3.3.4).
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 from dataclasses import dataclass
 
@@ -64,16 +63,14 @@ class Outbound:
         extended = [build_role(sop_class, scu_role=False, scp_role=True)] if scp_role else []
         tls = (self._tls_context(), remote.host) if remote.tls else None
         try:
-            # pynetdicom leaks its socket when the connection is refused; an unreachable peer is the common
-            # failure here (a modality switched off), so find that out with a socket we close ourselves
-            socket.create_connection((remote.host, remote.port), timeout=self.timeout).close()
             association = ae.associate(remote.host, remote.port, ae_title=remote.ae_title, ext_neg=extended,
                                        tls_args=tls)
         except OSError as exc:
             raise DeliveryFailed(f"cannot connect to {remote.ae_title} at {remote.host}:{remote.port}: {exc}") from exc
         if not association.is_established:
-            outcome = "rejected" if association.is_rejected else "aborted" if association.is_aborted else "failed"
-            raise DeliveryFailed(f"association with {remote.ae_title} at {remote.host}:{remote.port} {outcome}")
+            outcome = ("rejected the association" if association.is_rejected
+                       else "unreachable, or it aborted the association")
+            raise DeliveryFailed(f"{remote.ae_title} at {remote.host}:{remote.port}: {outcome}")
         context = next((cx for cx in association.accepted_contexts if cx.abstract_syntax == sop_class), None)
         if context is None or (scp_role and not context.as_scp):
             _end(association)

@@ -31,7 +31,7 @@ WORKER_ROLES = ("store", "register", "notify")
 # Worker roles values.yaml enables; register is off until an XDS repository is configured.
 ENABLED_WORKER_ROLES = ("store", "notify")
 OPTIONAL_ROLES = ("register",)
-SPLIT_ROLES = ("receiver", *ENABLED_WORKER_ROLES)
+SPLIT_ROLES = ("receiver", *ENABLED_WORKER_ROLES, "api")
 ENABLE_OPTIONAL_ROLES = tuple(f"{role}.enabled=true" for role in OPTIONAL_ROLES)
 SECRET_SETTINGS = {
     "GATEWAY_S3__ACCESS_KEY",
@@ -269,7 +269,7 @@ def test_every_rendered_role_is_one_the_gateway_runs(value_set: str) -> None:
             assert roles == [component(deployments[name])], name
     if future and any(component(d) != "single" for d in deployments.values()):
         split_roles = {role for roles in rendered.values() for role in roles}
-        assert split_roles == {"receiver", *ENABLED_WORKER_ROLES, *future}, "explicitly enabled roles get Deployments"
+        assert split_roles == {*SPLIT_ROLES, *future}, "explicitly enabled roles get Deployments"
         pdbs = {component(m) for m in of_kind(manifests, "PodDisruptionBudget").values()}
         autoscaled = {component(m) for kind in ("HorizontalPodAutoscaler", "ScaledObject") for m in of_kind(manifests, kind).values()}
         assert set(future) <= pdbs and set(future) <= autoscaled
@@ -335,8 +335,9 @@ def test_keda_scaled_objects_only_when_enabled() -> None:
     assert groups == ["dicomgw-notify", "dicomgw-store"]
     single = render(BACKENDS, "single.keda.enabled=true", *ENABLE_OPTIONAL_ROLES)
     (scaled,) = of_kind(single, "ScaledObject").values()
-    groups = sorted(t["metadata"]["consumerGroup"] for t in scaled["spec"]["triggers"])
-    assert groups == ["dicomgw-notify", "dicomgw-register", "dicomgw-store"]
+    topics = {t["metadata"]["consumerGroup"]: t["metadata"]["topic"] for t in scaled["spec"]["triggers"]}
+    assert topics == {"dicomgw-store": "dicomgw.instances", "dicomgw-register": "dicomgw.events",
+                      "dicomgw-notify": "dicomgw.events"}, "each group's lag is measured on the topic it reads"
     assert "enable at least one" in render_error(BACKENDS, "single.keda.enabled=true", "store.enabled=false",
                                                  "notify.enabled=false")
 
@@ -396,7 +397,7 @@ def test_every_value_is_documented_and_in_the_schema() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     schema = json.loads((CHART / "values.schema.json").read_text())
     readme = (CHART / "README.md").read_text()
-    roles = {"single", "receiver", *WORKER_ROLES}
+    roles = {"single", "receiver", "api", *WORKER_ROLES}
     for path in _leaf_paths(values):
         doc_path = ("<role>", *path[1:]) if path[0] in roles else path
         prefixes = [".".join(doc_path[:n]) for n in range(len(doc_path), 0, -1)]

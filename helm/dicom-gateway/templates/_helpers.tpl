@@ -36,9 +36,10 @@ release whose image can run it.
 {{- join " " $enabled }}
 {{- end }}
 
-{{/* Roles deployed in the configured mode, space separated: single, or the receiver and the enabled worker roles. */}}
+{{/* Roles deployed in the configured mode, space separated: single, or the receiver, the enabled worker roles
+and the api. */}}
 {{- define "dicom-gateway.components" -}}
-{{- if eq .Values.mode "single" }}single{{ else }}{{ list "receiver" (include "dicom-gateway.workerRoles" .) | compact | join " " }}{{ end }}
+{{- if eq .Values.mode "single" }}single{{ else }}{{ list "receiver" (include "dicom-gateway.workerRoles" .) (ternary "api" "" .Values.api.enabled) | compact | join " " }}{{ end }}
 {{- end }}
 
 {{/* Object name of a role: the full name in single mode, <fullname>-<role> in split mode. */}}
