@@ -1,11 +1,14 @@
-"""Load benchmark: the gateway against Orthanc, pynetdicom and dcmtk on this machine, in one run.
+"""Load benchmark: the gateway against Orthanc, pynetdicom, dcmtk and a raw TCP ceiling on this machine.
 
-    python -m benchmarks.run --profile smoke|quick|full [--targets a,b] [--out DIR]
+    python -m benchmarks.run --profile smoke|quick|full [--targets a,b] [--datasets ct,tiny] [--out DIR]
 
-Senders are dcmtk ``storescu`` processes, one per association, all started together; a run's time is from
-the first start to the last exit. Runs of different targets are interleaved and repeated; the report gives
-the median with min and max, and ratios of the gateway to each peer, as a markdown table, JSON and PNG plots.
-Absolute numbers on a shared machine are noise: read the ratios.
+Every target gets the same sender (``benchmarks.scu``, one process, N associations) and the same instances,
+each sent with fresh UIDs so that no receiver can skip one as already stored. Runs of different targets are
+interleaved and repeated; the report gives the median with min and max, C-STORE latency percentiles
+measured at the sender, the target's CPU-seconds per GB and peak RSS, and the ratios of the gateway to each
+peer, as a markdown table, JSON and PNG plots. The quick and full profiles then run the end-to-end
+measurement (``benchmarks.end_to_end``) against real Kafka, S3 and PostgreSQL. Absolute numbers on a
+shared machine are noise: read the ratios.
 """
 
 from __future__ import annotations
@@ -13,40 +16,64 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from benchmarks.datasets import KINDS, generate
-from benchmarks.targets import DCMTK_ENV, Target, make_targets
+from benchmarks import end_to_end, services
+from benchmarks.datasets import dataset
+from benchmarks.proc import cpu_and_rss
+from benchmarks.targets import Target, make_targets
 
-STORESCU = "/usr/bin/storescu"
 ROOT = Path(__file__).resolve().parent.parent
 
+
+@dataclass(frozen=True)
+class Profile:
+    datasets: dict[str, int]
+    """Dataset name -> instances per run (files on disk are cycled when there are fewer)."""
+    concurrency: tuple[int, ...]
+    repeats: int
+    end_to_end_seconds: float
+    """0: no end-to-end run."""
+
+
 PROFILES = {
-    "smoke": {"kinds": {"ct": 8, "tiny": 16}, "concurrency": [1, 2], "repeats": 1},
-    "quick": {"kinds": {"ct": 400, "tiny": 800}, "concurrency": [1, 4], "repeats": 3},
-    "full": {"kinds": {"ct": 2000, "tiny": 4000, "mammo": 40}, "concurrency": [1, 4, 16], "repeats": 5},
+    "smoke": Profile({"ct": 8, "tiny": 16}, (1, 4), 1, 0),
+    "quick": Profile({"ct": 200, "tiny": 400, "mammo": 16, "district": 100}, (1, 4, 16), 3, 90),
+    "full": Profile({"ct": 2000, "tiny": 4000, "mammo": 48, "district": 1000}, (1, 4, 16), 5, 600),
 }
+FILES_ON_DISK = {"ct": 400, "tiny": 800, "mammo": 8, "district": 200}
+"""Distinct files generated per dataset; runs cycle through them with fresh UIDs."""
 DEFAULT_TARGETS = ["gateway-embedded", "gateway-kafka", "gateway-kafka-2p", "orthanc", "pynetdicom", "storescp-disk",
-                   "storescp-ignore"]
-"""gateway-*: the receiver role alone (ingest into the bus); -2p: two receiver processes on one port."""
+                   "storescp-ignore", "tcp-loopback"]
+"""gateway-*: the receiver role alone (ingest into the bus; Success = durable there); -2p: two receiver
+processes on one port. storescp-ignore and tcp-loopback are ceilings, not competitors."""
+PEERS = ["orthanc", "storescp-disk", "pynetdicom", "storescp-ignore", "tcp-loopback"]
 
 
 @dataclass
 class Run:
     target: str
-    kind: str
+    dataset: str
     concurrency: int
     instances: int
     megabytes: float
     seconds: float
     cpu_seconds: float
     peak_rss_mb: float
+    sender_cpu_seconds: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
 
     @property
     def per_second(self) -> float:
@@ -57,174 +84,228 @@ class Run:
         return self.megabytes / self.seconds
 
 
-def _tree(pid: int) -> list[int]:
-    pids = [pid]
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            pids += _tree(int(child))
-    return pids
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
 
 
-def cpu_and_rss(pid: int) -> tuple[float, float]:
-    """CPU seconds (user + system) and summed peak RSS in MiB of a process and all its descendants."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu = rss = 0.0
-    for member in _tree(pid):
-        try:
-            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
-            cpu += sum(int(value) for value in fields[11:13]) / ticks
-            for line in Path(f"/proc/{member}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    rss += int(line.split()[1]) / 1024
-        except FileNotFoundError:
-            continue
-    return cpu, rss
+def send(target: Target, files: Path, count: int, concurrency: int, work: Path) -> dict[str, Any]:
+    """One run of the sender process; raises when any C-STORE failed, since a refused instance is not ingest."""
+    out = work / "sender.json"
+    argv = [sys.executable, "-m", "benchmarks.scu", "--port", str(target.port), "--aec", target.ae_title,
+            "--concurrency", str(concurrency), "--files", str(files), "--count", str(count), "--unique",
+            "--out", str(out)]
+    subprocess.run([*argv, *(["--raw"] if target.raw else [])], check=True, timeout=3600)
+    result: dict[str, Any] = json.loads(out.read_text())
+    failed = {status: n for status, n in result["statuses"].items() if status != "0x0000"}
+    if result["errors"] or failed:
+        raise RuntimeError(f"{target.name}: {result['errors'][:1]} statuses {failed}")
+    return result
 
 
-def send(target: Target, files: list[Path], concurrency: int) -> float:
-    shares = [files[i::concurrency] for i in range(concurrency)]
-    started = time.perf_counter()
-    senders = [
-        subprocess.Popen([STORESCU, "-aec", target.ae_title, "127.0.0.1", str(target.port), *map(str, share)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **DCMTK_ENV})
-        for share in shares
-    ]
-    failures = []
-    for sender in senders:
-        _, err = sender.communicate(timeout=3600)
-        if sender.returncode != 0:
-            failures.append(err.decode(errors="replace")[-500:])
-    elapsed = time.perf_counter() - started
-    if failures:
-        raise RuntimeError(f"{target.name}: storescu failed: {failures[0]}")
-    return elapsed
-
-
-def measure(target: Target, kind: str, files: list[Path], concurrency: int) -> Run:
+def measure(target: Target, name: str, files: Path, count: int, concurrency: int, work: Path) -> Run:
     assert target.process is not None
     cpu_before, _ = cpu_and_rss(target.process.pid)
-    seconds = send(target, files, concurrency)
+    result = send(target, files, count, concurrency, work)
     cpu_after, rss = cpu_and_rss(target.process.pid)
-    megabytes = sum(path.stat().st_size for path in files) / 1e6
     if not target.name.startswith("gateway"):
         target.clear()
-    return Run(target.name, kind, concurrency, len(files), megabytes, seconds, cpu_after - cpu_before, rss)
+    latency = result["latency_ms"]
+    return Run(target.name, name, concurrency, result["instances"], result["bytes"] / 1e6, result["elapsed"],
+               cpu_after - cpu_before, rss, result["cpu_seconds"], percentile(latency, 0.5),
+               percentile(latency, 0.99), max(latency))
 
 
-def summarise(runs: list[Run]) -> list[dict[str, object]]:
+def summarise(runs: list[Run]) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str, int], list[Run]] = {}
     for run in runs:
-        groups.setdefault((run.kind, run.target, run.concurrency), []).append(run)
+        groups.setdefault((run.dataset, run.target, run.concurrency), []).append(run)
     rows = []
-    for (kind, target, concurrency), group in sorted(groups.items()):
+    for (name, target, concurrency), group in sorted(groups.items()):
         rates = [r.per_second for r in group]
         rows.append({
-            "kind": kind, "target": target, "concurrency": concurrency, "repeats": len(group),
+            "dataset": name, "target": target, "concurrency": concurrency, "repeats": len(group),
             "instances_per_s": statistics.median(rates), "min": min(rates), "max": max(rates),
             "mb_per_s": statistics.median(r.mb_per_second for r in group),
+            "p50_ms": statistics.median(r.p50_ms for r in group),
+            "p99_ms": statistics.median(r.p99_ms for r in group),
             "cpu_s_per_gb": statistics.median(r.cpu_seconds / (r.megabytes / 1000) for r in group),
             "peak_rss_mb": max(r.peak_rss_mb for r in group),
+            "sender_cpu_s_per_gb": statistics.median(r.sender_cpu_seconds / (r.megabytes / 1000) for r in group),
         })
     return rows
 
 
-def ratios(rows: list[dict[str, object]]) -> list[dict[str, object]]:
-    by_key = {(r["kind"], r["target"], r["concurrency"]): r for r in rows}
+def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_key = {(r["dataset"], r["target"], r["concurrency"]): r for r in rows}
     result = []
-    for (kind, target, concurrency), row in by_key.items():
-        if not str(target).startswith("gateway"):
+    for (name, target, concurrency), row in sorted(by_key.items()):
+        if not target.startswith("gateway"):
             continue
-        for peer in ("orthanc", "pynetdicom", "storescp-disk", "storescp-ignore"):
-            other = by_key.get((kind, peer, concurrency))
+        for peer in PEERS:
+            other = by_key.get((name, peer, concurrency))
             if other:
-                result.append({"kind": kind, "gateway": target, "peer": peer, "concurrency": concurrency,
-                               "ratio": float(row["instances_per_s"]) / float(other["instances_per_s"])})  # type: ignore[arg-type]
+                result.append({"dataset": name, "gateway": target, "peer": peer, "concurrency": concurrency,
+                               "ratio": row["instances_per_s"] / other["instances_per_s"]})
     return result
 
 
-def markdown(rows: list[dict[str, object]], ratio_rows: list[dict[str, object]], header: str) -> str:
-    lines = [header, "", "| kind | target | assoc | instances/s (median) | min–max | MB/s | CPU s/GB | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|"]
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    memory = int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024
+    return f"{model}, {os.cpu_count()} cores, {memory:.0f} GiB, {platform.system()} {platform.release()}"
+
+
+def markdown(rows: list[dict[str, Any]], ratio_rows: list[dict[str, Any]], header: str) -> str:
+    lines = [header, "",
+             "| dataset | target | assoc | instances/s (median) | min–max | MB/s | C-STORE p50 ms | p99 ms | "
+             "CPU s/GB | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['kind']} | {r['target']} | {r['concurrency']} | {r['instances_per_s']:.0f} | "
-                     f"{r['min']:.0f}–{r['max']:.0f} | {r['mb_per_s']:.0f} | {r['cpu_s_per_gb']:.1f} | "
-                     f"{r['peak_rss_mb']:.0f} |")
-    lines += ["", "| kind | gateway | peer | assoc | gateway / peer |", "|---|---|---|---|---|"]
-    for r in sorted(ratio_rows, key=lambda r: (str(r["kind"]), str(r["gateway"]), str(r["peer"]), int(r["concurrency"]))):  # type: ignore[call-overload]
-        lines.append(f"| {r['kind']} | {r['gateway']} | {r['peer']} | {r['concurrency']} | {r['ratio']:.2f} |")
+        lines.append(f"| {r['dataset']} | {r['target']} | {r['concurrency']} | {r['instances_per_s']:.0f} | "
+                     f"{r['min']:.0f}–{r['max']:.0f} | {r['mb_per_s']:.0f} | {r['p50_ms']:.2f} | "
+                     f"{r['p99_ms']:.2f} | {r['cpu_s_per_gb']:.1f} | {r['peak_rss_mb']:.0f} |")
+    gateways = sorted({r["gateway"] for r in ratio_rows})
+    peers = [p for p in PEERS if any(r["peer"] == p for r in ratio_rows)]
+    if gateways and peers:
+        lines += ["", "Throughput ratios, gateway / peer (instances/s medians; above 1: the gateway is faster):", "",
+                  "| dataset | assoc | " + " | ".join(f"{g.removeprefix('gateway-')} / {p}" for g in gateways
+                                                      for p in peers) + " |",
+                  "|---|---|" + "---|" * (len(gateways) * len(peers))]
+        by_key = {(r["dataset"], r["concurrency"], r["gateway"], r["peer"]): r["ratio"] for r in ratio_rows}
+        for name, concurrency in sorted({(r["dataset"], r["concurrency"]) for r in ratio_rows}):
+            cells = [by_key.get((name, concurrency, g, p)) for g in gateways for p in peers]
+            lines.append(f"| {name} | {concurrency} | " + " | ".join("" if c is None else f"{c:.2f}" for c in cells)
+                         + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict[str, object]], out: Path) -> None:
+def plot(rows: list[dict[str, Any]], out: Path) -> None:
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib not installed: no plots (pip install matplotlib)", file=sys.stderr)
+        print("matplotlib not installed: no plots (pip install -e '.[bench]')", file=sys.stderr)
         return
-    for kind in sorted({str(r["kind"]) for r in rows}):
+    for name in sorted({r["dataset"] for r in rows}):
+        mine = [r for r in rows if r["dataset"] == name]
+        targets = sorted({r["target"] for r in mine})
         figure, axis = plt.subplots(figsize=(7, 4))
-        for target in sorted({str(r["target"]) for r in rows if r["kind"] == kind}):
-            points = sorted((int(r["concurrency"]), float(r["instances_per_s"]))  # type: ignore[arg-type]
-                            for r in rows if r["kind"] == kind and r["target"] == target)
-            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=target)
-        axis.set_xlabel("concurrent associations")
-        axis.set_ylabel("instances/s")
+        for target in targets:
+            points = sorted((r["concurrency"], r["instances_per_s"], r["min"], r["max"])
+                            for r in mine if r["target"] == target)
+            axis.errorbar([p[0] for p in points], [p[1] for p in points], marker="o", label=target, capsize=3,
+                          yerr=[[p[1] - p[2] for p in points], [p[3] - p[1] for p in points]])
+        axis.set(xlabel="concurrent associations", ylabel="instances/s", xscale="log", yscale="log",
+                 title=f"{name}: throughput vs concurrency (median, min–max)")
         axis.set_xscale("log", base=2)
-        axis.set_title(f"{kind}: throughput vs concurrency")
-        axis.legend(fontsize=8)
+        axis.legend(fontsize=7)
         figure.tight_layout()
-        figure.savefig(out / f"throughput-{kind}.png", dpi=100)
+        figure.savefig(out / f"throughput-{name}.png", dpi=100)
         plt.close(figure)
+        figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+        for axis, key in zip(axes, ("p50_ms", "p99_ms"), strict=True):
+            for target in targets:
+                points = sorted((r["concurrency"], r[key]) for r in mine if r["target"] == target)
+                axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=target)
+            axis.set(xlabel="concurrent associations", ylabel="C-STORE latency, ms", yscale="log",
+                     title=f"{name}: {key.removesuffix('_ms')}")
+            axis.set_xscale("log", base=2)
+        axes[0].legend(fontsize=7)
+        figure.tight_layout()
+        figure.savefig(out / f"latency-{name}.png", dpi=100)
+        plt.close(figure)
+
+
+def throughput(profile: Profile, names: list[str], datasets: list[str], work: Path,
+               environment: dict[str, str]) -> list[Run]:
+    lists = {}
+    for name in datasets:
+        files = dataset(name, FILES_ON_DISK.get(name, profile.datasets[name]), work / "data")
+        lists[name] = work / f"{name}.files"
+        lists[name].write_text("\n".join(map(str, files)))
+    targets = make_targets(names, work / "targets", environment.get("GATEWAY_KAFKA__BOOTSTRAP_SERVERS"))
+    runs: list[Run] = []
+    total = profile.repeats * len(datasets) * len(profile.concurrency) * len(targets)
+    started = time.monotonic()
+    try:
+        for target in targets:
+            target.start()
+            print(f"started {target.name} on {target.port}", flush=True)
+        for repeat in range(profile.repeats):
+            for name in datasets:
+                for concurrency in profile.concurrency:
+                    count = max(profile.datasets[name], concurrency)
+                    for target in targets:
+                        run = measure(target, name, lists[name], count, concurrency, work)
+                        runs.append(run)
+                        print(f"[{len(runs)}/{total} {time.monotonic() - started:5.0f}s] r{repeat + 1} {name:8} "
+                              f"x{concurrency:<2} {target.name:17} {run.per_second:7.0f} inst/s "
+                              f"{run.mb_per_second:6.0f} MB/s p50 {run.p50_ms:7.2f} ms p99 {run.p99_ms:7.2f} ms",
+                              flush=True)
+    finally:
+        for target in targets:
+            target.stop()
+    return runs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS))
+    parser.add_argument("--datasets", help="comma-separated subset of the profile's datasets")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/dicom-gateway-bench"))
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "dicom-gateway-bench")
+    parser.add_argument("--services-state", type=Path, default=services.DEFAULT_STATE,
+                        help="state dir for scripts/services (ours, not the tests')")
+    parser.add_argument("--no-end-to-end", action="store_true")
     args = parser.parse_args()
     profile = PROFILES[args.profile]
     names = args.targets.split(",")
-    kafka = None
-    if any(name.startswith("gateway-kafka") for name in names):
-        services = [sys.executable, str(ROOT / "scripts" / "services")]
-        subprocess.run([*services, "up", "kafka"], check=True)
-        exports = subprocess.run([*services, "env", "kafka"], capture_output=True, text=True, check=True).stdout
-        kafka = exports.strip().split("=", 1)[1]
-    datasets = {kind: generate(KINDS[kind], count, args.work / "data" / kind)
-                for kind, count in profile["kinds"].items()}  # type: ignore[attr-defined]
-    targets = make_targets(names, args.work / "targets", kafka)
-    runs: list[Run] = []
-    try:
-        for target in targets:
-            target.start()
-            print(f"started {target.name} on {target.port}", flush=True)
-        for repeat in range(profile["repeats"]):  # type: ignore[call-overload]
-            for kind, files in datasets.items():
-                for concurrency in profile["concurrency"]:  # type: ignore[attr-defined]
-                    for target in targets:
-                        run = measure(target, kind, files, concurrency)
-                        runs.append(run)
-                        print(f"[{repeat + 1}/{profile['repeats']}] {kind:5} x{concurrency:<2} {target.name:17} "
-                              f"{run.per_second:8.0f} inst/s {run.mb_per_second:7.0f} MB/s", flush=True)
-    finally:
-        for target in targets:
-            target.stop()
-    rows = summarise(runs)
-    ratio_rows = ratios(rows)
+    datasets = args.datasets.split(",") if args.datasets else list(profile.datasets)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out / f"{stamp}-{args.profile}"
     out.mkdir(parents=True, exist_ok=True)
-    header = f"# dicom-gateway benchmark, profile {args.profile}, {stamp} ({os.cpu_count()} cores)"
-    (out / "results.md").write_text(markdown(rows, ratio_rows, header))
-    (out / "results.json").write_text(json.dumps({"profile": args.profile, "runs": [asdict(r) for r in runs],
-                                                  "summary": rows, "ratios": ratio_rows}, indent=2))
+    notes = []
+    kafka = ["kafka"] if any(name.startswith("gateway-kafka") for name in names) else []
+    with ExitStack() as stack:
+        try:
+            environment = stack.enter_context(services.running(kafka, args.services_state))
+        except services.PortTaken as exc:
+            names = [name for name in names if not name.startswith("gateway-kafka")]
+            environment = {}
+            notes.append(f"gateway-kafka targets skipped: {exc}.")
+            print(notes[-1], file=sys.stderr)
+        runs = throughput(profile, names, datasets, args.work, environment)
+    rows = summarise(runs)
+    ratio_rows = ratios(rows)
+    header = (f"# dicom-gateway benchmark, profile {args.profile}, {stamp}\n\nMachine: {machine()}. "
+              f"Sender: benchmarks.scu (asyncio, one process), fresh UIDs per instance. {' '.join(notes)}")
+    report = markdown(rows, ratio_rows, header)
+    figures: dict[str, Any] = {}
+    if profile.end_to_end_seconds and not args.no_end_to_end:
+        figures = {"paced": end_to_end.Options(seconds=profile.end_to_end_seconds),
+                   "saturated": end_to_end.Options(seconds=profile.end_to_end_seconds / 4, rate=0, profiler="py-spy")}
+        for phase, options in figures.items():
+            try:
+                figures[phase] = end_to_end.measure(options, args.work / "end-to-end", args.services_state,
+                                                    out / phase)
+            except services.PortTaken as exc:
+                print(f"end to end on real services skipped ({exc}); measuring the embedded deployment",
+                      file=sys.stderr)
+                figures[phase] = end_to_end.measure(replace(options, backends="embedded"),
+                                                    args.work / "end-to-end", args.services_state, out / phase)
+                figures[phase]["note"] = f"real services skipped: {exc}"
+            report += "\n" + end_to_end.markdown(figures[phase])
+    (out / "results.md").write_text(report)
+    (out / "results.json").write_text(json.dumps({
+        "profile": args.profile, "machine": machine(), "runs": [asdict(r) for r in runs], "summary": rows,
+        "ratios": ratio_rows, "end_to_end": figures}, indent=2))
     plot(rows, out)
-    print((out / "results.md").read_text())
+    print(report)
     print(f"results in {out}")
 
 

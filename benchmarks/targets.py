@@ -1,4 +1,10 @@
-"""The receivers compared, each started in its best configuration on 127.0.0.1."""
+"""The receivers compared, each started in its best configuration on 127.0.0.1.
+
+Best configuration: DCMTK-based peers get TCP_NODELAY=1 and their largest PDU (128 KiB), storescp a process
+per association (``--fork``, else it serves one association at a time), Orthanc 16 DICOM
+threads and no storage compression, pynetdicom no PDU limit; the gateway keeps its defaults (256 KiB PDUs).
+``tcp-loopback`` is no DICOM receiver at all but the ceiling: ``benchmarks.peers.tcp_sink``.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,8 +27,6 @@ DCMTK_ENV = {"TCP_NODELAY": "1"}
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -42,11 +47,21 @@ class Target:
         self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
                                         env={**os.environ, **self.env}, start_new_session=True)
         deadline = time.monotonic() + 60
-        while subprocess.run([ECHOSCU, "-to", "2", "-aec", self.ae_title, "127.0.0.1", str(self.port)],
-                             capture_output=True, env={**os.environ, **DCMTK_ENV}).returncode != 0:
+        while not self._answers():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name} did not start; see {self.workdir / (self.name + '.log')}")
             time.sleep(0.2)
+
+    @property
+    def raw(self) -> bool:
+        return self.name == "tcp-loopback"
+
+    def _answers(self) -> bool:
+        if self.raw:
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", self.port)) == 0
+        return subprocess.run([ECHOSCU, "-to", "2", "-aec", self.ae_title, "127.0.0.1", str(self.port)],
+                              capture_output=True, env={**os.environ, **DCMTK_ENV}).returncode == 0
 
     def stop(self) -> None:
         if self.process is None:
@@ -88,7 +103,8 @@ def make_targets(names: list[str], root: Path, kafka_bootstrap: str | None) -> l
             config = {"Name": "bench", "StorageDirectory": str(store / "storage"),
                       "IndexDirectory": str(store / "index"), "HttpPort": free_port(), "DicomPort": port,
                       "DicomAet": "ORTHANC", "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-                      "DicomThreadsCount": 16, "StorageCompression": False, "Plugins": []}
+                      "DicomThreadsCount": 16, "StorageCompression": False, "MaximumPduLength": 131072,
+                      "Plugins": []}
             (workdir / "orthanc.json").write_text(json.dumps(config))
             target = Target(name, "ORTHANC", port, workdir=workdir, env=DCMTK_ENV,
                             argv=[ORTHANC, str(workdir / "orthanc.json")])
@@ -97,10 +113,14 @@ def make_targets(names: list[str], root: Path, kafka_bootstrap: str | None) -> l
                             argv=[sys.executable, "-m", "benchmarks.peers.pynetdicom_scp", str(port), str(store)])
         elif name == "storescp-disk":
             target = Target(name, "STORESCP", port, workdir=workdir, env=DCMTK_ENV,
-                            argv=[STORESCP, "+xa", "--bit-preserving", "-od", str(store), str(port)])
+                            argv=[STORESCP, "+xa", "--fork", "--max-pdu", "131072", "--bit-preserving", "-od",
+                                  str(store), str(port)])
         elif name == "storescp-ignore":
             target = Target(name, "STORESCP", port, workdir=workdir, env=DCMTK_ENV,
-                            argv=[STORESCP, "+xa", "--ignore", str(port)])
+                            argv=[STORESCP, "+xa", "--fork", "--max-pdu", "131072", "--ignore", str(port)])
+        elif name == "tcp-loopback":
+            target = Target(name, "", port, workdir=workdir,
+                            argv=[sys.executable, "-m", "benchmarks.peers.tcp_sink", str(port)])
         else:
             raise ValueError(f"unknown target {name}")
         targets.append(target)

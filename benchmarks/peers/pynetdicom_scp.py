@@ -20,6 +20,7 @@ def main() -> None:
 
     ae = AE(ae_title="PYNETDICOM")
     ae.maximum_associations = 64
+    ae.maximum_pdu_size = 0  # no limit: the largest PDUs the sender offers
     ae.supported_contexts = AllStoragePresentationContexts
     ae.add_supported_context(Verification)
     ae.start_server(("127.0.0.1", port), evt_handlers=[(evt.EVT_C_STORE, on_store)], block=True)
