@@ -6,6 +6,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
+import aiohttp
 import asyncpg
 
 from gateway.api import Api
@@ -98,10 +99,11 @@ def notify_pool(settings: Settings, bus: Bus, metrics: Metrics) -> EventPool:
 
     @asynccontextmanager
     async def open_stage(producer: Producer) -> AsyncIterator[NotifyStage]:
-        async with _services(settings) as (objects, index):
+        timeout = aiohttp.ClientTimeout(total=settings.dicom.dimse_timeout_seconds + 10)
+        async with _services(settings) as (objects, index), aiohttp.ClientSession(timeout=timeout) as http:
             tracker = CommitmentTracker(index, objects, settings.notify, metrics, settings.xds.trigger_on_commitment)
             outbound = Outbound(settings.dicom, notify.association_timeout_seconds)
-            senders = {REPORT: report_sender(outbound, settings.dicom), IAN: ian_sender(outbound, settings.dicom)}
+            senders = {REPORT: report_sender(outbound, settings.dicom, http), IAN: ian_sender(outbound, settings.dicom)}
             retry = RetryPolicy(notify.retry_initial_seconds, notify.retry_max_seconds, notify.retry_max_attempts,
                                 notify.association_timeout_seconds * 4 + 30)
             deliverer = Deliverer(index, senders, producer, settings.topics, retry, "notify", metrics)
@@ -136,7 +138,9 @@ def register_pool(settings: Settings, bus: Bus, metrics: Metrics) -> EventPool:
 def build_roles(names: Sequence[str], settings: Settings, bus: Bus, metrics: Metrics) -> list[Role]:
     drain = settings.runtime.drain_timeout_seconds
     factories: dict[str, Callable[[], Role]] = {
-        "receiver": lambda: Receiver(settings.dicom, settings.topics, bus, metrics, drain),
+        "receiver": lambda: Receiver(settings.dicom, settings.topics, bus, metrics, drain,
+                                     reply_to=settings.http.reachable_url
+                                     if settings.notify.report_on_same_association else None),
         "api": lambda: Api(lambda: open_index(settings), bus, settings.topics, settings.xds),
         "store": lambda: store_pool(settings, bus, metrics),
         "register": lambda: register_pool(settings, bus, metrics),

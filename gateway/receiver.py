@@ -14,8 +14,11 @@ import ssl
 from contextlib import AsyncExitStack
 from types import TracebackType
 
+from aiohttp import web
+
 from gateway.bus import Bus, Producer
-from gateway.dicom.association import Association
+from gateway.dicom import commitment
+from gateway.dicom.association import Association, ReportNotTaken, Requesters
 from gateway.metrics import Metrics
 from gateway.settings import DicomSettings, TopicSettings
 
@@ -41,7 +44,7 @@ class Receiver:
 
     def __init__(
         self, settings: DicomSettings, topics: TopicSettings, bus: Bus, metrics: Metrics,
-        drain_timeout: float = 30.0,
+        drain_timeout: float = 30.0, reply_to: str | None = None,
     ) -> None:
         self._settings = settings
         self._topics = topics
@@ -54,6 +57,9 @@ class Receiver:
         self._producer: Producer | None = None
         self._failed: asyncio.Future[None] | None = None
         self.ports: list[int] = []
+        self._reply_to = reply_to or ""
+        self._requesters = Requesters() if reply_to else None
+        self.routes = [web.post(f"{commitment.REPORTS_PATH}/{{transaction_uid}}", self._report)] if reply_to else []
 
     async def __aenter__(self) -> Receiver:
         self._failed = asyncio.get_running_loop().create_future()
@@ -92,7 +98,7 @@ class Receiver:
         try:
             association = Association(
                 reader, writer, self._settings, self._producer, self._topics, self._metrics,
-                lambda: len(self._associations),
+                lambda: len(self._associations), self._requesters, self._reply_to,
             )
             await association.run()
         except Exception:
@@ -100,6 +106,24 @@ class Receiver:
         finally:
             self._metrics.associations_open.dec()
             self._associations.discard(task)
+
+    async def _report(self, request: web.Request) -> web.Response:
+        """The notify role hands over a storage-commitment report for an association held here: 200 once the
+        requester answered it, 404 when that association is gone (notify then opens a new one)."""
+        assert self._requesters is not None
+        transaction_uid = request.match_info["transaction_uid"]
+        association = self._requesters.get(transaction_uid)
+        if association is None:
+            raise web.HTTPNotFound(text="the requester's association is no longer open here")
+        body = await request.json()
+        decisions = [commitment.Decision(cls, inst, reason) for cls, inst, reason in body["decisions"]]
+        event_type, information = commitment.report(transaction_uid, decisions, self._settings.ae_title)
+        try:
+            await association.send_event_report(event_type, information, self._settings.dimse_timeout_seconds)
+        except ReportNotTaken as exc:
+            raise web.HTTPBadGateway(text=str(exc)) from exc
+        log.info("commitment report sent on the requester's association", extra={"transaction_uid": transaction_uid})
+        return web.json_response({"event_type": event_type})
 
     async def wait(self) -> None:
         assert self._failed is not None

@@ -117,6 +117,13 @@ class DicomSettings(_Section):
 class HttpSettings(_Section):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=0, le=65535)
+    advertised_url: str = ""
+    """How the other roles reach this process's HTTP port (e.g. ``http://10.1.2.3:8080`` from the pod IP);
+    empty: ``http://127.0.0.1:<port>``, right when every role runs in one process."""
+
+    @property
+    def reachable_url(self) -> str:
+        return self.advertised_url.rstrip("/") or f"http://127.0.0.1:{self.port}"
 
 
 class TopicSettings(_Section):
@@ -210,6 +217,9 @@ class NotifySettings(_Section):
     """How long a commitment request waits for instances not yet stored before they are reported failed."""
     commitment_verification: Literal["hash", "size", "index"] = "hash"
     """hash: re-read each object and compare its SHA-256; size: compare the object's size; index: trust the index."""
+    report_on_same_association: bool = False
+    """Send the report on the requester's N-ACTION association while it keeps it open (PS3.4 J.3.3 allows
+    either); a new association otherwise. The receiver holding it must be reachable at ``http.advertised_url``."""
     ian_subscribers: tuple[str, ...] = ()
     """AE titles (from ``dicom.remote_aes``) that get an IAN for every stable study."""
     ian_subscribers_by_calling_ae: dict[str, tuple[str, ...]] = {}

@@ -16,8 +16,10 @@ import time
 from datetime import datetime
 from typing import Any
 
+import aiohttp
+
 from gateway.dicom import commitment as sc
-from gateway.dicom.commitment import CommitmentRequest, Decision
+from gateway.dicom.commitment import REPORTS_PATH, CommitmentRequest, Decision
 from gateway.dicom.outbound import Outbound
 from gateway.errors import DeliveryFailed
 from gateway.index import Commitment, CommitmentItem, Delivery, DeliveryState, Index, InstanceRow, InstanceStatus
@@ -51,7 +53,8 @@ class CommitmentTracker:
         commitment = Commitment(
             request.transaction_uid, request.requester_ae, requested_at,
             requested_at + self._settings.commitment_timeout_seconds,
-            tuple(CommitmentItem(cls, inst) for cls, inst in request.references), source)
+            tuple(CommitmentItem(cls, inst) for cls, inst in request.references),
+            {**source, "reply_to": request.reply_to} if request.reply_to else source)
         if not await self._index.add_commitment(commitment):
             await self._again(commitment)
             return
@@ -103,7 +106,8 @@ class CommitmentTracker:
         now = time.time()
         report = Delivery(
             report_id(commitment.transaction_uid), REPORT, commitment.transaction_uid, commitment.requester_ae,
-            {"decisions": [[d.sop_class_uid, d.sop_instance_uid, d.failure_reason] for d in decisions]},
+            {"decisions": [[d.sop_class_uid, d.sop_instance_uid, d.failure_reason] for d in decisions],
+             "reply_to": commitment.source.get("reply_to", "")},
             now, now, commitment.source)
         if not await self._index.decide_commitment(commitment.transaction_uid, tuple(decisions), report, now):
             return
@@ -169,10 +173,13 @@ def _data_set_offset(head: bytes) -> int | None:
     return 144 + int.from_bytes(head[140:144], "little")
 
 
-def report_sender(outbound: Outbound, dicom: DicomSettings) -> Sender:
-    """Sends a queued report as an N-EVENT-REPORT to its requester."""
+def report_sender(outbound: Outbound, dicom: DicomSettings, http: aiohttp.ClientSession) -> Sender:
+    """Sends a queued report as an N-EVENT-REPORT to its requester: on the requester's own association when
+    the receiver holding it still has it open, else on a new association."""
 
     async def send(delivery: Delivery) -> None:
+        if delivery.payload.get("reply_to") and await _on_the_same_association(http, delivery):
+            return
         remote = dicom.remote_ae(delivery.target_ae)
         if remote is None:
             raise DeliveryFailed(f"{delivery.target_ae} is not in dicom.remote_aes")
@@ -181,3 +188,17 @@ def report_sender(outbound: Outbound, dicom: DicomSettings) -> Sender:
         await outbound.commitment_report(remote, event_type, information)
 
     return send
+
+
+async def _on_the_same_association(http: aiohttp.ClientSession, delivery: Delivery) -> bool:
+    url = f"{delivery.payload['reply_to']}{REPORTS_PATH}/{delivery.subject}"
+    try:
+        async with http.post(url, json={"decisions": delivery.payload["decisions"]}) as response:
+            if response.status == 200:
+                return True
+            reason = f"HTTP {response.status}: {(await response.text())[:200]}"
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+    log.info("report not taken on the requester's association; opening a new one",
+             extra={"transaction_uid": delivery.subject, "reason": reason})
+    return False

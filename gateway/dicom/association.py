@@ -2,8 +2,9 @@
 
 PDUs are framed here and P-DATA-TF is split into PDVs with memoryviews, so data-set fragments go to the
 C-STORE handler without being copied into a whole-instance buffer. A Storage Commitment N-ACTION (small: a
-list of references) is gathered whole, published to the events topic, and answered once it is durable. DIMSE
-dispatch is a table from Command Field to handler; the asynchronous operations window stays 1/1 (we do not
+list of references) is gathered whole, published to the events topic, and answered once it is durable; if
+the configuration allows, the association is then offered to the notify role for the report (``Requesters``).
+DIMSE dispatch is a table from Command Field to handler; the asynchronous operations window stays 1/1 (we do not
 offer more), so one request is in progress at a time. Anything malformed or out of order is answered with A-ABORT and logged; it never
 escapes as an exception from ``run``.
 """
@@ -18,10 +19,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from pydicom.dataset import Dataset
 from pynetdicom.pdu import A_ABORT_RQ, A_RELEASE_RP
 
 from gateway.bus import BusError, Producer
 from gateway.dicom import acse, commitment, dimse
+from gateway.dicom.dataset import encode
 from gateway.dicom.dimse import Command
 from gateway.errors import DicomStatusError
 from gateway.logs import bind
@@ -73,6 +76,28 @@ class _Store:
     error: DicomStatusError | None = None
 
 
+class Requesters:
+    """Open associations that carried a storage-commitment request, by Transaction UID, so that its report can
+    go back on the same association while the requester keeps it open."""
+
+    def __init__(self) -> None:
+        self._by_transaction: dict[str, Association] = {}
+
+    def add(self, transaction_uid: str, association: Association) -> None:
+        self._by_transaction[transaction_uid] = association
+
+    def get(self, transaction_uid: str) -> Association | None:
+        return self._by_transaction.get(transaction_uid)
+
+    def ended(self, association: Association) -> None:
+        for transaction_uid in [t for t, a in self._by_transaction.items() if a is association]:
+            del self._by_transaction[transaction_uid]
+
+
+class ReportNotTaken(Exception):
+    """The association could not carry the report (closed, or the peer answered a failure)."""
+
+
 @dataclass(slots=True)
 class _Action:
     """The N-ACTION in progress: its request and the Action Information gathered so far."""
@@ -92,6 +117,8 @@ class Association:
         topics: TopicSettings,
         metrics: Metrics,
         open_associations: Callable[[], int],
+        requesters: Requesters | None = None,
+        reply_to: str = "",
     ) -> None:
         self._reader = reader
         self._writer = writer
@@ -100,6 +127,11 @@ class Association:
         self._topics = topics
         self._metrics = metrics
         self._open_associations = open_associations
+        self._requesters = requesters
+        self._reply_to = reply_to
+        self._commitment_context = 0
+        self._message_id = 0
+        self._responses: dict[int, asyncio.Future[int]] = {}
         peer = writer.get_extra_info("peername") or ("", 0)
         self._peer_ip = str(peer[0])
         self._peer = f"{peer[0]}:{peer[1]}"
@@ -113,6 +145,7 @@ class Association:
             dimse.C_ECHO_RQ: self._c_echo,
             dimse.C_STORE_RQ: self._c_store,
             dimse.N_ACTION_RQ: self._n_action,
+            dimse.N_EVENT_REPORT_RSP: self._n_event_report_rsp,
         }
 
     async def run(self) -> None:
@@ -132,6 +165,11 @@ class Association:
         except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
             log.info("connection closed by peer", extra={"error": type(exc).__name__})
         finally:
+            if self._requesters is not None:
+                self._requesters.ended(self)
+            for waiting in self._responses.values():
+                if not waiting.done():
+                    waiting.set_exception(ReportNotTaken("the association ended"))
             if self._store is not None:
                 await self._store.publisher.abort("association ended before the data set was complete")
                 log.warning("instance incomplete when the association ended; nothing acknowledged",
@@ -261,17 +299,20 @@ class Association:
             pass
 
     async def _send_command(self, context_id: int, command: bytes) -> None:
-        """Send a command set as P-DATA-TF, fragmented to the peer's maximum PDU length."""
+        await self._send(self._pdus(context_id, command, 0x01))
+
+    def _pdus(self, context_id: int, message: bytes, kind: int) -> bytes:
+        """A command set (``kind`` 1) or data set (0) as P-DATA-TF PDUs, fragmented to the peer's maximum."""
         assert self._accepted is not None
-        room = self._accepted.peer_max_pdu - 6 if self._accepted.peer_max_pdu else len(command)
+        room = self._accepted.peer_max_pdu - 6 if self._accepted.peer_max_pdu else len(message)
         room = max(room, 1)
         pdus = []
-        for start in range(0, len(command), room):
-            piece = command[start : start + room]
-            control = 0x01 | (0x02 if start + room >= len(command) else 0x00)
+        for start in range(0, max(len(message), 1), room):
+            piece = message[start : start + room]
+            control = kind | (0x02 if start + room >= len(message) else 0x00)
             pdv = _PDV_HEADER.pack(len(piece) + 2, context_id, control) + piece
             pdus.append(_HEADER.pack(P_DATA_TF, 0, len(pdv)) + pdv)
-        await self._send(b"".join(pdus))
+        return b"".join(pdus)
 
     async def _respond(self, request: Command, context_id: int, status: int, comment: str | None = None) -> None:
         command_field = request.command_field | 0x8000
@@ -376,7 +417,7 @@ class Association:
             return
         commitment_request = commitment.CommitmentRequest(
             transaction_uid, calling_ae, self._accepted.called_ae, self._peer, references,
-            datetime.now(UTC).isoformat())
+            datetime.now(UTC).isoformat(), self._reply_to if self._requesters is not None else "")
         bind(transaction_uid=transaction_uid)
         try:
             async with asyncio.timeout(self._settings.publish_timeout_seconds):
@@ -389,6 +430,38 @@ class Association:
         self._metrics.commitment_requests.inc()
         log.info("storage commitment requested", extra={"references": len(references)})
         await self._respond(request, context_id, dimse.SUCCESS)
+        if self._requesters is not None:
+            self._commitment_context = context_id
+            self._requesters.add(transaction_uid, self)
+
+    async def send_event_report(self, event_type: int, information: Dataset, timeout: float) -> None:
+        """The storage-commitment report on this association (we are the SCP of the class here already);
+        raises ReportNotTaken unless the peer answers Success (or a warning)."""
+        assert self._accepted is not None
+        context_id = self._commitment_context
+        self._message_id = self._message_id % 0xFFFF + 1
+        answered = asyncio.get_running_loop().create_future()
+        self._responses[self._message_id] = answered
+        command = dimse.event_report(self._message_id, commitment.STORAGE_COMMITMENT_PUSH_MODEL,
+                                     commitment.STORAGE_COMMITMENT_INSTANCE, event_type)
+        data = encode(information, self._accepted.contexts[context_id])
+        try:
+            await self._send(self._pdus(context_id, command, 0x01) + self._pdus(context_id, data, 0x00))
+            async with asyncio.timeout(timeout):
+                status = await answered
+        except TimeoutError as exc:
+            raise ReportNotTaken("no N-EVENT-REPORT-RSP in time") from exc
+        finally:
+            self._responses.pop(self._message_id, None)
+        if status != dimse.SUCCESS and not 0xB000 <= status <= 0xBFFF:
+            raise ReportNotTaken(f"N-EVENT-REPORT answered with status 0x{status:04X}")
+
+    async def _n_event_report_rsp(self, response: Command, context_id: int) -> None:
+        answered = self._responses.get(response.message_id)
+        if answered is None or answered.done():
+            log.warning("N-EVENT-REPORT-RSP to no report of ours", extra={"message_id": response.message_id})
+            return
+        answered.set_result(response.unsigned(dimse.STATUS) or 0)
 
     async def _refuse_action(self, request: Command, context_id: int, status: int, comment: str) -> None:
         log.warning("N-ACTION refused", extra={"status": f"0x{status:04x}", "reason": comment})

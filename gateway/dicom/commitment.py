@@ -29,6 +29,8 @@ CLASS_INSTANCE_CONFLICT = 0x0119
 DUPLICATE_TRANSACTION_UID = 0x0131
 
 REQUEST_TYPE = "commitment.requested"
+REPORTS_PATH = "/internal/commitment-reports"
+"""Where the notify role hands a report to the receiver holding the requester's association (HTTP port)."""
 MAX_REFERENCES = 100_000
 """More references than any study holds: a request beyond it is refused rather than tracked."""
 
@@ -43,6 +45,8 @@ class CommitmentRequest:
     """(Referenced SOP Class UID, Referenced SOP Instance UID) in the order the requester listed them."""
     requested_at: str
     """UTC, ISO 8601."""
+    reply_to: str = ""
+    """The receiver's HTTP base URL when the report may go back on the requester's association."""
 
     def to_json(self) -> bytes:
         return orjson.dumps({"type": REQUEST_TYPE, **{name: getattr(self, name) for name in self.__slots__}})
@@ -50,7 +54,8 @@ class CommitmentRequest:
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> Self:
         return cls(value["transaction_uid"], value["requester_ae"], value["called_ae"], value["peer"],
-                   tuple((str(c), str(i)) for c, i in value["references"]), value["requested_at"])
+                   tuple((str(c), str(i)) for c, i in value["references"]), value["requested_at"],
+                   str(value.get("reply_to", "")))
 
 
 def parse_action_information(data: bytes, transfer_syntax: str) -> tuple[str, tuple[tuple[str, str], ...]]:

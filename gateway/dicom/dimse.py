@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
 C_ECHO_RQ, C_ECHO_RSP = 0x0030, 0x8030
 N_ACTION_RQ, N_ACTION_RSP = 0x0130, 0x8130
+N_EVENT_REPORT_RQ, N_EVENT_REPORT_RSP = 0x0100, 0x8100
+DATA_SET_PRESENT = 0x0000
 NO_DATA_SET = 0x0101
 
 SUCCESS = 0x0000
@@ -36,6 +38,7 @@ STATUS = 0x00000900
 ERROR_COMMENT = 0x00000902
 AFFECTED_SOP_INSTANCE_UID = 0x00001000
 REQUESTED_SOP_INSTANCE_UID = 0x00001001
+EVENT_TYPE_ID = 0x00001002
 ACTION_TYPE_ID = 0x00001008
 
 _ELEMENT = struct.Struct("<HHI")
@@ -45,7 +48,8 @@ _UL = struct.Struct("<I")
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """A decoded request: the fields the receiver dispatches on, and every element by tag."""
+    """A decoded request (or response: ``message_id`` is then the one responded to), the fields the receiver
+    dispatches on, and every element by tag."""
 
     command_field: int
     message_id: int
@@ -92,9 +96,12 @@ def decode_command(data: bytes) -> Command:
             raise ValueError(f"element (0000,{element:04X}) longer than the command set")
         elements[element] = data[offset : offset + length]
         offset += length
+    command_field = _unsigned(elements, COMMAND_FIELD, "Command Field")
+    responding = bool(command_field & 0x8000)
     return Command(
-        command_field=_unsigned(elements, COMMAND_FIELD, "Command Field"),
-        message_id=_unsigned(elements, MESSAGE_ID, "Message ID"),
+        command_field=command_field,
+        message_id=_unsigned(elements, MESSAGE_ID_BEING_RESPONDED_TO if responding else MESSAGE_ID,
+                             "Message ID Being Responded To" if responding else "Message ID"),
         data_set_type=_unsigned(elements, COMMAND_DATA_SET_TYPE, "Command Data Set Type"),
         affected_sop_class_uid=_text(elements.get(AFFECTED_SOP_CLASS_UID, b"")),
         affected_sop_instance_uid=_text(elements.get(AFFECTED_SOP_INSTANCE_UID, b"")),
@@ -106,6 +113,19 @@ def _element(tag: int, value: bytes, pad: bytes = b"\x00") -> bytes:
     if len(value) % 2:
         value += pad
     return _ELEMENT.pack(0x0000, tag, len(value)) + value
+
+
+def event_report(message_id: int, sop_class_uid: str, sop_instance_uid: str, event_type: int) -> bytes:
+    """An N-EVENT-REPORT-RQ command set with an Event Information data set following (PS3.7 10.3.1)."""
+    body = b"".join([
+        _element(AFFECTED_SOP_CLASS_UID, sop_class_uid.encode()),
+        _element(COMMAND_FIELD, _US.pack(N_EVENT_REPORT_RQ)),
+        _element(MESSAGE_ID, _US.pack(message_id)),
+        _element(COMMAND_DATA_SET_TYPE, _US.pack(DATA_SET_PRESENT)),
+        _element(AFFECTED_SOP_INSTANCE_UID, sop_instance_uid.encode()),
+        _element(EVENT_TYPE_ID, _US.pack(event_type)),
+    ])
+    return _element(GROUP_LENGTH, _UL.pack(len(body))) + body
 
 
 def response(request: Command, command_field: int, status: int, comment: str | None = None) -> bytes:

@@ -400,3 +400,59 @@ async def test_a_modality_taking_few_associations_at_a_time_gets_every_report_at
             states = [(await gateway.until(f"/api/commitments/{t}", report_is("delivered")))[1] for t in transactions]
     assert {report.TransactionUID for _, report in modality.reports} == set(transactions)
     assert [state["report"]["attempts"] for state in states] == [1] * len(transactions)
+
+
+async def test_a_requester_keeping_its_association_open_gets_the_report_on_it(tmp_path: Path) -> None:
+    """With report_on_same_association, the report goes back on the N-ACTION's association; nothing listens at
+    the requester's configured port, so a report on a new association could not arrive."""
+    instances = copies(tmp_path, 2)
+    offline = {"ae_title": "MODALITY1", "host": "127.0.0.1", "port": free_port()}
+    received: list[tuple[int, Dataset]] = []
+    async with running(tmp_path, dicom={"remote_aes": [offline]},
+                       notify={"report_on_same_association": True}) as gateway:
+        await gateway.store(*(path for path, _ in instances))
+        transaction = generate_uid()
+
+        def request_and_wait() -> int:
+            ae = AE(ae_title="MODALITY1")
+            ae.add_requested_context(StorageCommitmentPushModel)
+
+            def report(event: evt.Event) -> tuple[int, None]:
+                received.append((int(event.event_type), event.event_information))
+                return 0x0000, None
+
+            assoc = ae.associate("127.0.0.1", gateway.settings.dicom.port, ae_title="DICOMGW",
+                                 evt_handlers=[(evt.EVT_N_EVENT_REPORT, report)])
+            assert assoc.is_established
+            try:
+                status, _ = assoc.send_n_action(
+                    action_information(transaction, references([d for _, d in instances])), 1,
+                    StorageCommitmentPushModel, commitment.STORAGE_COMMITMENT_INSTANCE)
+                for _ in range(600):
+                    if received:
+                        break
+                    threading.Event().wait(0.05)
+                return int(status.Status)
+            finally:
+                assoc.release()
+
+        assert await asyncio.to_thread(request_and_wait) == 0x0000
+        _, state = await gateway.until(f"/api/commitments/{transaction}", report_is("delivered"))
+    [(event_type, report)] = received
+    assert event_type == commitment.EVENT_ALL_COMMITTED and report.TransactionUID == transaction
+    assert set(referenced(report, "ReferencedSOPSequence")) == {d.SOPInstanceUID for _, d in instances}
+    assert state["report"]["attempts"] == 1
+
+
+async def test_a_requester_that_released_its_association_gets_the_report_on_a_new_one(tmp_path: Path) -> None:
+    modality = Peer("MODALITY1")
+    instances = copies(tmp_path, 1)
+    with modality.listening():
+        async with running(tmp_path, dicom={"remote_aes": [modality.remote()]},
+                           notify={"report_on_same_association": True}) as gateway:
+            await gateway.store(*(path for path, _ in instances))
+            transaction = await gateway.request_commitment(references([d for _, d in instances]))
+            await modality.wait(1)
+            _, state = await gateway.until(f"/api/commitments/{transaction}", report_is("delivered"))
+    [(event_type, _)] = modality.reports
+    assert event_type == commitment.EVENT_ALL_COMMITTED and state["report"]["attempts"] == 1

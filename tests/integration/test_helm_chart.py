@@ -416,7 +416,12 @@ def _pod_settings(deployment: Manifest, config: dict[str, str], secrets_dir: Pat
     env = {**config, "GATEWAY_SECRETS_DIR": str(secrets_dir)}
     for entry in container.get("env", []):
         ref = entry.get("valueFrom", {}).get("secretKeyRef")
-        env[entry["name"]] = f"from-{ref['name']}-{ref['key']}" if ref else entry["value"]
+        field = entry.get("valueFrom", {}).get("fieldRef")
+        if field is not None:
+            env[entry["name"]] = "10.1.2.3" if field["fieldPath"] == "status.podIP" else "from-field"
+            continue
+        value = entry["value"].replace("$(POD_IP)", env.get("POD_IP", "")) if not ref else ""
+        env[entry["name"]] = f"from-{ref['name']}-{ref['key']}" if ref else value
     for volume in pod["volumes"]:
         if volume["name"] != "secrets" or "projected" not in volume:
             continue
