@@ -29,6 +29,9 @@ class EventStage(Protocol):
         """Act on one event; ``source`` names its record (topic, partition, offset) for re-drives.
         Raises KeyError/ValueError/TypeError when the event is malformed."""
 
+    async def fetched(self) -> None:
+        """Finish what the handled events of one fetch left to do together, before their offsets commit."""
+
     def loops(self) -> list[tuple[float, Callable[[], Awaitable[None]]]]:
         """Work to repeat every so many seconds beside the consumer (sweeps, deliveries)."""
 
@@ -69,6 +72,7 @@ class EventPool(WorkerRole):
             for record in records:
                 await _unavailable_on_failure(self._handle(record, stage, producer))
                 consumer.done(record)
+            await _unavailable_on_failure(stage.fetched())
             await consumer.commit()
             if records:
                 self._metrics.consumer_lag.labels(self.group, self._topics.events).set(

@@ -9,7 +9,7 @@ sends what is due.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.dicom.commitment import REQUEST_TYPE, CommitmentRequest
@@ -21,20 +21,27 @@ SWEEP_SECONDS = 5.0
 DELIVERY_POLL_SECONDS = 1.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NotifyStage:
     tracker: CommitmentTracker
     notifier: AvailabilityNotifier
     deliverer: Deliverer
+    _changed: list[str] = field(default_factory=list)
+    """Instances stored (or quarantined, rejected) in this fetch: looked up together, once per fetch."""
 
     async def handle(self, event: dict[str, Any], source: dict[str, Any]) -> None:
         kind = event.get("type", "")
         if kind == REQUEST_TYPE:
             await self.tracker.requested(CommitmentRequest.from_json(event), source)
         elif kind.startswith("instance."):
-            await self.tracker.instances_changed([str(event["sop_instance_uid"])])
+            self._changed.append(str(event["sop_instance_uid"]))
         elif kind == self.notifier.trigger:
             await self.notifier.study_event(event, source)
+
+    async def fetched(self) -> None:
+        if self._changed:
+            await self.tracker.instances_changed(self._changed)
+            self._changed.clear()
 
     def loops(self) -> list[tuple[float, Callable[[], Awaitable[None]]]]:
         return [(SWEEP_SECONDS, self.tracker.sweep), (DELIVERY_POLL_SECONDS, self._deliver)]

@@ -138,6 +138,9 @@ class RegisterStage:
         if event.get("type") == STUDY_STABLE:
             await self.registrar.study_stable(event, source)
 
+    async def fetched(self) -> None:
+        """Nothing is batched: each stable study is queued as its event comes."""
+
     def loops(self) -> list[tuple[float, Callable[[], Awaitable[None]]]]:
         return [(DELIVERY_POLL_SECONDS, self._deliver)]
 
