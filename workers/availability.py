@@ -14,10 +14,9 @@ from typing import Any
 
 from gateway.dicom import ian
 from gateway.dicom.outbound import Outbound
-from gateway.errors import DeliveryFailed
-from gateway.index import Delivery, DeliveryState, Index
+from gateway.index import Delivery, Index
 from gateway.settings import DicomSettings, NotifySettings
-from workers.deliver import Sender
+from workers.deliver import Sender, wanted
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +52,7 @@ class AvailabilityNotifier:
         now = time.time()
         for subscriber in sorted(subscribers):
             delivery_id = ian_id(study, subscriber)
-            known = existing.get(delivery_id)
-            if known is not None and known.payload.get("generation", 0) >= generation \
-                    and known.state is not DeliveryState.FAILED:
+            if not wanted(existing.get(delivery_id), generation):
                 continue
             await self._index.put_delivery(
                 Delivery(delivery_id, IAN, study, subscriber, payload, now, now, source), replace=True)
@@ -67,10 +64,8 @@ def ian_sender(outbound: Outbound, dicom: DicomSettings) -> Sender:
     """Sends a queued IAN as an N-CREATE to its subscriber."""
 
     async def send(delivery: Delivery) -> None:
-        remote = dicom.remote_ae(delivery.target_ae)
-        if remote is None:
-            raise DeliveryFailed(f"{delivery.target_ae} is not in dicom.remote_aes")
         instances = [ian.AvailableInstance(*values) for values in delivery.payload["instances"]]
-        await outbound.availability(remote, ian.notification(delivery.subject, instances, dicom.ae_title))
+        await outbound.availability(delivery.target_ae,
+                                    ian.notification(delivery.subject, instances, dicom.ae_title))
 
     return send

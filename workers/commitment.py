@@ -21,7 +21,6 @@ import aiohttp
 from gateway.dicom import commitment as sc
 from gateway.dicom.commitment import REPORTS_PATH, CommitmentRequest, Decision
 from gateway.dicom.outbound import Outbound
-from gateway.errors import DeliveryFailed
 from gateway.index import Commitment, CommitmentItem, Delivery, DeliveryState, Index, InstanceRow, InstanceStatus
 from gateway.metrics import Metrics
 from gateway.objects import ObjectNotFound, ObjectStore
@@ -180,12 +179,9 @@ def report_sender(outbound: Outbound, dicom: DicomSettings, http: aiohttp.Client
     async def send(delivery: Delivery) -> None:
         if delivery.payload.get("reply_to") and await _on_the_same_association(http, delivery):
             return
-        remote = dicom.remote_ae(delivery.target_ae)
-        if remote is None:
-            raise DeliveryFailed(f"{delivery.target_ae} is not in dicom.remote_aes")
         decided = [Decision(cls, inst, reason) for cls, inst, reason in delivery.payload["decisions"]]
         event_type, information = sc.report(delivery.subject, decided, dicom.ae_title)
-        await outbound.commitment_report(remote, event_type, information)
+        await outbound.commitment_report(delivery.target_ae, event_type, information)
 
     return send
 

@@ -25,8 +25,16 @@ from gateway.settings import TopicSettings
 log = logging.getLogger(__name__)
 
 CONCURRENT_DELIVERIES = 8
+POLL_SECONDS = 1.0
+"""How often a worker looks for deliveries that came due."""
 
 Sender = Callable[[Delivery], Awaitable[None]]
+
+
+def wanted(known: Delivery | None, generation: int) -> bool:
+    """Whether a study generation's delivery must be queued: none yet, only an older generation's, or one that
+    failed for good (its originating event coming again is how a dead letter is re-driven)."""
+    return known is None or known.state is DeliveryState.FAILED or known.payload.get("generation", 0) < generation
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +68,10 @@ class Deliverer:
             by_target.setdefault(delivery.target_ae, []).append(delivery)
         await asyncio.gather(*(self._attempt_in_turn(deliveries) for deliveries in by_target.values()))
         return len(due)
+
+    async def deliver_all_due(self) -> None:
+        while await self.deliver_due():
+            pass
 
     async def _attempt_in_turn(self, deliveries: list[Delivery]) -> None:
         for delivery in deliveries:

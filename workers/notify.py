@@ -15,10 +15,9 @@ from typing import Any
 from gateway.dicom.commitment import REQUEST_TYPE, CommitmentRequest
 from workers.availability import AvailabilityNotifier
 from workers.commitment import CommitmentTracker
-from workers.deliver import Deliverer
+from workers.deliver import POLL_SECONDS, Deliverer
 
 SWEEP_SECONDS = 5.0
-DELIVERY_POLL_SECONDS = 1.0
 
 
 @dataclass(slots=True)
@@ -44,8 +43,4 @@ class NotifyStage:
             self._changed.clear()
 
     def loops(self) -> list[tuple[float, Callable[[], Awaitable[None]]]]:
-        return [(SWEEP_SECONDS, self.tracker.sweep), (DELIVERY_POLL_SECONDS, self._deliver)]
-
-    async def _deliver(self) -> None:
-        while await self.deliverer.deliver_due():
-            pass
+        return [(SWEEP_SECONDS, self.tracker.sweep), (POLL_SECONDS, self.deliverer.deliver_all_due)]

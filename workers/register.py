@@ -25,15 +25,13 @@ from pydicom.uid import generate_uid
 
 from gateway.bus import Producer
 from gateway.errors import DeliveryFailed, DeliveryRefused
-from gateway.index import Delivery, DeliveryState, Index, Registration
+from gateway.index import Delivery, Index, Registration
 from gateway.settings import DicomSettings, TopicSettings, XdsSettings
 from gateway.xds.client import XdsClient, XdsPermanent, XdsTransient
 from gateway.xds.manifest import build_manifest, to_part10
 from gateway.xds.metadata import AffinityDomain, MetadataError, build_submission
 from workers.availability import STUDY_REGISTERED, STUDY_STABLE
-from workers.deliver import Deliverer
-
-DELIVERY_POLL_SECONDS = 1.0
+from workers.deliver import POLL_SECONDS, Deliverer, wanted
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +61,7 @@ class Registrar:
         study = event["study_instance_uid"]
         generation = int(event.get("generation", 1))
         known = next((d for d in await self._index.deliveries(study) if d.delivery_id == registration_id(study)), None)
-        if known is not None and known.payload["generation"] >= generation and known.state is not DeliveryState.FAILED:
+        if not wanted(known, generation):
             return
         now = time.time()
         payload = {"generation": generation, "document_unique_id": generate_uid(),
@@ -142,8 +140,4 @@ class RegisterStage:
         """Nothing is batched: each stable study is queued as its event comes."""
 
     def loops(self) -> list[tuple[float, Callable[[], Awaitable[None]]]]:
-        return [(DELIVERY_POLL_SECONDS, self._deliver)]
-
-    async def _deliver(self) -> None:
-        while await self.deliverer.deliver_due():
-            pass
+        return [(POLL_SECONDS, self.deliverer.deliver_all_due)]

@@ -32,11 +32,17 @@ class Outbound:
     settings: DicomSettings
     timeout: float
 
-    async def commitment_report(self, remote: RemoteAE, event_type: int, event_information: Dataset) -> None:
-        await asyncio.to_thread(self._report, remote, event_type, event_information)
+    async def commitment_report(self, ae_title: str, event_type: int, event_information: Dataset) -> None:
+        await asyncio.to_thread(self._report, self._remote(ae_title), event_type, event_information)
 
-    async def availability(self, remote: RemoteAE, notification: Dataset) -> None:
-        await asyncio.to_thread(self._notify, remote, notification)
+    async def availability(self, ae_title: str, notification: Dataset) -> None:
+        await asyncio.to_thread(self._notify, self._remote(ae_title), notification)
+
+    def _remote(self, ae_title: str) -> RemoteAE:
+        remote = self.settings.remote_ae(ae_title)
+        if remote is None:
+            raise DeliveryFailed(f"{ae_title} is not in dicom.remote_aes")
+        return remote
 
     def _report(self, remote: RemoteAE, event_type: int, event_information: Dataset) -> None:
         association = self._associate(remote, STORAGE_COMMITMENT_PUSH_MODEL, scp_role=True)

@@ -9,7 +9,6 @@ version, so neither may be offered for retrieval.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from copy import copy
 from datetime import datetime
@@ -22,6 +21,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from gateway.dicom.acse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from gateway.index import InstanceRow, InstanceStatus
+from gateway.xds.rules import is_oid
 
 KEY_OBJECT_SELECTION_DOCUMENT_STORAGE = "1.2.840.10008.5.1.4.1.1.88.59"
 MANIFEST_TITLE = ("113030", "DCM", "Manifest")
@@ -32,13 +32,6 @@ SPECIFIC_CHARACTER_SET = "ISO_IR 192"
 """UTF-8: Finnish and Sámi names need more than Latin-1."""
 LOCAL_TIME = ZoneInfo("Europe/Helsinki")
 """The zone of DICOM dates and times without Timezone Offset From UTC: modalities here write Finnish time."""
-
-_OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
-
-
-def is_oid(value: str) -> bool:
-    return len(value) <= 64 and _OID.fullmatch(value) is not None
-
 
 def _code(value: str, scheme: str, meaning: str) -> Dataset:
     item = Dataset()

@@ -30,7 +30,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from gateway.index import InstanceRow
-from gateway.xds.manifest import KEY_OBJECT_SELECTION_DOCUMENT_STORAGE, LOCAL_TIME, is_oid, stored_instances
+from gateway.xds.manifest import KEY_OBJECT_SELECTION_DOCUMENT_STORAGE, LOCAL_TIME, stored_instances
+from gateway.xds.rules import is_oid
 from gateway.xds.soap import NS
 from gateway import hetu
 
