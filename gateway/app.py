@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import aiohttp
-import asyncpg
 
 from gateway.api import Api
 from gateway.bus import Bus, Producer
@@ -17,7 +15,7 @@ from gateway.index import CorrectionPolicy, Index
 from gateway.index.postgres import PostgresIndex
 from gateway.index.sqlite import SqliteIndex
 from gateway.metrics import Metrics
-from gateway.objects import ObjectStore, ObjectStoreError
+from gateway.objects import ObjectStore
 from gateway.objects.filesystem import FilesystemObjectStore
 from gateway.objects.s3 import S3ObjectStore
 from gateway.receiver import Receiver
@@ -33,13 +31,8 @@ from workers.notify import NotifyStage
 from workers.register import REGISTRATION, Registrar, RegisterStage
 from workers.pool import StorePool
 from workers.stability import StabilityClock
-from workers.retry import Unavailable
 from workers.store import StoreStage
 from workers.validation import ProfileSelector
-
-
-_SERVICE_ERRORS = (ObjectStoreError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, sqlite3.Error)
-"""Failures to reach S3 or the database while a worker starts: retried, like an outage mid-work."""
 
 
 def build_bus(settings: Settings, metrics: Metrics) -> Bus:
@@ -62,15 +55,13 @@ async def open_index(settings: Settings) -> Index:
 
 @asynccontextmanager
 async def _services(settings: Settings) -> AsyncIterator[tuple[ObjectStore, Index]]:
-    """The object store and the index a worker stage uses; failing to reach them is retried like an outage."""
+    """The object store and the index a worker stage uses; their adapters' errors say whether failing to reach
+    them is an outage (retried like one mid-work) or a configuration the process cannot run with."""
     objects = build_objects(settings)
     try:
-        try:
-            await objects.ensure_bucket()
-            index = await open_index(settings)
-            await index.migrate()
-        except _SERVICE_ERRORS as exc:
-            raise Unavailable(f"cannot open the object store or index: {exc}") from exc
+        await objects.ensure_bucket()
+        index = await open_index(settings)
+        await index.migrate()
         async with index:
             yield objects, index
     finally:

@@ -126,7 +126,9 @@ async def _serve(settings: Settings, roles: list[str], config: Path | None, read
         settings = settings.model_copy(update={"dicom": settings.dicom.model_copy(update={"reuse_port": True})})
         processes = ReceiverProcesses(settings.dicom.processes - 1, config, settings.runtime.drain_timeout_seconds)
         metrics.exposition = CollectorRegistry(auto_describe=False)
-        metrics.exposition.register(MergedMetrics(metrics.registry, processes))
+        merged = MergedMetrics(metrics.registry, processes)
+        metrics.exposition.register(merged)
+        metrics.refresh = merged.refresh
         extra.append(processes)
     bus = build_bus(settings, metrics)
     if bus.kind == "embedded":

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from gateway import envelope
+from gateway.core import envelope
 from gateway.bus import Bus, Record
 from gateway.settings import TopicSettings
 

@@ -34,6 +34,8 @@ def make_app(health: Health, metrics: Metrics, routes: Sequence[web.RouteDef] = 
         return web.json_response({"status": "not ready"}, status=503)
 
     async def metrics_endpoint(_: web.Request) -> web.Response:
+        if metrics.refresh is not None:
+            await metrics.refresh()
         response = web.Response(body=generate_latest(metrics.exposition))
         response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
         return response

@@ -1,6 +1,7 @@
 """Structured JSON logs in UTC, with context bound per association or record through contextvars.
 
-Patient names and IDs never go into a log line: callers bind UIDs, AE titles and offsets only.
+Patient names and IDs never go into a log line: callers bind UIDs, AE titles and offsets only, and a
+traceback is logged without its exceptions' messages, which libraries write with the values they refused.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import contextlib
 import contextvars
 import logging
 import sys
+import traceback
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -46,9 +48,24 @@ class JsonFormatter(logging.Formatter):
         }
         entry.update(_context.get())
         entry.update((k, v) for k, v in vars(record).items() if k not in _RESERVED)
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+        if record.exc_info and record.exc_info[1] is not None:
+            entry["exc"] = traceback_without_messages(record.exc_info[1])
         return orjson.dumps(entry, default=str).decode()
+
+
+def traceback_without_messages(exc: BaseException) -> str:
+    """The frames and exception types of a traceback (causes first, as Python prints them) without their
+    messages: a driver's or library's exception text may quote the values it choked on, i.e. patient data."""
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.insert(0, exc)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    parts = []
+    for link in chain:
+        frames = "".join(traceback.format_list(traceback.extract_tb(link.__traceback__)))
+        parts.append(f"Traceback (most recent call last):\n{frames}{type(link).__module__}.{type(link).__qualname__}"
+                     " (message withheld)\n")
+    return "\n".join(parts)
 
 
 def configure(level: str, json_format: bool = True) -> None:

@@ -5,6 +5,8 @@ Names use the ``dicomgw_`` prefix and base units; no UID is ever a label.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -15,6 +17,8 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.exposition = self.registry
         """What /metrics serves: this registry, or one that merges in other processes' metrics."""
+        self.refresh: Callable[[], Awaitable[None]] | None = None
+        """Awaited before each exposition: fetches what ``exposition`` merges in, off the event loop's back."""
         r = self.registry
         self.up = Gauge("dicomgw_ready", "1 while the process accepts work", registry=r)
         self.bus_records_published = Counter(

@@ -3,7 +3,8 @@
 Python runs one core per process; the kernel spreads new associations over every process listening on the
 port. The first process serves HTTP and supervises the others as one role: they start before it is ready,
 stop (draining) when it stops, and if one dies the whole pod exits so that the orchestrator restarts it.
-Their metrics are merged into the first process's ``/metrics`` (MergedMetrics).
+Their metrics are merged into the first process's ``/metrics`` (MergedMetrics), fetched asynchronously before
+each exposition so that a scrape never blocks the event loop that serves DICOM.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import logging
 import os
 import signal
 import sys
-import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
+import aiohttp
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -26,6 +27,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 log = logging.getLogger(__name__)
 
 _READY_TIMEOUT = 60.0
+_SCRAPE_TIMEOUT = 2.0
 
 
 def _die_with_parent() -> None:
@@ -95,11 +97,29 @@ class ReceiverProcesses:
 
 
 class MergedMetrics(Collector):
-    """This process's metrics plus the receiver processes', summed per name and labels, as one exposition."""
+    """This process's metrics plus the receiver processes', summed per name and labels, as one exposition.
+    ``refresh`` fetches the others' (concurrently, bounded in time); ``collect`` only merges what it fetched."""
 
     def __init__(self, own: CollectorRegistry, processes: ReceiverProcesses) -> None:
         self._own = own
         self._processes = processes
+        self._scraped: list[str] = []
+
+    async def refresh(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=_SCRAPE_TIMEOUT)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            texts = await asyncio.gather(*(self._scrape(session, port) for port in self._processes.http_ports))
+        self._scraped = [text for text in texts if text is not None]
+
+    @staticmethod
+    async def _scrape(session: aiohttp.ClientSession, port: int) -> str | None:
+        try:
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                response.raise_for_status()
+                return await response.text()
+        except (aiohttp.ClientError, TimeoutError):
+            log.warning("metrics of a receiver process unavailable", extra={"http_port": port})
+            return None
 
     def collect(self) -> Iterable[Metric]:
         families: dict[str, tuple[Metric, dict[tuple[str, tuple[tuple[str, str], ...]], float]]] = {}
@@ -115,12 +135,8 @@ class MergedMetrics(Collector):
                         totals[key] = totals.get(key, 0.0) + sample.value
 
         add(self._own.collect())
-        for port in self._processes.http_ports:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-                    add(text_string_to_metric_families(response.read().decode()))
-            except OSError:
-                log.warning("metrics of a receiver process unavailable", extra={"http_port": port})
+        for text in self._scraped:
+            add(text_string_to_metric_families(text))
         for metric, totals in families.values():
             for (name, labels), value in totals.items():
                 metric.add_sample(name, dict(labels), value)

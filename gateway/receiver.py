@@ -55,14 +55,12 @@ class Receiver:
         self._servers: list[asyncio.Server] = []
         self._associations: set[asyncio.Task[None]] = set()
         self._producer: Producer | None = None
-        self._failed: asyncio.Future[None] | None = None
         self.ports: list[int] = []
         self._reply_to = reply_to or ""
         self._requesters = Requesters() if reply_to else None
         self.routes = [web.post(f"{commitment.REPORTS_PATH}/{{transaction_uid}}", self._report)] if reply_to else []
 
     async def __aenter__(self) -> Receiver:
-        self._failed = asyncio.get_running_loop().create_future()
         self._producer = await self._stack.enter_async_context(self._bus.producer())
         try:
             await self._listen(self._settings.port, None)
@@ -126,8 +124,9 @@ class Receiver:
         return web.json_response({"event_type": event_type})
 
     async def wait(self) -> None:
-        assert self._failed is not None
-        await self._failed
+        """The receiver stops working only when its producer dies: then every C-STORE would be refused."""
+        assert self._producer is not None
+        await self._producer.wait()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

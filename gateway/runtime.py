@@ -72,8 +72,10 @@ async def run_roles(
             log.info("ready", extra={"roles": [role.name for role in roles], "http_port": port})
             if on_ready is not None:
                 on_ready(port)
-            await _until_stop_or_crash(stop, roles)
-            health.set_ready(False)
+            try:
+                await _until_stop_or_crash(stop, roles)
+            finally:
+                health.set_ready(False)  # before the drain: a crashed pod must leave the Service at once
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

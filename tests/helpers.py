@@ -9,9 +9,9 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway import envelope
+from gateway.core import envelope
 from gateway.bus import Bus
-from gateway.envelope import InstanceEnvelope, InstanceHeader
+from gateway.core.envelope import InstanceEnvelope, InstanceHeader
 
 
 def free_port() -> int:

@@ -1,7 +1,7 @@
 """Instance Availability Notification: when a study is complete here, tell its subscribers what is available.
 
-The trigger is a study event: ``study.stable`` (no new instance for the stability time), or
-``study.registered`` once XDS registration is on and the trigger says so. Each subscriber gets one IAN per
+The trigger is a study event: ``StudyStable`` (no new instance for the stability time), or
+``StudyRegistered`` once XDS registration is on and the trigger says so. Each subscriber gets one IAN per
 study generation (a study that receives more instances after it was stable gets a new generation, and a new
 IAN listing everything then stored); a repeated event for the same generation changes nothing.
 """
@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Any
 
+from gateway.core.events import StudyRegistered, StudyStable
 from gateway.dicom import ian
 from gateway.dicom.outbound import Outbound
 from gateway.index import Delivery, Index
@@ -21,8 +22,6 @@ from workers.deliver import Sender, wanted
 log = logging.getLogger(__name__)
 
 IAN = "ian"
-STUDY_STABLE = "study.stable"
-STUDY_REGISTERED = "study.registered"
 
 
 def ian_id(study_instance_uid: str, subscriber: str) -> str:
@@ -33,11 +32,11 @@ class AvailabilityNotifier:
     def __init__(self, index: Index, settings: NotifySettings) -> None:
         self._index = index
         self._settings = settings
-        self.trigger = STUDY_STABLE if settings.ian_trigger == "stable" else STUDY_REGISTERED
+        self.trigger: type[StudyStable | StudyRegistered] = (
+            StudyStable if settings.ian_trigger == "stable" else StudyRegistered)
 
-    async def study_event(self, event: dict[str, Any], source: dict[str, Any]) -> None:
-        study = event["study_instance_uid"]
-        generation = int(event.get("generation", 1))
+    async def study_event(self, event: StudyStable | StudyRegistered, source: dict[str, Any]) -> None:
+        study, generation = event.study_instance_uid, event.generation
         rows = await self._index.study_instances(study)
         if not rows:
             return

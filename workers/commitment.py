@@ -19,13 +19,16 @@ from typing import Any
 import aiohttp
 
 from gateway.dicom import commitment as sc
-from gateway.dicom.commitment import REPORTS_PATH, CommitmentRequest, Decision
+from gateway.core.errors import retriable
+from gateway.core.events import CommitmentRequested
+from gateway.dicom.commitment import REPORTS_PATH, Decision
 from gateway.dicom.outbound import Outbound
 from gateway.index import Commitment, CommitmentItem, Delivery, DeliveryState, Index, InstanceRow, InstanceStatus
 from gateway.metrics import Metrics
 from gateway.objects import ObjectNotFound, ObjectStore
 from gateway.settings import DicomSettings, NotifySettings
 from workers.deliver import Sender
+from workers.failure import reason
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,7 @@ class CommitmentTracker:
         self._metrics = metrics
         self._hasten_stability = hasten_stability
 
-    async def requested(self, request: CommitmentRequest, source: dict[str, Any]) -> None:
+    async def requested(self, request: CommitmentRequested, source: dict[str, Any]) -> None:
         requested_at = datetime.fromisoformat(request.requested_at).timestamp()
         commitment = Commitment(
             request.transaction_uid, request.requester_ae, requested_at,
@@ -65,6 +68,9 @@ class CommitmentTracker:
         """The request came again: a bus re-delivery, or a re-drive after its report failed for good."""
         known = await self._index.commitment(commitment.transaction_uid)
         assert known is not None
+        if known.decided_at is None:  # the first time round failed before deciding (an outage, a restart)
+            await self._evaluate(known, final=False)
+            return
         if [(i.sop_class_uid, i.sop_instance_uid) for i in known.items] != [
                 (i.sop_class_uid, i.sop_instance_uid) for i in commitment.items]:
             log.warning("Transaction UID reused with other references; the first request stands",
@@ -90,6 +96,23 @@ class CommitmentTracker:
                 await self._evaluate(commitment, final=True)
 
     async def _evaluate(self, commitment: Commitment, final: bool) -> None:
+        """Decide the transaction if every reference has an outcome (or ``final``). One that cannot be evaluated
+        for a reason other than an outage is decided as failed: the requester gets a report saying so, never
+        silence, and the other transactions go on."""
+        try:
+            decided = await self._decisions(commitment, final)
+        except Exception as exc:
+            if retriable(exc) is True:
+                raise
+            log.error("commitment could not be evaluated; every reference reported as failed", exc_info=exc,
+                      extra={"transaction_uid": commitment.transaction_uid, "error": reason(exc)})
+            decided = ([CommitmentItem(i.sop_class_uid, i.sop_instance_uid, sc.PROCESSING_FAILURE)
+                        for i in commitment.items], set())
+        if decided is not None:
+            await self._decide(commitment, *decided, final=final)
+
+    async def _decisions(self, commitment: Commitment, final: bool) -> tuple[list[CommitmentItem], set[str]] | None:
+        """Each reference's outcome and the studies of the committed ones; None while one is still awaited."""
         decisions: list[CommitmentItem] = []
         studies: set[str] = set()
         for item in commitment.items:
@@ -97,11 +120,15 @@ class CommitmentTracker:
             outcome = await self._outcome(item, row)
             if outcome == _WAITING:
                 if not final:
-                    return
+                    return None
                 outcome = sc.NO_SUCH_OBJECT_INSTANCE
             if outcome is None and row is not None:
                 studies.add(row.study_instance_uid)
             decisions.append(CommitmentItem(item.sop_class_uid, item.sop_instance_uid, outcome))
+        return decisions, studies
+
+    async def _decide(self, commitment: Commitment, decisions: list[CommitmentItem], studies: set[str],
+                      final: bool) -> None:
         now = time.time()
         report = Delivery(
             report_id(commitment.transaction_uid), REPORT, commitment.transaction_uid, commitment.requester_ae,

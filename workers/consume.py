@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gateway import envelope
+from gateway.core import envelope
 from gateway.bus import Record
-from gateway.envelope import InstanceEnvelope, InstanceHeader
+from gateway.core.envelope import InstanceEnvelope, InstanceHeader
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,12 @@
 """Sending what a worker queued in the index (commitment reports, IANs, XDS submissions), with retries.
 
 Due deliveries of the kinds this worker sends are claimed with a lease, handed to the sender for their kind,
-and their attempt recorded. ``DeliveryFailed`` is retried with exponential back-off; after the last attempt,
-or at once for ``DeliveryRefused``, the delivery is ``failed`` and a dead-letter entry names it, its reason
-and the bus record it came from, so that ``dicom-gateway dead-letter redrive`` queues it again. A duplicate
-is possible (a worker killed after sending, before recording), a lost delivery is not.
+and their attempt recorded. ``DeliveryFailed``, or any error that is not an outage of the index or the bus,
+is a failed attempt, retried with exponential back-off; after the last attempt, or at once for
+``DeliveryRefused``, the delivery is ``failed`` and a dead-letter entry names it, its reason and the bus
+record it came from, so that ``dicom-gateway dead-letter redrive`` queues it again. An outage of the index or
+the bus stops the round (the lease brings the delivery back). A duplicate is possible (a worker killed after
+sending, before recording), a lost delivery is not.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from gateway.bus import BusError, Producer
-from gateway.dead_letter import entry_value
-from gateway.errors import DeliveryFailed, DeliveryRefused
-from gateway.index import Delivery, DeliveryState, Index
+from gateway.core.errors import DeliveryFailed, DeliveryRefused, Unavailable
+from gateway.index import Delivery, DeliveryState, Index, IndexFailure
 from gateway.metrics import Metrics
 from gateway.settings import TopicSettings
+from workers.failure import dead_letter, reason
 
 log = logging.getLogger(__name__)
 
@@ -83,35 +85,41 @@ class Deliverer:
         except DeliveryFailed as exc:
             await self._failed(delivery, str(exc), refused=isinstance(exc, DeliveryRefused))
             return
+        except (IndexFailure, BusError) as exc:
+            if exc.retriable:
+                raise
+            await self._failed(delivery, reason(exc), refused=True)
+            return
+        except Exception as exc:
+            log.warning("delivery attempt failed unexpectedly", exc_info=exc,
+                        extra={"delivery_id": delivery.delivery_id})
+            await self._failed(delivery, reason(exc), refused=False)
+            return
         await self._index.finish_attempt(delivery.delivery_id, DeliveryState.DELIVERED, "", 0, time.time())
         self._metrics.deliveries.labels(delivery.kind, "delivered").inc()
         log.info("delivered", extra={"delivery_id": delivery.delivery_id, "target": delivery.target_ae,
                                      "attempts": delivery.attempts + 1})
 
-    async def _failed(self, delivery: Delivery, reason: str, refused: bool) -> None:
+    async def _failed(self, delivery: Delivery, error: str, refused: bool) -> None:
         attempts = delivery.attempts + 1
         now = time.time()
         if not refused and attempts < self._retry.max_attempts:
             delay = min(self._retry.initial_seconds * 2 ** (attempts - 1), self._retry.max_seconds)
-            await self._index.finish_attempt(delivery.delivery_id, DeliveryState.PENDING, reason, now + delay, now)
+            await self._index.finish_attempt(delivery.delivery_id, DeliveryState.PENDING, error, now + delay, now)
             self._metrics.deliveries.labels(delivery.kind, "retry").inc()
             log.warning("delivery failed, will retry", extra={
-                "delivery_id": delivery.delivery_id, "reason": reason, "attempts": attempts, "retry_in": delay})
+                "delivery_id": delivery.delivery_id, "reason": error, "attempts": attempts, "retry_in": delay})
             return
         source = delivery.source
-        why = reason if refused else f"{reason} (after {attempts} attempts)"
-        value = entry_value(self._stage, why, delivery.delivery_id, delivery.subject, source["topic"],
-                            source["partition"], [source["offset"]])
+        why = error if refused else f"{error} (after {attempts} attempts)"
         try:
-            await self._producer.publish(self._topics.dead_letter, delivery.subject.encode(), value)
-        except BusError:
+            await dead_letter(self._producer, self._topics, self._metrics, self._stage, why, delivery.delivery_id,
+                              delivery.subject, source["topic"], source["partition"], [source["offset"]])
+        except Unavailable:
             log.warning("dead-letter topic unavailable; the delivery stays pending",
                         extra={"delivery_id": delivery.delivery_id})
-            await self._index.finish_attempt(delivery.delivery_id, DeliveryState.PENDING, reason,
+            await self._index.finish_attempt(delivery.delivery_id, DeliveryState.PENDING, error,
                                              now + self._retry.max_seconds, now)
             return
         await self._index.finish_attempt(delivery.delivery_id, DeliveryState.FAILED, why, now, now)
         self._metrics.deliveries.labels(delivery.kind, "failed").inc()
-        self._metrics.dead_letters.labels(self._stage).inc()
-        log.error("delivery failed for good, dead-lettered", extra={
-            "delivery_id": delivery.delivery_id, "reason": why, "attempts": attempts})

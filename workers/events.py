@@ -1,8 +1,11 @@
 """A worker role fed by the events topic: one consumer in its group, plus the stage's periodic loops.
 
 What a stage learns from an event goes into the index before the event's offset is committed, so a worker
-killed at any point finds it again. An event that cannot be read is dead-lettered; a failing service (index,
-object store, bus) makes the whole member back off and rejoin, from the last committed offset.
+killed at any point finds it again. Each event is decoded once into its typed value (``gateway.core.events``)
+and handled under the failure policy (``workers.failure``): an outage makes the whole member back off and
+rejoin from the last committed offset; an event that cannot be decoded, or whose handling fails for good, is
+dead-lettered with its reason and the consumer moves past it. The periodic loops (sweeps, deliveries) isolate
+their own items; a loop that fails backs off by itself and never takes the consumer down.
 """
 
 from __future__ import annotations
@@ -13,24 +16,29 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
-import orjson
-
-from gateway.bus import Bus, BusError, Consumer, Producer, Record
-from gateway.dead_letter import entry_value
+from gateway.bus import Bus, Consumer, Producer, Record
+from gateway.core import events
+from gateway.core.errors import retriable
+from gateway.core.events import Event
 from gateway.metrics import Metrics
 from gateway.settings import TopicSettings
-from workers.retry import Unavailable, WorkerRole
+from workers.failure import Attempts, Verdict, dead_letter, reason
+from workers.retry import WorkerRole
 
 log = logging.getLogger(__name__)
 
+_IN_PLACE_PAUSE = 0.2
+"""Before another try of an event whose handling failed with an error nobody classified."""
+
 
 class EventStage(Protocol):
-    async def handle(self, event: dict[str, Any], source: dict[str, Any]) -> None:
-        """Act on one event; ``source`` names its record (topic, partition, offset) for re-drives.
-        Raises KeyError/ValueError/TypeError when the event is malformed."""
+    async def handle(self, event: Event, source: dict[str, Any]) -> None:
+        """Act on one event; ``source`` names its record (topic, partition, offset) for re-drives. Raises a
+        retriable error when a service is down, anything else when the event cannot be handled."""
 
     async def fetched(self) -> None:
-        """Finish what the handled events of one fetch left to do together, before their offsets commit."""
+        """Finish what the handled events of one fetch left to do together, before their offsets commit; may
+        raise only when a service is down (the stage isolates its items)."""
 
     def loops(self) -> list[tuple[float, Callable[[], Awaitable[None]]]]:
         """Work to repeat every so many seconds beside the consumer (sweeps, deliveries)."""
@@ -46,23 +54,33 @@ class EventPool(WorkerRole):
         self._bus = bus
         self._topics = topics
         self._stage_factory = stage
+        self._attempts = Attempts()
 
     async def _consume(self) -> None:
         async with self._bus.producer() as producer, self._stage_factory(producer) as stage, \
                 self._bus.consumer(self.group, [self._topics.events]) as consumer:
+            loops = [asyncio.create_task(self._every(seconds, work), name=f"{self.name}-loop")
+                     for seconds, work in stage.loops()]
             try:
-                async with asyncio.TaskGroup() as loops:
-                    loops.create_task(self._events(consumer, stage, producer))
-                    for seconds, work in stage.loops():
-                        loops.create_task(self._every(seconds, work))
-            except ExceptionGroup as failures:
-                raise failures.exceptions[0] from None
+                await self._events(consumer, stage, producer)
+            finally:
+                for task in loops:
+                    task.cancel()
+                await asyncio.gather(*loops, return_exceptions=True)
 
     async def _every(self, seconds: float, work: Callable[[], Awaitable[None]]) -> None:
+        pause = seconds
         while not self._stopping.is_set():
-            await _unavailable_on_failure(work())
             try:
-                await asyncio.wait_for(self._stopping.wait(), seconds)
+                await work()
+                pause = seconds
+            except Exception as exc:
+                pause = min(max(pause * 2, 1.0), self._retry_max)
+                self._metrics.stage_retries.labels(self.name).inc()
+                log.warning("periodic work failed; trying again later", exc_info=retriable(exc) is not True,
+                            extra={"stage": self.name, "error": reason(exc), "retry_in": pause})
+            try:
+                await asyncio.wait_for(self._stopping.wait(), pause)
             except TimeoutError:
                 pass
 
@@ -70,9 +88,9 @@ class EventPool(WorkerRole):
         while not self._stopping.is_set():
             records = await consumer.fetch(timeout=0.5)
             for record in records:
-                await _unavailable_on_failure(self._handle(record, stage, producer))
+                await self._handle(record, stage, producer)
                 consumer.done(record)
-            await _unavailable_on_failure(stage.fetched())
+            await stage.fetched()
             await consumer.commit()
             if records:
                 self._metrics.consumer_lag.labels(self.group, self._topics.events).set(
@@ -80,27 +98,30 @@ class EventPool(WorkerRole):
 
     async def _handle(self, record: Record, stage: EventStage, producer: Producer) -> None:
         source = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+        key = (record.topic, record.partition, record.offset)
         try:
-            event: dict[str, Any] = orjson.loads(record.value)
-            await stage.handle(event, source)
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-            await self._dead_letter(producer, record, f"unreadable event: {exc!r}")
+            event = events.decode(record.value)
+        except events.UndecodableEvent as exc:
+            await self._dead_letter(producer, record, f"unreadable event: {exc}")
+            return
+        while True:
+            try:
+                await stage.handle(event, source)
+                self._attempts.succeeded(key)
+                return
+            except Exception as exc:
+                if self._attempts.verdict(key, exc) is Verdict.DEAD_LETTER:
+                    if retriable(exc) is None:
+                        log.error("event failed", exc_info=exc, extra={"type": event.TYPE, "offset": record.offset})
+                    await self._dead_letter(producer, record, f"{event.TYPE}: {reason(exc)}")
+                    return
+                if retriable(exc) is True:
+                    raise
+                log.warning("event failed; trying it again", exc_info=exc,
+                            extra={"type": event.TYPE, "offset": record.offset})
+                await asyncio.sleep(_IN_PLACE_PAUSE)
 
-    async def _dead_letter(self, producer: Producer, record: Record, reason: str) -> None:
-        subject = record.key.decode(errors="replace")
-        value = entry_value(self.name, reason, f"event:{record.topic}:{record.partition}:{record.offset}", subject,
-                            record.topic, record.partition, [record.offset])
-        await producer.publish(self._topics.dead_letter, record.key, value)
-        self._metrics.dead_letters.labels(self.name).inc()
-        log.error("event dead-lettered", extra={"reason": reason, "offset": record.offset})
-
-
-async def _unavailable_on_failure(work: Awaitable[Any]) -> Any:
-    """The index, the object store or the bus failed under us: back off and retry from the last commit."""
-    try:
-        return await work
-    except (Unavailable, BusError, asyncio.CancelledError):
-        raise
-    except Exception as exc:
-        log.exception("worker stage failed; retrying after a back-off")
-        raise Unavailable(str(exc)) from exc
+    async def _dead_letter(self, producer: Producer, record: Record, why: str) -> None:
+        await dead_letter(producer, self._topics, self._metrics, self.name, why,
+                          f"event:{record.topic}:{record.partition}:{record.offset}",
+                          record.key.decode(errors="replace"), record.topic, record.partition, [record.offset])

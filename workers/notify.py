@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.dicom.commitment import REQUEST_TYPE, CommitmentRequest
+from gateway.core.events import CommitmentRequested, Event, InstanceEvent, StudyRegistered, StudyStable
 from workers.availability import AvailabilityNotifier
 from workers.commitment import CommitmentTracker
 from workers.deliver import POLL_SECONDS, Deliverer
@@ -28,13 +28,12 @@ class NotifyStage:
     _changed: list[str] = field(default_factory=list)
     """Instances stored (or quarantined, rejected) in this fetch: looked up together, once per fetch."""
 
-    async def handle(self, event: dict[str, Any], source: dict[str, Any]) -> None:
-        kind = event.get("type", "")
-        if kind == REQUEST_TYPE:
-            await self.tracker.requested(CommitmentRequest.from_json(event), source)
-        elif kind.startswith("instance."):
-            self._changed.append(str(event["sop_instance_uid"]))
-        elif kind == self.notifier.trigger:
+    async def handle(self, event: Event, source: dict[str, Any]) -> None:
+        if isinstance(event, CommitmentRequested):
+            await self.tracker.requested(event, source)
+        elif isinstance(event, InstanceEvent):
+            self._changed.append(event.sop_instance_uid)
+        elif isinstance(event, StudyStable | StudyRegistered) and isinstance(event, self.notifier.trigger):
             await self.notifier.study_event(event, source)
 
     async def fetched(self) -> None:

@@ -13,13 +13,14 @@ import logging
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
-from gateway.bus import Bus, BusError, Producer, Record
-from gateway.dead_letter import entry_value
-from gateway.envelope import InstanceEnvelope, InstanceHeader
+from gateway.bus import Bus, Producer, Record
+from gateway.core.errors import Unavailable, retriable
+from gateway.core.envelope import InstanceEnvelope, InstanceHeader
 from gateway.metrics import Metrics
 from gateway.settings import TopicSettings
 from workers.consume import InstanceAssembler
-from workers.retry import RETRIABLE, Unavailable, WorkerRole
+from workers.failure import Attempts, Verdict, dead_letter, reason
+from workers.retry import WorkerRole
 from workers.stability import StabilityClock
 from workers.store import DeadLetter, StoreStage
 
@@ -45,6 +46,7 @@ class StorePool(WorkerRole):
         self._stability_check = stability_check_seconds
         self._orphan_timeout_ms = int(orphan_timeout_seconds * 1000)
         self.group = "dicomgw-store"
+        self._attempts = Attempts()
 
     async def _consume(self) -> None:
         async with self._bus.producer() as producer, self._stage_factory(producer) as stage:
@@ -56,7 +58,7 @@ class StorePool(WorkerRole):
 
             async with self._bus.consumer(self.group, [self._topics.instances], revoked) as consumer:
                 assembler = InstanceAssembler(
-                    _DeadLettering(stage, producer, self._topics, self._metrics), consumer.done,
+                    _DeadLettering(stage, producer, self._topics, self._metrics, self._attempts), consumer.done,
                     self._orphan_timeout_ms,
                 )
                 clock = self._clock_factory(stage, producer)
@@ -94,25 +96,23 @@ async def _feed_partitions_concurrently(assembler: InstanceAssembler, records: l
 
 
 class _DeadLettering:
-    """Passes instances to the stage; what cannot be stored is recorded on the dead-letter topic.
+    """Passes instances to the stage and applies the failure policy to each: an outage stops the member (it
+    backs off and sees the instance again from its first record), a permanent error dead-letters the instance
+    with its reason and the offsets of its records, an unclassified one gets a few tries and is then
+    permanent. Once the cause is fixed, ``dicom-gateway dead-letter redrive`` sends it through again."""
 
-    Besides the stage's own verdicts (DeadLetter), an unexpected error on one instance - a defect, a header
-    no rule foresaw - dead-letters that instance rather than crash-looping the pool on it; once the cause is
-    fixed, ``dicom-gateway dead-letter redrive`` sends it through again.
-    """
-
-    def __init__(self, stage: StoreStage, producer: Producer, topics: TopicSettings, metrics: Metrics) -> None:
+    def __init__(self, stage: StoreStage, producer: Producer, topics: TopicSettings, metrics: Metrics,
+                 attempts: Attempts) -> None:
         self._stage = stage
         self._producer = producer
         self._topics = topics
         self._metrics = metrics
+        self._attempts = attempts
         self._failed: dict[str, str] = {}
 
     async def begin(self, header: InstanceHeader) -> None:
         try:
             await self._stage.begin(header)
-        except RETRIABLE:
-            raise
         except Exception as exc:
             await self._fail(header.instance_id, exc)
 
@@ -121,25 +121,19 @@ class _DeadLettering:
             return
         try:
             await self._stage.data(instance_id, data)
-        except RETRIABLE:
-            raise
         except Exception as exc:
             await self._fail(instance_id, exc)
 
     async def end(self, instance: InstanceEnvelope, data: bytes, records: list[Record]) -> None:
-        reason = self._failed.pop(instance.instance_id, None)
-        if reason is None:
+        why = self._failed.pop(instance.instance_id, None)
+        if why is None:
             try:
                 await self._stage.end(instance, data, records)
+                self._attempts.succeeded(instance.instance_id)
                 return
-            except DeadLetter as verdict:
-                reason = str(verdict)
-            except RETRIABLE:
-                raise
             except Exception as exc:
-                log.exception("store failed on an instance", extra={"instance_id": instance.instance_id})
-                reason = f"unexpected error: {exc!r}"
-        await self._record(instance.instance_id, reason, instance.study_instance_uid, records)
+                why = self._judge(instance.instance_id, exc)
+        await self._record(instance.instance_id, why, instance.study_instance_uid, records)
 
     async def discard(self, instance_id: str, reason: str) -> None:
         self._failed.pop(instance_id, None)
@@ -150,16 +144,25 @@ class _DeadLettering:
         await self._record(instance_id, reason, records[0].key.decode(errors="replace"), records)
 
     async def _fail(self, instance_id: str, exc: Exception) -> None:
-        log.exception("store failed on an instance", extra={"instance_id": instance_id})
-        self._failed[instance_id] = f"unexpected error: {exc!r}"
-        await self._stage.discard(instance_id, "failed; it goes to the dead letters at its end")
-
-    async def _record(self, instance_id: str, reason: str, study: str, records: list[Record]) -> None:
-        value = entry_value("store", reason, instance_id, study, records[0].topic, records[0].partition,
-                            [record.offset for record in records])
+        """A failure before the end: the rest of the instance is skipped, and dead-lettered at its end."""
         try:
-            await self._producer.publish(self._topics.dead_letter, study.encode(), value)
-        except BusError as exc:
-            raise Unavailable(f"bus: {exc}") from exc
-        self._metrics.dead_letters.labels("store").inc()
-        log.error("instance dead-lettered", extra={"instance_id": instance_id, "reason": reason})
+            why = self._judge(instance_id, exc)
+        finally:
+            await self._stage.discard(instance_id, "failed; it goes to the dead letters at its end")
+        self._failed[instance_id] = why
+
+    def _judge(self, instance_id: str, exc: Exception) -> str:
+        """The dead-letter reason, or raises to stop the member and see the instance again."""
+        if self._attempts.verdict(instance_id, exc) is Verdict.RETRY:
+            if retriable(exc) is True:
+                raise exc
+            log.warning("store failed on an instance; trying it again", exc_info=exc,
+                        extra={"instance_id": instance_id})
+            raise Unavailable(f"retrying after {reason(exc)}") from exc
+        if not isinstance(exc, DeadLetter):
+            log.error("store failed on an instance for good", exc_info=exc, extra={"instance_id": instance_id})
+        return reason(exc)
+
+    async def _record(self, instance_id: str, why: str, study: str, records: list[Record]) -> None:
+        await dead_letter(self._producer, self._topics, self._metrics, "store", why, instance_id, study,
+                          records[0].topic, records[0].partition, [record.offset for record in records])

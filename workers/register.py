@@ -1,6 +1,6 @@
 """Register: each stable study becomes an XDS-I.b imaging manifest (KOS) in the affinity domain's registry.
 
-On ``study.stable`` a registration of that generation is queued in the index (the same queue, leases, retries
+On ``StudyStable`` a registration of that generation is queued in the index (the same queue, leases, retries
 and dead letters as the notify role's deliveries). Sending it builds the KOS of the study's stored instances,
 wraps it in a RAD-68 Provide and Register Imaging Document Set (MTOM/XOP), and, on Success, records the manifest
 as the study's current one and publishes ``study.registered``. A later generation's manifest replaces the
@@ -20,17 +20,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from pydicom.uid import generate_uid
 
 from gateway.bus import Producer
-from gateway.errors import DeliveryFailed, DeliveryRefused
+from gateway.core import events
+from gateway.core.events import Event, StudyRegistered, StudyStable
+from gateway.core.errors import DeliveryFailed, DeliveryRefused
 from gateway.index import Delivery, Index, Registration
 from gateway.settings import DicomSettings, TopicSettings, XdsSettings
 from gateway.xds.client import XdsClient, XdsPermanent, XdsTransient
 from gateway.xds.manifest import build_manifest, to_part10
 from gateway.xds.metadata import AffinityDomain, MetadataError, build_submission
-from workers.availability import STUDY_REGISTERED, STUDY_STABLE
 from workers.deliver import POLL_SECONDS, Deliverer, wanted
 
 log = logging.getLogger(__name__)
@@ -56,10 +56,9 @@ class Registrar:
         self._domain = AffinityDomain.load(xds.affinity_domain_file)
         self._test_environment = test_environment
 
-    async def study_stable(self, event: dict[str, Any], source: dict[str, Any]) -> None:
+    async def study_stable(self, event: StudyStable, source: dict[str, Any]) -> None:
         """Queue the registration of this generation, unless it is queued or done already."""
-        study = event["study_instance_uid"]
-        generation = int(event.get("generation", 1))
+        study, generation = event.study_instance_uid, event.generation
         known = next((d for d in await self._index.deliveries(study) if d.delivery_id == registration_id(study)), None)
         if not wanted(known, generation):
             return
@@ -109,9 +108,9 @@ class Registrar:
                                     submission.submission_set_unique_id, len(rows), time.time(),
                                     current.entry_uuid if current else None)
         await self._index.record_registration(registration)
-        event = {"type": STUDY_REGISTERED, "study_instance_uid": study, "generation": payload["generation"],
-                 "document_unique_id": submission.unique_id, "entry_uuid": submission.document_entry_uuid}
-        await self._producer.publish(self._topics.events, study.encode(), orjson.dumps(event))
+        event = StudyRegistered(study_instance_uid=study, generation=payload["generation"],
+                                document_unique_id=submission.unique_id, entry_uuid=submission.document_entry_uuid)
+        await self._producer.publish(self._topics.events, event.key, events.encode(event))
         log.info("study registered", extra={"study_instance_uid": study, "generation": payload["generation"],
                                             "document_unique_id": submission.unique_id,
                                             "replaces": registration.replaces_entry_uuid})
@@ -132,8 +131,8 @@ class RegisterStage:
     registrar: Registrar
     deliverer: Deliverer
 
-    async def handle(self, event: dict[str, Any], source: dict[str, Any]) -> None:
-        if event.get("type") == STUDY_STABLE:
+    async def handle(self, event: Event, source: dict[str, Any]) -> None:
+        if isinstance(event, StudyStable):
             await self.registrar.study_stable(event, source)
 
     async def fetched(self) -> None:

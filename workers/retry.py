@@ -9,30 +9,25 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Self
 
-from gateway.bus import BusError
+from gateway.core.errors import retriable
 from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 
-class Unavailable(Exception):
-    """A service the stage needs is down; the work is retried later, from its first record."""
-
-
-RETRIABLE = (Unavailable, BusError, OSError)
-"""A service is down: back off and retry. Anything else is about the work item itself."""
-
-
 async def with_backoff(stage: str, consume: Callable[[], Awaitable[None]], stopping: asyncio.Event,
                        retry_max_seconds: float, metrics: Metrics) -> None:
     """Run ``consume`` until it returns or ``stopping`` is set, backing off exponentially while it fails
-    on an unavailable service, so nothing busy-loops during an outage."""
+    on an unavailable service, so nothing busy-loops during an outage. Errors of a single message never get
+    here (the failure policy dead-letters them); anything else that is not an outage is a crash."""
     backoff = 1.0
     while not stopping.is_set():
         try:
             await consume()
             return
-        except RETRIABLE as exc:
+        except Exception as exc:
+            if retriable(exc) is not True:
+                raise
             metrics.stage_retries.labels(stage).inc()
             log.warning("stage paused: a service is unavailable",
                         extra={"stage": stage, "error": str(exc), "retry_in": backoff})

@@ -2,7 +2,7 @@
 
 The store pool member that owns a study's partition decides it, between the batches it stores, so the
 decision never races an instance of that study being written; the times live in the index (each
-``record_instance`` touches its study), so the clock survives restarts and rebalances. A ``study.stable``
+``record_instance`` touches its study), so the clock survives restarts and rebalances. A ``StudyStable``
 event, keyed by the study, tells the notify and register stages. It is published before the study is marked
 stable: a crash in between repeats the event (same generation), it never loses it.
 """
@@ -13,14 +13,12 @@ import logging
 import time
 from collections.abc import Callable
 
-import orjson
-
-from gateway.bus import BusError, Producer
+from gateway.bus import Producer
+from gateway.core import events
+from gateway.core.events import StudyStable
 from gateway.index import Index
 from gateway.metrics import Metrics
 from gateway.settings import TopicSettings
-from workers.availability import STUDY_STABLE
-from workers.retry import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -38,23 +36,14 @@ class StabilityClock:
 
     async def tick(self, owns: Callable[[str], bool]) -> int:
         """Announce the owned studies that became stable; returns how many."""
-        try:
-            return await self._announce(owns)
-        except (Unavailable, BusError):
-            raise
-        except Exception as exc:
-            raise Unavailable(f"index: {exc}") from exc
-
-    async def _announce(self, owns: Callable[[str], bool]) -> int:
         announced = 0
         for activity in await self._index.due_stable_studies(time.time() - self._stable_after, BATCH):
             study = activity.study_instance_uid
             if not owns(study):
                 continue
             now = time.time()
-            event = {"type": STUDY_STABLE, "study_instance_uid": study, "generation": activity.generation,
-                     "stable_at": now}
-            await self._producer.publish(self._topics.events, study.encode(), orjson.dumps(event))
+            event = StudyStable(study_instance_uid=study, generation=activity.generation, stable_at=now)
+            await self._producer.publish(self._topics.events, event.key, events.encode(event))
             if await self._index.mark_stable(activity, now):
                 announced += 1
                 self._metrics.studies_stable.inc()

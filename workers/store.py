@@ -7,9 +7,10 @@ stream into the object store as they arrive. At the end the size and SHA-256 are
 envelope, the object is completed, and the index decides whether it is new, a re-delivery (no-op: the copy
 just written is removed) or a correction (the configured policy). Events then tell later stages.
 
-Failures: an unavailable object store, index or bus raises ``Unavailable`` and the worker retries the whole
-instance after a back-off; anything that cannot succeed (size or hash mismatch) goes to the dead-letter
-topic with its reason and the offsets of its records, from which it can be re-driven.
+Failures are the ports' errors, classified by the pool's failure policy: an unavailable object store, index
+or bus makes the worker retry the whole instance after a back-off; what cannot succeed (size or hash
+mismatch, a row the index refuses) goes to the dead-letter topic with its reason and the offsets of its
+records, from which it can be re-driven.
 """
 
 from __future__ import annotations
@@ -20,23 +21,23 @@ import logging
 import warnings
 import zlib
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from io import BytesIO
 
-import orjson
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 
 from gateway.bus import Producer, Record
 from gateway.dicom.acse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from gateway.dicom.dataset import DEFLATED, PIXEL_DATA, encode, read_prefix
-from gateway.envelope import InstanceEnvelope, InstanceHeader
-from gateway.index import CorrectionPolicy, Index, InstanceRow, InstanceStatus, Outcome
+from gateway.core.envelope import InstanceEnvelope, InstanceHeader
+from gateway.core import events
+from gateway.core.errors import Permanent
+from gateway.index import CorrectionPolicy, Index, IndexRejected, InstanceRow, InstanceStatus, Outcome
 from gateway.metrics import Metrics
 from gateway.objects import ObjectStore, Upload
 from gateway.settings import TopicSettings
-from workers.retry import Unavailable
 from workers.validation import (
     Finding,
     ProfileSelector,
@@ -81,7 +82,7 @@ def file_meta(header: InstanceHeader) -> bytes:
     return out.getvalue()
 
 
-class DeadLetter(Exception):
+class DeadLetter(Permanent):
     """The instance can never be stored as it is; it goes to the dead-letter topic with this reason."""
 
 
@@ -174,23 +175,21 @@ class StoreStage:
             raise DeadLetter(f"data set of {pending.size} bytes / sha256 {sha256} does not match the envelope "
                              f"({instance.size} bytes / {instance.sha256}): corrupted on the bus")
         assert pending.upload is not None and pending.validation is not None
-        try:
-            with self._metrics.object_store_seconds.time():
-                stored = await pending.upload.complete(pending.stored_sha256.hexdigest())
-        except Exception as exc:
-            raise Unavailable(f"object store: {exc}") from exc
+        with self._metrics.object_store_seconds.time():
+            stored = await pending.upload.complete(pending.stored_sha256.hexdigest())
         pending.upload = None
         row = self._row(pending, instance, stored.size, pending.stored_sha256.hexdigest())
         try:
             result = await self._index.record_instance(row, self._policy)
-        except Exception as exc:
-            raise Unavailable(f"index: {exc}") from exc
+        except IndexRejected as exc:
+            await self._objects.delete(row.storage_key)  # never an object the index does not know
+            raise DeadLetter(f"the index refused the instance: {exc}") from exc
         if row.status is InstanceStatus.STORED and row.patient_attributes:
             self._study_patients.setdefault(row.study_instance_uid, row.patient_attributes)
             self._remember_patient(row.study_instance_uid, self._study_patients[row.study_instance_uid])
         if result.outcome not in (Outcome.INSERTED, Outcome.REPLACED) and result.current.storage_key != row.storage_key:
             await self._objects.delete(row.storage_key)  # a copy of what is already stored: keep one
-        await self._emit(result.outcome, row, records)
+        await self._emit(result.outcome, row, result.current.version, records)
 
     def _row(self, pending: _Pending, instance: InstanceEnvelope, object_size: int, stored_sha256: str) -> InstanceRow:
         assert pending.validation is not None
@@ -216,22 +215,22 @@ class StoreStage:
             stored_at=datetime.now(UTC), patient_attributes=pending.patient,
         )
 
-    async def _emit(self, outcome: Outcome, row: InstanceRow, records: list[Record]) -> None:
-        kind = {
-            Outcome.INSERTED: f"instance.{row.status.value}",
-            Outcome.REPLACED: f"instance.{row.status.value}",
-            Outcome.DUPLICATE: "instance.duplicate",
-            Outcome.REJECTED: "instance.rejected",
-            Outcome.KEPT_FIRST: "instance.rejected",
-        }[outcome]
-        event = {"type": kind, "outcome": outcome.value, **_jsonable(row),
-                 "source": {"topic": records[0].topic, "partition": records[0].partition,
-                            "offsets": [r.offset for r in records]}}
-        try:
-            await self._producer.publish(self._topics.events, row.study_instance_uid.encode(), orjson.dumps(event))
-        except Exception as exc:
-            raise Unavailable(f"bus: {exc}") from exc
-        self._metrics.instances_stored.labels(kind).inc()
+    async def _emit(self, outcome: Outcome, row: InstanceRow, version: int, records: list[Record]) -> None:
+        kind: type[events.InstanceEvent]
+        if outcome in (Outcome.INSERTED, Outcome.REPLACED):
+            kind = events.InstanceQuarantined if row.status is InstanceStatus.QUARANTINED else events.InstanceStored
+        else:
+            kind = events.InstanceDuplicate if outcome is Outcome.DUPLICATE else events.CorrectionRefused
+        event = kind(
+            outcome=outcome.value, sop_instance_uid=row.sop_instance_uid, sop_class_uid=row.sop_class_uid,
+            study_instance_uid=row.study_instance_uid, series_instance_uid=row.series_instance_uid,
+            status=row.status.value, version=version, instance_id=row.instance_id,
+            storage_key=row.storage_key, size=row.size, sha256=row.sha256, source_ae=row.source_ae,
+            stored_at=row.stored_at.isoformat(),
+            source={"topic": records[0].topic, "partition": records[0].partition,
+                    "offsets": [r.offset for r in records]})
+        await self._producer.publish(self._topics.events, event.key, events.encode(event))
+        self._metrics.instances_stored.labels(kind.TYPE).inc()
         if outcome in (Outcome.INSERTED, Outcome.REPLACED):
             self._metrics.bytes_stored.inc(row.size)
             for finding in row.findings:
@@ -301,10 +300,7 @@ class StoreStage:
         if known is not None:
             self._study_patients.move_to_end(study_instance_uid)
             return known
-        try:
-            earlier = await self._index.study_instances(study_instance_uid)
-        except Exception as exc:
-            raise Unavailable(f"index: {exc}") from exc
+        earlier = await self._index.study_instances(study_instance_uid)
         found = next((row.patient_attributes for row in earlier if row.patient_attributes), {})
         if found:
             self._remember_patient(study_instance_uid, found)
@@ -332,10 +328,7 @@ class StoreStage:
 
 async def _upload(pending: _Pending, data: bytes) -> None:
     assert pending.upload is not None
-    try:
-        await pending.upload.write(data)
-    except Exception as exc:
-        raise Unavailable(f"object store: {exc}") from exc
+    await pending.upload.write(data)
 
 
 def _integer(value: object) -> int | None:
@@ -343,10 +336,3 @@ def _integer(value: object) -> int | None:
         return int(str(value)) if value not in (None, "") else None
     except ValueError:
         return None
-
-
-def _jsonable(row: InstanceRow) -> dict[str, object]:
-    values = asdict(row)
-    values["received_at"] = row.received_at.isoformat()
-    values["stored_at"] = row.stored_at.isoformat()
-    return values

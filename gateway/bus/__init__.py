@@ -50,6 +50,10 @@ class BusError(Exception):
     retriable = False
 
 
+class ProducerDied(BusError):
+    """The producer's background work stopped while it was in use."""
+
+
 class BusUnavailable(BusError):
     """The bus did not make a record durable in time (broker down, disk full, timeout)."""
 
@@ -79,6 +83,11 @@ class Producer(Protocol):
 
     async def publish(self, topic: str, key: bytes, value: bytes, headers: Headers = ()) -> None:
         """Send and wait until durable."""
+        ...
+
+    async def wait(self) -> None:
+        """Return or raise only if the producer's background work (poller, writer, sender) died: it can make
+        nothing durable any more, so its owner must stop and be restarted, not refuse every send quietly."""
         ...
 
 

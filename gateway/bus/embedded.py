@@ -28,6 +28,7 @@ from gateway.bus import (
     BusUnavailable,
     Headers,
     OffsetTracker,
+    ProducerDied,
     Record,
     RevokeCallback,
     TopicPartition,
@@ -199,9 +200,22 @@ class EmbeddedProducer:
         self._connection = await asyncio.to_thread(_connect, self._bus._path)
         self._writer = asyncio.create_task(self._write_loop(), name="embedded-bus-writer")
 
+    async def wait(self) -> None:
+        assert self._writer is not None
+        try:
+            await asyncio.shield(self._writer)
+        except asyncio.CancelledError:
+            if self._writer.cancelled():
+                raise ProducerDied("the embedded bus writer was cancelled") from None
+            raise
+        except Exception as exc:
+            raise ProducerDied(f"the embedded bus writer failed: {exc!r}") from exc
+        raise ProducerDied("the embedded bus writer stopped")
+
     async def stop(self) -> None:
         """Flush what is queued, then close."""
-        await self._queue.join()
+        if self._writer is not None and not self._writer.done():
+            await self._queue.join()
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)

@@ -23,6 +23,7 @@ from gateway.bus import (
     MAX_RECORD_BYTES,
     BusError,
     BusUnavailable,
+    ProducerDied,
     Headers,
     OffsetTracker,
     Producer,
@@ -203,6 +204,22 @@ class AioKafkaProducer:
 
     async def publish(self, topic: str, key: bytes, value: bytes, headers: Headers = ()) -> None:
         await (await self.send(topic, key, value, headers))
+
+    async def wait(self) -> None:
+        """aiokafka runs one sender task per producer and fails every pending send when it dies; it offers no
+        public handle on it, so this watches the one its producer keeps."""
+        sender = getattr(getattr(self._client, "_sender", None), "sender_task", None)
+        if sender is None:
+            await asyncio.Event().wait()
+        try:
+            await asyncio.shield(sender)
+        except asyncio.CancelledError:
+            if sender.cancelled():
+                raise ProducerDied("aiokafka's sender task was cancelled") from None
+            raise
+        except Exception as exc:
+            raise ProducerDied(f"aiokafka's sender task failed: {exc!r}") from exc
+        raise ProducerDied("aiokafka's sender task stopped")
 
 
 class KafkaConsumer:

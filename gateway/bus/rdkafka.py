@@ -16,7 +16,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from gateway.bus import MAX_RECORD_BYTES, BusUnavailable, Headers, check_record_size
+from gateway.bus import MAX_RECORD_BYTES, BusUnavailable, Headers, ProducerDied, check_record_size
 from gateway.metrics import Metrics
 from gateway.settings import KafkaSettings
 
@@ -62,10 +62,33 @@ class RdKafkaProducer:
         self._loop = asyncio.get_running_loop()
         self._stopping = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="rdkafka-poller", daemon=True)
+        self._died: asyncio.Future[None] = self._loop.create_future()
+        self._closing = False
+        self._pending: set[asyncio.Future[None]] = set()
+        """Sent and not yet reported: failed at once if the poller dies, which would never report them."""
 
     def _poll(self) -> None:
-        while not self._stopping.is_set():
-            self._client.poll(0.1)
+        error: BaseException | None = None
+        try:
+            while not self._stopping.is_set():
+                self._client.poll(0.1)
+        except BaseException as exc:
+            error = exc
+        finally:
+            if not self._closing and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(self._poller_ended, error)
+
+    def _poller_ended(self, error: BaseException | None) -> None:
+        died = ProducerDied(f"the librdkafka poller stopped: {error!r}")
+        if not self._died.done():
+            self._died.set_exception(died)
+        for future in self._pending:
+            if not future.done():
+                future.set_exception(died)
+        self._pending.clear()
+
+    async def wait(self) -> None:
+        await asyncio.shield(self._died)
 
     async def start(self, timeout: float) -> None:
         """Fail fast, as the aiokafka producer does, when no broker answers."""
@@ -76,6 +99,7 @@ class RdKafkaProducer:
         self._poller.start()
 
     async def stop(self) -> None:
+        self._closing = True
         await asyncio.to_thread(self._client.flush, 30)
         self._stopping.set()
         if self._poller.is_alive():
@@ -83,6 +107,8 @@ class RdKafkaProducer:
 
     async def send(self, topic: str, key: bytes, value: bytes, headers: Headers = ()) -> Awaitable[None]:
         check_record_size(key, value, headers, self.max_record_bytes)
+        if self._died.done():
+            raise BusUnavailable("the librdkafka poller has stopped")
         future: asyncio.Future[None] = self._loop.create_future()
         size = len(value)
 
@@ -92,6 +118,7 @@ class RdKafkaProducer:
         while True:
             try:
                 self._client.produce(topic, value, key, headers=list(headers), on_delivery=delivered)
+                self._pending.add(future)
                 return future
             except BufferError:
                 await asyncio.sleep(_QUEUE_FULL_PAUSE)  # librdkafka's queue is full: backpressure
@@ -100,6 +127,7 @@ class RdKafkaProducer:
                 raise BusUnavailable(f"Kafka refused the record: {exc}") from exc
 
     def _settle(self, future: asyncio.Future[None], topic: str, size: int, error: KafkaError | None) -> None:
+        self._pending.discard(future)
         if future.done():
             return
         if error is not None:

@@ -26,7 +26,9 @@ from gateway.bus import BusError, Producer
 from gateway.dicom import acse, commitment, dimse
 from gateway.dicom.dataset import encode
 from gateway.dicom.dimse import Command
-from gateway.errors import DicomStatusError
+from gateway.core import events
+from gateway.core.errors import DicomStatusError
+from gateway.core.events import CommitmentRequested
 from gateway.logs import bind
 from gateway.metrics import Metrics
 from gateway.publish import InstancePublisher, Origin
@@ -415,14 +417,15 @@ class Association:
         except ValueError as exc:
             await self._refuse_action(request, context_id, dimse.PROCESSING_FAILURE, str(exc))
             return
-        commitment_request = commitment.CommitmentRequest(
-            transaction_uid, calling_ae, self._accepted.called_ae, self._peer, references,
-            datetime.now(UTC).isoformat(), self._reply_to if self._requesters is not None else "")
+        commitment_request = CommitmentRequested(
+            transaction_uid=transaction_uid, requester_ae=calling_ae, called_ae=self._accepted.called_ae,
+            peer=self._peer, references=references, requested_at=datetime.now(UTC).isoformat(),
+            reply_to=self._reply_to if self._requesters is not None else "")
         bind(transaction_uid=transaction_uid)
         try:
             async with asyncio.timeout(self._settings.publish_timeout_seconds):
-                await self._producer.publish(self._topics.events, transaction_uid.encode(),
-                                             commitment_request.to_json())
+                await self._producer.publish(self._topics.events, commitment_request.key,
+                                             events.encode(commitment_request))
         except (BusError, TimeoutError) as exc:
             await self._refuse_action(request, context_id, dimse.RESOURCE_LIMITATION,
                                       f"the bus is unavailable: {exc}"[:64])

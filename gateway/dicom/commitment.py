@@ -1,6 +1,6 @@
 """Storage Commitment Push Model (PS3.4 Annex J): the request as it travels on the bus, and the report.
 
-The receiver turns an N-ACTION into a ``CommitmentRequest`` and publishes it before answering; the notify
+The storage-commitment service reads an N-ACTION's references with ``parse_action_information``; the notify
 worker decides each reference and builds the N-EVENT-REPORT data set with ``report``. Failure Reason values
 are PS3.4 J.3.2.1.1.3 / PS3.7 C.4 statuses.
 """
@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import warnings
-from typing import Any, Self
-
-import orjson
 from pydicom.dataset import Dataset
 
 from gateway.dicom.dataset import read_prefix
@@ -28,34 +25,10 @@ NO_SUCH_OBJECT_INSTANCE = 0x0112
 CLASS_INSTANCE_CONFLICT = 0x0119
 DUPLICATE_TRANSACTION_UID = 0x0131
 
-REQUEST_TYPE = "commitment.requested"
 REPORTS_PATH = "/internal/commitment-reports"
 """Where the notify role hands a report to the receiver holding the requester's association (HTTP port)."""
 MAX_REFERENCES = 100_000
 """More references than any study holds: a request beyond it is refused rather than tracked."""
-
-
-@dataclass(frozen=True, slots=True)
-class CommitmentRequest:
-    transaction_uid: str
-    requester_ae: str
-    called_ae: str
-    peer: str
-    references: tuple[tuple[str, str], ...]
-    """(Referenced SOP Class UID, Referenced SOP Instance UID) in the order the requester listed them."""
-    requested_at: str
-    """UTC, ISO 8601."""
-    reply_to: str = ""
-    """The receiver's HTTP base URL when the report may go back on the requester's association."""
-
-    def to_json(self) -> bytes:
-        return orjson.dumps({"type": REQUEST_TYPE, **{name: getattr(self, name) for name in self.__slots__}})
-
-    @classmethod
-    def from_json(cls, value: dict[str, Any]) -> Self:
-        return cls(value["transaction_uid"], value["requester_ae"], value["called_ae"], value["peer"],
-                   tuple((str(c), str(i)) for c, i in value["references"]), value["requested_at"],
-                   str(value.get("reply_to", "")))
 
 
 def parse_action_information(data: bytes, transfer_syntax: str) -> tuple[str, tuple[tuple[str, str], ...]]:

@@ -19,7 +19,7 @@ from pynetdicom.association import Association
 
 from gateway.dicom.commitment import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH_MODEL
 from gateway.dicom.ian import INSTANCE_AVAILABILITY_NOTIFICATION
-from gateway.errors import DeliveryFailed
+from gateway.core.errors import DeliveryFailed
 from gateway.settings import DicomSettings, RemoteAE
 
 

@@ -25,6 +25,23 @@ from enum import StrEnum
 from typing import Any, Protocol, Self
 
 
+class IndexFailure(Exception):
+    """The index failed; ``retriable`` says whether the same call may succeed later. The message names the
+    driver's error class and code, never a value, since values may be patient data."""
+
+    retriable = False
+
+
+class IndexUnavailable(IndexFailure):
+    """The database is down, overloaded or restarting; the same call may succeed later."""
+
+    retriable = True
+
+
+class IndexRejected(IndexFailure):
+    """The database refused this statement for good: a value it cannot hold (a NUL in text), a constraint."""
+
+
 class CorrectionPolicy(StrEnum):
     """What to do when an instance arrives again with the same SOP Instance UID but different content."""
 

@@ -9,10 +9,12 @@ replicas that start together apply each migration once.
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import fields
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Any, ParamSpec, Self, TypeVar
 
 import asyncpg
 import orjson
@@ -23,6 +25,9 @@ from gateway.index import (
     CorrectionPolicy,
     Delivery,
     DeliveryState,
+    IndexFailure,
+    IndexRejected,
+    IndexUnavailable,
     InstanceRow,
     Registration,
     InstanceStatus,
@@ -95,6 +100,39 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
                                     decoder=orjson.loads, format="text")
 
 
+_OUTAGE_CLASSES = ("08", "40", "53", "57", "58", "XX")
+"""SQLSTATE classes of a server that cannot serve now: connection, rollback (serialisation, deadlock),
+insufficient resources, operator intervention (shutdown), system and internal errors. Every other class is
+about the statement or its values (data exception 22, integrity 23, syntax or access 42)."""
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _translate(exc: Exception) -> IndexFailure:
+    if isinstance(exc, asyncpg.PostgresError):
+        state = str(getattr(exc, "sqlstate", "") or "")
+        what = f"PostgreSQL {type(exc).__name__} (SQLSTATE {state})"
+        return IndexUnavailable(what) if state[:2] in _OUTAGE_CLASSES else IndexRejected(what)
+    if isinstance(exc, ValueError):  # asyncpg's DataError: a query argument it cannot encode
+        return IndexRejected(f"PostgreSQL client refused a value ({type(exc).__name__})")
+    return IndexUnavailable(f"PostgreSQL unreachable ({type(exc).__name__})")
+
+
+def _translated(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
+    """Driver errors become port errors that say whether a retry can help, so a poison row dead-letters
+    instead of being retried forever."""
+
+    @functools.wraps(method)
+    async def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await method(*args, **kwargs)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise _translate(exc) from exc
+
+    return call
+
+
 def _row(record: asyncpg.Record) -> InstanceRow:
     values: dict[str, Any] = dict(record)
     values["status"] = InstanceStatus(values["status"])
@@ -107,6 +145,7 @@ class PostgresIndex:
         self._pool = pool
 
     @classmethod
+    @_translated
     async def connect(cls, url: str, *, min_size: int = 1, max_size: int = 10) -> PostgresIndex:
         """Open a pool on ``url`` (``postgresql://user:password@host:port/db``); ``migrate`` is separate."""
         pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=_init_connection)
@@ -121,6 +160,7 @@ class PostgresIndex:
     async def close(self) -> None:
         await self._pool.close()
 
+    @_translated
     async def migrate(self) -> None:
         async with self._pool.acquire() as connection, connection.transaction():
             await connection.execute(_LOCK_MIGRATIONS, _MIGRATION_LOCK)
@@ -131,6 +171,7 @@ class PostgresIndex:
                     await connection.execute(migration.sql)
                     await connection.execute(_RECORD_MIGRATION, migration.version, migration.name)
 
+    @_translated
     async def record_instance(self, row: InstanceRow, policy: CorrectionPolicy) -> RecordResult:
         uid = row.sop_instance_uid
         async with self._pool.acquire() as connection, connection.transaction(isolation="read_committed"):
@@ -155,38 +196,47 @@ class PostgresIndex:
         await connection.execute(_INSERT, *(getattr(row, name) for name in _FIELDS))
         await connection.execute(workflow.TOUCH_STUDY, row.study_instance_uid, time.time())
 
+    @_translated
     async def current_instance(self, sop_instance_uid: str) -> InstanceRow | None:
         record = await self._pool.fetchrow(_CURRENT, sop_instance_uid)
         return None if record is None else _row(record)
 
+    @_translated
     async def instance_versions(self, sop_instance_uid: str) -> list[InstanceRow]:
         return [_row(record) for record in await self._pool.fetch(_VERSIONS, sop_instance_uid)]
 
+    @_translated
     async def study_instances(self, study_instance_uid: str, include_quarantined: bool = False,
                               include_replaced: bool = False) -> list[InstanceRow]:
         records = await self._pool.fetch(_STUDY, study_instance_uid, include_quarantined, include_replaced)
         return [_row(record) for record in records]
 
+    @_translated
     async def find_studies(self, patient_id: str = "", accession_number: str = "", limit: int = 100) -> list[StudySummary]:
         records = await self._pool.fetch(_FIND_STUDIES, patient_id, accession_number, limit)
         return [StudySummary(*record) for record in records]
 
+    @_translated
     async def study_activity(self, study_instance_uid: str) -> StudyActivity | None:
         row = await self._pool.fetchrow(workflow.STUDY_ACTIVITY, study_instance_uid)
         return None if row is None else workflow.study_activity(tuple(row))
 
+    @_translated
     async def due_stable_studies(self, quiet_since: float, limit: int = 100) -> list[StudyActivity]:
         rows = await self._pool.fetch(workflow.DUE_STABLE, quiet_since, limit)
         return [workflow.study_activity(tuple(row)) for row in rows]
 
+    @_translated
     async def mark_stable(self, activity: StudyActivity, at: float) -> bool:
         status = await self._pool.execute(workflow.MARK_STABLE, activity.study_instance_uid,
                                           activity.last_instance_at, at)
         return str(status) == "UPDATE 1"
 
+    @_translated
     async def hasten_stability(self, study_instance_uid: str) -> None:
         await self._pool.execute(workflow.HASTEN_STABILITY, study_instance_uid)
 
+    @_translated
     async def add_commitment(self, commitment: Commitment) -> bool:
         async with self._pool.acquire() as connection, connection.transaction():
             inserted = await connection.fetchval(
@@ -203,16 +253,19 @@ class PostgresIndex:
         items = [tuple(item) for item in await connection.fetch(workflow.ITEMS, row[0])]
         return workflow.commitment(tuple(row), items, _identity)
 
+    @_translated
     async def commitment(self, transaction_uid: str) -> Commitment | None:
         async with self._pool.acquire() as connection:
             row = await connection.fetchrow(workflow.COMMITMENT, transaction_uid)
             return None if row is None else await self._commitment(connection, row)
 
+    @_translated
     async def expired_commitments(self, now: float, limit: int = 100) -> list[Commitment]:
         async with self._pool.acquire() as connection:
             return [await self._commitment(connection, row)
                     for row in await connection.fetch(workflow.EXPIRED_COMMITMENTS, now, limit)]
 
+    @_translated
     async def commitments_waiting_for(self, sop_instance_uids: list[str]) -> list[str]:
         found: set[str] = set()
         for start in range(0, len(sop_instance_uids), 500):
@@ -220,6 +273,7 @@ class PostgresIndex:
             found.update(row[0] for row in await self._pool.fetch(workflow.waiting_for(len(batch)), *batch))
         return sorted(found)
 
+    @_translated
     async def decide_commitment(self, transaction_uid: str, items: tuple[CommitmentItem, ...],
                                 report: Delivery, at: float) -> bool:
         async with self._pool.acquire() as connection, connection.transaction():
@@ -230,29 +284,35 @@ class PostgresIndex:
             await connection.execute(workflow.REPLACE_DELIVERY, *workflow.delivery_params(report, _identity))
             return True
 
+    @_translated
     async def put_delivery(self, delivery: Delivery, replace: bool) -> None:
         statement = workflow.REPLACE_DELIVERY if replace else workflow.INSERT_DELIVERY
         await self._pool.execute(statement, *workflow.delivery_params(delivery, _identity))
 
+    @_translated
     async def claim_deliveries(self, now: float, lease_seconds: float, limit: int,
                                kinds: tuple[str, ...]) -> list[Delivery]:
         rows = await self._pool.fetch(workflow.claim(len(kinds), " FOR UPDATE SKIP LOCKED"),
                                       now, now + lease_seconds, limit, *kinds)
         return [workflow.delivery(tuple(row), _identity) for row in rows]
 
+    @_translated
     async def finish_attempt(self, delivery_id: str, state: DeliveryState, error: str, next_attempt_at: float,
                              at: float) -> None:
         await self._pool.execute(workflow.FINISH_ATTEMPT, delivery_id, state.value, error, next_attempt_at, at)
 
+    @_translated
     async def deliveries(self, subject: str) -> list[Delivery]:
         return [workflow.delivery(tuple(row), _identity)
                 for row in await self._pool.fetch(workflow.DELIVERIES, subject)]
 
+    @_translated
     async def record_registration(self, registration: Registration) -> None:
         async with self._pool.acquire() as connection, connection.transaction():
             await connection.execute(workflow.RETIRE_REGISTRATION, registration.study_instance_uid)
             await connection.execute(workflow.INSERT_REGISTRATION, *workflow.registration_params(registration))
 
+    @_translated
     async def registrations(self, study_instance_uid: str) -> list[Registration]:
         return [workflow.registration(tuple(row))
                 for row in await self._pool.fetch(workflow.REGISTRATIONS, study_instance_uid)]

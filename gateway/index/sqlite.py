@@ -23,6 +23,9 @@ from typing import Any, Self, TypeVar
 import orjson
 
 from gateway.index import (
+    IndexFailure,
+    IndexRejected,
+    IndexUnavailable,
     Commitment,
     CommitmentItem,
     CorrectionPolicy,
@@ -142,6 +145,16 @@ def _statements(script: str) -> Iterator[str]:
         yield statement
 
 
+def _translate(exc: sqlite3.Error) -> IndexFailure:
+    """Locked, busy, disk or file errors are outages; integrity, data and programming errors are the
+    statement's (the message is left out: SQLite quotes values in some)."""
+    what = f"SQLite {type(exc).__name__}"
+    if isinstance(exc, (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError,
+                        sqlite3.InterfaceError, sqlite3.NotSupportedError)):
+        return IndexRejected(what)
+    return IndexUnavailable(f"{what}: {exc}" if isinstance(exc, sqlite3.OperationalError) else what)
+
+
 class SqliteIndex:
     def __init__(self, connection: sqlite3.Connection, thread: ThreadPoolExecutor) -> None:
         self._db = connection
@@ -153,6 +166,9 @@ class SqliteIndex:
         thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-index")
         try:
             connection = await asyncio.get_running_loop().run_in_executor(thread, _connect, path)
+        except sqlite3.Error as exc:
+            thread.shutdown(wait=False)
+            raise _translate(exc) from exc
         except BaseException:
             thread.shutdown(wait=False)
             raise
@@ -169,7 +185,10 @@ class SqliteIndex:
         self._thread.shutdown()
 
     async def _run(self, function: Callable[..., _T], *args: Any) -> _T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
 
     @contextmanager
     def _write_transaction(self) -> Iterator[None]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from gateway import envelope
+from gateway.core import envelope
 from gateway.bus import Record
-from gateway.envelope import InstanceEnvelope, InstanceHeader
+from gateway.core.envelope import InstanceEnvelope, InstanceHeader
 from workers.consume import InstanceAssembler
 
 HEADER = InstanceHeader(

@@ -1,0 +1,200 @@
+"""Every record on the events topic, as a typed, versioned value, encoded and decoded here and nowhere else.
+
+Producers build one of these values and ``encode`` it; consumers ``decode`` a record into one and dispatch on
+its class. A record carries ``type`` and ``v`` (records written before versioning have no ``v`` and are
+version 1). An unknown type, a version newer than this code knows, or a record that does not match its type
+raises ``UndecodableEvent`` (permanent: the record is dead-lettered with that reason), so a rolling upgrade
+that adds an event never stalls an older consumer. Fields added later must have defaults; fields a record has
+beyond the ones known here are ignored.
+
+Events name instances and studies by UID only: no patient data travels on this topic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, ClassVar
+
+import orjson
+
+from gateway.core.errors import Permanent
+
+
+class UndecodableEvent(Permanent):
+    """The record is not an event this code can act on; the message says why (no values quoted)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Event:
+    TYPE: ClassVar[str]
+    VERSION: ClassVar[int] = 1
+
+    @property
+    def key(self) -> bytes:
+        """The record key: what keeps an entity's events in order on one partition."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _InstanceEvent(_Event):
+    """The store stage recorded a received instance in the index."""
+
+    outcome: str
+    """The index's decision: inserted, replaced, duplicate, rejected or kept-first."""
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    status: str
+    version: int
+    instance_id: str
+    storage_key: str
+    size: int
+    sha256: str
+    source_ae: str
+    stored_at: str
+    source: dict[str, Any] = field(default_factory=dict)
+    """The instance's records on the instances topic (topic, partition, offsets)."""
+
+    @property
+    def key(self) -> bytes:
+        return self.study_instance_uid.encode()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstanceStored(_InstanceEvent):
+    TYPE = "instance.stored"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstanceQuarantined(_InstanceEvent):
+    TYPE = "instance.quarantined"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstanceDuplicate(_InstanceEvent):
+    TYPE = "instance.duplicate"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CorrectionRefused(_InstanceEvent):
+    """A changed instance under a known SOP Instance UID that the correction policy did not take."""
+
+    TYPE = "instance.rejected"
+
+
+InstanceEvent = InstanceStored | InstanceQuarantined | InstanceDuplicate | CorrectionRefused
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommitmentRequested(_Event):
+    """A Storage Commitment N-ACTION the receiver accepted (PS3.4 J.3.2), to be decided and reported."""
+
+    TYPE = "commitment.requested"
+
+    transaction_uid: str
+    requester_ae: str
+    called_ae: str
+    peer: str
+    references: tuple[tuple[str, str], ...]
+    """(Referenced SOP Class UID, Referenced SOP Instance UID) in the order the requester listed them."""
+    requested_at: str
+    """UTC, ISO 8601."""
+    reply_to: str = ""
+    """The receiver's HTTP base URL when the report may go back on the requester's association."""
+
+    @property
+    def key(self) -> bytes:
+        return self.transaction_uid.encode()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StudyStable(_Event):
+    """No instance arrived for the stability time: this generation of the study is complete here."""
+
+    TYPE = "study.stable"
+
+    study_instance_uid: str
+    generation: int
+    stable_at: float
+
+    @property
+    def key(self) -> bytes:
+        return self.study_instance_uid.encode()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StudyRegistered(_Event):
+    """The study's manifest of this generation is registered in the XDS affinity domain."""
+
+    TYPE = "study.registered"
+
+    study_instance_uid: str
+    generation: int
+    document_unique_id: str
+    entry_uuid: str
+
+    @property
+    def key(self) -> bytes:
+        return self.study_instance_uid.encode()
+
+
+Event = InstanceEvent | CommitmentRequested | StudyStable | StudyRegistered
+
+_TYPES: dict[str, type[_Event]] = {cls.TYPE: cls for cls in (
+    InstanceStored, InstanceQuarantined, InstanceDuplicate, CorrectionRefused,
+    CommitmentRequested, StudyStable, StudyRegistered)}
+
+
+def encode(event: Event) -> bytes:
+    return orjson.dumps({"type": event.TYPE, "v": event.VERSION,
+                         **{f.name: getattr(event, f.name) for f in dataclasses.fields(event)}})
+
+
+def decode(data: bytes) -> Event:
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise UndecodableEvent(f"not JSON ({exc.msg} at {exc.pos})") from None
+    if not isinstance(value, dict):
+        raise UndecodableEvent("not a JSON object")
+    kind = value.get("type")
+    cls = _TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise UndecodableEvent(f"unknown event type {str(kind)[:64]!r}")
+    version = value.get("v", 1)
+    if not isinstance(version, int) or not 1 <= version <= cls.VERSION:
+        raise UndecodableEvent(f"{cls.TYPE} version {str(version)[:16]} is not one this gateway knows "
+                               f"(1..{cls.VERSION}); upgrade this consumer")
+    arguments: dict[str, Any] = {}
+    for name, (kind_of, required) in _fields(cls).items():
+        if name not in value:
+            if required:
+                raise UndecodableEvent(f"{cls.TYPE} without {name}")
+            continue
+        arguments[name] = _checked(cls.TYPE, name, value[name], kind_of)
+    return typing.cast(Event, cls(**arguments))
+
+
+@cache
+def _fields(cls: type[_Event]) -> dict[str, tuple[Any, bool]]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: (hints[f.name], f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+            for f in dataclasses.fields(cls)}
+
+
+def _checked(event_type: str, name: str, value: Any, kind: Any) -> Any:
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind in (str, int) and isinstance(value, kind) and not isinstance(value, bool):
+        return value
+    if typing.get_origin(kind) is dict and isinstance(value, dict):
+        return value
+    if kind == tuple[tuple[str, str], ...] and isinstance(value, list) and all(
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(uid, str) for uid in pair)
+            for pair in value):
+        return tuple((first, second) for first, second in value)
+    raise UndecodableEvent(f"{event_type} field {name} is not a {getattr(kind, '__name__', kind)}")
