@@ -24,12 +24,12 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import dead_letter
 from gateway.bus import Bus
 from gateway.index import Delivery, Index, InstanceRow, Registration, StudyActivity
 from gateway.settings import TopicSettings, XdsSettings
 from gateway.xds.client import XdsClient, XdsError
 from gateway.xds.metadata import MetadataError, patient_cx
-from gateway import dead_letter
 
 _LIST_LIMIT = 200
 

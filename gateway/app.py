@@ -11,25 +11,25 @@ from gateway.api import Api
 from gateway.bus import Bus, Producer
 from gateway.bus.embedded import EmbeddedBus
 from gateway.bus.kafka import KafkaBus
+from gateway.dicom.scu import ClientTls, Outbound, RemoteAE
 from gateway.index import CorrectionPolicy, Index
 from gateway.index.postgres import PostgresIndex
 from gateway.index.sqlite import SqliteIndex
+from gateway.ingest.receiver import Receiver
 from gateway.metrics import Metrics
 from gateway.objects import ObjectStore
 from gateway.objects.filesystem import FilesystemObjectStore
 from gateway.objects.s3 import S3ObjectStore
-from gateway.receiver import Receiver
 from gateway.runtime import Role
-from gateway.settings import Settings, SettingsError
+from gateway.settings import DicomSettings, Settings, SettingsError
 from gateway.xds.client import XdsClient
-from gateway.dicom.outbound import Outbound
 from workers.availability import IAN, AvailabilityNotifier, ian_sender
 from workers.commitment import REPORT, CommitmentTracker, report_sender
 from workers.deliver import Deliverer, RetryPolicy
 from workers.events import EventPool
 from workers.notify import NotifyStage
-from workers.register import REGISTRATION, Registrar, RegisterStage
 from workers.pool import StorePool
+from workers.register import REGISTRATION, RegisterStage, Registrar
 from workers.stability import StabilityClock
 from workers.store import StoreStage
 from workers.validation import ProfileSelector
@@ -39,6 +39,17 @@ def build_bus(settings: Settings, metrics: Metrics) -> Bus:
     if settings.embedded_bus_enabled:
         return EmbeddedBus(settings.data_dir / "bus", settings.embedded_bus, metrics)
     return KafkaBus(settings.kafka, settings.topics, metrics)
+
+
+def build_outbound(dicom: DicomSettings, timeout: float) -> Outbound:
+    """The SCU side: our AE title, the configured remote AEs and the DICOM TLS identity, as values."""
+
+    def resolve(ae_title: str) -> RemoteAE | None:
+        remote = dicom.remote_ae(ae_title)
+        return None if remote is None else RemoteAE(remote.ae_title, remote.host, remote.port, remote.tls)
+
+    return Outbound(dicom.ae_title, timeout, resolve,
+                    ClientTls(dicom.tls.cert_file, dicom.tls.key_file, dicom.tls.ca_file))
 
 
 def build_objects(settings: Settings) -> ObjectStore:
@@ -72,15 +83,13 @@ def store_pool(settings: Settings, bus: Bus, metrics: Metrics) -> StorePool:
     profiles = ProfileSelector.from_settings(settings.validation)
 
     @asynccontextmanager
-    async def open_stage(producer: Producer) -> AsyncIterator[StoreStage]:
+    async def open_stage(producer: Producer) -> AsyncIterator[tuple[StoreStage, StabilityClock]]:
         async with _services(settings) as (objects, index):
-            yield StoreStage(objects, index, producer, settings.topics, profiles,
-                             CorrectionPolicy(settings.store.correction_policy), metrics)
+            yield (StoreStage(objects, index, producer, settings.topics, profiles,
+                              CorrectionPolicy(settings.store.correction_policy), metrics),
+                   StabilityClock(index, producer, settings.topics, settings.xds.stable_after_seconds, metrics))
 
-    def clock(stage: StoreStage, producer: Producer) -> StabilityClock:
-        return StabilityClock(stage.index, producer, settings.topics, settings.xds.stable_after_seconds, metrics)
-
-    return StorePool(bus, settings.topics, open_stage, clock, settings.xds.stability_check_seconds, metrics,
+    return StorePool(bus, settings.topics, open_stage, settings.xds.stability_check_seconds, metrics,
                      settings.store.orphan_timeout_seconds, settings.store.retry_max_seconds,
                      settings.runtime.drain_timeout_seconds)
 
@@ -93,7 +102,7 @@ def notify_pool(settings: Settings, bus: Bus, metrics: Metrics) -> EventPool:
         timeout = aiohttp.ClientTimeout(total=settings.dicom.dimse_timeout_seconds + 10)
         async with _services(settings) as (objects, index), aiohttp.ClientSession(timeout=timeout) as http:
             tracker = CommitmentTracker(index, objects, settings.notify, metrics, settings.xds.trigger_on_commitment)
-            outbound = Outbound(settings.dicom, notify.association_timeout_seconds)
+            outbound = build_outbound(settings.dicom, notify.association_timeout_seconds)
             senders = {REPORT: report_sender(outbound, settings.dicom, http), IAN: ian_sender(outbound, settings.dicom)}
             retry = RetryPolicy(notify.retry_initial_seconds, notify.retry_max_seconds, notify.retry_max_attempts,
                                 notify.association_timeout_seconds * 4 + 30)

@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 
-from gateway.core import envelope
 from gateway.bus import Bus, Record
+from gateway.core import envelope
 from gateway.settings import TopicSettings
 
 REDRIVEN = "redriven"

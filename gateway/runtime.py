@@ -15,7 +15,7 @@ import os
 import signal
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.http import Health, serve_http
 from gateway.metrics import Metrics
@@ -83,8 +83,9 @@ async def run_roles(
 
 
 async def _until_stop_or_crash(stop: asyncio.Event, roles: Sequence[Role]) -> None:
-    stopping = asyncio.create_task(stop.wait(), name="stop-signal")
-    watchers = {asyncio.create_task(role.wait(), name=f"role-{role.name}"): role for role in roles}
+    stopping: asyncio.Task[Any] = asyncio.create_task(stop.wait(), name="stop-signal")
+    watchers: dict[asyncio.Task[Any], Role] = {
+        asyncio.create_task(role.wait(), name=f"role-{role.name}"): role for role in roles}
     try:
         done, _ = await asyncio.wait([stopping, *watchers], return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -9,8 +9,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.core import envelope
 from gateway.bus import Bus
+from gateway.core import envelope
 from gateway.core.envelope import InstanceEnvelope, InstanceHeader
 
 

@@ -46,7 +46,7 @@ class Orthanc:
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     raise AssertionError("Orthanc did not start:\n"
-                                         + (directory / "orthanc.log").read_text(errors="replace")[-3000:])
+                                         + (directory / "orthanc.log").read_text(errors="replace")[-3000:]) from None
                 time.sleep(0.2)
 
     def request(self, method: str, path: str, body: bytes | None = None) -> Any:

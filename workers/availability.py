@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.core.events import StudyRegistered, StudyStable
 from gateway.dicom import ian
-from gateway.dicom.outbound import Outbound
-from gateway.index import Delivery, Index
+from gateway.dicom.scu import Outbound
+from gateway.index import Delivery, InstanceIndex, OutboundQueue
 from gateway.settings import DicomSettings, NotifySettings
 from workers.deliver import Sender, wanted
 
@@ -28,8 +28,12 @@ def ian_id(study_instance_uid: str, subscriber: str) -> str:
     return f"{IAN}:{study_instance_uid}:{subscriber}"
 
 
+class _NotifierIndex(InstanceIndex, OutboundQueue, Protocol):
+    pass
+
+
 class AvailabilityNotifier:
-    def __init__(self, index: Index, settings: NotifySettings) -> None:
+    def __init__(self, index: _NotifierIndex, settings: NotifySettings) -> None:
         self._index = index
         self._settings = settings
         self.trigger: type[StudyStable | StudyRegistered] = (

@@ -14,16 +14,27 @@ import hashlib
 import logging
 import time
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
-from gateway.dicom import commitment as sc
 from gateway.core.errors import retriable
 from gateway.core.events import CommitmentRequested
+from gateway.dicom import commitment as sc
 from gateway.dicom.commitment import REPORTS_PATH, Decision
-from gateway.dicom.outbound import Outbound
-from gateway.index import Commitment, CommitmentItem, Delivery, DeliveryState, Index, InstanceRow, InstanceStatus
+from gateway.dicom.scu import Outbound
+from gateway.index import (
+    Commitment,
+    CommitmentItem,
+    CommitmentLog,
+    Delivery,
+    DeliveryState,
+    InstanceIndex,
+    InstanceRow,
+    InstanceStatus,
+    OutboundQueue,
+    StudyClock,
+)
 from gateway.metrics import Metrics
 from gateway.objects import ObjectNotFound, ObjectStore
 from gateway.settings import DicomSettings, NotifySettings
@@ -41,8 +52,12 @@ def report_id(transaction_uid: str) -> str:
     return f"{REPORT}:{transaction_uid}"
 
 
+class _TrackerIndex(CommitmentLog, InstanceIndex, StudyClock, OutboundQueue, Protocol):
+    pass
+
+
 class CommitmentTracker:
-    def __init__(self, index: Index, objects: ObjectStore, settings: NotifySettings, metrics: Metrics,
+    def __init__(self, index: _TrackerIndex, objects: ObjectStore, settings: NotifySettings, metrics: Metrics,
                  hasten_stability: bool) -> None:
         self._index = index
         self._objects = objects

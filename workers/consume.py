@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gateway.core import envelope
 from gateway.bus import Record
+from gateway.core import envelope
 from gateway.core.envelope import InstanceEnvelope, InstanceHeader
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from gateway.bus import BusError, Producer
 from gateway.core.errors import DeliveryFailed, DeliveryRefused, Unavailable
-from gateway.index import Delivery, DeliveryState, Index, IndexFailure
+from gateway.index import Delivery, DeliveryState, IndexFailure, OutboundQueue
 from gateway.metrics import Metrics
 from gateway.settings import TopicSettings
 from workers.failure import dead_letter, reason
@@ -49,7 +49,7 @@ class RetryPolicy:
 
 
 class Deliverer:
-    def __init__(self, index: Index, senders: Mapping[str, Sender], producer: Producer, topics: TopicSettings,
+    def __init__(self, index: OutboundQueue, senders: Mapping[str, Sender], producer: Producer, topics: TopicSettings,
                  retry: RetryPolicy, stage: str, metrics: Metrics) -> None:
         self._index = index
         self._senders = dict(senders)

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
 from gateway.bus import Bus, Producer, Record
-from gateway.core.errors import Unavailable, retriable
 from gateway.core.envelope import InstanceEnvelope, InstanceHeader
+from gateway.core.errors import Unavailable, retriable
 from gateway.metrics import Metrics
 from gateway.settings import TopicSettings
 from workers.consume import InstanceAssembler
@@ -26,8 +26,8 @@ from workers.store import DeadLetter, StoreStage
 
 log = logging.getLogger(__name__)
 
-StageFactory = Callable[[Producer], AbstractAsyncContextManager[StoreStage]]
-ClockFactory = Callable[[StoreStage, Producer], StabilityClock]
+StageFactory = Callable[[Producer], AbstractAsyncContextManager[tuple[StoreStage, StabilityClock]]]
+"""The store stage and the stability clock of one member, on the same index."""
 
 
 class StorePool(WorkerRole):
@@ -35,21 +35,20 @@ class StorePool(WorkerRole):
 
     name = "store"
 
-    def __init__(self, bus: Bus, topics: TopicSettings, stage: StageFactory, clock: ClockFactory,
-                 stability_check_seconds: float, metrics: Metrics, orphan_timeout_seconds: float,
-                 retry_max_seconds: float, drain_timeout: float) -> None:
+    def __init__(self, bus: Bus, topics: TopicSettings, stage: StageFactory, stability_check_seconds: float,
+                 metrics: Metrics, orphan_timeout_seconds: float, retry_max_seconds: float,
+                 drain_timeout: float) -> None:
         super().__init__(metrics, retry_max_seconds, drain_timeout)
         self._bus = bus
         self._topics = topics
         self._stage_factory = stage
-        self._clock_factory = clock
         self._stability_check = stability_check_seconds
         self._orphan_timeout_ms = int(orphan_timeout_seconds * 1000)
         self.group = "dicomgw-store"
         self._attempts = Attempts()
 
     async def _consume(self) -> None:
-        async with self._bus.producer() as producer, self._stage_factory(producer) as stage:
+        async with self._bus.producer() as producer, self._stage_factory(producer) as (stage, clock):
             assembler: InstanceAssembler | None = None
 
             async def revoked(partitions: set[tuple[str, int]]) -> None:
@@ -61,7 +60,6 @@ class StorePool(WorkerRole):
                     _DeadLettering(stage, producer, self._topics, self._metrics, self._attempts), consumer.done,
                     self._orphan_timeout_ms,
                 )
-                clock = self._clock_factory(stage, producer)
                 next_check = 0.0
                 try:
                     while not self._stopping.is_set():

@@ -18,15 +18,15 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from pydicom.uid import generate_uid
 
 from gateway.bus import Producer
 from gateway.core import events
-from gateway.core.events import Event, StudyRegistered, StudyStable
 from gateway.core.errors import DeliveryFailed, DeliveryRefused
-from gateway.index import Delivery, Index, Registration
+from gateway.core.events import Event, StudyRegistered, StudyStable
+from gateway.index import Delivery, InstanceIndex, OutboundQueue, Registration, Registrations
 from gateway.settings import DicomSettings, TopicSettings, XdsSettings
 from gateway.xds.client import XdsClient, XdsPermanent, XdsTransient
 from gateway.xds.manifest import build_manifest, to_part10
@@ -44,8 +44,12 @@ def registration_id(study_instance_uid: str) -> str:
     return f"{REGISTRATION}:{study_instance_uid}"
 
 
+class _RegistrarIndex(InstanceIndex, OutboundQueue, Registrations, Protocol):
+    pass
+
+
 class Registrar:
-    def __init__(self, index: Index, client: XdsClient, producer: Producer, xds: XdsSettings, dicom: DicomSettings,
+    def __init__(self, index: _RegistrarIndex, client: XdsClient, producer: Producer, xds: XdsSettings, dicom: DicomSettings,
                  topics: TopicSettings, test_environment: bool) -> None:
         self._index = index
         self._client = client
@@ -72,7 +76,7 @@ class Registrar:
 
     async def send(self, delivery: Delivery) -> None:
         study, payload = delivery.subject, delivery.payload
-        rows = await self._index.study_instances(study)
+        rows = [row.study_instance() for row in await self._index.study_instances(study)]
         if not rows:
             log.info("nothing stored in the study; nothing to register", extra={"study_instance_uid": study})
             return

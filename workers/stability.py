@@ -16,7 +16,7 @@ from collections.abc import Callable
 from gateway.bus import Producer
 from gateway.core import events
 from gateway.core.events import StudyStable
-from gateway.index import Index
+from gateway.index import StudyClock
 from gateway.metrics import Metrics
 from gateway.settings import TopicSettings
 
@@ -26,7 +26,7 @@ BATCH = 200
 
 
 class StabilityClock:
-    def __init__(self, index: Index, producer: Producer, topics: TopicSettings, stable_after_seconds: float,
+    def __init__(self, index: StudyClock, producer: Producer, topics: TopicSettings, stable_after_seconds: float,
                  metrics: Metrics) -> None:
         self._index = index
         self._producer = producer

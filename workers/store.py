@@ -27,14 +27,15 @@ from io import BytesIO
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
 
 from gateway.bus import Producer, Record
+from gateway.core import events
+from gateway.core.envelope import InstanceEnvelope, InstanceHeader
+from gateway.core.errors import Permanent
 from gateway.dicom.acse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from gateway.dicom.dataset import DEFLATED, PIXEL_DATA, encode, read_prefix
-from gateway.core.envelope import InstanceEnvelope, InstanceHeader
-from gateway.core import events
-from gateway.core.errors import Permanent
-from gateway.index import CorrectionPolicy, Index, IndexRejected, InstanceRow, InstanceStatus, Outcome
+from gateway.index import CorrectionPolicy, IndexRejected, InstanceIndex, InstanceRow, InstanceStatus, Outcome
 from gateway.metrics import Metrics
 from gateway.objects import ObjectStore, Upload
 from gateway.settings import TopicSettings
@@ -69,10 +70,10 @@ def object_key(header: InstanceHeader, quarantined: bool) -> str:
 def file_meta(header: InstanceHeader) -> bytes:
     """The Part 10 preamble and file meta the gateway writes in front of the data set as received."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = header.sop_class_uid
-    meta.MediaStorageSOPInstanceUID = header.sop_instance_uid
-    meta.TransferSyntaxUID = header.transfer_syntax_uid
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.MediaStorageSOPClassUID = UID(header.sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(header.sop_instance_uid)
+    meta.TransferSyntaxUID = UID(header.transfer_syntax_uid)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION
     if header.calling_ae:
         meta.SourceApplicationEntityTitle = header.calling_ae
@@ -89,9 +90,9 @@ class DeadLetter(Permanent):
 @dataclass(slots=True)
 class _Pending:
     header: InstanceHeader
-    sha256: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    sha256: hashlib._Hash = field(default_factory=hashlib.sha256)
     """Of the data set as received: checked against the envelope."""
-    stored_sha256: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    stored_sha256: hashlib._Hash = field(default_factory=hashlib.sha256)
     """Of the data set as stored: the same unless coercion rewrote the header."""
     size: int = 0
     prefix: bytearray = field(default_factory=bytearray)
@@ -108,7 +109,7 @@ class StoreStage:
     def __init__(
         self,
         objects: ObjectStore,
-        index: Index,
+        index: InstanceIndex,
         producer: Producer,
         topics: TopicSettings,
         profiles: ProfileSelector,
@@ -124,11 +125,6 @@ class StoreStage:
         self._metrics = metrics
         self._pending: dict[str, _Pending] = {}
         self._study_patients: OrderedDict[str, dict[str, str]] = OrderedDict()
-
-    @property
-    def index(self) -> Index:
-        """The index the stage records into; the stability clock reads the same one."""
-        return self._index
 
     async def begin(self, header: InstanceHeader) -> None:
         self._pending[header.instance_id] = _Pending(header)

@@ -23,10 +23,10 @@ from gateway.bus import (
     MAX_RECORD_BYTES,
     BusError,
     BusUnavailable,
-    ProducerDied,
     Headers,
     OffsetTracker,
     Producer,
+    ProducerDied,
     Record,
     RevokeCallback,
     check_record_size,
@@ -211,6 +211,7 @@ class AioKafkaProducer:
         sender = getattr(getattr(self._client, "_sender", None), "sender_task", None)
         if sender is None:
             await asyncio.Event().wait()
+            return
         try:
             await asyncio.shield(sender)
         except asyncio.CancelledError:

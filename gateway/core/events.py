@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any, ClassVar
 
 import orjson
@@ -170,7 +169,7 @@ def decode(data: bytes) -> Event:
         raise UndecodableEvent(f"{cls.TYPE} version {str(version)[:16]} is not one this gateway knows "
                                f"(1..{cls.VERSION}); upgrade this consumer")
     arguments: dict[str, Any] = {}
-    for name, (kind_of, required) in _fields(cls).items():
+    for name, (kind_of, required) in _FIELDS[cls].items():
         if name not in value:
             if required:
                 raise UndecodableEvent(f"{cls.TYPE} without {name}")
@@ -179,11 +178,14 @@ def decode(data: bytes) -> Event:
     return typing.cast(Event, cls(**arguments))
 
 
-@cache
 def _fields(cls: type[_Event]) -> dict[str, tuple[Any, bool]]:
+    """Each field's type and whether a record must have it (no default)."""
     hints = typing.get_type_hints(cls)
     return {f.name: (hints[f.name], f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
             for f in dataclasses.fields(cls)}
+
+
+_FIELDS = {cls: _fields(cls) for cls in _TYPES.values()}
 
 
 def _checked(event_type: str, name: str, value: Any, kind: Any) -> Any:

@@ -1,17 +1,15 @@
 """Association establishment (PS3.8 section 7.1): who may associate, and which contexts we accept.
 
 The PDUs are decoded and encoded with pynetdicom's codecs and presentation contexts negotiated with its
-``negotiate_as_acceptor``; the policy (AE allow-list, called AE, limits) is ours.
+``negotiate_as_acceptor``; the policy (AE allow-list, called AE, limits) is ours, given as values: which
+contexts follow from the registered services (``service.ServiceRegistry``).
 """
 
 from __future__ import annotations
 
-import ipaddress
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import cache
 
-from pydicom.uid import AllTransferSyntaxes
-from pynetdicom import AllStoragePresentationContexts
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
@@ -22,11 +20,9 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
-from gateway.dicom.commitment import STORAGE_COMMITMENT_PUSH_MODEL
-from gateway.settings import AllowedAE, DicomSettings
+from gateway.dicom.service import Caller
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
-VERIFICATION = "1.2.840.10008.1.1"
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.9.7433.1.1"
 IMPLEMENTATION_VERSION = "DICOMGW_010"
 
@@ -38,30 +34,19 @@ REJECT_PROTOCOL_VERSION = (0x01, 0x02, 0x02)
 REJECT_TOO_MANY = (0x02, 0x03, 0x02)
 
 
-def storage_sop_classes() -> list[str]:
-    return [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
-
-
 UNCOMPRESSED = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
 
 
-@cache
-def supported_contexts() -> tuple[PresentationContext, ...]:
-    """Verification and every storage SOP class pydicom knows, with every transfer syntax: we store bytes
-    as received and never transcode, so any encoding a sender offers is fine. Storage Commitment requests
-    are read by us, so they come in an uncompressed syntax."""
-    contexts = []
-    syntaxes = {uid: [str(ts) for ts in AllTransferSyntaxes] for uid in [VERIFICATION, *storage_sop_classes()]}
-    syntaxes[STORAGE_COMMITMENT_PUSH_MODEL] = list(UNCOMPRESSED)
-    for uid, transfer_syntaxes in syntaxes.items():
-        context = PresentationContext()
-        context.abstract_syntax = uid
-        context.transfer_syntax = transfer_syntaxes
-        # when the requestor proposes roles (SCP/SCU Role Selection): it may be the SCU, never the SCP
-        context.scu_role = True
-        context.scp_role = False
-        contexts.append(context)
-    return tuple(contexts)
+@dataclass(frozen=True, slots=True)
+class AcceptorPolicy:
+    """Who may associate with the acceptor, and within which limits."""
+
+    ae_title: str
+    max_associations: int
+    max_pdu_length: int
+    """Largest P-DATA-TF we accept; advertised in our A-ASSOCIATE-AC."""
+    identify: Callable[[str, str], Caller | None] | None = None
+    """(calling AE title, peer IP) -> the allowed caller, or None when not allowed; no function: anyone may."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +59,7 @@ class Accepted:
     contexts: dict[int, str] = field(default_factory=dict)
     """Accepted presentation context ID -> transfer syntax UID."""
     abstract_syntaxes: dict[int, str] = field(default_factory=dict)
-    caller: AllowedAE | None = None
+    caller: Caller | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,17 +80,8 @@ def reject_pdu(result: int, source: int, diagnostic: int) -> bytes:
     return bytes(pdu.encode())
 
 
-def find_caller(settings: DicomSettings, calling_ae: str, peer_ip: str) -> AllowedAE | None:
-    address = ipaddress.ip_address(peer_ip) if peer_ip else None
-    for entry in settings.allowed_aes:
-        if entry.ae_title != calling_ae:
-            continue
-        if not entry.networks or (address is not None and any(address in net for net in entry.networks)):
-            return entry
-    return None
-
-
-def negotiate(pdu: bytes, settings: DicomSettings, peer_ip: str, open_associations: int) -> Accepted | Rejected:
+def negotiate(pdu: bytes, policy: AcceptorPolicy, contexts: Sequence[PresentationContext], peer_ip: str,
+              open_associations: int) -> Accepted | Rejected:
     """Answer an A-ASSOCIATE-RQ PDU (whole, header included). Raises ValueError if it does not decode."""
     request = A_ASSOCIATE_RQ()
     try:
@@ -123,12 +99,12 @@ def negotiate(pdu: bytes, settings: DicomSettings, peer_ip: str, open_associatio
         return rejected(REJECT_PROTOCOL_VERSION, "protocol version not supported")
     if str(primitive.application_context_name) != APPLICATION_CONTEXT:
         return rejected(REJECT_APPLICATION_CONTEXT, "application context name not supported")
-    if called != settings.ae_title:
+    if called != policy.ae_title:
         return rejected(REJECT_CALLED_AE, "called AE title not recognised")
-    caller = find_caller(settings, calling, peer_ip)
-    if settings.allowed_aes and caller is None:
+    caller = policy.identify(calling, peer_ip) if policy.identify is not None else None
+    if policy.identify is not None and caller is None:
         return rejected(REJECT_CALLING_AE, "calling AE title or its address not allowed")
-    if open_associations > settings.max_associations:
+    if open_associations > policy.max_associations:
         return rejected(REJECT_TOO_MANY, "too many associations open")
 
     peer_max_pdu = 0
@@ -140,7 +116,7 @@ def negotiate(pdu: bytes, settings: DicomSettings, peer_ip: str, open_associatio
             roles[item.sop_class_uid] = (item.scu_role, item.scp_role)
 
     results, role_items = negotiate_as_acceptor(
-        primitive.presentation_context_definition_list, list(supported_contexts()), roles  # type: ignore[arg-type]
+        primitive.presentation_context_definition_list, list(contexts), roles  # type: ignore[arg-type]
     )
     accepted = [cx for cx in results if cx.result == 0x00]
 
@@ -152,7 +128,7 @@ def negotiate(pdu: bytes, settings: DicomSettings, peer_ip: str, open_associatio
     answer.result_source = 0x01
     answer.presentation_context_definition_results_list = results
     max_length = MaximumLengthNotification()
-    max_length.maximum_length_received = settings.max_pdu_length
+    max_length.maximum_length_received = policy.max_pdu_length
     class_uid = ImplementationClassUIDNotification()
     class_uid.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     version = ImplementationVersionNameNotification()

@@ -7,8 +7,9 @@ are PS3.4 J.3.2.1.1.3 / PS3.7 C.4 statuses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import warnings
+from dataclasses import dataclass
+
 from pydicom.dataset import Dataset
 
 from gateway.dicom.dataset import read_prefix

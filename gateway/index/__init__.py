@@ -24,6 +24,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol, Self
 
+from gateway.core.study import InstanceStatus as InstanceStatus  # re-exported: callers find it here too
+from gateway.core.study import StudyInstance
+
 
 class IndexFailure(Exception):
     """The index failed; ``retriable`` says whether the same call may succeed later. The message names the
@@ -48,13 +51,6 @@ class CorrectionPolicy(StrEnum):
     REPLACE = "replace"
     REJECT = "reject"
     KEEP_FIRST = "keep-first"
-
-
-class InstanceStatus(StrEnum):
-    STORED = "stored"
-    QUARANTINED = "quarantined"
-    REPLACED = "replaced"
-    """Superseded by a correction; kept with its storage key so the prior version stays retrievable."""
 
 
 class Outcome(StrEnum):
@@ -102,6 +98,14 @@ class InstanceRow:
     def __post_init__(self) -> None:
         if self.received_at.tzinfo is None or self.stored_at.tzinfo is None:
             raise ValueError("received_at and stored_at must be timezone-aware")
+
+    def study_instance(self) -> StudyInstance:
+        """The value builders take."""
+        return StudyInstance(
+            self.sop_instance_uid, self.sop_class_uid, self.study_instance_uid, self.series_instance_uid,
+            self.series_number, self.instance_number, self.modality, self.status, self.version, self.stored_at,
+            self.patient_id, self.issuer_of_patient_id, self.accession_number, self.study_date, self.study_time,
+            self.study_description, self.source_organization_oid, dict(self.patient_attributes))
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,9 +225,8 @@ class Registration:
     current: bool = True
 
 
-class Index(Protocol):
-    async def migrate(self) -> None:
-        """Apply the pending schema migrations; safe to call from several processes at once."""
+class InstanceIndex(Protocol):
+    """What is stored: one current row per SOP Instance UID, every version kept."""
 
     async def record_instance(self, row: InstanceRow, policy: CorrectionPolicy) -> RecordResult:
         """Record a stored (or quarantined) instance in one transaction, as ``resolve`` decides."""
@@ -241,6 +244,10 @@ class Index(Protocol):
     async def find_studies(self, patient_id: str = "", accession_number: str = "", limit: int = 100) -> list[StudySummary]:
         """Studies with current instances, newest study date first; empty filters match everything."""
 
+
+class StudyClock(Protocol):
+    """When each study last received an instance, and whether it has been declared stable since."""
+
     async def study_activity(self, study_instance_uid: str) -> StudyActivity | None: ...
 
     async def due_stable_studies(self, quiet_since: float, limit: int = 100) -> list[StudyActivity]:
@@ -251,6 +258,10 @@ class Index(Protocol):
 
     async def hasten_stability(self, study_instance_uid: str) -> None:
         """Make a study due for stability now (a storage commitment covered it)."""
+
+
+class CommitmentLog(Protocol):
+    """Storage-commitment transactions, their references and, once decided, each one's outcome."""
 
     async def add_commitment(self, commitment: Commitment) -> bool:
         """Record a new transaction; False when its Transaction UID is already known."""
@@ -268,6 +279,10 @@ class Index(Protocol):
         """Record the outcome of each reference and queue the report, in one transaction; False if already
         decided."""
 
+
+class OutboundQueue(Protocol):
+    """Outbound notifications with their delivery state, claimed with a lease by the workers sending them."""
+
     async def put_delivery(self, delivery: Delivery, replace: bool) -> None:
         """Queue a delivery; an existing one with its id is left alone, or with ``replace`` queued anew."""
 
@@ -282,11 +297,22 @@ class Index(Protocol):
 
     async def deliveries(self, subject: str) -> list[Delivery]: ...
 
+
+class Registrations(Protocol):
+    """The XDS manifests registered for each study generation."""
+
     async def record_registration(self, registration: Registration) -> None:
         """Record a registered manifest as the study's current one; the previous stays, no longer current."""
 
     async def registrations(self, study_instance_uid: str) -> list[Registration]:
         """The study's registrations, newest generation first."""
+
+
+class Index(InstanceIndex, StudyClock, CommitmentLog, OutboundQueue, Registrations, Protocol):
+    """Every port at once: what an adapter implements. A consumer types against the ports it uses."""
+
+    async def migrate(self) -> None:
+        """Apply the pending schema migrations; safe to call from several processes at once."""
 
     async def close(self) -> None: ...
 

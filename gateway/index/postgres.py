@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, Self, TypeVar
@@ -29,9 +29,9 @@ from gateway.index import (
     IndexRejected,
     IndexUnavailable,
     InstanceRow,
-    Registration,
     InstanceStatus,
     RecordResult,
+    Registration,
     StudyActivity,
     StudySummary,
     resolve,
@@ -119,7 +119,7 @@ def _translate(exc: Exception) -> IndexFailure:
     return IndexUnavailable(f"PostgreSQL unreachable ({type(exc).__name__})")
 
 
-def _translated(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
+def _translated(method: Callable[_P, Coroutine[Any, Any, _R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
     """Driver errors become port errors that say whether a retry can help, so a poison row dead-letters
     instead of being retried forever."""
 

@@ -23,18 +23,18 @@ from typing import Any, Self, TypeVar
 import orjson
 
 from gateway.index import (
-    IndexFailure,
-    IndexRejected,
-    IndexUnavailable,
     Commitment,
     CommitmentItem,
     CorrectionPolicy,
     Delivery,
     DeliveryState,
+    IndexFailure,
+    IndexRejected,
+    IndexUnavailable,
     InstanceRow,
-    Registration,
     InstanceStatus,
     RecordResult,
+    Registration,
     StudyActivity,
     StudySummary,
     resolve,

@@ -82,8 +82,9 @@ def registration_params(registration: Registration) -> tuple[Any, ...]:
 
 
 def registration(row: tuple[Any, ...]) -> Registration:
-    *values, current = row
-    return Registration(*values, current=bool(current))
+    study, generation, unique_id, entry_uuid, submission_set_unique_id, instances, at, replaces, current = row
+    return Registration(study, generation, unique_id, entry_uuid, submission_set_unique_id, instances, at, replaces,
+                        current=bool(current))
 
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")

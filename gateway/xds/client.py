@@ -19,7 +19,6 @@ Error details (codeContext) may quote patient identifiers: they are kept on the 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import enum
 import logging
@@ -462,7 +461,7 @@ class XdsClient:
             async with self._session.post(url, data=body, headers={"Content-Type": content_type}) as response:
                 payload = await response.read()
                 status, answer_type = response.status, response.headers.get("Content-Type", "")
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise XdsTransient(f"{transaction}: {type(exc).__name__} talking to the endpoint") from exc
         try:
             message = soap.parse(payload, answer_type)

@@ -19,8 +19,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
+from gateway.core.study import InstanceStatus, StudyInstance
 from gateway.dicom.acse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
-from gateway.index import InstanceRow, InstanceStatus
 from gateway.xds.rules import is_oid
 
 KEY_OBJECT_SELECTION_DOCUMENT_STORAGE = "1.2.840.10008.5.1.4.1.1.88.59"
@@ -51,29 +51,29 @@ def content_value_type(sop_class_uid: str) -> str:
     return "COMPOSITE"
 
 
-def stored_instances(instances: Sequence[InstanceRow]) -> list[InstanceRow]:
+def stored_instances(instances: Sequence[StudyInstance]) -> list[StudyInstance]:
     """The rows a manifest may list, ordered by series and instance number as viewers expect."""
     stored = [row for row in instances if row.status is InstanceStatus.STORED]
     return sorted(stored, key=lambda r: (r.series_number is None, r.series_number or 0, r.series_instance_uid,
                                          r.instance_number is None, r.instance_number or 0, r.sop_instance_uid))
 
 
-def newest(rows: Sequence[InstanceRow]) -> InstanceRow:
+def newest(rows: Sequence[StudyInstance]) -> StudyInstance:
     """The row whose header speaks for the study: the most recently stored (then the highest version)."""
     return max(rows, key=lambda r: (r.stored_at, r.version))
 
 
-def _reference(row: InstanceRow) -> Dataset:
+def _reference(row: StudyInstance) -> Dataset:
     item = Dataset()
     item.ReferencedSOPClassUID = row.sop_class_uid
     item.ReferencedSOPInstanceUID = row.sop_instance_uid
     return item
 
 
-def _evidence(rows: list[InstanceRow], study_uid: str, retrieve_ae_title: str, retrieve_location_uid: str,
+def _evidence(rows: list[StudyInstance], study_uid: str, retrieve_ae_title: str, retrieve_location_uid: str,
               retrieve_url: str | None) -> Dataset:
     """Current Requested Procedure Evidence Sequence item: the study, one Referenced Series item per series."""
-    series: dict[str, list[InstanceRow]] = {}
+    series: dict[str, list[StudyInstance]] = {}
     for row in rows:
         series.setdefault(row.series_instance_uid, []).append(row)
     items = []
@@ -92,7 +92,7 @@ def _evidence(rows: list[InstanceRow], study_uid: str, retrieve_ae_title: str, r
     return study
 
 
-def _content_item(row: InstanceRow) -> Dataset:
+def _content_item(row: StudyInstance) -> Dataset:
     item = Dataset()
     item.RelationshipType = "CONTAINS"
     item.ValueType = content_value_type(row.sop_class_uid)
@@ -119,7 +119,7 @@ def _request(study_uid: str, accession_number: str, accession_issuer: str) -> Da
     return item
 
 
-def _patient(ds: Dataset, row: InstanceRow) -> None:
+def _patient(ds: Dataset, row: StudyInstance) -> None:
     """Patient Module from the study's patient attributes as stored (the newest row's)."""
     attributes = row.patient_attributes
     ds.PatientName = attributes.get("PatientName", "")
@@ -137,7 +137,7 @@ def _patient(ds: Dataset, row: InstanceRow) -> None:
 
 
 def build_manifest(
-    instances: Sequence[InstanceRow],
+    instances: Sequence[StudyInstance],
     *,
     retrieve_ae_title: str,
     retrieve_location_uid: str,
@@ -219,7 +219,7 @@ def to_part10(ds: Dataset) -> bytes:
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION
     out = BytesIO()
     part10 = copy(ds)

@@ -29,11 +29,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from gateway.index import InstanceRow
+from gateway import hetu
+from gateway.core.study import StudyInstance
 from gateway.xds.manifest import KEY_OBJECT_SELECTION_DOCUMENT_STORAGE, LOCAL_TIME, stored_instances
 from gateway.xds.rules import is_oid
 from gateway.xds.soap import NS
-from gateway import hetu
 
 BUNDLED_AFFINITY_DOMAIN = Path(__file__).with_name("affinity-domain.yaml")
 
@@ -308,7 +308,7 @@ def _referenced_uids(manifest: Dataset) -> set[str]:
     }
 
 
-def event_codes(manifest: Dataset, instances: Sequence[InstanceRow], procedure_codes: Sequence[Code]) -> list[Code]:
+def event_codes(manifest: Dataset, instances: Sequence[StudyInstance], procedure_codes: Sequence[Code]) -> list[Code]:
     """Acquisition modalities of the instances the manifest lists (CID 29, DCM), then the procedure codes."""
     listed = _referenced_uids(manifest)
     modalities = sorted({row.modality for row in stored_instances(instances)
@@ -317,7 +317,7 @@ def event_codes(manifest: Dataset, instances: Sequence[InstanceRow], procedure_c
     return codes + [code for code in procedure_codes if code not in codes]
 
 
-def _document_entry(parent: etree._Element, manifest: Dataset, instances: Sequence[InstanceRow], *, entry_uuid: str,
+def _document_entry(parent: etree._Element, manifest: Dataset, instances: Sequence[StudyInstance], *, entry_uuid: str,
                     cx: str, domain: AffinityDomain, organization_name: str, organization_oid: str,
                     procedure_codes: Sequence[Code]) -> None:
     entry = _sub(parent, "ExtrinsicObject", {
@@ -383,7 +383,7 @@ def _submission_set(parent: etree._Element, *, set_uuid: str, unique_id: str, cx
 def build_submission(
     manifest: Dataset,
     manifest_bytes: bytes,
-    instances: Sequence[InstanceRow],
+    instances: Sequence[StudyInstance],
     *,
     domain: AffinityDomain,
     source_id: str,

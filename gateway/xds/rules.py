@@ -60,7 +60,8 @@ class RuleError:
 
 @functools.cache
 def rules() -> dict[str, Any]:
-    return orjson.loads(RULES_FILE.read_bytes())
+    table: dict[str, Any] = orjson.loads(RULES_FILE.read_bytes())
+    return table
 
 
 @functools.cache
@@ -121,9 +122,10 @@ def name_of(obj: etree._Element) -> str:
 def registry_object_list(request: etree._Element) -> etree._Element | None:
     """RegistryObjectList of a SubmitObjectsRequest, a ProvideAndRegisterDocumentSetRequest or a query response."""
     if request.tag == f"{{{XDS}}}ProvideAndRegisterDocumentSetRequest":
-        request = request.find(f"{{{LCM}}}SubmitObjectsRequest")
-        if request is None:
+        sor = request.find(f"{{{LCM}}}SubmitObjectsRequest")
+        if sor is None:
             return None
+        request = sor
     return request.find(_R + "RegistryObjectList")
 
 
@@ -137,7 +139,8 @@ def scheme(section: str, attribute: str) -> str:
     table = rules()[section]
     for item in [*table["classifications"], *table["external_identifiers"]]:
         if item["attribute"] == attribute:
-            return item.get("classificationScheme") or item["identificationScheme"]
+            scheme_uuid: str = item.get("classificationScheme") or item["identificationScheme"]
+            return scheme_uuid
     raise KeyError(f"{section}.{attribute}")
 
 

@@ -277,12 +277,12 @@ class Simulator:
         errors = rules.check_submission(pnr, transaction=transaction, patient_id_domain=self.patient_id_domain)
         if errors:
             raise Rejected(errors)
-        sor = pnr.find(f"{{{rules.LCM}}}SubmitObjectsRequest")
+        sor = _child(pnr, f"{{{rules.LCM}}}SubmitObjectsRequest", rules.METADATA_ERROR)
         documents = {d.get("id", ""): message.document(d) for d in pnr.iterfind(_XDS + "Document")}
         for de in sor.iter(_R + "ExtrinsicObject"):
             data = documents[de.get("id", "")]
             where = f"DocumentEntry {de.get('id', '')}"
-            digest, size = hashlib.sha1(data).hexdigest(), str(len(data))  # noqa: S324 - XDS hash is SHA-1
+            digest, size = hashlib.sha1(data).hexdigest(), str(len(data))
             problems = [RuleError("XDSRepositoryMetadataError", where, f"Slot {name} {given} does not match the "
                                                                        f"document ({actual})")
                         for name, actual in (("hash", digest), ("size", size))
@@ -301,6 +301,8 @@ class Simulator:
             if errors:
                 raise Rejected(errors)
         object_list = rules.registry_object_list(sor)
+        if object_list is None:
+            raise Rejected([RuleError(rules.METADATA_ERROR, "SubmitObjectsRequest", "no RegistryObjectList")])
         sub = rules.Submission.read(object_list)
         skipped = self._duplicates(sub)
         self._check_references(sub)
@@ -376,11 +378,11 @@ class Simulator:
                                         f"uniqueId {unique_id} is registered with different content"))
         ss_scheme = rules.scheme("submission_set", "uniqueId")
         for ss in sub.submission_sets:
-            unique_id = rules.external_identifier(ss, ss_scheme)
-            registered = any(s["uniqueId"] == unique_id for s in self.registry.submission_sets.values())
+            ss_unique_id = rules.external_identifier(ss, ss_scheme)
+            registered = any(s["uniqueId"] == ss_unique_id for s in self.registry.submission_sets.values())
             if registered and len(skipped) != len(sub.document_entries):
                 errors.append(RuleError("XDSDuplicateUniqueIdInRegistry", f"SubmissionSet {ss.get('id', '')}",
-                                        f"SubmissionSet uniqueId {unique_id} is already registered"))
+                                        f"SubmissionSet uniqueId {ss_unique_id} is already registered"))
             elif registered:
                 sub.submission_sets.clear()  # the whole submission is a retry: keep the registered one
         if errors:
@@ -424,7 +426,7 @@ class Simulator:
         errors = rules.check_query(request)
         if errors:
             raise Rejected(errors)
-        query = request.find(_R + "AdhocQuery")
+        query = _child(request, _R + "AdhocQuery", "XDSRegistryError")
         ids = rules.rules()["stored_queries"]["ids"]
         parameters = rules.query_parameters(query)
         if query.get("id") == ids["FindDocuments"]:
@@ -439,7 +441,8 @@ class Simulator:
         response = etree.Element(f"{{{NS['query']}}}AdhocQueryResponse", status=SUCCESS,
                                  nsmap={"query": NS["query"], "rim": RIM})
         object_list = etree.SubElement(response, _R + "RegistryObjectList")
-        leaf_class = request.find(f"{{{NS['query']}}}ResponseOption").get("returnType") == "LeafClass"
+        option = _child(request, f"{{{NS['query']}}}ResponseOption", "XDSRegistryError")
+        leaf_class = option.get("returnType") == "LeafClass"
         for entry_uuid in sorted(found, key=lambda k: self.registry.entries[k]["submitted"]):
             if leaf_class:
                 object_list.append(soap.parse_xml(self.registry.entries[entry_uuid]["xml"].encode()))
@@ -528,6 +531,14 @@ def _set_slot(obj: etree._Element, name: str, value: str) -> None:
     slot = etree.Element(_R + "Slot", name=name)
     etree.SubElement(etree.SubElement(slot, _R + "ValueList"), _R + "Value").text = value
     obj.insert(obj.index(slots[-1]) + 1 if slots else 0, slot)
+
+
+def _child(parent: etree._Element, tag: str, code: str) -> etree._Element:
+    """A required child: a Failure RegistryResponse, not an AttributeError, when the rules let its absence through."""
+    child = parent.find(tag)
+    if child is None:
+        raise Rejected([RuleError(code, etree.QName(parent).localname, f"no {etree.QName(tag).localname}")])
+    return child
 
 
 def _transaction(endpoint: str, message: SoapMessage) -> str | None:

@@ -84,7 +84,7 @@ def parse_xml(data: bytes) -> etree._Element:
         root = etree.fromstring(data, _PARSER)
     except etree.XMLSyntaxError as exc:
         raise SoapError(f"XML not well-formed: {exc}") from None
-    if root.getroottree().docinfo.doctype:
+    if root.getroottree().docinfo.doctype:  # type: ignore[union-attr]  # lxml-stubs lack DocInfo.doctype
         raise SoapError("a SOAP message must not contain a document type declaration")
     return root
 
@@ -202,6 +202,8 @@ class SoapMessage:
         env = copy.deepcopy(self.envelope)
         for inc in list(env.iter(_XOP_INCLUDE)):
             parent = inc.getparent()
+            if parent is None:
+                raise SoapError("xop:Include must be inside the element it stands for, not the message root")
             data = self._attachment(inc).data
             parent.remove(inc)
             parent.text = base64.b64encode(data).decode("ascii")

@@ -40,5 +40,6 @@ def validate(element: etree._Element) -> list[str]:
         # a standalone copy, so that the schema validates it as a document root (with its in-scope namespaces);
         # copied, not re-parsed: an XOP-resolved document may exceed libxml2's text limit for parsing
         if not schema.validate(copy.deepcopy(target)):
-            errors += [f"{label}: line {e.line}: {e.message}" for e in list(schema.error_log)[:_MAX_ERRORS]]
+            entries = list(schema.error_log)  # type: ignore[call-overload]  # lxml-stubs: _ErrorLog is iterable
+            errors += [f"{label}: line {e.line}: {e.message}" for e in entries[:_MAX_ERRORS]]
     return errors

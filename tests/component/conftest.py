@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from gateway.bus.embedded import EmbeddedBus
+from gateway.ingest.receiver import Receiver
 from gateway.metrics import Metrics
-from gateway.receiver import Receiver
 from gateway.settings import DicomSettings, EmbeddedBusSettings, TopicSettings
 from tests.helpers import BusContents, free_port, read_instances
 

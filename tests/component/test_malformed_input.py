@@ -20,8 +20,8 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import build_context
 
 from gateway.bus.embedded import EmbeddedBus
+from gateway.ingest.receiver import Receiver
 from gateway.metrics import Metrics
-from gateway.receiver import Receiver
 from gateway.settings import DicomSettings, EmbeddedBusSettings, TopicSettings
 from tests.conftest import dcmtk
 from tests.helpers import free_port
@@ -182,3 +182,45 @@ def test_fuzzed_bytes_never_crash_the_receiver(
 
 def test_receiver_still_serves_after_the_fuzzing(threaded_gateway: ThreadedGateway) -> None:
     assert threaded_gateway.echo_works()
+
+
+def request_command(command_field: int, sop_class: str, message_id: int, with_data_set: bool) -> bytes:
+    """A request command set (implicit VR little endian), as a requestor would send it."""
+    def element(tag: int, value: bytes) -> bytes:
+        value += b"\x00" * (len(value) % 2)
+        return struct.pack("<HHI", 0, tag, len(value)) + value
+
+    body = (element(0x0002, sop_class.encode()) + element(0x0100, struct.pack("<H", command_field))
+            + element(0x0110, struct.pack("<H", message_id)) + element(0x0700, struct.pack("<H", 0))
+            + element(0x0800, struct.pack("<H", 0x0000 if with_data_set else 0x0101)))
+    return element(0x0000, struct.pack("<I", len(body))) + body
+
+
+def response_statuses(reply: bytes) -> list[tuple[int, int]]:
+    """(Command Field, Status) of every response command set in a reply, read element by element."""
+    found, offset = [], 0
+    while offset + 6 <= len(reply):
+        pdu_type, _, length = struct.unpack_from(">BBI", reply, offset)
+        body, offset = reply[offset + 6 : offset + 6 + length], offset + 6 + length
+        if pdu_type != 0x04 or body[5] & 0x01 == 0:
+            continue
+        command, position, elements = body[6:], 0, {}
+        while position + 8 <= len(command):
+            _, tag, size = struct.unpack_from("<HHI", command, position)
+            elements[tag] = command[position + 8 : position + 8 + size]
+            position += 8 + size
+        found.append((struct.unpack("<H", elements[0x0100])[0], struct.unpack("<H", elements[0x0900])[0]))
+    return found
+
+
+def test_unsupported_request_with_a_data_set_is_answered_0211_and_the_association_goes_on(
+    threaded_gateway: ThreadedGateway,
+) -> None:
+    c_find = request_command(0x0020, "1.2.840.10008.5.1.4.1.1.2", 7, with_data_set=True)
+    query = b"\x10\x00\x20\x00\x00\x00\x00\x00"  # (0010,0020) Patient ID, empty: a data set, implicit VR
+    echo = request_command(0x0030, "1.2.840.10008.1.1", 8, with_data_set=False)
+    reply = threaded_gateway.exchange(associate_rq(), p_data(3, 0x03, c_find), p_data(3, 0x02, query),
+                                      p_data(1, 0x03, echo), wait=2)
+    assert reply[0] == ACCEPT
+    assert abort_reason(reply) is None
+    assert response_statuses(reply) == [(0x8020, 0x0211), (0x8030, 0x0000)]

@@ -20,7 +20,7 @@ from aiohttp import ClientSession
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE, build_role, evt
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     InstanceAvailabilityNotification,
     StorageCommitmentPushModel,

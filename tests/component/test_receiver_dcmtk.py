@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 

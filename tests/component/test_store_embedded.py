@@ -6,9 +6,9 @@ import asyncio
 import copy
 import hashlib
 import warnings
-from typing import Any
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pydicom
@@ -16,12 +16,14 @@ import pynetdicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from gateway.core import envelope
+import workers.store
+from gateway import dead_letter
 from gateway.app import open_index, store_pool
 from gateway.bus.embedded import EmbeddedBus, partition_for
+from gateway.core import envelope
 from gateway.index import InstanceStatus
+from gateway.ingest.receiver import Receiver
 from gateway.metrics import Metrics
-from gateway.receiver import Receiver
 from gateway.settings import (
     DicomSettings,
     EmbeddedBusSettings,
@@ -33,8 +35,6 @@ from gateway.settings import (
 from tests.component.test_receiver_pynetdicom import corpus, send_all
 from tests.conftest import dcmtk
 from tests.helpers import dataset_bytes, free_port, run
-import workers.store
-from gateway import dead_letter
 
 CT = Path(get_testdata_file("CT_small.dcm"))  # type: ignore[arg-type]
 

@@ -12,8 +12,8 @@ import pytest
 
 from gateway.bus import ProducerDied
 from gateway.bus.embedded import EmbeddedBus
+from gateway.ingest.receiver import Receiver
 from gateway.metrics import Metrics
-from gateway.receiver import Receiver
 from gateway.runtime import RoleCrashed, run_roles
 from gateway.settings import DicomSettings, EmbeddedBusSettings, HttpSettings, RuntimeSettings, Settings
 from tests.helpers import free_port

@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pydicom.dataset import Dataset
 
-from gateway.index import InstanceRow
+from gateway.core.study import StudyInstance
 from gateway.settings import XdsSettings
 from gateway.xds import cli as xds_cli
 from gateway.xds import rules, soap, xsd
@@ -47,7 +47,7 @@ PATIENT_CX = "131052-308T^^^&1.2.246.21&ISO"
 IMAGES = Code(code="IMAGES", coding_scheme="1.3.6.1.4.1.19376.1.2.6.1", display_name="Images")
 
 
-def submission(rows: list[InstanceRow] | None = None, *, sop_instance_uid: str = "2.25.1001",
+def submission(rows: list[StudyInstance] | None = None, *, sop_instance_uid: str = "2.25.1001",
                replaces: str | None = None, now: datetime = NOW) -> Submission:
     rows = study_rows() if rows is None else rows
     manifest: Dataset = build_manifest(rows, retrieve_ae_title="DICOMGW", retrieve_location_uid=REPOSITORY_OID,

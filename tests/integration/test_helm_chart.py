@@ -271,7 +271,8 @@ def test_every_rendered_role_is_one_the_gateway_runs(value_set: str) -> None:
         split_roles = {role for roles in rendered.values() for role in roles}
         assert split_roles == {*SPLIT_ROLES, *future}, "explicitly enabled roles get Deployments"
         pdbs = {component(m) for m in of_kind(manifests, "PodDisruptionBudget").values()}
-        autoscaled = {component(m) for kind in ("HorizontalPodAutoscaler", "ScaledObject") for m in of_kind(manifests, kind).values()}
+        autoscaled = {component(m) for kind in ("HorizontalPodAutoscaler", "ScaledObject")
+                      for m in of_kind(manifests, kind).values()}
         assert set(future) <= pdbs and set(future) <= autoscaled
 
 

@@ -14,8 +14,8 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 
 from gateway.bus.kafka import KafkaBus
+from gateway.ingest.receiver import Receiver
 from gateway.metrics import Metrics
-from gateway.receiver import Receiver
 from gateway.settings import DicomSettings, KafkaSettings, TopicSettings
 from tests.conftest import SERVICES, start_services
 from tests.helpers import free_port, read_instances

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from gateway.core import envelope
 from gateway.bus import Record
+from gateway.core import envelope
 from gateway.core.envelope import InstanceEnvelope, InstanceHeader
 from workers.consume import InstanceAssembler
 

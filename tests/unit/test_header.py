@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.dicom.header import Malformed, read_values
-from gateway.publish import _parse_header_with_pydicom, parse_header
+from gateway.ingest.publish import _parse_header_with_pydicom, parse_header
 from tests.helpers import dataset_bytes
+
 
 def readable(path: Path) -> tuple[bytes, str] | None:
     with warnings.catch_warnings():

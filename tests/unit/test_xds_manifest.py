@@ -20,7 +20,7 @@ from pydicom.uid import (
     TwelveLeadECGWaveformStorage,
 )
 
-from gateway.index import InstanceRow, InstanceStatus
+from gateway.core.study import InstanceStatus, StudyInstance
 from gateway.xds.manifest import (
     KEY_OBJECT_SELECTION_DOCUMENT_STORAGE,
     build_manifest,
@@ -38,22 +38,20 @@ PATIENT = {"PatientID": "131052-308T", "IssuerOfPatientID": "1.2.246.21", "Patie
            "PatientBirthDate": "19521013", "PatientSex": "M"}
 
 
-def instance_row(sop: str, series: str = f"{STUDY}.1", number: int = 1, **changes: Any) -> InstanceRow:
+def instance_row(sop: str, series: str = f"{STUDY}.1", number: int = 1, **changes: Any) -> StudyInstance:
     """A stored CT instance of the test study; keyword arguments replace fields."""
-    row = InstanceRow(
+    row = StudyInstance(
         sop_instance_uid=sop, sop_class_uid=CTImageStorage, study_instance_uid=STUDY, series_instance_uid=series,
+        series_number=int(series.rsplit(".", 1)[1]), instance_number=number, modality="CT",
+        status=InstanceStatus.STORED, version=1, stored_at=NOW - timedelta(hours=1),
         patient_id=PATIENT["PatientID"], issuer_of_patient_id=PATIENT["IssuerOfPatientID"],
-        accession_number="TKU-2024-1", modality="CT", study_date="20240105", study_time="101500",
-        study_description="TT pää", series_number=int(series.rsplit(".", 1)[1]), instance_number=number,
-        transfer_syntax_uid=ExplicitVRLittleEndian, storage_key=f"key/{sop}", size=1000, sha256="a" * 64,
-        received_sha256="a" * 64, source_ae="CT01", source_organization_oid=ORGANIZATION_OID,
-        status=InstanceStatus.STORED, findings=(), instance_id=f"i-{sop}",
-        received_at=NOW - timedelta(hours=1), stored_at=NOW - timedelta(hours=1), patient_attributes=dict(PATIENT),
+        accession_number="TKU-2024-1", study_date="20240105", study_time="101500", study_description="TT pää",
+        source_organization_oid=ORGANIZATION_OID, patient_attributes=dict(PATIENT),
     )
     return replace(row, **changes)
 
 
-def study_rows() -> list[InstanceRow]:
+def study_rows() -> list[StudyInstance]:
     """Two CT series and a report series, one quarantined and one replaced instance among them."""
     return [
         instance_row(f"{STUDY}.2.1.3", f"{STUDY}.2", 3),
@@ -66,7 +64,7 @@ def study_rows() -> list[InstanceRow]:
     ]
 
 
-def manifest(rows: list[InstanceRow] | None = None, **overrides: Any) -> Dataset:
+def manifest(rows: list[StudyInstance] | None = None, **overrides: Any) -> Dataset:
     arguments: dict[str, Any] = {
         "retrieve_ae_title": "DICOMGW", "retrieve_location_uid": REPOSITORY_OID,
         "institution_name": "Turun kaupunki", "now": NOW, "sop_instance_uid": "2.25.1001",
@@ -233,7 +231,7 @@ def test_new_uids_when_none_are_given() -> None:
     (None, {"retrieve_ae_title": ""}, "Retrieve AE Title"),
     (None, {"now": datetime(2024, 1, 1)}, "timezone-aware"),
 ])
-def test_refuses_what_cannot_be_a_manifest(rows: list[InstanceRow] | None, overrides: dict[str, Any],
+def test_refuses_what_cannot_be_a_manifest(rows: list[StudyInstance] | None, overrides: dict[str, Any],
                                            message: str) -> None:
     with pytest.raises(ValueError, match=message):
         manifest(rows, **overrides)

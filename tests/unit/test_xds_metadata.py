@@ -14,7 +14,7 @@ from lxml import etree
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, TwelveLeadECGWaveformStorage
 
-from gateway.index import InstanceRow, InstanceStatus
+from gateway.core.study import InstanceStatus, StudyInstance
 from gateway.xds import rules, xsd
 from gateway.xds.manifest import build_manifest, to_part10
 from gateway.xds.metadata import (
@@ -39,14 +39,14 @@ SUBMITTED = datetime(2024, 1, 15, 10, 0, 5, tzinfo=UTC)
 DTM = re.compile(r"\d{14}")
 
 
-def kos(rows: list[InstanceRow] | None = None, **overrides: Any) -> Dataset:
+def kos(rows: list[StudyInstance] | None = None, **overrides: Any) -> Dataset:
     arguments: dict[str, Any] = {"retrieve_ae_title": "DICOMGW", "retrieve_location_uid": REPOSITORY_OID,
                                  "institution_name": "Turun kaupunki", "now": NOW, "sop_instance_uid": "2.25.1001",
                                  "series_instance_uid": "2.25.1002"}
     return build_manifest(study_rows() if rows is None else rows, **(arguments | overrides))
 
 
-def submit(manifest: Dataset | None = None, rows: list[InstanceRow] | None = None, **overrides: Any) -> Submission:
+def submit(manifest: Dataset | None = None, rows: list[StudyInstance] | None = None, **overrides: Any) -> Submission:
     manifest = kos() if manifest is None else manifest
     arguments: dict[str, Any] = {
         "domain": AffinityDomain.load(), "source_id": ORGANIZATION_OID, "organization_oid": ORGANIZATION_OID,

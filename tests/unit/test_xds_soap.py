@@ -9,8 +9,8 @@ import pytest
 from lxml import etree
 
 from gateway.xds import soap
-from gateway.xds.xsd import validate
 from gateway.xds.soap import NS, Attachment, SoapError
+from gateway.xds.xsd import validate
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "xds" / "samples"
 
@@ -110,7 +110,7 @@ def test_nist_axis2_mtom_capture() -> None:
     attachment = message.attachments["1.urn:uuid:3D4B161591CD1DEC0C1286850962319@apache.org"]
     assert attachment.content_type == "text/plain"
     assert attachment.data.startswith(b"Four score and seven years ago")
-    assert attachment.data.endswith("shall not perish from the earth.".encode())
+    assert attachment.data.endswith(b"shall not perish from the earth.")
     document = message.body().find(f"{{{NS['xds']}}}Document")
     assert message.document(document) == attachment.data
     assert validate(message.resolved()) == []

@@ -12,7 +12,6 @@ from workers.validation.profiles import (
     ProfileError,
     ProfileRegistry,
     ProfileSelector,
-    ValidationSettings,
 )
 from workers.validation.rules import RULES
 
@@ -30,7 +29,6 @@ __all__ = [
     "Severity",
     "SourceContext",
     "ValidationResult",
-    "ValidationSettings",
     "apply_changes",
     "patient_attributes",
     "patient_conflicts",

@@ -13,8 +13,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 from pydicom.dataset import Dataset
 
-from workers.validation.header import first_item, patient_id_issuer, text
 from gateway.hetu import HETU_OID
+from workers.validation.header import first_item, patient_id_issuer, text
 from workers.validation.model import SourceContext, tag_of
 
 PADDED_IDS = ("PatientID", "IssuerOfPatientID", "AccessionNumber", "StudyID")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.settings import load_settings
+from gateway.settings import ValidationSettings, load_settings
 from workers.validation import (
     RULES,
     CoercionConfig,
@@ -15,7 +15,6 @@ from workers.validation import (
     ProfileRegistry,
     ProfileSelector,
     Severity,
-    ValidationSettings,
 )
 from workers.validation.kanta import KANTA_RULES
 from workers.validation.rules import DICOM_RULES

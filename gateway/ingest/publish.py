@@ -21,12 +21,12 @@ from datetime import UTC, datetime
 
 from pydicom.dataset import Dataset
 
-from gateway.core import envelope
 from gateway.bus import MAX_RECORD_BYTES, BusError, Producer
-from gateway.dicom.dataset import DEFLATED, read_prefix
-from gateway.dicom.header import ISSUER_QUALIFIERS, Malformed, read_values
+from gateway.core import envelope
 from gateway.core.envelope import InstanceEnvelope, InstanceHeader
 from gateway.core.errors import CannotUnderstand, DataSetMismatch, OutOfResources
+from gateway.dicom.dataset import DEFLATED, read_prefix
+from gateway.dicom.header import ISSUER_QUALIFIERS, Malformed, read_values
 
 log = logging.getLogger(__name__)
 

@@ -10,27 +10,51 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE, build_role
 from pynetdicom.association import Association
 
+from gateway.core.errors import DeliveryFailed
 from gateway.dicom.commitment import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH_MODEL
 from gateway.dicom.ian import INSTANCE_AVAILABILITY_NOTIFICATION
-from gateway.core.errors import DeliveryFailed
-from gateway.settings import DicomSettings, RemoteAE
-
 
 _WARNINGS = (0x0001, 0x0107, 0x0116)
 """Warning statuses of N-CREATE / N-EVENT-REPORT (PS3.7 C.4, 10.1): the operation was performed."""
 
 
 @dataclass(frozen=True, slots=True)
+class RemoteAE:
+    """A peer the gateway opens associations to."""
+
+    ae_title: str
+    host: str
+    port: int
+    tls: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTls:
+    """What the gateway presents and trusts on DICOM TLS associations it opens."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Outbound:
-    settings: DicomSettings
+    ae_title: str
+    """Our Calling AE Title."""
     timeout: float
+    resolve: Callable[[str], RemoteAE | None]
+    """Where an AE title is (the configured remote AEs)."""
+    tls: ClientTls = ClientTls()
 
     async def commitment_report(self, ae_title: str, event_type: int, event_information: Dataset) -> None:
         await asyncio.to_thread(self._report, self._remote(ae_title), event_type, event_information)
@@ -39,7 +63,7 @@ class Outbound:
         await asyncio.to_thread(self._notify, self._remote(ae_title), notification)
 
     def _remote(self, ae_title: str) -> RemoteAE:
-        remote = self.settings.remote_ae(ae_title)
+        remote = self.resolve(ae_title)
         if remote is None:
             raise DeliveryFailed(f"{ae_title} is not in dicom.remote_aes")
         return remote
@@ -62,11 +86,11 @@ class Outbound:
             _end(association)
 
     def _associate(self, remote: RemoteAE, sop_class: str, scp_role: bool) -> Association:
-        ae = AE(ae_title=self.settings.ae_title)
+        ae = AE(ae_title=self.ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
         ae.connection_timeout = self.timeout
         ae.add_requested_context(sop_class)
-        extended = [build_role(sop_class, scu_role=False, scp_role=True)] if scp_role else []
+        extended: list[Any] = [build_role(sop_class, scu_role=False, scp_role=True)] if scp_role else []
         tls = (self._tls_context(), remote.host) if remote.tls else None
         try:
             association = ae.associate(remote.host, remote.port, ae_title=remote.ae_title, ext_neg=extended,
@@ -85,7 +109,7 @@ class Outbound:
         return association
 
     def _tls_context(self) -> ssl.SSLContext:
-        tls = self.settings.tls
+        tls = self.tls
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         if tls.cert_file is not None and tls.key_file is not None:

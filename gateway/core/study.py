@@ -1,0 +1,40 @@
+"""A study's instances as the builders see them (KOS manifests and XDS metadata now; IANs and query responses
+next): identifiers and the attributes each instance carried, without the index's bookkeeping (keys, hashes,
+findings), so that builders depend on this value and not on the index."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class InstanceStatus(StrEnum):
+    STORED = "stored"
+    QUARANTINED = "quarantined"
+    REPLACED = "replaced"
+    """Superseded by a correction; kept with its storage key so the prior version stays retrievable."""
+
+
+@dataclass(frozen=True, slots=True)
+class StudyInstance:
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    series_number: int | None
+    instance_number: int | None
+    modality: str
+    status: InstanceStatus
+    version: int
+    stored_at: datetime
+    patient_id: str
+    issuer_of_patient_id: str
+    accession_number: str
+    study_date: str
+    study_time: str
+    study_description: str
+    source_organization_oid: str
+    """The organisation of the AE that sent it (from the AE settings)."""
+    patient_attributes: dict[str, str] = field(default_factory=dict)
+    """PatientID, IssuerOfPatientID, PatientName, PatientBirthDate, PatientSex as the instance had them."""

@@ -1,0 +1,138 @@
+"""DIMSE services as the association sees them (PS3.7): what a service offers, and how it is handed a request.
+
+The association knows the upper layer and DIMSE framing; it dispatches each request on (Command Field, abstract
+syntax of its presentation context) to the one registered service, and knows nothing of what the service does
+with it. A service answers with a ``Response`` at once, or returns a ``DataSetSink`` that receives the request's
+data set fragment by fragment (never whole) and gives the response at its end. A request no service takes is
+answered 0x0211 (Unrecognized Operation) once its data set, if any, has gone by.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Protocol
+
+from pynetdicom.presentation import PresentationContext
+
+from gateway.dicom import dimse
+from gateway.dicom.dimse import Command
+
+VERIFICATION = "1.2.840.10008.1.1"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """A calling AE the acceptor's allow-list knows, with the organisation its data is attributed to."""
+
+    ae_title: str
+    organization: str = ""
+    organization_oid: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    comment: str | None = None
+    """Error Comment (0000,0902), at most 64 characters."""
+
+
+class DataSetSink(Protocol):
+    """Receives one request's data set. ``write`` raises ``DicomStatusError`` to refuse it: the rest of the data
+    set is then discarded and the request answered with that status."""
+
+    async def write(self, fragment: memoryview) -> None: ...
+
+    async def finish(self) -> Response:
+        """The whole data set has arrived: act on it, and say what to answer."""
+        ...
+
+    async def abort(self, reason: str) -> None:
+        """The data set will not be completed (refused, or the association ended first)."""
+        ...
+
+
+class AssociationContext(Protocol):
+    """The association a request came on, as a service may use it."""
+
+    id: str
+    calling_ae: str
+    called_ae: str
+    peer: str
+    """``ip:port`` of the requestor."""
+    caller: Caller | None
+
+    def transfer_syntax(self, context_id: int) -> str: ...
+
+    async def send_request(self, context_id: int, command: Callable[[int], bytes], data_set: bytes | None,
+                           timeout: float) -> Command:
+        """Send a request of ours on this association (e.g. an N-EVENT-REPORT; ``command`` builds its command set
+        from the Message ID given) and return the peer's response. Raises ``ConnectionError`` if the association
+        ends first, ``TimeoutError`` if no response comes."""
+        ...
+
+    def on_end(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once when the association ends, however it ends."""
+        ...
+
+
+class DimseService(Protocol):
+    command_fields: frozenset[int]
+    """Request Command Fields the service takes (e.g. ``dimse.C_STORE_RQ``)."""
+
+    def abstract_syntaxes(self) -> Mapping[str, Sequence[str]]:
+        """SOP Classes the service serves, each with the transfer syntaxes it accepts."""
+        ...
+
+    async def request(self, association: AssociationContext, request: Command,
+                      context_id: int) -> Response | DataSetSink: ...
+
+
+class VerificationService:
+    """C-ECHO (PS3.4 Annex A)."""
+
+    command_fields = frozenset({dimse.C_ECHO_RQ})
+
+    def __init__(self, transfer_syntaxes: Sequence[str]) -> None:
+        self._transfer_syntaxes = tuple(transfer_syntaxes)
+
+    def abstract_syntaxes(self) -> Mapping[str, Sequence[str]]:
+        return {VERIFICATION: self._transfer_syntaxes}
+
+    async def request(self, association: AssociationContext, request: Command,
+                      context_id: int) -> Response | DataSetSink:
+        return Response(dimse.SUCCESS)
+
+
+class ServiceRegistry:
+    """The services of one acceptor; the presentation contexts it accepts follow from them."""
+
+    def __init__(self, services: Iterable[DimseService]) -> None:
+        self._by_request: dict[tuple[int, str], DimseService] = {}
+        self._syntaxes: dict[str, list[str]] = {}
+        for service in services:
+            for abstract_syntax, transfer_syntaxes in service.abstract_syntaxes().items():
+                for command_field in service.command_fields:
+                    if (command_field, abstract_syntax) in self._by_request:
+                        raise ValueError(f"two services for command 0x{command_field:04x} on {abstract_syntax}")
+                    self._by_request[(command_field, abstract_syntax)] = service
+                known = self._syntaxes.setdefault(abstract_syntax, [])
+                known.extend(ts for ts in transfer_syntaxes if ts not in known)
+
+    def find(self, command_field: int, abstract_syntax: str) -> DimseService | None:
+        return self._by_request.get((command_field, abstract_syntax))
+
+    @cached_property
+    def presentation_contexts(self) -> tuple[PresentationContext, ...]:
+        """What the acceptor accepts. When the requestor proposes roles (SCP/SCU Role Selection) it may be the
+        SCU of each, never the SCP."""
+        contexts = []
+        for abstract_syntax, transfer_syntaxes in self._syntaxes.items():
+            context = PresentationContext()
+            context.abstract_syntax = abstract_syntax
+            context.transfer_syntax = list(transfer_syntaxes)
+            context.scu_role = True
+            context.scp_role = False
+            contexts.append(context)
+        return tuple(contexts)

@@ -1,0 +1,109 @@
+"""The Storage SCP (PS3.4 Annex B): each C-STORE's data set streams into the bus, and Success is answered
+only once every record of the instance is durable there.
+
+Every storage SOP Class pydicom knows is accepted with every transfer syntax: instances are stored as
+received and never transcoded, so any encoding a sender offers is fine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from functools import cache
+
+from pydicom.uid import AllTransferSyntaxes
+from pynetdicom import AllStoragePresentationContexts
+
+from gateway.bus import Producer
+from gateway.core.errors import DicomStatusError
+from gateway.dicom import dimse
+from gateway.dicom.dimse import Command
+from gateway.dicom.service import AssociationContext, DataSetSink, Response
+from gateway.ingest.publish import InstancePublisher, Origin
+from gateway.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@cache
+def storage_sop_classes() -> tuple[str, ...]:
+    return tuple(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
+
+
+def all_transfer_syntaxes() -> tuple[str, ...]:
+    return tuple(str(ts) for ts in AllTransferSyntaxes)
+
+
+class StorageService:
+    command_fields = frozenset({dimse.C_STORE_RQ})
+
+    def __init__(self, producer: Producer, topic: str, metrics: Metrics, max_instance_bytes: int,
+                 publish_timeout: float) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._metrics = metrics
+        self._max_instance_bytes = max_instance_bytes
+        self._publish_timeout = publish_timeout
+
+    def abstract_syntaxes(self) -> Mapping[str, Sequence[str]]:
+        syntaxes = all_transfer_syntaxes()
+        return {sop_class: syntaxes for sop_class in storage_sop_classes()}
+
+    async def request(self, association: AssociationContext, request: Command,
+                      context_id: int) -> Response | DataSetSink:
+        caller = association.caller
+        origin = Origin(
+            calling_ae=association.calling_ae, called_ae=association.called_ae, peer=association.peer,
+            organization=caller.organization if caller else "",
+            organization_oid=caller.organization_oid if caller else "",
+        )
+        publisher = InstancePublisher(
+            self._producer, self._topic, origin,
+            transfer_syntax=association.transfer_syntax(context_id),
+            sop_class_uid=request.affected_sop_class_uid,
+            sop_instance_uid=request.affected_sop_instance_uid,
+            correlation_id=f"{association.id}-{request.message_id}",
+            max_instance_bytes=self._max_instance_bytes,
+        )
+        return _Instance(publisher, request, self._metrics, self._publish_timeout)
+
+
+class _Instance:
+    """One C-STORE's data set on its way into the bus."""
+
+    def __init__(self, publisher: InstancePublisher, request: Command, metrics: Metrics,
+                 publish_timeout: float) -> None:
+        self._publisher = publisher
+        self._request = request
+        self._metrics = metrics
+        self._publish_timeout = publish_timeout
+
+    async def write(self, fragment: memoryview) -> None:
+        try:
+            await self._publisher.write(fragment)
+        except DicomStatusError as exc:
+            self._refused(exc)
+            raise
+
+    async def finish(self) -> Response:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            published = await self._publisher.finish(self._publish_timeout)
+        except DicomStatusError as exc:
+            self._refused(exc)
+            raise
+        self._metrics.publish_latency.observe(loop.time() - started)
+        self._metrics.instances_received.inc()
+        self._metrics.bytes_received.inc(published.size)
+        log.debug("instance durable", extra={"instance_id": published.instance_id,
+                                             "sop_instance_uid": published.sop_instance_uid})
+        return Response(dimse.SUCCESS)
+
+    async def abort(self, reason: str) -> None:
+        await self._publisher.abort(reason)
+
+    def _refused(self, error: DicomStatusError) -> None:
+        log.warning("C-STORE refused", extra={"status": f"0x{error.status:04x}", "reason": error.comment,
+                                              "sop_instance_uid": self._request.affected_sop_instance_uid})

@@ -1,0 +1,139 @@
+"""The receiver role: DICOM listeners (plain and TLS) whose associations hand requests to the ingest services
+(C-ECHO, C-STORE into the bus, Storage Commitment requests into the events topic).
+
+This is where the DICOM layer meets the settings and the bus: it turns ``DicomSettings`` into the values the
+association takes (acceptor policy, timeouts, services). Stopping drains (``listen.StreamListener``), then the
+producer flushes. The role has crashed when its producer dies: every C-STORE would be refused from then on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import ssl
+from contextlib import AsyncExitStack
+from types import TracebackType
+
+from aiohttp import web
+
+from gateway.bus import Bus, Producer
+from gateway.dicom import acse, commitment
+from gateway.dicom.association import Association, Timeouts
+from gateway.dicom.service import Caller, ServiceRegistry, VerificationService
+from gateway.ingest.cstore import StorageService, all_transfer_syntaxes
+from gateway.ingest.stgcmt import StorageCommitmentService
+from gateway.listen import StreamListener
+from gateway.metrics import Metrics
+from gateway.settings import DicomSettings, TopicSettings
+
+log = logging.getLogger(__name__)
+
+
+def tls_context(settings: DicomSettings) -> ssl.SSLContext | None:
+    tls = settings.tls
+    if not tls.enabled:
+        return None
+    assert tls.cert_file is not None and tls.key_file is not None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.ca_file is not None:
+        context.load_verify_locations(tls.ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
+    return context
+
+
+def acceptor_policy(settings: DicomSettings) -> acse.AcceptorPolicy:
+    """The allow-list as the association sees it: an AE title from one of its networks (any, if none)."""
+
+    def identify(calling_ae: str, peer_ip: str) -> Caller | None:
+        address = ipaddress.ip_address(peer_ip) if peer_ip else None
+        for entry in settings.allowed_aes:
+            if entry.ae_title != calling_ae:
+                continue
+            if not entry.networks or (address is not None and any(address in net for net in entry.networks)):
+                return Caller(entry.ae_title, entry.organization, entry.organization_oid)
+        return None
+
+    return acse.AcceptorPolicy(settings.ae_title, settings.max_associations, settings.max_pdu_length,
+                               identify if settings.allowed_aes else None)
+
+
+class Receiver:
+    name = "receiver"
+
+    def __init__(
+        self, settings: DicomSettings, topics: TopicSettings, bus: Bus, metrics: Metrics,
+        drain_timeout: float = 30.0, reply_to: str | None = None,
+    ) -> None:
+        self._settings = settings
+        self._topics = topics
+        self._bus = bus
+        self._metrics = metrics
+        self._reply_to = reply_to
+        self._stack = AsyncExitStack()
+        self._producer: Producer | None = None
+        self._commitments: StorageCommitmentService | None = None
+        self._services: ServiceRegistry | None = None
+        self._listener = StreamListener("dicom", settings.host, self._associate, drain_timeout,
+                                        settings.acse_timeout_seconds, settings.reuse_port)
+        self._policy = acceptor_policy(settings)
+        self._timeouts = Timeouts(settings.acse_timeout_seconds, settings.dimse_timeout_seconds,
+                                  settings.network_timeout_seconds)
+        self.routes = [web.post(f"{commitment.REPORTS_PATH}/{{transaction_uid}}", self._report)] if reply_to else []
+
+    @property
+    def ports(self) -> list[int]:
+        return self._listener.ports
+
+    async def __aenter__(self) -> Receiver:
+        self._producer = await self._stack.enter_async_context(self._bus.producer())
+        settings = self._settings
+        self._commitments = StorageCommitmentService(
+            self._producer, self._topics.events, self._metrics,
+            lambda ae_title: settings.remote_ae(ae_title) is not None, settings.ae_title,
+            settings.publish_timeout_seconds, settings.dimse_timeout_seconds, self._reply_to)
+        self._services = ServiceRegistry([
+            VerificationService(all_transfer_syntaxes()),
+            StorageService(self._producer, self._topics.instances, self._metrics, settings.max_instance_bytes,
+                           settings.publish_timeout_seconds),
+            self._commitments,
+        ])
+        try:
+            await self._listener.listen(settings.port, None)
+            context = tls_context(settings)
+            if context is not None:
+                await self._listener.listen(settings.tls.port, context)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        log.info("receiver ready", extra={"ae_title": settings.ae_title, "ports": self.ports})
+        if not settings.allowed_aes:
+            log.warning("no AE allow-list configured: any calling AE is accepted")
+        return self
+
+    async def _associate(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert self._services is not None
+        self._metrics.associations_open.inc()
+        try:
+            await Association(reader, writer, self._policy, self._services, self._timeouts, self._metrics,
+                              lambda: self._listener.open_connections).run()
+        finally:
+            self._metrics.associations_open.dec()
+
+    async def _report(self, request: web.Request) -> web.Response:
+        if self._commitments is None:
+            raise web.HTTPServiceUnavailable(text="the receiver is not running")
+        return await self._commitments.handle_report_request(request)
+
+    async def wait(self) -> None:
+        """The receiver stops working only when its producer dies: then every C-STORE would be refused."""
+        assert self._producer is not None
+        await self._producer.wait()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._listener.close()
+        await self._stack.aclose()

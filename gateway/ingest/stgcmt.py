@@ -1,0 +1,174 @@
+"""The Storage Commitment Push Model SCP (PS3.4 Annex J): an N-ACTION's request is published durably as a
+``CommitmentRequested`` event before Success is answered; the notify role decides it and sends the report.
+
+The request (a list of references) is gathered whole, bounded by ``ACTION_INFORMATION_LIMIT``. Refusals carry
+a status and an Error Comment. When the report may go back on the requester's own association (the notify
+role asks over the receiver's internal HTTP route, ``commitment.REPORTS_PATH``), the service keeps each
+requester's association by Transaction UID while it stays open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from gateway.bus import BusError, Producer
+from gateway.core import events
+from gateway.core.errors import DicomStatusError
+from gateway.core.events import CommitmentRequested
+from gateway.dicom import commitment, dimse
+from gateway.dicom.acse import UNCOMPRESSED
+from gateway.dicom.dataset import encode
+from gateway.dicom.dimse import Command
+from gateway.dicom.service import AssociationContext, DataSetSink, Response
+from gateway.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+ACTION_INFORMATION_LIMIT = 32 * 1024 * 1024
+
+
+class ActionTooLarge(DicomStatusError):
+    status = dimse.RESOURCE_LIMITATION
+
+
+class ReportNotTaken(Exception):
+    """The association could not carry the report (closed, or the peer answered a failure)."""
+
+
+class StorageCommitmentService:
+    command_fields = frozenset({dimse.N_ACTION_RQ})
+
+    def __init__(self, producer: Producer, topic: str, metrics: Metrics, is_requester: Callable[[str], bool],
+                 retrieve_ae_title: str, publish_timeout: float, report_timeout: float,
+                 reply_to: str | None = None) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._metrics = metrics
+        self._is_requester = is_requester
+        self._retrieve_ae_title = retrieve_ae_title
+        self._publish_timeout = publish_timeout
+        self._report_timeout = report_timeout
+        self._reply_to = reply_to
+        self._requesters: dict[str, tuple[AssociationContext, int]] = {}
+
+    def abstract_syntaxes(self) -> Mapping[str, Sequence[str]]:
+        """Requests are read by us, so they come in an uncompressed syntax."""
+        return {commitment.STORAGE_COMMITMENT_PUSH_MODEL: UNCOMPRESSED}
+
+    async def request(self, association: AssociationContext, request: Command,
+                      context_id: int) -> Response | DataSetSink:
+        if not request.has_data_set:
+            return _refused(dimse.PROCESSING_FAILURE, "N-ACTION without Action Information")
+        return _ActionInformation(self, association, request, context_id)
+
+    async def requested(self, association: AssociationContext, request: Command, context_id: int,
+                        data: bytes) -> Response:
+        """Publish the request durably, then answer Success; the notify role reports when it has decided."""
+        calling_ae = association.calling_ae
+        if request.text(dimse.REQUESTED_SOP_CLASS_UID) != commitment.STORAGE_COMMITMENT_PUSH_MODEL:
+            return _refused(dimse.NO_SUCH_SOP_CLASS, "not a Storage Commitment")
+        if request.text(dimse.REQUESTED_SOP_INSTANCE_UID) != commitment.STORAGE_COMMITMENT_INSTANCE:
+            return _refused(dimse.NO_SUCH_SOP_INSTANCE, "Requested SOP Instance must be 1.2.840.10008.1.20.1.1")
+        if request.unsigned(dimse.ACTION_TYPE_ID) != commitment.REQUEST_STORAGE_COMMITMENT:
+            return _refused(dimse.NO_SUCH_ACTION, "Action Type ID must be 1")
+        if not self._is_requester(calling_ae):
+            return _refused(dimse.NOT_AUTHORIZED, f"{calling_ae} is not a configured remote AE")
+        try:
+            transaction_uid, references = commitment.parse_action_information(
+                data, association.transfer_syntax(context_id))
+        except ValueError as exc:
+            return _refused(dimse.PROCESSING_FAILURE, str(exc))
+        event = CommitmentRequested(
+            transaction_uid=transaction_uid, requester_ae=calling_ae, called_ae=association.called_ae,
+            peer=association.peer, references=references, requested_at=datetime.now(UTC).isoformat(),
+            reply_to=self._reply_to or "")
+        try:
+            async with asyncio.timeout(self._publish_timeout):
+                await self._producer.publish(self._topic, event.key, events.encode(event))
+        except (BusError, TimeoutError) as exc:
+            return _refused(dimse.RESOURCE_LIMITATION, f"the bus is unavailable: {exc}"[:64])
+        self._metrics.commitment_requests.inc()
+        log.info("storage commitment requested", extra={"transaction_uid": transaction_uid,
+                                                         "references": len(references)})
+        if self._reply_to:
+            self._requesters[transaction_uid] = (association, context_id)
+            association.on_end(lambda: self._forget(transaction_uid))
+        return Response(dimse.SUCCESS)
+
+    def _forget(self, transaction_uid: str) -> None:
+        self._requesters.pop(transaction_uid, None)
+
+    async def report(self, transaction_uid: str, decisions: list[commitment.Decision]) -> int:
+        """Send the report on the requester's association; returns the Event Type ID sent. LookupError when
+        that association is no longer open here, ReportNotTaken when it could not carry it."""
+        found = self._requesters.get(transaction_uid)
+        if found is None:
+            raise LookupError(transaction_uid)
+        association, context_id = found
+        event_type, information = commitment.report(transaction_uid, decisions, self._retrieve_ae_title)
+
+        def command(message_id: int) -> bytes:
+            return dimse.event_report(message_id, commitment.STORAGE_COMMITMENT_PUSH_MODEL,
+                                      commitment.STORAGE_COMMITMENT_INSTANCE, event_type)
+
+        try:
+            response = await association.send_request(
+                context_id, command, encode(information, association.transfer_syntax(context_id)),
+                self._report_timeout)
+        except TimeoutError as exc:
+            raise ReportNotTaken("no N-EVENT-REPORT-RSP in time") from exc
+        except ConnectionError as exc:
+            raise ReportNotTaken(str(exc)) from exc
+        status = response.unsigned(dimse.STATUS) or 0
+        if status != dimse.SUCCESS and not 0xB000 <= status <= 0xBFFF:
+            raise ReportNotTaken(f"N-EVENT-REPORT answered with status 0x{status:04X}")
+        return event_type
+
+    async def handle_report_request(self, request: web.Request) -> web.Response:
+        """The notify role hands over a report for an association held here: 200 once the requester answered
+        it, 404 when that association is gone (notify then opens a new one)."""
+        transaction_uid = request.match_info["transaction_uid"]
+        body = await request.json()
+        decisions = [commitment.Decision(cls, inst, reason) for cls, inst, reason in body["decisions"]]
+        try:
+            event_type = await self.report(transaction_uid, decisions)
+        except LookupError:
+            raise web.HTTPNotFound(text="the requester's association is no longer open here") from None
+        except ReportNotTaken as exc:
+            raise web.HTTPBadGateway(text=str(exc)) from exc
+        log.info("commitment report sent on the requester's association", extra={"transaction_uid": transaction_uid})
+        return web.json_response({"event_type": event_type})
+
+
+class _ActionInformation:
+    """An N-ACTION's data set, gathered whole (it is a list of references, bounded)."""
+
+    def __init__(self, service: StorageCommitmentService, association: AssociationContext, request: Command,
+                 context_id: int) -> None:
+        self._service = service
+        self._association = association
+        self._request = request
+        self._context_id = context_id
+        self._data = bytearray()
+
+    async def write(self, fragment: memoryview) -> None:
+        self._data += fragment
+        if len(self._data) > ACTION_INFORMATION_LIMIT:
+            log.warning("N-ACTION refused", extra={"reason": "Action Information larger than 32 MiB"})
+            raise ActionTooLarge("Action Information larger than 32 MiB")
+
+    async def finish(self) -> Response:
+        return await self._service.requested(self._association, self._request, self._context_id, bytes(self._data))
+
+    async def abort(self, reason: str) -> None:
+        self._data = bytearray()
+
+
+def _refused(status: int, comment: str) -> Response:
+    log.warning("N-ACTION refused", extra={"status": f"0x{status:04x}", "reason": comment})
+    return Response(status, comment)
