@@ -1,12 +1,15 @@
 """Load benchmark: the gateway against Orthanc, pynetdicom, dcmtk and a raw TCP ceiling on this machine.
 
     python -m benchmarks.run --profile smoke|quick|full [--targets a,b] [--datasets ct,tiny] [--out DIR]
+        [--baseline CHECKOUT]
 
 Every target gets the same sender (``benchmarks.scu``, one process, N associations) and the same instances,
 each sent with fresh UIDs so that no receiver can skip one as already stored. Runs of different targets are
 interleaved and repeated; the report gives the median with min and max, C-STORE latency percentiles
 measured at the sender, the target's CPU-seconds per GB and peak RSS, and the ratios of the gateway to each
-peer, as a markdown table, JSON and PNG plots. The quick and full profiles then run the end-to-end
+peer, as a markdown table, JSON and PNG plots. ``--baseline CHECKOUT`` adds each gateway target again as
+``NAME@baseline``, run from that checkout (e.g. a ``git worktree`` of the previous commit), interleaved with the
+rest: a change is measured against the code before it in the same run. The quick and full profiles then run the end-to-end
 measurement (``benchmarks.end_to_end``) against real Kafka, S3 and PostgreSQL. Absolute numbers on a
 shared machine are noise: read the ratios.
 """
@@ -221,13 +224,13 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
 
 
 def throughput(profile: Profile, names: list[str], datasets: list[str], work: Path,
-               environment: dict[str, str]) -> list[Run]:
+               environment: dict[str, str], baseline: Path | None = None) -> list[Run]:
     lists = {}
     for name in datasets:
         files = dataset(name, FILES_ON_DISK.get(name, profile.datasets[name]), work / "data")
         lists[name] = work / f"{name}.files"
         lists[name].write_text("\n".join(map(str, files)))
-    targets = make_targets(names, work / "targets", environment.get("GATEWAY_KAFKA__BOOTSTRAP_SERVERS"))
+    targets = make_targets(names, work / "targets", environment.get("GATEWAY_KAFKA__BOOTSTRAP_SERVERS"), baseline)
     runs: list[Run] = []
     total = profile.repeats * len(datasets) * len(profile.concurrency) * len(targets)
     started = time.monotonic()
@@ -262,9 +265,12 @@ def main() -> None:
     parser.add_argument("--services-state", type=Path, default=services.DEFAULT_STATE,
                         help="state dir for scripts/services (ours, not the tests')")
     parser.add_argument("--no-end-to-end", action="store_true")
+    parser.add_argument("--baseline", type=Path, help="another checkout whose gateway runs beside this one")
     args = parser.parse_args()
     profile = PROFILES[args.profile]
     names = args.targets.split(",")
+    if args.baseline:
+        names += [f"{name}@baseline" for name in names if name.startswith("gateway")]
     datasets = args.datasets.split(",") if args.datasets else list(profile.datasets)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out / f"{stamp}-{args.profile}"
@@ -279,7 +285,7 @@ def main() -> None:
             environment = {}
             notes.append(f"gateway-kafka targets skipped: {exc}.")
             print(notes[-1], file=sys.stderr)
-        runs = throughput(profile, names, datasets, args.work, environment)
+        runs = throughput(profile, names, datasets, args.work, environment, args.baseline)
     rows = summarise(runs)
     ratio_rows = ratios(rows)
     header = (f"# dicom-gateway benchmark, profile {args.profile}, {stamp}\n\nMachine: {machine()}. "

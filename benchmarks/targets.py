@@ -3,7 +3,9 @@
 Best configuration: DCMTK-based peers get TCP_NODELAY=1 and their largest PDU (128 KiB), storescp a process
 per association (``--fork``, else it serves one association at a time), Orthanc 16 DICOM
 threads and no storage compression, pynetdicom no PDU limit; the gateway keeps its defaults (256 KiB PDUs).
-``tcp-loopback`` is no DICOM receiver at all but the ceiling: ``benchmarks.peers.tcp_sink``.
+``tcp-loopback`` is no DICOM receiver at all but the ceiling: ``benchmarks.peers.tcp_sink``. A gateway target
+named ``NAME@baseline`` runs the gateway of another checkout (``baseline``), so that one run measures a change
+against the code before it on the same machine at the same time.
 """
 
 from __future__ import annotations
@@ -41,10 +43,12 @@ class Target:
     workdir: Path = Path()
     argv: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    """The checkout whose code runs (``python -m`` imports from the working directory first)."""
 
     def start(self) -> None:
         log = (self.workdir / f"{self.name}.log").open("ab")
-        self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
+        self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd,
                                         env={**os.environ, **self.env}, start_new_session=True)
         deadline = time.monotonic() + 60
         while not self._answers():
@@ -79,10 +83,14 @@ class Target:
             shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
-def make_targets(names: list[str], root: Path, kafka_bootstrap: str | None) -> list[Target]:
+def make_targets(names: list[str], root: Path, kafka_bootstrap: str | None,
+                 baseline: Path | None = None) -> list[Target]:
     targets = []
-    for name in names:
-        workdir = root / name
+    for full_name in names:
+        name, _, variant = full_name.partition("@")
+        if variant and (variant != "baseline" or baseline is None or not name.startswith("gateway")):
+            raise ValueError(f"unknown target {full_name} (NAME@baseline needs a gateway target and --baseline)")
+        workdir = root / full_name
         store = workdir / "store"
         store.mkdir(parents=True, exist_ok=True)
         port = free_port()
@@ -96,7 +104,7 @@ def make_targets(names: list[str], root: Path, kafka_bootstrap: str | None) -> l
                 env |= {"GATEWAY_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap, "GATEWAY_KAFKA__PARTITIONS": "12",
                         "GATEWAY_TOPICS__INSTANCES": f"bench.instances.{os.getpid()}.{int(time.time())}"}
             processes = "2" if name.endswith("-2p") else "1"
-            target = Target(name, "DICOMGW", port, workdir=workdir, env=env,
+            target = Target(full_name, "DICOMGW", port, workdir=workdir, env=env, cwd=baseline if variant else None,
                             argv=[sys.executable, "-m", "gateway.cli", "run", "--role", "receiver",
                                   "--workers", processes])
         elif name == "orthanc":

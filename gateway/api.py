@@ -6,6 +6,8 @@
                                               and its XDS registration (manifests, current one, state)
     GET /api/commitments/{transaction_uid}    a storage-commitment transaction: requester, outcome per instance,
                                               report delivery state and attempts
+    GET /api/commitments/overdue              transactions past their deadline whose report is not delivered
+                                              (undecided, or the report pending or failed), as above
     GET /api/xds/documents?patient_id=        ITI-18 FindDocuments in the registry (a hetu, or CX with its
                                               assigning authority); ?unique_id= (repeatable) for GetDocuments
     GET /api/dlq                              open dead-letter entries with their reasons
@@ -16,6 +18,7 @@ Times are UTC, ISO 8601.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -26,12 +29,14 @@ from aiohttp import web
 
 from gateway import dead_letter
 from gateway.bus import Bus
-from gateway.index import Delivery, Index, InstanceRow, Registration, StudyActivity
+from gateway.index import Commitment, Delivery, Index, InstanceRow, Registration, StudyActivity
 from gateway.settings import TopicSettings, XdsSettings
 from gateway.xds.client import XdsClient, XdsError
 from gateway.xds.metadata import MetadataError, patient_cx
 
 _LIST_LIMIT = 200
+_REPORT = "commitment-report"
+"""The delivery kind of a storage-commitment report (workers.commitment.REPORT)."""
 
 
 class Api:
@@ -48,6 +53,7 @@ class Api:
         self.routes = [
             web.get("/api/studies", self._studies),
             web.get("/api/studies/{study_uid}", self._study),
+            web.get("/api/commitments/overdue", self._overdue_commitments),
             web.get("/api/commitments/{transaction_uid}", self._commitment),
             web.get("/api/xds/documents", self._xds_documents),
             web.get("/api/dlq", self._dead_letters),
@@ -112,28 +118,19 @@ class Api:
                                           next((d for d in deliveries if d.kind == "xds-registration"), None)),
         })
 
+    async def _overdue_commitments(self, _: web.Request) -> web.Response:
+        """Transactions past their deadline whose report has not been delivered, each as the detail shows it."""
+        index = self._ready_index()
+        overdue = await index.overdue_commitments(time.time(), _REPORT, _LIST_LIMIT)
+        return web.json_response([_commitment(c, await index.deliveries(c.transaction_uid)) for c in overdue])
+
     async def _commitment(self, request: web.Request) -> web.Response:
         index = self._ready_index()
         transaction_uid = request.match_info["transaction_uid"]
         commitment = await index.commitment(transaction_uid)
         if commitment is None:
             raise web.HTTPNotFound(text="no such storage-commitment transaction")
-        reports = await index.deliveries(transaction_uid)
-        decided = commitment.decided_at is not None
-        return web.json_response({
-            "transaction_uid": commitment.transaction_uid,
-            "requester_ae": commitment.requester_ae,
-            "requested_at": _utc(commitment.requested_at),
-            "deadline": _utc(commitment.deadline),
-            "decided_at": _utc(commitment.decided_at),
-            "instances": [{
-                "sop_class_uid": item.sop_class_uid, "sop_instance_uid": item.sop_instance_uid,
-                "outcome": ("waiting" if not decided else "committed" if item.failure_reason is None
-                            else "failed"),
-                "failure_reason": None if item.failure_reason is None else f"0x{item.failure_reason:04X}",
-            } for item in commitment.items],
-            "report": _delivery(reports[0]) if reports else None,
-        })
+        return web.json_response(_commitment(commitment, await index.deliveries(transaction_uid)))
 
     async def _xds_documents(self, request: web.Request) -> web.Response:
         """ITI-18 through the gateway's registry client: what the affinity domain knows of a patient."""
@@ -159,6 +156,23 @@ class Api:
     async def _dead_letters(self, _: web.Request) -> web.Response:
         entries = await dead_letter.entries(self._bus, self._topics)
         return web.json_response([entry.summary() for entry in entries])
+
+
+def _commitment(commitment: Commitment, reports: list[Delivery]) -> dict[str, Any]:
+    decided = commitment.decided_at is not None
+    return {
+        "transaction_uid": commitment.transaction_uid,
+        "requester_ae": commitment.requester_ae,
+        "requested_at": _utc(commitment.requested_at),
+        "deadline": _utc(commitment.deadline),
+        "decided_at": _utc(commitment.decided_at),
+        "instances": [{
+            "sop_class_uid": item.sop_class_uid, "sop_instance_uid": item.sop_instance_uid,
+            "outcome": ("waiting" if not decided else "committed" if item.failure_reason is None else "failed"),
+            "failure_reason": None if item.failure_reason is None else f"0x{item.failure_reason:04X}",
+        } for item in commitment.items],
+        "report": _delivery(reports[0]) if reports else None,
+    }
 
 
 def _utc(epoch: float | None) -> str | None:

@@ -87,6 +87,10 @@ class Metrics:
             "dicomgw_commitments_decided_total", "Storage Commitment transactions decided, by event type",
             ["event_type"], registry=r,
         )
+        self.commitments_waiting = Gauge(
+            "dicomgw_commitments_waiting", "Storage Commitment transactions not yet reported (undecided, or the "
+            "report not yet delivered), by time since the request", ["age"], registry=r,
+        )
         self.deliveries = Counter(
             "dicomgw_deliveries_total", "Outbound notifications (commitment reports, IANs) by kind and outcome",
             ["kind", "outcome"], registry=r,

@@ -44,6 +44,9 @@ from workers.failure import reason
 log = logging.getLogger(__name__)
 
 REPORT = "commitment-report"
+WAITING_AGES = (("lt_1m", 0.0, 60.0), ("1m_10m", 60.0, 600.0), ("10m_1h", 600.0, 3600.0),
+                ("ge_1h", 3600.0, float("inf")))
+"""Labels of ``dicomgw_commitments_waiting``: [low, high) seconds since the request."""
 _WAITING = -1
 """An outcome that is not one yet: the instance has not been stored."""
 
@@ -104,11 +107,16 @@ class CommitmentTracker:
                 await self._evaluate(commitment, final=False)
 
     async def sweep(self) -> None:
-        """Decide the transactions whose time ran out. The others need no polling: each is evaluated once it is
-        recorded, and again on every event of an instance it references (both after the index has it)."""
+        """Decide the transactions whose time ran out, and count those still waiting for their report. The
+        others need no polling: each is evaluated once it is recorded, and again on every event of an instance
+        it references (both after the index has it)."""
         while expired := await self._index.expired_commitments(time.time()):
             for commitment in expired:
                 await self._evaluate(commitment, final=True)
+        now = time.time()
+        ages = [now - requested_at for requested_at in await self._index.waiting_commitments(REPORT)]
+        for label, low, high in WAITING_AGES:
+            self._metrics.commitments_waiting.labels(label).set(sum(1 for age in ages if low <= age < high))
 
     async def _evaluate(self, commitment: Commitment, final: bool) -> None:
         """Decide the transaction if every reference has an outcome (or ``final``). One that cannot be evaluated
@@ -154,9 +162,12 @@ class CommitmentTracker:
             return
         failed = sum(1 for d in decisions if d.failure_reason is not None)
         self._metrics.commitments_decided.labels(str(sc.EVENT_SOME_FAILED if failed else sc.EVENT_ALL_COMMITTED)).inc()
-        log.info("commitment decided", extra={"transaction_uid": commitment.transaction_uid,
-                                             "committed": len(decisions) - failed, "failed": failed,
-                                             "timed_out": final})
+        not_stored = sum(1 for d in decisions if d.failure_reason == sc.NO_SUCH_OBJECT_INSTANCE)
+        (log.warning if final else log.info)(
+            "commitment deadline passed; references not stored are reported as failed" if final
+            else "commitment decided", extra={"transaction_uid": commitment.transaction_uid,
+                                              "committed": len(decisions) - failed, "failed": failed,
+                                              "not_stored": not_stored, "timed_out": final})
         if self._hasten_stability:
             for study in studies:
                 await self._index.hasten_stability(study)

@@ -30,11 +30,12 @@ class UndecodableEvent(Permanent):
 class _Event:
     TYPE: ClassVar[str]
     VERSION: ClassVar[int] = 1
+    KEY: ClassVar[str] = "study_instance_uid"
+    """The field whose value keys the record: what keeps an entity's events in order on one partition."""
 
     @property
     def key(self) -> bytes:
-        """The record key: what keeps an entity's events in order on one partition."""
-        raise NotImplementedError
+        return str(getattr(self, self.KEY)).encode()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,10 +58,6 @@ class _InstanceEvent(_Event):
     stored_at: str
     source: dict[str, Any] = field(default_factory=dict)
     """The instance's records on the instances topic (topic, partition, offsets)."""
-
-    @property
-    def key(self) -> bytes:
-        return self.study_instance_uid.encode()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,6 +90,7 @@ class CommitmentRequested(_Event):
     """A Storage Commitment N-ACTION the receiver accepted (PS3.4 J.3.2), to be decided and reported."""
 
     TYPE = "commitment.requested"
+    KEY = "transaction_uid"
 
     transaction_uid: str
     requester_ae: str
@@ -105,10 +103,6 @@ class CommitmentRequested(_Event):
     reply_to: str = ""
     """The receiver's HTTP base URL when the report may go back on the requester's association."""
 
-    @property
-    def key(self) -> bytes:
-        return self.transaction_uid.encode()
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StudyStable(_Event):
@@ -119,10 +113,6 @@ class StudyStable(_Event):
     study_instance_uid: str
     generation: int
     stable_at: float
-
-    @property
-    def key(self) -> bytes:
-        return self.study_instance_uid.encode()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,10 +125,6 @@ class StudyRegistered(_Event):
     generation: int
     document_unique_id: str
     entry_uuid: str
-
-    @property
-    def key(self) -> bytes:
-        return self.study_instance_uid.encode()
 
 
 Event = InstanceEvent | CommitmentRequested | StudyStable | StudyRegistered

@@ -274,6 +274,13 @@ class CommitmentLog(Protocol):
     async def commitments_waiting_for(self, sop_instance_uids: list[str]) -> list[str]:
         """Transaction UIDs of undecided transactions that reference any of the instances."""
 
+    async def overdue_commitments(self, now: float, report_kind: str, limit: int = 100) -> list[Commitment]:
+        """Transactions past their deadline whose report (the delivery of ``report_kind``) has not been
+        delivered: undecided, or decided with the report pending or failed; earliest deadline first."""
+
+    async def waiting_commitments(self, report_kind: str) -> list[float]:
+        """When each transaction not yet reported was requested: undecided, or its report still pending."""
+
     async def decide_commitment(self, transaction_uid: str, items: tuple[CommitmentItem, ...],
                                 report: Delivery, at: float) -> bool:
         """Record the outcome of each reference and queue the report, in one transaction; False if already

@@ -266,6 +266,16 @@ class PostgresIndex:
                     for row in await connection.fetch(workflow.EXPIRED_COMMITMENTS, now, limit)]
 
     @_translated
+    async def overdue_commitments(self, now: float, report_kind: str, limit: int = 100) -> list[Commitment]:
+        async with self._pool.acquire() as connection:
+            return [await self._commitment(connection, row)
+                    for row in await connection.fetch(workflow.OVERDUE_COMMITMENTS, now, report_kind, limit)]
+
+    @_translated
+    async def waiting_commitments(self, report_kind: str) -> list[float]:
+        return [row[0] for row in await self._pool.fetch(workflow.WAITING_COMMITMENTS, report_kind)]
+
+    @_translated
     async def commitments_waiting_for(self, sop_instance_uids: list[str]) -> list[str]:
         found: set[str] = set()
         for start in range(0, len(sop_instance_uids), 500):

@@ -324,6 +324,19 @@ class SqliteIndex:
 
         return await self._run(query)
 
+    async def overdue_commitments(self, now: float, report_kind: str, limit: int = 100) -> list[Commitment]:
+        def query() -> list[Commitment]:
+            rows = self._db.execute(workflow.sqlite(workflow.OVERDUE_COMMITMENTS), (now, report_kind, limit)).fetchall()
+            return [self._commitment(row) for row in rows]
+
+        return await self._run(query)
+
+    async def waiting_commitments(self, report_kind: str) -> list[float]:
+        def query() -> list[float]:
+            return [row[0] for row in self._db.execute(workflow.sqlite(workflow.WAITING_COMMITMENTS), (report_kind,))]
+
+        return await self._run(query)
+
     async def commitments_waiting_for(self, sop_instance_uids: list[str]) -> list[str]:
         def query() -> list[str]:
             found: set[str] = set()

@@ -35,6 +35,13 @@ COMMITMENT = ("SELECT transaction_uid, requester_ae, requested_at, deadline, sou
               "WHERE transaction_uid = $1")
 EXPIRED_COMMITMENTS = ("SELECT transaction_uid, requester_ae, requested_at, deadline, source, decided_at "
                        "FROM commitments WHERE decided_at IS NULL AND deadline <= $1 ORDER BY deadline LIMIT $2")
+OVERDUE_COMMITMENTS = """SELECT c.transaction_uid, c.requester_ae, c.requested_at, c.deadline, c.source, c.decided_at
+FROM commitments c LEFT JOIN deliveries d ON d.subject = c.transaction_uid AND d.kind = $2
+WHERE c.deadline <= $1 AND (d.state IS NULL OR d.state <> 'delivered') ORDER BY c.deadline LIMIT $3"""
+WAITING_COMMITMENTS = """SELECT requested_at FROM commitments WHERE decided_at IS NULL
+UNION ALL
+SELECT c.requested_at FROM deliveries d JOIN commitments c ON c.transaction_uid = d.subject
+WHERE d.state = 'pending' AND d.kind = $1"""
 ITEMS = ("SELECT sop_class_uid, sop_instance_uid, failure_reason FROM commitment_items "
          "WHERE transaction_uid = $1 ORDER BY position")
 DECIDE = "UPDATE commitments SET decided_at = $2 WHERE transaction_uid = $1 AND decided_at IS NULL"

@@ -39,6 +39,7 @@ from tests.conftest import dcmtk
 from tests.helpers import free_port, run
 
 CT = Path(get_testdata_file("CT_small.dcm"))  # type: ignore[arg-type]
+CT_CLASS = "1.2.840.10008.5.1.4.1.1.2"
 __all__ = ["pki"]
 
 
@@ -287,6 +288,35 @@ async def test_a_requester_offline_gets_its_report_once_it_is_back(tmp_path: Pat
             await modality.wait(1)
     [(event_type, _)] = modality.reports
     assert event_type == commitment.EVENT_ALL_COMMITTED
+
+
+@PYNETDICOM_LEAKS_REFUSED_SOCKETS
+async def test_a_transaction_past_its_deadline_and_unreported_is_listed_counted_and_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    modality = Peer("MODALITY1")
+    never_sent = (CT_CLASS, generate_uid())
+    async with running(tmp_path, dicom={"remote_aes": [modality.remote()]},
+                       notify={"commitment_timeout_seconds": 2}) as gateway:
+        transaction = await gateway.request_commitment([never_sent])
+        _, overdue = await gateway.until("/api/commitments/overdue", lambda listed: bool(listed) and all(
+            entry["report"] and entry["report"]["attempts"] >= 1 for entry in listed))
+        [entry] = overdue
+        assert entry["transaction_uid"] == transaction and entry["decided_at"] is not None
+        assert entry["instances"] == [{"sop_class_uid": never_sent[0], "sop_instance_uid": never_sent[1],
+                                       "outcome": "failed", "failure_reason": "0x0112"}]
+        assert entry["report"]["state"] == "pending" and "unreachable" in entry["report"]["last_error"]
+        async with ClientSession() as http, http.get(f"{gateway.api}/metrics") as response:
+            assert 'dicomgw_commitments_waiting{age="lt_1m"} 1.0' in await response.text()
+        assert any(record.levelname == "WARNING" and "deadline passed" in record.getMessage()
+                   and getattr(record, "transaction_uid", "") == transaction for record in caplog.records)
+
+        with modality.listening():
+            await modality.wait(1)
+            await gateway.until("/api/commitments/overdue", lambda listed: listed == [])
+    [(event_type, report)] = modality.reports
+    assert event_type == commitment.EVENT_SOME_FAILED
+    assert referenced(report, "FailedSOPSequence") == {never_sent[1]: commitment.NO_SUCH_OBJECT_INSTANCE}
 
 
 @PYNETDICOM_LEAKS_REFUSED_SOCKETS

@@ -178,3 +178,25 @@ async def test_a_new_registration_becomes_current_and_keeps_the_previous(index: 
     await index.record_registration(second)
     assert await index.registrations(study) == [second, replace(first, current=False)]
     assert await index.registrations(new_uid()) == []
+
+
+async def test_overdue_lists_transactions_past_their_deadline_until_their_report_is_delivered(index: Index) -> None:
+    now = time.time()
+    on_time, undecided, reported, unreported = (a_commitment(deadline=now + 600), a_commitment(deadline=now - 5),
+                                                a_commitment(deadline=now - 4), a_commitment(deadline=now - 3))
+    for commitment in (on_time, undecided, reported, unreported):
+        assert await index.add_commitment(commitment)
+    for commitment in (reported, unreported):
+        report = a_delivery(commitment.transaction_uid, "commitment-report")
+        items = tuple(replace(item, failure_reason=0x0112) for item in commitment.items)
+        assert await index.decide_commitment(commitment.transaction_uid, items, report, now)
+    await index.finish_attempt(f"commitment-report:{reported.transaction_uid}:RIS1", DeliveryState.DELIVERED, "",
+                               now, now)
+
+    overdue = await index.overdue_commitments(now, "commitment-report")
+    assert [c.transaction_uid for c in overdue] == [undecided.transaction_uid, unreported.transaction_uid]
+    assert overdue[1].decided_at is not None and [i.failure_reason for i in overdue[1].items] == [0x0112, 0x0112]
+    assert [c.transaction_uid for c in await index.overdue_commitments(now, "ian")] == [
+        undecided.transaction_uid, reported.transaction_uid, unreported.transaction_uid], "only the report counts"
+    waiting = sorted(await index.waiting_commitments("commitment-report"))
+    assert waiting == sorted([on_time.requested_at, undecided.requested_at, unreported.requested_at])

@@ -10,6 +10,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from gateway.core import events
 from gateway.core.events import CommitmentRequested
 from gateway.metrics import Metrics
 from gateway.settings import KafkaSettings, TopicSettings
-from tests.conftest import dcmtk, start_services
+from tests.conftest import dcmtk, fresh_database, start_services
 from tests.helpers import run
 from tests.process import GatewayProcess
 
@@ -40,7 +41,8 @@ def services() -> dict[str, str]:
 @pytest.fixture
 def environment(services: dict[str, str]) -> dict[str, str]:
     suffix = uuid.uuid4().hex[:8]
-    return {**services, "GATEWAY_TOPICS__INSTANCES": f"instances-{suffix}", "GATEWAY_TOPICS__EVENTS": f"events-{suffix}",
+    return {**services, "GATEWAY_DATABASE__URL": fresh_database(services["GATEWAY_DATABASE__URL"]),
+            "GATEWAY_TOPICS__INSTANCES": f"instances-{suffix}", "GATEWAY_TOPICS__EVENTS": f"events-{suffix}",
             "GATEWAY_TOPICS__DEAD_LETTER": f"dead-letter-{suffix}", "GATEWAY_KAFKA__PARTITIONS": "1",
             "GATEWAY_STORE__RETRY_MAX_SECONDS": "4", "GATEWAY_NOTIFY__RETRY_MAX_SECONDS": "4"}
 
@@ -69,8 +71,8 @@ def dead_letters(gateway: GatewayProcess) -> list[dict[str, Any]]:
     return entries
 
 
-async def indexed(services: dict[str, str], sop_uids: set[str]) -> set[str]:
-    connection = await asyncpg.connect(services["GATEWAY_DATABASE__URL"])
+async def indexed(environment: dict[str, str], sop_uids: set[str]) -> set[str]:
+    connection = await asyncpg.connect(environment["GATEWAY_DATABASE__URL"])
     try:
         rows = await connection.fetch("SELECT sop_instance_uid FROM instances WHERE sop_instance_uid = ANY($1)",
                                       list(sop_uids))
@@ -80,7 +82,7 @@ async def indexed(services: dict[str, str], sop_uids: set[str]) -> set[str]:
 
 
 async def test_an_instance_postgresql_refuses_is_dead_lettered_and_the_rest_of_its_study_is_stored(
-    tmp_path: Path, services: dict[str, str], gateway: GatewayProcess,
+    tmp_path: Path, services: dict[str, str], environment: dict[str, str], gateway: GatewayProcess,
 ) -> None:
     study = generate(KINDS["ct"], 6, tmp_path / "ct", studies=1)
     poison = pydicom.dcmread(study[0])
@@ -94,7 +96,7 @@ async def test_an_instance_postgresql_refuses_is_dead_lettered_and_the_rest_of_i
     assert code == 0, out
 
     async def rest_indexed() -> bool:
-        return await indexed(services, set(healthy)) == set(healthy)
+        return await indexed(environment, set(healthy)) == set(healthy)
 
     await until(rest_indexed, 90, "the instances behind the poison pill to be stored")
 
@@ -108,7 +110,7 @@ async def test_an_instance_postgresql_refuses_is_dead_lettered_and_the_rest_of_i
     assert entry["reason"] == ("the index refused the instance: "
                                "PostgreSQL CharacterNotInRepertoireError (SQLSTATE 22021)")
     assert "AB" not in entry["reason"], "a dead-letter reason must not quote patient data"
-    assert await indexed(services, {poison.SOPInstanceUID}) == set()
+    assert await indexed(environment, {poison.SOPInstanceUID}) == set()
     bucket = services["GATEWAY_S3__BUCKET"]
     client = Minio(services["GATEWAY_S3__ENDPOINT"], services["GATEWAY_S3__ACCESS_KEY"],
                    services["GATEWAY_S3__SECRET_KEY"], secure=False)
@@ -135,7 +137,7 @@ async def test_an_event_whose_handling_raises_is_dead_lettered_and_the_events_be
 
     async with bus.producer() as producer:
         # a request whose time does not parse makes the notify stage raise ValueError on every try
-        for event in (request(poison_uid, "yesterday"), request(healthy_uid, "2026-11-30T08:00:00+00:00")):
+        for event in (request(poison_uid, "yesterday"), request(healthy_uid, datetime.now(UTC).isoformat())):
             await producer.publish(topics.events, event.key, events.encode(event))
         await producer.publish(topics.events, b"x", b'{"type": "patient.teleported", "v": 1}')
 
