@@ -1,7 +1,7 @@
 """End to end: from C-STORE Success to stored in S3 and indexed, and from N-ACTION to N-EVENT-REPORT.
 
     python -m benchmarks.end_to_end [--seconds 90] [--rate 40] [--concurrency 4] [--dataset ct]
-        [--verification hash|size|index] [--profiler py-spy] [--out DIR]
+        [--verification hash|size|index] [--profiler py-spy] [--log-level WARNING] [--out DIR]
 
 The gateway runs as ``dicom-gateway run`` (every role, one process) on real Kafka, SeaweedFS (S3) and
 PostgreSQL from ``scripts/services`` (our own state dir). The sender offers a fixed rate (open loop) for a
@@ -15,6 +15,10 @@ the API while the load runs; the wait polls only the store counter on /metrics).
 wall-clock time the sender saw Success. Same host, same clock. CPU-seconds are counted per process tree:
 the gateway, Kafka, SeaweedFS and PostgreSQL. ``--profiler py-spy`` samples the gateway meanwhile and
 splits its CPU by stage.
+
+A transaction answered Success whose report has not arrived when the wait ends is named with its state from
+the gateway's API (``GET /api/commitments/{uid}``, asked before the gateway stops): never recorded, waiting
+for instances (which), or decided with its report pending, failed or delivered (attempts, last error).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
@@ -69,6 +74,8 @@ class Options:
     backends: str = "real"
     """real: Kafka, SeaweedFS and PostgreSQL from scripts/services; embedded: the gateway's embedded bus,
     filesystem objects and SQLite index (the single-workstation deployment)."""
+    log_level: str = "WARNING"
+    """The gateway's (its log is in the work dir): INFO names each transaction decided and report delivered."""
 
 
 class CommitmentListener:
@@ -161,14 +168,15 @@ class Gateway:
                 self.process.wait()
 
 
-def gateway_env(base: dict[str, str], work: Path, listener_port: int, verification: str) -> dict[str, str]:
+def gateway_env(base: dict[str, str], work: Path, listener_port: int, verification: str,
+                log_level: str = "WARNING") -> dict[str, str]:
     suffix = uuid.uuid4().hex[:8]
     profile = work / "fi-kanta-bench.yaml"
     profile.write_text(KANTA_PROFILE)
     return base | {
         "GATEWAY_TOPICS__INSTANCES": f"e2e-{suffix}", "GATEWAY_TOPICS__EVENTS": f"e2e-ev-{suffix}",
         "GATEWAY_TOPICS__DEAD_LETTER": f"e2e-dl-{suffix}", "GATEWAY_KAFKA__PARTITIONS": "12",
-        "GATEWAY_LOG__LEVEL": "WARNING",
+        "GATEWAY_LOG__LEVEL": log_level,
         "GATEWAY_VALIDATION__DEFAULT_PROFILE": "fi-kanta", "GATEWAY_VALIDATION__TEST_ENVIRONMENT": "true",
         "GATEWAY_VALIDATION__PROFILE_FILES": json.dumps([str(profile)]),
         "GATEWAY_DICOM__ALLOWED_AES": json.dumps([{"ae_title": REQUESTER_AE, "organization": INSTITUTION,
@@ -241,8 +249,8 @@ def measure(options: Options, work: Path, state: Path, out: Path) -> dict[str, A
     print(f"end to end: {options.seconds:.0f} s at {options.rate or 'unlimited'} {options.dataset} instances/s, "
           f"{options.concurrency} associations, commitment verification {options.verification}", flush=True)
     with backends(options.backends, state) as (base, service_pids), CommitmentListener() as listener:
-        gateway = start_gateway(gateway_env(base, work, listener.port, options.verification), work,
-                                             options.profiler)
+        gateway = start_gateway(gateway_env(base, work, listener.port, options.verification, options.log_level),
+                                work, options.profiler)
         try:
             pids = service_pids | {"gateway": gateway.pid}
             before, processed_before = cpu(pids), gateway.processed()
@@ -263,17 +271,52 @@ def measure(options: Options, work: Path, state: Path, out: Path) -> dict[str, A
                 time.sleep(0.5)
             drained = time.monotonic() - waited
             after = cpu(pids)
+            unreported = unreported_transactions(gateway, sent["commitments"], listener.reports)
         finally:
             gateway.stop()
         times = stored_at(base, gateway.data_dir, [row[0] for row in acknowledged])
     figures = summarise(options, sent, acknowledged, times, listener.reports, drained,
                         {name: after[name] - before[name] for name in pids})
     figures["commitment"]["failure_reasons"] = dict(listener.failure_reasons)
+    figures["commitment"]["unreported"] = unreported
+    figures["gateway_log"] = str(gateway.log)
     if options.profiler == "py-spy" and gateway.profile.exists():
         figures["profile"] = profile_summary(gateway.profile)
     (out / "end-to-end.json").write_text(json.dumps(figures, indent=2))
     plot(sent, acknowledged, times, out)
     return figures
+
+
+def unreported_transactions(gateway: Gateway, transactions: list[list[Any]],
+                            reports: dict[str, tuple[float, int]]) -> list[dict[str, Any]]:
+    """Each transaction answered Success whose report has not arrived, with its state in the gateway's index."""
+    found = []
+    for uid, requested_at, status, _ in transactions:
+        if status != 0 or uid in reports:
+            continue
+        entry: dict[str, Any] = {"transaction_uid": uid,
+                                 "requested_at": datetime.fromtimestamp(requested_at).isoformat()}
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{gateway.http_port}/api/commitments/{uid}",
+                                        timeout=10) as response:
+                state = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            entry["state"] = ("not recorded by the notify role" if exc.code == 404
+                              else f"API: HTTP {exc.code} {exc.read()[:200]!r}")
+        except OSError as exc:
+            entry["state"] = f"API unreachable: {exc}"
+        else:
+            outcomes = Counter(item["outcome"] for item in state["instances"])
+            report = state["report"]
+            entry |= {
+                "state": ("waiting" if state["decided_at"] is None
+                          else f"decided, report {report['state'] if report else 'missing'}"),
+                "decided_at": state["decided_at"], "deadline": state["deadline"], "outcomes": dict(outcomes),
+                "waiting_for": [item["sop_instance_uid"] for item in state["instances"]
+                                if item["outcome"] == "waiting"][:3],
+                "report": report}
+        found.append(entry)
+    return found
 
 
 def summarise(options: Options, sent: dict[str, Any], acknowledged: list[list[Any]],
@@ -400,6 +443,13 @@ def markdown(figures: dict[str, Any]) -> str:
     lines.append(f"Storage commitment: {commitment['requested']} requested, {commitment['reported']} reported "
                  f"({commitment['all_committed']} all committed; failed references by Failure Reason "
                  f"{commitment.get('failure_reasons', {})}), N-ACTION statuses {commitment['action_statuses']}.")
+    for entry in commitment.get("unreported", []):
+        report = entry.get("report") or {}
+        lines.append(f"- not reported: {entry['transaction_uid']} (requested {entry['requested_at']}): {entry['state']}"
+                     + (f", decided {entry['decided_at']}, outcomes {entry['outcomes']}" if entry.get("decided_at")
+                        else f", outcomes {entry['outcomes']}" if "outcomes" in entry else "")
+                     + (f"; report attempts {report['attempts']}, last error {report['last_error']!r}, "
+                        f"next attempt {report['next_attempt_at']}" if report else ""))
     lines += [f"Stored and indexed {figures['stored_per_s']:.1f} instances/s from the first C-STORE to the last "
               "index row.", "", "CPU-seconds per GB sent, by process: " + ", ".join(
         f"{name} {value:.1f}" for name, value in figures["cpu_seconds_per_gb"].items()) + "."]
@@ -425,12 +475,13 @@ def main() -> None:
     parser.add_argument("--drain-seconds", type=float, default=defaults.drain_seconds)
     parser.add_argument("--profiler", choices=["", "py-spy"], default="")
     parser.add_argument("--backends", choices=["real", "embedded"], default=defaults.backends)
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING"], default=defaults.log_level)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--work", type=Path, default=Path("/tmp/dicom-gateway-bench/end-to-end"))
     parser.add_argument("--services-state", type=Path, default=services.DEFAULT_STATE)
     args = parser.parse_args()
     options = Options(args.seconds, args.rate, args.concurrency, args.dataset, args.commit_every, args.verification,
-                      args.drain_seconds, args.profiler, args.backends)
+                      args.drain_seconds, args.profiler, args.backends, args.log_level)
     out = args.out / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-end-to-end"
     out.mkdir(parents=True, exist_ok=True)
     figures = measure(options, args.work, args.services_state, out)

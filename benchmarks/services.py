@@ -1,12 +1,15 @@
 """Kafka, SeaweedFS and PostgreSQL for the benchmarks, through ``scripts/services`` with a state dir of our own.
 
-The services listen on fixed ports, so a second set (another engineer's tests, say) cannot run beside ours.
-Before starting anything we check that no port we need is held by a service outside our state dir, and stop
-with a message naming it rather than sharing or killing it. Services we started are stopped at the end.
+The services listen on fixed ports plus ``GATEWAY_SERVICES_PORT_OFFSET`` (default 0; the script reads it too),
+so a second set (another engineer's tests, say) runs beside ours only with an offset and a state dir of its own
+(``--services-state``). Before starting anything we check that no port we need is held by a service outside
+our state dir, and stop with a message naming it rather than sharing or killing it. Services we started are
+stopped at the end.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -17,7 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = [sys.executable, str(ROOT / "scripts" / "services")]
 DEFAULT_STATE = Path("/tmp/bench-services")
-PORTS = {"kafka": (19092, 19093), "s3": (18333, 19333, 18080, 18888), "postgres": (15432,)}
+PORT_OFFSET = int(os.environ.get("GATEWAY_SERVICES_PORT_OFFSET", "0"))
+PORTS = {name: tuple(port + PORT_OFFSET for port in ports) for name, ports in
+         {"kafka": (19092, 19093), "s3": (18333, 19333, 18080, 18888), "postgres": (15432,)}.items()}
 
 
 class PortTaken(RuntimeError):
