@@ -263,9 +263,12 @@ def measure(options: Options, work: Path, state: Path, out: Path) -> dict[str, A
                 check=True)
             sent = json.loads(result_file.read_text())
             acknowledged = sent["stored"]
+            # Our own transactions only: the sweep also reports those an earlier run left in the same index,
+            # to the same AE title, and counting those ended the wait before ours were in.
+            awaited = [uid for uid, _, status, _ in sent["commitments"] if status == 0]
             waited = time.monotonic()
-            while gateway.processed() - processed_before < len(acknowledged) or (
-                    len(listener.reports) < len(sent["commitments"])):
+            while gateway.processed() - processed_before < len(acknowledged) or not all(
+                    uid in listener.reports for uid in awaited):
                 if time.monotonic() - waited > options.drain_seconds:
                     break
                 time.sleep(0.5)
