@@ -265,6 +265,8 @@ class Results:
     """(SOP Instance UID, Study Instance UID, wall time of the C-STORE Success) with ``--record``."""
     commitments: list[tuple[str, float, int, int]] = field(default_factory=list)
     """(Transaction UID, wall time of the N-ACTION response, its status, number of references)."""
+    references: dict[str, list[str]] = field(default_factory=dict)
+    """Transaction UID -> the SOP Instance UIDs it asked about, with ``--record``."""
 
 
 @dataclass
@@ -339,17 +341,20 @@ async def dicom_association(load: Load, args: argparse.Namespace) -> None:
         if args.commit_every:
             pending.append((instance.sop_class, sop))
             if len(pending) == args.commit_every:
-                await _commit(association, pending, results)
+                await _commit(association, pending, results, args.record)
                 pending = []
     if args.commit_every and pending:
-        await _commit(association, pending, results)
+        await _commit(association, pending, results, args.record)
     await association.release()
 
 
-async def _commit(association: Association, references: list[tuple[str, str]], results: Results) -> None:
+async def _commit(association: Association, references: list[tuple[str, str]], results: Results,
+                  record: bool) -> None:
     transaction_uid = generate_uid()
     status = await association.n_action(transaction_uid, references)
     results.commitments.append((transaction_uid, time.time(), status, len(references)))
+    if record:
+        results.references[transaction_uid] = [sop for _, sop in references]
 
 
 async def _pace(load: Load, n: int) -> None:
@@ -392,7 +397,8 @@ async def drive(args: argparse.Namespace) -> dict[str, object]:
             "bytes": results.bytes_sent, "statuses": {f"0x{k:04X}": v for k, v in results.statuses.items()},
             "errors": errors, "latency_ms": results.latency_ms,
             "cpu_seconds": after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime,
-            "stored": results.stored, "commitments": results.commitments}
+            "stored": results.stored, "commitments": results.commitments,
+            "commitment_references": results.references}
 
 
 def main() -> None:
@@ -410,7 +416,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=0.0, help="seconds to keep sending; 0: each file once")
     parser.add_argument("--unique", action="store_true", help="fresh UIDs for every instance sent")
     parser.add_argument("--study-size", type=int, default=100)
-    parser.add_argument("--record", action="store_true", help="keep the UIDs and Success times of every instance")
+    parser.add_argument("--record", action="store_true",
+                        help="keep the UIDs and Success times of every instance, and each commitment's references")
     parser.add_argument("--commit-every", type=int, default=0)
     parser.add_argument("--raw", action="store_true", help="plain TCP to benchmarks.peers.tcp_sink")
     args = parser.parse_args()

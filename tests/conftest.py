@@ -55,23 +55,18 @@ def test_env() -> dict[str, str]:
 
 
 
-def fresh_database(url: str) -> str:
+async def fresh_database(url: str) -> str:
     """A new, empty database on the tests' PostgreSQL, for a test whose workflow state (commitments, queued
     deliveries) must not meet another test's: the notify role of one test would otherwise claim and send the
     other's pending reports."""
-    import asyncio
     import uuid
 
     import asyncpg
 
     name = f"t_{uuid.uuid4().hex[:12]}"
-
-    async def create() -> None:
-        connection = await asyncpg.connect(url)
-        try:
-            await connection.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await connection.close()
-
-    asyncio.run(create())
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
     return f"{url.rsplit('/', 1)[0]}/{name}"

@@ -68,16 +68,28 @@ class Deliverer:
         by_target: dict[str, list[Delivery]] = {}
         for delivery in due:
             by_target.setdefault(delivery.target_ae, []).append(delivery)
-        await asyncio.gather(*(self._attempt_in_turn(deliveries) for deliveries in by_target.values()))
+        unfinished = {delivery.delivery_id: delivery for delivery in due}
+        try:
+            async with asyncio.TaskGroup() as targets:
+                for deliveries in by_target.values():
+                    targets.create_task(self._attempt_in_turn(deliveries, unfinished))
+        except ExceptionGroup as failures:
+            raise failures.exceptions[0] from None
+        finally:
+            # Interrupted (the member backs off and joins again, or stops): what it claimed and did not finish is
+            # due again now, not once its lease runs out; one in flight may then go twice, a duplicate.
+            for delivery in unfinished.values():
+                await self._index.put_delivery(delivery, replace=True)
         return len(due)
 
     async def deliver_all_due(self) -> None:
         while await self.deliver_due():
             pass
 
-    async def _attempt_in_turn(self, deliveries: list[Delivery]) -> None:
+    async def _attempt_in_turn(self, deliveries: list[Delivery], unfinished: dict[str, Delivery]) -> None:
         for delivery in deliveries:
             await self._attempt(delivery)
+            del unfinished[delivery.delivery_id]
 
     async def _attempt(self, delivery: Delivery) -> None:
         try:

@@ -89,10 +89,14 @@ class EventPool(WorkerRole):
             records = await consumer.fetch(timeout=0.5)
             for record in records:
                 await self._handle(record, stage, producer)
-                consumer.done(record)
             await stage.fetched()
+            # Done only now: fetched() finishes some events' work (the instance events' look-up of the transactions
+            # awaiting them), and a consumer leaving on a failure commits what is marked done.
+            for record in records:
+                consumer.done(record)
             await consumer.commit()
             if records:
+                self._progressed = True
                 self._metrics.consumer_lag.labels(self.group, self._topics.events).set(
                     sum((await consumer.lag()).values()))
 

@@ -63,8 +63,10 @@ class StorePool(WorkerRole):
                 next_check = 0.0
                 try:
                     while not self._stopping.is_set():
-                        await _feed_partitions_concurrently(assembler, await consumer.fetch(timeout=0.5))
+                        records = await consumer.fetch(timeout=0.5)
+                        await _feed_partitions_concurrently(assembler, records)
                         await consumer.commit()
+                        self._progressed = self._progressed or bool(records)
                         if (now := asyncio.get_running_loop().time()) >= next_check:
                             next_check = now + self._stability_check
                             await clock.tick(lambda study: consumer.owns(self._topics.instances, study.encode()))

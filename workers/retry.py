@@ -16,10 +16,13 @@ log = logging.getLogger(__name__)
 
 
 async def with_backoff(stage: str, consume: Callable[[], Awaitable[None]], stopping: asyncio.Event,
-                       retry_max_seconds: float, metrics: Metrics) -> None:
+                       retry_max_seconds: float, metrics: Metrics,
+                       progressed: Callable[[], bool] = lambda: False) -> None:
     """Run ``consume`` until it returns or ``stopping`` is set, backing off exponentially while it fails
-    on an unavailable service, so nothing busy-loops during an outage. Errors of a single message never get
-    here (the failure policy dead-letters them); anything else that is not an outage is a crash."""
+    on an unavailable service, so nothing busy-loops during an outage. The back-off starts over after an
+    attempt that got work done (``progressed``): its failure is a new outage, not more of the last one.
+    Errors of a single message never get here (the failure policy dead-letters them); anything else that is
+    not an outage is a crash."""
     backoff = 1.0
     while not stopping.is_set():
         try:
@@ -28,6 +31,8 @@ async def with_backoff(stage: str, consume: Callable[[], Awaitable[None]], stopp
         except Exception as exc:
             if retriable(exc) is not True:
                 raise
+            if progressed():
+                backoff = 1.0
             metrics.stage_retries.labels(stage).inc()
             log.warning("stage paused: a service is unavailable",
                         extra={"stage": stage, "error": str(exc), "retry_in": backoff})
@@ -50,13 +55,20 @@ class WorkerRole:
         self._drain_timeout = drain_timeout
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._progressed = False
+        """Set by ``_consume`` when it has committed work since the last failure."""
+
+    def _take_progress(self) -> bool:
+        progressed, self._progressed = self._progressed, False
+        return progressed
 
     async def _consume(self) -> None:
         raise NotImplementedError
 
     async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(
-            with_backoff(self.name, self._consume, self._stopping, self._retry_max, self._metrics),
+            with_backoff(self.name, self._consume, self._stopping, self._retry_max, self._metrics,
+                         self._take_progress),
             name=f"{self.name}-pool")
         return self
 

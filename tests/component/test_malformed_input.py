@@ -219,8 +219,9 @@ def test_unsupported_request_with_a_data_set_is_answered_0211_and_the_associatio
     c_find = request_command(0x0020, "1.2.840.10008.5.1.4.1.1.2", 7, with_data_set=True)
     query = b"\x10\x00\x20\x00\x00\x00\x00\x00"  # (0010,0020) Patient ID, empty: a data set, implicit VR
     echo = request_command(0x0030, "1.2.840.10008.1.1", 8, with_data_set=False)
+    release = b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00"
     reply = threaded_gateway.exchange(associate_rq(), p_data(3, 0x03, c_find), p_data(3, 0x02, query),
-                                      p_data(1, 0x03, echo), wait=2)
+                                      p_data(1, 0x03, echo), release)
     assert reply[0] == ACCEPT
-    assert abort_reason(reply) is None
     assert response_statuses(reply) == [(0x8020, 0x0211), (0x8030, 0x0000)]
+    assert reply.endswith(b"\x06\x00\x00\x00\x00\x04\x00\x00\x00\x00"), "released, not aborted"

@@ -39,9 +39,9 @@ def services() -> dict[str, str]:
 
 
 @pytest.fixture
-def environment(services: dict[str, str]) -> dict[str, str]:
+async def environment(services: dict[str, str]) -> dict[str, str]:
     suffix = uuid.uuid4().hex[:8]
-    return {**services, "GATEWAY_DATABASE__URL": fresh_database(services["GATEWAY_DATABASE__URL"]),
+    return {**services, "GATEWAY_DATABASE__URL": await fresh_database(services["GATEWAY_DATABASE__URL"]),
             "GATEWAY_TOPICS__INSTANCES": f"instances-{suffix}", "GATEWAY_TOPICS__EVENTS": f"events-{suffix}",
             "GATEWAY_TOPICS__DEAD_LETTER": f"dead-letter-{suffix}", "GATEWAY_KAFKA__PARTITIONS": "1",
             "GATEWAY_STORE__RETRY_MAX_SECONDS": "4", "GATEWAY_NOTIFY__RETRY_MAX_SECONDS": "4"}

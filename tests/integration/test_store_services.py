@@ -16,7 +16,7 @@ import pytest
 from minio import Minio
 
 from benchmarks.datasets import KINDS, generate
-from tests.conftest import SERVICES, dcmtk, start_services
+from tests.conftest import SERVICES, dcmtk, fresh_database, start_services
 from tests.helpers import dataset_bytes, run
 from tests.process import GatewayProcess
 
@@ -27,9 +27,11 @@ def services() -> dict[str, str]:
 
 
 @pytest.fixture
-def environment(services: dict[str, str]) -> dict[str, str]:
+async def environment(services: dict[str, str]) -> dict[str, str]:
+    """Topics and a database of the test's own: a role of one test never sees another's studies or deliveries."""
     suffix = uuid.uuid4().hex[:8]
-    return {**services, "GATEWAY_TOPICS__INSTANCES": f"instances-{suffix}", "GATEWAY_TOPICS__EVENTS": f"events-{suffix}",
+    return {**services, "GATEWAY_DATABASE__URL": await fresh_database(services["GATEWAY_DATABASE__URL"]),
+            "GATEWAY_TOPICS__INSTANCES": f"instances-{suffix}", "GATEWAY_TOPICS__EVENTS": f"events-{suffix}",
             "GATEWAY_TOPICS__DEAD_LETTER": f"dead-letter-{suffix}", "GATEWAY_KAFKA__PARTITIONS": "4",
             "GATEWAY_STORE__RETRY_MAX_SECONDS": "4", "GATEWAY_KAFKA__SESSION_TIMEOUT_MS": "6000"}
 
@@ -44,8 +46,8 @@ def minio(services: dict[str, str]) -> Minio:
                  services["GATEWAY_S3__SECRET_KEY"], secure=False)
 
 
-async def index_rows(services: dict[str, str], sop_uids: set[str]) -> list[asyncpg.Record]:
-    connection = await asyncpg.connect(services["GATEWAY_DATABASE__URL"])
+async def index_rows(environment: dict[str, str], sop_uids: set[str]) -> list[asyncpg.Record]:
+    connection = await asyncpg.connect(environment["GATEWAY_DATABASE__URL"])
     try:
         return await connection.fetch(
             "SELECT sop_instance_uid, storage_key, sha256, status FROM instances WHERE sop_instance_uid = ANY($1)",
@@ -76,16 +78,16 @@ def start(tmp_path: Path, environment: dict[str, str], role: str, started: list[
     return process
 
 
-async def check_stored_once(services: dict[str, str], studies: list[Path]) -> None:
+async def check_stored_once(environment: dict[str, str], studies: list[Path]) -> None:
     uids = {path.stem: path for path in studies}
     import pydicom
 
     by_uid = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in uids.values()}
-    rows = await index_rows(services, set(by_uid))
+    rows = await index_rows(environment, set(by_uid))
     assert sorted(r["sop_instance_uid"] for r in rows) == sorted(by_uid), "missing or duplicate index rows"
-    client = minio(services)
+    client = minio(environment)
     for row in rows:
-        response = client.get_object(services["GATEWAY_S3__BUCKET"], row["storage_key"])
+        response = client.get_object(environment["GATEWAY_S3__BUCKET"], row["storage_key"])
         try:
             stored = response.read()
         finally:
@@ -94,7 +96,7 @@ async def check_stored_once(services: dict[str, str], studies: list[Path]) -> No
         source = dataset_bytes(by_uid[row["sop_instance_uid"]])
         assert stored.endswith(source) and hashlib.sha256(source).hexdigest() == row["sha256"]
         prefix = row["storage_key"].rsplit("/", 1)[0] + "/"
-        versions = list(client.list_objects(services["GATEWAY_S3__BUCKET"], prefix=prefix))
+        versions = list(client.list_objects(environment["GATEWAY_S3__BUCKET"], prefix=prefix))
         assert len(versions) == 1, f"stored more than once: {[v.object_name for v in versions]}"
 
 
@@ -111,8 +113,8 @@ async def test_worker_killed_mid_batch_then_restarted_stores_each_instance_once(
     worker.kill()
     start(tmp_path, environment, "store", processes)
     await asyncio.sleep(1)
-    await until(lambda: _all_indexed(services, studies), 120, "every instance to be indexed")
-    await check_stored_once(services, studies)
+    await until(lambda: _all_indexed(environment, studies), 120, "every instance to be indexed")
+    await check_stored_once(environment, studies)
 
 
 async def test_s3_outage_under_load_loses_nothing_and_does_not_spin(
@@ -131,8 +133,8 @@ async def test_s3_outage_under_load_loses_nothing_and_does_not_spin(
         assert 1 <= retries <= 15, f"{retries} retries in 30 s: the worker should back off, not spin"
     finally:
         start_services("s3")
-    await until(lambda: _all_indexed(services, studies), 120, "the worker to catch up after S3 returned")
-    await check_stored_once(services, studies)
+    await until(lambda: _all_indexed(environment, studies), 120, "the worker to catch up after S3 returned")
+    await check_stored_once(environment, studies)
 
 
 def _metric(text: str, name: str) -> float:
@@ -147,11 +149,11 @@ async def _stored_at_least(process: GatewayProcess, count: int) -> bool:
     return _metric(metrics, 'dicomgw_instances_stored_total{event="instance.stored"}') >= count
 
 
-async def _all_indexed(services: dict[str, str], studies: list[Path]) -> bool:
+async def _all_indexed(environment: dict[str, str], studies: list[Path]) -> bool:
     import pydicom
 
     uids = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in studies}
-    return len({r["sop_instance_uid"] for r in await index_rows(services, uids)}) == len(uids)
+    return len({r["sop_instance_uid"] for r in await index_rows(environment, uids)}) == len(uids)
 
 
 async def test_pydicom_corpus_round_trips_into_s3(
@@ -170,13 +172,13 @@ async def test_pydicom_corpus_round_trips_into_s3(
     uids = {sample.sop_instance for sample in samples}
 
     async def all_stored() -> bool:
-        return len({r["sop_instance_uid"] for r in await index_rows(services, uids)}) == len(uids)
+        return len({r["sop_instance_uid"] for r in await index_rows(environment, uids)}) == len(uids)
 
     await until(all_stored, 120, "the corpus to be stored")
     await asyncio.sleep(2)  # versions of one UID (the corpus has several encodings under one) settle
     client = minio(services)
     stored: set[tuple[str, bytes]] = set()
-    for row in await index_rows(services, uids):
+    for row in await index_rows(environment, uids):
         response = client.get_object(services["GATEWAY_S3__BUCKET"], row["storage_key"])
         try:
             stored.add((row["sop_instance_uid"], response.read()))
