@@ -351,11 +351,11 @@ def summarise(options: Options, sent: dict[str, Any], acknowledged: list[list[An
 
 
 COMPONENTS = (
-    ("receiver (upper layer, DIMSE, publish)", ("gateway/receiver.py", "gateway/dicom/association.py",
+    ("receiver (upper layer, DIMSE, publish)", ("gateway/ingest/", "gateway/listen.py", "gateway/dicom/association.py",
                                                 "gateway/dicom/acse.py", "gateway/dicom/dimse.py",
-                                                "gateway/dicom/header.py", "gateway/publish.py")),
+                                                "gateway/dicom/service.py", "gateway/dicom/header.py")),
     ("notify (commitment, deliveries)", ("workers/commitment.py", "workers/notify.py", "workers/deliver.py",
-                                         "workers/availability.py", "gateway/dicom/outbound.py")),
+                                         "workers/availability.py", "gateway/dicom/scu.py")),
     ("bus client (produce, consume)", ("gateway/bus/",)),
     ("object store client", ("gateway/objects/",)),
     ("index client", ("gateway/index/",)),
