@@ -186,6 +186,9 @@ class AioKafkaProducer:
 
     async def send(self, topic: str, key: bytes, value: bytes, headers: Headers = ()) -> Awaitable[None]:
         check_record_size(key, value, headers, self.max_record_bytes)
+        sender = self._sender_task()
+        if sender is not None and sender.done():
+            raise BusUnavailable("aiokafka's sender task has stopped")  # a record queued now would never go out
         try:
             delivery = await self._client.send(topic, value, key=key, headers=list(headers))
         except KafkaError as exc:
@@ -205,10 +208,14 @@ class AioKafkaProducer:
     async def publish(self, topic: str, key: bytes, value: bytes, headers: Headers = ()) -> None:
         await (await self.send(topic, key, value, headers))
 
-    async def wait(self) -> None:
+    def _sender_task(self) -> asyncio.Task[Any] | None:
         """aiokafka runs one sender task per producer and fails every pending send when it dies; it offers no
-        public handle on it, so this watches the one its producer keeps."""
-        sender = getattr(getattr(self._client, "_sender", None), "sender_task", None)
+        public handle on it, so this finds the one its producer keeps."""
+        task = getattr(getattr(self._client, "_sender", None), "sender_task", None)
+        return task if isinstance(task, asyncio.Task) else None
+
+    async def wait(self) -> None:
+        sender = self._sender_task()
         if sender is None:
             await asyncio.Event().wait()
             return

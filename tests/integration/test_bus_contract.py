@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.bus import MAX_RECORD_BYTES, Bus, Consumer, Record, RecordTooLarge
-from gateway.bus.embedded import EmbeddedBus
-from gateway.bus.kafka import KafkaBus
+from gateway.bus import MAX_RECORD_BYTES, Bus, BusError, Consumer, Producer, ProducerDied, Record, RecordTooLarge
+from gateway.bus.embedded import EmbeddedBus, EmbeddedProducer
+from gateway.bus.kafka import AioKafkaProducer, KafkaBus
+from gateway.bus.rdkafka import RdKafkaProducer
 from gateway.metrics import Metrics
 from gateway.settings import EmbeddedBusSettings, KafkaSettings, TopicSettings
 
@@ -150,3 +151,34 @@ async def test_lag_counts_what_is_waiting(bus_and_topic: tuple[Bus, str]) -> Non
             while len(fetched) < 30:
                 fetched += await consumer.fetch(timeout=0.5)
         assert sum((await consumer.lag()).values()) == 0
+
+
+def kill_background_work(producer: Producer) -> None:
+    """What each adapter runs beside its caller: the embedded writer task, librdkafka's poller thread,
+    aiokafka's sender task."""
+    if isinstance(producer, EmbeddedProducer):
+        assert producer._writer is not None
+        producer._writer.cancel()
+    elif isinstance(producer, RdKafkaProducer):
+        producer._stopping.set()
+    else:
+        assert isinstance(producer, AioKafkaProducer)
+        sender = producer._sender_task()
+        assert sender is not None
+        sender.cancel()
+
+
+async def test_a_producer_whose_background_work_dies_says_so_and_refuses_records(
+    bus_and_topic: tuple[Bus, str],
+) -> None:
+    bus, topic = bus_and_topic
+    async with bus.producer() as producer:
+        await producer.publish(topic, b"k", b"before")
+        watching = asyncio.create_task(producer.wait())
+        await asyncio.sleep(0.3)
+        assert not watching.done(), "a healthy producer's wait() does not return"
+        kill_background_work(producer)
+        with pytest.raises(ProducerDied):
+            await asyncio.wait_for(watching, 5)
+        with pytest.raises(BusError):
+            await asyncio.wait_for(producer.publish(topic, b"k", b"after"), 5)
