@@ -4,12 +4,13 @@ The services listen on fixed ports plus ``GATEWAY_SERVICES_PORT_OFFSET`` (defaul
 so a second set (another engineer's tests, say) runs beside ours only with an offset and a state dir of its own
 (``--services-state``). Before starting anything we check that no port we need is held by a service outside
 our state dir, and stop with a message naming it rather than sharing or killing it. Services we started are
-stopped at the end.
+stopped at the end and their data removed: a quick run leaves gigabytes of Kafka segments and S3 volumes.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,6 +24,8 @@ DEFAULT_STATE = Path("/tmp/bench-services")
 PORT_OFFSET = int(os.environ.get("GATEWAY_SERVICES_PORT_OFFSET", "0"))
 PORTS = {name: tuple(port + PORT_OFFSET for port in ports) for name, ports in
          {"kafka": (19092, 19093), "s3": (18333, 19333, 18080, 18888), "postgres": (15432,)}.items()}
+DIRECTORIES = {"kafka": "kafka", "s3": "seaweedfs", "postgres": "postgres"}
+"""Each service's data under the state dir (scripts/services)."""
 
 
 class PortTaken(RuntimeError):
@@ -59,6 +62,8 @@ def running(names: list[str], state: Path = DEFAULT_STATE, keep: bool = False) -
     finally:
         if started and not keep:
             subprocess.run([*SCRIPT, "--state", str(state), "down", *started], check=False)
+            for name in started:  # what a run wrote (GBs of Kafka segments and S3 volumes per run) goes with it
+                shutil.rmtree(state / DIRECTORIES[name], ignore_errors=True)
 
 
 def pids(state: Path) -> dict[str, list[int]]:
