@@ -13,7 +13,6 @@ import asyncio
 import json
 import sys
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,19 +22,16 @@ import pytest
 
 from benchmarks.datasets import KINDS, generate
 from tests.component.test_notify_embedded import Peer, referenced
-from tests.conftest import fresh_database, start_services
+from tests.integration.test_store_services import environment, processes, services, start
 from tests.process import GatewayProcess
+
+__all__ = ["environment", "processes", "services"]
 
 SECONDS = 30
 RATE = 12
 """Instances per second over all associations: well inside what the CI machine stores with everything on it."""
 ASSOCIATIONS = 4
 COMMIT_EVERY = 6
-
-
-@pytest.fixture(scope="module")
-def services() -> dict[str, str]:
-    return start_services("kafka", "s3", "postgres")
 
 
 @pytest.fixture
@@ -45,41 +41,21 @@ def peer() -> Iterator[Peer]:
         yield modality
 
 
-@pytest.fixture
-def processes() -> Iterator[list[GatewayProcess]]:
-    started: list[GatewayProcess] = []
-    yield started
-    for process in started:
-        process.stop()
-
-
-def start(tmp_path: Path, environment: dict[str, str], role: str, started: list[GatewayProcess]) -> GatewayProcess:
-    process = GatewayProcess(tmp_path / f"{role}-{len(started)}", role=role, **environment)
-    started.append(process)
-    process.wait_ready()
-    return process
-
-
 async def test_every_commitment_answered_success_is_reported_through_rebalances_and_a_killed_notify(
-    tmp_path: Path, services: dict[str, str], peer: Peer, processes: list[GatewayProcess],
+    tmp_path: Path, environment: dict[str, str], peer: Peer, processes: list[GatewayProcess],
 ) -> None:
-    suffix = uuid.uuid4().hex[:8]
-    environment = {
-        **services,
-        "GATEWAY_DATABASE__URL": await fresh_database(services["GATEWAY_DATABASE__URL"]),
-        "GATEWAY_TOPICS__INSTANCES": f"instances-{suffix}", "GATEWAY_TOPICS__EVENTS": f"events-{suffix}",
-        "GATEWAY_TOPICS__DEAD_LETTER": f"dead-letter-{suffix}", "GATEWAY_KAFKA__PARTITIONS": "4",
-        "GATEWAY_KAFKA__SESSION_TIMEOUT_MS": "6000", "GATEWAY_STORE__RETRY_MAX_SECONDS": "4",
+    settings = {
+        **environment,
         "GATEWAY_DICOM__REMOTE_AES": json.dumps([peer.remote()]),
         "GATEWAY_DICOM__ALLOWED_AES": json.dumps([{"ae_title": "MODALITY1"}]),
         "GATEWAY_NOTIFY__RETRY_INITIAL_SECONDS": "0.5", "GATEWAY_NOTIFY__RETRY_MAX_SECONDS": "4",
         "GATEWAY_NOTIFY__ASSOCIATION_TIMEOUT_SECONDS": "5",
         "GATEWAY_XDS__TRIGGER_ON_COMMITMENT": "false",
     }
-    receiver = start(tmp_path, environment, "receiver", processes)
-    start(tmp_path, environment, "store", processes)
-    first_notify = start(tmp_path, environment, "notify", processes)
-    api = start(tmp_path, environment, "api", processes)
+    receiver = start(tmp_path, settings, "receiver", processes)
+    start(tmp_path, settings, "store", processes)
+    first_notify = start(tmp_path, settings, "notify", processes)
+    api = start(tmp_path, settings, "api", processes)
 
     files = generate(KINDS["tiny"], 40, tmp_path / "tiny", studies=4)
     (tmp_path / "files").write_text("\n".join(map(str, files)))
@@ -90,8 +66,8 @@ async def test_every_commitment_answered_success_is_reported_through_rebalances_
         "--duration", str(SECONDS), "--rate", str(RATE), "--unique", "--study-size", "20",
         "--commit-every", str(COMMIT_EVERY), "--record", "--out", str(out))
     await asyncio.sleep(SECONDS / 3)
-    start(tmp_path, environment, "store", processes)  # both groups rebalance mid-load
-    start(tmp_path, environment, "notify", processes)
+    start(tmp_path, settings, "store", processes)  # both groups rebalance mid-load
+    start(tmp_path, settings, "notify", processes)
     await asyncio.sleep(SECONDS / 3)
     first_notify.kill()
     assert await asyncio.wait_for(sender.wait(), SECONDS * 4) == 0
