@@ -92,12 +92,14 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
 
 
-def send(target: Target, files: Path, count: int, concurrency: int, work: Path) -> dict[str, Any]:
-    """One run of the sender process; raises when any C-STORE failed, since a refused instance is not ingest."""
+def send(target: Target, files: Path, count: int, concurrency: int, work: Path,
+         duration: float = 0.0) -> dict[str, Any]:
+    """One run of the sender process (``count`` instances, or for ``duration`` seconds); raises when any C-STORE
+    failed, since a refused instance is not ingest."""
     out = work / "sender.json"
     argv = [sys.executable, "-m", "benchmarks.scu", "--port", str(target.port), "--aec", target.ae_title,
-            "--concurrency", str(concurrency), "--files", str(files), "--count", str(count), "--unique",
-            "--out", str(out)]
+            "--concurrency", str(concurrency), "--files", str(files), "--unique", "--out", str(out),
+            *(["--duration", str(duration)] if duration else ["--count", str(count)])]
     subprocess.run([*argv, *(["--raw"] if target.raw else [])], check=True, timeout=3600)
     result: dict[str, Any] = json.loads(out.read_text())
     failed = {status: n for status, n in result["statuses"].items() if status != "0x0000"}
@@ -255,6 +257,53 @@ def throughput(profile: Profile, names: list[str], datasets: list[str], work: Pa
     return runs
 
 
+def orthanc_end_to_end(options: end_to_end.Options, work: Path) -> dict[str, Any]:
+    """Orthanc under the saturated end-to-end load (same dataset, associations and time): its C-STORE Success
+    already means stored on disk and indexed, so its ingest rate is what the gateway's stored-and-indexed rate
+    compares with."""
+    files = work / f"{options.dataset}.e2e.files"
+    files.write_text("\n".join(map(str, dataset(options.dataset, FILES_ON_DISK.get(options.dataset, 200),
+                                                 work / "data"))))
+    [orthanc] = make_targets(["orthanc"], work / "targets-e2e", None)
+    orthanc.start()
+    try:
+        assert orthanc.process is not None
+        cpu_before, _ = cpu_and_rss(orthanc.process.pid)
+        result = send(orthanc, files, 0, options.concurrency, work, duration=options.seconds)
+        cpu_after, rss = cpu_and_rss(orthanc.process.pid)
+    finally:
+        orthanc.stop()
+        orthanc.clear()
+    gigabytes = result["bytes"] / 1e9
+    return {"instances_per_s": result["instances"] / result["elapsed"],
+            "mb_per_s": result["bytes"] / 1e6 / result["elapsed"],
+            "cpu_s_per_gb": (cpu_after - cpu_before) / gigabytes, "peak_rss_mb": rss,
+            "dataset": options.dataset, "concurrency": options.concurrency, "seconds": result["elapsed"]}
+
+
+def end_to_end_ratios(saturated: dict[str, Any], orthanc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The gateway's stored-and-indexed rate against Orthanc's ingest, with the CPU per GB of each: the gateway's
+    own and with the services it needs (bus, S3, database) on the same machine."""
+    cpu = saturated["cpu_seconds_per_gb"]
+    return [{"backend": saturated["options"]["backends"], "dataset": orthanc["dataset"],
+             "concurrency": orthanc["concurrency"],
+             "ratio": saturated["stored_per_s"] / orthanc["instances_per_s"],
+             "gateway_stored_per_s": saturated["stored_per_s"], "orthanc_per_s": orthanc["instances_per_s"],
+             "gateway_cpu_s_per_gb": cpu.get("gateway", 0.0),
+             "gateway_and_services_cpu_s_per_gb": sum(cpu.values()),
+             "orthanc_cpu_s_per_gb": orthanc["cpu_s_per_gb"]}]
+
+
+def end_to_end_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["", "End to end against Orthanc, saturated (Orthanc's Success is stored and indexed):", "",
+             "| backend | dataset | assoc | gateway stored/s | Orthanc/s | ratio | CPU s/GB gateway | with services | "
+             "Orthanc |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['backend']} | {r['dataset']} | {r['concurrency']} | {r['gateway_stored_per_s']:.1f} | "
+              f"{r['orthanc_per_s']:.1f} | {r['ratio']:.2f} | {r['gateway_cpu_s_per_gb']:.1f} | "
+              f"{r['gateway_and_services_cpu_s_per_gb']:.1f} | {r['orthanc_cpu_s_per_gb']:.1f} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
@@ -292,6 +341,17 @@ def main() -> None:
               f"Sender: benchmarks.scu (asyncio, one process), fresh UIDs per instance. {' '.join(notes)}")
     report = markdown(rows, ratio_rows, header)
     figures: dict[str, Any] = {}
+    e2e_ratios: list[dict[str, Any]] = []
+
+    def save() -> None:
+        """After each phase, so that a phase that fails keeps what the earlier ones measured."""
+        (out / "results.md").write_text(report)
+        (out / "results.json").write_text(json.dumps({
+            "profile": args.profile, "machine": machine(), "runs": [asdict(r) for r in runs], "summary": rows,
+            "ratios": ratio_rows, "end_to_end": figures, "end_to_end_ratios": e2e_ratios}, indent=2))
+
+    save()
+    plot(rows, out)
     if profile.end_to_end_seconds and not args.no_end_to_end:
         figures = {"paced": end_to_end.Options(seconds=profile.end_to_end_seconds),
                    "saturated": end_to_end.Options(seconds=profile.end_to_end_seconds / 4, rate=0, profiler="py-spy")}
@@ -306,11 +366,13 @@ def main() -> None:
                                                     args.work / "end-to-end", args.services_state, out / phase)
                 figures[phase]["note"] = f"real services skipped: {exc}"
             report += "\n" + end_to_end.markdown(figures[phase])
-    (out / "results.md").write_text(report)
-    (out / "results.json").write_text(json.dumps({
-        "profile": args.profile, "machine": machine(), "runs": [asdict(r) for r in runs], "summary": rows,
-        "ratios": ratio_rows, "end_to_end": figures}, indent=2))
-    plot(rows, out)
+            save()
+        saturated = figures["saturated"]
+        orthanc = orthanc_end_to_end(end_to_end.Options(seconds=saturated["options"]["seconds"], rate=0),
+                                     args.work / "orthanc-end-to-end")
+        e2e_ratios = end_to_end_ratios(saturated, orthanc)
+        report += end_to_end_markdown(e2e_ratios)
+        save()
     print(report)
     print(f"results in {out}")
 
