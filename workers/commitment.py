@@ -137,18 +137,16 @@ class CommitmentTracker:
     async def _decisions(self, commitment: Commitment, final: bool) -> tuple[list[CommitmentItem], set[str]] | None:
         """Each reference's outcome and the studies of the committed ones; None while one is still awaited.
 
-        The index is asked about every reference first, and objects are read back (the costly part) only once
+        The index is asked about every reference at once, and objects are read back (the costly part) only once
         none is awaited: a transaction is evaluated on every event of an instance it references, and reading
         back what had already arrived each time cost n²/2 object reads for n references."""
-        rows = []
-        for item in commitment.items:
-            row = await self._index.current_instance(item.sop_instance_uid)
-            if row is None and not final:
-                return None
-            rows.append(row)
+        current = await self._index.current_instances([item.sop_instance_uid for item in commitment.items])
+        if not final and any(item.sop_instance_uid not in current for item in commitment.items):
+            return None
         decisions: list[CommitmentItem] = []
         studies: set[str] = set()
-        for item, row in zip(commitment.items, rows, strict=True):
+        for item in commitment.items:
+            row = current.get(item.sop_instance_uid)
             outcome = await self._outcome(item, row)
             if outcome == _WAITING:
                 outcome = sc.NO_SUCH_OBJECT_INSTANCE

@@ -19,6 +19,7 @@ sending leaves it to be sent again once the lease runs out.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
@@ -232,6 +233,10 @@ class InstanceIndex(Protocol):
         """Record a stored (or quarantined) instance in one transaction, as ``resolve`` decides."""
 
     async def current_instance(self, sop_instance_uid: str) -> InstanceRow | None: ...
+
+    async def current_instances(self, sop_instance_uids: Sequence[str]) -> dict[str, InstanceRow]:
+        """The current rows of those of the instances the index has, by SOP Instance UID: one look-up for a
+        storage-commitment transaction's references, not one per reference."""
 
     async def instance_versions(self, sop_instance_uid: str) -> list[InstanceRow]:
         """Every version of the instance, oldest first, replaced ones included."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, Self, TypeVar
@@ -58,6 +58,7 @@ _RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name) VALUES ($1, $
 
 _SELECT = f"SELECT {', '.join(_FIELDS)} FROM instances"
 _CURRENT = f"{_SELECT} WHERE sop_instance_uid = $1 AND is_current"
+_CURRENTS = f"{_SELECT} WHERE sop_instance_uid = ANY($1::text[]) AND is_current"
 _VERSIONS = f"{_SELECT} WHERE sop_instance_uid = $1 ORDER BY version"
 _STUDY = f"""{_SELECT} WHERE study_instance_uid = $1
 AND (status = 'stored' OR ($2 AND status = 'quarantined') OR ($3 AND status = 'replaced'))
@@ -200,6 +201,11 @@ class PostgresIndex:
     async def current_instance(self, sop_instance_uid: str) -> InstanceRow | None:
         record = await self._pool.fetchrow(_CURRENT, sop_instance_uid)
         return None if record is None else _row(record)
+
+    @_translated
+    async def current_instances(self, sop_instance_uids: Sequence[str]) -> dict[str, InstanceRow]:
+        rows = [_row(record) for record in await self._pool.fetch(_CURRENTS, list(sop_instance_uids))]
+        return {row.sop_instance_uid: row for row in rows}
 
     @_translated
     async def instance_versions(self, sop_instance_uid: str) -> list[InstanceRow]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import fields
@@ -44,6 +44,8 @@ from gateway.index.migrations import load
 
 _FIELDS = tuple(field.name for field in fields(InstanceRow))
 _T = TypeVar("_T")
+_IN_BATCH = 500
+"""UIDs per IN list: well under SQLite's limit on host parameters."""
 _BUSY_TIMEOUT_SECONDS = 60.0
 
 _TOUCH_STUDY = workflow.sqlite(workflow.TOUCH_STUDY)
@@ -245,6 +247,21 @@ class SqliteIndex:
     def _current_instance(self, sop_instance_uid: str) -> InstanceRow | None:
         record = self._db.execute(_CURRENT, (sop_instance_uid,)).fetchone()
         return None if record is None else _row(record)
+
+    async def current_instances(self, sop_instance_uids: Sequence[str]) -> dict[str, InstanceRow]:
+        def query() -> dict[str, InstanceRow]:
+            found: dict[str, InstanceRow] = {}
+            uids = list(sop_instance_uids)
+            for start in range(0, len(uids), _IN_BATCH):
+                batch = uids[start : start + _IN_BATCH]
+                placeholders = ", ".join("?" * len(batch))
+                for record in self._db.execute(
+                        f"{_SELECT} WHERE sop_instance_uid IN ({placeholders}) AND is_current", batch):
+                    row = _row(record)
+                    found[row.sop_instance_uid] = row
+            return found
+
+        return await self._run(query)
 
     async def instance_versions(self, sop_instance_uid: str) -> list[InstanceRow]:
         return await self._run(self._fetch, _VERSIONS, (sop_instance_uid,))

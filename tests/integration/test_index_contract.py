@@ -154,6 +154,22 @@ async def test_redelivery_is_a_duplicate_and_writes_nothing(index: Index, policy
     assert await index.instance_versions(first.sop_instance_uid) == [first]
 
 
+async def test_current_instances_of_many_uids_in_one_look_up(index: Index) -> None:
+    stored = [make_row() for _ in range(3)]
+    quarantined = make_row(status=InstanceStatus.QUARANTINED)
+    for row in [*stored, quarantined]:
+        await index.record_instance(row, CorrectionPolicy.REPLACE)
+    correction = (await index.record_instance(corrected(stored[0], accession_number="ACC-2"),
+                                              CorrectionPolicy.REPLACE)).current
+    unknown = [new_uid() for _ in range(600)]  # more than one batch of SQL parameters
+
+    found = await index.current_instances([*unknown, *(row.sop_instance_uid for row in [*stored, quarantined])])
+
+    assert found == {correction.sop_instance_uid: correction, stored[1].sop_instance_uid: stored[1],
+                     stored[2].sop_instance_uid: stored[2], quarantined.sop_instance_uid: quarantined}
+    assert await index.current_instances([]) == {}
+
+
 async def test_replace_makes_the_correction_current(index: Index) -> None:
     first = make_row()
     await index.record_instance(first, CorrectionPolicy.REPLACE)
