@@ -36,7 +36,9 @@ def associate_rq(called: str = "DICOMGW") -> bytes:
     verification.context_id = 1
     ct = build_context("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1"])
     ct.context_id = 3
-    primitive.presentation_context_definition_list = [verification, ct]
+    commitment = build_context("1.2.840.10008.1.20.1", ["1.2.840.10008.1.2"])
+    commitment.context_id = 5
+    primitive.presentation_context_definition_list = [verification, ct, commitment]
     max_length = MaximumLengthNotification()
     max_length.maximum_length_received = 16384
     primitive.user_information = [max_length]
@@ -116,6 +118,8 @@ def abort_reason(reply: bytes) -> int | None:
 
 
 ACCEPT = 0x02
+RELEASE_RQ = b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00"
+RELEASE_RP = b"\x06\x00\x00\x00\x00\x04\x00\x00\x00\x00"
 
 
 @pytest.mark.parametrize(
@@ -219,9 +223,22 @@ def test_unsupported_request_with_a_data_set_is_answered_0211_and_the_associatio
     c_find = request_command(0x0020, "1.2.840.10008.5.1.4.1.1.2", 7, with_data_set=True)
     query = b"\x10\x00\x20\x00\x00\x00\x00\x00"  # (0010,0020) Patient ID, empty: a data set, implicit VR
     echo = request_command(0x0030, "1.2.840.10008.1.1", 8, with_data_set=False)
-    release = b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00"
     reply = threaded_gateway.exchange(associate_rq(), p_data(3, 0x03, c_find), p_data(3, 0x02, query),
-                                      p_data(1, 0x03, echo), release)
+                                      p_data(1, 0x03, echo), RELEASE_RQ)
     assert reply[0] == ACCEPT
     assert response_statuses(reply) == [(0x8020, 0x0211), (0x8030, 0x0000)]
-    assert reply.endswith(b"\x06\x00\x00\x00\x00\x04\x00\x00\x00\x00"), "released, not aborted"
+    assert reply.endswith(RELEASE_RP), "released, not aborted"
+
+
+def test_an_oversized_storage_commitment_request_is_refused_0213_and_the_association_goes_on(
+    threaded_gateway: ThreadedGateway,
+) -> None:
+    n_action = request_command(0x0130, "1.2.840.10008.1.20.1", 9, with_data_set=True)
+    size, piece = 33 * 1024 * 1024, b"\x00" * 60_000
+    pieces = [piece] * (size // len(piece))
+    action_information = [p_data(5, 0x00, chunk) for chunk in pieces[:-1]] + [p_data(5, 0x02, pieces[-1])]
+    reply = threaded_gateway.exchange(associate_rq(), p_data(5, 0x03, n_action), *action_information, RELEASE_RQ,
+                                      wait=20)
+    assert reply[0] == ACCEPT
+    assert response_statuses(reply) == [(0x8130, 0x0213)], "Resource Limitation, after the data set went by"
+    assert reply.endswith(RELEASE_RP), "released, not aborted"
