@@ -133,8 +133,10 @@ class StorageCommitmentService:
         """The notify role hands over a report for an association held here: 200 once the requester answered
         it, 404 when that association is gone (notify then opens a new one)."""
         transaction_uid = request.match_info["transaction_uid"]
-        body = await request.json()
-        decisions = [commitment.Decision(cls, inst, reason) for cls, inst, reason in body["decisions"]]
+        try:
+            decisions = _decisions((await request.json())["decisions"])
+        except (ValueError, KeyError, TypeError):
+            raise web.HTTPBadRequest(text="expected {\"decisions\": [[class UID, instance UID, reason or null]]}") from None
         try:
             event_type = await self.report(transaction_uid, decisions)
         except LookupError:
@@ -167,6 +169,18 @@ class _ActionInformation:
 
     async def abort(self, reason: str) -> None:
         self._data = bytearray()
+
+
+def _decisions(value: object) -> list[commitment.Decision]:
+    """A report's decisions as the notify role sends them; ValueError/TypeError for anything else."""
+    if not isinstance(value, list):
+        raise TypeError("decisions is not a list")
+    decisions = []
+    for cls, inst, reason in value:
+        if not (isinstance(cls, str) and isinstance(inst, str) and (reason is None or type(reason) is int)):
+            raise TypeError("a decision is not [str, str, int | null]")
+        decisions.append(commitment.Decision(cls, inst, reason))
+    return decisions
 
 
 def _refused(status: int, comment: str) -> Response:

@@ -486,3 +486,14 @@ async def test_a_requester_that_released_its_association_gets_the_report_on_a_ne
             _, state = await gateway.until(f"/api/commitments/{transaction}", report_is("delivered"))
     [(event_type, _)] = modality.reports
     assert event_type == commitment.EVENT_ALL_COMMITTED and state["report"]["attempts"] == 1
+
+
+async def test_the_internal_report_route_answers_malformed_hand_overs_with_400(tmp_path: Path) -> None:
+    async with running(tmp_path, notify={"report_on_same_association": True}) as gateway, ClientSession() as http:
+        url = f"{gateway.api}{commitment.REPORTS_PATH}/{generate_uid()}"
+        for body in (b"not json", b"{}", b'{"decisions": 7}', b'{"decisions": [["1.2", "3.4"]]}',
+                     b'{"decisions": [["1.2", "3.4", "0x0112"]]}'):
+            async with http.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
+                assert response.status == 400, body
+        async with http.post(url, json={"decisions": [[CT_CLASS, generate_uid(), None]]}) as response:
+            assert response.status == 404, "a well-formed hand-over for no open association"
