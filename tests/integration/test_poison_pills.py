@@ -6,8 +6,6 @@ Each topic has a single partition here, so "behind it in the same partition" hol
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,7 +16,6 @@ import asyncpg
 import orjson
 import pydicom
 import pytest
-from minio import Minio
 
 from benchmarks.datasets import KINDS, generate
 from gateway.bus.kafka import KafkaBus
@@ -26,42 +23,30 @@ from gateway.core import events
 from gateway.core.events import CommitmentRequested
 from gateway.metrics import Metrics
 from gateway.settings import KafkaSettings, TopicSettings
-from tests.conftest import dcmtk, fresh_database, start_services
+from tests.conftest import dcmtk
 from tests.helpers import run
+from tests.integration.test_store_services import environment, minio, services, until
 from tests.process import GatewayProcess
+
+__all__ = ["environment", "services"]
 
 CT_CLASS = "1.2.840.10008.5.1.4.1.1.2"
 
 
-@pytest.fixture(scope="module")
-def services() -> dict[str, str]:
-    return start_services("kafka", "s3", "postgres")
+@pytest.fixture
+def single_partition(environment: dict[str, str]) -> dict[str, str]:
+    """The store tests' topics and database of its own, on one partition each."""
+    return {**environment, "GATEWAY_KAFKA__PARTITIONS": "1", "GATEWAY_NOTIFY__RETRY_MAX_SECONDS": "4"}
 
 
 @pytest.fixture
-async def environment(services: dict[str, str]) -> dict[str, str]:
-    suffix = uuid.uuid4().hex[:8]
-    return {**services, "GATEWAY_DATABASE__URL": await fresh_database(services["GATEWAY_DATABASE__URL"]),
-            "GATEWAY_TOPICS__INSTANCES": f"instances-{suffix}", "GATEWAY_TOPICS__EVENTS": f"events-{suffix}",
-            "GATEWAY_TOPICS__DEAD_LETTER": f"dead-letter-{suffix}", "GATEWAY_KAFKA__PARTITIONS": "1",
-            "GATEWAY_STORE__RETRY_MAX_SECONDS": "4", "GATEWAY_NOTIFY__RETRY_MAX_SECONDS": "4"}
-
-
-@pytest.fixture
-def gateway(tmp_path: Path, environment: dict[str, str]) -> Iterator[GatewayProcess]:
-    process = GatewayProcess(tmp_path / "gateway", **environment)
+def gateway(tmp_path: Path, single_partition: dict[str, str]) -> Iterator[GatewayProcess]:
+    process = GatewayProcess(tmp_path / "gateway", **single_partition)
     try:
         process.wait_ready()
         yield process
     finally:
         process.stop()
-
-
-async def until(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.5)
 
 
 def dead_letters(gateway: GatewayProcess) -> list[dict[str, Any]]:
@@ -112,9 +97,7 @@ async def test_an_instance_postgresql_refuses_is_dead_lettered_and_the_rest_of_i
     assert "AB" not in entry["reason"], "a dead-letter reason must not quote patient data"
     assert await indexed(environment, {poison.SOPInstanceUID}) == set()
     bucket = services["GATEWAY_S3__BUCKET"]
-    client = Minio(services["GATEWAY_S3__ENDPOINT"], services["GATEWAY_S3__ACCESS_KEY"],
-                   services["GATEWAY_S3__SECRET_KEY"], secure=False)
-    leftovers = [o.object_name for o in client.list_objects(bucket, prefix="", recursive=True)
+    leftovers = [o.object_name for o in minio(services).list_objects(bucket, prefix="", recursive=True)
                  if poison.SOPInstanceUID in (o.object_name or "")]
     assert leftovers == [], "the object of an instance the index refused must not stay behind"
     _, metrics = gateway.http("/metrics")
