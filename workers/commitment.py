@@ -47,8 +47,6 @@ REPORT = "commitment-report"
 WAITING_AGES = (("lt_1m", 0.0, 60.0), ("1m_10m", 60.0, 600.0), ("10m_1h", 600.0, 3600.0),
                 ("ge_1h", 3600.0, float("inf")))
 """Labels of ``dicomgw_commitments_waiting``: [low, high) seconds since the request."""
-_WAITING = -1
-"""An outcome that is not one yet: the instance has not been stored."""
 
 
 def report_id(transaction_uid: str) -> str:
@@ -148,8 +146,6 @@ class CommitmentTracker:
         for item in commitment.items:
             row = current.get(item.sop_instance_uid)
             outcome = await self._outcome(item, row)
-            if outcome == _WAITING:
-                outcome = sc.NO_SUCH_OBJECT_INSTANCE
             if outcome is None and row is not None:
                 studies.add(row.study_instance_uid)
             decisions.append(CommitmentItem(item.sop_class_uid, item.sop_instance_uid, outcome))
@@ -178,8 +174,8 @@ class CommitmentTracker:
                 await self._index.hasten_stability(study)
 
     async def _outcome(self, item: CommitmentItem, row: InstanceRow | None) -> int | None:
-        if row is None:
-            return _WAITING
+        if row is None:  # not stored by the deadline (awaited references never get this far before it)
+            return sc.NO_SUCH_OBJECT_INSTANCE
         if row.sop_class_uid != item.sop_class_uid:
             return sc.CLASS_INSTANCE_CONFLICT
         if row.status is not InstanceStatus.STORED:
