@@ -56,15 +56,19 @@ class StorePool(WorkerRole):
                     assembler.forget(partitions)
 
             async with self._bus.consumer(self.group, [self._topics.instances], revoked) as consumer:
-                assembler = InstanceAssembler(
-                    _DeadLettering(stage, producer, self._topics, self._metrics, self._attempts), consumer.done,
-                    self._orphan_timeout_ms,
-                )
+                sink = _DeadLettering(stage, producer, self._topics, self._metrics, self._attempts)
+                finished: list[Record] = []
+                assembler = InstanceAssembler(sink, finished.append, self._orphan_timeout_ms)
                 next_check = 0.0
                 try:
                     while not self._stopping.is_set():
                         records = await consumer.fetch(timeout=0.5)
                         await _feed_partitions_concurrently(assembler, records)
+                        await sink.flush()
+                        # Done only once indexed: the consumer commits done records when it leaves, too.
+                        for record in finished:
+                            consumer.done(record)
+                        finished.clear()
                         await consumer.commit()
                         self._progressed = self._progressed or bool(records)
                         if (now := asyncio.get_running_loop().time()) >= next_check:
@@ -129,11 +133,25 @@ class _DeadLettering:
         if why is None:
             try:
                 await self._stage.end(instance, data, records)
-                self._attempts.succeeded(instance.instance_id)
                 return
             except Exception as exc:
                 why = self._judge(instance.instance_id, exc)
         await self._record(instance.instance_id, why, instance.study_instance_uid, records)
+
+    async def flush(self) -> None:
+        try:
+            outcome = await self._stage.flush()
+        except Exception as exc:
+            if retriable(exc) is not True:
+                log.warning("store failed to index a batch; trying it again", exc_info=exc)
+            raise Unavailable(f"retrying the batch after {reason(exc)}") from exc
+        for stored, error in outcome:
+            row = stored.row
+            if error is None:
+                self._attempts.succeeded(row.instance_id)
+            else:
+                why = self._judge(row.instance_id, error)
+                await self._record(row.instance_id, why, row.study_instance_uid, stored.records)
 
     async def discard(self, instance_id: str, reason: str) -> None:
         self._failed.pop(instance_id, None)

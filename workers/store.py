@@ -4,38 +4,48 @@ The stage is the sink of the assembler (workers/consume.py). An instance's first
 header up to the pixel data has been read and validated (bounded: at most ``HEADER_LIMIT_BYTES``); that
 decides its object key (``studies/...`` or, with error findings, ``quarantine/...``). From then on its bytes
 stream into the object store as they arrive. At the end the size and SHA-256 are checked against the
-envelope, the object is completed, and the index decides whether it is new, a re-delivery (no-op: the copy
-just written is removed) or a correction (the configured policy). Events then tell later stages.
+envelope and the object is completed. Once the poll batch has been fed, ``flush`` indexes its completed
+instances in one transaction, where the index decides for each whether it is new, a re-delivery (no-op: the
+copy just written is removed) or a correction (the configured policy); events then tell later stages, and
+only then are the batch's offsets committed.
 
 Failures are the ports' errors, classified by the pool's failure policy: an unavailable object store, index
-or bus makes the worker retry the whole instance after a back-off; what cannot succeed (size or hash
+or bus makes the worker retry the whole instance (or batch) after a back-off; what cannot succeed (size or hash
 mismatch, a row the index refuses) goes to the dead-letter topic with its reason and the offsets of its
 records, from which it can be re-driven.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import dataclasses
 import hashlib
 import logging
 import warnings
 import zlib
 from collections import OrderedDict
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from io import BytesIO
 
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID
+from pydicom.dataset import Dataset
 
 from gateway.bus import Producer, Record
 from gateway.core import events
 from gateway.core.envelope import InstanceEnvelope, InstanceHeader
-from gateway.core.errors import Permanent
+from gateway.core.errors import Permanent, retriable
 from gateway.dicom.acse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
-from gateway.dicom.dataset import DEFLATED, PIXEL_DATA, encode, read_prefix
-from gateway.index import CorrectionPolicy, IndexRejected, InstanceIndex, InstanceRow, InstanceStatus, Outcome
+from gateway.dicom.dataset import DEFLATED, PIXEL_DATA, encode, part10_header, read_prefix
+from gateway.index import (
+    CorrectionPolicy,
+    IndexRejected,
+    InstanceIndex,
+    InstanceRow,
+    InstanceStatus,
+    Outcome,
+    RecordResult,
+)
 from gateway.metrics import Metrics
 from gateway.objects import ObjectStore, Upload
 from gateway.settings import TopicSettings
@@ -69,18 +79,16 @@ def object_key(header: InstanceHeader, quarantined: bool) -> str:
 
 def file_meta(header: InstanceHeader) -> bytes:
     """The Part 10 preamble and file meta the gateway writes in front of the data set as received."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(header.sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = UID(header.sop_instance_uid)
-    meta.TransferSyntaxUID = UID(header.transfer_syntax_uid)
-    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
-    if header.calling_ae:
-        meta.SourceApplicationEntityTitle = header.calling_ae
-    out = BytesIO()
-    out.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(out, meta, enforce_standard=True)  # type: ignore[arg-type]
-    return out.getvalue()
+    return part10_header(header.sop_class_uid, header.sop_instance_uid, header.transfer_syntax_uid,
+                       IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, header.calling_ae)
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """An instance whose object is complete, waiting for its batch's index transaction."""
+
+    row: InstanceRow
+    records: list[Record]
 
 
 class DeadLetter(Permanent):
@@ -124,6 +132,7 @@ class StoreStage:
         self._policy = policy
         self._metrics = metrics
         self._pending: dict[str, _Pending] = {}
+        self._stored: list[Stored] = []
         self._study_patients: OrderedDict[str, dict[str, str]] = OrderedDict()
 
     async def begin(self, header: InstanceHeader) -> None:
@@ -140,12 +149,47 @@ class StoreStage:
         await self._try_decide(pending, complete=False)
 
     async def end(self, instance: InstanceEnvelope, data: bytes, records: list[Record]) -> None:
+        """Complete the instance's object; it is indexed with the rest of its batch by ``flush``."""
         pending = self._pending.pop(instance.instance_id)
         try:
-            await self._finish(pending, instance, data, records)
+            row = await self._finish(pending, instance, data)
         except BaseException:
             await self._abort(pending)
             raise
+        self._stored.append(Stored(row, records))
+        if row.status is InstanceStatus.STORED and row.patient_attributes:
+            self._study_patients.setdefault(row.study_instance_uid, row.patient_attributes)
+            self._remember_patient(row.study_instance_uid, self._study_patients[row.study_instance_uid])
+
+    async def flush(self) -> list[tuple[Stored, Exception | None]]:
+        """Index the instances completed since the last flush in one transaction, then tell later stages,
+        before the batch's offsets are committed. An outage raises: nothing of the batch is committed and it
+        comes again (objects are overwritten, the index recognises what it has). A row the index refuses
+        comes back with its error, to be dead-lettered; the others are recorded singly around it."""
+        batch, self._stored = self._stored, []
+        if not batch:
+            return []
+        now = datetime.now(UTC)
+        rows = [dataclasses.replace(stored.row, stored_at=now) for stored in batch]
+        results: list[RecordResult | Exception]
+        try:
+            results = list(await self._index.record_instances(rows, self._policy))
+        except Exception as exc:
+            if retriable(exc) is True:
+                raise
+            results = [await self._record_alone(row) for row in rows]
+        outcome: list[tuple[Stored, Exception | None]] = []
+        deliveries = []
+        for stored, row, result in zip(batch, rows, results, strict=True):
+            if isinstance(result, Exception):
+                outcome.append((stored, result))
+                continue
+            if not result.written and result.current.storage_key != row.storage_key:
+                await self._objects.delete(row.storage_key)  # a copy of what is already stored: keep one
+            deliveries.append(await self._emit(result.outcome, row, result.current.version, stored.records))
+            outcome.append((stored, None))
+        await asyncio.gather(*deliveries)
+        return outcome
 
     async def discard(self, instance_id: str, reason: str) -> None:
         pending = self._pending.pop(instance_id, None)
@@ -154,11 +198,12 @@ class StoreStage:
             await self._abort(pending)
 
     async def abandon_all(self) -> None:
+        """The worker stops before its batch is committed: every instance of it will be delivered again."""
+        self._stored.clear()
         for instance_id in list(self._pending):
             await self.discard(instance_id, "worker stopping; the instance will be delivered again")
 
-    async def _finish(self, pending: _Pending, instance: InstanceEnvelope, data: bytes,
-                      records: list[Record]) -> None:
+    async def _finish(self, pending: _Pending, instance: InstanceEnvelope, data: bytes) -> InstanceRow:
         pending.sha256.update(data)
         pending.size += len(data)
         if pending.upload is None:
@@ -174,18 +219,18 @@ class StoreStage:
         with self._metrics.object_store_seconds.time():
             stored = await pending.upload.complete(pending.stored_sha256.hexdigest())
         pending.upload = None
-        row = self._row(pending, instance, stored.size, pending.stored_sha256.hexdigest())
+        return self._row(pending, instance, stored.size, pending.stored_sha256.hexdigest())
+
+    async def _record_alone(self, row: InstanceRow) -> RecordResult | Exception:
         try:
-            result = await self._index.record_instance(row, self._policy)
+            return await self._index.record_instance(row, self._policy)
         except IndexRejected as exc:
             await self._objects.delete(row.storage_key)  # never an object the index does not know
-            raise DeadLetter(f"the index refused the instance: {exc}") from exc
-        if row.status is InstanceStatus.STORED and row.patient_attributes:
-            self._study_patients.setdefault(row.study_instance_uid, row.patient_attributes)
-            self._remember_patient(row.study_instance_uid, self._study_patients[row.study_instance_uid])
-        if result.outcome not in (Outcome.INSERTED, Outcome.REPLACED) and result.current.storage_key != row.storage_key:
-            await self._objects.delete(row.storage_key)  # a copy of what is already stored: keep one
-        await self._emit(result.outcome, row, result.current.version, records)
+            return DeadLetter(f"the index refused the instance: {exc}")
+        except Exception as exc:
+            if retriable(exc) is True:
+                raise
+            return exc  # unclassified: the failure policy gives it a few more tries
 
     def _row(self, pending: _Pending, instance: InstanceEnvelope, object_size: int, stored_sha256: str) -> InstanceRow:
         assert pending.validation is not None
@@ -211,7 +256,9 @@ class StoreStage:
             stored_at=datetime.now(UTC), patient_attributes=pending.patient,
         )
 
-    async def _emit(self, outcome: Outcome, row: InstanceRow, version: int, records: list[Record]) -> None:
+    async def _emit(self, outcome: Outcome, row: InstanceRow, version: int,
+                    records: list[Record]) -> Awaitable[None]:
+        """Send the instance's event; the awaitable completes once the bus has it."""
         kind: type[events.InstanceEvent]
         if outcome in (Outcome.INSERTED, Outcome.REPLACED):
             kind = events.InstanceQuarantined if row.status is InstanceStatus.QUARANTINED else events.InstanceStored
@@ -225,7 +272,7 @@ class StoreStage:
             stored_at=row.stored_at.isoformat(),
             source={"topic": records[0].topic, "partition": records[0].partition,
                     "offsets": [r.offset for r in records]})
-        await self._producer.publish(self._topics.events, event.key, events.encode(event))
+        delivered = await self._producer.send(self._topics.events, event.key, events.encode(event))
         self._metrics.instances_stored.labels(kind.TYPE).inc()
         if outcome in (Outcome.INSERTED, Outcome.REPLACED):
             self._metrics.bytes_stored.inc(row.size)
@@ -233,6 +280,7 @@ class StoreStage:
                 self._metrics.validation_findings.labels(finding["code"], finding["severity"]).inc()
         log.info("instance stored", extra={"instance_id": row.instance_id, "outcome": outcome.value,
                                            "status": row.status.value, "storage_key": row.storage_key})
+        return delivered
 
     async def _try_decide(self, pending: _Pending, complete: bool) -> None:
         """Read and validate the header once enough of it is here; then open the object under its key."""

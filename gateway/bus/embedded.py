@@ -88,6 +88,9 @@ _READ_PAGE = 32
 
 def _connect(path: Path) -> sqlite3.Connection:
     connection = sqlite3.connect(path, timeout=60.0, isolation_level=None, check_same_thread=False)
+    # Before the first table only (a no-op later): a 0.5 MB record then spans 32 overflow pages, not 128,
+    # which halves the CPU of writing it and cuts reading it (measured with SQLite 3.40 on this machine).
+    connection.execute("PRAGMA page_size=16384")
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=FULL")
     connection.execute("PRAGMA busy_timeout=60000")

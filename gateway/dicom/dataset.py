@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 
 from pydicom.dataset import Dataset
@@ -50,3 +51,34 @@ def encode(dataset: Dataset, transfer_syntax: str) -> bytes:
     out.is_implicit_VR = transfer_syntax == IMPLICIT_LITTLE
     write_dataset(out, dataset)
     return out.getvalue()
+
+
+def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, implementation_class_uid: str,
+              implementation_version: str, source_ae: str = "") -> bytes:
+    """The PS3.10 preamble, prefix and File Meta Information group (explicit VR little endian, group length
+    first), encoded directly: it goes in front of every stored instance, and pydicom's writer costs more per
+    instance than the rest of storing a small one."""
+    elements = [
+        _explicit(0x0001, b"OB", b"\x00\x01"),
+        _explicit(0x0002, b"UI", _padded(sop_class_uid, b"\x00")),
+        _explicit(0x0003, b"UI", _padded(sop_instance_uid, b"\x00")),
+        _explicit(0x0010, b"UI", _padded(transfer_syntax_uid, b"\x00")),
+        _explicit(0x0012, b"UI", _padded(implementation_class_uid, b"\x00")),
+        _explicit(0x0013, b"SH", _padded(implementation_version, b" ")),
+    ]
+    if source_ae:
+        elements.append(_explicit(0x0016, b"AE", _padded(source_ae, b" ")))
+    group = b"".join(elements)
+    return b"\x00" * 128 + b"DICM" + _explicit(0x0000, b"UL", struct.pack("<I", len(group))) + group
+
+
+def _padded(value: str, pad: bytes) -> bytes:
+    data = value.encode("latin-1", "replace")  # what arrives is checked by validation, not here
+    return data + pad if len(data) % 2 else data
+
+
+def _explicit(element: int, vr: bytes, value: bytes) -> bytes:
+    if vr == b"OB":
+        return struct.pack("<HH2sHI", 0x0002, element, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+

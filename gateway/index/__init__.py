@@ -232,6 +232,11 @@ class InstanceIndex(Protocol):
     async def record_instance(self, row: InstanceRow, policy: CorrectionPolicy) -> RecordResult:
         """Record a stored (or quarantined) instance in one transaction, as ``resolve`` decides."""
 
+    async def record_instances(self, rows: Sequence[InstanceRow], policy: CorrectionPolicy) -> list[RecordResult]:
+        """Record several instances in one transaction, in order, each decided as if recorded alone after the
+        ones before it: the store stage's poll batch costs one commit, not one per instance. All or nothing:
+        a row the index refuses refuses the batch (``IndexRejected``), and the caller records them singly."""
+
     async def current_instance(self, sop_instance_uid: str) -> InstanceRow | None: ...
 
     async def current_instances(self, sop_instance_uids: Sequence[str]) -> dict[str, InstanceRow]:

@@ -1,4 +1,4 @@
-"""The PostgreSQL index (production): an asyncpg pool, one READ COMMITTED transaction per ``record_instance``.
+"""The PostgreSQL index (production): an asyncpg pool, one READ COMMITTED transaction per ``record_instances``.
 
 Writers of one SOP Instance UID, in any process, are serialised by a transaction-scoped advisory lock on
 the UID, taken before the current row is read: a second writer then reads what the first committed, so a
@@ -45,7 +45,8 @@ _FIELDS = tuple(field.name for field in fields(InstanceRow))
 _MIGRATION_LOCK = 0x64676D01
 _INSTANCE_LOCK = 0x64676D02
 _LOCK_MIGRATIONS = "SELECT pg_advisory_xact_lock($1, 0)"
-_LOCK_INSTANCE = "SELECT pg_advisory_xact_lock($1, hashtext($2))"
+_LOCK_INSTANCES = "SELECT count(pg_advisory_xact_lock($1, hashtext(uid))) FROM unnest($2::text[]) AS uid"
+"""In the order of the array (a function scan keeps it)."""
 
 _SCHEMA_MIGRATIONS = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -172,19 +173,55 @@ class PostgresIndex:
                     await connection.execute(migration.sql)
                     await connection.execute(_RECORD_MIGRATION, migration.version, migration.name)
 
-    @_translated
     async def record_instance(self, row: InstanceRow, policy: CorrectionPolicy) -> RecordResult:
-        uid = row.sop_instance_uid
-        async with self._pool.acquire() as connection, connection.transaction(isolation="read_committed"):
-            # READ COMMITTED: each statement after the lock sees what the lock's previous holder committed.
-            await connection.execute(_LOCK_INSTANCE, _INSTANCE_LOCK, uid)
-            current = await connection.fetchrow(_CURRENT, uid)
-            result = resolve(None if current is None else _row(current), row, policy)
-            if result.written:
-                if result.previous is not None:
-                    await connection.execute(_MARK_REPLACED, uid)
-                await self._write(connection, result.current)
+        [result] = await self.record_instances([row], policy)
         return result
+
+    @_translated
+    async def record_instances(self, rows: Sequence[InstanceRow], policy: CorrectionPolicy) -> list[RecordResult]:
+        uids = sorted({row.sop_instance_uid for row in rows})
+        async with self._pool.acquire() as connection, connection.transaction(isolation="read_committed"):
+            # READ COMMITTED: each statement after the locks sees what their previous holders committed. The
+            # locks are taken in UID order, so two workers whose batches share UIDs cannot deadlock.
+            await connection.execute(_LOCK_INSTANCES, _INSTANCE_LOCK, uids)
+            current = {record["sop_instance_uid"]: _row(record) for record in await connection.fetch(_CURRENTS, uids)}
+            results = []
+            for row in rows:
+                result = resolve(current.get(row.sop_instance_uid), row, policy)
+                if result.written:
+                    current[row.sop_instance_uid] = result.current
+                results.append(result)
+            written = [result for result in results if result.written]
+            if any(result.previous is not None for result in written) or len(written) > len(
+                    {result.current.sop_instance_uid for result in written}):
+                for result in written:  # corrections: each UID's rows in their order
+                    if result.previous is not None:
+                        await connection.execute(_MARK_REPLACED, result.current.sop_instance_uid)
+                    await self._write(connection, result.current)
+            elif written:
+                await self._write_new([result.current for result in written], connection)
+        return results
+
+    @staticmethod
+    async def _write_new(rows: list[InstanceRow], connection: asyncpg.Connection) -> None:
+        """New instances, each statement once for all of them (asyncpg pipelines ``executemany``)."""
+        patients: dict[tuple[str, str], int] = {}
+        for row in rows:
+            key = (row.patient_id, row.issuer_of_patient_id)
+            if key not in patients:
+                patients[key] = await connection.fetchval(_UPSERT_PATIENT, *key)
+        now = datetime.now(UTC)
+        await connection.executemany(_UPSERT_STUDY, [
+            (row.study_instance_uid, patients[(row.patient_id, row.issuer_of_patient_id)], row.accession_number,
+             row.study_date, row.study_time, row.study_description, now, row.status is InstanceStatus.STORED)
+            for row in rows])
+        await connection.executemany(_UPSERT_SERIES, [
+            (row.series_instance_uid, row.study_instance_uid, row.modality, row.series_number,
+             row.status is InstanceStatus.STORED) for row in rows])
+        await connection.executemany(_INSERT, [tuple(getattr(row, name) for name in _FIELDS) for row in rows])
+        touched = time.time()
+        await connection.executemany(workflow.TOUCH_STUDY, [
+            (study, touched) for study in dict.fromkeys(row.study_instance_uid for row in rows)])
 
     @staticmethod
     async def _write(connection: asyncpg.Connection, row: InstanceRow) -> None:

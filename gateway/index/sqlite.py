@@ -218,16 +218,23 @@ class SqliteIndex:
                                      (migration.version, migration.name, _timestamp(datetime.now(UTC))))
 
     async def record_instance(self, row: InstanceRow, policy: CorrectionPolicy) -> RecordResult:
-        return await self._run(self._record_instance, row, policy)
+        [result] = await self.record_instances([row], policy)
+        return result
+
+    async def record_instances(self, rows: Sequence[InstanceRow], policy: CorrectionPolicy) -> list[RecordResult]:
+        return await self._run(self._record_instances, rows, policy)
+
+    def _record_instances(self, rows: Sequence[InstanceRow], policy: CorrectionPolicy) -> list[RecordResult]:
+        with self._write_transaction():
+            return [self._record_instance(row, policy) for row in rows]
 
     def _record_instance(self, row: InstanceRow, policy: CorrectionPolicy) -> RecordResult:
         uid = row.sop_instance_uid
-        with self._write_transaction():
-            result = resolve(self._current_instance(uid), row, policy)
-            if result.written:
-                if result.previous is not None:
-                    self._db.execute(_MARK_REPLACED, (uid,))
-                self._write(result.current)
+        result = resolve(self._current_instance(uid), row, policy)
+        if result.written:
+            if result.previous is not None:
+                self._db.execute(_MARK_REPLACED, (uid,))
+            self._write(result.current)
         return result
 
     def _write(self, row: InstanceRow) -> None:

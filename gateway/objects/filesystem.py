@@ -36,6 +36,8 @@ from gateway.objects import (
 )
 
 T = TypeVar("T")
+BUFFER_BYTES = 1024 * 1024
+"""An upload keeps up to this much in memory before it opens its file."""
 
 
 @contextlib.contextmanager
@@ -114,11 +116,17 @@ class FileUpload:
         self._metadata = dict(metadata)
         self._temp = _temp_path(path)
         self._file: BinaryIO | None = None
+        self._buffer = bytearray()
+        """What was written before the file was opened: a small object is written, synced and renamed in one
+        call off the event loop instead of one per write."""
         self._lock = threading.Lock()
         self._state = "open"
 
     async def write(self, data: bytes) -> None:
         self._check_open()
+        if self._file is None and len(self._buffer) + len(data) <= BUFFER_BYTES:
+            self._buffer += data
+            return
         try:
             with translated(self._key):
                 await asyncio.to_thread(self._write, data)
@@ -137,7 +145,11 @@ class FileUpload:
         """After a completion it only removes what a failed one left: a renamed file is no longer temporary."""
         if self._state == "aborted":
             return
+        never_written = self._state == "open" and self._file is None
         self._state = "aborted"
+        if never_written:  # only buffered: no thread ever touched a file
+            self._buffer = bytearray()
+            return
         with translated(self._key):
             await asyncio.to_thread(self._discard)
 
@@ -159,6 +171,8 @@ class FileUpload:
         if self._file is None:
             _make_directories(self._temp.parent, self._root)
             self._file = self._temp.open("xb")
+            self._file.write(self._buffer)
+            self._buffer = bytearray()
         return self._file
 
     def _write(self, data: bytes) -> None:

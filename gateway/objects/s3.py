@@ -265,12 +265,12 @@ class _PieceReader:
 
 
 class S3Upload:
-    """One ``put_object`` of unknown length run by minio in its own thread, fed from a bounded queue.
-
-    minio sends a single PutObject when everything fits one part, else a multipart upload part by part
-    (one at a time), which it aborts when our reader raises. The queue holds one part, so the writer keeps
-    going while a part is sent; memory stays near five parts (see ``PART_SIZE``). The thread is a daemon so
-    that an upload never ended cannot hold up shutdown; it gives up after ``idle_timeout`` without writes.
+    """An object that fits one part is kept in memory and sent at ``complete()`` as one PutObject carrying its
+    tag; a larger one becomes one ``put_object`` of unknown length run by minio in its own thread, fed from a
+    bounded queue: a multipart upload part by part (one at a time), which minio aborts when our reader raises.
+    The queue holds one part, so the writer keeps going while a part is sent; memory stays near five parts
+    (see ``PART_SIZE``). The thread is a daemon so that an upload never ended cannot hold up shutdown; it
+    gives up after ``idle_timeout`` without writes.
     """
 
     def __init__(self, client: Minio, bucket: str, key: str, metadata: dict[str, str], part_size: int,
@@ -282,6 +282,11 @@ class S3Upload:
         self._part_size = part_size
         self._idle_timeout = idle_timeout
         self._pieces: queue.Queue[memoryview | _Signal] = queue.Queue(maxsize=max(1, part_size // PIECE_BYTES))
+        self._buffer = bytearray()
+        """Written before the upload thread started: an object that fits one part never starts it."""
+        self._buffer_limit = min(part_size, self._pieces.maxsize * PIECE_BYTES)
+        """What fits one part and, when the thread starts after all, the queue."""
+        self._whole: asyncio.Future[object] | None = None
         self._space = asyncio.Event()
         self._done: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._thread: threading.Thread | None = None
@@ -291,6 +296,10 @@ class S3Upload:
 
     async def write(self, data: bytes) -> None:
         self._check_open()
+        if self._thread is None and len(self._buffer) + len(data) <= self._buffer_limit:
+            self._buffer += data
+            self._size += len(data)
+            return
         self._start()
         view = memoryview(data if isinstance(data, bytes) else bytes(data))
         try:
@@ -304,8 +313,10 @@ class S3Upload:
     async def complete(self, sha256: str) -> ObjectInfo:
         check_sha256(sha256)
         self._check_open()
-        self._start()
         self._state = "completing"
+        if self._thread is None:
+            return await self._put_whole(sha256)
+        self._start()
         await self._put(_Signal.EOF)
         try:
             await asyncio.wrap_future(self._done)
@@ -315,10 +326,26 @@ class S3Upload:
             await asyncio.to_thread(self._client.set_object_tags, self._bucket, self._key, _tags(sha256))
         return ObjectInfo(self._key, self._size, dict(self._metadata), sha256)
 
+    async def _put_whole(self, sha256: str) -> ObjectInfo:
+        """Everything fitted one part: a single PutObject with its tag, no thread of its own."""
+        data, self._buffer = bytes(self._buffer), bytearray()
+        whole: asyncio.Future[object] = asyncio.ensure_future(asyncio.to_thread(
+            self._client.put_object, self._bucket, self._key, io.BytesIO(data), len(data),
+            metadata=_headers(self._metadata), tags=_tags(sha256), part_size=self._part_size, num_parallel_uploads=1,
+        ))
+        self._whole = whole
+        with translated(self._key):
+            await asyncio.shield(whole)  # cancelled, the request still ends: abort() waits for it
+        return ObjectInfo(self._key, self._size, dict(self._metadata), sha256)
+
     async def abort(self) -> None:
         if self._state == "aborted":
             return
+        self._buffer = bytearray()
         completing, self._state = self._state == "completing", "aborted"
+        if self._whole is not None:
+            with contextlib.suppress(Exception):
+                await self._whole
         if self._thread is None:
             return
         if not completing:
@@ -339,6 +366,9 @@ class S3Upload:
         if self._thread is None:
             self._loop = asyncio.get_running_loop()
             self._done.set_running_or_notify_cancel()  # cancelling an await on it must not cancel the upload
+            buffered, self._buffer = bytes(self._buffer), bytearray()
+            for offset in range(0, len(buffered), PIECE_BYTES):  # the queue holds a part: it fits
+                self._pieces.put_nowait(memoryview(buffered)[offset:offset + PIECE_BYTES])
             self._thread = threading.Thread(target=self._upload, name=f"s3-upload {self._key}", daemon=True)
             self._thread.start()
 

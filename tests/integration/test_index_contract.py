@@ -293,6 +293,68 @@ async def test_concurrent_corrections_keep_one_current_row_and_every_version(sto
     assert await current_rows(store, first.sop_instance_uid) == 1
 
 
+async def test_a_batch_is_decided_row_by_row_in_order(store: Store, index: Index) -> None:
+    known = make_row()
+    await index.record_instance(known, CorrectionPolicy.REPLACE)
+    study = make_row().study_instance_uid
+    new = [make_row(study_instance_uid=study, instance_number=n) for n in range(1, 4)]
+    redelivered = replace(known, instance_id=str(uuid.uuid4()), storage_key="instances/elsewhere")
+    correction = corrected(new[0], accession_number="ACC-2")  # corrects a row earlier in the same batch
+    again = replace(new[1], instance_id=str(uuid.uuid4()), storage_key="instances/again")
+
+    results = await index.record_instances([*new, redelivered, correction, again], CorrectionPolicy.REPLACE)
+
+    assert [result.outcome for result in results] == [Outcome.INSERTED] * 3 + [
+        Outcome.DUPLICATE, Outcome.REPLACED, Outcome.DUPLICATE]
+    assert results[3].current == known
+    assert results[4] == RecordResult(Outcome.REPLACED, replace(correction, version=2),
+                                      replace(new[0], status=InstanceStatus.REPLACED))
+    assert results[5].current == new[1]
+    assert sorted(await index.study_instances(study), key=lambda row: row.instance_number or 0) == [
+        results[4].current, new[1], new[2]]
+    assert await current_rows(store, new[0].sop_instance_uid) == 1
+    assert await index.record_instances([], CorrectionPolicy.REPLACE) == []
+
+
+async def test_a_batch_of_new_instances_fills_patient_study_and_series_once(store: Store, index: Index) -> None:
+    study = make_row().study_instance_uid
+    series = [new_uid(), new_uid()]
+    rows = [make_row(study_instance_uid=study, series_instance_uid=series[n % 2], series_number=n % 2 + 1,
+                     instance_number=n) for n in range(10)]
+    other_patient = make_row(patient_id="PID-0002")
+
+    results = await index.record_instances([*rows, other_patient], CorrectionPolicy.REPLACE)
+
+    assert [result.outcome for result in results] == [Outcome.INSERTED] * 11
+    assert await store.query("SELECT count(*) FROM patients") == [(2,)]
+    assert await store.query(f"SELECT count(*) FROM series WHERE study_instance_uid = '{study}'") == [(2,)]
+    assert len(await index.study_instances(study)) == 10
+    assert (await index.study_activity(study)) is not None
+
+
+async def test_a_refused_row_refuses_its_whole_batch(index: Index) -> None:
+    good = make_row()
+    bad = make_row(status=InstanceStatus.REPLACED)
+    with pytest.raises(ValueError, match="replaced"):
+        await index.record_instances([good, bad], CorrectionPolicy.REPLACE)
+    assert await index.current_instance(good.sop_instance_uid) is None
+
+
+async def test_concurrent_batches_sharing_uids_neither_deadlock_nor_duplicate(store: Store, index: Index) -> None:
+    rows = [make_row() for _ in range(20)]
+    batches = [[replace(row, instance_id=str(uuid.uuid4())) for row in (rows if n % 2 else rows[::-1])]
+               for n in range(8)]
+    async with await store.open() as other:
+        results = await asyncio.wait_for(asyncio.gather(*(
+            adapter.record_instances(batch, CorrectionPolicy.REPLACE)
+            for adapter, batch in zip([index, other] * 4, batches, strict=True))), timeout=60)
+
+    outcomes = Counter(result.outcome for batch in results for result in batch)
+    assert outcomes == {Outcome.INSERTED: 20, Outcome.DUPLICATE: 140}
+    for row in rows:
+        assert await current_rows(store, row.sop_instance_uid) == 1
+
+
 async def test_migrate_again_is_a_no_op(store: Store, index: Index) -> None:
     row = make_row()
     await index.record_instance(row, CorrectionPolicy.REPLACE)

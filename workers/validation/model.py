@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 
@@ -89,6 +90,9 @@ class ProfileParameters:
 class RuleContext:
     source: SourceContext
     parameters: ProfileParameters = ProfileParameters()
+    walked: dict[int, list[tuple[DataElement, str]]] = field(default_factory=dict, compare=False, repr=False)
+    """Each header's elements, walked once for every rule that checks them all (by ``id`` of the header,
+    which outlives the context)."""
 
 
 Check = Callable[[Dataset, RuleContext], Iterator[Violation]]

@@ -120,14 +120,21 @@ def sop_class(ds: Dataset, context: RuleContext) -> Iterator[Violation]:
         yield Violation("SOPClassUID", f"SOPClassUID {uid} is {what}, not a known storage SOP Class")
 
 
-def _elements(ds: Dataset, where: str = "") -> Iterator[tuple[DataElement, str]]:
-    """Every standard element, with the sequence path leading to it for messages."""
+def _elements(ds: Dataset, context: RuleContext) -> list[tuple[DataElement, str]]:
+    """Every standard element, with the sequence path leading to it for messages; walked once per header."""
+    walked = context.walked.get(id(ds))
+    if walked is None:
+        walked = context.walked[id(ds)] = list(_walk(ds, ""))
+    return walked
+
+
+def _walk(ds: Dataset, where: str) -> Iterator[tuple[DataElement, str]]:
     for element in ds:
         if element.tag.is_private or not element.keyword:
             continue
         if element.VR == "SQ":
             for index, item in enumerate(element.value):
-                yield from _elements(item, f"{where}{element.keyword}[{index}] > ")
+                yield from _walk(item, f"{where}{element.keyword}[{index}] > ")
         else:
             yield element, where
 
@@ -136,7 +143,7 @@ def _vr_rule(code: str, value_representation: str, severity: Severity, check: Ca
     """A rule checking every value of every element with this VR, nested ones included."""
 
     def check_values(ds: Dataset, context: RuleContext) -> Iterator[Violation]:
-        for element, where in _elements(ds):
+        for element, where in _elements(ds, context):
             if value_representation != element.VR or element.is_empty:
                 continue
             if where == "" and value_representation == "UI" and element.keyword in IDENTIFYING_UIDS:
