@@ -17,6 +17,7 @@ shared machine are noise: read the ratios.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -314,6 +315,10 @@ def main() -> None:
     parser.add_argument("--services-state", type=Path, default=services.DEFAULT_STATE,
                         help="state dir for scripts/services (ours, not the tests')")
     parser.add_argument("--no-end-to-end", action="store_true")
+    parser.add_argument("--no-throughput", action="store_true", help="only the end-to-end phases")
+    parser.add_argument("--end-to-end-matrix", action="store_true",
+                        help="instead of the paced and profiled phases: saturated, Orthanc side by side, for each "
+                             "backend (real, embedded), dataset (ct, tiny) and 4 and 16 associations")
     parser.add_argument("--baseline", type=Path, help="another checkout whose gateway runs beside this one")
     args = parser.parse_args()
     profile = PROFILES[args.profile]
@@ -334,7 +339,8 @@ def main() -> None:
             environment = {}
             notes.append(f"gateway-kafka targets skipped: {exc}.")
             print(notes[-1], file=sys.stderr)
-        runs = throughput(profile, names, datasets, args.work, environment, args.baseline)
+        runs = [] if args.no_throughput else throughput(profile, names, datasets, args.work, environment,
+                                                        args.baseline)
     rows = summarise(runs)
     ratio_rows = ratios(rows)
     header = (f"# dicom-gateway benchmark, profile {args.profile}, {stamp}\n\nMachine: {machine()}. "
@@ -351,8 +357,29 @@ def main() -> None:
             "ratios": ratio_rows, "end_to_end": figures, "end_to_end_ratios": e2e_ratios}, indent=2))
 
     save()
-    plot(rows, out)
-    if profile.end_to_end_seconds and not args.no_end_to_end:
+    if runs:
+        plot(rows, out)
+    if args.end_to_end_matrix:
+        options = end_to_end.Options(seconds=profile.end_to_end_seconds / 4, rate=0)
+        for backend, name, concurrency in itertools.product(("real", "embedded"), ("ct", "tiny"), (4, 16)):
+            cell = replace(options, backends=backend, dataset=name, concurrency=concurrency)
+            phase = f"saturated-{backend}-{name}-{concurrency}"
+            try:
+                figures[phase] = end_to_end.measure(cell, args.work / "end-to-end", args.services_state, out / phase)
+            except services.PortTaken as exc:
+                print(f"{phase} skipped: {exc}", file=sys.stderr)
+                continue
+            try:
+                orthanc = orthanc_end_to_end(cell, args.work / "orthanc-end-to-end")
+            except RuntimeError as exc:  # e.g. Orthanc answering Out of Resources: the other cells still count
+                print(f"{phase}: Orthanc failed under the same load ({exc})", file=sys.stderr)
+                figures[phase]["orthanc_failed"] = str(exc)
+                save()
+                continue
+            e2e_ratios += end_to_end_ratios(figures[phase], orthanc)
+            report = report.split("\nEnd to end against Orthanc")[0] + end_to_end_markdown(e2e_ratios)
+            save()
+    elif profile.end_to_end_seconds and not args.no_end_to_end:
         figures = {"paced": end_to_end.Options(seconds=profile.end_to_end_seconds),
                    "saturated": end_to_end.Options(seconds=profile.end_to_end_seconds / 4, rate=0, profiler="py-spy")}
         for phase, options in figures.items():
