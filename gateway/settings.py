@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +40,25 @@ class AllowedAE(_Section):
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     organization: str = ""
     organization_oid: str = ""
+    transfer_syntax_preference: tuple[str, ...] = ()
+    """Transfer syntaxes to prefer from this AE, before ``dicom.transfer_syntax_preference``."""
+
+
+_UID = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$"
+
+
+class UserIdentitySettings(_Section):
+    """DICOM User Identity Negotiation (PS3.7 D.3.3.7): usernames with passcodes, and JSON Web Tokens."""
+
+    required: bool = False
+    """Refuse associations that send no username/passcode or token (Kerberos and SAML are not supported)."""
+    users: dict[str, SecretStr] = {}
+    """Username -> passcode; an empty passcode lets the username alone (type 1) in. With neither users nor
+    token keys, identities are taken at their word (and answered when the requestor asks)."""
+    token_keys: tuple[SecretStr, ...] = ()
+    """Keys that verify JWTs: HMAC secrets or PEM public keys (RS/ES/PS)."""
+    token_audience: str | None = None
+    token_issuer: str | None = None
 
 
 class TlsSettings(_Section):
@@ -84,6 +104,14 @@ class DicomSettings(_Section):
     max_pdu_length: int = Field(262_144, ge=4096, le=0xFFFFFFFF)
     """Largest P-DATA-TF we accept; advertised in our A-ASSOCIATE-AC."""
     max_instance_bytes: int = Field(8 * 1024**3, ge=1024)
+    transfer_syntax_preference: tuple[str, ...] = ()
+    """Transfer syntaxes to accept first when a context proposes several; otherwise the requestor's order is
+    followed with Implicit VR Little Endian and Explicit VR Big Endian last (see the conformance statement)."""
+    extra_storage_sop_classes: tuple[str, ...] = ()
+    """Private or newer storage SOP Class UIDs to accept beyond those pydicom's dictionary knows."""
+    accept_any_storage_class: bool = False
+    """Accept C-STORE of any SOP Class UID not known to be something other than storage."""
+    user_identity: UserIdentitySettings = UserIdentitySettings()
     acse_timeout_seconds: float = Field(30.0, gt=0)
     dimse_timeout_seconds: float = Field(60.0, gt=0)
     network_timeout_seconds: float = Field(120.0, gt=0)
@@ -102,6 +130,18 @@ class DicomSettings(_Section):
     @classmethod
     def _ae_title(cls, value: str) -> str:
         return value.strip()
+
+    @model_validator(mode="after")
+    def _uids(self) -> DicomSettings:
+        lists = {"transfer_syntax_preference": self.transfer_syntax_preference,
+                 "extra_storage_sop_classes": self.extra_storage_sop_classes}
+        lists.update({f"allowed_aes {ae.ae_title} transfer_syntax_preference": ae.transfer_syntax_preference
+                      for ae in self.allowed_aes})
+        for name, uids in lists.items():
+            bad = [uid for uid in uids if len(uid) > 64 or not re.match(_UID, uid)]
+            if bad:
+                raise ValueError(f"{name}: not UIDs: {', '.join(bad)}")
+        return self
 
     @model_validator(mode="after")
     def _unique_remote_aes(self) -> DicomSettings:

@@ -38,3 +38,7 @@ class StudyInstance:
     """The organisation of the AE that sent it (from the AE settings)."""
     patient_attributes: dict[str, str] = field(default_factory=dict)
     """PatientID, IssuerOfPatientID, PatientName, PatientBirthDate, PatientSex as the instance had them."""
+    study_id: str = ""
+    referring_physician_name: str = ""
+    issuer_of_accession_number: str = ""
+    """Universal Entity ID of the Issuer of Accession Number Sequence, when the instance had one."""

@@ -1,8 +1,14 @@
 """Association establishment (PS3.8 section 7.1): who may associate, and which contexts we accept.
 
 The PDUs are decoded and encoded with pynetdicom's codecs and presentation contexts negotiated with its
-``negotiate_as_acceptor``; the policy (AE allow-list, called AE, limits) is ours, given as values: which
-contexts follow from the registered services (``service.ServiceRegistry``).
+``negotiate_as_acceptor``; the policy (AE allow-list, called AE, limits, user identity) is ours, given as values:
+which contexts follow from the registered services (``service.ServiceRegistry``).
+
+The transfer syntax of a context is ours to choose among those proposed (PS3.8 7.1.1.14). Since instances are
+stored as received, the choice decides what is stored: the requestor's order is followed, so its own encoding
+(usually proposed first) is kept and a compressed image stays compressed, except that Implicit VR Little Endian
+and the retired Explicit VR Big Endian come last (implicit VR loses the VR of private attributes). A configured
+preference list, per calling AE or for all, comes before that order.
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ from pynetdicom.pdu_primitives import (
     ImplementationVersionNameNotification,
     MaximumLengthNotification,
     SCP_SCU_RoleSelectionNegotiation,
+    UserIdentityNegotiation,
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
+from gateway.dicom.identity import Authenticator, UserIdentity
 from gateway.dicom.service import Caller
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
@@ -32,9 +40,25 @@ REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 REJECT_APPLICATION_CONTEXT = (0x01, 0x01, 0x02)
 REJECT_PROTOCOL_VERSION = (0x01, 0x02, 0x02)
 REJECT_TOO_MANY = (0x02, 0x03, 0x02)
+REJECT_USER_IDENTITY = (0x01, 0x02, 0x01)
+"""PS3.7 D.3.3.7: an identity that is not accepted: rejected-permanent, service-provider (ACSE), no reason."""
+
+IMPLICIT_LITTLE = "1.2.840.10008.1.2"
+EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
+EXPLICIT_BIG = "1.2.840.10008.1.2.2"
+UNCOMPRESSED = (IMPLICIT_LITTLE, EXPLICIT_LITTLE, EXPLICIT_BIG)
+LAST_RESORT = (IMPLICIT_LITTLE, EXPLICIT_BIG)
 
 
-UNCOMPRESSED = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
+def choose_transfer_syntax(proposed: Sequence[str], supported: Sequence[str],
+                           preference: Sequence[str] = ()) -> str | None:
+    """The transfer syntax to accept among ``proposed`` (in the requestor's order): the first of ``preference``
+    proposed, else the first proposed that is not a last resort, else the first proposed; only ``supported``."""
+    candidates = [ts for ts in proposed if ts in supported]
+    for wanted in preference:
+        if wanted in candidates:
+            return wanted
+    return next((ts for ts in candidates if ts not in LAST_RESORT), candidates[0] if candidates else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +71,9 @@ class AcceptorPolicy:
     """Largest P-DATA-TF we accept; advertised in our A-ASSOCIATE-AC."""
     identify: Callable[[str, str], Caller | None] | None = None
     """(calling AE title, peer IP) -> the allowed caller, or None when not allowed; no function: anyone may."""
+    transfer_syntax_preference: tuple[str, ...] = ()
+    """Preferred transfer syntaxes for callers without their own (``Caller.transfer_syntax_preference``)."""
+    authenticator: Authenticator = field(default_factory=Authenticator)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +87,8 @@ class Accepted:
     """Accepted presentation context ID -> transfer syntax UID."""
     abstract_syntaxes: dict[int, str] = field(default_factory=dict)
     caller: Caller | None = None
+    user: str = ""
+    """Who the requestor's User Identity said it is, once accepted ("" when none was sent or checked)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +109,11 @@ def reject_pdu(result: int, source: int, diagnostic: int) -> bytes:
     return bytes(pdu.encode())
 
 
-def negotiate(pdu: bytes, policy: AcceptorPolicy, contexts: Sequence[PresentationContext], peer_ip: str,
-              open_associations: int) -> Accepted | Rejected:
-    """Answer an A-ASSOCIATE-RQ PDU (whole, header included). Raises ValueError if it does not decode."""
+def negotiate(pdu: bytes, policy: AcceptorPolicy, contexts: Callable[[Sequence[str]], Sequence[PresentationContext]],
+              peer_ip: str, open_associations: int) -> Accepted | Rejected:
+    """Answer an A-ASSOCIATE-RQ PDU (whole, header included). Raises ValueError if it does not decode.
+
+    ``contexts`` gives what the acceptor accepts of the abstract syntaxes proposed."""
     request = A_ASSOCIATE_RQ()
     try:
         request.decode(pdu)
@@ -109,16 +140,31 @@ def negotiate(pdu: bytes, policy: AcceptorPolicy, contexts: Sequence[Presentatio
 
     peer_max_pdu = 0
     roles: dict[str, tuple[bool | None, bool | None]] = {}
+    identity: UserIdentity | None = None
     for item in primitive.user_information:
         if isinstance(item, MaximumLengthNotification):
             peer_max_pdu = item.maximum_length_received or 0
         elif isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid is not None:
             roles[item.sop_class_uid] = (item.scu_role, item.scp_role)
+        elif isinstance(item, UserIdentityNegotiation) and item.user_identity_type is not None:
+            identity = UserIdentity(item.user_identity_type, item.primary_field or b"", item.secondary_field or b"",
+                                    bool(item.positive_response_requested))
+    verdict = policy.authenticator.judge(identity)
+    if verdict.refusal:
+        return rejected(REJECT_USER_IDENTITY, f"user identity refused: {verdict.refusal}")
 
-    results, role_items = negotiate_as_acceptor(
-        primitive.presentation_context_definition_list, list(contexts), roles  # type: ignore[arg-type]
-    )
+    proposed = primitive.presentation_context_definition_list
+    acceptable = list(contexts([str(cx.abstract_syntax) for cx in proposed]))
+    results, role_items = negotiate_as_acceptor(proposed, acceptable, roles)  # type: ignore[arg-type]
     accepted = [cx for cx in results if cx.result == 0x00]
+    preference = (caller.transfer_syntax_preference if caller is not None and caller.transfer_syntax_preference
+                  else policy.transfer_syntax_preference)
+    supported = {str(cx.abstract_syntax): [str(ts) for ts in cx.transfer_syntax] for cx in acceptable}
+    requested = {cx.context_id: [str(ts) for ts in cx.transfer_syntax] for cx in proposed}
+    for cx in accepted:
+        chosen = choose_transfer_syntax(requested[cx.context_id], supported[str(cx.abstract_syntax)], preference)
+        if chosen is not None:
+            cx.transfer_syntax = [chosen]
 
     answer = A_ASSOCIATE()
     answer.application_context_name = APPLICATION_CONTEXT
@@ -134,6 +180,10 @@ def negotiate(pdu: bytes, policy: AcceptorPolicy, contexts: Sequence[Presentatio
     version = ImplementationVersionNameNotification()
     version.implementation_version_name = IMPLEMENTATION_VERSION
     answer.user_information = [max_length, class_uid, version, *role_items]
+    if verdict.response is not None:
+        identity_ac = UserIdentityNegotiation()
+        identity_ac.server_response = verdict.response
+        answer.user_information.append(identity_ac)
     pdu_ac = A_ASSOCIATE_AC()
     pdu_ac.from_primitive(answer)
     return Accepted(
@@ -146,5 +196,6 @@ def negotiate(pdu: bytes, policy: AcceptorPolicy, contexts: Sequence[Presentatio
             cx.context_id: str(cx.abstract_syntax) for cx in accepted if cx.context_id is not None
         },
         caller=caller,
+        user=verdict.user,
     )
 

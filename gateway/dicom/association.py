@@ -181,7 +181,7 @@ class Association:
         if pdu_type != A_ASSOCIATE_RQ:
             raise ProtocolError(REASON_UNEXPECTED_PDU, f"PDU type 0x{pdu_type:02x} before A-ASSOCIATE-RQ")
         try:
-            outcome = acse.negotiate(pdu, self._policy, self._services.presentation_contexts, self._peer_ip,
+            outcome = acse.negotiate(pdu, self._policy, self._services.contexts_for, self._peer_ip,
                                      self._open_associations())
         except ValueError as exc:
             raise ProtocolError(REASON_INVALID_PARAMETER, str(exc)) from exc
@@ -195,7 +195,7 @@ class Association:
         self._accepted = outcome
         self.caller = outcome.caller
         self._metrics.associations.labels("accepted").inc()
-        log.info("association accepted", extra={"contexts": len(outcome.contexts)})
+        log.info("association accepted", extra={"contexts": len(outcome.contexts), "user": outcome.user})
 
     async def _serve(self) -> None:
         while True:

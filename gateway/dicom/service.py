@@ -29,6 +29,8 @@ class Caller:
     ae_title: str
     organization: str = ""
     organization_oid: str = ""
+    transfer_syntax_preference: tuple[str, ...] = ()
+    """Its own transfer syntax preference, before the acceptor's (empty: the acceptor's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +107,21 @@ class VerificationService:
         return Response(dimse.SUCCESS)
 
 
+@dataclass(frozen=True, slots=True)
+class CatchAll:
+    """A service that also takes abstract syntaxes no service names, those ``accepts`` allows (say, any
+    storage SOP Class, private ones included), with these transfer syntaxes."""
+
+    service: DimseService
+    accepts: Callable[[str], bool]
+    transfer_syntaxes: Sequence[str]
+
+
 class ServiceRegistry:
     """The services of one acceptor; the presentation contexts it accepts follow from them."""
 
-    def __init__(self, services: Iterable[DimseService]) -> None:
+    def __init__(self, services: Iterable[DimseService], catch_all: CatchAll | None = None) -> None:
+        self._catch_all = catch_all
         self._by_request: dict[tuple[int, str], DimseService] = {}
         self._syntaxes: dict[str, list[str]] = {}
         for service in services:
@@ -121,18 +134,37 @@ class ServiceRegistry:
                 known.extend(ts for ts in transfer_syntaxes if ts not in known)
 
     def find(self, command_field: int, abstract_syntax: str) -> DimseService | None:
-        return self._by_request.get((command_field, abstract_syntax))
+        service = self._by_request.get((command_field, abstract_syntax))
+        if service is None and self._caught(abstract_syntax):
+            assert self._catch_all is not None
+            if command_field in self._catch_all.service.command_fields:
+                return self._catch_all.service
+        return service
+
+    def _caught(self, abstract_syntax: str) -> bool:
+        return (self._catch_all is not None and abstract_syntax not in self._syntaxes
+                and self._catch_all.accepts(abstract_syntax))
 
     @cached_property
     def presentation_contexts(self) -> tuple[PresentationContext, ...]:
-        """What the acceptor accepts. When the requestor proposes roles (SCP/SCU Role Selection) it may be the
-        SCU of each, never the SCP."""
-        contexts = []
-        for abstract_syntax, transfer_syntaxes in self._syntaxes.items():
-            context = PresentationContext()
-            context.abstract_syntax = abstract_syntax
-            context.transfer_syntax = list(transfer_syntaxes)
-            context.scu_role = True
-            context.scp_role = False
-            contexts.append(context)
-        return tuple(contexts)
+        """What the acceptor accepts of the abstract syntaxes services name."""
+        return tuple(_context(abstract_syntax, syntaxes) for abstract_syntax, syntaxes in self._syntaxes.items())
+
+    def contexts_for(self, proposed: Sequence[str]) -> list[PresentationContext]:
+        """What the acceptor accepts of the abstract syntaxes proposed, those the catch-all takes included."""
+        known = self.presentation_contexts
+        if self._catch_all is None:
+            return list(known)
+        caught = {uid for uid in proposed if self._caught(uid)}
+        return [*known, *(_context(uid, self._catch_all.transfer_syntaxes) for uid in sorted(caught))]
+
+
+def _context(abstract_syntax: str, transfer_syntaxes: Sequence[str]) -> PresentationContext:
+    """When the requestor proposes roles (SCP/SCU Role Selection) the acceptor may be the SCU of each, never
+    the SCP."""
+    context = PresentationContext()
+    context.abstract_syntax = abstract_syntax
+    context.transfer_syntax = list(transfer_syntaxes)
+    context.scu_role = True
+    context.scp_role = False
+    return context

@@ -1,19 +1,22 @@
 """The Storage SCP (PS3.4 Annex B): each C-STORE's data set streams into the bus, and Success is answered
 only once every record of the instance is durable there.
 
-Every storage SOP Class pydicom knows is accepted with every transfer syntax: instances are stored as
-received and never transcoded, so any encoding a sender offers is fine.
+Every storage SOP Class of pydicom's UID dictionary is accepted, retired ones included (older devices still
+send them), with every transfer syntax: instances are stored as received and never transcoded, so any encoding
+a sender offers is fine (``acse`` chooses among several). Configured extra (private) SOP Classes are accepted
+too, and with ``accept_any_storage_class`` any SOP Class not known to be something other than storage.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from functools import cache
 
+from pydicom._uid_dict import UID_dictionary
 from pydicom.uid import AllTransferSyntaxes
-from pynetdicom import AllStoragePresentationContexts
 
 from gateway.bus import Producer
 from gateway.core.errors import DicomStatusError
@@ -26,9 +29,24 @@ from gateway.metrics import Metrics
 log = logging.getLogger(__name__)
 
 
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+")
+NOT_STORAGE = ("Storage Commitment", "Media Storage Directory")
+"""SOP Classes whose names say Storage but that C-STORE does not carry."""
+
+
 @cache
 def storage_sop_classes() -> tuple[str, ...]:
-    return tuple(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
+    """The storage SOP Classes of PS3.4 Annex B (and the retired ones), as pydicom's dictionary names them."""
+    return tuple(uid for uid, (name, kind, *_) in UID_dictionary.items()
+                 if kind == "SOP Class" and "Storage" in name and not name.startswith(NOT_STORAGE))
+
+
+def could_be_storage(uid: str) -> bool:
+    """For ``accept_any_storage_class``: a well-formed UID that pydicom does not know as anything else."""
+    if len(uid) > 64 or not _UID.fullmatch(uid):
+        return False
+    known = UID_dictionary.get(uid)
+    return known is None or uid in storage_sop_classes()
 
 
 def all_transfer_syntaxes() -> tuple[str, ...]:
@@ -39,7 +57,8 @@ class StorageService:
     command_fields = frozenset({dimse.C_STORE_RQ})
 
     def __init__(self, producer: Producer, topic: str, metrics: Metrics, max_instance_bytes: int,
-                 publish_timeout: float) -> None:
+                 publish_timeout: float, extra_sop_classes: Sequence[str] = ()) -> None:
+        self._extra_sop_classes = tuple(extra_sop_classes)
         self._producer = producer
         self._topic = topic
         self._metrics = metrics
@@ -48,7 +67,7 @@ class StorageService:
 
     def abstract_syntaxes(self) -> Mapping[str, Sequence[str]]:
         syntaxes = all_transfer_syntaxes()
-        return {sop_class: syntaxes for sop_class in storage_sop_classes()}
+        return {sop_class: syntaxes for sop_class in (*storage_sop_classes(), *self._extra_sop_classes)}
 
     async def request(self, association: AssociationContext, request: Command,
                       context_id: int) -> Response | DataSetSink:

@@ -20,8 +20,9 @@ from aiohttp import web
 from gateway.bus import Bus, Producer
 from gateway.dicom import acse, commitment
 from gateway.dicom.association import Association, Timeouts
-from gateway.dicom.service import Caller, ServiceRegistry, VerificationService
-from gateway.ingest.cstore import StorageService, all_transfer_syntaxes
+from gateway.dicom.identity import Authenticator
+from gateway.dicom.service import Caller, CatchAll, ServiceRegistry, VerificationService
+from gateway.ingest.cstore import StorageService, all_transfer_syntaxes, could_be_storage
 from gateway.ingest.stgcmt import StorageCommitmentService
 from gateway.listen import StreamListener
 from gateway.metrics import Metrics
@@ -53,11 +54,20 @@ def acceptor_policy(settings: DicomSettings) -> acse.AcceptorPolicy:
             if entry.ae_title != calling_ae:
                 continue
             if not entry.networks or (address is not None and any(address in net for net in entry.networks)):
-                return Caller(entry.ae_title, entry.organization, entry.organization_oid)
+                return Caller(entry.ae_title, entry.organization, entry.organization_oid,
+                              entry.transfer_syntax_preference)
         return None
 
+    identity = settings.user_identity
+    authenticator = Authenticator(
+        required=identity.required,
+        users={name: passcode.get_secret_value() for name, passcode in identity.users.items()},
+        token_keys=[key.get_secret_value() for key in identity.token_keys],
+        token_audience=identity.token_audience, token_issuer=identity.token_issuer,
+    )
     return acse.AcceptorPolicy(settings.ae_title, settings.max_associations, settings.max_pdu_length,
-                               identify if settings.allowed_aes else None)
+                               identify if settings.allowed_aes else None, settings.transfer_syntax_preference,
+                               authenticator)
 
 
 class Receiver:
@@ -94,12 +104,12 @@ class Receiver:
             self._producer, self._topics.events, self._metrics,
             lambda ae_title: settings.remote_ae(ae_title) is not None, settings.ae_title,
             settings.publish_timeout_seconds, settings.dimse_timeout_seconds, self._reply_to)
-        self._services = ServiceRegistry([
-            VerificationService(all_transfer_syntaxes()),
-            StorageService(self._producer, self._topics.instances, self._metrics, settings.max_instance_bytes,
-                           settings.publish_timeout_seconds),
-            self._commitments,
-        ])
+        storage = StorageService(self._producer, self._topics.instances, self._metrics, settings.max_instance_bytes,
+                                 settings.publish_timeout_seconds, settings.extra_storage_sop_classes)
+        catch_all = (CatchAll(storage, could_be_storage, all_transfer_syntaxes())
+                     if settings.accept_any_storage_class else None)
+        self._services = ServiceRegistry([VerificationService(all_transfer_syntaxes()), storage, self._commitments],
+                                         catch_all)
         try:
             await self._listener.listen(settings.port, None)
             context = tls_context(settings)
