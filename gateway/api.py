@@ -1,8 +1,8 @@
 """The operators' JSON API (role ``api``), on the HTTP port beside the health and metrics endpoints.
 
     GET /api/studies?patient_id=&accession=   studies with current instances, newest first
-    GET /api/studies/{study_uid}              its series and instances (quarantined and prior versions too),
-                                              stability, and its IANs' delivery state
+    GET /api/studies/{study_uid}              its series and instances (quarantined, prior versions and variants
+                                              in other transfer syntaxes too), stability, its IANs' delivery state
                                               and its XDS registration (manifests, current one, state)
     GET /api/commitments/{transaction_uid}    a storage-commitment transaction: requester, outcome per instance,
                                               report delivery state and attempts
@@ -91,13 +91,20 @@ class Api:
         if not rows:
             raise web.HTTPNotFound(text="no such study")
         current = [row for row in rows if row.status.value != "replaced"] or rows
+        index = self._ready_index()
+        variants: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for variant in await index.study_variants(rows[0].study_instance_uid):
+            variants.setdefault((variant.sop_instance_uid, variant.version), []).append({
+                "transfer_syntax_uid": variant.transfer_syntax_uid, "storage_key": variant.storage_key,
+                "size": variant.size, "sha256": variant.sha256, "received_sha256": variant.received_sha256,
+                "source_ae": variant.source_ae, "received_at": variant.received_at.isoformat()})
         series: dict[str, dict[str, Any]] = {}
         for row in rows:
             entry = series.setdefault(row.series_instance_uid, {
                 "series_instance_uid": row.series_instance_uid, "modality": row.modality, "instances": [],
             })
-            entry["instances"].append(_instance(row))
-        index = self._ready_index()
+            entry["instances"].append({**_instance(row),
+                                       "variants": variants.get((row.sop_instance_uid, row.version), [])})
         activity = await index.study_activity(rows[0].study_instance_uid)
         deliveries = await index.deliveries(rows[0].study_instance_uid)
         registrations = await index.registrations(rows[0].study_instance_uid)
@@ -106,6 +113,7 @@ class Api:
             "patient_id": current[0].patient_id,
             "issuer_of_patient_id": current[0].issuer_of_patient_id,
             "accession_number": current[0].accession_number,
+            "study_id": current[0].study_id,
             "study_date": current[0].study_date,
             "study_description": current[0].study_description,
             "series": list(series.values()),

@@ -6,6 +6,12 @@ SHA-256 compared (``commitment_verification``). A transaction is decided when ev
 outcome; references not yet stored keep it waiting, until the instance arrives or the deadline passes and
 they are reported as "no such object instance". The decision and its report are written in one index
 transaction, so a worker killed at any point either decides again or finds the report queued.
+
+A Transaction UID must be new for each request (PS3.4 J.3.2). When a request comes again with one already in
+use (not a re-delivery of the same request from the bus: its request time differs), the requester still gets
+an answer, never silence: with the same references, the transaction's report once more (when decided; else the
+report comes when it is); with other references, a report failing each of them with 0x0131 (Duplicate
+Transaction UID). The first transaction stands either way.
 """
 
 from __future__ import annotations
@@ -81,22 +87,41 @@ class CommitmentTracker:
         await self._evaluate(commitment, final=False)
 
     async def _again(self, commitment: Commitment) -> None:
-        """The request came again: a bus re-delivery, or a re-drive after its report failed for good."""
+        """The request came again: a bus re-delivery, a re-drive after its report failed for good, or a new
+        request that re-uses the Transaction UID."""
         known = await self._index.commitment(commitment.transaction_uid)
         assert known is not None
+        if abs(known.requested_at - commitment.requested_at) > 0.001:
+            await self._reused(known, commitment)
+            return
         if known.decided_at is None:  # the first time round failed before deciding (an outage, a restart)
             await self._evaluate(known, final=False)
             return
-        if [(i.sop_class_uid, i.sop_instance_uid) for i in known.items] != [
-                (i.sop_class_uid, i.sop_instance_uid) for i in commitment.items]:
-            log.warning("Transaction UID reused with other references; the first request stands",
-                        extra={"transaction_uid": commitment.transaction_uid})
         for delivery in await self._index.deliveries(commitment.transaction_uid):
             if delivery.state is DeliveryState.FAILED:
                 await self._index.put_delivery(Delivery(
                     delivery.delivery_id, delivery.kind, delivery.subject, delivery.target_ae, delivery.payload,
                     time.time(), time.time(), delivery.source), replace=True)
                 log.info("commitment report queued again", extra={"transaction_uid": commitment.transaction_uid})
+
+    async def _reused(self, known: Commitment, request: Commitment) -> None:
+        same = [(i.sop_class_uid, i.sop_instance_uid) for i in known.items] == [
+            (i.sop_class_uid, i.sop_instance_uid) for i in request.items]
+        log.warning("Transaction UID of an earlier request used again", extra={
+            "transaction_uid": request.transaction_uid, "same_references": same,
+            "answer": "the transaction's report again" if same else "every reference failed with 0x0131"})
+        if same and known.decided_at is None:
+            await self._evaluate(known, final=False)
+            return
+        items = known.items if same else tuple(
+            CommitmentItem(i.sop_class_uid, i.sop_instance_uid, sc.DUPLICATE_TRANSACTION_UID) for i in request.items)
+        now = time.time()
+        await self._index.put_delivery(Delivery(
+            f"{report_id(request.transaction_uid)}:{request.requested_at}", REPORT, request.transaction_uid,
+            request.requester_ae,
+            {"decisions": [[i.sop_class_uid, i.sop_instance_uid, i.failure_reason] for i in items],
+             "reply_to": request.source.get("reply_to", "")},
+            now, now, request.source), replace=False)
 
     async def instances_changed(self, sop_instance_uids: list[str]) -> None:
         for transaction_uid in await self._index.commitments_waiting_for(sop_instance_uids):

@@ -7,7 +7,8 @@ as the study's current one and publishes ``study.registered``. A later generatio
 current DocumentEntry with an RPLC association. The manifest's UIDs and time are fixed when the registration is
 queued, so a retry sends the same document: a repository that did take the first attempt sees a re-submission
 of the same uniqueId and hash. Transient registry answers are retried; metadata errors are dead-lettered at once
-with the registry's error codes.
+with the registry's error codes. The manifest is checked against the KOS IOD (``gateway.xds.kos_check``) before it
+is sent: an error finding is a bug in our builder, dead-lettered at once with the finding codes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from gateway.bus import Producer
@@ -29,6 +31,7 @@ from gateway.core.events import Event, StudyRegistered, StudyStable
 from gateway.index import Delivery, InstanceIndex, OutboundQueue, Registration, Registrations
 from gateway.settings import DicomSettings, TopicSettings, XdsSettings
 from gateway.xds.client import XdsClient, XdsPermanent, XdsTransient
+from gateway.xds.kos_check import check_kos
 from gateway.xds.manifest import build_manifest, to_part10
 from gateway.xds.metadata import AffinityDomain, MetadataError, build_submission
 from workers.deliver import POLL_SECONDS, Deliverer, wanted
@@ -38,6 +41,8 @@ log = logging.getLogger(__name__)
 REGISTRATION = "xds-registration"
 REPOSITORY = "XDS-REPOSITORY"
 DUPLICATE_UNIQUE_ID = "XDSDuplicateUniqueIdInRegistry"
+MANIFEST_FINDINGS_LISTED = 10
+"""At most this many KOS findings are named in a dead letter's reason."""
 
 
 def registration_id(study_instance_uid: str) -> str:
@@ -90,6 +95,7 @@ class Registrar:
                 rows, retrieve_ae_title=self._dicom.ae_title, retrieve_location_uid=self._xds.retrieve_location_uid,
                 institution_name=self._xds.organization_name, now=prepared_at,
                 sop_instance_uid=payload["document_unique_id"])
+            _check_manifest(manifest)
             document = to_part10(manifest)
             submission = build_submission(
                 manifest, document, rows, domain=self._domain,
@@ -128,6 +134,16 @@ class Registrar:
         except (XdsTransient, XdsPermanent):
             return False
         return any(entry.entry_uuid == submission.document_entry_uuid for entry in found)
+
+
+def _check_manifest(manifest: Dataset) -> None:
+    """A manifest we built that breaks the KOS IOD is a bug in the builder: retrying builds the same one, so the
+    registration is refused at once (dead letter) with the finding codes and paths, which name no patient data."""
+    errors = [finding for finding in check_kos(manifest, manifest=True) if finding.severity == "error"]
+    if errors:
+        found = "; ".join(f"{finding.code} at {finding.path}" for finding in errors[:MANIFEST_FINDINGS_LISTED])
+        more = f" (+{len(errors) - MANIFEST_FINDINGS_LISTED} more)" if len(errors) > MANIFEST_FINDINGS_LISTED else ""
+        raise DeliveryRefused(f"the manifest built for the study fails the KOS check (a builder bug): {found}{more}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ import logging
 import warnings
 import zlib
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -36,7 +36,7 @@ from gateway.core import events
 from gateway.core.envelope import InstanceEnvelope, InstanceHeader
 from gateway.core.errors import Permanent, retriable
 from gateway.dicom.acse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
-from gateway.dicom.dataset import DEFLATED, PIXEL_DATA, encode, part10_header, read_prefix
+from gateway.dicom.dataset import DEFLATED, PIXEL_DATA, attributes_digest, encode, part10_header, read_prefix
 from gateway.index import (
     CorrectionPolicy,
     IndexRejected,
@@ -67,6 +67,9 @@ HEADER_LIMIT_BYTES = 8 * 1024 * 1024
 STUDY_PATIENT_CACHE = 10_000
 """Studies whose patient attributes a worker keeps in memory."""
 UNREADABLE_HEADER = "DICOM-HEADER-UNREADABLE"
+EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
+INFLATE_PIECE_BYTES = 4 * 1024 * 1024
+"""Bound on what one step of re-deflating a coerced deflated instance holds inflated."""
 
 
 def object_key(header: InstanceHeader, quarantined: bool) -> str:
@@ -111,6 +114,43 @@ class _Pending:
     coerced: Dataset | None = None
     """The header as it will be stored, when coercion changed it."""
     patient: dict[str, str] = field(default_factory=dict)
+    attributes_sha256: str = ""
+    recoder: _Redeflate | None = None
+    """For a deflated instance whose header coercion changed: its bytes are inflated and deflated again."""
+
+
+class _Redeflate:
+    """Coercion of a Deflated Explicit VR Little Endian data set (PS3.5 A.5): the coerced header in front of
+    the rest of the inflated data set, deflated again, piece by piece so memory stays bounded."""
+
+    def __init__(self, header: bytes, header_end: int) -> None:
+        self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._deflater = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+        self._header: bytes | None = header
+        self._skip = header_end
+
+    def feed(self, data: bytes) -> bytes:
+        out = []
+        for piece in self._inflated(data):
+            if self._skip:
+                cut = min(self._skip, len(piece))
+                self._skip -= cut
+                piece = piece[cut:]
+            if not self._skip and self._header is not None:
+                out.append(self._deflater.compress(self._header))
+                self._header = None
+            if piece:
+                out.append(self._deflater.compress(piece))
+        return b"".join(out)
+
+    def _inflated(self, data: bytes) -> Iterator[bytes]:
+        piece = self._inflater.decompress(data, INFLATE_PIECE_BYTES)
+        while piece:
+            yield piece
+            piece = self._inflater.decompress(self._inflater.unconsumed_tail, INFLATE_PIECE_BYTES)
+
+    def flush(self) -> bytes:
+        return self._deflater.flush()
 
 
 class StoreStage:
@@ -184,7 +224,7 @@ class StoreStage:
             if isinstance(result, Exception):
                 outcome.append((stored, result))
                 continue
-            if not result.written and result.current.storage_key != row.storage_key:
+            if not result.kept and result.current.storage_key != row.storage_key:
                 await self._objects.delete(row.storage_key)  # a copy of what is already stored: keep one
             deliveries.append(await self._emit(result.outcome, row, result.current.version, stored.records))
             outcome.append((stored, None))
@@ -211,6 +251,9 @@ class StoreStage:
             await self._try_decide(pending, complete=True)
         else:
             await self._write(pending, data)
+        if pending.recoder is not None:
+            pending.stored_sha256.update(tail := pending.recoder.flush())
+            await _upload(pending, tail)
         sha256 = pending.sha256.hexdigest()
         if pending.size != instance.size or sha256 != instance.sha256:
             raise DeadLetter(f"data set of {pending.size} bytes / sha256 {sha256} does not match the envelope "
@@ -234,19 +277,20 @@ class StoreStage:
 
     def _row(self, pending: _Pending, instance: InstanceEnvelope, object_size: int, stored_sha256: str) -> InstanceRow:
         assert pending.validation is not None
-        dataset = pending.dataset if pending.dataset is not None else Dataset()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pydicom's notes on odd values may quote patient data
-            description = str(dataset.get("StudyDescription", "") or "")
-            series_number, instance_number = _integer(dataset.get("SeriesNumber")), _integer(dataset.get("InstanceNumber"))
+        dataset = pending.coerced if pending.coerced is not None else pending.dataset
+        header = _StudyHeader.of(dataset) if dataset is not None else _StudyHeader.of_envelope(instance)
         quarantined = pending.validation.has_errors
         return InstanceRow(
             sop_instance_uid=instance.sop_instance_uid, sop_class_uid=instance.sop_class_uid,
             study_instance_uid=instance.study_instance_uid, series_instance_uid=instance.series_instance_uid,
-            patient_id=instance.patient_id, issuer_of_patient_id=instance.issuer_of_patient_id,
-            accession_number=instance.accession_number, modality=instance.modality,
+            patient_id=header.patient_id, issuer_of_patient_id=header.issuer_of_patient_id,
+            accession_number=header.accession_number, modality=instance.modality,
             study_date=instance.study_date, study_time=instance.study_time,
-            study_description=description, series_number=series_number, instance_number=instance_number,
+            study_description=header.study_description, study_id=header.study_id,
+            referring_physician_name=header.referring_physician_name,
+            issuer_of_accession_number=header.issuer_of_accession_number,
+            attributes_sha256=pending.attributes_sha256, series_number=header.series_number,
+            instance_number=header.instance_number,
             transfer_syntax_uid=instance.transfer_syntax_uid, storage_key=pending.key, size=object_size,
             sha256=stored_sha256, received_sha256=instance.sha256, source_ae=instance.calling_ae,
             source_organization_oid=instance.organization_oid,
@@ -263,7 +307,8 @@ class StoreStage:
         if outcome in (Outcome.INSERTED, Outcome.REPLACED):
             kind = events.InstanceQuarantined if row.status is InstanceStatus.QUARANTINED else events.InstanceStored
         else:
-            kind = events.InstanceDuplicate if outcome is Outcome.DUPLICATE else events.CorrectionRefused
+            kind = (events.InstanceDuplicate if outcome in (Outcome.DUPLICATE, Outcome.VARIANT)
+                    else events.CorrectionRefused)
         event = kind(
             outcome=outcome.value, sop_instance_uid=row.sop_instance_uid, sop_class_uid=row.sop_class_uid,
             study_instance_uid=row.study_instance_uid, series_instance_uid=row.series_instance_uid,
@@ -306,6 +351,7 @@ class StoreStage:
             pending.dataset = dataset
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # pydicom's notes quote values; the findings say what matters
+                pending.attributes_sha256 = attributes_digest(dataset)
                 validation = validate(dataset, self._profiles.for_calling_ae(header.calling_ae), source)
                 effective = dataset
                 if validation.changes:
@@ -328,10 +374,13 @@ class StoreStage:
         pending.upload = self._objects.begin(pending.key, metadata)
         await _upload(pending, file_meta(header))
         data, pending.prefix = bytes(pending.prefix), bytearray()
-        if pending.coerced is not None and header.transfer_syntax_uid != DEFLATED:
+        if pending.coerced is not None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                data = encode(pending.coerced, header.transfer_syntax_uid) + data[header_end:]
+                if header.transfer_syntax_uid == DEFLATED:  # every byte from here on goes through it
+                    pending.recoder = _Redeflate(encode(pending.coerced, EXPLICIT_LITTLE), header_end)
+                else:
+                    data = encode(pending.coerced, header.transfer_syntax_uid) + data[header_end:]
             log.info("header coerced", extra={"instance_id": header.instance_id,
                                               "changes": [c.to_dict() for c in pending.validation.changes]})
         await self._write(pending, data)
@@ -358,6 +407,8 @@ class StoreStage:
 
     async def _write(self, pending: _Pending, data: bytes) -> None:
         """Write data set bytes, hashing what is stored (which differs from what arrived once coerced)."""
+        if pending.recoder is not None:
+            data = pending.recoder.feed(data)
         pending.stored_sha256.update(data)
         await _upload(pending, data)
 
@@ -368,6 +419,53 @@ class StoreStage:
             except Exception as exc:
                 log.warning("abort of a partial object failed", extra={"key": pending.key, "error": str(exc)})
             pending.upload = None
+
+
+@dataclass(frozen=True, slots=True)
+class _StudyHeader:
+    """What the index keeps of an instance's header, read from it as stored (coerced, when coercion changed
+    it), so that the index and the object never disagree. Identifiers lose their insignificant padding."""
+
+    patient_id: str
+    issuer_of_patient_id: str
+    accession_number: str
+    issuer_of_accession_number: str
+    study_description: str
+    study_id: str
+    referring_physician_name: str
+    series_number: int | None
+    instance_number: int | None
+
+    @classmethod
+    def of_envelope(cls, instance: InstanceEnvelope) -> _StudyHeader:
+        """The header did not parse: what the receiver read of it."""
+        return cls(instance.patient_id, instance.issuer_of_patient_id, instance.accession_number, "", "", "", "",
+                   None, None)
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> _StudyHeader:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's notes on odd values may quote patient data
+            return cls(
+                _text(dataset, "PatientID"),
+                _text(dataset, "IssuerOfPatientID")
+                or _item_text(dataset, "IssuerOfPatientIDQualifiersSequence", "UniversalEntityID"),
+                _text(dataset, "AccessionNumber"),
+                _item_text(dataset, "IssuerOfAccessionNumberSequence", "UniversalEntityID")
+                or _item_text(dataset, "IssuerOfAccessionNumberSequence", "LocalNamespaceEntityID"),
+                _text(dataset, "StudyDescription"), _text(dataset, "StudyID"),
+                _text(dataset, "ReferringPhysicianName"), _integer(dataset.get("SeriesNumber")),
+                _integer(dataset.get("InstanceNumber")))
+
+
+def _text(dataset: Dataset, keyword: str) -> str:
+    value = dataset.get(keyword)
+    return "" if value is None else str(value).strip(" \x00")
+
+
+def _item_text(dataset: Dataset, sequence: str, keyword: str) -> str:
+    items = dataset.get(sequence) or []
+    return _text(items[0], keyword) if len(items) else ""
 
 
 async def _upload(pending: _Pending, data: bytes) -> None:

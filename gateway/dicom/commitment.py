@@ -25,6 +25,8 @@ PROCESSING_FAILURE = 0x0110
 NO_SUCH_OBJECT_INSTANCE = 0x0112
 CLASS_INSTANCE_CONFLICT = 0x0119
 DUPLICATE_TRANSACTION_UID = 0x0131
+"""Failure Reason (PS3.4 J.3.3.1.1): the Transaction UID of the request is already in use."""
+DUPLICATE_TRANSACTION_UID = 0x0131
 
 REPORTS_PATH = "/internal/commitment-reports"
 """Where the notify role hands a report to the receiver holding the requester's association (HTTP port)."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import struct
 import warnings
 
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
@@ -42,6 +45,54 @@ def read_prefix(prefix: bytes, transfer_syntax: str, stop_before: int, complete:
         if not complete:
             return None
         raise
+
+
+ENCODING_DEPENDENT = frozenset({
+    0x00082111,  # Derivation Description (transcoders note the compression here)
+    0x00280004,  # Photometric Interpretation (YBR_FULL_422 once JPEG-compressed)
+    0x00280006,  # Planar Configuration
+    0x00282110, 0x00282112, 0x00282114,  # Lossy Image Compression, its Ratio and Method
+})
+
+
+def attributes_digest(dataset: Dataset) -> str:
+    """SHA-256 of the public attributes before the pixel data, the same whatever the transfer syntax (implicit,
+    explicit or compressed, all little endian): the tag and raw value bytes of each element, sequences item by
+    item, trailing padding ignored. Left out: file meta, private groups (their VR is lost in implicit VR), pixel
+    data and ``ENCODING_DEPENDENT``. Raw values are read before anything converts them, so call it first."""
+    digest = hashlib.sha256()
+    _digest(digest, dataset)
+    return digest.hexdigest()
+
+
+def _digest(digest: hashlib._Hash, dataset: Dataset) -> None:
+    for tag, element in dataset._dict.items():
+        if tag.group & 1 or tag.group in (0x0002, 0x7FE0, 0xFFFC) or tag in ENCODING_DEPENDENT:
+            continue
+        digest.update(int(tag).to_bytes(4, "little"))
+        if isinstance(element, RawDataElement):
+            vr = element.VR or _dictionary_vr(tag)
+            value = element.value
+        else:
+            vr, value = element.VR, None
+        if vr == "SQ":
+            for item in dataset[tag].value:
+                digest.update(b"\xfe\xff\x00\xe0")
+                _digest(digest, item)
+            digest.update(b"\xfe\xff\xdd\xe0")
+            continue
+        if value is None and not isinstance(element, RawDataElement):
+            value = str(element.value).encode("utf-8", "surrogateescape")
+        data = bytes(value or b"").rstrip(b" \x00")
+        digest.update(len(data).to_bytes(4, "little"))
+        digest.update(data)
+
+
+def _dictionary_vr(tag: int) -> str:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return "UN"
 
 
 def encode(dataset: Dataset, transfer_syntax: str) -> bytes:

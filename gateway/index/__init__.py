@@ -2,7 +2,8 @@
 
 Two adapters implement it with the same semantics: ``postgres`` (production) and ``sqlite`` (one machine);
 one contract suite checks both. ``record_instance`` is the single write: one transaction that either
-inserts a new instance, recognises a re-delivery (same SOP Instance UID and same hash as received), or
+inserts a new instance, recognises a re-delivery (same SOP Instance UID and same hash as received), keeps a
+variant (the same attributes in another transfer syntax: kept beside the current row, not a new version), or
 applies the correction policy to a changed instance. The decision is made once, here, in ``resolve``;
 adapters only read the current row, lock, and persist what it returns.
 
@@ -60,6 +61,8 @@ class Outcome(StrEnum):
     REPLACED = "replaced"
     REJECTED = "rejected"
     KEPT_FIRST = "kept-first"
+    VARIANT = "variant"
+    """The same attributes in another transfer syntax: kept as a variant of the current version."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +98,12 @@ class InstanceRow:
     version: int = 1
     patient_attributes: dict[str, str] = field(default_factory=dict)
     """PatientID, IssuerOfPatientID, PatientName, PatientBirthDate, PatientSex as the instance had them."""
+    study_id: str = ""
+    referring_physician_name: str = ""
+    issuer_of_accession_number: str = ""
+    attributes_sha256: str = ""
+    """Of the attributes whatever the encoding (``dataset.attributes_digest``): equal for a re-send in another
+    transfer syntax, which is then a variant, not a correction. Empty when the header did not parse."""
 
     def __post_init__(self) -> None:
         if self.received_at.tzinfo is None or self.stored_at.tzinfo is None:
@@ -106,7 +115,33 @@ class InstanceRow:
             self.sop_instance_uid, self.sop_class_uid, self.study_instance_uid, self.series_instance_uid,
             self.series_number, self.instance_number, self.modality, self.status, self.version, self.stored_at,
             self.patient_id, self.issuer_of_patient_id, self.accession_number, self.study_date, self.study_time,
-            self.study_description, self.source_organization_oid, dict(self.patient_attributes))
+            self.study_description, self.source_organization_oid, dict(self.patient_attributes), self.study_id,
+            self.referring_physician_name, self.issuer_of_accession_number)
+
+    def variant(self) -> InstanceVariant:
+        return InstanceVariant(self.sop_instance_uid, self.study_instance_uid, self.version,
+                               self.transfer_syntax_uid, self.storage_key, self.size, self.sha256,
+                               self.received_sha256, self.instance_id, self.source_ae, self.received_at,
+                               self.stored_at)
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceVariant:
+    """A copy of an instance version in another transfer syntax (``Outcome.VARIANT``), kept with its object."""
+
+    sop_instance_uid: str
+    study_instance_uid: str
+    version: int
+    """The version it is a variant of."""
+    transfer_syntax_uid: str
+    storage_key: str
+    size: int
+    sha256: str
+    received_sha256: str
+    instance_id: str
+    source_ae: str
+    received_at: datetime
+    stored_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +156,11 @@ class RecordResult:
     def written(self) -> bool:
         return self.outcome in (Outcome.INSERTED, Outcome.REPLACED)
 
+    @property
+    def kept(self) -> bool:
+        """The row's object stays: it is the current version or a variant of it."""
+        return self.written or self.outcome is Outcome.VARIANT
+
 
 def resolve(current: InstanceRow | None, row: InstanceRow, policy: CorrectionPolicy) -> RecordResult:
     """Decide ``record_instance`` for every adapter, given the current row read under the UID's write lock."""
@@ -130,6 +170,9 @@ def resolve(current: InstanceRow | None, row: InstanceRow, policy: CorrectionPol
         return RecordResult(Outcome.INSERTED, replace(row, version=1), None)
     if current.received_sha256 == row.received_sha256:
         return RecordResult(Outcome.DUPLICATE, current, None)
+    if (row.attributes_sha256 and row.attributes_sha256 == current.attributes_sha256
+            and row.transfer_syntax_uid != current.transfer_syntax_uid):
+        return RecordResult(Outcome.VARIANT, current, None)
     if policy is CorrectionPolicy.REPLACE:
         return RecordResult(Outcome.REPLACED, replace(row, version=current.version + 1),
                             replace(current, status=InstanceStatus.REPLACED))
@@ -245,6 +288,9 @@ class InstanceIndex(Protocol):
 
     async def instance_versions(self, sop_instance_uid: str) -> list[InstanceRow]:
         """Every version of the instance, oldest first, replaced ones included."""
+
+    async def study_variants(self, study_instance_uid: str) -> list[InstanceVariant]:
+        """The variants kept of the study's instances, in the order they came."""
 
     async def study_instances(self, study_instance_uid: str, include_quarantined: bool = False,
                               include_replaced: bool = False) -> list[InstanceRow]:

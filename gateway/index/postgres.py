@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, Self, TypeVar
 
@@ -30,6 +30,8 @@ from gateway.index import (
     IndexUnavailable,
     InstanceRow,
     InstanceStatus,
+    InstanceVariant,
+    Outcome,
     RecordResult,
     Registration,
     StudyActivity,
@@ -47,6 +49,13 @@ _INSTANCE_LOCK = 0x64676D02
 _LOCK_MIGRATIONS = "SELECT pg_advisory_xact_lock($1, 0)"
 _LOCK_INSTANCES = "SELECT count(pg_advisory_xact_lock($1, hashtext(uid))) FROM unnest($2::text[]) AS uid"
 """In the order of the array (a function scan keeps it)."""
+
+_VARIANT_FIELDS = tuple(field.name for field in fields(InstanceVariant))
+_INSERT_VARIANT = (f"INSERT INTO instance_variants ({', '.join(_VARIANT_FIELDS)}) "
+                   f"VALUES ({', '.join(f'${n}' for n in range(1, len(_VARIANT_FIELDS) + 1))}) "
+                   "ON CONFLICT DO NOTHING RETURNING 1")
+_STUDY_VARIANTS = (f"SELECT {', '.join(_VARIANT_FIELDS)} FROM instance_variants WHERE study_instance_uid = $1 "
+                   "ORDER BY received_at, sop_instance_uid")
 
 _SCHEMA_MIGRATIONS = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -190,6 +199,10 @@ class PostgresIndex:
                 result = resolve(current.get(row.sop_instance_uid), row, policy)
                 if result.written:
                     current[row.sop_instance_uid] = result.current
+                elif result.outcome is Outcome.VARIANT:
+                    variant = replace(row, version=result.current.version).variant()
+                    if await connection.fetchval(_INSERT_VARIANT, *(getattr(variant, n) for n in _VARIANT_FIELDS)) is None:
+                        result = RecordResult(Outcome.DUPLICATE, result.current, None)  # this variant is known
                 results.append(result)
             written = [result for result in results if result.written]
             if any(result.previous is not None for result in written) or len(written) > len(
@@ -243,6 +256,10 @@ class PostgresIndex:
     async def current_instances(self, sop_instance_uids: Sequence[str]) -> dict[str, InstanceRow]:
         rows = [_row(record) for record in await self._pool.fetch(_CURRENTS, list(sop_instance_uids))]
         return {row.sop_instance_uid: row for row in rows}
+
+    @_translated
+    async def study_variants(self, study_instance_uid: str) -> list[InstanceVariant]:
+        return [InstanceVariant(**dict(record)) for record in await self._pool.fetch(_STUDY_VARIANTS, study_instance_uid)]
 
     @_translated
     async def instance_versions(self, sop_instance_uid: str) -> list[InstanceRow]:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -33,6 +33,8 @@ from gateway.index import (
     IndexUnavailable,
     InstanceRow,
     InstanceStatus,
+    InstanceVariant,
+    Outcome,
     RecordResult,
     Registration,
     StudyActivity,
@@ -75,6 +77,12 @@ max(study_date), max(study_time), max(study_description), count(*) FROM instance
 WHERE is_current AND (?1 = '' OR patient_id = ?1) AND (?2 = '' OR accession_number = ?2)
 GROUP BY study_instance_uid ORDER BY max(study_date) DESC, study_instance_uid LIMIT ?3"""
 
+_VARIANT_FIELDS = tuple(field.name for field in fields(InstanceVariant))
+_INSERT_VARIANT = (f"INSERT INTO instance_variants ({', '.join(_VARIANT_FIELDS)}) "
+                   f"VALUES ({', '.join(f'?{n}' for n in range(1, len(_VARIANT_FIELDS) + 1))}) "
+                   "ON CONFLICT DO NOTHING")
+_STUDY_VARIANTS = (f"SELECT {', '.join(_VARIANT_FIELDS)} FROM instance_variants WHERE study_instance_uid = ?1 "
+                   "ORDER BY received_at, sop_instance_uid")
 _MARK_REPLACED = "UPDATE instances SET status = 'replaced' WHERE sop_instance_uid = ?1 AND is_current"
 _INSERT = (f"INSERT INTO instances ({', '.join(_FIELDS)}) "
            f"VALUES ({', '.join(f'?{n}' for n in range(1, len(_FIELDS) + 1))})")
@@ -231,6 +239,12 @@ class SqliteIndex:
     def _record_instance(self, row: InstanceRow, policy: CorrectionPolicy) -> RecordResult:
         uid = row.sop_instance_uid
         result = resolve(self._current_instance(uid), row, policy)
+        if result.outcome is Outcome.VARIANT:
+            variant = replace(row, version=result.current.version).variant()
+            values = [getattr(variant, name) for name in _VARIANT_FIELDS]
+            values[-2:] = [_timestamp(variant.received_at), _timestamp(variant.stored_at)]
+            if self._db.execute(_INSERT_VARIANT, values).rowcount == 0:  # this variant is known already
+                return RecordResult(Outcome.DUPLICATE, result.current, None)
         if result.written:
             if result.previous is not None:
                 self._db.execute(_MARK_REPLACED, (uid,))
@@ -250,6 +264,18 @@ class SqliteIndex:
 
     async def current_instance(self, sop_instance_uid: str) -> InstanceRow | None:
         return await self._run(self._current_instance, sop_instance_uid)
+
+    async def study_variants(self, study_instance_uid: str) -> list[InstanceVariant]:
+        def query() -> list[InstanceVariant]:
+            variants = []
+            for record in self._db.execute(_STUDY_VARIANTS, (study_instance_uid,)):
+                values = dict(zip(_VARIANT_FIELDS, record, strict=True))
+                values["received_at"] = datetime.fromisoformat(values["received_at"])
+                values["stored_at"] = datetime.fromisoformat(values["stored_at"])
+                variants.append(InstanceVariant(**values))
+            return variants
+
+        return await self._run(query)
 
     def _current_instance(self, sop_instance_uid: str) -> InstanceRow | None:
         record = self._db.execute(_CURRENT, (sop_instance_uid,)).fetchone()

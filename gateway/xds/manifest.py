@@ -153,8 +153,11 @@ def build_manifest(
     ``now`` (timezone-aware) becomes Instance Creation and Content Date/Time in Finnish local time, without
     Timezone Offset From UTC: that attribute would apply to every date and time in the instance, and the Study
     Date/Time copied from the images are local time. New UIDs are generated when not given.
-    ``accession_issuer`` defaults to the sending organisation's OID, the authority that assigned the Accession
-    Number. Raises ValueError when no instance is stored, the stored ones span several studies, or the retrieve
+    Study ID, Referring Physician's Name, Study Date/Time and Accession Number are the study's as stored (the
+    newest stored row's), empty but present (type 2) when it had none. The Accession Number's issuer is the
+    study's own Issuer of Accession Number when it had one; else ``accession_issuer``, which defaults to the
+    sending organisation's OID, the authority that assigned the Accession Number; an issuer that is not an OID
+    is left out. Raises ValueError when no instance is stored, the stored ones span several studies, or the retrieve
     location is not a UID.
     """
     if now.tzinfo is None:
@@ -181,8 +184,8 @@ def build_manifest(
     ds.StudyInstanceUID = study_uid
     ds.StudyDate = head.study_date
     ds.StudyTime = head.study_time
-    ds.ReferringPhysicianName = ""
-    ds.StudyID = ""
+    ds.ReferringPhysicianName = head.referring_physician_name
+    ds.StudyID = head.study_id
     ds.AccessionNumber = head.accession_number
     if head.study_description:
         ds.StudyDescription = head.study_description
@@ -195,7 +198,9 @@ def build_manifest(
     ds.InstanceNumber = 1
     ds.ContentDate, ds.ContentTime = date, time
     if head.accession_number:
-        issuer = accession_issuer if accession_issuer is not None else head.source_organization_oid
+        issuer = head.issuer_of_accession_number or (
+            accession_issuer if accession_issuer is not None else head.source_organization_oid
+        )
         ds.ReferencedRequestSequence = DicomSequence(
             [_request(study_uid, head.accession_number, issuer if is_oid(issuer) else "")]
         )

@@ -101,8 +101,9 @@ class Gateway:
                               str(self.settings.dicom.port), *map(str, paths))
         assert code == 0, out
 
-    async def request_commitment(self, references: list[tuple[str, str]], calling_ae: str = "MODALITY1") -> str:
-        return await request_commitment(self.settings.dicom.port, references, calling_ae)
+    async def request_commitment(self, references: list[tuple[str, str]], calling_ae: str = "MODALITY1",
+                                 transaction: str | None = None) -> str:
+        return await request_commitment(self.settings.dicom.port, references, calling_ae, transaction)
 
     async def get(self, path: str) -> Any:
         async with ClientSession() as http, http.get(f"{self.api}{path}") as response:
@@ -118,9 +119,10 @@ class Gateway:
                 await asyncio.sleep(0.1)
 
 
-async def request_commitment(port: int, references: list[tuple[str, str]], calling_ae: str = "MODALITY1") -> str:
+async def request_commitment(port: int, references: list[tuple[str, str]], calling_ae: str = "MODALITY1",
+                             transaction: str | None = None) -> str:
     """N-ACTION Request Storage Commitment as a modality sends it; returns the Transaction UID."""
-    transaction = generate_uid()
+    transaction = transaction or generate_uid()
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(StorageCommitmentPushModel)
 
@@ -253,6 +255,31 @@ async def test_unknown_and_quarantined_instances_are_reported_failed_with_their_
         outcomes.append((referenced(report, "ReferencedSOPSequence"), referenced(report, "FailedSOPSequence")))
     assert ({good.SOPInstanceUID: None}, {bad.SOPInstanceUID: 0x0110, unknown[1]: 0x0112}) in outcomes
     assert ({}, {good.SOPInstanceUID: 0x0119}) in outcomes
+
+
+async def test_a_reused_transaction_uid_is_answered_never_silently(tmp_path: Path) -> None:
+    """The same references again: the report again. Other references: each failed with 0x0131 (Duplicate
+    Transaction UID). The first transaction's outcome stands."""
+    modality = Peer("MODALITY1")
+    instances = copies(tmp_path, 2)
+    first, second = references([instances[0][1]]), references([instances[1][1]])
+    with modality.listening():
+        async with running(tmp_path, dicom={"remote_aes": [modality.remote()]}) as gateway:
+            await gateway.store(*(path for path, _ in instances))
+            transaction = await gateway.request_commitment(first)
+            await modality.wait(1)
+            await gateway.request_commitment(first, transaction=transaction)
+            await modality.wait(2)
+            await gateway.request_commitment(second, transaction=transaction)
+            await modality.wait(3)
+            status, state = await gateway.until(f"/api/commitments/{transaction}", report_is("delivered"))
+    assert [(event_type, report.TransactionUID) for event_type, report in modality.reports] == [
+        (commitment.EVENT_ALL_COMMITTED, transaction), (commitment.EVENT_ALL_COMMITTED, transaction),
+        (commitment.EVENT_SOME_FAILED, transaction)]
+    assert referenced(modality.reports[1][1], "ReferencedSOPSequence") == {first[0][1]: None}
+    assert referenced(modality.reports[2][1], "FailedSOPSequence") == {second[0][1]: 0x0131}
+    assert "ReferencedSOPSequence" not in modality.reports[2][1]
+    assert {i["sop_instance_uid"]: i["outcome"] for i in state["instances"]} == {first[0][1]: "committed"}
 
 
 async def test_a_request_before_its_instances_is_answered_once_they_are_stored(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from gateway.metrics import Metrics
 from gateway.settings import XdsSettings
 from gateway.xds import simulator, soap, xsd
 from gateway.xds.client import XdsClient
+from gateway.xds.kos_check import check_kos
 from tests.component.test_notify_embedded import Gateway, Peer, running
 from tests.helpers import free_port
 
@@ -72,6 +73,11 @@ async def registered(gateway: Gateway, study_uid: str, generation: int = 1) -> d
 
 async def test_a_stable_study_is_registered_found_and_retrieved(tmp_path: Path, registry: Simulator) -> None:
     files = study(tmp_path, 3)
+    for path in files:  # the study's own attributes, which its manifest must carry (type 2 in the KOS IOD)
+        dataset = pydicom.dcmread(path)
+        dataset.SpecificCharacterSet = "ISO_IR 192"
+        dataset.StudyID, dataset.ReferringPhysicianName = "S42", "Lääkäri^Liisa"
+        dataset.save_as(path)
     datasets = [pydicom.dcmread(path, stop_before_pixels=True) for path in files]
     study_uid, patient_id = str(datasets[0].StudyInstanceUID), str(datasets[0].PatientID)
     async with running(tmp_path, xds=registry.xds()) as gateway:
@@ -96,6 +102,8 @@ async def test_a_stable_study_is_registered_found_and_retrieved(tmp_path: Path, 
         document = await client.retrieve_document(manifest["document_unique_id"], REPOSITORY_UID)
     kos = pydicom.dcmread(BytesIO(document))
     assert kos.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.59"
+    assert (kos.StudyID, str(kos.ReferringPhysicianName)) == ("S42", "Lääkäri^Liisa")
+    assert [f for f in check_kos(kos, manifest=True) if f.severity == "error"] == []
     assert kos.SOPInstanceUID == manifest["document_unique_id"]
     [evidence] = kos.CurrentRequestedProcedureEvidenceSequence
     listed = {str(item.ReferencedSOPInstanceUID)

@@ -21,7 +21,7 @@ from gateway import dead_letter
 from gateway.app import open_index, store_pool
 from gateway.bus.embedded import EmbeddedBus, partition_for
 from gateway.core import envelope
-from gateway.index import InstanceStatus
+from gateway.index import InstanceRow, InstanceStatus
 from gateway.ingest.receiver import Receiver
 from gateway.metrics import Metrics
 from gateway.settings import (
@@ -37,6 +37,7 @@ from tests.conftest import dcmtk
 from tests.helpers import dataset_bytes, free_port, run
 
 CT = Path(get_testdata_file("CT_small.dcm"))  # type: ignore[arg-type]
+DEFLATED = Path(get_testdata_file("image_dfl.dcm"))  # type: ignore[arg-type]
 
 
 class Gateway:
@@ -180,7 +181,8 @@ async def test_pydicom_corpus_round_trips_through_the_store(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every valid storage file of pydicom's corpus ends up as an object whose data set is the file's, byte for
-    byte (several encodings of one image share a SOP Instance UID: they become versions of one instance)."""
+    byte (several encodings of one image share a SOP Instance UID: they become variants of one version, or
+    versions where the attributes differ)."""
     monkeypatch.setattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET", True)
     samples = [sample for sample in corpus() if sample.valid]
     statuses = await asyncio.to_thread(send_all, gateway.settings.dicom.port, samples)
@@ -189,39 +191,106 @@ async def test_pydicom_corpus_round_trips_through_the_store(
     async with await open_index(gateway.settings) as index:
         for sample in samples:
             versions = await index.instance_versions(sample.sop_instance)
-            stored = {dataset_bytes(stored_file(gateway.settings, v.storage_key)) for v in versions}
+            variants = [v for row in versions for v in await index.study_variants(row.study_instance_uid)
+                        if v.sop_instance_uid == sample.sop_instance]
+            stored = {dataset_bytes(stored_file(gateway.settings, v.storage_key)) for v in [*versions, *variants]}
             assert dataset_bytes(sample.path) in stored, sample.path
 
 
-async def test_coerced_header_is_stored_and_both_hashes_recorded(tmp_path: Path) -> None:
+async def coerced_and_stored(tmp_path: Path, coercion: str, tool: str, calling_ae: str, path: Path,
+                             **dicom: Any) -> tuple[Settings, InstanceRow]:
+    """Send ``path`` with dcmtk's ``tool`` as ``calling_ae`` to a gateway whose profile coerces for that AE
+    (``coercion``: the YAML lines under it); the instance's index row once stored."""
     profile = tmp_path / "site.yaml"
-    profile.write_text("name: dicom-basic\nextends: dicom-basic\ncoercion:\n  by_calling_ae:\n"
-                       "    OLD_CT:\n      issuer_of_patient_id: always\n      institution_name: true\n")
+    profile.write_text(f"name: dicom-basic\nextends: dicom-basic\ncoercion:\n  by_calling_ae:\n"
+                       f"    {calling_ae}:\n{coercion}")
     settings = Settings(
-        data_dir=tmp_path / "data", dicom=DicomSettings(
-            host="127.0.0.1", port=free_port(),
-            allowed_aes=[{"ae_title": "OLD_CT", "organization": "Example Hospital",
-                          "organization_oid": "1.2.246.10.1234567.10"}]),
+        data_dir=tmp_path / "data", dicom=DicomSettings(host="127.0.0.1", port=free_port(), **dicom),
         validation=ValidationSettings(profile_files=(profile,)), **QUICK,
     )
     metrics = Metrics()
     bus = EmbeddedBus(settings.data_dir / "bus", settings.embedded_bus, metrics)
     async with Receiver(settings.dicom, settings.topics, bus, metrics, 5), \
             store_pool(settings, bus, metrics):
-        code, out = await run(dcmtk("storescu"), "-aet", "OLD_CT", "-aec", "DICOMGW", "127.0.0.1",
-                              str(settings.dicom.port), str(CT))
+        code, out = await run(dcmtk(tool), "-aet", calling_ae, "-aec", "DICOMGW", "127.0.0.1",
+                              str(settings.dicom.port), str(path))
         assert code == 0, out
         await Gateway(settings, metrics).until_stored(1)
-    source = pydicom.dcmread(CT)
     async with await open_index(settings) as index:
-        row = await index.current_instance(source.SOPInstanceUID)
-    assert row is not None and row.sha256 != row.received_sha256
+        row = await index.current_instance(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+    assert row is not None
+    return settings, row
+
+
+async def test_coerced_header_is_stored_and_both_hashes_recorded(tmp_path: Path) -> None:
+    settings, row = await coerced_and_stored(
+        tmp_path, "      issuer_of_patient_id: always\n      institution_name: true\n", "storescu", "OLD_CT", CT,
+        allowed_aes=[{"ae_title": "OLD_CT", "organization": "Example Hospital",
+                      "organization_oid": "1.2.246.10.1234567.10"}])
+    source = pydicom.dcmread(CT)
+    assert row.sha256 != row.received_sha256
     stored = pydicom.dcmread(stored_file(settings, row.storage_key))
-    assert stored.IssuerOfPatientID == "1.2.246.21"
+    assert stored.IssuerOfPatientID == row.issuer_of_patient_id == "1.2.246.21"
     assert stored.IssuerOfPatientIDQualifiersSequence[0].UniversalEntityIDType == "ISO"
     assert stored.InstitutionName == "Example Hospital"
     assert stored.PixelData == source.PixelData and stored.PatientID == source.PatientID
     assert hashlib.sha256(dataset_bytes(stored_file(settings, row.storage_key))).hexdigest() == row.sha256
+
+
+async def test_coercion_rewrites_deflated_instances_too_and_the_index_agrees(tmp_path: Path) -> None:
+    """One rule for every transfer syntax: the stored object carries the coerced header (a deflated one is
+    inflated and deflated again), the index holds what the object holds, both hashes are recorded."""
+    source = pydicom.dcmread(DEFLATED)
+    source.PatientID = " PAD123"
+    source.AccessionNumber = "ACC9 "
+    path = tmp_path / "padded-deflated.dcm"
+    source.save_as(path)
+    settings, row = await coerced_and_stored(
+        tmp_path, "      issuer_of_patient_id: always\n      strip_id_padding: true\n", "dcmsend", "OLD_US", path)
+    assert row.transfer_syntax_uid == pydicom.uid.DeflatedExplicitVRLittleEndian
+    assert row.sha256 != row.received_sha256
+    stored_path = stored_file(settings, row.storage_key)
+    stored = pydicom.dcmread(stored_path)
+    assert stored.file_meta.TransferSyntaxUID == pydicom.uid.DeflatedExplicitVRLittleEndian
+    assert (stored.PatientID, stored.AccessionNumber, stored.IssuerOfPatientID) == ("PAD123", "ACC9", "1.2.246.21")
+    assert (row.patient_id, row.accession_number, row.issuer_of_patient_id) == ("PAD123", "ACC9", "1.2.246.21")
+    assert stored.PixelData == source.PixelData
+    assert hashlib.sha256(dataset_bytes(stored_path)).hexdigest() == row.sha256
+
+
+async def test_a_resend_in_another_transfer_syntax_is_a_variant_not_a_new_version(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    """Same attributes, other encoding: kept as a variant beside the version (no new generation, so no new
+    manifest); a changed attribute is still a correction."""
+    await gateway.store(CT)  # explicit VR little endian: the gateway keeps the sender's encoding
+    code, out = await run(dcmtk("storescu"), "-xi", "-aec", "DICOMGW", "127.0.0.1",
+                          str(gateway.settings.dicom.port), str(CT))  # proposes implicit VR only
+    assert code == 0, out
+    await gateway.until_stored(2)
+    await gateway.store(CT)  # the same explicit bytes again: a duplicate, as before
+    await gateway.until_stored(3)
+    source = pydicom.dcmread(CT)
+    async with await open_index(gateway.settings) as index:
+        versions = await index.instance_versions(source.SOPInstanceUID)
+        variants = await index.study_variants(source.StudyInstanceUID)
+    assert [(v.version, v.transfer_syntax_uid) for v in versions] == [(1, pydicom.uid.ExplicitVRLittleEndian)]
+    assert [(v.version, v.transfer_syntax_uid) for v in variants] == [(1, pydicom.uid.ImplicitVRLittleEndian)]
+    assert stored_file(gateway.settings, variants[0].storage_key).exists()
+    assert len(list((gateway.settings.data_dir / "objects").rglob("*.dcm"))) == 2
+    assert gateway.metrics.instances_stored.labels("instance.duplicate")._value.get() == 2
+
+    corrected = pydicom.dcmread(CT)
+    corrected.StudyDescription = "Corrected description"
+    path = tmp_path / "corrected.dcm"
+    corrected.save_as(path)
+    code, out = await run(dcmtk("storescu"), "-xi", "-aec", "DICOMGW", "127.0.0.1",
+                          str(gateway.settings.dicom.port), str(path))
+    assert code == 0, out
+    await gateway.until_stored(4)
+    async with await open_index(gateway.settings) as index:
+        versions = await index.instance_versions(source.SOPInstanceUID)
+    assert [v.status for v in versions] == [InstanceStatus.REPLACED, InstanceStatus.STORED]
 
 
 async def test_instance_hitting_a_defect_is_dead_lettered_and_redriven_once_fixed(

@@ -154,6 +154,41 @@ async def test_redelivery_is_a_duplicate_and_writes_nothing(index: Index, policy
     assert await index.instance_versions(first.sop_instance_uid) == [first]
 
 
+@pytest.mark.parametrize("policy", list(CorrectionPolicy))
+async def test_the_same_attributes_in_another_transfer_syntax_are_a_variant(
+    index: Index, policy: CorrectionPolicy
+) -> None:
+    first = make_row(attributes_sha256="a" * 64, study_id="S42", referring_physician_name="Lääkäri^Liisa",
+                     issuer_of_accession_number="1.2.246.10.1234567.99")
+    await index.record_instance(first, policy)
+    implicit = corrected(first, transfer_syntax_uid="1.2.840.10008.1.2")
+
+    result = await index.record_instance(implicit, policy)
+    again = await index.record_instance(replace(implicit, instance_id=str(uuid.uuid4()),
+                                                storage_key="instances/elsewhere"), policy)
+    changed = await index.record_instance(corrected(first, transfer_syntax_uid="1.2.840.10008.1.2",
+                                                    attributes_sha256="b" * 64), policy)
+
+    assert result == RecordResult(Outcome.VARIANT, first, None) and result.kept and not result.written
+    assert again.outcome is Outcome.DUPLICATE and not again.kept
+    assert changed.outcome is not Outcome.VARIANT
+    [variant] = await index.study_variants(first.study_instance_uid)
+    assert variant == replace(implicit, version=1).variant()
+    current = await index.current_instance(first.sop_instance_uid)
+    assert current is not None and current.study_instance().study_id == "S42"
+    assert current.study_instance().referring_physician_name == "Lääkäri^Liisa"
+    assert current.study_instance().issuer_of_accession_number == "1.2.246.10.1234567.99"
+
+
+async def test_variants_in_one_batch_are_decided_in_order(index: Index) -> None:
+    first = make_row(attributes_sha256="c" * 64)
+    implicit = corrected(first, transfer_syntax_uid="1.2.840.10008.1.2")
+    results = await index.record_instances([first, implicit, replace(implicit, instance_id=str(uuid.uuid4()))],
+                                           CorrectionPolicy.REPLACE)
+    assert [r.outcome for r in results] == [Outcome.INSERTED, Outcome.VARIANT, Outcome.DUPLICATE]
+    assert len(await index.study_variants(first.study_instance_uid)) == 1
+
+
 async def test_current_instances_of_many_uids_in_one_look_up(index: Index) -> None:
     stored = [make_row() for _ in range(3)]
     quarantined = make_row(status=InstanceStatus.QUARANTINED)

@@ -167,6 +167,35 @@ def test_patient_and_study_come_from_the_newest_stored_row() -> None:
     assert ds.AccessionNumber == "TKU-2024-2"
 
 
+def test_study_id_referring_physician_and_accession_issuer_come_from_the_study() -> None:
+    rows = study_rows()
+    rows.append(instance_row(f"{STUDY}.1.1.5", f"{STUDY}.1", 5, stored_at=NOW, study_id="TT-1234",
+                             referring_physician_name="Lähettäjä^Liisa", issuer_of_accession_number="1.2.246.10.99.1",
+                             study_date="20240106", study_time="080000"))
+    rows.append(instance_row(f"{STUDY}.1.1.6", f"{STUDY}.1", 6, stored_at=NOW + timedelta(seconds=1),
+                             status=InstanceStatus.QUARANTINED, study_id="VÄÄRÄ", referring_physician_name="Väärä^X"))
+    ds = manifest(rows, accession_issuer="1.2.246.10.2048198.10.1")
+    assert ds.StudyID == "TT-1234"
+    assert str(ds.ReferringPhysicianName) == "Lähettäjä^Liisa"
+    assert (ds.StudyDate, ds.StudyTime) == ("20240106", "080000")
+    issuer = ds.ReferencedRequestSequence[0].IssuerOfAccessionNumberSequence[0]
+    assert (issuer.UniversalEntityID, issuer.UniversalEntityIDType) == ("1.2.246.10.99.1", "ISO")
+    read = pydicom.dcmread(BytesIO(to_part10(ds)))
+    assert (read.StudyID, str(read.ReferringPhysicianName)) == ("TT-1234", "Lähettäjä^Liisa")
+
+
+def test_study_id_and_referring_physician_stay_present_when_empty() -> None:
+    ds = manifest()
+    assert "StudyID" in ds and ds.StudyID == ""
+    assert "ReferringPhysicianName" in ds and ds.ReferringPhysicianName == ""
+
+
+def test_an_accession_issuer_that_is_not_an_oid_is_left_out() -> None:
+    """The study's own issuer is the authority; another one's OID is not put in its place."""
+    ds = manifest([instance_row(f"{STUDY}.1.1.1", issuer_of_accession_number="ris.example.fi")])
+    assert "IssuerOfAccessionNumberSequence" not in ds.ReferencedRequestSequence[0]
+
+
 def test_patient_module_and_issuer() -> None:
     ds = manifest()
     assert ds.PatientID == "131052-308T"

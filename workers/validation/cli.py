@@ -1,5 +1,10 @@
 """``dicom-gateway validate``: run a validation profile on DICOM files offline, as the gateway would.
 
+A file whose SOP Class is Key Object Selection Document Storage is also checked against the KOS IOD
+(``gateway.xds.kos_check``, codes ``KOS-...``) in the same report; ``--xds-manifest`` checks it as an XDS-I.b
+manifest as well (title (113030, DCM, "Manifest"), evidence in its own study, Retrieve Location UIDs), as the
+register role checks the manifests it builds. KOS error findings count for the exit status like the profile's.
+
 Exit status: 0 no error findings, 1 some file has error findings, 2 usage error, bad settings or profile, or
 unreadable file.
 """
@@ -7,6 +12,7 @@ unreadable file.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import warnings
 from pathlib import Path
@@ -14,11 +20,15 @@ from typing import Any
 
 import orjson
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from gateway.settings import SettingsError, load_settings
+from gateway.xds.kos_check import check_kos
+from gateway.xds.manifest import KEY_OBJECT_SELECTION_DOCUMENT_STORAGE
 from workers.validation.engine import ValidationResult, validate
-from workers.validation.model import Severity, SourceContext
+from workers.validation.header import text
+from workers.validation.model import Finding, Severity, SourceContext
 from workers.validation.profiles import Profile, ProfileError, ProfileRegistry
 
 OK, FINDINGS, UNUSABLE = 0, 1, 2
@@ -42,6 +52,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "does")
     parser.add_argument("--config", type=Path, metavar="PATH",
                         help="YAML settings file of the gateway (environment variables override it)")
+    parser.add_argument("--xds-manifest", action="store_true",
+                        help="check Key Object Selection Documents as XDS-I.b manifests too, not only against the "
+                             "KOS IOD")
     parser.add_argument("--json", action="store_true", help="one JSON array, an object per file, instead of a table")
     parser.set_defaults(func=run)
 
@@ -64,7 +77,16 @@ def _table(path: Path, result: ValidationResult) -> str:
     return "\n".join(lines)
 
 
-def _check(path: Path, profile: Profile, source: SourceContext) -> dict[str, Any] | ValidationResult:
+def _kos_findings(ds: Dataset, xds_manifest: bool) -> tuple[Finding, ...]:
+    """The KOS IOD check's findings as the profile's are reported; the message starts with the path."""
+    if text(ds, "SOPClassUID") != KEY_OBJECT_SELECTION_DOCUMENT_STORAGE:
+        return ()
+    return tuple(Finding(f.code, Severity(f.severity), f.keyword, f.tag, f"{f.path} {f.message}")
+                 for f in check_kos(ds, manifest=xds_manifest))
+
+
+def _check(path: Path, profile: Profile, source: SourceContext,
+           xds_manifest: bool = False) -> dict[str, Any] | ValidationResult:
     """The file's result, or its JSON report with the reason when it cannot be read (also said on stderr)."""
     with warnings.catch_warnings():
         # pydicom warns about the very value problems the findings report (and its warnings quote the values)
@@ -75,7 +97,9 @@ def _check(path: Path, profile: Profile, source: SourceContext) -> dict[str, Any
             reason = f"cannot read: {getattr(exc, 'strerror', None) or exc}"
             print(f"{path}: {reason}", file=sys.stderr)
             return {"file": str(path), "error": reason, "findings": []}
-        return validate(ds, profile, source)
+        result = validate(ds, profile, source)
+        kos = _kos_findings(ds, xds_manifest)
+        return dataclasses.replace(result, findings=result.findings + kos) if kos else result
 
 
 def _profile(args: argparse.Namespace) -> Profile:
@@ -98,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         source = SourceContext.unknown()
     status, reports = OK, []
     for path in args.files:
-        result = _check(path, profile, source)
+        result = _check(path, profile, source, args.xds_manifest)
         if isinstance(result, ValidationResult):
             status = max(status, FINDINGS if result.has_errors else OK)
             reports.append({"file": str(path), **result.to_dict()})
