@@ -15,8 +15,6 @@ import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import jwt
-
 USERNAME = 1
 USERNAME_AND_PASSCODE = 2
 KERBEROS = 3
@@ -96,6 +94,8 @@ class Authenticator:
         return name, ""
 
     def _token(self, token: bytes) -> tuple[str, str]:
+        import jwt  # only where tokens are checked: PyJWT and cryptography cost each receiver process 25 MB
+
         if not self.checks:
             return "", ""
         if not self._token_keys:

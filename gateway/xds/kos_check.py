@@ -23,7 +23,6 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.sr.codedict import Collection
 from pydicom.uid import UID
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
@@ -162,7 +161,10 @@ def uid_problem(value: str) -> str | None:
 
 @functools.cache
 def document_titles() -> frozenset[tuple[str, str]]:
-    """CID 7010 "Key Object Selection Document Title" (code value, scheme), as pydicom's copy of PS3.16 has it."""
+    """CID 7010 "Key Object Selection Document Title" (code value, scheme), as pydicom's copy of PS3.16 has it.
+    Imported here: pydicom's concept dictionary costs every process that imports this module 20 MB otherwise."""
+    from pydicom.sr.codedict import Collection
+
     collection = Collection("CID7010")
     return frozenset((code.value, code.scheme_designator) for code in (getattr(collection, name)
                                                                       for name in collection.dir()))
