@@ -396,8 +396,21 @@ class _SecretFilesSource(PydanticBaseSettingsSource):
             node = values
             for key in keys[:-1]:
                 node = node.setdefault(key, {})
-            node[keys[-1]] = path.read_text().strip()
+            node[keys[-1]] = self._value(keys, path.read_text().strip())
         return values
+
+    def _value(self, keys: list[str], text: str) -> Any:
+        """A file's text, JSON-decoded where the setting is a list or an object, as an env var's would be."""
+        model: Any = self.settings_cls
+        for key in keys[:-1]:
+            field = model.model_fields.get(key) if isinstance(model, type) and issubclass(model, BaseModel) else None
+            if field is None:
+                return text
+            model = field.annotation
+        field = model.model_fields.get(keys[-1]) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None or not self.field_is_complex(field):
+            return text
+        return self.decode_complex_value(keys[-1], field, text)
 
 
 class SettingsError(Exception):

@@ -410,8 +410,19 @@ def test_every_value_is_documented_and_in_the_schema() -> None:
                 break
 
 
-def _pod_settings(deployment: Manifest, config: dict[str, str], secrets_dir: Path) -> dict[str, str]:
-    """The GATEWAY_* environment a pod of this Deployment starts with; secret files land in secrets_dir."""
+SecretValues = dict[tuple[str, str], str]
+
+
+def _secret_value(secret: str, key: str, secret_values: SecretValues | None) -> str:
+    return (secret_values or {}).get((secret, key), f"from-{secret}-{key}")
+
+
+def _pod_settings(deployment: Manifest, config: dict[str, str], secrets_dir: Path,
+                  secret_values: SecretValues | None = None) -> dict[str, str]:
+    """The GATEWAY_* environment a pod of this Deployment starts with; secret files land in secrets_dir.
+
+    A Secret key holds secret_values[(secret, key)], or "from-<secret>-<key>".
+    """
     pod = deployment["spec"]["template"]["spec"]
     (container,) = containers(deployment)
     env = {**config, "GATEWAY_SECRETS_DIR": str(secrets_dir)}
@@ -422,21 +433,22 @@ def _pod_settings(deployment: Manifest, config: dict[str, str], secrets_dir: Pat
             env[entry["name"]] = "10.1.2.3" if field["fieldPath"] == "status.podIP" else "from-field"
             continue
         value = entry["value"].replace("$(POD_IP)", env.get("POD_IP", "")) if not ref else ""
-        env[entry["name"]] = f"from-{ref['name']}-{ref['key']}" if ref else value
+        env[entry["name"]] = _secret_value(ref["name"], ref["key"], secret_values) if ref else value
     for volume in pod["volumes"]:
         if volume["name"] != "secrets" or "projected" not in volume:
             continue
         for source in volume["projected"]["sources"]:
             for item in source["secret"]["items"]:
-                value = f"from-{source['secret']['name']}-{item['key']}"
+                value = _secret_value(source["secret"]["name"], item["key"], secret_values)
                 (secrets_dir / item["path"]).write_text(value + "\n")
     return env
 
 
-def _gateway_settings(deployment: Manifest, config: dict[str, str], secrets_dir: Path) -> tuple[dict[str, Any], str]:
+def _gateway_settings(deployment: Manifest, config: dict[str, str], secrets_dir: Path,
+                      secret_values: SecretValues | None = None) -> tuple[dict[str, Any], str]:
     """What `dicom-gateway settings` prints in a pod of this Deployment, and its raw output."""
     secrets_dir.mkdir()
-    env = _pod_settings(deployment, config, secrets_dir)
+    env = _pod_settings(deployment, config, secrets_dir, secret_values)
     base = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     result = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "settings"],
@@ -476,3 +488,146 @@ def test_the_gateway_accepts_the_rendered_configuration(delivery: str, values: P
         assert settings["dicom"]["tls"]["cert_file"] == tls_cert, name
         assert "from-dicomgw-s3-secret-key" not in output, "secrets must stay masked"
         assert settings["s3"]["secret_key"] and settings["database"]["url"], name
+
+
+# DICOM negotiation and User Identity Negotiation (gateway.dicom.*).
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+PRIVATE_STORAGE = "1.2.826.0.1.3680043.9.7433.1.1"
+USER_IDENTITY_SECRETS = {"GATEWAY_DICOM__USER_IDENTITY__USERS", "GATEWAY_DICOM__USER_IDENTITY__TOKEN_KEYS"}
+IDENTITY_SECRET = "dicomgw-dicom-users"
+# JSON as the Secret holds it (the gateway parses both settings as JSON).
+IDENTITY_SECRET_VALUES = {
+    (IDENTITY_SECRET, "users"): json.dumps({"modality1": "s3cret-passcode", "viewer": ""}),
+    (IDENTITY_SECRET, "token-keys"): json.dumps(["an-hmac-secret-of-at-least-32-bytes!"]),
+}
+
+
+def _dicom_values(tmp_path: Path) -> Path:
+    """A values file with every new DICOM setting (a file: --set would turn some UIDs into numbers)."""
+    path = tmp_path / "dicom-values.yaml"
+    path.write_text(yaml.safe_dump({"gateway": {"dicom": {
+        "allowedAEs": [{"ae_title": "MODALITY1", "networks": ["10.20.0.0/16"],
+                        "transfer_syntax_preference": [JPEG_BASELINE]}],
+        "transferSyntaxPreference": [EXPLICIT_LE, JPEG_BASELINE],
+        "extraStorageSopClasses": [PRIVATE_STORAGE],
+        "acceptAnyStorageClass": True,
+        "userIdentity": {"required": True, "existingSecret": IDENTITY_SECRET, "tokenAudience": "dicom-gateway",
+                         "tokenIssuer": "https://idp.example.org"},
+    }}}))
+    return path
+
+
+def _receives_dicom(deployment: Manifest) -> bool:
+    return component(deployment) in ("single", "receiver")
+
+
+def test_dicom_negotiation_settings_are_rendered_into_the_config_map(tmp_path: Path) -> None:
+    config = config_map(render(values=(_dicom_values(tmp_path),)))
+    assert json.loads(config["GATEWAY_DICOM__TRANSFER_SYNTAX_PREFERENCE"]) == [EXPLICIT_LE, JPEG_BASELINE]
+    assert json.loads(config["GATEWAY_DICOM__EXTRA_STORAGE_SOP_CLASSES"]) == [PRIVATE_STORAGE]
+    (allowed,) = json.loads(config["GATEWAY_DICOM__ALLOWED_AES"])
+    assert allowed["transfer_syntax_preference"] == [JPEG_BASELINE]
+    assert config["GATEWAY_DICOM__ACCEPT_ANY_STORAGE_CLASS"] == "true"
+    assert config["GATEWAY_DICOM__USER_IDENTITY__REQUIRED"] == "true"
+    assert config["GATEWAY_DICOM__USER_IDENTITY__TOKEN_AUDIENCE"] == "dicom-gateway"
+    assert config["GATEWAY_DICOM__USER_IDENTITY__TOKEN_ISSUER"] == "https://idp.example.org"
+    assert USER_IDENTITY_SECRETS.isdisjoint(config), "secrets never go into the ConfigMap"
+
+    defaults = config_map(render_set("embedded-default"))
+    assert defaults["GATEWAY_DICOM__ACCEPT_ANY_STORAGE_CLASS"] == "false"
+    assert defaults["GATEWAY_DICOM__USER_IDENTITY__REQUIRED"] == "false"
+    for unset in ("TRANSFER_SYNTAX_PREFERENCE", "EXTRA_STORAGE_SOP_CLASSES", "USER_IDENTITY__TOKEN_AUDIENCE",
+                  "USER_IDENTITY__TOKEN_ISSUER"):
+        assert f"GATEWAY_DICOM__{unset}" not in defaults, "empty values leave the gateway's defaults"
+
+
+def _identity_delivery(deployment: Manifest) -> tuple[dict[str, tuple[str, str]], dict[str, tuple[str, str]]]:
+    """The user-identity settings a Deployment's pods get: {env: (secret, key)} as env vars and as files."""
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = containers(deployment)
+    env = {}
+    for entry in container.get("env", []):
+        if entry["name"] in USER_IDENTITY_SECRETS:
+            assert "value" not in entry, entry
+            ref = entry["valueFrom"]["secretKeyRef"]
+            env[entry["name"]] = (ref["name"], ref["key"])
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "secrets"]
+    files = {item["path"]: (source["secret"]["name"], item["key"])
+             for source in volume.get("projected", {}).get("sources", []) for item in source["secret"]["items"]
+             if item["path"] in USER_IDENTITY_SECRETS}
+    return env, files
+
+
+@pytest.mark.parametrize("delivery", ["files", "env"])
+@pytest.mark.parametrize("values", [SINGLE_CI, SPLIT_CI])
+def test_user_identity_secrets_reach_only_the_pods_that_receive_dicom(delivery: str, values: Path) -> None:
+    manifests = render(f"secretDelivery={delivery}", f"gateway.dicom.userIdentity.existingSecret={IDENTITY_SECRET}",
+                       "gateway.dicom.userIdentity.tokenKeysKey=jwt-keys", values=(values,))
+    assert not of_kind(manifests, "Secret"), "the chart must not create Secrets"
+    expected = {"GATEWAY_DICOM__USER_IDENTITY__USERS": (IDENTITY_SECRET, "users"),
+                "GATEWAY_DICOM__USER_IDENTITY__TOKEN_KEYS": (IDENTITY_SECRET, "jwt-keys")}
+    deployments = of_kind(manifests, "Deployment")
+    assert any(not _receives_dicom(d) for d in deployments.values()) == (values == SPLIT_CI)
+    for name, deployment in deployments.items():
+        env, files = _identity_delivery(deployment)
+        delivered, other = (files, env) if delivery == "files" else (env, files)
+        assert delivered == (expected if _receives_dicom(deployment) else {}), name
+        assert other == {}, name
+        # The other secrets keep their delivery.
+        (container,) = containers(deployment)
+        secret_env = {e["name"] for e in container.get("env", []) if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]}
+        assert ("GATEWAY_DATABASE__URL" in secret_env) == (delivery == "env"), name
+
+    # "" leaves one of the two keys out.
+    manifests = render(f"secretDelivery={delivery}", f"gateway.dicom.userIdentity.existingSecret={IDENTITY_SECRET}",
+                       "gateway.dicom.userIdentity.tokenKeysKey=", values=(values,))
+    for name, deployment in of_kind(manifests, "Deployment").items():
+        env, files = _identity_delivery(deployment)
+        users = {"GATEWAY_DICOM__USER_IDENTITY__USERS": (IDENTITY_SECRET, "users")}
+        assert {**env, **files} == (users if _receives_dicom(deployment) else {}), name
+    error = render_error(f"gateway.dicom.userIdentity.existingSecret={IDENTITY_SECRET}",
+                         "gateway.dicom.userIdentity.usersKey=", "gateway.dicom.userIdentity.tokenKeysKey=")
+    assert "usersKey or tokenKeysKey" in error
+
+
+@pytest.mark.parametrize("delivery", ["files", "env"])
+def test_the_gateway_accepts_the_rendered_dicom_settings(delivery: str, tmp_path: Path) -> None:
+    manifests = render(f"secretDelivery={delivery}", values=(SPLIT_CI, _dicom_values(tmp_path)))
+    config = config_map(manifests)
+    for name, deployment in of_kind(manifests, "Deployment").items():
+        settings, output = _gateway_settings(deployment, config, tmp_path / name, IDENTITY_SECRET_VALUES)
+        dicom = settings["dicom"]
+        assert dicom["transfer_syntax_preference"] == [EXPLICIT_LE, JPEG_BASELINE], name
+        assert dicom["extra_storage_sop_classes"] == [PRIVATE_STORAGE], name
+        assert dicom["accept_any_storage_class"] is True, name
+        assert dicom["allowed_aes"][0]["transfer_syntax_preference"] == [JPEG_BASELINE], name
+        identity = dicom["user_identity"]
+        assert identity["required"] is True, name
+        assert (identity["token_audience"], identity["token_issuer"]) == ("dicom-gateway", "https://idp.example.org")
+        if _receives_dicom(deployment):
+            assert sorted(identity["users"]) == ["modality1", "viewer"], name
+            assert len(identity["token_keys"]) == 1, name
+        else:
+            assert identity["users"] == {} and identity["token_keys"] == [], name
+        assert "s3cret-passcode" not in output and "an-hmac-secret" not in output, "secrets must stay masked"
+
+
+def test_chart_schema_refuses_wrong_dicom_values(tmp_path: Path) -> None:
+    error = render_error("gateway.dicom.acceptAnyStorageClass=yes")
+    assert "acceptAnyStorageClass" in error
+    error = render_error("gateway.dicom.userIdentity.required=maybe")
+    assert "userIdentity" in error and "required" in error
+    error = render_error(f"gateway.dicom.transferSyntaxPreference={EXPLICIT_LE}")
+    assert "transferSyntaxPreference" in error, "a list, not a single UID"
+    error = render_error("gateway.dicom.userIdentity.users=x")
+    assert "users" in error, "passcodes are never values: only existingSecret"
+    for setting, uid in (("transferSyntaxPreference", "ExplicitVRLittleEndian"), ("extraStorageSopClasses", "1.2.03"),
+                         ("extraStorageSopClasses", "1." + "2" * 64)):
+        path = tmp_path / f"{setting}.yaml"
+        path.write_text(yaml.safe_dump({"gateway": {"dicom": {setting: [uid]}}}))
+        assert setting in render_error(values=(path,)), (setting, uid)
+    path = tmp_path / "allowed.yaml"
+    path.write_text(yaml.safe_dump({"gateway": {"dicom": {"allowedAEs": [
+        {"ae_title": "MODALITY1", "transfer_syntax_preference": "1.2.840.10008.1.2.1"}]}}}))
+    assert "transfer_syntax_preference" in render_error(values=(path,))

@@ -44,6 +44,20 @@ def test_secrets_come_from_files_named_like_the_variable(monkeypatch: pytest.Mon
     assert settings.database.url.get_secret_value() == "postgresql://u:p@db/gw"
 
 
+def test_secret_files_of_lists_and_objects_are_json(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """As a Kubernetes Secret mounts them: the user identity's users and token keys are JSON, a password that
+    looks like JSON is still text."""
+    (tmp_path / "GATEWAY_DICOM__USER_IDENTITY__USERS").write_text('{"ctscanner": "s3cret"}\n')
+    (tmp_path / "GATEWAY_DICOM__USER_IDENTITY__TOKEN_KEYS").write_text('["key-1", "key-2"]')
+    (tmp_path / "GATEWAY_S3__SECRET_KEY").write_text("[not-json")
+    monkeypatch.setenv("GATEWAY_SECRETS_DIR", str(tmp_path))
+    identity = load_settings().dicom.user_identity
+    assert {name: value.get_secret_value() for name, value in identity.users.items()} == {"ctscanner": "s3cret"}
+    assert [key.get_secret_value() for key in identity.token_keys] == ["key-1", "key-2"]
+    secret_key = load_settings().s3.secret_key
+    assert secret_key is not None and secret_key.get_secret_value() == "[not-json"
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "expected"),
     [

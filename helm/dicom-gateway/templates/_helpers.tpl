@@ -135,8 +135,9 @@ app.kubernetes.io/part-of: dicom-gateway
 {{- end }}
 
 {{/*
-Secret-backed settings as a list of {env, secret, key}: the env var (and file
-name under GATEWAY_SECRETS_DIR) each existing Secret key supplies.
+Secret-backed settings as a list of {env, secret, key, dicom}: the env var (and
+file name under GATEWAY_SECRETS_DIR) each existing Secret key supplies; dicom:
+true for those only the pods that receive DICOM get.
 */}}
 {{- define "dicom-gateway.secretSettings" -}}
 {{- $items := list }}
@@ -155,6 +156,16 @@ name under GATEWAY_SECRETS_DIR) each existing Secret key supplies.
 {{- if .existingSecret }}
 {{- $items = append $items (dict "env" "GATEWAY_KAFKA__SASL_USERNAME" "secret" .existingSecret "key" .usernameKey) }}
 {{- $items = append $items (dict "env" "GATEWAY_KAFKA__SASL_PASSWORD" "secret" .existingSecret "key" .passwordKey) }}
+{{- end }}
+{{- end }}
+{{- with .Values.gateway.dicom.userIdentity }}
+{{- if .existingSecret }}
+{{- if .usersKey }}
+{{- $items = append $items (dict "env" "GATEWAY_DICOM__USER_IDENTITY__USERS" "secret" .existingSecret "key" .usersKey "dicom" true) }}
+{{- end }}
+{{- if .tokenKeysKey }}
+{{- $items = append $items (dict "env" "GATEWAY_DICOM__USER_IDENTITY__TOKEN_KEYS" "secret" .existingSecret "key" .tokenKeysKey "dicom" true) }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- toJson $items }}
@@ -194,6 +205,11 @@ name under GATEWAY_SECRETS_DIR) each existing Secret key supplies.
 {{- end }}
 {{- if and .enabled .requireClientCert (not .caKey) }}
 {{- fail "gateway.dicom.tls.requireClientCert needs gateway.dicom.tls.caKey (the CAs client certificates must chain to)" }}
+{{- end }}
+{{- end }}
+{{- with $v.gateway.dicom.userIdentity }}
+{{- if and .existingSecret (not (or .usersKey .tokenKeysKey)) }}
+{{- fail "gateway.dicom.userIdentity.existingSecret needs usersKey or tokenKeysKey (the keys it holds)" }}
 {{- end }}
 {{- end }}
 {{- if and (hasPrefix "SASL_" $v.kafka.securityProtocol) (not $v.kafka.sasl.existingSecret) }}
