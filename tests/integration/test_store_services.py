@@ -175,10 +175,16 @@ async def test_pydicom_corpus_round_trips_into_s3(
         return len({r["sop_instance_uid"] for r in await index_rows(environment, uids)}) == len(uids)
 
     await until(all_stored, 120, "the corpus to be stored")
-    await asyncio.sleep(2)  # versions of one UID (the corpus has several encodings under one) settle
+    await asyncio.sleep(2)  # versions and variants of one UID (the corpus has several encodings under one) settle
     client = minio(services)
     stored: set[tuple[str, bytes]] = set()
-    for row in await index_rows(environment, uids):
+    connection = await asyncpg.connect(environment["GATEWAY_DATABASE__URL"])
+    try:
+        variants = await connection.fetch(
+            "SELECT sop_instance_uid, storage_key FROM instance_variants WHERE sop_instance_uid = ANY($1)", list(uids))
+    finally:
+        await connection.close()
+    for row in [*await index_rows(environment, uids), *variants]:
         response = client.get_object(services["GATEWAY_S3__BUCKET"], row["storage_key"])
         try:
             stored.add((row["sop_instance_uid"], response.read()))
