@@ -159,10 +159,10 @@ def negotiate(pdu: bytes, policy: AcceptorPolicy, contexts: Callable[[Sequence[s
     accepted = [cx for cx in results if cx.result == 0x00]
     preference = (caller.transfer_syntax_preference if caller is not None and caller.transfer_syntax_preference
                   else policy.transfer_syntax_preference)
-    supported = {str(cx.abstract_syntax): [str(ts) for ts in cx.transfer_syntax] for cx in acceptable}
-    requested = {cx.context_id: [str(ts) for ts in cx.transfer_syntax] for cx in proposed}
+    supported = {cx.abstract_syntax: cx.transfer_syntax for cx in acceptable}
+    requested = {cx.context_id: cx.transfer_syntax for cx in proposed}
     for cx in accepted:
-        chosen = choose_transfer_syntax(requested[cx.context_id], supported[str(cx.abstract_syntax)], preference)
+        chosen = choose_transfer_syntax(requested[cx.context_id], supported[cx.abstract_syntax], preference)
         if chosen is not None:
             cx.transfer_syntax = [chosen]
 
