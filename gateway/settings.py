@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +20,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+from gateway.core.uid import is_uid
 
 ENV_PREFIX = "GATEWAY_"
 NESTED_DELIMITER = "__"
@@ -42,9 +43,6 @@ class AllowedAE(_Section):
     organization_oid: str = ""
     transfer_syntax_preference: tuple[str, ...] = ()
     """Transfer syntaxes to prefer from this AE, before ``dicom.transfer_syntax_preference``."""
-
-
-_UID = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$"
 
 
 class UserIdentitySettings(_Section):
@@ -138,7 +136,7 @@ class DicomSettings(_Section):
         lists.update({f"allowed_aes {ae.ae_title} transfer_syntax_preference": ae.transfer_syntax_preference
                       for ae in self.allowed_aes})
         for name, uids in lists.items():
-            bad = [uid for uid in uids if len(uid) > 64 or not re.match(_UID, uid)]
+            bad = [uid for uid in uids if not is_uid(uid)]
             if bad:
                 raise ValueError(f"{name}: not UIDs: {', '.join(bad)}")
         return self

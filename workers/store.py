@@ -35,6 +35,7 @@ from gateway.bus import Producer, Record
 from gateway.core import events
 from gateway.core.envelope import InstanceEnvelope, InstanceHeader
 from gateway.core.errors import Permanent, retriable
+from gateway.core.uid import is_identifier
 from gateway.dicom.acse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from gateway.dicom.dataset import DEFLATED, PIXEL_DATA, attributes_digest, encode, part10_header, read_prefix
 from gateway.index import (
@@ -74,9 +75,13 @@ INFLATE_PIECE_BYTES = 4 * 1024 * 1024
 
 def object_key(header: InstanceHeader, quarantined: bool) -> str:
     """One object per received instance: re-deliveries of one receive overwrite it, versions sit side by side.
-    A UID the instance lacks (it is then quarantined) is written as ``-``, so the key stays valid."""
-    key = (f"studies/{header.study_instance_uid or '-'}/series/{header.series_instance_uid or '-'}/instances/"
-           f"{header.sop_instance_uid or '-'}/{header.instance_id}.dcm")
+    Built only from UIDs the receiver checked; one that is not (an envelope of an older receiver) can never be
+    stored under a key, so the instance is dead-lettered."""
+    uids = (header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid)
+    if not all(is_identifier(uid) for uid in uids):
+        raise DeadLetter("a Study, Series or SOP Instance UID of the envelope is not a UID")
+    key = (f"studies/{header.study_instance_uid}/series/{header.series_instance_uid}/instances/"
+           f"{header.sop_instance_uid}/{header.instance_id}.dcm")
     return f"quarantine/{key}" if quarantined else key
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from functools import cache
 
@@ -20,6 +19,7 @@ from pydicom.uid import AllTransferSyntaxes
 
 from gateway.bus import Producer
 from gateway.core.errors import DicomStatusError
+from gateway.core.uid import is_uid
 from gateway.dicom import dimse
 from gateway.dicom.dimse import Command
 from gateway.dicom.service import AssociationContext, DataSetSink, Response
@@ -29,7 +29,6 @@ from gateway.metrics import Metrics
 log = logging.getLogger(__name__)
 
 
-_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+")
 NOT_STORAGE = ("Storage Commitment", "Media Storage Directory")
 """SOP Classes whose names say Storage but that C-STORE does not carry."""
 
@@ -43,7 +42,7 @@ def storage_sop_classes() -> tuple[str, ...]:
 
 def could_be_storage(uid: str) -> bool:
     """For ``accept_any_storage_class``: a well-formed UID that pydicom does not know as anything else."""
-    if len(uid) > 64 or not _UID.fullmatch(uid):
+    if not is_uid(uid):
         return False
     known = UID_dictionary.get(uid)
     return known is None or uid in storage_sop_classes()

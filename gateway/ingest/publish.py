@@ -25,6 +25,7 @@ from gateway.bus import MAX_RECORD_BYTES, BusError, Producer
 from gateway.core import envelope
 from gateway.core.envelope import InstanceEnvelope, InstanceHeader
 from gateway.core.errors import CannotUnderstand, DataSetMismatch, OutOfResources
+from gateway.core.uid import is_identifier
 from gateway.dicom.dataset import DEFLATED, read_prefix
 from gateway.dicom.header import ISSUER_QUALIFIERS, Malformed, read_values
 
@@ -269,8 +270,10 @@ class InstancePublisher:
         header = parse_header(bytes(prefix), self._transfer_syntax, complete)
         if header is None:
             return
-        if not header.study_instance_uid:
-            raise CannotUnderstand("data set has no Study Instance UID")
+        for name, uid in (("Study", header.study_instance_uid), ("Series", header.series_instance_uid),
+                          ("SOP", header.sop_instance_uid)):
+            if not is_identifier(uid):  # they name the instance's bus key, object and index row
+                raise CannotUnderstand(f"{name} Instance UID is missing or not a UID")
         if header.sop_class_uid != self._sop_class_uid:
             raise DataSetMismatch("SOP Class UID differs from the C-STORE request")
         if header.sop_instance_uid != self._sop_instance_uid:

@@ -104,11 +104,13 @@ class ObjectStore(Protocol):
 
 
 def check_key(key: str) -> None:
-    """Refuse keys that would escape the root directory or mean different objects on the two adapters."""
+    """Refuse keys that would escape the root directory, mean different objects on the two adapters, or have a
+    path component no file system takes (over 255 bytes)."""
     parts = key.split("/")
     if (
         not key
         or len(key.encode()) > 1024
+        or any(len(part.encode()) > 255 for part in parts)
         or any(part in ("", ".", "..") for part in parts)
         or any(ord(char) < 0x20 or ord(char) == 0x7F for char in key)
         or key.endswith(SIDECAR_SUFFIX)

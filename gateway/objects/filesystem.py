@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import stat
 import threading
@@ -38,6 +39,8 @@ from gateway.objects import (
 T = TypeVar("T")
 BUFFER_BYTES = 1024 * 1024
 """An upload keeps up to this much in memory before it opens its file."""
+_REFUSED_NAMES = frozenset({errno.ENAMETOOLONG, errno.EINVAL, errno.EILSEQ})
+"""What the file system says of a name it will never take."""
 
 
 @contextlib.contextmanager
@@ -48,6 +51,8 @@ def translated(key: str) -> Iterator[None]:
     except (IsADirectoryError, NotADirectoryError) as exc:
         raise ObjectStoreError(f"object key {key!r} collides with a directory: {exc}") from exc
     except OSError as exc:
+        if exc.errno in _REFUSED_NAMES:  # the same key fails the same way every time: not an outage
+            raise ObjectStoreError(f"the file system refuses object key {key!r}: {os.strerror(exc.errno or 0)}") from exc
         raise ObjectStoreUnavailable(f"object store directory failed on {key!r}: {exc}") from exc
 
 

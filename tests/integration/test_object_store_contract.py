@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import os
 import time
@@ -16,7 +17,7 @@ import pytest
 from minio import Minio
 from pydantic import SecretStr
 
-from gateway.objects import ObjectNotFound, ObjectStore, ObjectStoreUnavailable
+from gateway.objects import ObjectNotFound, ObjectStore, ObjectStoreError, ObjectStoreUnavailable, filesystem
 from gateway.objects.filesystem import FilesystemObjectStore
 from gateway.objects.s3 import S3ObjectStore, http_client
 from gateway.settings import S3Settings
@@ -220,7 +221,8 @@ async def test_partial_read_releases_its_source(backend: Backend, prefix: str) -
     assert await read_all(store, key) == data
 
 
-@pytest.mark.parametrize("key", ["", "/absolute", "a/../b", "a//b", "./a", "x.meta.json", "tab\there"])
+@pytest.mark.parametrize("key", ["", "/absolute", "a/../b", "a//b", "./a", "x.meta.json", "tab\there",
+                                 f"studies/1.{'2' * 300}/x.dcm"])
 async def test_invalid_keys_are_refused(backend: Backend, key: str) -> None:
     with pytest.raises(ValueError):
         await backend.store.put(key, b"", {}, sha256(b""))
@@ -230,6 +232,17 @@ async def test_invalid_keys_are_refused(backend: Backend, key: str) -> None:
 async def test_invalid_metadata_is_refused(backend: Backend, prefix: str, metadata: dict[str, str]) -> None:
     with pytest.raises(ValueError):
         await backend.store.put(f"{prefix}x", b"", metadata, sha256(b""))
+
+
+def test_a_name_the_file_system_refuses_is_permanent() -> None:
+    """ENAMETOOLONG and the like come back the same every time: not an outage to wait out, or one instance
+    would stop its partition for good."""
+    for code in (errno.ENAMETOOLONG, errno.EINVAL):
+        with pytest.raises(ObjectStoreError) as raised, filesystem.translated("studies/x"):
+            raise OSError(code, os.strerror(code))
+        assert raised.value.retriable is False
+    with pytest.raises(ObjectStoreUnavailable), filesystem.translated("studies/x"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 async def test_s3_unavailable_is_retriable_and_quick() -> None:
