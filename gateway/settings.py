@@ -121,6 +121,9 @@ class DicomSettings(_Section):
     reuse_port: bool = False
     """Set for every receiver process when there are several; not needed otherwise."""
     tls: TlsSettings = TlsSettings()
+    tls_only: bool | None = None
+    """With TLS configured, the plain DICOM port stays closed (unset or true), so that required client
+    certificates protect something; false keeps both open."""
     remote_aes: tuple[RemoteAE, ...] = ()
     """Where the gateway connects to, by AE title (storage-commitment requesters, IAN subscribers)."""
 
@@ -147,6 +150,10 @@ class DicomSettings(_Section):
         if len(titles) != len(set(titles)):
             raise ValueError("remote_aes: each AE title may appear once")
         return self
+
+    @property
+    def plain_port_open(self) -> bool:
+        return not self.tls.enabled or self.tls_only is False
 
     def remote_ae(self, ae_title: str) -> RemoteAE | None:
         return next((remote for remote in self.remote_aes if remote.ae_title == ae_title), None)

@@ -111,7 +111,8 @@ class Receiver:
         self._services = ServiceRegistry([VerificationService(all_transfer_syntaxes()), storage, self._commitments],
                                          catch_all)
         try:
-            await self._listener.listen(settings.port, None)
+            if settings.plain_port_open:
+                await self._listener.listen(settings.port, None)
             context = tls_context(settings)
             if context is not None:
                 await self._listener.listen(settings.tls.port, context)

@@ -37,12 +37,12 @@ def start_gateway(tmp_path: Path) -> StartGateway:
 
     @asynccontextmanager
     async def start(**overrides: Any) -> AsyncIterator[RunningGateway]:
-        settings = DicomSettings(host="127.0.0.1", port=free_port(), **overrides)
+        settings = DicomSettings(**{"host": "127.0.0.1", "port": free_port(), **overrides})
         topics = TopicSettings()
         metrics = Metrics()
         bus = EmbeddedBus(tmp_path / "bus", EmbeddedBusSettings(), metrics)
         async with Receiver(settings, topics, bus, metrics, drain_timeout=5) as receiver:
-            tls_port = receiver.ports[1] if len(receiver.ports) > 1 else None
+            tls_port = receiver.ports[-1] if settings.tls.enabled else None
             yield RunningGateway(receiver.ports[0], tls_port, bus, topics, metrics, settings)
 
     return start

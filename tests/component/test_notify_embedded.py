@@ -433,7 +433,8 @@ async def test_reports_go_over_dicom_tls_with_the_gateways_certificate(tmp_path:
     gateway_tls = {"port": free_port(), "cert_file": str(pki / "client.pem"), "key_file": str(pki / "client.key"),
                    "ca_file": str(pki / "ca.pem")}
     with modality.listening():
-        async with running(tmp_path, dicom={"remote_aes": [modality.remote()], "tls": gateway_tls}) as gateway:
+        async with running(tmp_path, dicom={"remote_aes": [modality.remote()], "tls": gateway_tls,
+                                            "tls_only": False}) as gateway:  # the modality sends on the plain port
             await gateway.store(*(path for path, _ in instances))
             await gateway.request_commitment(references([d for _, d in instances]))
             await modality.wait(1)

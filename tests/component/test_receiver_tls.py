@@ -54,6 +54,22 @@ async def test_store_over_tls(start_gateway: StartGateway, pki: Path) -> None:
         assert len((await gateway.instances()).complete) == 1
 
 
+async def test_the_plain_port_is_closed_when_tls_is_configured_unless_kept(
+    start_gateway: StartGateway, pki: Path
+) -> None:
+    """Otherwise a required client certificate would protect nothing: a peer would use the plain port."""
+    plain = free_port()
+    async with start_gateway(port=plain, **tls_settings(pki, require_client_cert=True)) as gateway:
+        assert gateway.settings.plain_port_open is False
+        code, out = await run(dcmtk("echoscu"), "-aec", "DICOMGW", "127.0.0.1", str(plain))
+        assert code != 0, out
+        assert gateway.tls_port is not None
+        assert (await storescu_tls(gateway.tls_port, pki, "client"))[0] == 0
+    async with start_gateway(port=plain, tls_only=False, **tls_settings(pki, require_client_cert=True)) as gateway:
+        code, out = await run(dcmtk("echoscu"), "-aec", "DICOMGW", "127.0.0.1", str(plain))
+        assert code == 0, out
+
+
 async def test_untrusted_client_certificate_is_refused_when_required(start_gateway: StartGateway, pki: Path) -> None:
     async with start_gateway(**tls_settings(pki, require_client_cert=True)) as gateway:
         assert gateway.tls_port is not None

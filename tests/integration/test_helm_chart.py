@@ -204,17 +204,21 @@ def test_split_mode_runs_one_deployment_per_enabled_role() -> None:
         (container,) = containers(deployment)
         assert container["args"] == ["run", "--role", role]
         ports = {p["name"] for p in container["ports"]}
-        assert ports == ({"http", "dicom", "dicom-tls"} if role == "receiver" else {"http"})
+        # DICOM-TLS closes the plain DICOM port (gateway.dicom.tls.tlsOnly defaults to true).
+        assert ports == ({"http", "dicom-tls"} if role == "receiver" else {"http"})
         selectors.add(tuple(sorted(deployment["spec"]["selector"]["matchLabels"].items())))
     assert len(selectors) == len(SPLIT_ROLES), "each role needs its own pod selector"
 
 
-def test_split_mode_exposes_dicom_and_dicom_tls_on_the_receiver_service() -> None:
+def test_split_mode_exposes_dicom_tls_on_the_receiver_service() -> None:
     services = of_kind(render_set("split-ci"), "Service")
     receiver = services["gw-dicom-gateway-receiver"]
     assert receiver["spec"]["type"] == "NodePort"
     assert receiver["spec"]["selector"]["app.kubernetes.io/component"] == "receiver"
     ports = {p["name"]: (p["port"], p.get("nodePort")) for p in receiver["spec"]["ports"]}
+    assert ports == {"dicom-tls": (2762, 32762)}, "tlsOnly: no plain DICOM port, nor its node port"
+    both = of_kind(render("gateway.dicom.tls.tlsOnly=false", values=(SPLIT_CI,)), "Service")
+    ports = {p["name"]: (p["port"], p.get("nodePort")) for p in both["gw-dicom-gateway-receiver"]["spec"]["ports"]}
     assert ports == {"dicom": (11112, 31112), "dicom-tls": (2762, 32762)}
     lb = of_kind(render("mode=split", BACKENDS), "Service")["gw-dicom-gateway-receiver"]
     assert lb["spec"]["type"] == "LoadBalancer"
@@ -308,7 +312,7 @@ def test_network_policy_only_when_enabled() -> None:
     policies = of_kind(manifests, "NetworkPolicy")
     assert set(policies) == set(of_kind(manifests, "Deployment"))
     receiver = policies["gw-dicom-gateway-receiver"]["spec"]
-    dicom_rules = [r for r in receiver["ingress"] if {"port": "dicom", "protocol": "TCP"} in r["ports"]]
+    dicom_rules = [r for r in receiver["ingress"] if {"port": "dicom-tls", "protocol": "TCP"} in r["ports"]]
     (rule,) = dicom_rules
     assert [peer["ipBlock"]["cidr"] for peer in rule["from"]] == ["10.20.0.0/16", "192.0.2.0/24"]
     for role in ENABLED_WORKER_ROLES:
@@ -631,3 +635,119 @@ def test_chart_schema_refuses_wrong_dicom_values(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"gateway": {"dicom": {"allowedAEs": [
         {"ae_title": "MODALITY1", "transfer_syntax_preference": "1.2.840.10008.1.2.1"}]}}}))
     assert "transfer_syntax_preference" in render_error(values=(path,))
+
+
+# DICOM-TLS only (gateway.dicom.tls.tlsOnly, GATEWAY_DICOM__TLS_ONLY): with TLS the plain port is closed by default.
+PLAIN_DICOM_PORT = 11112
+DICOM_TLS_PORT = 2762
+TLS_ON = ("gateway.dicom.tls.enabled=true", "gateway.dicom.tls.existingSecret=dicomgw-dicom-tls")
+# (value files, --set values) with DICOM TLS enabled and tlsOnly left at its default, per mode.
+TLS_VALUE_SETS = {
+    "embedded": ((), TLS_ON),
+    "single-kafka": ((), (BACKENDS, *TLS_ON)),
+    "split-ci": ((SPLIT_CI,), ()),
+    "split-minimal": ((), ("mode=split", BACKENDS, *TLS_ON)),
+}
+PORT_FIELDS = ("port", "containerPort", "targetPort", "nodePort")
+
+
+def _exposed_ports(manifests: list[Manifest]) -> set[tuple[str, str, Any]]:
+    """Every port value (number or name) anywhere in the rendered objects but the ConfigMap: (kind, name, port)."""
+    found: set[tuple[str, str, Any]] = set()
+
+    def walk(node: Any, manifest: Manifest) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in PORT_FIELDS and isinstance(value, (int, str)):
+                    found.add((manifest["kind"], manifest["metadata"]["name"], value))
+                walk(value, manifest)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, manifest)
+
+    for manifest in manifests:
+        if manifest["kind"] != "ConfigMap":
+            walk(manifest, manifest)
+    return found
+
+
+def _of_dicom_role(manifest: Manifest) -> bool:
+    """Whether an object belongs to a role that receives DICOM (the metrics Service belongs to none)."""
+    return manifest["metadata"]["labels"].get("app.kubernetes.io/component") in ("single", "receiver")
+
+
+def _dicom_ports(manifests: list[Manifest]) -> dict[str, set[Any]]:
+    """The DICOM ports of the DICOM-receiving containers, the DICOM Service and the NetworkPolicy ingress."""
+    ports: dict[str, set[Any]] = {"containers": set(), "services": set(), "networkPolicies": set()}
+    for deployment in of_kind(manifests, "Deployment").values():
+        if _of_dicom_role(deployment):
+            for container in containers(deployment):
+                ports["containers"] |= {(p["name"], p["containerPort"]) for p in container["ports"]} - {("http", 8080)}
+    for service in of_kind(manifests, "Service").values():
+        if _of_dicom_role(service):
+            ports["services"] |= {(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]
+                                  if p["name"] != "http"}  # the api Service selects the single pods too
+    for policy in of_kind(manifests, "NetworkPolicy").values():
+        if _of_dicom_role(policy):
+            ports["networkPolicies"] |= {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]} - {"http"}
+    return ports
+
+
+@pytest.mark.parametrize("value_set", sorted(TLS_VALUE_SETS))
+def test_dicom_tls_closes_the_plain_dicom_port_everywhere_by_default(value_set: str, tmp_path: Path) -> None:
+    values, sets = TLS_VALUE_SETS[value_set]
+    manifests = render(*sets, "networkPolicy.enabled=true", "networkPolicy.dicomCIDRs={10.20.0.0/16}",
+                       "service.type=NodePort", "service.nodePorts.dicom=31112", values=values)
+    config = config_map(manifests)
+    assert config["GATEWAY_DICOM__TLS_ONLY"] == "true"
+    exposed = {port for _, _, port in _exposed_ports(manifests)}
+    assert exposed.isdisjoint({"dicom", PLAIN_DICOM_PORT, 31112}), _exposed_ports(manifests)
+    assert _dicom_ports(manifests) == {
+        "containers": {("dicom-tls", DICOM_TLS_PORT)},
+        "services": {("dicom-tls", DICOM_TLS_PORT, "dicom-tls")},
+        "networkPolicies": {"dicom-tls"},
+    }
+    for name, deployment in of_kind(manifests, "Deployment").items():
+        settings, _ = _gateway_settings(deployment, config, tmp_path / name)
+        assert settings["dicom"]["tls_only"] is True, name
+
+
+@pytest.mark.parametrize("value_set", sorted(TLS_VALUE_SETS))
+def test_dicom_tls_only_false_keeps_both_dicom_ports(value_set: str, tmp_path: Path) -> None:
+    values, sets = TLS_VALUE_SETS[value_set]
+    manifests = render(*sets, "gateway.dicom.tls.tlsOnly=false", "networkPolicy.enabled=true",
+                       "networkPolicy.dicomCIDRs={10.20.0.0/16}", values=values)
+    config = config_map(manifests)
+    assert config["GATEWAY_DICOM__TLS_ONLY"] == "false"
+    assert _dicom_ports(manifests) == {
+        "containers": {("dicom", PLAIN_DICOM_PORT), ("dicom-tls", DICOM_TLS_PORT)},
+        "services": {("dicom", PLAIN_DICOM_PORT, "dicom"), ("dicom-tls", DICOM_TLS_PORT, "dicom-tls")},
+        "networkPolicies": {"dicom", "dicom-tls"},
+    }
+    for name, deployment in of_kind(manifests, "Deployment").items():
+        settings, _ = _gateway_settings(deployment, config, tmp_path / name)
+        assert settings["dicom"]["tls_only"] is False, name
+
+
+@pytest.mark.parametrize("sets", [(), (BACKENDS,), ("mode=split", BACKENDS)], ids=["embedded", "single-kafka", "split"])
+@pytest.mark.parametrize("tls_only", ["true", "false"])
+def test_without_dicom_tls_the_plain_dicom_port_stays(sets: tuple[str, ...], tls_only: str) -> None:
+    manifests = render(*sets, f"gateway.dicom.tls.tlsOnly={tls_only}", "networkPolicy.enabled=true",
+                       "networkPolicy.dicomCIDRs={10.20.0.0/16}")
+    config = config_map(manifests)
+    assert "GATEWAY_DICOM__TLS_ONLY" not in config, "tlsOnly means nothing without TLS: the gateway's default"
+    assert config["GATEWAY_DICOM__PORT"] == str(PLAIN_DICOM_PORT)
+    assert _dicom_ports(manifests) == {
+        "containers": {("dicom", PLAIN_DICOM_PORT)},
+        "services": {("dicom", PLAIN_DICOM_PORT, "dicom")},
+        "networkPolicies": {"dicom"},
+    }
+    exposed = {port for _, _, port in _exposed_ports(manifests)}
+    assert exposed.isdisjoint({"dicom-tls", DICOM_TLS_PORT})
+
+
+def test_chart_refuses_tls_only_outside_its_value() -> None:
+    error = render_error(*TLS_ON, "gateway.dicom.tls.tlsOnly=maybe")
+    assert "tlsOnly" in error
+    error = render_error(*TLS_ON, "gateway.extraConfig.GATEWAY_DICOM__TLS_ONLY=false")
+    assert "gateway.dicom.tls.tlsOnly" in error, "the chart would expose ports the gateway does not open"

@@ -97,6 +97,15 @@ app.kubernetes.io/part-of: dicom-gateway
 {{- if has .component (list "single" "receiver") }}true{{ end }}
 {{- end }}
 
+{{/*
+"true" when the pods that receive DICOM listen on the plain DICOM port
+(gateway.dicom.port): always without DICOM TLS; with it only when
+gateway.dicom.tls.tlsOnly is false (GATEWAY_DICOM__TLS_ONLY).
+*/}}
+{{- define "dicom-gateway.plainDicomPort" -}}
+{{- if or (not .Values.gateway.dicom.tls.enabled) (not .Values.gateway.dicom.tls.tlsOnly) }}true{{ end }}
+{{- end }}
+
 {{/* Kafka consumer groups a role's pods belong to (single: those of the enabled worker roles). */}}
 {{- define "dicom-gateway.consumerGroups" -}}
 {{- if eq .component "single" }}
@@ -231,6 +240,9 @@ true for those only the pods that receive DICOM get.
 {{- range $key, $_ := $v.gateway.extraConfig }}
 {{- if not (hasPrefix "GATEWAY_" $key) }}
 {{- fail (printf "gateway.extraConfig key %q must start with GATEWAY_" $key) }}
+{{- end }}
+{{- if eq $key "GATEWAY_DICOM__TLS_ONLY" }}
+{{- fail "set gateway.dicom.tls.tlsOnly, not GATEWAY_DICOM__TLS_ONLY in gateway.extraConfig: the chart opens the plain DICOM port on pods, Services and NetworkPolicies from it" }}
 {{- end }}
 {{- end }}
 {{- end }}
