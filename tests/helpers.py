@@ -9,6 +9,10 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+from pynetdicom.presentation import PresentationContext
+
 from gateway.bus import Bus
 from gateway.core import envelope
 from gateway.core.envelope import InstanceEnvelope, InstanceHeader
@@ -86,3 +90,18 @@ async def run(*argv: str, timeout: float = 120, env: dict[str, str] | None = Non
         out, _ = await process.communicate()
     return process.returncode or 0, out.decode(errors="replace")
 
+
+
+def associate_rq_pdu(calling: str, called: str, contexts: list[PresentationContext]) -> bytes:
+    """An encoded A-ASSOCIATE-RQ offering ``contexts`` (with their context IDs), maximum PDU 16 KiB."""
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title = calling
+    primitive.called_ae_title = called
+    primitive.presentation_context_definition_list = contexts
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = 16384
+    primitive.user_information = [max_length]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())

@@ -109,11 +109,32 @@ def reject_pdu(result: int, source: int, diagnostic: int) -> bytes:
     return bytes(pdu.encode())
 
 
+def _ae_title(field: bytes) -> str:
+    return field.decode("ascii", "replace").strip()
+
+
+def _refusal(policy: AcceptorPolicy, called: str, calling: str,
+             peer_ip: str) -> tuple[tuple[int, int, int], str] | None:
+    if called != policy.ae_title:
+        return REJECT_CALLED_AE, "called AE title not recognised"
+    if policy.identify is not None and policy.identify(calling, peer_ip) is None:
+        return REJECT_CALLING_AE, "calling AE title or its address not allowed"
+    return None
+
+
 def negotiate(pdu: bytes, policy: AcceptorPolicy, contexts: Callable[[Sequence[str]], Sequence[PresentationContext]],
               peer_ip: str, open_associations: int) -> Accepted | Rejected:
     """Answer an A-ASSOCIATE-RQ PDU (whole, header included). Raises ValueError if it does not decode.
 
-    ``contexts`` gives what the acceptor accepts of the abstract syntaxes proposed."""
+    ``contexts`` gives what the acceptor accepts of the abstract syntaxes proposed; ``open_associations`` counts
+    the associations already accepted (not this one, and not connections that never associated). Called and
+    calling AE titles are checked from their fixed places in the PDU (PS3.8 9.3.2) before the rest is decoded,
+    so a large request from a caller that may not associate costs nothing."""
+    if len(pdu) >= 74:
+        called, calling = _ae_title(pdu[10:26]), _ae_title(pdu[26:42])
+        refusal = _refusal(policy, called, calling, peer_ip)
+        if refusal is not None:
+            return Rejected(reject_pdu(*refusal[0]), refusal[1], calling, called)
     request = A_ASSOCIATE_RQ()
     try:
         request.decode(pdu)
@@ -130,12 +151,11 @@ def negotiate(pdu: bytes, policy: AcceptorPolicy, contexts: Callable[[Sequence[s
         return rejected(REJECT_PROTOCOL_VERSION, "protocol version not supported")
     if str(primitive.application_context_name) != APPLICATION_CONTEXT:
         return rejected(REJECT_APPLICATION_CONTEXT, "application context name not supported")
-    if called != policy.ae_title:
-        return rejected(REJECT_CALLED_AE, "called AE title not recognised")
+    refusal = _refusal(policy, called, calling, peer_ip)
+    if refusal is not None:
+        return rejected(*refusal)
     caller = policy.identify(calling, peer_ip) if policy.identify is not None else None
-    if policy.identify is not None and caller is None:
-        return rejected(REJECT_CALLING_AE, "calling AE title or its address not allowed")
-    if open_associations > policy.max_associations:
+    if open_associations >= policy.max_associations:
         return rejected(REJECT_TOO_MANY, "too many associations open")
 
     peer_max_pdu = 0

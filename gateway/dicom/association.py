@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ = 0x01, 0x02, 0x03
 P_DATA_TF, A_RELEASE_RQ, A_RELEASE_RP_TYPE, A_ABORT = 0x04, 0x05, 0x06, 0x07
-ASSOCIATE_RQ_LIMIT = 1024 * 1024
+ASSOCIATE_RQ_LIMIT = 256 * 1024
+"""128 presentation contexts with 20 transfer syntaxes each and a user identity token fit several times over; a
+larger request is aborted before it is read whole."""
 COMMAND_LIMIT = 64 * 1024
 C_CANCEL_RQ = 0x0FFF
 
@@ -92,7 +94,10 @@ class Association:
         timeouts: Timeouts,
         metrics: Metrics,
         open_associations: Callable[[], int],
+        admitted: Callable[[Association], None] | None = None,
     ) -> None:
+        """``open_associations`` counts the associations accepted so far; ``admitted`` is told of this one once
+        it is accepted (``on_end`` then tells when it ends), so idle connections never fill the cap."""
         self._reader = reader
         self._writer = writer
         self._policy = policy
@@ -100,6 +105,7 @@ class Association:
         self._timeouts = timeouts
         self._metrics = metrics
         self._open_associations = open_associations
+        self._admitted = admitted
         peer = writer.get_extra_info("peername") or ("", 0)
         self._peer_ip = str(peer[0])
         self.peer = f"{peer[0]}:{peer[1]}"
@@ -194,6 +200,8 @@ class Association:
             return
         self._accepted = outcome
         self.caller = outcome.caller
+        if self._admitted is not None:
+            self._admitted(self)
         self._metrics.associations.labels("accepted").inc()
         log.info("association accepted", extra={"contexts": len(outcome.contexts), "user": outcome.user})
 

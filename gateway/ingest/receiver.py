@@ -86,6 +86,7 @@ class Receiver:
         self._producer: Producer | None = None
         self._commitments: StorageCommitmentService | None = None
         self._services: ServiceRegistry | None = None
+        self._associated = 0
         self._listener = StreamListener("dicom", settings.host, self._associate, drain_timeout,
                                         settings.acse_timeout_seconds, settings.reuse_port)
         self._policy = acceptor_policy(settings)
@@ -129,9 +130,18 @@ class Receiver:
         self._metrics.associations_open.inc()
         try:
             await Association(reader, writer, self._policy, self._services, self._timeouts, self._metrics,
-                              lambda: self._listener.open_connections).run()
+                              lambda: self._associated, self._admit).run()
         finally:
             self._metrics.associations_open.dec()
+
+    def _admit(self, association: Association) -> None:
+        """An accepted association counts against ``max_associations`` until it ends."""
+        self._associated += 1
+
+        def ended() -> None:
+            self._associated -= 1
+
+        association.on_end(ended)
 
     async def _report(self, request: web.Request) -> web.Response:
         if self._commitments is None:

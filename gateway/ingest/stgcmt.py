@@ -62,6 +62,8 @@ class StorageCommitmentService:
 
     async def request(self, association: AssociationContext, request: Command,
                       context_id: int) -> Response | DataSetSink:
+        if not self._is_requester(association.calling_ae):  # before its data set: nothing is buffered for it
+            return _refused(dimse.NOT_AUTHORIZED, f"{association.calling_ae} is not a configured remote AE")
         if not request.has_data_set:
             return _refused(dimse.PROCESSING_FAILURE, "N-ACTION without Action Information")
         return _ActionInformation(self, association, request, context_id)
@@ -76,8 +78,6 @@ class StorageCommitmentService:
             return _refused(dimse.NO_SUCH_SOP_INSTANCE, "Requested SOP Instance must be 1.2.840.10008.1.20.1.1")
         if request.unsigned(dimse.ACTION_TYPE_ID) != commitment.REQUEST_STORAGE_COMMITMENT:
             return _refused(dimse.NO_SUCH_ACTION, "Action Type ID must be 1")
-        if not self._is_requester(calling_ae):
-            return _refused(dimse.NOT_AUTHORIZED, f"{calling_ae} is not a configured remote AE")
         try:
             transaction_uid, references = commitment.parse_action_information(
                 data, association.transfer_syntax(context_id))

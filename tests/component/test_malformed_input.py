@@ -15,8 +15,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import build_context
 
 from gateway.bus.embedded import EmbeddedBus
@@ -24,27 +22,17 @@ from gateway.ingest.receiver import Receiver
 from gateway.metrics import Metrics
 from gateway.settings import DicomSettings, EmbeddedBusSettings, TopicSettings
 from tests.conftest import dcmtk
-from tests.helpers import free_port
+from tests.helpers import associate_rq_pdu, free_port
 
 
 def associate_rq(called: str = "DICOMGW") -> bytes:
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
-    primitive.calling_ae_title = "RAW"
-    primitive.called_ae_title = called
     verification = build_context("1.2.840.10008.1.1", ["1.2.840.10008.1.2"])
     verification.context_id = 1
     ct = build_context("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1"])
     ct.context_id = 3
     commitment = build_context("1.2.840.10008.1.20.1", ["1.2.840.10008.1.2"])
     commitment.context_id = 5
-    primitive.presentation_context_definition_list = [verification, ct, commitment]
-    max_length = MaximumLengthNotification()
-    max_length.maximum_length_received = 16384
-    primitive.user_information = [max_length]
-    pdu = A_ASSOCIATE_RQ()
-    pdu.from_primitive(primitive)
-    return bytes(pdu.encode())
+    return associate_rq_pdu("RAW", called, [verification, ct, commitment])
 
 
 def p_data(context_id: int, control: int, payload: bytes, pdv_length: int | None = None) -> bytes:
@@ -57,7 +45,8 @@ class ThreadedGateway:
 
     def __init__(self, directory: Path) -> None:
         self.settings = DicomSettings(host="127.0.0.1", port=free_port(), acse_timeout_seconds=1,
-                                      network_timeout_seconds=2, dimse_timeout_seconds=2, max_pdu_length=65536)
+                                      network_timeout_seconds=2, dimse_timeout_seconds=2, max_pdu_length=65536,
+                                      remote_aes=[{"ae_title": "RAW", "host": "127.0.0.1", "port": 1}])
         self.metrics = Metrics()
         self._bus = EmbeddedBus(directory, EmbeddedBusSettings(), self.metrics)
         self._loop = asyncio.new_event_loop()
@@ -228,6 +217,18 @@ def test_unsupported_request_with_a_data_set_is_answered_0211_and_the_associatio
     assert reply[0] == ACCEPT
     assert response_statuses(reply) == [(0x8020, 0x0211), (0x8030, 0x0000)]
     assert reply.endswith(RELEASE_RP), "released, not aborted"
+
+
+def test_storage_commitment_from_an_ae_that_may_not_request_it_is_refused_before_its_data_set(
+    threaded_gateway: ThreadedGateway,
+) -> None:
+    """0x0124 at once: its Action Information is let go by, never gathered (it could be 32 MiB per association)."""
+    n_action = request_command(0x0130, "1.2.840.10008.1.20.1", 9, with_data_set=True)
+    stranger = associate_rq().replace(b"RAW             ", b"STRANGER        ", 1)
+    reply = threaded_gateway.exchange(stranger, p_data(5, 0x03, n_action), p_data(5, 0x02, b"\x00" * 1000),
+                                      RELEASE_RQ)
+    assert reply[0] == ACCEPT
+    assert response_statuses(reply) == [(0x8130, 0x0124)]
 
 
 def test_an_oversized_storage_commitment_request_is_refused_0213_and_the_association_goes_on(
