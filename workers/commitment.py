@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -115,13 +116,8 @@ class CommitmentTracker:
             return
         items = known.items if same else tuple(
             CommitmentItem(i.sop_class_uid, i.sop_instance_uid, sc.DUPLICATE_TRANSACTION_UID) for i in request.items)
-        now = time.time()
-        await self._index.put_delivery(Delivery(
-            f"{report_id(request.transaction_uid)}:{request.requested_at}", REPORT, request.transaction_uid,
-            request.requester_ae,
-            {"decisions": [[i.sop_class_uid, i.sop_instance_uid, i.failure_reason] for i in items],
-             "reply_to": request.source.get("reply_to", "")},
-            now, now, request.source), replace=False)
+        report = _report(f"{report_id(request.transaction_uid)}:{request.requested_at}", request, items, time.time())
+        await self._index.put_delivery(report, replace=False)
 
     async def instances_changed(self, sop_instance_uids: list[str]) -> None:
         for transaction_uid in await self._index.commitments_waiting_for(sop_instance_uids):
@@ -179,11 +175,7 @@ class CommitmentTracker:
     async def _decide(self, commitment: Commitment, decisions: list[CommitmentItem], studies: set[str],
                       final: bool) -> None:
         now = time.time()
-        report = Delivery(
-            report_id(commitment.transaction_uid), REPORT, commitment.transaction_uid, commitment.requester_ae,
-            {"decisions": [[d.sop_class_uid, d.sop_instance_uid, d.failure_reason] for d in decisions],
-             "reply_to": commitment.source.get("reply_to", "")},
-            now, now, commitment.source)
+        report = _report(report_id(commitment.transaction_uid), commitment, decisions, now)
         if not await self._index.decide_commitment(commitment.transaction_uid, tuple(decisions), report, now):
             return
         failed = sum(1 for d in decisions if d.failure_reason is not None)
@@ -239,6 +231,15 @@ class CommitmentTracker:
         finally:
             await stream.aclose()
         return size == row.size and digest.hexdigest() == row.sha256
+
+
+def _report(delivery_id: str, commitment: Commitment, decisions: Sequence[CommitmentItem], now: float) -> Delivery:
+    """The report of ``decisions`` to the transaction's requester, queued to go now."""
+    return Delivery(
+        delivery_id, REPORT, commitment.transaction_uid, commitment.requester_ae,
+        {"decisions": [[d.sop_class_uid, d.sop_instance_uid, d.failure_reason] for d in decisions],
+         "reply_to": commitment.source.get("reply_to", "")},
+        now, now, commitment.source)
 
 
 def _data_set_offset(head: bytes) -> int | None:

@@ -61,6 +61,7 @@ from workers.validation import (
     patient_conflicts,
     validate,
 )
+from workers.validation.header import first_item, text
 
 log = logging.getLogger(__name__)
 
@@ -452,25 +453,20 @@ class _StudyHeader:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom's notes on odd values may quote patient data
             return cls(
-                _text(dataset, "PatientID"),
-                _text(dataset, "IssuerOfPatientID")
+                text(dataset, "PatientID"),
+                text(dataset, "IssuerOfPatientID")
                 or _item_text(dataset, "IssuerOfPatientIDQualifiersSequence", "UniversalEntityID"),
-                _text(dataset, "AccessionNumber"),
+                text(dataset, "AccessionNumber"),
                 _item_text(dataset, "IssuerOfAccessionNumberSequence", "UniversalEntityID")
                 or _item_text(dataset, "IssuerOfAccessionNumberSequence", "LocalNamespaceEntityID"),
-                _text(dataset, "StudyDescription"), _text(dataset, "StudyID"),
-                _text(dataset, "ReferringPhysicianName"), _integer(dataset.get("SeriesNumber")),
+                text(dataset, "StudyDescription"), text(dataset, "StudyID"),
+                text(dataset, "ReferringPhysicianName"), _integer(dataset.get("SeriesNumber")),
                 _integer(dataset.get("InstanceNumber")))
 
 
-def _text(dataset: Dataset, keyword: str) -> str:
-    value = dataset.get(keyword)
-    return "" if value is None else str(value).strip(" \x00")
-
-
 def _item_text(dataset: Dataset, sequence: str, keyword: str) -> str:
-    items = dataset.get(sequence) or []
-    return _text(items[0], keyword) if len(items) else ""
+    item = first_item(dataset, sequence)
+    return text(item, keyword) if item is not None else ""
 
 
 async def _upload(pending: _Pending, data: bytes) -> None:

@@ -33,6 +33,8 @@ from gateway.dicom.service import Caller
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.9.7433.1.1"
 IMPLEMENTATION_VERSION = "DICOMGW_010"
+_FIXED_FIELDS_END = 74
+"""PDU header (6) and the fixed fields of an A-ASSOCIATE-RQ (68: version, called and calling AE, reserved)."""
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
@@ -113,15 +115,6 @@ def _ae_title(field: bytes) -> str:
     return field.decode("ascii", "replace").strip()
 
 
-def _refusal(policy: AcceptorPolicy, called: str, calling: str,
-             peer_ip: str) -> tuple[tuple[int, int, int], str] | None:
-    if called != policy.ae_title:
-        return REJECT_CALLED_AE, "called AE title not recognised"
-    if policy.identify is not None and policy.identify(calling, peer_ip) is None:
-        return REJECT_CALLING_AE, "calling AE title or its address not allowed"
-    return None
-
-
 def negotiate(pdu: bytes, policy: AcceptorPolicy, contexts: Callable[[Sequence[str]], Sequence[PresentationContext]],
               peer_ip: str, open_associations: int) -> Accepted | Rejected:
     """Answer an A-ASSOCIATE-RQ PDU (whole, header included). Raises ValueError if it does not decode.
@@ -130,31 +123,28 @@ def negotiate(pdu: bytes, policy: AcceptorPolicy, contexts: Callable[[Sequence[s
     the associations already accepted (not this one, and not connections that never associated). Called and
     calling AE titles are checked from their fixed places in the PDU (PS3.8 9.3.2) before the rest is decoded,
     so a large request from a caller that may not associate costs nothing."""
-    if len(pdu) >= 74:
-        called, calling = _ae_title(pdu[10:26]), _ae_title(pdu[26:42])
-        refusal = _refusal(policy, called, calling, peer_ip)
-        if refusal is not None:
-            return Rejected(reject_pdu(*refusal[0]), refusal[1], calling, called)
+    if len(pdu) < _FIXED_FIELDS_END:
+        raise ValueError("A-ASSOCIATE-RQ does not decode: shorter than its fixed fields")
+    called, calling = _ae_title(pdu[10:26]), _ae_title(pdu[26:42])
+
+    def rejected(rsd: tuple[int, int, int], reason: str) -> Rejected:
+        return Rejected(reject_pdu(*rsd), reason, calling, called)
+
+    if called != policy.ae_title:
+        return rejected(REJECT_CALLED_AE, "called AE title not recognised")
+    caller = policy.identify(calling, peer_ip) if policy.identify is not None else None
+    if policy.identify is not None and caller is None:
+        return rejected(REJECT_CALLING_AE, "calling AE title or its address not allowed")
     request = A_ASSOCIATE_RQ()
     try:
         request.decode(pdu)
         primitive = request.to_primitive()
     except Exception as exc:
         raise ValueError(f"A-ASSOCIATE-RQ does not decode: {exc}") from exc
-    calling = (primitive.calling_ae_title or "").strip()
-    called = (primitive.called_ae_title or "").strip()
-
-    def rejected(rsd: tuple[int, int, int], reason: str) -> Rejected:
-        return Rejected(reject_pdu(*rsd), reason, calling, called)
-
     if not request.protocol_version & 0x0001:
         return rejected(REJECT_PROTOCOL_VERSION, "protocol version not supported")
     if str(primitive.application_context_name) != APPLICATION_CONTEXT:
         return rejected(REJECT_APPLICATION_CONTEXT, "application context name not supported")
-    refusal = _refusal(policy, called, calling, peer_ip)
-    if refusal is not None:
-        return rejected(*refusal)
-    caller = policy.identify(calling, peer_ip) if policy.identify is not None else None
     if open_associations >= policy.max_associations:
         return rejected(REJECT_TOO_MANY, "too many associations open")
 

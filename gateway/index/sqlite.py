@@ -241,9 +241,10 @@ class SqliteIndex:
         result = resolve(self._current_instance(uid), row, policy)
         if result.outcome is Outcome.VARIANT:
             variant = replace(row, version=result.current.version).variant()
-            values = [getattr(variant, name) for name in _VARIANT_FIELDS]
-            values[-2:] = [_timestamp(variant.received_at), _timestamp(variant.stored_at)]
-            if self._db.execute(_INSERT_VARIANT, values).rowcount == 0:  # this variant is known already
+            values = {name: getattr(variant, name) for name in _VARIANT_FIELDS}
+            values["received_at"] = _timestamp(variant.received_at)
+            values["stored_at"] = _timestamp(variant.stored_at)
+            if self._db.execute(_INSERT_VARIANT, list(values.values())).rowcount == 0:  # this variant is known already
                 return RecordResult(Outcome.DUPLICATE, result.current, None)
         if result.written:
             if result.previous is not None:

@@ -14,7 +14,6 @@ Messages name attributes and their paths, never values: a KOS carries the patien
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -27,6 +26,7 @@ from pydicom.uid import UID
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
+from gateway.core import uid
 from gateway.xds.manifest import KEY_OBJECT_SELECTION_DOCUMENT_STORAGE, MANIFEST_TITLE
 
 KosSeverity = Literal["error", "warning"]
@@ -98,7 +98,6 @@ CONTEXT_RELATIONSHIPS = frozenset({"HAS OBS CONTEXT", "HAS CONCEPT MOD"})
 """TID 2010 rows 2 and 3: observer context (TID 1002) and language (TID 1204), which reference no instance."""
 TID_2010 = ("DCMR", "2010")
 EVIDENCE = "CurrentRequestedProcedureEvidenceSequence"
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,12 +146,10 @@ def _empty(element: DataElement) -> bool:
 
 
 def uid_problem(value: str) -> str | None:
-    """UID syntax of PS3.5 9.1 (at most 64 characters, digits and dots, no leading zero in a component), in
-    words that read after the attribute's name. The same rule as ``workers.validation.vr.ui``, which this layer
-    may not import."""
-    if len(value) > 64:
+    """UID syntax of PS3.5 9.1 (``gateway.core.uid``), in words that read after the attribute's name."""
+    if len(value) > uid.MAX_LENGTH:
         return "is longer than 64 characters"
-    if _UID.fullmatch(value) is None:
+    if not uid.is_identifier(value):
         return "is not digits separated by single dots"
     if any(len(component) > 1 and component.startswith("0") for component in value.split(".")):
         return "has a component with a leading zero"
