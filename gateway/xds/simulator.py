@@ -6,26 +6,34 @@ Endpoints: POST /xds/repository (ITI-41 / RAD-68 Provide and Register, ITI-43 / 
 Every request is kept as received under DIR/messages/ and validated (XSD + metadata rules); an invalid message is
 answered with a RegistryResponse Failure listing RegistryErrors, never an HTTP 500. The registry (DIR/registry.json)
 and documents (DIR/documents/) survive a restart.
+
+Request bodies are streamed into a temporary file (kept in memory up to SPOOL_BYTES) and MTOM documents are read
+from that file in chunks, so memory does not grow with the documents' size; a body over the configured limit
+(``--max-body-bytes``) is answered with HTTP 413 and a SOAP Fault without reading the rest of it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import copy
 import hashlib
+import io
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 from aiohttp import web
@@ -39,7 +47,8 @@ from gateway.xds.soap import ACTIONS, NS, Attachment, SoapError, SoapMessage
 log = logging.getLogger("gateway.xds")
 
 DEFAULT_REPOSITORY_UNIQUE_ID = "2.25.160028644777287174929918114221999412990"  # a UUID-derived OID (ITU-T X.667)
-MAX_REQUEST_BYTES = 512 * 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+SPOOL_BYTES = 8 * 1024 * 1024  # a request body up to this size stays in memory, a larger one goes to a file
 SUCCESS = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Success"
 FAILURE = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Failure"
 PARTIAL_SUCCESS = "urn:ihe:iti:2007:ResponseStatusType:PartialSuccess"
@@ -58,6 +67,11 @@ _QUERY_CODES = {
 }
 _QUERY_TIMES = {"CreationTime": "creationTime", "ServiceStartTime": "serviceStartTime",
                 "ServiceStopTime": "serviceStopTime"}
+_CHUNK = 1024 * 1024
+_BASE64_CHUNK = 3 * 256 * 1024  # a multiple of 3: the base64 of consecutive chunks is the base64 of their whole
+_MAX_PART_HEAD = 64 * 1024  # the most of a MIME part's headers, or of a boundary line's padding, read into memory
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+_BINARY_ENCODINGS = ("binary", "8bit", "7bit")
 
 
 class Rejected(Exception):
@@ -66,6 +80,44 @@ class Rejected(Exception):
     def __init__(self, errors: list[RuleError]) -> None:
         super().__init__(", ".join(e.code for e in errors))
         self.errors = errors
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A byte range of a request body's file: a document is read from it in chunks, never held whole."""
+
+    file: IO[bytes]
+    offset: int
+    size: int
+
+    @classmethod
+    def of(cls, data: bytes) -> Blob:
+        """A document that was in memory anyway (inline base64, or a MIME part not sent as binary)."""
+        return cls(io.BytesIO(data), 0, len(data))
+
+    def chunks(self, size: int = _CHUNK) -> Iterator[bytes]:
+        self.file.seek(self.offset)
+        left = self.size
+        while left > 0 and (chunk := self.file.read(min(size, left))):
+            left -= len(chunk)
+            yield chunk
+
+
+@dataclass(frozen=True)
+class Document:
+    """A submitted document and its digests (SHA-1 for the hash Slot, SHA-256 names the stored file)."""
+
+    blob: Blob
+    sha1: str
+    sha256: str
+
+    @classmethod
+    def digest(cls, blob: Blob) -> Document:
+        sha1, sha256 = hashlib.sha1(), hashlib.sha256()
+        for chunk in blob.chunks():
+            sha1.update(chunk)
+            sha256.update(chunk)
+        return cls(blob, sha1.hexdigest(), sha256.hexdigest())
 
 
 @dataclass
@@ -111,10 +163,12 @@ class Registry:
 class Simulator:
     """The registry and repository behind the HTTP handlers; one lock serialises every change of state."""
 
-    def __init__(self, data_dir: Path, repository_unique_id: str, patient_id_domain: str | None) -> None:
+    def __init__(self, data_dir: Path, repository_unique_id: str, patient_id_domain: str | None,
+                 max_body_bytes: int) -> None:
         self.data_dir = data_dir
         self.repository_unique_id = repository_unique_id
         self.patient_id_domain = patient_id_domain
+        self.max_body_bytes = max_body_bytes
         self.messages = data_dir / "messages"
         self.documents = data_dir / "documents"
         for directory in (self.messages, self.documents):
@@ -133,20 +187,45 @@ class Simulator:
         return await self._soap(request, "registry")
 
     async def _soap(self, request: web.Request, endpoint: str) -> web.StreamResponse:
-        body = await request.read()
         content_type = request.headers.get("Content-Type", "")
-        async with self.lock:
-            return await self._handle(endpoint, body, content_type)
+        # in DIR rather than the default temporary directory, which may be a tmpfs and so memory after all
+        with tempfile.SpooledTemporaryFile(SPOOL_BYTES, dir=str(self.data_dir)) as body:
+            if not await self._receive(request, body):
+                return await self._too_large(request, endpoint)
+            async with self.lock:
+                return await self._handle(endpoint, body, content_type)
 
-    async def _handle(self, endpoint: str, body: bytes, content_type: str) -> web.StreamResponse:
+    async def _receive(self, request: web.Request, body: IO[bytes]) -> bool:
+        """Copy the request body into ``body`` as it arrives; False, the rest unread, once it exceeds the limit
+        (at once when its Content-Length does; a chunked or compressed body is counted as it is read)."""
+        if (request.content_length or 0) > self.max_body_bytes:
+            return False
+        size = 0
+        async for chunk in request.content.iter_chunked(_CHUNK):
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return False
+            body.write(chunk)  # at most one chunk into the page cache: cheaper than a thread hop
+        return True
+
+    async def _too_large(self, request: web.Request, endpoint: str) -> web.StreamResponse:
+        reason = f"request body exceeds the simulator's limit of {self.max_body_bytes} bytes"
+        log.warning("xds request body over the limit", extra={
+            "endpoint": endpoint, "content_length": request.content_length, "limit": self.max_body_bytes})
+        response = _fault_response("Sender", reason, None, 413)
+        response.force_close()  # the rest of the body is not read: the connection cannot carry another request
+        async with self.lock:
+            return await self._done(None, "too-large", [reason], response)
+
+    async def _handle(self, endpoint: str, body: IO[bytes], content_type: str) -> web.StreamResponse:
         try:
-            message = soap.parse(body, content_type)
+            message, parts = await asyncio.to_thread(_parse, body, content_type)
             resolved = message.resolved()
         except SoapError as exc:
-            stem = await self._record("unparsed", body, content_type, None)
+            stem = await self._record("unparsed", body, content_type, None, {})
             return await self._done(stem, "fault", [exc.reason], _fault_response("Sender", exc.reason, None, 400))
         transaction = _transaction(endpoint, message)
-        stem = await self._record(transaction or "unknown", body, content_type, resolved)
+        stem = await self._record(transaction or "unknown", body, content_type, resolved, parts)
         if transaction is None:
             reason = f"action {message.action!r} is not served at /xds/{endpoint}"
             return await self._done(stem, "fault", [reason],
@@ -161,7 +240,7 @@ class Simulator:
             errors = [RuleError(_schema_error_code(transaction), "schema", e) for e in xsd.validate(resolved)]
             if errors:
                 raise Rejected(errors)
-            response = await self._dispatch(transaction, message)
+            response = await self._dispatch(transaction, message, parts)
         except Rejected as exc:
             return await self._done(stem, "rejected", [f"{e.code}: {e.location}" for e in exc.errors],
                                     self._failure(transaction, message, exc.errors))
@@ -175,10 +254,10 @@ class Simulator:
             return await self._done(stem, "error", [error.message], self._failure(transaction, message, [error]))
         return await self._done(stem, "accepted", [], response)
 
-    async def _dispatch(self, transaction: str, message: SoapMessage) -> web.Response:
+    async def _dispatch(self, transaction: str, message: SoapMessage, parts: dict[bytes, Blob]) -> web.Response:
         payload = message.body()
         if transaction in ("ITI-41", "RAD-68"):
-            await self._provide_and_register(payload, message, transaction)
+            await self._provide_and_register(payload, message, parts, transaction)
             return _soap_response(ACTIONS["ITI-41-response"], _registry_response(SUCCESS, []), message,
                                   mtom=bool(message.attachments))
         if transaction == "ITI-42":
@@ -210,23 +289,26 @@ class Simulator:
             response = wrapper
         return _soap_response(ACTIONS[f"{transaction}-response"], response, message)
 
-    async def _record(self, transaction: str, body: bytes, content_type: str,
-                      resolved: etree._Element | None) -> str:
+    async def _record(self, transaction: str, body: IO[bytes], content_type: str, resolved: etree._Element | None,
+                      parts: dict[bytes, Blob]) -> str:
         """Keep the request as received (.raw, with its Content-Type) and XOP-resolved (.xml)."""
         self.sequence += 1
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         stem = f"{stamp}-{self.sequence:06d}-{transaction}"
-        raw = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace") + body
 
         def write() -> None:
-            (self.messages / f"{stem}.raw").write_bytes(raw)
+            with (self.messages / f"{stem}.raw").open("wb") as f:
+                f.write(f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace"))
+                body.seek(0)
+                shutil.copyfileobj(body, f, _CHUNK)
             if resolved is not None:
-                (self.messages / f"{stem}.xml").write_bytes(soap.serialize(resolved))
+                _write_resolved(self.messages / f"{stem}.xml", soap.serialize(resolved), parts)
 
         await asyncio.to_thread(write)
         return stem
 
-    async def _done(self, stem: str, outcome: str, errors: list[str], response: web.Response) -> web.Response:
+    async def _done(self, stem: str | None, outcome: str, errors: list[str],
+                    response: web.Response) -> web.Response:
         """Count and index the message, and persist the registry with whatever it changed."""
         self.registry.counters["accepted" if outcome == "accepted" else "rejected"] += 1
         await asyncio.to_thread(self.registry.save)
@@ -273,16 +355,17 @@ class Simulator:
 
     # --- ITI-41 / RAD-68 / ITI-42 -------------------------------------------------------------------------------
 
-    async def _provide_and_register(self, pnr: etree._Element, message: SoapMessage, transaction: str) -> None:
+    async def _provide_and_register(self, pnr: etree._Element, message: SoapMessage, parts: dict[bytes, Blob],
+                                    transaction: str) -> None:
         errors = rules.check_submission(pnr, transaction=transaction, patient_id_domain=self.patient_id_domain)
         if errors:
             raise Rejected(errors)
         sor = _child(pnr, f"{{{rules.LCM}}}SubmitObjectsRequest", rules.METADATA_ERROR)
-        documents = {d.get("id", ""): message.document(d) for d in pnr.iterfind(_XDS + "Document")}
+        documents = await asyncio.to_thread(_documents, pnr, message, parts)
         for de in sor.iter(_R + "ExtrinsicObject"):
-            data = documents[de.get("id", "")]
+            document = documents[de.get("id", "")]
             where = f"DocumentEntry {de.get('id', '')}"
-            digest, size = hashlib.sha1(data).hexdigest(), str(len(data))
+            digest, size = document.sha1, str(document.blob.size)
             problems = [RuleError("XDSRepositoryMetadataError", where, f"Slot {name} {given} does not match the "
                                                                        f"document ({actual})")
                         for name, actual in (("hash", digest), ("size", size))
@@ -294,7 +377,7 @@ class Simulator:
             _set_slot(de, "repositoryUniqueId", self.repository_unique_id)
         await self._register(sor, documents, transaction)
 
-    async def _register(self, sor: etree._Element, documents: dict[str, bytes], transaction: str) -> None:
+    async def _register(self, sor: etree._Element, documents: dict[str, Document], transaction: str) -> None:
         """ITI-42 on the registry side: checks against what is registered, then stores it all or nothing."""
         if transaction == "ITI-42":
             errors = rules.check_submission(sor, transaction="ITI-42", patient_id_domain=self.patient_id_domain)
@@ -315,7 +398,7 @@ class Simulator:
                 for attribute in ("id", *_REFERENCES):
                     if node.get(attribute) in ids:
                         node.set(attribute, ids[node.get(attribute, "")])
-        new_documents: dict[str, bytes] = {}
+        new_documents: dict[str, Blob] = {}
         de_scheme = rules.scheme("document_entry", "uniqueId")
         for original, obj in zip(object_list, objects, strict=True):
             entry_uuid = obj.get("id", "")
@@ -323,9 +406,9 @@ class Simulator:
                 if original.get("id") in skipped:
                     continue
                 obj.set("status", rules.STATUS_APPROVED)
-                data = documents.get(original.get("id", ""))
-                if data is not None:
-                    new_documents[entry_uuid] = data
+                document = documents.get(original.get("id", ""))
+                if document is not None:
+                    new_documents[entry_uuid] = document.blob
                 self.registry.entries[entry_uuid] = {
                     "uniqueId": rules.external_identifier(obj, de_scheme),
                     "patientId": rules.external_identifier(obj, rules.scheme("document_entry", "patientId")),
@@ -333,7 +416,7 @@ class Simulator:
                     "hash": (rules.slot_values(obj, "hash") or [""])[0],
                     "size": int((rules.slot_values(obj, "size") or ["0"])[0]),
                     "repositoryUniqueId": (rules.slot_values(obj, "repositoryUniqueId") or [""])[0],
-                    "document": None if data is None else f"{hashlib.sha256(data).hexdigest()}.bin",
+                    "document": None if document is None else f"{document.sha256}.bin",
                     "submitted": datetime.now(UTC).isoformat(timespec="seconds"),
                     "xml": etree.tostring(obj).decode(),
                 }
@@ -352,12 +435,14 @@ class Simulator:
                     self.registry.entries[obj.get("targetObject", "")]["status"] = rules.STATUS_DEPRECATED
         await asyncio.to_thread(self._write_documents, new_documents)
 
-    def _write_documents(self, documents: dict[str, bytes]) -> None:
-        for entry_uuid, data in documents.items():
+    def _write_documents(self, documents: dict[str, Blob]) -> None:
+        for entry_uuid, blob in documents.items():
             path = self.documents / self.registry.entries[entry_uuid]["document"]
             if not path.exists():
                 tmp = path.with_suffix(".tmp")
-                tmp.write_bytes(data)
+                with tmp.open("wb") as f:
+                    for chunk in blob.chunks():
+                        f.write(chunk)
                 os.replace(tmp, path)
 
     def _duplicates(self, sub: rules.Submission) -> dict[str, str]:
@@ -587,10 +672,144 @@ def _fault_response(code: str, reason: str, relates_to: str | None, status: int)
     return web.Response(status=status, body=body, headers={"Content-Type": content_type})
 
 
+# --- request bodies in files ------------------------------------------------------------------------------------
+
+
+def _parse(body: IO[bytes], content_type: str) -> tuple[SoapMessage, dict[bytes, Blob]]:
+    """soap.parse for a body in a file, leaving binary MIME parts (the documents) in the file.
+
+    soap.parse checks a skeleton of the MTOM package in which each binary part other than the root is a unique
+    stand-in; returned are the message (its attachments hold the stand-ins) and each stand-in's part in ``body``.
+    The root part (the envelope), base64 and quoted-printable parts and a plain SOAP message are read into memory.
+    """
+    kind, params = soap.media_type(content_type)
+    boundary = params.get("boundary", "")
+    if kind != "multipart/related" or not boundary:
+        # a plain message is XML parsed in memory anyway; soap.parse refuses other Content-Types by the type alone
+        return soap.parse(_read(body, 0, -1) if kind == "application/soap+xml" else b"", content_type), {}
+    start = params.get("start", "").strip().strip("<>")
+    delimiter = b"--" + boundary.encode("latin-1")
+    skeleton: list[bytes] = []
+    parts: dict[bytes, Blob] = {}
+    for index, (head, blob) in enumerate(_parts(body, delimiter)):
+        headers = _headers(head)
+        content_id = headers.get("content-id", "").strip().strip("<>").strip()
+        root = content_id == start if start else index == 0
+        if root or headers.get("content-transfer-encoding", "binary").lower() not in _BINARY_ENCODINGS:
+            content = b"".join(blob.chunks())
+        else:
+            content = uuid.uuid4().hex.encode()
+            parts[content] = blob
+        skeleton.append(delimiter + b"\r\n" + (head + b"\r\n\r\n" if head else b"\r\n") + content + b"\r\n")
+    return soap.parse(b"".join(skeleton) + delimiter + b"--\r\n", content_type), parts
+
+
+def _parts(body: IO[bytes], delimiter: bytes) -> Iterator[tuple[bytes, Blob]]:
+    """The headers and data of each part of a multipart body (RFC 2046 §5.1.1), found as soap.parse finds them
+    in bytes (LF line ends and transport padding tolerated)."""
+    if _read(body, 0, len(delimiter)) == delimiter:
+        pos = 0
+    else:
+        pos = _find(body, b"\n" + delimiter, 0)
+        if pos < 0:
+            raise SoapError("multipart body does not contain its boundary")
+        pos += 1
+    count = 0
+    while True:
+        pos += len(delimiter)
+        if _read(body, pos, 2) == b"--":
+            break
+        line_end = _find(body, b"\n", pos)
+        if line_end < 0 or line_end - pos > _MAX_PART_HEAD or _read(body, pos, line_end - pos).strip():
+            raise SoapError("malformed MIME boundary line")
+        start = line_end + 1
+        end = _find(body, b"\n" + delimiter, start)
+        if end < 0:
+            raise SoapError("multipart body is not closed by its final boundary")
+        yield _part(body, start, end - 1 if end > start and _read(body, end - 1, 1) == b"\r" else end)
+        count += 1
+        pos = end + 1
+    if not count:
+        raise SoapError("multipart body has no parts")
+
+
+def _part(body: IO[bytes], start: int, end: int) -> tuple[bytes, Blob]:
+    """A MIME part's header block and its data's place in ``body``."""
+    area = _read(body, start, min(end - start, _MAX_PART_HEAD))
+    if area.startswith((b"\r\n", b"\n")):
+        head, data_start = b"", start + area.index(b"\n") + 1
+    else:
+        blank = _BLANK_LINE.search(area)
+        if blank is None:
+            raise SoapError("MIME part without a blank line after its headers")
+        head, data_start = area[:blank.start()], start + blank.end()
+    return head, Blob(body, data_start, end - data_start)
+
+
+def _headers(head: bytes) -> dict[str, str]:
+    """A MIME part's headers by lower-case name, read leniently: soap.parse checks them on the skeleton."""
+    headers: dict[str, str] = {}
+    name = ""
+    for line in head.decode("latin-1").replace("\r\n", "\n").split("\n"):
+        if line[:1] in (" ", "\t") and name:
+            headers[name] += " " + line.strip()
+        elif ":" in line:
+            name, _, value = line.partition(":")
+            name = name.strip().lower()
+            headers[name] = value.strip()
+    return headers
+
+
+def _read(file: IO[bytes], offset: int, size: int) -> bytes:
+    file.seek(offset)
+    return file.read(size)
+
+
+def _find(file: IO[bytes], pattern: bytes, start: int) -> int:
+    """The offset of the first ``pattern`` at or after ``start`` in ``file``, or -1; reads it a chunk at a time."""
+    file.seek(start)
+    window, base = b"", start
+    while chunk := file.read(_CHUNK):
+        window += chunk
+        found = window.find(pattern)
+        if found >= 0:
+            return base + found
+        keep = min(len(pattern) - 1, len(window))  # a match may straddle this chunk and the next
+        base += len(window) - keep
+        window = window[len(window) - keep:]
+    return -1
+
+
+def _documents(pnr: etree._Element, message: SoapMessage, parts: dict[bytes, Blob]) -> dict[str, Document]:
+    """The submission's documents by xds:Document id: an MTOM part stays in the body's file, found by its
+    stand-in; an inline (base64) document was in memory already."""
+    documents = {}
+    for element in pnr.iterfind(_XDS + "Document"):
+        data = message.document(element)
+        documents[element.get("id", "")] = Document.digest(parts.get(data) or Blob.of(data))
+    return documents
+
+
+def _write_resolved(path: Path, xml: bytes, parts: dict[bytes, Blob]) -> None:
+    """Write the XOP-resolved message, streaming each part's base64 where ``xml`` has its stand-in's."""
+    encoded = {base64.b64encode(stand_in): blob for stand_in, blob in parts.items()}
+    matches = re.finditer(b"|".join(map(re.escape, encoded)), xml) if encoded else iter(())
+    pos = 0
+    with path.open("wb") as f:
+        for match in matches:
+            f.write(xml[pos:match.start()])
+            for chunk in encoded[match[0]].chunks(_BASE64_CHUNK):
+                f.write(base64.b64encode(chunk))
+            pos = match.end()
+        f.write(xml[pos:])
+
+
 def create_app(data_dir: Path, *, repository_unique_id: str = DEFAULT_REPOSITORY_UNIQUE_ID,
-               patient_id_domain: str | None = None) -> web.Application:
-    simulator = Simulator(data_dir, repository_unique_id, patient_id_domain)
-    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+               patient_id_domain: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> web.Application:
+    """The simulator's application; a request body over ``max_body_bytes`` is answered with 413."""
+    simulator = Simulator(data_dir, repository_unique_id, patient_id_domain, max_body_bytes)
+    # the SOAP endpoints stream their bodies and apply the limit themselves; this one is request.read()'s (/control)
+    app = web.Application(client_max_size=max_body_bytes)
     app.add_routes([
         web.post("/xds/repository", simulator.repository),
         web.post("/xds/registry", simulator.registry_endpoint),
@@ -602,10 +821,11 @@ def create_app(data_dir: Path, *, repository_unique_id: str = DEFAULT_REPOSITORY
 
 
 async def serve(host: str, port: int, data_dir: Path, repository_unique_id: str,
-                patient_id_domain: str | None) -> None:
+                patient_id_domain: str | None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
     """Run until SIGTERM or SIGINT; the ready line goes to stdout once the socket is listening."""
     runner = web.AppRunner(create_app(data_dir, repository_unique_id=repository_unique_id,
-                                      patient_id_domain=patient_id_domain), access_log=None)
+                                      patient_id_domain=patient_id_domain, max_body_bytes=max_body_bytes),
+                           access_log=None)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -626,8 +846,16 @@ async def serve(host: str, port: int, data_dir: Path, repository_unique_id: str,
 def run(args: argparse.Namespace) -> int:
     logs.configure("INFO")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.host, args.port, args.data, args.repository_unique_id, args.patient_id_domain))
+        asyncio.run(serve(args.host, args.port, args.data, args.repository_unique_id, args.patient_id_domain,
+                          args.max_body_bytes))
     return 0
+
+
+def _byte_count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a positive number of bytes")
+    return value
 
 
 def add_parser(subparsers: Any) -> None:
@@ -641,6 +869,9 @@ def add_parser(subparsers: Any) -> None:
                         help="this repository's repositoryUniqueId")
     parser.add_argument("--patient-id-domain", metavar="OID",
                         help="affinity domain assigning authority: other patientIds get XDSUnknownPatientId")
+    parser.add_argument("--max-body-bytes", type=_byte_count, default=DEFAULT_MAX_BODY_BYTES, metavar="N",
+                        help=f"largest request body accepted; a larger one gets HTTP 413 "
+                             f"(default {DEFAULT_MAX_BODY_BYTES}, 64 MiB)")
     parser.set_defaults(func=run)
 
 

@@ -1,5 +1,5 @@
 """The XDS simulator on a loopback socket: RAD-68 in (MTOM and plain), ITI-18 and RAD-69 out, failures, RPLC,
-restart."""
+restart, the request body limit and streamed bodies."""
 
 from __future__ import annotations
 
@@ -7,18 +7,23 @@ import asyncio
 import base64
 import copy
 import hashlib
+import io
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 from lxml import etree
+from yarl import URL
 
 from gateway.xds import rules, soap, xsd
+from gateway.xds import simulator as simulator_module
 from gateway.xds.simulator import DEFAULT_REPOSITORY_UNIQUE_ID, create_app
 from gateway.xds.soap import ACTIONS, NS, Attachment, SoapMessage
 
@@ -29,6 +34,7 @@ PATIENT = "IDS-AD001-a^^^&1.3.6.1.4.1.21367.2005.13.20.1000&ISO"
 KOS_UID = "2.25.193880843752755703630633023020422049279"
 SUCCESS = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Success"
 FAILURE = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Failure"
+MiB = 1024 * 1024
 
 
 def _rad68() -> tuple[etree._Element, bytes]:
@@ -53,18 +59,33 @@ def _entry(pnr: etree._Element) -> etree._Element:
     return pnr.find(f".//{R}ExtrinsicObject")
 
 
+def _with_document(pnr: etree._Element, data: bytes) -> etree._Element:
+    """The submission carrying ``data`` as its document (the sample's DocumentEntry has no hash or size Slot)."""
+    pnr.find(X + "Document").text = base64.b64encode(data).decode()
+    return pnr
+
+
+async def _in_pieces(body: bytes, size: int = 64 * 1024) -> AsyncIterator[bytes]:
+    """The body as an async generator, which aiohttp sends chunked, without a Content-Length."""
+    for offset in range(0, len(body), size):
+        yield body[offset:offset + size]
+
+
 class Client:
     def __init__(self, session: ClientSession, base: str) -> None:
         self.session, self.base = session, base
 
-    async def post(self, path: str, body: bytes, content_type: str) -> tuple[int, SoapMessage | None]:
-        async with self.session.post(self.base + path, data=body, headers={"Content-Type": content_type}) as r:
+    async def post(self, path: str, body: bytes, content_type: str, *,
+                   chunked: bool = False) -> tuple[int, SoapMessage | None]:
+        data = _in_pieces(body) if chunked else io.BytesIO(body)  # sized: sent with a Content-Length
+        async with self.session.post(self.base + path, data=data, headers={"Content-Type": content_type}) as r:
             raw = await r.read()
             if not r.headers.get("Content-Type", "").startswith(("multipart/related", "application/soap+xml")):
                 return r.status, None
             return r.status, soap.parse(raw, r.headers["Content-Type"])
 
-    async def submit(self, pnr: etree._Element, *, mtom: bool = True) -> tuple[int, SoapMessage | None]:
+    async def submit(self, pnr: etree._Element, *, mtom: bool = True,
+                     chunked: bool = False) -> tuple[int, SoapMessage | None]:
         pnr = copy.deepcopy(pnr)
         attachments = []
         if mtom:
@@ -74,7 +95,7 @@ class Client:
                 soap.include(document, f"doc{n}@test")
         env, _ = soap.envelope(ACTIONS["RAD-68"], pnr, to=self.base + "/xds/repository")
         body, content_type = soap.mtom(env, attachments) if mtom else soap.plain(env)
-        return await self.post("/xds/repository", body, content_type)
+        return await self.post("/xds/repository", body, content_type, chunked=chunked)
 
     async def query(self, query_id: str, params: dict[str, str], return_type: str = "LeafClass") -> SoapMessage:
         request = etree.Element(f"{{{NS['query']}}}AdhocQueryRequest", nsmap={"query": NS["query"], "rim": NS["rim"]})
@@ -103,15 +124,16 @@ class Client:
 
 
 @pytest.fixture
-async def simulator(tmp_path: Path) -> AsyncIterator[Callable[[], Awaitable[Client]]]:
-    """Starts (or restarts, on the same data directory) the simulator on a loopback port."""
+async def simulator(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Client]]]:
+    """Starts (or restarts, on the same data directory) the simulator on a loopback port; keyword arguments go to
+    create_app."""
     servers: list[TestServer] = []
     session = ClientSession()
 
-    async def start() -> Client:
+    async def start(**options: Any) -> Client:
         if servers:
             await servers[-1].close()
-        server = TestServer(create_app(tmp_path), host="127.0.0.1")
+        server = TestServer(create_app(tmp_path, **options), host="127.0.0.1")
         await server.start_server()
         servers.append(server)
         return Client(session, str(server.make_url("")).rstrip("/"))
@@ -342,3 +364,122 @@ async def test_command_prints_ready_line_and_stops_on_sigterm(tmp_path: Path) ->
         assert r.status == 200
     process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(process.wait(), 30) == 0
+
+
+# --- the request body limit and streamed bodies ------------------------------------------------------------------
+
+
+async def _head_only(base: str, path: str, content_length: int) -> tuple[int, SoapMessage]:
+    """POST only a request head announcing ``content_length`` bytes: an answer proves the body was not awaited."""
+    url = URL(base)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: {url.host}:{url.port}\r\nContent-Type: application/soap+xml\r\n"
+                     f"Content-Length: {content_length}\r\n\r\n".encode())
+        status_line, *lines = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)).decode().split("\r\n")
+        headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+        body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), 30)
+        assert headers["connection"] == "close"
+        return int(status_line.split()[1]), soap.parse(body, headers["content-type"])
+    finally:
+        writer.close()
+
+
+async def test_a_body_over_the_limit_is_refused_before_it_is_read(  # type: ignore[no-untyped-def]
+        simulator, tmp_path: Path) -> None:
+    client = await simulator(max_body_bytes=MiB)
+    status, fault = await _head_only(client.base, "/xds/repository", MiB + 1)
+    assert status == 413 and fault.fault() == ("Sender", f"request body exceeds the simulator's limit of {MiB} bytes")
+    status, refused = await client.post("/xds/registry", b"x" * 2 * MiB, "application/soap+xml")
+    assert status == 413 and refused is not None and refused.fault()[0] == "Sender"
+
+    pnr, _ = _rad68()
+    status, response = await client.submit(pnr)
+    assert status == 200 and response.body().get("status") == SUCCESS, _errors(response)
+    messages = await client.json("/messages")
+    assert [(m["outcome"], m["http_status"]) for m in messages] == [  # type: ignore[index, union-attr]
+        ("too-large", 413), ("too-large", 413), ("accepted", 200)]
+    assert len(list((tmp_path / "messages").glob("*.raw"))) == 1  # nothing is kept of a refused body
+
+
+async def test_a_chunked_body_over_the_limit_is_refused(simulator) -> None:  # type: ignore[no-untyped-def]
+    client = await simulator(max_body_bytes=MiB)
+    pnr, _ = _rad68()
+    status, response = await client.submit(_with_document(copy.deepcopy(pnr), os.urandom(MiB)), chunked=True)
+    assert status == 413 and response is not None and response.fault()[0] == "Sender"
+    status, response = await client.submit(pnr, chunked=True)
+    assert status == 200 and response.body().get("status") == SUCCESS, _errors(response)
+    assert [m["outcome"] for m in await client.json("/messages")] == [  # type: ignore[index, union-attr]
+        "too-large", "accepted"]
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_a_large_document_is_streamed_and_kept_intact(  # type: ignore[no-untyped-def]
+        simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunked: bool) -> None:
+    monkeypatch.setattr(simulator_module, "SPOOL_BYTES", 256 * 1024)  # the body goes to a file, as a large one does
+    client = await simulator(max_body_bytes=2 * MiB)
+    pnr, _ = _rad68()
+    document = os.urandom(3 * MiB // 2)
+    status, response = await client.submit(_with_document(pnr, document), chunked=chunked)
+    assert status == 200 and response.body().get("status") == SUCCESS, _errors(response)
+
+    [stored] = (tmp_path / "documents").iterdir()
+    assert stored.name == f"{hashlib.sha256(document).hexdigest()}.bin"
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == hashlib.sha256(document).hexdigest()
+    [entry] = await client.find()
+    assert rules.slot_values(entry, "hash") == [hashlib.sha1(document).hexdigest()]
+    assert rules.slot_values(entry, "size") == [str(len(document))]
+    [raw] = (tmp_path / "messages").glob("*-RAD-68.raw")
+    head, _, body = raw.read_bytes().partition(b"\r\n\r\n")
+    received = soap.parse(body, head.decode("latin-1").removeprefix("Content-Type: "))
+    assert received.document(received.body().find(X + "Document")) == document
+    [saved] = (tmp_path / "messages").glob("*-RAD-68.xml")
+    resolved = soap.parse_xml(saved.read_bytes())
+    assert base64.b64decode(resolved.find(f".//{X}Document").text) == document
+    assert xsd.validate(resolved) == []
+
+
+@pytest.mark.parametrize("chunk", [1, 7])
+async def test_boundaries_across_reads(  # type: ignore[no-untyped-def]
+        simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    """The body is received and searched for its MIME boundaries in reads this short, so that boundaries straddle
+    two reads (every one of them at 1 byte)."""
+    monkeypatch.setattr(simulator_module, "_CHUNK", chunk)
+    client = await simulator()
+    pnr, kos = _rad68()
+    status, response = await client.submit(pnr)
+    assert status == 200 and response.body().get("status") == SUCCESS, _errors(response)
+    [stored] = (tmp_path / "documents").iterdir()
+    assert stored.read_bytes() == kos
+
+
+def _rss_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+async def test_memory_stays_bounded_for_a_large_body(tmp_path: Path) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.xds.simulator", "--port", "0", "--data", str(tmp_path),
+        "--max-body-bytes", str(48 * MiB), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        base = (await asyncio.wait_for(process.stdout.readline(), 30)).decode().split()[-1]
+        async with ClientSession() as session:
+            client = Client(session, base)
+            pnr, _ = _rad68()
+            assert (await client.submit(copy.deepcopy(pnr)))[1].body().get("status") == SUCCESS  # warm: schemas
+            Path(f"/proc/{process.pid}/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
+            baseline = _rss_kib(process.pid, "VmRSS")
+            document = os.urandom(40 * MiB)
+            _variant(pnr, 1)
+            status, response = await client.submit(_with_document(pnr, document))
+            assert status == 200 and response.body().get("status") == SUCCESS, _errors(response)
+            growth_mib = (_rss_kib(process.pid, "VmHWM") - baseline) / 1024
+            assert growth_mib < 20, f"peak RSS grew by {growth_mib:.0f} MiB receiving a 40 MiB document"
+            status, _ = await _head_only(base, "/xds/repository", 48 * MiB + 1)
+            assert status == 413  # --max-body-bytes
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
