@@ -300,8 +300,10 @@ def unreported_transactions(gateway: Gateway, transactions: list[list[Any]],
         entry: dict[str, Any] = {"transaction_uid": uid,
                                  "requested_at": datetime.fromtimestamp(requested_at).isoformat()}
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{gateway.http_port}/api/commitments/{uid}",
-                                        timeout=10) as response:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{gateway.http_port}/api/commitments/{uid}",
+                headers={"Authorization": f"Bearer {(gateway.data_dir / 'api-token').read_text().strip()}"})
+            with urllib.request.urlopen(request, timeout=10) as response:
                 state = json.loads(response.read())
         except urllib.error.HTTPError as exc:
             entry["state"] = ("not recorded by the notify role" if exc.code == 404

@@ -11,13 +11,18 @@
     GET /api/xds/documents?patient_id=        ITI-18 FindDocuments in the registry (a hetu, or CX with its
                                               assigning authority); ?unique_id= (repeatable) for GetDocuments
     GET /api/dlq                              open dead-letter entries with their reasons
+    POST /api/dlq/{entry_id}/redrive          send an entry's records through again (operator)
+    GET /api/me                               who the token says the caller is, and its role
+    GET /api/settings                         the effective settings, secrets masked (admin)
 
-Times are UTC, ISO 8601.
+Every route needs a bearer token (``gateway.auth``): the reader role to read, operator to change state,
+admin for the settings. Times are UTC, ISO 8601.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -28,11 +33,14 @@ from typing import Any
 from aiohttp import web
 
 from gateway import dead_letter
+from gateway.auth import PRINCIPAL, Role, requires
 from gateway.bus import Bus
 from gateway.index import Commitment, Delivery, Index, InstanceRow, Registration, StudyActivity
-from gateway.settings import TopicSettings, XdsSettings
+from gateway.settings import Settings
 from gateway.xds.client import XdsClient, XdsError
 from gateway.xds.metadata import MetadataError, patient_cx
+
+log = logging.getLogger(__name__)
 
 _LIST_LIMIT = 200
 _REPORT = "commitment-report"
@@ -42,12 +50,12 @@ _REPORT = "commitment-report"
 class Api:
     name = "api"
 
-    def __init__(self, open_index: Callable[[], Awaitable[Index]], bus: Bus, topics: TopicSettings,
-                 xds: XdsSettings) -> None:
+    def __init__(self, open_index: Callable[[], Awaitable[Index]], bus: Bus, settings: Settings) -> None:
         self._open_index = open_index
         self._bus = bus
-        self._topics = topics
-        self._xds = xds
+        self._settings = settings
+        self._topics = settings.topics
+        self._xds = settings.xds
         self._index: Index | None = None
         self._stopped = asyncio.Event()
         self.routes = [
@@ -57,6 +65,9 @@ class Api:
             web.get("/api/commitments/{transaction_uid}", self._commitment),
             web.get("/api/xds/documents", self._xds_documents),
             web.get("/api/dlq", self._dead_letters),
+            web.post("/api/dlq/{entry_id}/redrive", self._redrive),
+            web.get("/api/me", self._me),
+            web.get("/api/settings", self._effective_settings),
         ]
 
     async def __aenter__(self) -> Api:
@@ -77,6 +88,7 @@ class Api:
             raise web.HTTPServiceUnavailable(text="the index is not open yet")
         return self._index
 
+    @requires(Role.READER)
     async def _studies(self, request: web.Request) -> web.Response:
         studies = await self._ready_index().find_studies(
             patient_id=request.query.get("patient_id", ""), accession_number=request.query.get("accession", ""),
@@ -84,6 +96,7 @@ class Api:
         )
         return web.json_response([asdict(study) for study in studies])
 
+    @requires(Role.READER)
     async def _study(self, request: web.Request) -> web.Response:
         rows = await self._ready_index().study_instances(
             request.match_info["study_uid"], include_quarantined=True, include_replaced=True
@@ -126,12 +139,14 @@ class Api:
                                           next((d for d in deliveries if d.kind == "xds-registration"), None)),
         })
 
+    @requires(Role.READER)
     async def _overdue_commitments(self, _: web.Request) -> web.Response:
         """Transactions past their deadline whose report has not been delivered, each as the detail shows it."""
         index = self._ready_index()
         overdue = await index.overdue_commitments(time.time(), _REPORT, _LIST_LIMIT)
         return web.json_response([_commitment(c, await index.deliveries(c.transaction_uid)) for c in overdue])
 
+    @requires(Role.READER)
     async def _commitment(self, request: web.Request) -> web.Response:
         index = self._ready_index()
         transaction_uid = request.match_info["transaction_uid"]
@@ -140,6 +155,7 @@ class Api:
             raise web.HTTPNotFound(text="no such storage-commitment transaction")
         return web.json_response(_commitment(commitment, await index.deliveries(transaction_uid)))
 
+    @requires(Role.READER)
     async def _xds_documents(self, request: web.Request) -> web.Response:
         """ITI-18 through the gateway's registry client: what the affinity domain knows of a patient."""
         patient_id = request.query.get("patient_id", "")
@@ -161,9 +177,35 @@ class Api:
             raise web.HTTPBadGateway(text=f"registry: {exc} {list(exc.codes)}") from exc
         return web.json_response([entry.to_dict() for entry in found])
 
+    @requires(Role.READER)
     async def _dead_letters(self, _: web.Request) -> web.Response:
         entries = await dead_letter.entries(self._bus, self._topics)
         return web.json_response([entry.summary() for entry in entries])
+
+    @requires(Role.OPERATOR)
+    async def _redrive(self, request: web.Request) -> web.Response:
+        entry_id = request.match_info["entry_id"]
+        entry = next((e for e in await dead_letter.entries(self._bus, self._topics) if e.entry_id == entry_id), None)
+        if entry is None:
+            raise web.HTTPNotFound(text="no open dead-letter entry with that id")
+        try:
+            new_id = await dead_letter.redrive(self._bus, self._topics, entry)
+        except LookupError as exc:
+            raise web.HTTPGone(text=str(exc)) from exc
+        principal = request[PRINCIPAL]
+        log.info("dead-letter entry re-driven", extra={"entry_id": entry_id, "as": new_id,
+                                                        "by": principal.subject, "stage": entry.stage})
+        return web.json_response({"redriven": entry_id, "as": new_id})
+
+    @requires(Role.READER)
+    async def _me(self, request: web.Request) -> web.Response:
+        principal = request[PRINCIPAL]
+        return web.json_response({"subject": principal.subject, "role": principal.role.name.lower(),
+                                  "source": principal.source})
+
+    @requires(Role.ADMIN)
+    async def _effective_settings(self, _: web.Request) -> web.Response:
+        return web.json_response(self._settings.model_dump(mode="json"))
 
 
 def _commitment(commitment: Commitment, reports: list[Delivery]) -> dict[str, Any]:

@@ -12,6 +12,8 @@ from gateway.bus import Bus, Producer
 from gateway.bus.embedded import EmbeddedBus
 from gateway.bus.kafka import KafkaBus
 from gateway.dicom.scu import ClientTls, Outbound, RemoteAE
+from gateway.disk import DiskSpace
+from gateway.http import Endpoints, internal_secret
 from gateway.index import CorrectionPolicy, Index
 from gateway.index.postgres import PostgresIndex
 from gateway.index.sqlite import SqliteIndex
@@ -103,7 +105,8 @@ def notify_pool(settings: Settings, bus: Bus, metrics: Metrics) -> EventPool:
         async with _services(settings) as (objects, index), aiohttp.ClientSession(timeout=timeout) as http:
             tracker = CommitmentTracker(index, objects, settings.notify, metrics, settings.xds.trigger_on_commitment)
             outbound = build_outbound(settings.dicom, notify.association_timeout_seconds)
-            senders = {REPORT: report_sender(outbound, settings.dicom, http), IAN: ian_sender(outbound, settings.dicom)}
+            senders = {REPORT: report_sender(outbound, settings.dicom, http, internal_secret(settings)),
+                       IAN: ian_sender(outbound, settings.dicom)}
             retry = RetryPolicy(notify.retry_initial_seconds, notify.retry_max_seconds, notify.retry_max_attempts,
                                 notify.association_timeout_seconds * 4 + 30)
             deliverer = Deliverer(index, senders, producer, settings.topics, retry, "notify", metrics)
@@ -135,13 +138,17 @@ def register_pool(settings: Settings, bus: Bus, metrics: Metrics) -> EventPool:
                      settings.runtime.drain_timeout_seconds)
 
 
-def build_roles(names: Sequence[str], settings: Settings, bus: Bus, metrics: Metrics) -> list[Role]:
+def build_roles(names: Sequence[str], settings: Settings, bus: Bus, metrics: Metrics,
+                endpoints: Endpoints, space: DiskSpace | None = None) -> list[Role]:
+    """``endpoints`` is filled in by the runtime once the internal port is bound, before the roles start;
+    ``space``, watched by the runtime, stops the receiver taking instances while the disk is full."""
     drain = settings.runtime.drain_timeout_seconds
     factories: dict[str, Callable[[], Role]] = {
         "receiver": lambda: Receiver(settings.dicom, settings.topics, bus, metrics, drain,
-                                     reply_to=settings.http.reachable_url
-                                     if settings.notify.report_on_same_association else None),
-        "api": lambda: Api(lambda: open_index(settings), bus, settings.topics, settings.xds),
+                                     reply_to=(lambda: endpoints.internal_url)
+                                     if settings.notify.report_on_same_association else None,
+                                     shortage=(lambda: space.shortage) if space is not None else lambda: None),
+        "api": lambda: Api(lambda: open_index(settings), bus, settings),
         "store": lambda: store_pool(settings, bus, metrics),
         "register": lambda: register_pool(settings, bus, metrics),
         "notify": lambda: notify_pool(settings, bus, metrics),

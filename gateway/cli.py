@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry
 
 from gateway import dead_letter, logs
 from gateway.app import build_bus, build_roles
+from gateway.disk import DiskSpace
+from gateway.http import Endpoints
 from gateway.metrics import Metrics
 from gateway.processes import MergedMetrics, ReceiverProcesses
 from gateway.runtime import Role, RoleCrashed, run_roles
@@ -124,7 +126,8 @@ async def _serve(settings: Settings, roles: list[str], config: Path | None, read
     extra: list[Role] = []
     if settings.dicom.processes > 1 and "receiver" in roles:
         settings = settings.model_copy(update={"dicom": settings.dicom.model_copy(update={"reuse_port": True})})
-        processes = ReceiverProcesses(settings.dicom.processes - 1, config, settings.runtime.drain_timeout_seconds)
+        processes = ReceiverProcesses(settings.dicom.processes - 1, config, settings.runtime.drain_timeout_seconds,
+                                      settings.http.tls.enabled)
         metrics.exposition = CollectorRegistry(auto_describe=False)
         merged = MergedMetrics(metrics.registry, processes)
         metrics.exposition.register(merged)
@@ -134,8 +137,9 @@ async def _serve(settings: Settings, roles: list[str], config: Path | None, read
     if bus.kind == "embedded":
         log.info("no Kafka configured: using the embedded bus", extra={"data_dir": str(settings.data_dir)})
     await bus.ensure_topics()
-    await run_roles(settings, [*extra, *build_roles(roles, settings, bus, metrics)], metrics,
-                    on_ready=None if ready_fd is None else _tell_parent(ready_fd))
+    endpoints, space = Endpoints(), DiskSpace.for_settings(settings)
+    await run_roles(settings, [*extra, *build_roles(roles, settings, bus, metrics, endpoints, space)], metrics,
+                    on_ready=None if ready_fd is None else _tell_parent(ready_fd), endpoints=endpoints, space=space)
 
 
 def _tell_parent(ready_fd: int) -> Callable[[int], None]:

@@ -13,6 +13,9 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 
+from gateway.logs import bound
+from gateway.settings import ServerTlsSettings
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -20,9 +23,26 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 _STREAM_LIMIT = 1024 * 1024
 
 
+def server_tls_context(tls: ServerTlsSettings) -> ssl.SSLContext | None:
+    """TLS 1.2 or later with our certificate; client certificates checked against ``ca_file`` when set."""
+    if tls.cert_file is None or tls.key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.ca_file is not None:
+        context.load_verify_locations(tls.ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
+    return context
+
+
 class StreamListener:
+    """``max_per_peer`` bounds the connections one address may hold open at once (the rest are closed before a
+    byte is read, ``on_refused`` told), so that one host cannot take every descriptor or the whole drain."""
+
     def __init__(self, name: str, host: str, handler: Handler, drain_timeout: float,
-                 handshake_timeout: float, reuse_port: bool = False) -> None:
+                 handshake_timeout: float, reuse_port: bool = False, max_per_peer: int | None = None,
+                 on_refused: Callable[[], None] | None = None) -> None:
         self._name = name
         self._host = host
         self._handler = handler
@@ -31,6 +51,9 @@ class StreamListener:
         self._reuse_port = reuse_port
         self._servers: list[asyncio.Server] = []
         self._connections: set[asyncio.Task[None]] = set()
+        self._max_per_peer = max_per_peer
+        self._on_refused = on_refused
+        self._per_peer: dict[str, int] = {}
         self.ports: list[int] = []
 
     @property
@@ -49,6 +72,18 @@ class StreamListener:
         return self.ports[-1]
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peername = writer.get_extra_info("peername") or ("", 0)
+        peer = str(peername[0])
+        open_from_peer = self._per_peer.get(peer, 0)
+        if self._max_per_peer is not None and open_from_peer >= self._max_per_peer:
+            with bound(peer=f"{peer}:{peername[1]}"):
+                log.warning("connection refused: too many open from this address",
+                            extra={"listener": self._name, "open": open_from_peer})
+            if self._on_refused is not None:
+                self._on_refused()
+            writer.close()
+            return
+        self._per_peer[peer] = open_from_peer + 1
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -61,6 +96,9 @@ class StreamListener:
             log.exception("connection handler failed", extra={"listener": self._name})
         finally:
             self._connections.discard(task)
+            remaining = self._per_peer.pop(peer, 1) - 1
+            if remaining:
+                self._per_peer[peer] = remaining
 
     async def close(self) -> None:
         for server in self._servers:

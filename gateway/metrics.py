@@ -103,3 +103,7 @@ class Metrics:
             "dicomgw_protocol_errors_total", "Malformed or out-of-order input that aborted an association",
             ["reason"], registry=r,
         )
+        self.http_auth_failures = Counter(
+            "dicomgw_http_auth_failures_total", "HTTP requests refused: no, unknown, invalid or insufficient token",
+            ["reason"], registry=r,
+        )

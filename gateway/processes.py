@@ -38,8 +38,10 @@ def _die_with_parent() -> None:
 class ReceiverProcesses:
     name = "receiver-processes"
 
-    def __init__(self, count: int, config: Path | None, drain_timeout: float) -> None:
+    def __init__(self, count: int, config: Path | None, drain_timeout: float, https: bool = False) -> None:
         self._count = count
+        self.scheme = "https" if https else "http"
+        """Each process serves its metrics (public, on loopback) with the API port's TLS settings."""
         self._config = config
         self._drain_timeout = drain_timeout
         self._children: list[asyncio.subprocess.Process] = []
@@ -50,6 +52,8 @@ class ReceiverProcesses:
         if self._config is not None:
             argv += ["--config", str(self._config)]
         env = {**os.environ, "GATEWAY_HTTP__PORT": "0", "GATEWAY_HTTP__HOST": "127.0.0.1",
+               "GATEWAY_HTTP__AUTH__PUBLIC_METRICS": "true", "GATEWAY_HTTP__TLS__REQUIRE_CLIENT_CERT": "false",
+               "GATEWAY_INTERNAL__PORT": "0",
                "GATEWAY_DICOM__REUSE_PORT": "true"}
         try:
             for _ in range(self._count):
@@ -108,17 +112,18 @@ class MergedMetrics(Collector):
     async def refresh(self) -> None:
         timeout = aiohttp.ClientTimeout(total=_SCRAPE_TIMEOUT)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            texts = await asyncio.gather(*(self._scrape(session, port) for port in self._processes.http_ports))
+            texts = await asyncio.gather(*(self._scrape(session, f"{self._processes.scheme}://127.0.0.1:{port}")
+                                           for port in self._processes.http_ports))
         self._scraped = [text for text in texts if text is not None]
 
     @staticmethod
-    async def _scrape(session: aiohttp.ClientSession, port: int) -> str | None:
-        try:
-            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+    async def _scrape(session: aiohttp.ClientSession, base: str) -> str | None:
+        try:  # our own child on loopback: its certificate names the service, not 127.0.0.1
+            async with session.get(f"{base}/metrics", ssl=False) as response:
                 response.raise_for_status()
                 return await response.text()
         except (aiohttp.ClientError, TimeoutError):
-            log.warning("metrics of a receiver process unavailable", extra={"http_port": port})
+            log.warning("metrics of a receiver process unavailable", extra={"url": base})
             return None
 
     def collect(self) -> Iterable[Metric]:

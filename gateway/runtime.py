@@ -4,7 +4,9 @@ Start-up enters the HTTP server, then every role; the process is ready once all 
 or SIGINT turns readiness to 503 and unwinds the stack in reverse: roles stop accepting and drain in-flight
 work (bounded by ``runtime.drain_timeout_seconds``), consumers commit, producers flush, HTTP closes last.
 A second signal exits at once. If any role dies, the others are drained and the process exits non-zero,
-so the orchestrator restarts it rather than leaving a half-working pod.
+so the orchestrator restarts it rather than leaving a half-working pod. A full disk is not a death: the process
+stays up, unready with the reason, until there is room (``gateway.disk``); a role that cannot even start then
+starts once there is room.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any, Protocol
 
-from gateway.http import Health, serve_http
+from gateway.core.errors import describe, retriable
+from gateway.disk import DiskSpace
+from gateway.http import Endpoints, Health, serve_http
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 
@@ -46,10 +50,14 @@ async def run_roles(
     metrics: Metrics,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[int], None] | None = None,
+    endpoints: Endpoints | None = None,
+    space: DiskSpace | None = None,
 ) -> None:
-    """Run until stopped; ``on_ready`` gets the HTTP port once every role is in (a parent process waits on it)."""
+    """Run until stopped; ``on_ready`` gets the HTTP port once every role is in (a parent process waits on it).
+    ``endpoints`` (shared with the roles) learns where the listeners are before the roles start; ``space``
+    (shared with the receiver) is watched while the process runs."""
     stop = stop or asyncio.Event()
-    health = Health(metrics)
+    health = Health(metrics, space)
     loop = asyncio.get_running_loop()
 
     def on_signal(signum: int) -> None:
@@ -64,10 +72,16 @@ async def run_roles(
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         async with AsyncExitStack() as stack:
+            if space is not None:
+                await stack.enter_async_context(space.watching())
             routes = [route for role in roles for route in getattr(role, "routes", ())]
-            port = await stack.enter_async_context(serve_http(settings.http, health, metrics, routes))
+            internal_routes = [route for role in roles for route in getattr(role, "internal_routes", ())]
+            port = await stack.enter_async_context(
+                serve_http(settings, health, metrics, routes, internal_routes, endpoints))
             for role in roles:
-                await stack.enter_async_context(role)
+                if not await _enter(stack, role, space, stop):
+                    log.info("stopped during start-up")
+                    return
             health.set_ready(True)
             log.info("ready", extra={"roles": [role.name for role in roles], "http_port": port})
             if on_ready is not None:
@@ -80,6 +94,21 @@ async def run_roles(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
     log.info("stopped")
+
+
+async def _enter(stack: AsyncExitStack, role: Role, space: DiskSpace | None, stop: asyncio.Event) -> bool:
+    """Enter a role; one that fails to start on a full disk (SQLite cannot even open a WAL database without room
+    for its -shm file) is started again once there is room. False: stopped while waiting."""
+    while True:
+        try:
+            await stack.enter_async_context(role)
+            return True
+        except Exception as exc:
+            if space is None or space.shortage is None or retriable(exc) is not True:
+                raise
+            log.warning("role waits for disk space to start", extra={"role": role.name, "error": describe(exc)})
+        if not await space.room(stop):
+            return False
 
 
 async def _until_stop_or_crash(stop: asyncio.Event, roles: Sequence[Role]) -> None:

@@ -43,6 +43,8 @@ class AllowedAE(_Section):
     organization_oid: str = ""
     transfer_syntax_preference: tuple[str, ...] = ()
     """Transfer syntaxes to prefer from this AE, before ``dicom.transfer_syntax_preference``."""
+    max_associations: int | None = Field(None, ge=1)
+    """Associations this AE may hold at once; unset: ``dicom.max_associations_per_ae``."""
 
 
 class UserIdentitySettings(_Section):
@@ -59,17 +61,17 @@ class UserIdentitySettings(_Section):
     token_issuer: str | None = None
 
 
-class TlsSettings(_Section):
-    """DICOM TLS listener; enabled when a certificate is configured."""
+class ServerTlsSettings(_Section):
+    """A TLS listener's identity; enabled when a certificate is configured."""
 
-    port: int = Field(2762, ge=1, le=65535)
     cert_file: Path | None = None
     key_file: Path | None = None
     ca_file: Path | None = None
+    """CAs client certificates must chain to; with it, clients may present one."""
     require_client_cert: bool = False
 
     @model_validator(mode="after")
-    def _complete(self) -> TlsSettings:
+    def _complete(self) -> ServerTlsSettings:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file must be set together")
         if self.require_client_cert and self.ca_file is None:
@@ -79,6 +81,12 @@ class TlsSettings(_Section):
     @property
     def enabled(self) -> bool:
         return self.cert_file is not None
+
+
+class TlsSettings(ServerTlsSettings):
+    """The DICOM TLS listener, on its own port."""
+
+    port: int = Field(2762, ge=1, le=65535)
 
 
 class RemoteAE(_Section):
@@ -99,6 +107,11 @@ class DicomSettings(_Section):
     ae_title: str = Field("DICOMGW", min_length=1, max_length=16)
     allowed_aes: tuple[AllowedAE, ...] = ()
     max_associations: int = Field(64, ge=1)
+    max_associations_per_ae: int = Field(32, ge=1)
+    """Of ``max_associations``, how many one calling AE title may hold (``allowed_aes[].max_associations``
+    overrides it per AE), so that one sender cannot shut out the others."""
+    max_connections_per_peer: int = Field(32, ge=1)
+    """Connections one IP address may hold open at once, associated or not; more are closed at once."""
     max_pdu_length: int = Field(262_144, ge=4096, le=0xFFFFFFFF)
     """Largest P-DATA-TF we accept; advertised in our A-ASSOCIATE-AC."""
     max_instance_bytes: int = Field(8 * 1024**3, ge=1024)
@@ -159,16 +172,77 @@ class DicomSettings(_Section):
         return next((remote for remote in self.remote_aes if remote.ae_title == ae_title), None)
 
 
-class HttpSettings(_Section):
-    host: str = "0.0.0.0"
-    port: int = Field(8080, ge=0, le=65535)
-    advertised_url: str = ""
-    """How the other roles reach this process's HTTP port (e.g. ``http://10.1.2.3:8080`` from the pod IP);
-    empty: ``http://127.0.0.1:<port>``, right when every role runs in one process."""
+API_ROLES = ("reader", "operator", "admin")
+"""Each role may do what the ones before it may: read patient data; change state (re-drive); administer."""
+
+
+class OidcSettings(_Section):
+    """Bearer JWTs from the district's OpenID Connect provider, verified against its published keys."""
+
+    issuer: str = ""
+    """The provider's issuer URL (the ``iss`` tokens carry); empty: OpenID Connect off."""
+    audience: str = ""
+    """The ``aud`` a token must carry (the API's client id or resource indicator); required with an issuer."""
+    jwks_url: str = ""
+    """The provider's keys; empty: discovered from ``{issuer}/.well-known/openid-configuration``."""
+    roles_claim: str = "roles"
+    """The claim holding a token's roles (a list or a space-separated string); dots descend into objects,
+    e.g. ``realm_access.roles``."""
+    role_map: dict[str, Literal["reader", "operator", "admin"]] = {}
+    """Claim value -> role; values named like a role map to it without an entry."""
+    algorithms: tuple[str, ...] = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
+                                   "ES512", "EdDSA")
+    clock_skew_seconds: float = Field(60.0, ge=0)
+    keys_max_age_seconds: float = Field(3600.0, gt=0)
+    """How long fetched keys are used before they are fetched again (an unknown key id fetches sooner)."""
+    ca_file: Path | None = None
+    """CAs the provider's HTTPS certificate must chain to; unset: the system's."""
+
+    @model_validator(mode="after")
+    def _audience(self) -> OidcSettings:
+        if self.issuer and not self.audience:
+            raise ValueError("an OpenID Connect issuer needs an audience (the aud tokens for this API carry)")
+        return self
 
     @property
-    def reachable_url(self) -> str:
-        return self.advertised_url.rstrip("/") or f"http://127.0.0.1:{self.port}"
+    def enabled(self) -> bool:
+        return bool(self.issuer)
+
+
+class HttpAuthSettings(_Section):
+    """Who may call the API. With neither a tokens file nor OpenID Connect, an admin token is generated at
+    first start into ``{data_dir}/api-token``: nothing that shows patient data is ever open."""
+
+    tokens_file: Path | None = None
+    """Static API tokens, one ``token role [name]`` per line (``#`` comments); re-read when it changes."""
+    oidc: OidcSettings = OidcSettings()
+    public_metrics: bool = True
+    """Serve ``/metrics`` without a token (it holds counts and AE titles, no patient data); false: reader."""
+
+
+class HttpSettings(_Section):
+    """The API port: the operators' JSON API (authenticated), probes and metrics."""
+
+    host: str = "127.0.0.1"
+    """Bind address; ``0.0.0.0`` to serve other hosts (the container image and the chart set it)."""
+    port: int = Field(8080, ge=0, le=65535)
+    tls: ServerTlsSettings = ServerTlsSettings()
+    """HTTPS on the API port."""
+    auth: HttpAuthSettings = HttpAuthSettings()
+
+
+class InternalSettings(_Section):
+    """The internal port: routes one role calls on another (a commitment report handed to the receiver that
+    holds the requester's association), behind a shared secret. Opened only by roles that have such routes."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8081, ge=0, le=65535)
+    advertised_url: str = ""
+    """How the other roles reach this process's internal port (e.g. ``http://10.1.2.3:8081`` from the pod IP);
+    empty: ``http://127.0.0.1:<port>``, right when every role runs in one process."""
+    secret: SecretStr | None = None
+    """Bearer secret every caller presents; unset: generated at first start into ``{data_dir}/internal-secret``
+    (shared by processes with the same data directory)."""
 
 
 class TopicSettings(_Section):
@@ -264,7 +338,7 @@ class NotifySettings(_Section):
     """hash: re-read each object and compare its SHA-256; size: compare the object's size; index: trust the index."""
     report_on_same_association: bool = False
     """Send the report on the requester's N-ACTION association while it keeps it open (PS3.4 J.3.3 allows
-    either); a new association otherwise. The receiver holding it must be reachable at ``http.advertised_url``."""
+    either); a new association otherwise. The receiver holding it must be reachable at ``internal.advertised_url``."""
     ian_subscribers: tuple[str, ...] = ()
     """AE titles (from ``dicom.remote_aes``) that get an IAN for every stable study."""
     ian_subscribers_by_calling_ae: dict[str, tuple[str, ...]] = {}
@@ -321,6 +395,9 @@ class XdsSettings(_Section):
 class RuntimeSettings(_Section):
     drain_timeout_seconds: float = Field(30.0, gt=0)
     """Time in-flight work gets after SIGTERM before it is cancelled."""
+    min_free_bytes: int = Field(64 * 1024 * 1024, ge=0)
+    """Free space the local stores (embedded bus, object files, SQLite index) keep: below it the process is
+    unready and refuses C-STORE with 0xA700 "disk full" until there is room again; 0: not watched."""
 
 
 class LogSettings(_Section):
@@ -342,6 +419,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     dicom: DicomSettings = DicomSettings()
     http: HttpSettings = HttpSettings()
+    internal: InternalSettings = InternalSettings()
     topics: TopicSettings = TopicSettings()
     kafka: KafkaSettings = KafkaSettings()
     embedded_bus: EmbeddedBusSettings = EmbeddedBusSettings()

@@ -18,6 +18,11 @@ from gateway.core import envelope
 from gateway.core.envelope import InstanceEnvelope, InstanceHeader
 
 
+def api_headers(data_dir: Path) -> dict[str, str]:
+    """The bearer header of the admin token the gateway generates into its data directory at first start."""
+    return {"Authorization": f"Bearer {(data_dir / 'api-token').read_text().strip()}"}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -38,8 +38,12 @@ class GatewayProcess:
         )
 
     def http(self, path: str) -> tuple[int, str]:
+        """GET with the generated admin token once there is one (the probes need none)."""
+        token = self.data_dir / "api-token"
+        headers = {"Authorization": f"Bearer {token.read_text().strip()}"} if token.exists() else {}
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", headers=headers)
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as response:
+            with urllib.request.urlopen(request, timeout=5) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode()

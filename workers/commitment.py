@@ -7,6 +7,12 @@ outcome; references not yet stored keep it waiting, until the instance arrives o
 they are reported as "no such object instance". The decision and its report are written in one index
 transaction, so a worker killed at any point either decides again or finds the report queued.
 
+A request too large for one bus record comes in parts (``CommitmentRequested.part`` of ``parts``): the index keeps
+each part until the request is whole, in whatever order and however often they come, and only the whole request
+becomes a transaction. Its deadline counts from the request time, which every part carries. The parts of a
+request that never becomes whole (the receiver refused it when a part could not be published) are dropped after
+``PARTS_KEPT_SECONDS``.
+
 A Transaction UID must be new for each request (PS3.4 J.3.2). When a request comes again with one already in
 use (not a re-delivery of the same request from the bus: its request time differs), the requester still gets
 an answer, never silence: with the same references, the transaction's report once more (when decided; else the
@@ -16,7 +22,9 @@ Transaction UID). The first transaction stands either way.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import io
 import logging
 import time
 from collections.abc import Sequence
@@ -24,8 +32,9 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import aiohttp
+import orjson
 
-from gateway.core.errors import retriable
+from gateway.core.errors import Permanent, retriable
 from gateway.core.events import CommitmentRequested
 from gateway.dicom import commitment as sc
 from gateway.dicom.commitment import REPORTS_PATH, Decision
@@ -34,6 +43,7 @@ from gateway.index import (
     Commitment,
     CommitmentItem,
     CommitmentLog,
+    CommitmentPart,
     Delivery,
     DeliveryState,
     InstanceIndex,
@@ -54,6 +64,9 @@ REPORT = "commitment-report"
 WAITING_AGES = (("lt_1m", 0.0, 60.0), ("1m_10m", 60.0, 600.0), ("10m_1h", 600.0, 3600.0),
                 ("ge_1h", 3600.0, float("inf")))
 """Labels of ``dicomgw_commitments_waiting``: [low, high) seconds since the request."""
+PARTS_KEPT_SECONDS = 7 * 24 * 3600.0
+"""How long the parts of a request not yet whole are kept: Kafka's default retention, so a part re-driven from
+the dead letters still finds the others."""
 
 
 def report_id(transaction_uid: str) -> str:
@@ -75,17 +88,35 @@ class CommitmentTracker:
 
     async def requested(self, request: CommitmentRequested, source: dict[str, Any]) -> None:
         requested_at = datetime.fromisoformat(request.requested_at).timestamp()
+        items = await self._whole(request, requested_at)
+        if items is None:
+            return
         commitment = Commitment(
             request.transaction_uid, request.requester_ae, requested_at,
-            requested_at + self._settings.commitment_timeout_seconds,
-            tuple(CommitmentItem(cls, inst) for cls, inst in request.references),
+            requested_at + self._settings.commitment_timeout_seconds, items,
             {**source, "reply_to": request.reply_to} if request.reply_to else source)
-        if not await self._index.add_commitment(commitment):
+        if await self._index.add_commitment(commitment):
+            log.info("commitment tracked", extra={"transaction_uid": request.transaction_uid,
+                                                 "references": len(items), "records": request.parts})
+            await self._evaluate(commitment, final=False)
+        else:
             await self._again(commitment)
-            return
-        log.info("commitment tracked", extra={"transaction_uid": request.transaction_uid,
-                                             "references": len(request.references)})
-        await self._evaluate(commitment, final=False)
+        if request.parts > 1:
+            await self._index.drop_commitment_parts(request.transaction_uid, requested_at)
+
+    async def _whole(self, request: CommitmentRequested, requested_at: float) -> tuple[CommitmentItem, ...] | None:
+        """The request's references: a request in one record at once, one in several once every part is kept."""
+        items = tuple(CommitmentItem(cls, inst) for cls, inst in request.references)
+        if request.parts == 1:
+            return items
+        if not 1 <= request.part <= request.parts:
+            raise Permanent(f"commitment.requested part {request.part} of {request.parts}")
+        whole = await self._index.add_commitment_part(
+            CommitmentPart(request.transaction_uid, requested_at, request.part, request.parts, items))
+        if whole is None:
+            log.debug("commitment request part kept", extra={"transaction_uid": request.transaction_uid,
+                                                             "part": request.part, "parts": request.parts})
+        return whole
 
     async def _again(self, commitment: Commitment) -> None:
         """The request came again: a bus re-delivery, a re-drive after its report failed for good, or a new
@@ -128,7 +159,10 @@ class CommitmentTracker:
     async def sweep(self) -> None:
         """Decide the transactions whose time ran out, and count those still waiting for their report. The
         others need no polling: each is evaluated once it is recorded, and again on every event of an instance
-        it references (both after the index has it)."""
+        it references (both after the index has it). Parts of requests that never became whole go too."""
+        for transaction_uid in await self._index.expire_commitment_parts(time.time() - PARTS_KEPT_SECONDS):
+            log.warning("parts of a storage commitment request that never arrived whole are dropped",
+                        extra={"transaction_uid": transaction_uid})
         while expired := await self._index.expired_commitments(time.time()):
             for commitment in expired:
                 await self._evaluate(commitment, final=True)
@@ -252,24 +286,29 @@ def _data_set_offset(head: bytes) -> int | None:
     return 144 + int.from_bytes(head[140:144], "little")
 
 
-def report_sender(outbound: Outbound, dicom: DicomSettings, http: aiohttp.ClientSession) -> Sender:
+def report_sender(outbound: Outbound, dicom: DicomSettings, http: aiohttp.ClientSession,
+                  internal_secret: str) -> Sender:
     """Sends a queued report as an N-EVENT-REPORT to its requester: on the requester's own association when
-    the receiver holding it still has it open, else on a new association."""
+    the receiver holding it still has it open (asked on its internal port), else on a new association."""
 
     async def send(delivery: Delivery) -> None:
-        if delivery.payload.get("reply_to") and await _on_the_same_association(http, delivery):
+        if delivery.payload.get("reply_to") and await _on_the_same_association(http, delivery, internal_secret):
             return
         decided = [Decision(cls, inst, reason) for cls, inst, reason in delivery.payload["decisions"]]
-        event_type, information = sc.report(delivery.subject, decided, dicom.ae_title)
+        event_type, information = await asyncio.to_thread(  # a report of many references takes seconds to build
+            sc.report, delivery.subject, decided, dicom.ae_title)
         await outbound.commitment_report(delivery.target_ae, event_type, information)
 
     return send
 
 
-async def _on_the_same_association(http: aiohttp.ClientSession, delivery: Delivery) -> bool:
+async def _on_the_same_association(http: aiohttp.ClientSession, delivery: Delivery, secret: str) -> bool:
     url = f"{delivery.payload['reply_to']}{REPORTS_PATH}/{delivery.subject}"
     try:
-        async with http.post(url, json={"decisions": delivery.payload["decisions"]}) as response:
+        # a stream, not bytes: aiohttp warns of bodies over 1 MiB sent whole, which reports of large requests are
+        body = io.BytesIO(orjson.dumps({"decisions": delivery.payload["decisions"]}))
+        async with http.post(url, data=body, headers={"Authorization": f"Bearer {secret}",
+                                                      "Content-Type": "application/json"}) as response:
             if response.status == 200:
                 return True
             reason = f"HTTP {response.status}: {(await response.text())[:200]}"

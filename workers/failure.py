@@ -10,13 +10,12 @@ no single message stops a partition.
 from __future__ import annotations
 
 import logging
-import traceback
 from collections import OrderedDict
 from collections.abc import Hashable
 from enum import Enum
 
 from gateway.bus import BusError, Producer
-from gateway.core.errors import Permanent, Unavailable, retriable
+from gateway.core.errors import Unavailable, describe, retriable
 from gateway.dead_letter import entry_value
 from gateway.metrics import Metrics
 from gateway.settings import TopicSettings
@@ -58,15 +57,8 @@ class Attempts:
 
 
 def reason(exc: BaseException) -> str:
-    """A dead-letter reason without patient data: our own errors' messages (written to name no values), and
-    for anything else only its type and where it was raised."""
-    if isinstance(exc, Permanent):
-        return str(exc)
-    if isinstance(getattr(exc, "retriable", None), bool):
-        return f"{type(exc).__name__}: {exc}"
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = f" at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else ""
-    return f"unexpected {type(exc).__name__}{where}"
+    """A dead-letter reason without patient data (``describe``: our errors' messages, others' types only)."""
+    return describe(exc)
 
 
 async def dead_letter(producer: Producer, topics: TopicSettings, metrics: Metrics, stage: str, why: str,

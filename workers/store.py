@@ -34,7 +34,7 @@ from pydicom.dataset import Dataset
 from gateway.bus import Producer, Record
 from gateway.core import events
 from gateway.core.envelope import InstanceEnvelope, InstanceHeader
-from gateway.core.errors import Permanent, retriable
+from gateway.core.errors import Permanent, describe, retriable
 from gateway.core.uid import is_identifier
 from gateway.dicom.acse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from gateway.dicom.dataset import DEFLATED, PIXEL_DATA, attributes_digest, encode, part10_header, read_prefix
@@ -275,7 +275,7 @@ class StoreStage:
             return await self._index.record_instance(row, self._policy)
         except IndexRejected as exc:
             await self._objects.delete(row.storage_key)  # never an object the index does not know
-            return DeadLetter(f"the index refused the instance: {exc}")
+            return DeadLetter(f"the index refused the instance: {exc}")  # ours: the driver's error type, no value
         except Exception as exc:
             if retriable(exc) is True:
                 raise
@@ -354,20 +354,32 @@ class StoreStage:
             finding = Finding(UNREADABLE_HEADER, Severity.ERROR, "", 0, "the data set header does not parse")
             pending.validation = ValidationResult("none", (finding,), ())
         else:
-            pending.dataset = dataset
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # pydicom's notes quote values; the findings say what matters
-                pending.attributes_sha256 = attributes_digest(dataset)
-                validation = validate(dataset, self._profiles.for_calling_ae(header.calling_ae), source)
-                effective = dataset
-                if validation.changes:
-                    effective = copy.deepcopy(dataset)
-                    apply_changes(effective, validation.changes)
+            # awaited first: catch_warnings swaps process-wide filters, which a task running meanwhile would undo
+            seen = await self._study_patient(header.study_instance_uid)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # pydicom's notes quote values; the findings say what matters
+                    attributes_sha256 = attributes_digest(dataset)
+                    validation = validate(dataset, self._profiles.for_calling_ae(header.calling_ae), source)
+                    effective = dataset
+                    if validation.changes:
+                        effective = copy.deepcopy(dataset)
+                        apply_changes(effective, validation.changes)
+                    patient = patient_attributes(effective)
+                    conflicts = patient_conflicts(seen, effective)
+            except Exception as exc:
+                # pydicom parses lazily: a value it cannot convert (an unknown VR after a length that overran,
+                # an FD of the wrong length) is a fault of this instance, the same every time, not an outage
+                log.warning("data set header does not convert: quarantined",
+                            extra={"instance_id": header.instance_id, "error": describe(exc)})
+                finding = Finding(UNREADABLE_HEADER, Severity.ERROR, "", 0,
+                                  f"the data set header does not convert ({type(exc).__name__})")
+                pending.validation = ValidationResult("none", (finding,), ())
+            else:
+                pending.dataset, pending.attributes_sha256, pending.patient = dataset, attributes_sha256, patient
                 pending.coerced = effective if validation.changes else None
-                pending.patient = patient_attributes(effective)
-                conflicts = patient_conflicts(await self._study_patient(header.study_instance_uid), effective)
-            pending.validation = ValidationResult(validation.profile, validation.findings + tuple(conflicts),
-                                                  validation.changes)
+                pending.validation = ValidationResult(validation.profile, validation.findings + tuple(conflicts),
+                                                      validation.changes)
         pending.key = object_key(header, pending.validation.has_errors)
         metadata = {
             "sop-instance-uid": header.sop_instance_uid, "sop-class-uid": header.sop_class_uid,
@@ -423,7 +435,7 @@ class StoreStage:
             try:
                 await pending.upload.abort()
             except Exception as exc:
-                log.warning("abort of a partial object failed", extra={"key": pending.key, "error": str(exc)})
+                log.warning("abort of a partial object failed", extra={"key": pending.key, "error": describe(exc)})
             pending.upload = None
 
 

@@ -19,10 +19,11 @@ import struct
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from gateway import disk
 from gateway.bus import (
     MAX_RECORD_BYTES,
     BusUnavailable,
@@ -84,6 +85,7 @@ _MAX_BATCH_BYTES = 64 * 1024 * 1024
 _MAX_QUEUED_BYTES = 256 * 1024 * 1024
 _RETENTION_CHECK_SECONDS = 60.0
 _READ_PAGE = 32
+_DISK_FULL = "disk full"
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -95,6 +97,41 @@ def _connect(path: Path) -> sqlite3.Connection:
     connection.execute("PRAGMA synchronous=FULL")
     connection.execute("PRAGMA busy_timeout=60000")
     return connection
+
+
+def _rollback(connection: sqlite3.Connection) -> None:
+    """Roll back what a failed transaction left open. After SQLITE_FULL or an I/O error SQLite may have rolled
+    back already, and a ROLLBACK then raises "cannot rollback - no transaction is active" in place of the error
+    that matters; a ROLLBACK that fails is left for the connection's owner to discard."""
+    if connection.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            connection.execute("ROLLBACK")
+
+
+@contextlib.contextmanager
+def _write_transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield connection
+        connection.execute("COMMIT")
+    except BaseException:
+        _rollback(connection)
+        raise
+
+
+def _failure(exc: sqlite3.Error, directory: Path) -> str:
+    """What a peer (Error Comment) and an operator are told of an SQLite error."""
+    return _DISK_FULL if disk.exhausted(exc, directory) else str(exc)
+
+
+@contextlib.contextmanager
+def _outage(directory: Path) -> Iterator[None]:
+    """SQLite's operational errors (a full disk, I/O, a lock held past the busy timeout) mean the bus is
+    unavailable, as Kafka being down does: the consumer's owner backs off and joins again."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        raise BusUnavailable(f"embedded bus: {_failure(exc, directory)}") from exc
 
 
 _NAME_LENGTH = struct.Struct("<H")
@@ -130,14 +167,33 @@ class EmbeddedBus:
     kind = "embedded"
 
     def __init__(self, directory: Path, settings: EmbeddedBusSettings, metrics: Metrics) -> None:
+        self._directory = directory
         self._path = directory / "bus.sqlite3"
         self._settings = settings
         self._metrics = metrics
         self._appended = asyncio.Event()
         """Wakes this process's consumers when this process appends; other processes are seen by polling."""
+        self._schema_ready = False
         directory.mkdir(parents=True, exist_ok=True)
-        with _connect(self._path) as connection:
-            connection.executescript(_SCHEMA)
+        try:
+            self._open().close()
+        except sqlite3.Error as exc:
+            if not disk.exhausted(exc, directory):
+                raise
+            log.warning("disk full: the embedded bus opens once there is room", extra={"path": str(directory)})
+
+    def _open(self) -> sqlite3.Connection:
+        """A connection; the first one that can also creates the tables, which on a full disk is only once there
+        is room again (SQLite cannot even create a WAL database's -shm file then)."""
+        connection = _connect(self._path)
+        if not self._schema_ready:
+            try:
+                connection.executescript(_SCHEMA)
+            except BaseException:
+                connection.close()
+                raise
+            self._schema_ready = True
+        return connection
 
     @property
     def partitions(self) -> int:
@@ -148,7 +204,7 @@ class EmbeddedBus:
 
     async def read(self, topic: str, partition: int, offsets: Sequence[int]) -> list[Record]:
         def select() -> list[Record]:
-            with contextlib.closing(_connect(self._path)) as connection:
+            with contextlib.closing(self._open()) as connection:
                 placeholders = ",".join("?" * len(offsets))
                 rows = connection.execute(
                     f'SELECT "offset", key, value, headers, ts FROM records WHERE topic = ? AND partition = ? '
@@ -188,6 +244,9 @@ _Pending = tuple[str, bytes, bytes, bytes, asyncio.Future[None]]
 
 
 class EmbeddedProducer:
+    """Appends through one writer task. A batch that fails (a full disk, an I/O error) fails only its own
+    records' futures with ``BusUnavailable``; the writer goes on, and the next batch opens a fresh connection."""
+
     max_record_bytes = MAX_RECORD_BYTES
 
     def __init__(self, bus: EmbeddedBus) -> None:
@@ -197,10 +256,12 @@ class EmbeddedProducer:
         self._room = asyncio.Condition()
         self._writer: asyncio.Task[None] | None = None
         self._connection: sqlite3.Connection | None = None
+        """Opened by the first batch, so the producer starts even while the disk is too full to open the bus."""
         self._next_retention_check = 0.0
+        self._failing: str | None = None
+        """The failure last logged, so a failing disk logs once, not once per batch."""
 
     async def start(self) -> None:
-        self._connection = await asyncio.to_thread(_connect, self._bus._path)
         self._writer = asyncio.create_task(self._write_loop(), name="embedded-bus-writer")
 
     async def wait(self) -> None:
@@ -252,12 +313,23 @@ class EmbeddedProducer:
             try:
                 await asyncio.to_thread(self._write, batch)
             except sqlite3.Error as exc:
-                log.error("embedded bus write failed", extra={"error": str(exc), "records": len(batch)})
+                failure = _failure(exc, self._bus._directory)
+                if failure != self._failing:
+                    self._failing = failure
+                    if failure == _DISK_FULL:
+                        log.error("embedded bus write failed: disk full",
+                                  extra={"path": str(self._bus._directory), "records": len(batch)})
+                    else:
+                        log.error("embedded bus write failed", extra={"error": failure, "records": len(batch)})
                 for *_, future in batch:
                     if not future.done():
-                        future.set_exception(BusUnavailable(f"embedded bus write failed: {exc}"))
+                        future.set_exception(BusUnavailable(
+                            failure if failure == _DISK_FULL else f"embedded bus write failed: {failure}"))
                 self._bus._metrics.bus_publish_failures.labels(batch[0][0]).inc(len(batch))
             else:
+                if self._failing is not None:
+                    self._failing = None
+                    log.info("embedded bus writes again", extra={"path": str(self._bus._directory)})
                 for topic, _, value, _, future in batch:
                     if not future.done():
                         future.set_result(None)
@@ -272,12 +344,19 @@ class EmbeddedProducer:
                     self._room.notify_all()
 
     def _write(self, batch: list[_Pending]) -> None:
-        assert self._connection is not None
-        connection = self._connection
+        if self._connection is None:
+            self._connection = self._bus._open()
+        try:
+            self._append(self._connection, batch)
+        except BaseException:
+            self._connection.close()  # whatever a failed transaction left in it, the next batch starts afresh
+            self._connection = None
+            raise
+
+    def _append(self, connection: sqlite3.Connection, batch: list[_Pending]) -> None:
         now_ms = int(time.time() * 1000)
         partitions = self._bus.partitions
-        connection.execute("BEGIN IMMEDIATE")
-        try:
+        with _write_transaction(connection):
             ends: dict[TopicPartition, int] = {}
             for topic, key, value, headers, _ in batch:
                 tp = (topic, partition_for(key, partitions))
@@ -301,14 +380,11 @@ class EmbeddedProducer:
                 self._next_retention_check = time.monotonic() + _RETENTION_CHECK_SECONDS
                 horizon = now_ms - int(self._bus._settings.retention_hours * 3_600_000)
                 connection.execute("DELETE FROM records WHERE ts < ?", (horizon,))
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
 
 
 class EmbeddedConsumer:
-    """One member of a consumer group; fetches from the partitions the group gives it."""
+    """One member of a consumer group; fetches from the partitions the group gives it. Its calls raise
+    ``BusUnavailable`` when SQLite fails on them (``_outage``)."""
 
     def __init__(
         self, bus: EmbeddedBus, group: str, topics: tuple[str, ...], on_revoked: RevokeCallback | None
@@ -337,18 +413,25 @@ class EmbeddedConsumer:
             return {(topic, partition): end for topic, partition, end in self._connection.execute(
                 "SELECT topic, partition, next_offset FROM log_end").fetchall()}
 
-        log_ends = await asyncio.to_thread(ends)
+        with _outage(self._bus._directory):
+            log_ends = await asyncio.to_thread(ends)
         return {tp: max(0, log_ends.get(tp, 0) - position) for tp, position in self._positions.items()}
 
     async def join(self) -> None:
-        self._connection = await asyncio.to_thread(_connect, self._bus._path)
-        await self._rebalance()
+        with _outage(self._bus._directory):
+            self._connection = await asyncio.to_thread(self._bus._open)
+            try:
+                await self._rebalance()
+            except BaseException:
+                await asyncio.to_thread(self._connection.close)
+                raise
 
     async def leave(self) -> None:
         """Commit what is done and leave the group, so the partitions move on without waiting for a timeout."""
         try:
-            await self.commit()
-            await asyncio.to_thread(self._leave)
+            with _outage(self._bus._directory):
+                await self.commit()
+                await asyncio.to_thread(self._leave)
         finally:
             if self._connection is not None:
                 await asyncio.to_thread(self._connection.close)
@@ -357,9 +440,10 @@ class EmbeddedConsumer:
         deadline = time.monotonic() + timeout
         while True:
             appended = self._bus._appended
-            if time.monotonic() - self._last_heartbeat >= self._heartbeat_interval:
-                await self._rebalance()
-            records = await asyncio.to_thread(self._read, max_records)
+            with _outage(self._bus._directory):
+                if time.monotonic() - self._last_heartbeat >= self._heartbeat_interval:
+                    await self._rebalance()
+                records = await asyncio.to_thread(self._read, max_records)
             if records:
                 for record in records:
                     self._positions[(record.topic, record.partition)] = record.offset + 1
@@ -381,7 +465,8 @@ class EmbeddedConsumer:
             self._tracker.done(record)
 
     async def commit(self) -> None:
-        await self._commit_partitions(self._assigned)
+        with _outage(self._bus._directory):
+            await self._commit_partitions(self._assigned)
 
     async def _commit_partitions(self, partitions: set[TopicPartition]) -> None:
         offsets = self._tracker.take_committable(partitions)
@@ -436,16 +521,11 @@ class EmbeddedConsumer:
         if self._on_revoked is not None:
             await self._on_revoked(partitions)
 
-    def _transaction(self) -> sqlite3.Connection:
-        assert self._connection is not None
-        self._connection.execute("BEGIN IMMEDIATE")
-        return self._connection
-
     def _heartbeat(self) -> tuple[set[TopicPartition], set[TopicPartition]]:
         """Returns (partitions the group assigns to this member, partitions it owns now)."""
-        connection = self._transaction()
+        assert self._connection is not None
         now = time.time()
-        try:
+        with _write_transaction(self._connection) as connection:
             connection.execute(
                 "INSERT INTO members (grp, member, heartbeat) VALUES (?, ?, ?) "
                 "ON CONFLICT (grp, member) DO UPDATE SET heartbeat = excluded.heartbeat",
@@ -465,10 +545,6 @@ class EmbeddedConsumer:
             owned = {(row[0], row[1]) for row in connection.execute(
                 "SELECT topic, partition FROM owners WHERE grp = ? AND member = ?", (self.group, self._member)
             )}
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
         rank, count = members.index(self._member), len(members)
         target = {
             (topic, partition)
@@ -479,8 +555,8 @@ class EmbeddedConsumer:
         return target, owned
 
     def _claim(self, partitions: set[TopicPartition]) -> set[TopicPartition]:
-        connection = self._transaction()
-        try:
+        assert self._connection is not None
+        with _write_transaction(self._connection) as connection:
             claimed = set()
             for topic, partition in partitions:
                 cursor = connection.execute(
@@ -490,10 +566,6 @@ class EmbeddedConsumer:
                 )
                 if cursor.rowcount:
                     claimed.add((topic, partition))
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
         return claimed
 
     def _release(self, partitions: set[TopicPartition]) -> None:
@@ -504,14 +576,10 @@ class EmbeddedConsumer:
         )
 
     def _leave(self) -> None:
-        connection = self._transaction()
-        try:
+        assert self._connection is not None
+        with _write_transaction(self._connection) as connection:
             connection.execute("DELETE FROM owners WHERE grp = ? AND member = ?", (self.group, self._member))
             connection.execute("DELETE FROM members WHERE grp = ? AND member = ?", (self.group, self._member))
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
 
     def _committed_offsets(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
         assert self._connection is not None

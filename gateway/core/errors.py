@@ -3,9 +3,13 @@
 Every port error carries ``retriable`` (aiokafka's convention): True when a dependency is down and the same
 call may succeed later, False when this message or item can never succeed as it is. ``retriable`` reads it,
 and is the one place that decides for exceptions that do not say.
+
+``describe`` says what of an exception may reach a log field, a dead-letter reason or an Error Comment.
 """
 
 from __future__ import annotations
+
+import traceback
 
 
 class DicomStatusError(Exception):
@@ -69,3 +73,23 @@ def retriable(exc: BaseException) -> bool | None:
     if isinstance(exc, (OSError, TimeoutError)):
         return True
     return None
+
+
+def describe(exc: BaseException) -> str:
+    """What may be said of an exception where operators read it (log fields, dead-letter reasons, comments).
+
+    Our own errors keep their messages, which are written to name attributes, tags, codes and counts, never
+    values: ``DicomStatusError``, ``Permanent``, ``Unavailable``, ``DeliveryFailed`` and the port errors (they
+    say ``retriable``). An OS error keeps its strerror but not the file name. Anything else is a library's
+    error, whose message may quote the bytes or values it choked on (pydicom's "Unknown Value Representation"
+    quotes them, ``int()`` its argument): only its type and where it was raised."""
+    if isinstance(exc, Permanent):
+        return str(exc)
+    if isinstance(exc, (DicomStatusError, Unavailable, DeliveryFailed)) or isinstance(
+            getattr(exc, "retriable", None), bool):
+        return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{type(exc).__name__}: {exc.strerror}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else ""
+    return f"unexpected {type(exc).__name__}{where}"

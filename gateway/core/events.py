@@ -2,9 +2,10 @@
 
 Producers build one of these values and ``encode`` it; consumers ``decode`` a record into one and dispatch on
 its class. A record carries ``type`` and ``v`` (records written before versioning have no ``v`` and are
-version 1). An unknown type, a version newer than this code knows, or a record that does not match its type
-raises ``UndecodableEvent`` (permanent: the record is dead-lettered with that reason), so a rolling upgrade
-that adds an event never stalls an older consumer. Fields added later must have defaults; fields a record has
+version 1); an event is written as the lowest version that can say what it says, so older consumers still read
+what they can act on. An unknown type, a version newer than this code knows, or a record that does not match
+its type raises ``UndecodableEvent`` (permanent: the record is dead-lettered with that reason), so a rolling
+upgrade that adds an event never stalls an older consumer. Fields added later must have defaults; fields a record has
 beyond the ones known here are ignored.
 
 Events name instances and studies by UID only: no patient data travels on this topic.
@@ -36,6 +37,11 @@ class _Event:
     @property
     def key(self) -> bytes:
         return str(getattr(self, self.KEY)).encode()
+
+    @property
+    def record_version(self) -> int:
+        """The ``v`` this record is written with."""
+        return self.VERSION
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,9 +93,15 @@ InstanceEvent = InstanceStored | InstanceQuarantined | InstanceDuplicate | Corre
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CommitmentRequested(_Event):
-    """A Storage Commitment N-ACTION the receiver accepted (PS3.4 J.3.2), to be decided and reported."""
+    """A Storage Commitment N-ACTION the receiver accepted (PS3.4 J.3.2), to be decided and reported.
+
+    A request with more references than one record holds is published as ``parts`` records, all with the same
+    Transaction UID (one partition) and request time. Version 2 added ``part`` and ``parts``; a request in one
+    record is still written as version 1, while the parts of a split one are version 2, so that a consumer
+    older than the split dead-letters them (re-drivable) instead of reporting a part as the whole request."""
 
     TYPE = "commitment.requested"
+    VERSION = 2
     KEY = "transaction_uid"
 
     transaction_uid: str
@@ -102,6 +114,13 @@ class CommitmentRequested(_Event):
     """UTC, ISO 8601."""
     reply_to: str = ""
     """The receiver's HTTP base URL when the report may go back on the requester's association."""
+    part: int = 1
+    """Which of the request's records this is, from 1; ``references`` are this part's, in the request's order."""
+    parts: int = 1
+
+    @property
+    def record_version(self) -> int:
+        return self.VERSION if self.parts > 1 else 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,7 +154,7 @@ _TYPES: dict[str, type[_Event]] = {cls.TYPE: cls for cls in (
 
 
 def encode(event: Event) -> bytes:
-    return orjson.dumps({"type": event.TYPE, "v": event.VERSION,
+    return orjson.dumps({"type": event.TYPE, "v": event.record_version,
                          **{f.name: getattr(event, f.name) for f in dataclasses.fields(event)}})
 
 

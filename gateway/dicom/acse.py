@@ -76,6 +76,34 @@ class AcceptorPolicy:
     transfer_syntax_preference: tuple[str, ...] = ()
     """Preferred transfer syntaxes for callers without their own (``Caller.transfer_syntax_preference``)."""
     authenticator: Authenticator = field(default_factory=Authenticator)
+    max_associations_per_ae: int | None = None
+    """How many of ``max_associations`` one calling AE title may hold (unless its Caller says otherwise)."""
+
+
+class Occupancy:
+    """The associations an acceptor holds, in all and per calling AE title, so that one sender (or one that
+    spoofs its title) cannot hold them all. Counted from acceptance: connections that never associate do not
+    fill the caps."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._by_ae: dict[str, int] = {}
+
+    def of(self, calling_ae: str) -> int:
+        return self._by_ae.get(calling_ae, 0)
+
+    def admit(self, calling_ae: str) -> Callable[[], None]:
+        """Count an accepted association; returns what to call when it ends."""
+        self.total += 1
+        self._by_ae[calling_ae] = self.of(calling_ae) + 1
+
+        def release() -> None:
+            self.total -= 1
+            remaining = self._by_ae.pop(calling_ae, 1) - 1
+            if remaining:
+                self._by_ae[calling_ae] = remaining
+
+        return release
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,11 +144,11 @@ def _ae_title(field: bytes) -> str:
 
 
 def negotiate(pdu: bytes, policy: AcceptorPolicy, contexts: Callable[[Sequence[str]], Sequence[PresentationContext]],
-              peer_ip: str, open_associations: int) -> Accepted | Rejected:
+              peer_ip: str, occupancy: Occupancy) -> Accepted | Rejected:
     """Answer an A-ASSOCIATE-RQ PDU (whole, header included). Raises ValueError if it does not decode.
 
-    ``contexts`` gives what the acceptor accepts of the abstract syntaxes proposed; ``open_associations`` counts
-    the associations already accepted (not this one, and not connections that never associated). Called and
+    ``contexts`` gives what the acceptor accepts of the abstract syntaxes proposed; ``occupancy`` counts the
+    associations already accepted, in all and per calling AE title. Called and
     calling AE titles are checked from their fixed places in the PDU (PS3.8 9.3.2) before the rest is decoded,
     so a large request from a caller that may not associate costs nothing."""
     if len(pdu) < _FIXED_FIELDS_END:
@@ -145,8 +173,12 @@ def negotiate(pdu: bytes, policy: AcceptorPolicy, contexts: Callable[[Sequence[s
         return rejected(REJECT_PROTOCOL_VERSION, "protocol version not supported")
     if str(primitive.application_context_name) != APPLICATION_CONTEXT:
         return rejected(REJECT_APPLICATION_CONTEXT, "application context name not supported")
-    if open_associations >= policy.max_associations:
+    if occupancy.total >= policy.max_associations:
         return rejected(REJECT_TOO_MANY, "too many associations open")
+    per_ae = caller.max_associations if caller is not None and caller.max_associations else \
+        policy.max_associations_per_ae
+    if per_ae is not None and occupancy.of(calling) >= per_ae:
+        return rejected(REJECT_TOO_MANY, "too many associations open from this calling AE")
 
     peer_max_pdu = 0
     roles: dict[str, tuple[bool | None, bool | None]] = {}

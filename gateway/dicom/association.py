@@ -93,19 +93,16 @@ class Association:
         services: ServiceRegistry,
         timeouts: Timeouts,
         metrics: Metrics,
-        open_associations: Callable[[], int],
-        admitted: Callable[[Association], None] | None = None,
+        occupancy: acse.Occupancy,
     ) -> None:
-        """``open_associations`` counts the associations accepted so far; ``admitted`` is told of this one once
-        it is accepted (``on_end`` then tells when it ends), so idle connections never fill the cap."""
+        """``occupancy`` counts the acceptor's associations; this one joins it once accepted."""
         self._reader = reader
         self._writer = writer
         self._policy = policy
         self._services = services
         self._timeouts = timeouts
         self._metrics = metrics
-        self._open_associations = open_associations
-        self._admitted = admitted
+        self._occupancy = occupancy
         peer = writer.get_extra_info("peername") or ("", 0)
         self._peer_ip = str(peer[0])
         self.peer = f"{peer[0]}:{peer[1]}"
@@ -188,7 +185,7 @@ class Association:
             raise ProtocolError(REASON_UNEXPECTED_PDU, f"PDU type 0x{pdu_type:02x} before A-ASSOCIATE-RQ")
         try:
             outcome = acse.negotiate(pdu, self._policy, self._services.contexts_for, self._peer_ip,
-                                     self._open_associations())
+                                     self._occupancy)
         except ValueError as exc:
             raise ProtocolError(REASON_INVALID_PARAMETER, str(exc)) from exc
         self.calling_ae, self.called_ae = outcome.calling_ae, outcome.called_ae
@@ -200,8 +197,7 @@ class Association:
             return
         self._accepted = outcome
         self.caller = outcome.caller
-        if self._admitted is not None:
-            self._admitted(self)
+        self.on_end(self._occupancy.admit(self.calling_ae))
         self._metrics.associations.labels("accepted").inc()
         log.info("association accepted", extra={"contexts": len(outcome.contexts), "user": outcome.user})
 

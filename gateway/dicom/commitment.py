@@ -10,8 +10,11 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 
+from gateway.core.uid import is_identifier
 from gateway.dicom.dataset import read_prefix
 
 STORAGE_COMMITMENT_PUSH_MODEL = "1.2.840.10008.1.20.1"
@@ -26,37 +29,70 @@ NO_SUCH_OBJECT_INSTANCE = 0x0112
 CLASS_INSTANCE_CONFLICT = 0x0119
 DUPLICATE_TRANSACTION_UID = 0x0131
 """Failure Reason (PS3.4 J.3.3.1.1): the Transaction UID of the request is already in use."""
-DUPLICATE_TRANSACTION_UID = 0x0131
 
 REPORTS_PATH = "/internal/commitment-reports"
 """Where the notify role hands a report to the receiver holding the requester's association (HTTP port)."""
 MAX_REFERENCES = 100_000
-"""More references than any study holds: a request beyond it is refused rather than tracked."""
+"""More references than any study holds: a request beyond it is refused rather than tracked. Its worst case
+(64-character UIDs: 152 bytes an item, 168 with undefined lengths) is under 17 MB of Action Information, within
+the receiver's 32 MiB limit."""
+_REFERENCED_SOP_CLASS_UID = 0x00081150
+_REFERENCED_SOP_INSTANCE_UID = 0x00081155
+
+
+class TooManyReferences(ValueError):
+    """The request lists more than ``MAX_REFERENCES``: a resource limitation, not a malformed request."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(f"too many references ({count} > {MAX_REFERENCES})")
 
 
 def parse_action_information(data: bytes, transfer_syntax: str) -> tuple[str, tuple[tuple[str, str], ...]]:
-    """Transaction UID and references of an N-ACTION data set. Raises ValueError naming what is wrong."""
+    """Transaction UID and references of an N-ACTION data set. Raises ValueError naming what is wrong, or
+    TooManyReferences once the sequence is counted, before its items are read.
+
+    A request may list up to ``MAX_REFERENCES``: the items' UIDs are read from their raw values, since
+    converting 100,000 items through pydicom takes seconds. Each UID must be one an instance can have
+    (digits and dots, at most 64 characters, as the C-STORE receiver checks), which also bounds what a
+    reference costs on the bus."""
     try:
         dataset, _ = read_prefix(data, transfer_syntax, stop_before=0xFFFFFFFF, complete=True)  # type: ignore[misc]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             transaction_uid = str(dataset.get("TransactionUID", "") or "")
-            references = tuple((str(item.get("ReferencedSOPClassUID", "") or ""),
-                                str(item.get("ReferencedSOPInstanceUID", "") or ""))
-                               for item in dataset.get("ReferencedSOPSequence") or [])
+            sequence = dataset.get("ReferencedSOPSequence") or []
     except Exception as exc:
-        raise ValueError(f"Action Information does not parse: {exc}") from exc
+        raise ValueError(f"Action Information does not parse ({type(exc).__name__})") from exc
     if not transaction_uid:
         raise ValueError("Transaction UID (0008,1195) missing")
     if len(transaction_uid) > 64:
         raise ValueError("Transaction UID longer than 64 characters")
-    if not references:
+    if not sequence:
         raise ValueError("Referenced SOP Sequence (0008,1199) missing or empty")
-    if len(references) > MAX_REFERENCES:
-        raise ValueError(f"more than {MAX_REFERENCES} references in one request")
+    if len(sequence) > MAX_REFERENCES:
+        raise TooManyReferences(len(sequence))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            references = tuple((_uid(item, _REFERENCED_SOP_CLASS_UID), _uid(item, _REFERENCED_SOP_INSTANCE_UID))
+                               for item in sequence)
+    except Exception as exc:
+        raise ValueError(f"Action Information does not parse ({type(exc).__name__})") from exc
     if any(not cls or not inst for cls, inst in references):
         raise ValueError("a Referenced SOP Sequence item lacks its SOP Class or Instance UID")
+    if not all(is_identifier(cls) and is_identifier(inst) for cls, inst in references):
+        raise ValueError("a referenced SOP Class or Instance UID is not a UID")
     return transaction_uid, references
+
+
+def _uid(item: Dataset, tag: int) -> str:
+    """A UI value of a freshly read item: its raw bytes, without the padding."""
+    element = item._dict.get(BaseTag(tag))
+    if element is None:
+        return ""
+    if isinstance(element, RawDataElement):
+        return (element.value or b"").decode("ascii", "replace").rstrip("\0 ")
+    return str(element.value or "")
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,8 @@ class Caller:
     organization_oid: str = ""
     transfer_syntax_preference: tuple[str, ...] = ()
     """Its own transfer syntax preference, before the acceptor's (empty: the acceptor's)."""
+    max_associations: int | None = None
+    """How many associations it may hold at once; None: the acceptor's per-AE limit."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,8 @@ status is ``replaced``. Patient, study and series rows follow the newest stored 
 instance creates them when missing but never changes them, since its header is not trusted.
 
 It also keeps what later stages must not forget across restarts: when each study last received an instance
-and whether it has been declared stable since, each storage-commitment transaction with its references, and
+and whether it has been declared stable since, each storage-commitment transaction with its references (a
+request that came in several bus records is gathered part by part until it is whole), and
 every outbound notification (commitment report, IAN) with its delivery state, attempts and last error. A
 notification is claimed with a lease, so several notify workers share the queue and a worker killed while
 sending leaves it to be sent again once the lease runs out.
@@ -245,6 +246,20 @@ class Commitment:
 
 
 @dataclass(frozen=True, slots=True)
+class CommitmentPart:
+    """One bus record of a storage-commitment request published in several. A request is its Transaction UID
+    and request time: a requester sending it again (the same Transaction UID) makes another request."""
+
+    transaction_uid: str
+    requested_at: float
+    part: int
+    """From 1 to ``parts``."""
+    parts: int
+    items: tuple[CommitmentItem, ...]
+    """This part's references, in the request's order."""
+
+
+@dataclass(frozen=True, slots=True)
 class StudyActivity:
     study_instance_uid: str
     last_instance_at: float
@@ -321,6 +336,18 @@ class CommitmentLog(Protocol):
 
     async def add_commitment(self, commitment: Commitment) -> bool:
         """Record a new transaction; False when its Transaction UID is already known."""
+
+    async def add_commitment_part(self, part: CommitmentPart) -> tuple[CommitmentItem, ...] | None:
+        """Keep one part of a request until the request is whole, in one transaction; the request's references in
+        order once every part is kept (they come in any order, each as often as the bus delivers it), else None.
+        When the request is a transaction already (same Transaction UID and request time: a part delivered or
+        re-driven again), the part is not kept and the transaction's references are returned at once."""
+
+    async def drop_commitment_parts(self, transaction_uid: str, requested_at: float) -> None:
+        """Forget the parts kept of a request, once it is whole and acted on."""
+
+    async def expire_commitment_parts(self, requested_before: float) -> list[str]:
+        """Forget the parts of requests made before ``requested_before``; the Transaction UIDs whose parts went."""
 
     async def commitment(self, transaction_uid: str) -> Commitment | None: ...
 

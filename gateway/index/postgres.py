@@ -22,6 +22,7 @@ import orjson
 from gateway.index import (
     Commitment,
     CommitmentItem,
+    CommitmentPart,
     CorrectionPolicy,
     Delivery,
     DeliveryState,
@@ -46,9 +47,11 @@ _FIELDS = tuple(field.name for field in fields(InstanceRow))
 # Advisory lock classes: the first key of the two-key form, so the gateway's locks stay apart from others'.
 _MIGRATION_LOCK = 0x64676D01
 _INSTANCE_LOCK = 0x64676D02
+_REQUEST_LOCK = 0x64676D03
 _LOCK_MIGRATIONS = "SELECT pg_advisory_xact_lock($1, 0)"
 _LOCK_INSTANCES = "SELECT count(pg_advisory_xact_lock($1, hashtext(uid))) FROM unnest($2::text[]) AS uid"
 """In the order of the array (a function scan keeps it)."""
+_LOCK_REQUEST = "SELECT pg_advisory_xact_lock($1, hashtext($2))"
 
 _VARIANT_FIELDS = tuple(field.name for field in fields(InstanceVariant))
 _INSERT_VARIANT = (f"INSERT INTO instance_variants ({', '.join(_VARIANT_FIELDS)}) "
@@ -308,6 +311,28 @@ class PostgresIndex:
                 (commitment.transaction_uid, position, item.sop_class_uid, item.sop_instance_uid)
                 for position, item in enumerate(commitment.items)])
             return True
+
+    @_translated
+    async def add_commitment_part(self, part: CommitmentPart) -> tuple[CommitmentItem, ...] | None:
+        uid, requested_at = part.transaction_uid, part.requested_at
+        async with self._pool.acquire() as connection, connection.transaction():
+            # two members keeping parts of one request at once (a rebalance) would each miss the other's part
+            await connection.execute(_LOCK_REQUEST, _REQUEST_LOCK, uid)
+            if await connection.fetchval(workflow.KNOWN_REQUEST, uid, requested_at) is not None:
+                return tuple(CommitmentItem(cls, inst) for cls, inst, _ in await connection.fetch(workflow.ITEMS, uid))
+            await connection.execute(workflow.INSERT_PART, uid, requested_at, part.part, part.parts,
+                                     workflow.part_items(part))
+            if await connection.fetchval(workflow.COUNT_PARTS, uid, requested_at) < part.parts:
+                return None
+            return workflow.request_items([row[0] for row in await connection.fetch(workflow.PARTS, uid, requested_at)])
+
+    @_translated
+    async def drop_commitment_parts(self, transaction_uid: str, requested_at: float) -> None:
+        await self._pool.execute(workflow.DROP_PARTS, transaction_uid, requested_at)
+
+    @_translated
+    async def expire_commitment_parts(self, requested_before: float) -> list[str]:
+        return sorted({row[0] for row in await self._pool.fetch(workflow.EXPIRE_PARTS, requested_before)})
 
     async def _commitment(self, connection: asyncpg.Connection, row: asyncpg.Record) -> Commitment:
         items = [tuple(item) for item in await connection.fetch(workflow.ITEMS, row[0])]

@@ -25,6 +25,7 @@ import orjson
 from gateway.index import (
     Commitment,
     CommitmentItem,
+    CommitmentPart,
     CorrectionPolicy,
     Delivery,
     DeliveryState,
@@ -53,7 +54,7 @@ _BUSY_TIMEOUT_SECONDS = 60.0
 _TOUCH_STUDY = workflow.sqlite(workflow.TOUCH_STUDY)
 
 
-def _json(value: dict[str, Any]) -> str:
+def _json(value: dict[str, Any] | list[Any]) -> str:
     return orjson.dumps(value).decode()
 
 
@@ -354,6 +355,35 @@ class SqliteIndex:
                     (commitment.transaction_uid, position, item.sop_class_uid, item.sop_instance_uid)
                     for position, item in enumerate(commitment.items)])
                 return True
+
+        return await self._run(write)
+
+    async def add_commitment_part(self, part: CommitmentPart) -> tuple[CommitmentItem, ...] | None:
+        uid, requested_at = part.transaction_uid, part.requested_at
+
+        def write() -> tuple[CommitmentItem, ...] | None:
+            with self._write_transaction():
+                if self._db.execute(workflow.sqlite(workflow.KNOWN_REQUEST), (uid, requested_at)).fetchone():
+                    return tuple(CommitmentItem(cls, inst) for cls, inst, _ in
+                                 self._db.execute(workflow.sqlite(workflow.ITEMS), (uid,)))
+                self._db.execute(workflow.sqlite(workflow.INSERT_PART), (
+                    uid, requested_at, part.part, part.parts, _json(workflow.part_items(part))))
+                [(kept,)] = self._db.execute(workflow.sqlite(workflow.COUNT_PARTS), (uid, requested_at)).fetchall()
+                if kept < part.parts:
+                    return None
+                return workflow.request_items([orjson.loads(items) for (items,) in self._db.execute(
+                    workflow.sqlite(workflow.PARTS), (uid, requested_at))])
+
+        return await self._run(write)
+
+    async def drop_commitment_parts(self, transaction_uid: str, requested_at: float) -> None:
+        await self._write_one(workflow.DROP_PARTS, (transaction_uid, requested_at))
+
+    async def expire_commitment_parts(self, requested_before: float) -> list[str]:
+        def write() -> list[str]:
+            with self._write_transaction():
+                rows = self._db.execute(workflow.sqlite(workflow.EXPIRE_PARTS), (requested_before,)).fetchall()
+            return sorted({uid for (uid,) in rows})
 
         return await self._run(write)
 

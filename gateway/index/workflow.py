@@ -1,4 +1,4 @@
-"""SQL of the workflow state (migration 0003), written once for both dialects.
+"""SQL of the workflow state (migrations 0003 and 0006), written once for both dialects.
 
 The statements use ``$n`` placeholders; the SQLite adapter rewrites them to ``?n``. Times are epoch seconds
 and JSON goes in as text for SQLite and as values for PostgreSQL's jsonb, so the only other difference is
@@ -11,7 +11,15 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.index import Commitment, CommitmentItem, Delivery, DeliveryState, Registration, StudyActivity
+from gateway.index import (
+    Commitment,
+    CommitmentItem,
+    CommitmentPart,
+    Delivery,
+    DeliveryState,
+    Registration,
+    StudyActivity,
+)
 
 TOUCH_STUDY = """
 INSERT INTO study_activity AS a (study_instance_uid, last_instance_at, stable_at, generation)
@@ -44,6 +52,14 @@ SELECT c.requested_at FROM deliveries d JOIN commitments c ON c.transaction_uid 
 WHERE d.state = 'pending' AND d.kind = $1"""
 ITEMS = ("SELECT sop_class_uid, sop_instance_uid, failure_reason FROM commitment_items "
          "WHERE transaction_uid = $1 ORDER BY position")
+KNOWN_REQUEST = "SELECT 1 FROM commitments WHERE transaction_uid = $1 AND abs(requested_at - $2) <= 0.001"
+"""The request is a transaction already: the tolerance is the tracker's, for request times read back."""
+INSERT_PART = """INSERT INTO commitment_parts (transaction_uid, requested_at, part, parts, items)
+VALUES ($1, $2, $3, $4, $5) ON CONFLICT (transaction_uid, requested_at, part) DO NOTHING"""
+COUNT_PARTS = "SELECT count(*) FROM commitment_parts WHERE transaction_uid = $1 AND requested_at = $2"
+PARTS = "SELECT items FROM commitment_parts WHERE transaction_uid = $1 AND requested_at = $2 ORDER BY part"
+DROP_PARTS = "DELETE FROM commitment_parts WHERE transaction_uid = $1 AND requested_at = $2"
+EXPIRE_PARTS = "DELETE FROM commitment_parts WHERE requested_at < $1 RETURNING transaction_uid"
 DECIDE = "UPDATE commitments SET decided_at = $2 WHERE transaction_uid = $1 AND decided_at IS NULL"
 SET_ITEM = "UPDATE commitment_items SET failure_reason = $3 WHERE transaction_uid = $1 AND position = $2"
 
@@ -123,6 +139,17 @@ def commitment(row: tuple[Any, ...], items: list[tuple[Any, ...]], decode: Any) 
     transaction_uid, requester_ae, requested_at, deadline, source, decided_at = row
     return Commitment(transaction_uid, requester_ae, requested_at, deadline,
                       tuple(CommitmentItem(*item) for item in items), decode(source), decided_at)
+
+
+def part_items(part: CommitmentPart) -> list[list[str]]:
+    """A part's references as ``commitment_parts.items`` holds them."""
+    return [[item.sop_class_uid, item.sop_instance_uid] for item in part.items]
+
+
+def request_items(parts: list[list[list[str]]]) -> tuple[CommitmentItem, ...]:
+    """The request's references from its parts' ``items``, in part order."""
+    return tuple(CommitmentItem(sop_class_uid, sop_instance_uid) for items in parts
+                 for sop_class_uid, sop_instance_uid in items)
 
 
 def waiting_for(count: int) -> str:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 
 from pydicom._uid_dict import UID_dictionary
 from pydicom.uid import AllTransferSyntaxes
 
 from gateway.bus import Producer
-from gateway.core.errors import DicomStatusError
+from gateway.core.errors import DicomStatusError, OutOfResources
 from gateway.core.uid import is_uid
 from gateway.dicom import dimse
 from gateway.dicom.dimse import Command
@@ -56,8 +56,11 @@ class StorageService:
     command_fields = frozenset({dimse.C_STORE_RQ})
 
     def __init__(self, producer: Producer, topic: str, metrics: Metrics, max_instance_bytes: int,
-                 publish_timeout: float, extra_sop_classes: Sequence[str] = ()) -> None:
+                 publish_timeout: float, extra_sop_classes: Sequence[str] = (),
+                 shortage: Callable[[], str | None] = lambda: None) -> None:
+        """``shortage`` says why no instance may be taken now (a full disk: ``gateway.disk``), or None."""
         self._extra_sop_classes = tuple(extra_sop_classes)
+        self._shortage = shortage
         self._producer = producer
         self._topic = topic
         self._metrics = metrics
@@ -70,6 +73,8 @@ class StorageService:
 
     async def request(self, association: AssociationContext, request: Command,
                       context_id: int) -> Response | DataSetSink:
+        if self._shortage() is not None:  # refused before a byte reaches the bus; logged once by the watcher
+            raise OutOfResources("disk full")
         caller = association.caller
         origin = Origin(
             calling_ae=association.calling_ae, called_ae=association.called_ae, peer=association.peer,

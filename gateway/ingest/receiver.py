@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import ssl
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from types import TracebackType
 
@@ -24,25 +24,11 @@ from gateway.dicom.identity import Authenticator
 from gateway.dicom.service import Caller, CatchAll, ServiceRegistry, VerificationService
 from gateway.ingest.cstore import StorageService, all_transfer_syntaxes, could_be_storage
 from gateway.ingest.stgcmt import StorageCommitmentService
-from gateway.listen import StreamListener
+from gateway.listen import StreamListener, server_tls_context
 from gateway.metrics import Metrics
 from gateway.settings import DicomSettings, TopicSettings
 
 log = logging.getLogger(__name__)
-
-
-def tls_context(settings: DicomSettings) -> ssl.SSLContext | None:
-    tls = settings.tls
-    if not tls.enabled:
-        return None
-    assert tls.cert_file is not None and tls.key_file is not None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(tls.cert_file, tls.key_file)
-    if tls.ca_file is not None:
-        context.load_verify_locations(tls.ca_file)
-        context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
-    return context
 
 
 def acceptor_policy(settings: DicomSettings) -> acse.AcceptorPolicy:
@@ -55,7 +41,7 @@ def acceptor_policy(settings: DicomSettings) -> acse.AcceptorPolicy:
                 continue
             if not entry.networks or (address is not None and any(address in net for net in entry.networks)):
                 return Caller(entry.ae_title, entry.organization, entry.organization_oid,
-                              entry.transfer_syntax_preference)
+                              entry.transfer_syntax_preference, entry.max_associations)
         return None
 
     identity = settings.user_identity
@@ -67,7 +53,7 @@ def acceptor_policy(settings: DicomSettings) -> acse.AcceptorPolicy:
     )
     return acse.AcceptorPolicy(settings.ae_title, settings.max_associations, settings.max_pdu_length,
                                identify if settings.allowed_aes else None, settings.transfer_syntax_preference,
-                               authenticator)
+                               authenticator, settings.max_associations_per_ae)
 
 
 class Receiver:
@@ -75,24 +61,29 @@ class Receiver:
 
     def __init__(
         self, settings: DicomSettings, topics: TopicSettings, bus: Bus, metrics: Metrics,
-        drain_timeout: float = 30.0, reply_to: str | None = None,
+        drain_timeout: float = 30.0, reply_to: Callable[[], str] | None = None,
+        shortage: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._settings = settings
         self._topics = topics
         self._bus = bus
         self._metrics = metrics
         self._reply_to = reply_to
+        self._shortage = shortage
         self._stack = AsyncExitStack()
         self._producer: Producer | None = None
         self._commitments: StorageCommitmentService | None = None
         self._services: ServiceRegistry | None = None
-        self._associated = 0
+        self._occupancy = acse.Occupancy()
         self._listener = StreamListener("dicom", settings.host, self._associate, drain_timeout,
-                                        settings.acse_timeout_seconds, settings.reuse_port)
+                                        settings.acse_timeout_seconds, settings.reuse_port,
+                                        settings.max_connections_per_peer,
+                                        metrics.associations.labels("refused_peer_limit").inc)
         self._policy = acceptor_policy(settings)
         self._timeouts = Timeouts(settings.acse_timeout_seconds, settings.dimse_timeout_seconds,
                                   settings.network_timeout_seconds)
-        self.routes = [web.post(f"{commitment.REPORTS_PATH}/{{transaction_uid}}", self._report)] if reply_to else []
+        self.internal_routes = ([web.post(f"{commitment.REPORTS_PATH}/{{transaction_uid}}", self._report)]
+                                if reply_to else [])
 
     @property
     def ports(self) -> list[int]:
@@ -104,9 +95,11 @@ class Receiver:
         self._commitments = StorageCommitmentService(
             self._producer, self._topics.events, self._metrics,
             lambda ae_title: settings.remote_ae(ae_title) is not None, settings.ae_title,
-            settings.publish_timeout_seconds, settings.dimse_timeout_seconds, self._reply_to)
+            settings.publish_timeout_seconds, settings.dimse_timeout_seconds,
+            None if self._reply_to is None else self._reply_to())
         storage = StorageService(self._producer, self._topics.instances, self._metrics, settings.max_instance_bytes,
-                                 settings.publish_timeout_seconds, settings.extra_storage_sop_classes)
+                                 settings.publish_timeout_seconds, settings.extra_storage_sop_classes,
+                                 self._shortage)
         catch_all = (CatchAll(storage, could_be_storage, all_transfer_syntaxes())
                      if settings.accept_any_storage_class else None)
         self._services = ServiceRegistry([VerificationService(all_transfer_syntaxes()), storage, self._commitments],
@@ -114,7 +107,7 @@ class Receiver:
         try:
             if settings.plain_port_open:
                 await self._listener.listen(settings.port, None)
-            context = tls_context(settings)
+            context = server_tls_context(settings.tls)
             if context is not None:
                 await self._listener.listen(settings.tls.port, context)
         except BaseException:
@@ -130,18 +123,9 @@ class Receiver:
         self._metrics.associations_open.inc()
         try:
             await Association(reader, writer, self._policy, self._services, self._timeouts, self._metrics,
-                              lambda: self._associated, self._admit).run()
+                              self._occupancy).run()
         finally:
             self._metrics.associations_open.dec()
-
-    def _admit(self, association: Association) -> None:
-        """An accepted association counts against ``max_associations`` until it ends."""
-        self._associated += 1
-
-        def ended() -> None:
-            self._associated -= 1
-
-        association.on_end(ended)
 
     async def _report(self, request: web.Request) -> web.Response:
         if self._commitments is None:

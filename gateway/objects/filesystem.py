@@ -256,12 +256,18 @@ def _temp_path(path: Path) -> Path:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
+    """A temporary file that could not be written (the disk is full) is removed, not left to pile up."""
     temp = _temp_path(path)
-    with temp.open("xb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temp, path)
+    try:
+        with temp.open("xb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+        raise
     _fsync_directory(path.parent)
 
 

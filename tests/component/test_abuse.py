@@ -5,11 +5,15 @@ refused before it is decoded, and a request too large for any real one is not re
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import logging
 import struct
 from contextlib import AsyncExitStack
 
 from pynetdicom.presentation import build_context
 
+from gateway import logs
 from gateway.settings import AllowedAE
 from tests.component.conftest import StartGateway
 from tests.conftest import dcmtk
@@ -79,3 +83,66 @@ async def test_a_request_larger_than_any_real_one_is_aborted(start_gateway: Star
         header = struct.pack(">BBI", 0x01, 0, 300 * 1024)  # announces 300 KiB, never sends them
         reply = await exchange(gateway.port, header)
         assert reply[:1] == b"\x07"  # A-ABORT
+
+
+async def test_one_calling_ae_cannot_hold_every_association(start_gateway: StartGateway) -> None:
+    """A sender (or one spoofing its title) at its own cap leaves room for the others; an AE's own cap wins."""
+    allowed = (AllowedAE(ae_title="BUSY"), AllowedAE(ae_title="QUIET"), AllowedAE(ae_title="PACS", max_associations=3))
+    async with start_gateway(max_associations=8, max_associations_per_ae=2, allowed_aes=allowed) as gateway, \
+            AsyncExitStack() as held:
+        async def hold(calling: str) -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+            held.callback(writer.close)
+            writer.write(associate_rq(calling, 1))
+            await writer.drain()
+            async with asyncio.timeout(10):
+                return await reader.read(6)
+
+        assert [(await hold("BUSY"))[:1] for _ in range(2)] == [b"\x02", b"\x02"]
+        refused = await hold("BUSY")
+        assert refused[:1] == b"\x03"
+        assert [(await hold("PACS"))[:1] for _ in range(3)] == [b"\x02"] * 3
+        assert (await hold("PACS"))[:1] == b"\x03"
+        code, out = await run(dcmtk("echoscu"), "-aet", "QUIET", "-aec", "DICOMGW", "127.0.0.1", str(gateway.port))
+        assert code == 0, out
+        assert gateway.metrics.associations.labels("rejected")._value.get() == 2
+
+
+async def test_one_address_cannot_hold_every_connection(start_gateway: StartGateway) -> None:
+    """Connections over the per-address cap are closed before a byte is read; freed places come back."""
+    async with start_gateway(max_connections_per_peer=4) as gateway:
+        async with AsyncExitStack() as idle:
+            for _ in range(4):
+                _, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+                idle.callback(writer.close)
+            await asyncio.sleep(0.1)
+            reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+            async with asyncio.timeout(5):
+                assert await reader.read(1) == b"", "the fifth connection is closed at once"
+            writer.close()
+            assert gateway.metrics.associations.labels("refused_peer_limit")._value.get() == 1
+        await asyncio.sleep(0.2)
+        code, out = await run(dcmtk("echoscu"), "-aec", "DICOMGW", "127.0.0.1", str(gateway.port))
+        assert code == 0, out
+
+
+async def test_a_flood_of_refused_associations_writes_a_bounded_log(start_gateway: StartGateway) -> None:
+    """Through the production handler's per-peer throttle: 60 refused associations, at most 20 warnings."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonFormatter())
+    handler.addFilter(logs.PeerThrottle())
+    logging.getLogger().addHandler(handler)
+    try:
+        async with start_gateway(allowed_aes=(AllowedAE(ae_title="MODALITY"),)) as gateway:
+            for _ in range(60):
+                assert (await exchange(gateway.port, associate_rq("STRANGER", 1)))[:1] == b"\x03"
+            code, out = await run(dcmtk("echoscu"), "-aet", "MODALITY", "-aec", "DICOMGW", "127.0.0.1",
+                                  str(gateway.port))
+            assert code == 0, out
+            assert gateway.metrics.associations.labels("rejected")._value.get() == 60
+    finally:
+        logging.getLogger().removeHandler(handler)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    rejected = [line for line in lines if line["msg"] == "association rejected"]
+    assert len(rejected) == 20 and all(line["calling_ae"] == "STRANGER" for line in rejected)

@@ -36,7 +36,7 @@ from gateway.settings import Settings
 from tests.component.test_commitment_receiver import action_information
 from tests.component.test_receiver_tls import pki
 from tests.conftest import dcmtk
-from tests.helpers import free_port, run
+from tests.helpers import api_headers, free_port, run
 
 CT = Path(get_testdata_file("CT_small.dcm"))  # type: ignore[arg-type]
 CT_CLASS = "1.2.840.10008.5.1.4.1.1.2"
@@ -106,7 +106,8 @@ class Gateway:
         return await request_commitment(self.settings.dicom.port, references, calling_ae, transaction)
 
     async def get(self, path: str) -> Any:
-        async with ClientSession() as http, http.get(f"{self.api}{path}") as response:
+        async with (ClientSession(headers=api_headers(self.settings.data_dir)) as http,
+                    http.get(f"{self.api}{path}") as response):
             return response.status, await response.json()
 
     async def until(self, path: str, condition: Callable[[Any], bool], timeout: float = 30) -> Any:
@@ -146,6 +147,7 @@ async def running(tmp_path: Path, **sections: Any) -> AsyncIterator[Gateway]:
         data_dir=tmp_path / "data",
         dicom={"host": "127.0.0.1", "port": free_port(), **sections.pop("dicom", {})},
         http={"host": "127.0.0.1", "port": free_port()},
+        internal={"host": "127.0.0.1", "port": free_port()},
         embedded_bus={"poll_interval_seconds": 0.01},
         notify={"retry_initial_seconds": 0.5, "retry_max_seconds": 2, **sections.pop("notify", {})},
         xds={"stable_after_seconds": 2, "stability_check_seconds": 0.5, **sections.pop("xds", {})},
@@ -518,7 +520,17 @@ async def test_a_requester_that_released_its_association_gets_the_report_on_a_ne
 
 async def test_the_internal_report_route_answers_malformed_hand_overs_with_400(tmp_path: Path) -> None:
     async with running(tmp_path, notify={"report_on_same_association": True}) as gateway, ClientSession() as http:
-        url = f"{gateway.api}{commitment.REPORTS_PATH}/{generate_uid()}"
+        path = f"{commitment.REPORTS_PATH}/{generate_uid()}"
+        async with http.post(f"{gateway.api}{path}", json={"decisions": []},
+                             headers=api_headers(gateway.settings.data_dir)) as response:
+            assert response.status == 404, "the API port does not serve the internal routes"
+        url = f"http://127.0.0.1:{gateway.settings.internal.port}{path}"
+        for wrong in ({}, {"Authorization": "Bearer not-the-secret"}, api_headers(gateway.settings.data_dir)):
+            async with http.post(url, json={"decisions": [[CT_CLASS, generate_uid(), None]]},
+                                 headers=wrong) as response:
+                assert response.status == 401, wrong
+        secret = (gateway.settings.data_dir / "internal-secret").read_text().strip()
+        http.headers["Authorization"] = f"Bearer {secret}"
         for body in (b"not json", b"{}", b'{"decisions": 7}', b'{"decisions": [["1.2", "3.4"]]}',
                      b'{"decisions": [["1.2", "3.4", "0x0112"]]}'):
             async with http.post(url, data=body, headers={"Content-Type": "application/json"}) as response:

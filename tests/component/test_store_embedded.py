@@ -34,7 +34,7 @@ from gateway.settings import (
 )
 from tests.component.test_receiver_pynetdicom import corpus, send_all
 from tests.conftest import dcmtk
-from tests.helpers import dataset_bytes, free_port, run
+from tests.helpers import api_headers, dataset_bytes, free_port, run
 
 CT = Path(get_testdata_file("CT_small.dcm"))  # type: ignore[arg-type]
 DEFLATED = Path(get_testdata_file("image_dfl.dcm"))  # type: ignore[arg-type]
@@ -365,6 +365,7 @@ async def test_operators_api_lists_and_details_studies(tmp_path: Path) -> None:
                                   str(CT))
             assert code == 0, out
             source = pydicom.dcmread(CT)
+            http.headers.update(api_headers(settings.data_dir))
             async with asyncio.timeout(30):
                 while True:
                     async with http.get(f"{base}/api/studies", params={"patient_id": source.PatientID}) as response:

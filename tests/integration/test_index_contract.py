@@ -447,7 +447,10 @@ async def test_processes_migrate_and_record_concurrently(store: Store) -> None:
         async with asyncio.timeout(120):
             for process in processes:
                 assert process.stdout is not None
-                assert await process.stdout.readline() == b"ready\n"
+                line = await process.stdout.readline()
+                if line != b"ready\n":
+                    assert process.stderr is not None
+                    raise AssertionError(f"child not ready: {line!r}\n{(await process.stderr.read()).decode()}")
             outputs = await asyncio.gather(*(process.communicate(b"go\n") for process in processes))
     finally:
         for process in processes:

@@ -2,8 +2,8 @@
 
 Patient identity follows shared/ref/finland.md: Patient ID is a personal identity code (hetu) issued under
 1.2.246.21, or an organisation's temporary identifier (hetu-shaped, individual number 900-999) issued under
-that organisation's namespace 1.2.246.10.<organisation>[.10.<unit>].22.<year>. Messages name attributes,
-never their values, when the value identifies the patient.
+that organisation's namespace 1.2.246.10.<organisation>[.10.<unit>].22.<year>. Messages name attributes and
+what is wrong with them, never their values (findings are logged and listed to operators).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def issuer_known(ds: Dataset, context: RuleContext) -> Iterator[Violation]:
     if issuer_kind(issuer) is IssuerKind.OTHER:
         yield Violation(
             "IssuerOfPatientID",
-            f"Issuer of Patient ID '{issuer}' is neither 1.2.246.21 (personal identity code) nor a temporary-ID "
+            "Issuer of Patient ID is neither 1.2.246.21 (personal identity code) nor a temporary-ID "
             "namespace 1.2.246.10.<organisation>.22.<year>",
         )
 
@@ -97,8 +97,8 @@ def issuer_consistent(ds: Dataset, context: RuleContext) -> Iterator[Violation]:
     if local and universal and vr.ui(local) is None and local != universal:
         yield Violation(
             "IssuerOfPatientID",
-            f"IssuerOfPatientID '{local}' differs from IssuerOfPatientIDQualifiersSequence > UniversalEntityID "
-            f"'{universal}'; make them the same OID",
+            "IssuerOfPatientID differs from IssuerOfPatientIDQualifiersSequence > UniversalEntityID; "
+            "make them the same OID",
         )
 
 
@@ -169,7 +169,7 @@ def temporary_id_organisation(ds: Dataset, context: RuleContext) -> Iterator[Vio
     if namespace and organization and namespace.group(1) != organization.group(1):
         yield Violation(
             "IssuerOfPatientID",
-            f"Issuer of Patient ID '{issuer}' is the temporary-ID namespace of another organisation than "
+            "Issuer of Patient ID is the temporary-ID namespace of another organisation than "
             f"{context.source.organization_oid}, configured for calling AE {context.source.calling_ae_title}",
         )
 
@@ -209,10 +209,7 @@ def study_code_known(ds: Dataset, context: RuleContext) -> Iterator[Violation]:
     """The archive validates the study code on its first five characters against the national nomenclature."""
     found, codes = study_code(ds), context.parameters.procedure_codes
     if found is not None and codes is not None and found[1][:5] not in codes:
-        keyword, code = found
-        yield Violation(
-            keyword, f"{keyword} > CodeValue '{code}' is not in the procedure code list (compared on 5 characters)"
-        )
+        yield Violation(found[0], f"{found[0]} > CodeValue is not in the procedure code list (compared on 5 characters)")
 
 
 @rule("FI-STUDY-DATE-TIME", Severity.ERROR, "StudyDate", "StudyTime")

@@ -32,7 +32,8 @@ def tag_of(keyword: str) -> int:
 
 @dataclass(frozen=True)
 class Finding:
-    """One rule's verdict on one attribute. Messages never carry patient names or IDs: they are logged."""
+    """One rule's verdict on one attribute. Messages name the attribute and the rule, never a value: they are
+    logged, stored in the index and listed to operators, and any value may be patient data."""
 
     code: str
     severity: Severity

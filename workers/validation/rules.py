@@ -102,10 +102,9 @@ def charset(ds: Dataset, context: RuleContext) -> Iterator[Violation]:
             term in ISO_2022_SINGLE_BYTE | ISO_2022_MULTI_BYTE for term in terms[1:]
         )
     if not valid:
-        joined = "\\".join(terms)
         yield Violation(
             "SpecificCharacterSet",
-            f"SpecificCharacterSet '{joined}' is not a Defined Term combination of PS3.3 C.12.1.1.2 "
+            "SpecificCharacterSet is not a Defined Term combination of PS3.3 C.12.1.1.2 "
             "(e.g. ISO_IR 100 or ISO_IR 192; leave it empty for the default repertoire)",
         )
 
@@ -116,8 +115,8 @@ def sop_class(ds: Dataset, context: RuleContext) -> Iterator[Violation]:
     uid = text(ds, "SOPClassUID")
     if uid and uid_to_service_class(uid) is not StorageServiceClass:
         name = UID(uid).name
-        what = f"'{name}'" if name != uid else "not a standard SOP Class"
-        yield Violation("SOPClassUID", f"SOPClassUID {uid} is {what}, not a known storage SOP Class")
+        what = f"the {name}" if name != uid else "not a standard SOP Class"
+        yield Violation("SOPClassUID", f"SOPClassUID is {what}, not a known storage SOP Class")
 
 
 def _elements(ds: Dataset, context: RuleContext) -> list[tuple[DataElement, str]]:
