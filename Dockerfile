@@ -49,16 +49,21 @@ RUN groupadd --system --gid 10001 dicomgw \
 
 COPY --from=builder /opt/venv /opt/venv
 
+# The gateway binds its HTTP port on 127.0.0.1 by default; a container must
+# serve it to other hosts (published ports, Kubernetes probes and Services).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    GATEWAY_DATA_DIR=/var/lib/dicom-gateway
+    GATEWAY_DATA_DIR=/var/lib/dicom-gateway \
+    GATEWAY_HTTP__HOST=0.0.0.0
 
 USER 10001:10001
 WORKDIR /var/lib/dicom-gateway
 VOLUME ["/var/lib/dicom-gateway"]
 
-# 11112 DICOM, 2762 DICOM-TLS, 8080 HTTP (/healthz, /readyz, /metrics).
+# 11112 DICOM, 2762 DICOM-TLS, 8080 HTTP(S): the API (bearer tokens), /healthz,
+# /readyz, /metrics. The internal port (8081, GATEWAY_INTERNAL__*) binds
+# 127.0.0.1 unless GATEWAY_INTERNAL__HOST says otherwise.
 EXPOSE 11112 2762 8080
 
 # No HEALTHCHECK: Kubernetes probes /healthz and /readyz on port 8080.

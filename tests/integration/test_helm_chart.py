@@ -6,6 +6,7 @@ helm is the one scripts/helm-check installs (GATEWAY_TOOLS_DIR, default
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -22,10 +23,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "helm" / "dicom-gateway"
 SPLIT_CI = CHART / "ci" / "split-values.yaml"
 SINGLE_CI = CHART / "ci" / "single-values.yaml"
-# Kafka, S3 and PostgreSQL: what every non-embedded install needs.
+# Kafka, S3, PostgreSQL and shared API tokens: what every non-embedded install needs.
+API_TOKENS_SECRET = "dicomgw-api-tokens"
 BACKENDS = (
     "kafka.bootstrapServers=kafka-bootstrap.kafka.svc:9092,"
-    "s3.endpoint=minio.storage.svc:9000,database.existingSecret=dicomgw-postgres"
+    "s3.endpoint=minio.storage.svc:9000,database.existingSecret=dicomgw-postgres,"
+    f"gateway.http.auth.tokens.existingSecret={API_TOKENS_SECRET}"
 )
 WORKER_ROLES = ("store", "register", "notify")
 # Worker roles values.yaml enables; register is off until an XDS repository is configured.
@@ -111,6 +114,11 @@ def config_map(manifests: list[Manifest]) -> dict[str, str]:
     return cm["data"]
 
 
+# How each value set's pods are probed: httpGet with a scheme, or tcpSocket (HTTPS requiring client certificates,
+# which the kubelet cannot present).
+PROBE_KINDS = {"embedded-default": "HTTP", "single-ci": "HTTPS", "split-ci": "tcpSocket", "split-minimal": "HTTP"}
+
+
 @pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
 def test_probes_are_http_on_the_http_port(value_set: str) -> None:
     deployments = of_kind(render_set(value_set), "Deployment")
@@ -122,8 +130,14 @@ def test_probes_are_http_on_the_http_port(value_set: str) -> None:
             expected = {"livenessProbe": "/healthz", "readinessProbe": "/readyz", "startupProbe": "/healthz"}
             for probe_name, path in expected.items():
                 probe = container[probe_name]
-                assert "tcpSocket" not in probe and "exec" not in probe, (name, probe_name)
+                assert "exec" not in probe, (name, probe_name)
+                if PROBE_KINDS[value_set] == "tcpSocket":
+                    assert "httpGet" not in probe, (name, probe_name)
+                    assert probe["tcpSocket"]["port"] == "http", (name, probe_name)
+                    continue
+                assert "tcpSocket" not in probe, (name, probe_name)
                 assert probe["httpGet"]["path"] == path, (name, probe_name)
+                assert probe["httpGet"]["scheme"] == PROBE_KINDS[value_set], (name, probe_name)
                 port = probe["httpGet"]["port"]
                 assert ports.get(port, port) == 8080, (name, probe_name, port)
 
@@ -162,27 +176,39 @@ def test_termination_grace_period_outlasts_the_drain(drain: int, margin: int, se
         assert grace >= drain + margin, name
 
 
+INTERNAL_SECRET = "GATEWAY_INTERNAL__SECRET"
+GENERATED_INTERNAL_SECRET = "gw-dicom-gateway-internal"
+# The roles at either end of the internal port: they alone get the internal secret.
+INTERNAL_SECRET_ROLES = ("single", "receiver", "notify")
+
+
 @pytest.mark.parametrize("delivery", ["files", "env"])
 @pytest.mark.parametrize("values", [SINGLE_CI, SPLIT_CI])
 def test_secrets_are_referenced_never_inlined(delivery: str, values: Path) -> None:
     manifests = render(f"secretDelivery={delivery}", values=(values,))
-    assert not of_kind(manifests, "Secret"), "the chart must not create Secrets"
+    # The one Secret the chart may create holds a value it generated: the internal secret (single-ci does not
+    # name one; split-ci uses gateway.internal.existingSecret).
+    created = of_kind(manifests, "Secret")
+    assert set(created) == ({GENERATED_INTERNAL_SECRET} if values == SINGLE_CI else set())
     assert SECRET_SETTINGS.isdisjoint(config_map(manifests))
-    existing = {"dicomgw-s3", "dicomgw-postgres", "dicomgw-kafka-user", "dicomgw-dicom-tls", "dicomgw-kafka-cluster-ca"}
+    assert INTERNAL_SECRET not in config_map(manifests)
+    existing = {"dicomgw-s3", "dicomgw-postgres", "dicomgw-kafka-user", "dicomgw-dicom-tls", "dicomgw-kafka-cluster-ca",
+                "dicomgw-internal", *created}
     for name, deployment in of_kind(manifests, "Deployment").items():
         pod = deployment["spec"]["template"]["spec"]
         (container,) = containers(deployment)
         env = {e["name"]: e for e in container.get("env", [])}
         for entry in env.values():
-            if entry["name"] in SECRET_SETTINGS:
+            if entry["name"] in {*SECRET_SETTINGS, INTERNAL_SECRET}:
                 assert "value" not in entry, (name, entry)
                 assert entry["valueFrom"]["secretKeyRef"]["name"] in existing, (name, entry)
         volumes = {v["name"]: v for v in pod["volumes"]}
         projected = volumes["secrets"].get("projected", {}).get("sources", [])
         delivered_files = {item["path"] for source in projected for item in source["secret"]["items"]}
         assert {source["secret"]["name"] for source in projected} <= existing
-        delivered = delivered_files if delivery == "files" else set(env) & SECRET_SETTINGS
-        assert delivered == SECRET_SETTINGS, name
+        delivered = delivered_files if delivery == "files" else set(env) & {*SECRET_SETTINGS, INTERNAL_SECRET}
+        expected = SECRET_SETTINGS | ({INTERNAL_SECRET} if component(deployment) in INTERNAL_SECRET_ROLES else set())
+        assert delivered == expected, name
         if delivery == "env":
             assert not delivered_files, name
         if "dicom-tls" in volumes:
@@ -204,8 +230,9 @@ def test_split_mode_runs_one_deployment_per_enabled_role() -> None:
         (container,) = containers(deployment)
         assert container["args"] == ["run", "--role", role]
         ports = {p["name"] for p in container["ports"]}
-        # DICOM-TLS closes the plain DICOM port (gateway.dicom.tls.tlsOnly defaults to true).
-        assert ports == ({"http", "dicom-tls"} if role == "receiver" else {"http"})
+        # DICOM-TLS closes the plain DICOM port (gateway.dicom.tls.tlsOnly defaults to true); reports on the same
+        # association open the internal port on the receivers.
+        assert ports == ({"http", "dicom-tls", "internal"} if role == "receiver" else {"http"})
         selectors.add(tuple(sorted(deployment["spec"]["selector"]["matchLabels"].items())))
     assert len(selectors) == len(SPLIT_ROLES), "each role needs its own pod selector"
 
@@ -306,19 +333,42 @@ def test_every_deployment_has_a_pdb_and_an_autoscaler(value_set: str) -> None:
         assert metric["resource"]["name"] == "cpu"
 
 
-def test_network_policy_only_when_enabled() -> None:
-    assert not of_kind(render("mode=split", BACKENDS), "NetworkPolicy")
+def _rules_for(policy: Manifest, port: str) -> list[Manifest]:
+    return [rule for rule in policy["spec"]["ingress"] if {"port": port, "protocol": "TCP"} in rule["ports"]]
+
+
+def test_network_policy_unless_disabled() -> None:
+    assert not of_kind(render("mode=split", BACKENDS, "networkPolicy.enabled=false"), "NetworkPolicy")
+    # On by default, with sources that keep what worked without it: DICOM from anywhere, the API from the
+    # release's namespace, metrics from any namespace.
+    manifests = render("mode=split", BACKENDS)
+    policies = of_kind(manifests, "NetworkPolicy")
+    assert set(policies) == set(of_kind(manifests, "Deployment"))
+    (dicom,) = _rules_for(policies["gw-dicom-gateway-receiver"], "dicom")
+    assert "from" not in dicom, "dicomFrom [] admits any source"
+    (api_metrics, api) = _rules_for(policies["gw-dicom-gateway-api"], "http")
+    assert api_metrics["from"] == [{"namespaceSelector": {}}]
+    assert api["from"] == [{"podSelector": {}}]
+    for policy in policies.values():
+        assert policy["spec"]["policyTypes"] == ["Ingress"], "egress stays open unless networkPolicy.egress"
+        assert not _rules_for(policy, "internal"), "no internal port without reportOnSameAssociation"
+
     manifests = render_set("split-ci")
     policies = of_kind(manifests, "NetworkPolicy")
     assert set(policies) == set(of_kind(manifests, "Deployment"))
-    receiver = policies["gw-dicom-gateway-receiver"]["spec"]
-    dicom_rules = [r for r in receiver["ingress"] if {"port": "dicom-tls", "protocol": "TCP"} in r["ports"]]
-    (rule,) = dicom_rules
+    receiver = policies["gw-dicom-gateway-receiver"]
+    (rule,) = _rules_for(receiver, "dicom-tls")
     assert [peer["ipBlock"]["cidr"] for peer in rule["from"]] == ["10.20.0.0/16", "192.0.2.0/24"]
     for role in ENABLED_WORKER_ROLES:
         ports = [p["port"] for r in policies[f"gw-dicom-gateway-{role}"]["spec"]["ingress"] for p in r["ports"]]
         assert ports == ["http"], role
-    assert "dicomCIDRs" in render_error("mode=split", BACKENDS, "networkPolicy.enabled=true")
+    # The API pods: metricsFrom (default) and apiFrom (ingress-nginx) on the one HTTP port.
+    (metrics_rule, api_rule) = _rules_for(policies["gw-dicom-gateway-api"], "http")
+    assert metrics_rule["from"] == [{"namespaceSelector": {}}]
+    assert api_rule["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "ingress-nginx"}
+    assert policies["gw-dicom-gateway-api"]["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    error = render_error("mode=split", BACKENDS, "networkPolicy.dicomCIDRs={10.20.0.0/16}")
+    assert "dicomCIDRs" in error, "the former value is refused, not ignored"
 
 
 def test_keda_scaled_objects_only_when_enabled() -> None:
@@ -568,7 +618,7 @@ def _identity_delivery(deployment: Manifest) -> tuple[dict[str, tuple[str, str]]
 def test_user_identity_secrets_reach_only_the_pods_that_receive_dicom(delivery: str, values: Path) -> None:
     manifests = render(f"secretDelivery={delivery}", f"gateway.dicom.userIdentity.existingSecret={IDENTITY_SECRET}",
                        "gateway.dicom.userIdentity.tokenKeysKey=jwt-keys", values=(values,))
-    assert not of_kind(manifests, "Secret"), "the chart must not create Secrets"
+    assert set(of_kind(manifests, "Secret")) <= {GENERATED_INTERNAL_SECRET}, "the chart creates no other Secret"
     expected = {"GATEWAY_DICOM__USER_IDENTITY__USERS": (IDENTITY_SECRET, "users"),
                 "GATEWAY_DICOM__USER_IDENTITY__TOKEN_KEYS": (IDENTITY_SECRET, "jwt-keys")}
     deployments = of_kind(manifests, "Deployment")
@@ -649,6 +699,8 @@ TLS_VALUE_SETS = {
     "split-minimal": ((), ("mode=split", BACKENDS, *TLS_ON)),
 }
 PORT_FIELDS = ("port", "containerPort", "targetPort", "nodePort")
+DICOM_FROM = "networkPolicy.dicomFrom[0].ipBlock.cidr=10.20.0.0/16"
+NOT_DICOM_PORTS = {"http", "internal"}
 
 
 def _exposed_ports(manifests: list[Manifest]) -> set[tuple[str, str, Any]]:
@@ -682,21 +734,23 @@ def _dicom_ports(manifests: list[Manifest]) -> dict[str, set[Any]]:
     for deployment in of_kind(manifests, "Deployment").values():
         if _of_dicom_role(deployment):
             for container in containers(deployment):
-                ports["containers"] |= {(p["name"], p["containerPort"]) for p in container["ports"]} - {("http", 8080)}
+                ports["containers"] |= {(p["name"], p["containerPort"]) for p in container["ports"]
+                                        if p["name"] not in NOT_DICOM_PORTS}
     for service in of_kind(manifests, "Service").values():
         if _of_dicom_role(service):
             ports["services"] |= {(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]
                                   if p["name"] != "http"}  # the api Service selects the single pods too
     for policy in of_kind(manifests, "NetworkPolicy").values():
         if _of_dicom_role(policy):
-            ports["networkPolicies"] |= {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]} - {"http"}
+            ports["networkPolicies"] |= {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]
+                                         if p["port"] not in NOT_DICOM_PORTS}
     return ports
 
 
 @pytest.mark.parametrize("value_set", sorted(TLS_VALUE_SETS))
 def test_dicom_tls_closes_the_plain_dicom_port_everywhere_by_default(value_set: str, tmp_path: Path) -> None:
     values, sets = TLS_VALUE_SETS[value_set]
-    manifests = render(*sets, "networkPolicy.enabled=true", "networkPolicy.dicomCIDRs={10.20.0.0/16}",
+    manifests = render(*sets, "networkPolicy.enabled=true", DICOM_FROM,
                        "service.type=NodePort", "service.nodePorts.dicom=31112", values=values)
     config = config_map(manifests)
     assert config["GATEWAY_DICOM__TLS_ONLY"] == "true"
@@ -715,8 +769,8 @@ def test_dicom_tls_closes_the_plain_dicom_port_everywhere_by_default(value_set: 
 @pytest.mark.parametrize("value_set", sorted(TLS_VALUE_SETS))
 def test_dicom_tls_only_false_keeps_both_dicom_ports(value_set: str, tmp_path: Path) -> None:
     values, sets = TLS_VALUE_SETS[value_set]
-    manifests = render(*sets, "gateway.dicom.tls.tlsOnly=false", "networkPolicy.enabled=true",
-                       "networkPolicy.dicomCIDRs={10.20.0.0/16}", values=values)
+    manifests = render(*sets, "gateway.dicom.tls.tlsOnly=false", "networkPolicy.enabled=true", DICOM_FROM,
+                       values=values)
     config = config_map(manifests)
     assert config["GATEWAY_DICOM__TLS_ONLY"] == "false"
     assert _dicom_ports(manifests) == {
@@ -732,8 +786,7 @@ def test_dicom_tls_only_false_keeps_both_dicom_ports(value_set: str, tmp_path: P
 @pytest.mark.parametrize("sets", [(), (BACKENDS,), ("mode=split", BACKENDS)], ids=["embedded", "single-kafka", "split"])
 @pytest.mark.parametrize("tls_only", ["true", "false"])
 def test_without_dicom_tls_the_plain_dicom_port_stays(sets: tuple[str, ...], tls_only: str) -> None:
-    manifests = render(*sets, f"gateway.dicom.tls.tlsOnly={tls_only}", "networkPolicy.enabled=true",
-                       "networkPolicy.dicomCIDRs={10.20.0.0/16}")
+    manifests = render(*sets, f"gateway.dicom.tls.tlsOnly={tls_only}", "networkPolicy.enabled=true", DICOM_FROM)
     config = config_map(manifests)
     assert "GATEWAY_DICOM__TLS_ONLY" not in config, "tlsOnly means nothing without TLS: the gateway's default"
     assert config["GATEWAY_DICOM__PORT"] == str(PLAIN_DICOM_PORT)
@@ -751,3 +804,366 @@ def test_chart_refuses_tls_only_outside_its_value() -> None:
     assert "tlsOnly" in error
     error = render_error(*TLS_ON, "gateway.extraConfig.GATEWAY_DICOM__TLS_ONLY=false")
     assert "gateway.dicom.tls.tlsOnly" in error, "the chart would expose ports the gateway does not open"
+
+
+# The API port: bind address, bearer tokens (tokens file, OpenID Connect), HTTPS; the internal port between roles.
+def _container(deployment: Manifest) -> Manifest:
+    (container,) = containers(deployment)
+    return container
+
+
+def _env(deployment: Manifest) -> dict[str, Manifest]:
+    return {entry["name"]: entry for entry in _container(deployment).get("env", [])}
+
+
+def _volumes(deployment: Manifest) -> dict[str, Manifest]:
+    return {volume["name"]: volume for volume in deployment["spec"]["template"]["spec"]["volumes"]}
+
+
+def _mounts(deployment: Manifest) -> dict[str, Manifest]:
+    return {mount["name"]: mount for mount in _container(deployment).get("volumeMounts", [])}
+
+
+def _by_component(manifests: list[Manifest], kind: str = "Deployment") -> dict[str, Manifest]:
+    return {component(m): m for m in of_kind(manifests, kind).values()}
+
+
+@pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
+def test_the_http_port_binds_every_interface(value_set: str, tmp_path: Path) -> None:
+    """The gateway binds 127.0.0.1 by default: probes from the kubelet and the Services need 0.0.0.0."""
+    manifests = render_set(value_set)
+    config = config_map(manifests)
+    assert config["GATEWAY_HTTP__HOST"] == "0.0.0.0"
+    for name, deployment in of_kind(manifests, "Deployment").items():
+        assert "GATEWAY_HTTP__HOST" not in _env(deployment), name
+        settings, _ = _gateway_settings(deployment, config, tmp_path / name)
+        assert settings["http"]["host"] == "0.0.0.0", name
+
+
+def test_the_image_binds_the_http_port_on_every_interface() -> None:
+    lines = (REPO_ROOT / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
+    stages = [i for i, line in enumerate(lines) if line.upper().startswith("FROM ")]
+    assert "AS runtime" in lines[stages[-1]], "the last stage is the runtime image"
+    runtime_env = " ".join(line for line in lines[stages[-1]:] if line.upper().startswith("ENV "))
+    assert "GATEWAY_HTTP__HOST=0.0.0.0" in runtime_env.split()
+
+
+@pytest.mark.parametrize("value_set", [*sorted(VALUE_SETS), "split-internal"])
+def test_no_advertised_http_url_anywhere(value_set: str) -> None:
+    """GATEWAY_HTTP__ADVERTISED_URL is gone from the gateway (it refuses unknown settings)."""
+    values, sets = VALUE_SETS.get(value_set, ((), ("mode=split", BACKENDS, "gateway.notify.reportOnSameAssociation=true")))
+    result = _run_template(values, sets)
+    assert result.returncode == 0, result.stderr
+    assert "GATEWAY_HTTP__ADVERTISED_URL" not in result.stdout
+
+
+@pytest.mark.parametrize("sets", [("mode=split", BACKENDS), (BACKENDS,)], ids=["split", "single-kafka"])
+def test_api_tokens_secret_is_mounted_as_a_directory(sets: tuple[str, ...], tmp_path: Path) -> None:
+    manifests = render(*sets, "gateway.http.auth.tokens.key=api.tokens")
+    config = config_map(manifests)
+    tokens_file = Path(config["GATEWAY_HTTP__AUTH__TOKENS_FILE"])
+    for name, deployment in of_kind(manifests, "Deployment").items():
+        # Every pod authenticates its HTTP port alike (/metrics with publicMetrics false).
+        volume = _volumes(deployment)["api-tokens"]["secret"]
+        assert volume["secretName"] == API_TOKENS_SECRET, name
+        assert volume["items"] == [{"key": "api.tokens", "path": tokens_file.name}], name
+        mount = _mounts(deployment)["api-tokens"]
+        # A subPath mount would never see the Secret change: tokens could not be rotated without a restart.
+        assert "subPath" not in mount and "subPathExpr" not in mount, name
+        assert mount["readOnly"] is True, name
+        assert Path(mount["mountPath"]) == tokens_file.parent, name
+        other_mounts = [m["mountPath"] for m in _container(deployment)["volumeMounts"] if m["name"] != "api-tokens"]
+        assert str(tokens_file.parent) not in other_mounts, name
+        settings, _ = _gateway_settings(deployment, config, tmp_path / name)
+        assert settings["http"]["auth"]["tokens_file"] == str(tokens_file), name
+    assert config["GATEWAY_HTTP__AUTH__PUBLIC_METRICS"] == "true"
+
+
+def test_the_api_needs_tokens_its_pods_share() -> None:
+    """Without a tokens file or OpenID Connect each pod would generate its own admin token."""
+    for sets in (("mode=split", BACKENDS.replace(API_TOKENS_SECRET, "")), (BACKENDS.replace(API_TOKENS_SECRET, ""),)):
+        error = render_error(*sets)
+        assert "gateway.http.auth.tokens.existingSecret" in error and "oidc" in error, sets
+    # Split mode without the api role serves no API.
+    render("mode=split", BACKENDS.replace(API_TOKENS_SECRET, ""), "api.enabled=false")
+    # Embedded single mode keeps the generated token on its volume.
+    manifests = render_set("embedded-default")
+    config = config_map(manifests)
+    assert not {key for key in config if key.startswith("GATEWAY_HTTP__AUTH__") and key != "GATEWAY_HTTP__AUTH__PUBLIC_METRICS"}
+    (deployment,) = of_kind(manifests, "Deployment").values()
+    assert "api-tokens" not in _volumes(deployment)
+
+
+OIDC_VALUES = {
+    "issuer": "https://idp.example.org/realms/hospital",
+    "audience": "dicom-gateway-api",
+    "jwksUrl": "https://idp.example.org/realms/hospital/protocol/openid-connect/certs",
+    "rolesClaim": "realm_access.roles",
+    "roleMap": {"pacs-admins": "admin", "radiographers": "operator", "viewers": "reader"},
+    "algorithms": ["RS256", "ES256"],
+    "clockSkewSeconds": 30,
+    "keysMaxAgeSeconds": 900,
+    "caSecret": "dicomgw-idp-ca",
+    "caKey": "bundle.pem",
+}
+
+
+def _oidc_values(tmp_path: Path, **extra: Any) -> Path:
+    path = tmp_path / "oidc-values.yaml"
+    path.write_text(yaml.safe_dump({"gateway": {"http": {"auth": {"oidc": {**OIDC_VALUES, **extra},
+                                                                 "publicMetrics": False}}}}))
+    return path
+
+
+def test_oidc_values_become_the_gateway_settings(tmp_path: Path) -> None:
+    manifests = render("mode=split", BACKENDS.replace(API_TOKENS_SECRET, ""), values=(_oidc_values(tmp_path),))
+    config = config_map(manifests)
+    assert config["GATEWAY_HTTP__AUTH__OIDC__ISSUER"] == OIDC_VALUES["issuer"]
+    assert config["GATEWAY_HTTP__AUTH__OIDC__AUDIENCE"] == OIDC_VALUES["audience"]
+    assert config["GATEWAY_HTTP__AUTH__OIDC__JWKS_URL"] == OIDC_VALUES["jwksUrl"]
+    assert config["GATEWAY_HTTP__AUTH__OIDC__ROLES_CLAIM"] == "realm_access.roles"
+    assert json.loads(config["GATEWAY_HTTP__AUTH__OIDC__ROLE_MAP"]) == OIDC_VALUES["roleMap"]
+    assert json.loads(config["GATEWAY_HTTP__AUTH__OIDC__ALGORITHMS"]) == ["RS256", "ES256"]
+    assert config["GATEWAY_HTTP__AUTH__OIDC__CLOCK_SKEW_SECONDS"] == "30"
+    assert config["GATEWAY_HTTP__AUTH__OIDC__KEYS_MAX_AGE_SECONDS"] == "900"
+    assert config["GATEWAY_HTTP__AUTH__PUBLIC_METRICS"] == "false"
+    assert "GATEWAY_HTTP__AUTH__TOKENS_FILE" not in config
+    ca_file = Path(config["GATEWAY_HTTP__AUTH__OIDC__CA_FILE"])
+    for name, deployment in of_kind(manifests, "Deployment").items():
+        assert _volumes(deployment)["oidc-ca"]["secret"]["items"] == [{"key": "bundle.pem", "path": ca_file.name}]
+        assert _volumes(deployment)["oidc-ca"]["secret"]["secretName"] == "dicomgw-idp-ca"
+        assert Path(_mounts(deployment)["oidc-ca"]["mountPath"]) == ca_file.parent
+        settings, _ = _gateway_settings(deployment, config, tmp_path / name)
+        oidc = settings["http"]["auth"]["oidc"]
+        assert oidc == {"issuer": OIDC_VALUES["issuer"], "audience": OIDC_VALUES["audience"],
+                        "jwks_url": OIDC_VALUES["jwksUrl"], "roles_claim": "realm_access.roles",
+                        "role_map": OIDC_VALUES["roleMap"], "algorithms": ["RS256", "ES256"],
+                        "clock_skew_seconds": 30.0, "keys_max_age_seconds": 900.0, "ca_file": str(ca_file)}, name
+        assert settings["http"]["auth"]["public_metrics"] is False, name
+
+    # Unset values leave the gateway's defaults; no issuer renders no OpenID Connect setting at all.
+    minimal = tmp_path / "minimal"
+    minimal.mkdir()
+    path = minimal / "values.yaml"
+    path.write_text(yaml.safe_dump({"gateway": {"http": {"auth": {"oidc": {"issuer": OIDC_VALUES["issuer"],
+                                                                            "audience": "api"}}}}}))
+    config = config_map(render("mode=split", BACKENDS, values=(path,)))
+    for unset in ("JWKS_URL", "ROLE_MAP", "ALGORITHMS", "CA_FILE"):
+        assert f"GATEWAY_HTTP__AUTH__OIDC__{unset}" not in config, unset
+    assert not [key for key in config_map(render("mode=split", BACKENDS)) if "OIDC" in key]
+    error = render_error("mode=split", BACKENDS, f"gateway.http.auth.oidc.issuer={OIDC_VALUES['issuer']}")
+    assert "gateway.http.auth.oidc.audience" in error
+
+
+def _internal_secret_refs(deployment: Manifest) -> set[tuple[str, str, str]]:
+    """Where a Deployment's pods get GATEWAY_INTERNAL__SECRET: {(delivery, secret, key)}."""
+    refs = set()
+    entry = _env(deployment).get(INTERNAL_SECRET)
+    if entry is not None:
+        assert "value" not in entry, "the internal secret is never inlined"
+        ref = entry["valueFrom"]["secretKeyRef"]
+        refs.add(("env", ref["name"], ref["key"]))
+    for source in _volumes(deployment)["secrets"].get("projected", {}).get("sources", []):
+        for item in source["secret"]["items"]:
+            if item["path"] == INTERNAL_SECRET:
+                refs.add(("files", source["secret"]["name"], item["key"]))
+    return refs
+
+
+REPORT_ON_SAME_ASSOCIATION = "gateway.notify.reportOnSameAssociation=true"
+
+
+@pytest.mark.parametrize("delivery", ["files", "env"])
+def test_the_internal_secret_is_shared_by_receivers_and_notify_pods(delivery: str, tmp_path: Path) -> None:
+    manifests = render("mode=split", BACKENDS, REPORT_ON_SAME_ASSOCIATION, f"secretDelivery={delivery}")
+    config = config_map(manifests)
+    assert config["GATEWAY_NOTIFY__REPORT_ON_SAME_ASSOCIATION"] == "true"
+    assert config["GATEWAY_INTERNAL__PORT"] == "8081"
+    (secret,) = of_kind(manifests, "Secret").values()
+    assert secret["metadata"]["name"] == GENERATED_INTERNAL_SECRET
+    value = base64.b64decode(secret["data"]["secret"]).decode()
+    assert len(value) == 48 and value.isalnum()
+    deployments = _by_component(manifests)
+    refs = {role: _internal_secret_refs(deployment) for role, deployment in deployments.items()}
+    assert refs["receiver"] == refs["notify"] == {(delivery, GENERATED_INTERNAL_SECRET, "secret")}
+    assert {role for role, found in refs.items() if found} == {"receiver", "notify"}, "no other role needs it"
+
+    receiver = deployments["receiver"]
+    ports = {p["name"]: p["containerPort"] for p in _container(receiver)["ports"]}
+    assert ports["internal"] == 8081
+    env = _env(receiver)
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert env["GATEWAY_INTERNAL__HOST"]["value"] == "0.0.0.0"
+    assert env["GATEWAY_INTERNAL__ADVERTISED_URL"]["value"] == "http://$(POD_IP):8081"
+    names = [entry["name"] for entry in _container(receiver)["env"]]
+    assert names.index("POD_IP") < names.index("GATEWAY_INTERNAL__ADVERTISED_URL"), "$(POD_IP) needs POD_IP first"
+    for role in ("notify", "store", "api"):
+        assert "internal" not in {p["name"] for p in _container(deployments[role])["ports"]}, role
+        assert not {"POD_IP", "GATEWAY_INTERNAL__HOST", "GATEWAY_INTERNAL__ADVERTISED_URL"} & set(_env(deployments[role]))
+
+    secret_values = {(GENERATED_INTERNAL_SECRET, "secret"): value}
+    for role in ("receiver", "notify"):
+        settings, output = _gateway_settings(deployments[role], config, tmp_path / role, secret_values)
+        assert settings["internal"]["secret"], role
+        assert value not in output, "the internal secret stays masked"
+        if role == "receiver":
+            assert settings["internal"]["host"] == "0.0.0.0"
+            assert settings["internal"]["advertised_url"] == "http://10.1.2.3:8081"
+
+
+@pytest.mark.parametrize("delivery", ["files", "env"])
+def test_an_existing_internal_secret_is_used_as_is(delivery: str) -> None:
+    manifests = render("mode=split", BACKENDS, REPORT_ON_SAME_ASSOCIATION, f"secretDelivery={delivery}",
+                       "gateway.internal.existingSecret=my-internal", "gateway.internal.existingSecretKey=shared")
+    assert not of_kind(manifests, "Secret")
+    deployments = _by_component(manifests)
+    assert _internal_secret_refs(deployments["receiver"]) == {(delivery, "my-internal", "shared")}
+    assert _internal_secret_refs(deployments["notify"]) == {(delivery, "my-internal", "shared")}
+    # Single mode with Kafka: every pod runs both ends.
+    manifests = render(BACKENDS, REPORT_ON_SAME_ASSOCIATION, f"secretDelivery={delivery}")
+    (deployment,) = of_kind(manifests, "Deployment").values()
+    assert _internal_secret_refs(deployment) == {(delivery, GENERATED_INTERNAL_SECRET, "secret")}
+    assert "internal" in {p["name"] for p in _container(deployment)["ports"]}
+
+
+@pytest.mark.parametrize("sets", [("mode=split", BACKENDS), (REPORT_ON_SAME_ASSOCIATION,)],
+                         ids=["split-without-reports", "embedded-with-reports"])
+def test_no_internal_port_where_no_pod_calls_another(sets: tuple[str, ...], tmp_path: Path) -> None:
+    """Without reports on the same association nothing opens the port; in embedded mode both ends share a process
+    (the gateway's 127.0.0.1 default and its generated secret are right)."""
+    manifests = render(*sets, "networkPolicy.enabled=true")
+    assert not of_kind(manifests, "Secret")
+    config = config_map(manifests)
+    for name, deployment in of_kind(manifests, "Deployment").items():
+        assert "internal" not in {p["name"] for p in _container(deployment)["ports"]}, name
+        assert not _internal_secret_refs(deployment), name
+        assert not {"GATEWAY_INTERNAL__HOST", "GATEWAY_INTERNAL__ADVERTISED_URL"} & set(_env(deployment)), name
+        settings, _ = _gateway_settings(deployment, config, tmp_path / name)
+        assert settings["internal"]["host"] == "127.0.0.1", name
+    for policy in of_kind(manifests, "NetworkPolicy").values():
+        assert not _rules_for(policy, "internal")
+
+
+@pytest.mark.parametrize(("sets", "values", "caller"), [
+    (("mode=split", BACKENDS, REPORT_ON_SAME_ASSOCIATION), (), "notify"),
+    ((), (SPLIT_CI,), "notify"),
+    ((), (SINGLE_CI,), "single"),
+], ids=["split", "split-ci", "single-ci"])
+def test_network_policy_admits_only_notify_pods_to_the_internal_port(sets: tuple[str, ...], values: tuple[Path, ...],
+                                                                    caller: str) -> None:
+    manifests = render(*sets, values=values)
+    policies = _by_component(manifests, "NetworkPolicy")
+    deployments = _by_component(manifests)
+    receiving = "single" if caller == "single" else "receiver"
+    (rule,) = _rules_for(policies[receiving], "internal")
+    assert rule["ports"] == [{"port": "internal", "protocol": "TCP"}], "the rule opens nothing else"
+    (peer,) = rule["from"]
+    assert set(peer) == {"podSelector"}, "the release's own namespace, no namespaceSelector"
+    selector = peer["podSelector"]["matchLabels"]
+    assert selector["app.kubernetes.io/component"] == caller
+    for role, deployment in deployments.items():
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert (selector.items() <= pod_labels.items()) == (role == caller), role
+    # The named port is the receiving container's internal port, and no other rule or policy opens it.
+    assert {"internal"} <= {p["name"] for p in _container(deployments[receiving])["ports"]}
+    for role, policy in policies.items():
+        found = [r for r in policy["spec"]["ingress"] if any(p["port"] in ("internal", 8081) for p in r["ports"])]
+        assert found == ([rule] if role == receiving else []), role
+
+
+def test_https_probes_use_scheme_https(tmp_path: Path) -> None:
+    tls = ("gateway.http.tls.existingSecret=dicomgw-http-tls",)
+    for sets in (("mode=split", BACKENDS, *tls), (*tls,)):
+        manifests = render(*sets)
+        config = config_map(manifests)
+        assert config["GATEWAY_HTTP__TLS__CERT_FILE"] == "/etc/dicom-gateway/http-tls/tls.crt"
+        assert config["GATEWAY_HTTP__TLS__KEY_FILE"] == "/etc/dicom-gateway/http-tls/tls.key"
+        assert config["GATEWAY_HTTP__TLS__REQUIRE_CLIENT_CERT"] == "false"
+        assert "GATEWAY_HTTP__TLS__CA_FILE" not in config
+        for name, deployment in of_kind(manifests, "Deployment").items():
+            container = _container(deployment)
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                assert container[probe]["httpGet"]["scheme"] == "HTTPS", (name, probe)
+            volume = _volumes(deployment)["http-tls"]["secret"]
+            assert volume["secretName"] == "dicomgw-http-tls"
+            assert [item["path"] for item in volume["items"]] == ["tls.crt", "tls.key"]
+            assert _mounts(deployment)["http-tls"]["mountPath"] == "/etc/dicom-gateway/http-tls"
+            settings, _ = _gateway_settings(deployment, config, tmp_path / f"{len(sets)}-{name}")
+            assert settings["http"]["tls"]["cert_file"] == "/etc/dicom-gateway/http-tls/tls.crt", name
+    # Plain HTTP keeps scheme HTTP.
+    (deployment,) = of_kind(render(), "Deployment").values()
+    assert _container(deployment)["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
+
+
+def test_required_client_certificates_turn_probes_to_tcp(tmp_path: Path) -> None:
+    """The kubelet presents no client certificate: httpGet probes would fail every handshake."""
+    manifests = render("mode=split", BACKENDS, "gateway.http.tls.existingSecret=dicomgw-http-tls",
+                       "gateway.http.tls.caKey=ca.crt", "gateway.http.tls.requireClientCert=true")
+    config = config_map(manifests)
+    assert config["GATEWAY_HTTP__TLS__REQUIRE_CLIENT_CERT"] == "true"
+    assert config["GATEWAY_HTTP__TLS__CA_FILE"] == "/etc/dicom-gateway/http-tls/ca.crt"
+    for name, deployment in of_kind(manifests, "Deployment").items():
+        container = _container(deployment)
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert container[probe]["tcpSocket"] == {"port": "http"}, (name, probe)
+            assert "httpGet" not in container[probe], (name, probe)
+        items = _volumes(deployment)["http-tls"]["secret"]["items"]
+        assert {"key": "ca.crt", "path": "ca.crt"} in items
+        settings, _ = _gateway_settings(deployment, config, tmp_path / name)
+        assert settings["http"]["tls"]["require_client_cert"] is True, name
+    assert "caKey" in render_error("gateway.http.tls.existingSecret=x", "gateway.http.tls.requireClientCert=true")
+    assert "existingSecret" in render_error("gateway.http.tls.caKey=ca.crt", "gateway.http.tls.requireClientCert=true")
+
+
+def test_service_monitor_follows_https_and_metrics_auth() -> None:
+    (monitor,) = of_kind(render_set("single-ci"), "ServiceMonitor").values()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"]["ca"]["secret"]["name"] == "dicomgw-http-tls"
+    assert endpoint["authorization"]["credentials"] == {"name": "dicomgw-metrics-token", "key": "token"}
+    (monitor,) = of_kind(render("serviceMonitor.enabled=true"), "ServiceMonitor").values()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert not {"scheme", "tlsConfig", "authorization"} & set(endpoint)
+
+
+def test_chart_schema_refuses_wrong_api_values(tmp_path: Path) -> None:
+    for assignment, expected in [
+        ("gateway.http.auth.publicMetrics=maybe", "publicMetrics"),
+        ("gateway.http.auth.oidc.roleMap.pacs-admins=superuser", "roleMap"),
+        ("gateway.http.auth.oidc.clockSkewSeconds=-1", "clockSkewSeconds"),
+        ("gateway.http.auth.oidc.issuer=idp.example.org", "issuer"),
+        ("gateway.http.auth.tokens.key=", "key"),
+        ("gateway.http.auth.tokens.existingSecret=null", "existingSecret"),
+        ("gateway.http.tls.requireClientCert=yes", "requireClientCert"),
+        ("gateway.http.auth.tokens.value=s3cret", "value"),
+        ("gateway.internal.port=0", "port"),
+        ("gateway.internal.secret=s3cret", "secret"),
+        ("gateway.notify.reportOnSameAssociation=sometimes", "reportOnSameAssociation"),
+        ("networkPolicy.enabled=maybe", "enabled"),
+        ("networkPolicy.apiFrom[0].cidr=10.0.0.0/8", "apiFrom"),
+        ("networkPolicy.metricsFrom[0].ipBlock.cidr=monitoring", "metricsFrom"),
+    ]:
+        assert expected in render_error(assignment), assignment
+    path = tmp_path / "peer.yaml"
+    path.write_text(yaml.safe_dump({"networkPolicy": {"dicomFrom": [
+        {"ipBlock": {"cidr": "10.0.0.0/8"}, "namespaceSelector": {}}]}}))
+    assert "dicomFrom" in render_error(values=(path,)), "an ipBlock cannot be combined with selectors"
+    # What the schema accepts renders.
+    path.write_text(yaml.safe_dump({"networkPolicy": {
+        "dicomFrom": [{"ipBlock": {"cidr": "10.20.0.0/16", "except": ["10.20.1.0/24"]}}],
+        "apiFrom": [{"namespaceSelector": {"matchLabels": {"team": "pacs"}}, "podSelector": {}}],
+        "metricsFrom": [{"namespaceSelector": {"matchExpressions": [{"key": "monitoring", "operator": "Exists"}]}}],
+    }}))
+    render(values=(path,))
+
+
+@pytest.mark.parametrize(("key", "hint"), [
+    ("GATEWAY_HTTP__HOST", "0.0.0.0"),
+    ("GATEWAY_HTTP__PORT", "gateway.http.port"),
+    ("GATEWAY_HTTP__TLS__CERT_FILE", "gateway.http.tls"),
+    ("GATEWAY_HTTP__AUTH__TOKENS_FILE", "gateway.http.auth"),
+    ("GATEWAY_INTERNAL__SECRET", "gateway.internal"),
+    ("GATEWAY_NOTIFY__REPORT_ON_SAME_ASSOCIATION", "gateway.notify.reportOnSameAssociation"),
+])
+def test_extra_config_refuses_settings_the_chart_renders(key: str, hint: str) -> None:
+    assert hint in render_error(f"gateway.extraConfig.{key}=x")

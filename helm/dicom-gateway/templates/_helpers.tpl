@@ -143,10 +143,74 @@ gateway.dicom.tls.tlsOnly is false (GATEWAY_DICOM__TLS_ONLY).
 /etc/dicom-gateway/kafka-tls
 {{- end }}
 
+{{- define "dicom-gateway.httpTlsDir" -}}
+/etc/dicom-gateway/http-tls
+{{- end }}
+
+{{/* The API tokens Secret, mounted as a directory (never with subPath) so that Kubernetes replaces the file
+in place when the Secret changes and the gateway reads it again: tokens rotate without a restart. */}}
+{{- define "dicom-gateway.apiTokensDir" -}}
+/etc/dicom-gateway/api-tokens
+{{- end }}
+
+{{- define "dicom-gateway.oidcCaDir" -}}
+/etc/dicom-gateway/oidc-ca
+{{- end }}
+
+{{/* "true" when the HTTP port of every pod serves HTTPS (gateway.http.tls.existingSecret). */}}
+{{- define "dicom-gateway.https" -}}
+{{- if .Values.gateway.http.tls.existingSecret }}true{{ end }}
+{{- end }}
+
 {{/*
-Secret-backed settings as a list of {env, secret, key, dicom}: the env var (and
-file name under GATEWAY_SECRETS_DIR) each existing Secret key supplies; dicom:
-true for those only the pods that receive DICOM get.
+"true" when the probes cannot be httpGet: HTTPS that requires client certificates. The kubelet presents no
+client certificate (and no probe type can), so an httpGet probe would fail its TLS handshake and the pods
+would never become ready. The probes then are tcpSocket probes on the same port: they check that the gateway
+accepts connections, not what /healthz and /readyz say (a TCP connect and close logs nothing on the gateway).
+*/}}
+{{- define "dicom-gateway.tcpProbes" -}}
+{{- if and (include "dicom-gateway.https" .) .Values.gateway.http.tls.requireClientCert }}true{{ end }}
+{{- end }}
+
+{{- define "dicom-gateway.probeScheme" -}}
+{{- ternary "HTTPS" "HTTP" (eq (include "dicom-gateway.https" .) "true") }}
+{{- end }}
+
+{{/*
+"true" when the pods that receive DICOM open the internal port to other pods: with
+gateway.notify.reportOnSameAssociation a notify process hands each commitment report to the receiver process
+holding the requester's association, on that process's internal port (GATEWAY_INTERNAL__*), with the shared
+internal secret. In embedded mode every role runs in the one process of the one pod: the gateway's defaults
+(127.0.0.1, a secret generated in the data dir) are right and the port stays closed to the network.
+*/}}
+{{- define "dicom-gateway.internalPort" -}}
+{{- if and .Values.gateway.notify.reportOnSameAssociation (not (include "dicom-gateway.embedded" .)) }}true{{ end }}
+{{- end }}
+
+{{/* The role whose pods call the internal port: notify in split mode, the single pods in single mode. */}}
+{{- define "dicom-gateway.notifyComponent" -}}
+{{- ternary "single" "notify" (eq .Values.mode "single") }}
+{{- end }}
+
+{{/* The Secret with the internal secret: gateway.internal.existingSecret, or the one the chart generates. */}}
+{{- define "dicom-gateway.internalSecretName" -}}
+{{- if .Values.gateway.internal.existingSecret }}
+{{- .Values.gateway.internal.existingSecret }}
+{{- else }}
+{{- printf "%s-internal" (include "dicom-gateway.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- end }}
+{{- end }}
+
+{{/* Key of the internal secret in that Secret. */}}
+{{- define "dicom-gateway.internalSecretKey" -}}
+{{- if .Values.gateway.internal.existingSecret }}{{ .Values.gateway.internal.existingSecretKey }}{{ else }}secret{{ end }}
+{{- end }}
+
+{{/*
+Secret-backed settings as a list of {env, secret, key, dicom, components}: the
+env var (and file name under GATEWAY_SECRETS_DIR) each Secret key supplies;
+dicom: true for those only the pods that receive DICOM get; components: when
+set, the only roles whose pods get it.
 */}}
 {{- define "dicom-gateway.secretSettings" -}}
 {{- $items := list }}
@@ -177,7 +241,16 @@ true for those only the pods that receive DICOM get.
 {{- end }}
 {{- end }}
 {{- end }}
+{{- if include "dicom-gateway.internalPort" . }}
+{{- /* The receiving side of the internal port and its callers (notify) share it; no other role needs it. */}}
+{{- $items = append $items (dict "env" "GATEWAY_INTERNAL__SECRET" "secret" (include "dicom-gateway.internalSecretName" .) "key" (include "dicom-gateway.internalSecretKey" .) "components" (list "single" "receiver" "notify")) }}
+{{- end }}
 {{- toJson $items }}
+{{- end }}
+
+{{/* "true" when a role's pods get a secret setting (an item of dicom-gateway.secretSettings). */}}
+{{- define "dicom-gateway.getsSecretSetting" -}}
+{{- if and (or (not .item.dicom) (include "dicom-gateway.receivesDicom" .)) (or (not .item.components) (has .component .item.components)) }}true{{ end }}
 {{- end }}
 
 {{/* Refuse value combinations that cannot work. */}}
@@ -234,15 +307,41 @@ true for those only the pods that receive DICOM get.
 {{- end }}
 {{- end }}
 {{- end }}
-{{- if and $v.networkPolicy.enabled (not $v.networkPolicy.dicomCIDRs) }}
-{{- fail "networkPolicy.enabled needs networkPolicy.dicomCIDRs (the sources allowed to send DICOM)" }}
+{{- with $v.gateway.http.tls }}
+{{- if and .requireClientCert (not .existingSecret) }}
+{{- fail "gateway.http.tls.requireClientCert needs gateway.http.tls.existingSecret (HTTPS on the API port)" }}
 {{- end }}
+{{- if and .requireClientCert (not .caKey) }}
+{{- fail "gateway.http.tls.requireClientCert needs gateway.http.tls.caKey (the CAs client certificates must chain to, e.g. ca.crt)" }}
+{{- end }}
+{{- end }}
+{{- with $v.gateway.http.auth }}
+{{- if and .oidc.issuer (not .oidc.audience) }}
+{{- fail "gateway.http.auth.oidc.issuer needs gateway.http.auth.oidc.audience (the aud tokens for this API carry)" }}
+{{- end }}
+{{- /* Without a tokens file or OpenID Connect every pod generates its own admin token into its data dir: right
+for the one embedded pod (on its volume), useless behind a Service over pods with emptyDir data dirs. */}}
+{{- if and (not .tokens.existingSecret) (not .oidc.issuer) (not (include "dicom-gateway.embedded" $)) (or (eq $v.mode "single") $v.api.enabled) }}
+{{- fail "the API needs bearer tokens shared by its pods: set gateway.http.auth.tokens.existingSecret (a Secret with a tokens file) or gateway.http.auth.oidc.issuer and audience (only embedded single mode may use the token the gateway generates into its data dir)" }}
+{{- end }}
+{{- end }}
+{{- /* Settings the chart renders itself, from values it also builds objects from (ports, mounts, Secrets, probes). */}}
+{{- $managed := dict "GATEWAY_HTTP__HOST" "always 0.0.0.0, so that probes and Services reach the pods" "GATEWAY_HTTP__PORT" "set gateway.http.port" "GATEWAY_NOTIFY__REPORT_ON_SAME_ASSOCIATION" "set gateway.notify.reportOnSameAssociation" }}
+{{- $managedPrefixes := dict "GATEWAY_HTTP__TLS__" "set gateway.http.tls" "GATEWAY_HTTP__AUTH__" "set gateway.http.auth" "GATEWAY_INTERNAL__" "set gateway.internal and gateway.notify.reportOnSameAssociation" }}
 {{- range $key, $_ := $v.gateway.extraConfig }}
 {{- if not (hasPrefix "GATEWAY_" $key) }}
 {{- fail (printf "gateway.extraConfig key %q must start with GATEWAY_" $key) }}
 {{- end }}
 {{- if eq $key "GATEWAY_DICOM__TLS_ONLY" }}
 {{- fail "set gateway.dicom.tls.tlsOnly, not GATEWAY_DICOM__TLS_ONLY in gateway.extraConfig: the chart opens the plain DICOM port on pods, Services and NetworkPolicies from it" }}
+{{- end }}
+{{- if hasKey $managed $key }}
+{{- fail (printf "gateway.extraConfig key %s is rendered by the chart (%s)" $key (index $managed $key)) }}
+{{- end }}
+{{- range $prefix, $value := $managedPrefixes }}
+{{- if hasPrefix $prefix $key }}
+{{- fail (printf "gateway.extraConfig key %s is rendered by the chart (%s)" $key $value) }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- end }}
