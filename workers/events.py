@@ -64,6 +64,7 @@ class EventPool(WorkerRole):
             try:
                 await self._events(consumer, stage, producer)
             finally:
+                await self._report_lag(consumer, self._topics.events)
                 for task in loops:
                     task.cancel()
                 await asyncio.gather(*loops, return_exceptions=True)
@@ -95,10 +96,8 @@ class EventPool(WorkerRole):
             for record in records:
                 consumer.done(record)
             await consumer.commit()
-            if records:
-                self._progressed = True
-                self._metrics.consumer_lag.labels(self.group, self._topics.events).set(
-                    sum((await consumer.lag()).values()))
+            self._progressed = self._progressed or bool(records)
+            await self._report_lag(consumer, self._topics.events)
 
     async def _handle(self, record: Record, stage: EventStage, producer: Producer) -> None:
         source = {"topic": record.topic, "partition": record.partition, "offset": record.offset}

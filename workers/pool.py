@@ -74,9 +74,9 @@ class StorePool(WorkerRole):
                         if (now := asyncio.get_running_loop().time()) >= next_check:
                             next_check = now + self._stability_check
                             await clock.tick(lambda study: consumer.owns(self._topics.instances, study.encode()))
-                        self._metrics.consumer_lag.labels(self.group, self._topics.instances).set(
-                            sum((await consumer.lag()).values()))
+                        await self._report_lag(consumer, self._topics.instances)
                 finally:
+                    await self._report_lag(consumer, self._topics.instances)
                     await stage.abandon_all()
 
 

@@ -4,11 +4,13 @@ every worker role shares (one task, drained on stop)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Self
 
+from gateway.bus import Consumer
 from gateway.core.errors import retriable
 from gateway.metrics import Metrics
 
@@ -48,6 +50,8 @@ class WorkerRole:
     stopping lets in-flight work finish for ``drain_timeout`` seconds, then cancels it."""
 
     name = "worker"
+    group = ""
+    """The consumer group its members join."""
 
     def __init__(self, metrics: Metrics, retry_max_seconds: float, drain_timeout: float) -> None:
         self._metrics = metrics
@@ -64,6 +68,12 @@ class WorkerRole:
 
     async def _consume(self) -> None:
         raise NotImplementedError
+
+    async def _report_lag(self, consumer: Consumer, topic: str) -> None:
+        """Also as the member leaves on an outage: what it was retrying still waits, and the gauge, not updated
+        while the member backs off, must say so rather than keep an earlier 0."""
+        with contextlib.suppress(Exception):  # the bus may be what is down
+            self._metrics.consumer_lag.labels(self.group, topic).set(sum((await consumer.lag()).values()))
 
     async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(

@@ -114,7 +114,8 @@ class Consumer(Protocol):
         ...
 
     async def lag(self) -> dict[TopicPartition, int]:
-        """Records on each assigned partition not yet fetched by this member: what is waiting."""
+        """Records on each assigned partition not yet done by this member (not fetched, or fetched and not
+        finished, e.g. an instance being retried): what is waiting."""
         ...
 
 
@@ -176,6 +177,11 @@ class OffsetTracker:
                 offsets[tp] = progress.committable
                 progress.committable = None
         return offsets
+
+    def unfinished(self, tp: TopicPartition) -> int:
+        """Records of the partition fetched but not yet done: an instance being retried is still waiting."""
+        progress = self._partitions.get(tp)
+        return 0 if progress is None else len(progress.fetched)
 
     def forget(self, partitions: set[TopicPartition]) -> None:
         """Drop state of partitions no longer assigned: their records will be redelivered to the new owner."""

@@ -415,7 +415,8 @@ class EmbeddedConsumer:
 
         with _outage(self._bus._directory):
             log_ends = await asyncio.to_thread(ends)
-        return {tp: max(0, log_ends.get(tp, 0) - position) for tp, position in self._positions.items()}
+        return {tp: max(0, log_ends.get(tp, 0) - position) + self._tracker.unfinished(tp)
+                for tp, position in self._positions.items()}
 
     async def join(self) -> None:
         with _outage(self._bus._directory):

@@ -257,7 +257,8 @@ class KafkaConsumer:
         for tp in self._client.assignment():
             highwater = self._client.highwater(tp)
             if highwater is not None:
-                lags[(tp.topic, tp.partition)] = max(0, highwater - await self._client.position(tp))
+                lags[(tp.topic, tp.partition)] = (max(0, highwater - await self._client.position(tp))
+                                                  + self._tracker.unfinished((tp.topic, tp.partition)))
         return lags
 
     async def fetch(self, timeout: float = 1.0, max_records: int = 500) -> list[Record]:

@@ -11,6 +11,7 @@ import logging
 import struct
 from contextlib import AsyncExitStack
 
+from pydicom.data import get_testdata_file
 from pynetdicom.presentation import build_context
 
 from gateway import logs
@@ -20,6 +21,7 @@ from tests.conftest import dcmtk
 from tests.helpers import associate_rq_pdu, run
 
 VERIFICATION = "1.2.840.10008.1.1"
+CT = str(get_testdata_file("CT_small.dcm"))
 
 
 def associate_rq(calling: str, contexts: int) -> bytes:
@@ -146,3 +148,72 @@ async def test_a_flood_of_refused_associations_writes_a_bounded_log(start_gatewa
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     rejected = [line for line in lines if line["msg"] == "association rejected"]
     assert len(rejected) == 20 and all(line["calling_ae"] == "STRANGER" for line in rejected)
+
+
+async def test_an_allow_listed_modality_is_served_throughout_an_attack(start_gateway: StartGateway) -> None:
+    """From three other addresses at once: connections held idle up to the per-address cap (and more tried),
+    slow senders trickling an A-ASSOCIATE-RQ or a P-DATA-TF, garbage and oversized PDUs; meanwhile the
+    modality, on its own address, stores instance after instance, each acknowledged."""
+    allowed = (AllowedAE(ae_title="MODALITY", networks=("127.0.0.1/32",)), AllowedAE(ae_title="SLOW"))
+    async with start_gateway(allowed_aes=allowed, max_connections_per_peer=8, acse_timeout_seconds=2,
+                             dimse_timeout_seconds=2) as gateway:
+        stop = asyncio.Event()
+
+        async def connect(source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            return await asyncio.open_connection("127.0.0.1", gateway.port, local_addr=(source, 0))
+
+        async def hold_idle() -> None:
+            async with AsyncExitStack() as held:
+                while not stop.is_set():
+                    _, writer = await connect("127.0.0.2")
+                    held.callback(writer.close)
+                    await asyncio.sleep(0.05)
+
+        async def trickle(pdu: bytes) -> None:
+            while not stop.is_set():
+                _, writer = await connect("127.0.0.3")
+                try:
+                    for byte in pdu:
+                        writer.write(bytes([byte]))
+                        await writer.drain()
+                        await asyncio.sleep(0.2)
+                        if stop.is_set():
+                            break
+                except ConnectionError:
+                    pass
+                finally:
+                    writer.close()
+
+        async def garbage() -> None:
+            pdus = [bytes(range(256)) * 4, struct.pack(">BBI", 0x01, 0, 300 * 1024), b"\x04\x00\x00\x00\xff\xff",
+                    associate_rq("SLOW", 1)[:40], struct.pack(">BBI", 0x07, 0, 4) + b"\x00\x00\x02\x00"]
+            while not stop.is_set():
+                for pdu in pdus:
+                    reader, writer = await connect("127.0.0.4")
+                    try:
+                        writer.write(pdu)
+                        await writer.drain()
+                        async with asyncio.timeout(5):
+                            await reader.read(65536)
+                    except (ConnectionError, TimeoutError):
+                        pass
+                    finally:
+                        writer.close()
+
+        slow_data = associate_rq("SLOW", 1) + struct.pack(">BBI", 0x04, 0, 1000) + b"\x00" * 1000
+        attacks = [asyncio.create_task(attack) for attack in
+                   (hold_idle(), trickle(associate_rq("SLOW", 1)), trickle(slow_data), garbage(), garbage())]
+        try:
+            await asyncio.sleep(1)
+            for attempt in range(5):
+                code, out = await run(dcmtk("storescu"), "-aet", "MODALITY", "-aec", "DICOMGW", "127.0.0.1",
+                                      str(gateway.port), CT)
+                assert code == 0, (attempt, out)
+            assert not any(task.done() for task in attacks), [t.exception() for t in attacks if t.done()]
+        finally:
+            stop.set()
+            await asyncio.gather(*attacks, return_exceptions=True)
+        assert gateway.metrics.instances_received._value.get() == 5
+        assert len((await gateway.instances()).complete) == 1  # the same instance, five times
+        assert gateway.metrics.associations.labels("refused_peer_limit")._value.get() > 0
+        assert sum(c._value.get() for c in gateway.metrics.protocol_errors._metrics.values()) > 0

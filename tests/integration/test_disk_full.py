@@ -295,10 +295,15 @@ async def test_store_pool_backs_off_on_a_full_disk_and_resumes(small_disk: Path,
         assert metrics.stage_retries.labels("store")._value.get() > 0
         assert sum(counter._value.get() for counter in metrics.dead_letters._metrics.values()) == 0
         assert sum(counter._value.get() for counter in metrics.instances_stored._metrics.values()) == 0
+        lag = metrics.consumer_lag.labels("dicomgw-store", settings.topics.instances)
+        assert lag._value.get() > 0, "the instance retried through the outage still waits: the lag says so"
 
         filler.unlink()
         async with asyncio.timeout(15):
             while sum(counter._value.get() for counter in metrics.instances_stored._metrics.values()) < 1:
+                await asyncio.sleep(0.1)
+        async with asyncio.timeout(10):
+            while lag._value.get() != 0:
                 await asyncio.sleep(0.1)
     assert stored(small_disk, pydicom.dcmread(CT).SOPInstanceUID) == "stored"
     assert not list((small_disk / "objects").rglob("*.tmp")), "no temporary file left"
