@@ -44,6 +44,7 @@ from gateway.index import (
     workflow,
 )
 from gateway.index.migrations import load
+from gateway.sqlite import use_wal
 
 _FIELDS = tuple(field.name for field in fields(InstanceRow))
 _T = TypeVar("_T")
@@ -114,7 +115,7 @@ WHERE ?5 AND (s.study_instance_uid, s.modality, s.series_number)
 
 def _connect(path: Path) -> sqlite3.Connection:
     connection = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_SECONDS, isolation_level=None)
-    connection.execute("PRAGMA journal_mode=WAL")
+    use_wal(connection, _BUSY_TIMEOUT_SECONDS)
     connection.execute("PRAGMA synchronous=FULL")
     connection.execute("PRAGMA foreign_keys=ON")
     return connection
