@@ -37,7 +37,7 @@ from gateway.bus import (
 )
 from gateway.metrics import Metrics
 from gateway.settings import EmbeddedBusSettings
-from gateway.sqlite import use_wal
+from gateway.sqlite import use_wal, write_transaction
 
 log = logging.getLogger(__name__)
 
@@ -98,26 +98,6 @@ def _connect(path: Path) -> sqlite3.Connection:
     connection.execute("PRAGMA synchronous=FULL")
     connection.execute("PRAGMA busy_timeout=60000")
     return connection
-
-
-def _rollback(connection: sqlite3.Connection) -> None:
-    """Roll back what a failed transaction left open. After SQLITE_FULL or an I/O error SQLite may have rolled
-    back already, and a ROLLBACK then raises "cannot rollback - no transaction is active" in place of the error
-    that matters; a ROLLBACK that fails is left for the connection's owner to discard."""
-    if connection.in_transaction:
-        with contextlib.suppress(sqlite3.Error):
-            connection.execute("ROLLBACK")
-
-
-@contextlib.contextmanager
-def _write_transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        yield connection
-        connection.execute("COMMIT")
-    except BaseException:
-        _rollback(connection)
-        raise
 
 
 def _failure(exc: sqlite3.Error, directory: Path) -> str:
@@ -357,7 +337,7 @@ class EmbeddedProducer:
     def _append(self, connection: sqlite3.Connection, batch: list[_Pending]) -> None:
         now_ms = int(time.time() * 1000)
         partitions = self._bus.partitions
-        with _write_transaction(connection):
+        with write_transaction(connection):
             ends: dict[TopicPartition, int] = {}
             for topic, key, value, headers, _ in batch:
                 tp = (topic, partition_for(key, partitions))
@@ -527,7 +507,7 @@ class EmbeddedConsumer:
         """Returns (partitions the group assigns to this member, partitions it owns now)."""
         assert self._connection is not None
         now = time.time()
-        with _write_transaction(self._connection) as connection:
+        with write_transaction(self._connection) as connection:
             connection.execute(
                 "INSERT INTO members (grp, member, heartbeat) VALUES (?, ?, ?) "
                 "ON CONFLICT (grp, member) DO UPDATE SET heartbeat = excluded.heartbeat",
@@ -558,7 +538,7 @@ class EmbeddedConsumer:
 
     def _claim(self, partitions: set[TopicPartition]) -> set[TopicPartition]:
         assert self._connection is not None
-        with _write_transaction(self._connection) as connection:
+        with write_transaction(self._connection) as connection:
             claimed = set()
             for topic, partition in partitions:
                 cursor = connection.execute(
@@ -579,7 +559,7 @@ class EmbeddedConsumer:
 
     def _leave(self) -> None:
         assert self._connection is not None
-        with _write_transaction(self._connection) as connection:
+        with write_transaction(self._connection) as connection:
             connection.execute("DELETE FROM owners WHERE grp = ? AND member = ?", (self.group, self._member))
             connection.execute("DELETE FROM members WHERE grp = ? AND member = ?", (self.group, self._member))
 

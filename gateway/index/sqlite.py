@@ -14,7 +14,6 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,7 +43,7 @@ from gateway.index import (
     workflow,
 )
 from gateway.index.migrations import load
-from gateway.sqlite import use_wal
+from gateway.sqlite import use_wal, write_transaction
 
 _FIELDS = tuple(field.name for field in fields(InstanceRow))
 _T = TypeVar("_T")
@@ -202,22 +201,11 @@ class SqliteIndex:
         except sqlite3.Error as exc:
             raise _translate(exc) from exc
 
-    @contextmanager
-    def _write_transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-            self._db.execute("COMMIT")
-        except BaseException:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise
-
     async def migrate(self) -> None:
         await self._run(self._migrate)
 
     def _migrate(self) -> None:
-        with self._write_transaction():
+        with write_transaction(self._db):
             self._db.execute(_SCHEMA_MIGRATIONS)
             applied = {version for (version,) in self._db.execute(_APPLIED)}
             for migration in load("sqlite"):
@@ -235,7 +223,7 @@ class SqliteIndex:
         return await self._run(self._record_instances, rows, policy)
 
     def _record_instances(self, rows: Sequence[InstanceRow], policy: CorrectionPolicy) -> list[RecordResult]:
-        with self._write_transaction():
+        with write_transaction(self._db):
             return [self._record_instance(row, policy) for row in rows]
 
     def _record_instance(self, row: InstanceRow, policy: CorrectionPolicy) -> RecordResult:
@@ -339,14 +327,14 @@ class SqliteIndex:
 
     async def _write_one(self, statement: str, params: tuple[Any, ...]) -> int:
         def write() -> int:
-            with self._write_transaction():
+            with write_transaction(self._db):
                 return self._db.execute(workflow.sqlite(statement), params).rowcount
 
         return await self._run(write)
 
     async def add_commitment(self, commitment: Commitment) -> bool:
         def write() -> bool:
-            with self._write_transaction():
+            with write_transaction(self._db):
                 inserted = self._db.execute(workflow.sqlite(workflow.INSERT_COMMITMENT), (
                     commitment.transaction_uid, commitment.requester_ae, commitment.requested_at,
                     commitment.deadline, _json(commitment.source))).fetchone()
@@ -363,7 +351,7 @@ class SqliteIndex:
         uid, requested_at = part.transaction_uid, part.requested_at
 
         def write() -> tuple[CommitmentItem, ...] | None:
-            with self._write_transaction():
+            with write_transaction(self._db):
                 if self._db.execute(workflow.sqlite(workflow.KNOWN_REQUEST), (uid, requested_at)).fetchone():
                     return tuple(CommitmentItem(cls, inst) for cls, inst, _ in
                                  self._db.execute(workflow.sqlite(workflow.ITEMS), (uid,)))
@@ -382,7 +370,7 @@ class SqliteIndex:
 
     async def expire_commitment_parts(self, requested_before: float) -> list[str]:
         def write() -> list[str]:
-            with self._write_transaction():
+            with write_transaction(self._db):
                 rows = self._db.execute(workflow.sqlite(workflow.EXPIRE_PARTS), (requested_before,)).fetchall()
             return sorted({uid for (uid,) in rows})
 
@@ -433,7 +421,7 @@ class SqliteIndex:
     async def decide_commitment(self, transaction_uid: str, items: tuple[CommitmentItem, ...],
                                 report: Delivery, at: float) -> bool:
         def write() -> bool:
-            with self._write_transaction():
+            with write_transaction(self._db):
                 if self._db.execute(workflow.sqlite(workflow.DECIDE), (transaction_uid, at)).rowcount != 1:
                     return False
                 self._db.executemany(workflow.sqlite(workflow.SET_ITEM), [
@@ -450,7 +438,7 @@ class SqliteIndex:
     async def claim_deliveries(self, now: float, lease_seconds: float, limit: int,
                                kinds: tuple[str, ...]) -> list[Delivery]:
         def write() -> list[Delivery]:
-            with self._write_transaction():
+            with write_transaction(self._db):
                 rows = self._db.execute(workflow.sqlite(workflow.claim(len(kinds))),
                                         (now, now + lease_seconds, limit, *kinds)).fetchall()
             return [workflow.delivery(row, orjson.loads) for row in rows]
@@ -470,7 +458,7 @@ class SqliteIndex:
 
     async def record_registration(self, registration: Registration) -> None:
         def write() -> None:
-            with self._write_transaction():
+            with write_transaction(self._db):
                 self._db.execute(workflow.sqlite(workflow.RETIRE_REGISTRATION), (registration.study_instance_uid,))
                 self._db.execute(workflow.sqlite(workflow.INSERT_REGISTRATION),
                                  workflow.registration_params(registration))

@@ -70,7 +70,6 @@ _QUERY_TIMES = {"CreationTime": "creationTime", "ServiceStartTime": "serviceStar
 _CHUNK = 1024 * 1024
 _BASE64_CHUNK = 3 * 256 * 1024  # a multiple of 3: the base64 of consecutive chunks is the base64 of their whole
 _MAX_PART_HEAD = 64 * 1024  # the most of a MIME part's headers, or of a boundary line's padding, read into memory
-_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 _BINARY_ENCODINGS = ("binary", "8bit", "7bit")
 
 
@@ -692,7 +691,7 @@ def _parse(body: IO[bytes], content_type: str) -> tuple[SoapMessage, dict[bytes,
     skeleton: list[bytes] = []
     parts: dict[bytes, Blob] = {}
     for index, (head, blob) in enumerate(_parts(body, delimiter)):
-        headers = _headers(head)
+        headers = soap.part_headers(head, strict=False)  # soap.parse checks them on the skeleton
         content_id = headers.get("content-id", "").strip().strip("<>").strip()
         root = content_id == start if start else index == 0
         if root or headers.get("content-transfer-encoding", "binary").lower() not in _BINARY_ENCODINGS:
@@ -739,25 +738,11 @@ def _part(body: IO[bytes], start: int, end: int) -> tuple[bytes, Blob]:
     if area.startswith((b"\r\n", b"\n")):
         head, data_start = b"", start + area.index(b"\n") + 1
     else:
-        blank = _BLANK_LINE.search(area)
+        blank = soap.BLANK_LINE.search(area)
         if blank is None:
             raise SoapError("MIME part without a blank line after its headers")
         head, data_start = area[:blank.start()], start + blank.end()
     return head, Blob(body, data_start, end - data_start)
-
-
-def _headers(head: bytes) -> dict[str, str]:
-    """A MIME part's headers by lower-case name, read leniently: soap.parse checks them on the skeleton."""
-    headers: dict[str, str] = {}
-    name = ""
-    for line in head.decode("latin-1").replace("\r\n", "\n").split("\n"):
-        if line[:1] in (" ", "\t") and name:
-            headers[name] += " " + line.strip()
-        elif ":" in line:
-            name, _, value = line.partition(":")
-            name = name.strip().lower()
-            headers[name] = value.strip()
-    return headers
 
 
 def _read(file: IO[bytes], offset: int, size: int) -> bytes:

@@ -59,7 +59,8 @@ _PARSER = etree.XMLParser(
     remove_comments=False,
 )
 _PARAM = re.compile(r';\s*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)')
-_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+"""Between a MIME part's headers and its content."""
 _CONTENT_ID = re.compile(r"[!#-;=?-~]+")  # printable ASCII without space, '"', '<', '>'
 
 
@@ -322,14 +323,9 @@ def _split(body: bytes, boundary: bytes) -> list[Attachment]:
     return parts
 
 
-def _read_part(raw: bytes) -> Attachment:
-    if raw.startswith((b"\r\n", b"\n")):
-        head, data = b"", raw[raw.index(b"\n") + 1:]
-    else:
-        blank = _BLANK_LINE.search(raw)
-        if blank is None:
-            raise SoapError("MIME part without a blank line after its headers")
-        head, data = raw[:blank.start()], raw[blank.end():]
+def part_headers(head: bytes, strict: bool = True) -> dict[str, str]:
+    """A MIME part's headers by lower-case name (folded lines joined); ``strict`` refuses a line that is
+    neither a header nor a continuation, which a reader that passes the part on to ``parse`` need not."""
     headers: dict[str, str] = {}
     name = ""
     for line in head.decode("latin-1").replace("\r\n", "\n").split("\n"):
@@ -339,8 +335,20 @@ def _read_part(raw: bytes) -> Attachment:
             name, _, value = line.partition(":")
             name = name.strip().lower()
             headers[name] = value.strip()
-        elif line.strip():
+        elif strict and line.strip():
             raise SoapError(f"malformed MIME part header line: {line[:80]!r}")
+    return headers
+
+
+def _read_part(raw: bytes) -> Attachment:
+    if raw.startswith((b"\r\n", b"\n")):
+        head, data = b"", raw[raw.index(b"\n") + 1:]
+    else:
+        blank = BLANK_LINE.search(raw)
+        if blank is None:
+            raise SoapError("MIME part without a blank line after its headers")
+        head, data = raw[:blank.start()], raw[blank.end():]
+    headers = part_headers(head)
     encoding = headers.get("content-transfer-encoding", "binary").lower()
     if encoding == "base64":
         try:
