@@ -294,21 +294,24 @@ class OidcVerifier:
             issuer = self._settings.issuer
             async with session.get(f"{issuer.rstrip('/')}/.well-known/openid-configuration") as response:
                 response.raise_for_status()
-                discovery = await response.json(content_type=None)
+                discovery = _json_object(await response.json(content_type=None))
             if discovery.get("issuer") != issuer:
                 raise ValueError("the discovery document names another issuer")
             jwks_url = str(discovery["jwks_uri"])
         async with session.get(jwks_url) as response:
             response.raise_for_status()
-            document = await response.json(content_type=None)
+            document = _json_object(await response.json(content_type=None))
+        entries = document.get("keys")
+        if not isinstance(entries, list):
+            raise ValueError("the JWKS has no list of keys")
         keys: dict[str, tuple[Any, str | None]] = {}
-        for entry in document.get("keys", []):
-            if entry.get("use", "sig") != "sig":
+        for entry in entries:
+            if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
                 continue
             try:
                 keys[str(entry.get("kid", ""))] = (jwt.PyJWK(entry), entry.get("alg"))
-            except jwt.PyJWTError:
-                continue  # a key type or algorithm this build does not know: other keys may still serve
+            except (jwt.PyJWTError, ValueError, TypeError, KeyError):
+                continue  # a key this build cannot use (unknown type or algorithm, malformed): others may serve
         log.info("OpenID Connect keys fetched", extra={"issuer": self._settings.issuer, "keys": len(keys)})
         return keys
 
@@ -318,6 +321,13 @@ class OidcVerifier:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5),
                                                   connector=aiohttp.TCPConnector(ssl=context))
         return self._session
+
+
+def _json_object(value: Any) -> dict[str, Any]:
+    """A provider's document must be a JSON object; anything else is as if it could not be fetched."""
+    if not isinstance(value, dict):
+        raise ValueError("the provider's document is not a JSON object")
+    return value
 
 
 class Authenticator:

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import logs
@@ -253,3 +254,48 @@ async def test_https_with_a_required_client_certificate(tmp_path: Path, pki: Pat
             await call(base, "/api/studies", READER, ssl=stranger)
         with pytest.raises(aiohttp.ClientError):
             await call(base.replace("https://", "http://"), "/api/studies", READER)
+
+
+async def test_malformed_authorization_headers_are_refused_as_such(tmp_path: Path,
+                                                                   oidc_provider: OidcProvider) -> None:
+    path = tokens_file(tmp_path, f"{READER} reader")
+    async with api(tmp_path, auth={"tokens_file": str(path), **oidc(oidc_provider)}) as base:
+        expected: dict[str, float] = {}
+        async with aiohttp.ClientSession() as session:
+            for header, reason in (("Basic cmVhZGVyOnNlY3JldA==", "malformed"), ("Bearer", "malformed"),
+                                   ("Bearer    ", "malformed"), ("Bearer a.b.c", "malformed"),
+                                   ("Bearer " + "é" * 30, "unknown_token"), (READER, "malformed")):
+                async with session.get(f"{base}/api/studies", headers={"Authorization": header}) as response:
+                    body = await response.json()
+                    assert response.status == 401 and body["error"] == "unauthorized", header
+                expected[reason] = expected.get(reason, 0.0) + 1
+                assert await auth_failures(base) == expected, header
+            async with session.get(f"{base}/api/studies", headers={"Authorization": f"bearer {READER}"}) as response:
+                assert response.status == 200, "the scheme is case-insensitive (RFC 7235)"
+
+
+@pytest.mark.parametrize("document", [b"<html>not json</html>", b"[]", b'{"keys": "none"}',
+                                      b'{"keys": [1, {"kty": "RSA"}, {"kty": "EC", "crv": "P-999"}]}'],
+                         ids=["html", "list", "keys-not-a-list", "unusable-keys"])
+async def test_a_provider_publishing_garbage_keys_gets_503_not_a_crash(
+    tmp_path: Path, oidc_provider: OidcProvider, document: bytes
+) -> None:
+    """The JWKS is input too: whatever it holds, tokens wait with 503 and static tokens keep working."""
+    async def jwks(_: web.Request) -> web.Response:
+        return web.Response(body=document, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/jwks", jwks)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    path = tokens_file(tmp_path, f"{READER} reader")
+    try:
+        settings = oidc(oidc_provider, jwks_url=f"http://127.0.0.1:{port}/jwks")
+        async with api(tmp_path, auth={"tokens_file": str(path), **settings}) as base:
+            status, body, _ = await call(base, "/api/studies", oidc_provider.token("gateway-reader"))
+            assert status == 503 and body["error"] == "unavailable"
+            assert (await call(base, "/api/studies", READER))[0] == 200
+    finally:
+        await runner.cleanup()
