@@ -10,6 +10,15 @@
                                               (undecided, or the report pending or failed), as above
     GET /api/xds/documents?patient_id=        ITI-18 FindDocuments in the registry (a hetu, or CX with its
                                               assigning authority); ?unique_id= (repeatable) for GetDocuments
+    GET /api/forward/destinations             each forwarding destination: configuration, paused, instances by
+                                              state, lag (age of the oldest not archived), last error and success
+    POST /api/forward/destinations/{name}/pause|resume
+                                              stop or restart sending to it (operator; sends in flight finish)
+    GET /api/forward/failed?destination=&study_uid=
+                                              instances given up, with their reasons
+    POST /api/forward/redrive                 {"destination", "study_instance_uid", "resend"}: queue failed
+                                              instances again (``resend``: every instance, committed ones too)
+                                              for a destination, a study, or both (operator)
     GET /api/dlq                              open dead-letter entries with their reasons
     POST /api/dlq/{entry_id}/redrive          send an entry's records through again (operator)
     GET /api/me                               who the token says the caller is, and its role
@@ -35,7 +44,18 @@ from aiohttp import web
 from gateway import dead_letter
 from gateway.auth import PRINCIPAL, Role, requires
 from gateway.bus import Bus
-from gateway.index import Commitment, Delivery, Index, InstanceRow, Registration, StudyActivity
+from gateway.index import (
+    FINISHED_FORWARD_STATES,
+    Commitment,
+    Delivery,
+    DestinationStatus,
+    ForwardItem,
+    ForwardState,
+    Index,
+    InstanceRow,
+    Registration,
+    StudyActivity,
+)
 from gateway.settings import Settings
 from gateway.xds.client import XdsClient, XdsError
 from gateway.xds.metadata import MetadataError, patient_cx
@@ -64,6 +84,11 @@ class Api:
             web.get("/api/commitments/overdue", self._overdue_commitments),
             web.get("/api/commitments/{transaction_uid}", self._commitment),
             web.get("/api/xds/documents", self._xds_documents),
+            web.get("/api/forward/destinations", self._destinations),
+            web.post("/api/forward/destinations/{name}/pause", self._pause),
+            web.post("/api/forward/destinations/{name}/resume", self._pause),
+            web.get("/api/forward/failed", self._failed_forwards),
+            web.post("/api/forward/redrive", self._redrive_forwards),
             web.get("/api/dlq", self._dead_letters),
             web.post("/api/dlq/{entry_id}/redrive", self._redrive),
             web.get("/api/me", self._me),
@@ -119,6 +144,7 @@ class Api:
             entry["instances"].append({**_instance(row),
                                        "variants": variants.get((row.sop_instance_uid, row.version), [])})
         activity = await index.study_activity(rows[0].study_instance_uid)
+        forwarding = await index.forward_items(study_instance_uid=rows[0].study_instance_uid, limit=100_000)
         deliveries = await index.deliveries(rows[0].study_instance_uid)
         registrations = await index.registrations(rows[0].study_instance_uid)
         return web.json_response({
@@ -137,7 +163,67 @@ class Api:
             "notifications": [_delivery(d) for d in deliveries if d.kind == "ian"],
             "registration": _registration(activity, registrations,
                                           next((d for d in deliveries if d.kind == "xds-registration"), None)),
+            "forwarding": _forwarding(forwarding),
         })
+
+    @requires(Role.READER)
+    async def _destinations(self, request: web.Request) -> web.Response:
+        statuses = {status.name: status for status in await self._ready_index().forward_destinations()}
+        now = time.time()
+        answer = []
+        for destination in self._settings.forward.destinations:
+            status = statuses.get(destination.name, DestinationStatus(destination.name))
+            since = status.oldest_waiting_since
+            answer.append({
+                "name": destination.name, "ae_title": destination.ae_title, "host": destination.host,
+                "port": destination.port, "tls": destination.tls, "storage_commitment": destination.storage_commitment,
+                "max_associations": destination.max_associations, "paused": status.paused,
+                "instances": status.items, "lag_seconds": None if since is None else round(now - since, 3),
+                "consecutive_failures": status.failures, "retry_after": _utc(status.backoff_until or None),
+                "last_error": status.last_error, "last_error_at": _utc(status.last_error_at),
+                "last_success_at": _utc(status.last_success_at)})
+        return web.json_response(answer)
+
+    @requires(Role.OPERATOR)
+    async def _pause(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if self._settings.forward.destination(name) is None:
+            raise web.HTTPNotFound(text="no such forwarding destination")
+        paused = request.path.endswith("/pause")
+        await self._ready_index().update_forward_destination(name, time.time(), paused=paused)
+        log.info("forwarding destination paused" if paused else "forwarding destination resumed",
+                 extra={"destination": name, "user": request[PRINCIPAL].subject})
+        return web.json_response({"name": name, "paused": paused})
+
+    @requires(Role.READER)
+    async def _failed_forwards(self, request: web.Request) -> web.Response:
+        items = await self._ready_index().forward_items(
+            destination=request.query.get("destination", ""), study_instance_uid=request.query.get("study_uid", ""),
+            state=ForwardState.FAILED, limit=_LIST_LIMIT)
+        return web.json_response([_forward_item(item) for item in items])
+
+    @requires(Role.OPERATOR)
+    async def _redrive_forwards(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            destination = body.get("destination", "")
+            study = body.get("study_instance_uid", "")
+            resend = body.get("resend", False)
+            if not (isinstance(destination, str) and isinstance(study, str) and isinstance(resend, bool)):
+                raise TypeError
+        except (ValueError, TypeError, AttributeError):
+            raise web.HTTPBadRequest(text='expected {"destination": name, "study_instance_uid": uid, '
+                                          '"resend": false}') from None
+        if destination and self._settings.forward.destination(destination) is None:
+            raise web.HTTPNotFound(text="no such forwarding destination")
+        if resend and not study:
+            raise web.HTTPBadRequest(text="resend is for one study: give study_instance_uid")
+        count = await self._ready_index().redrive_forwards(time.time(), destination=destination,
+                                                           study_instance_uid=study, resend=resend)
+        log.info("forwarding re-driven", extra={"destination": destination, "study_instance_uid": study,
+                                                "resend": resend, "instances": count,
+                                                "user": request[PRINCIPAL].subject})
+        return web.json_response({"queued": count})
 
     @requires(Role.READER)
     async def _overdue_commitments(self, _: web.Request) -> web.Response:
@@ -273,3 +359,38 @@ def _instance(row: InstanceRow) -> dict[str, Any]:
         "source_ae": row.source_ae, "received_at": row.received_at.isoformat(),
         "stored_at": row.stored_at.isoformat(),
     }
+
+
+def _forward_item(item: ForwardItem) -> dict[str, Any]:
+    return {"destination": item.destination, "study_instance_uid": item.study_instance_uid,
+            "series_instance_uid": item.series_instance_uid, "sop_instance_uid": item.sop_instance_uid,
+            "version": item.version, "state": item.state.value, "sends": item.sends, "attempts": item.attempts,
+            "transaction_uid": item.transaction_uid or None, "transfer_syntax_sent": item.transfer_syntax_sent or None,
+            "last_error": item.last_error, "queued_at": _utc(item.queued_at), "sent_at": _utc(item.sent_at),
+            "finished_at": _utc(item.finished_at)}
+
+
+def _forwarding(items: list[ForwardItem]) -> list[dict[str, Any]]:
+    """Per destination: the study's state there (archived only when every instance is committed or, without
+    commitment, delivered; partial or failed once nothing is left to do and some or all instances failed) and
+    each instance's."""
+    by_destination: dict[str, list[ForwardItem]] = {}
+    for item in items:
+        by_destination.setdefault(item.destination, []).append(item)
+    answer = []
+    for destination, own in by_destination.items():
+        states = [item.state for item in own]
+        counts = {state.value: states.count(state) for state in ForwardState if state in states}
+        if all(state in FINISHED_FORWARD_STATES for state in states):
+            summary = "archived"
+        elif ForwardState.QUEUED in states:
+            summary = "sending" if any(item.sends or item.attempts for item in own) else "pending"
+        elif ForwardState.SENT in states or ForwardState.REQUESTED in states:
+            summary = "awaiting-commitment"
+        else:
+            summary = "failed" if all(state is ForwardState.FAILED for state in states) else "partial"
+        answer.append({"destination": destination, "state": summary, "instances": counts,
+                       "transactions": sorted({item.transaction_uid for item in own if item.transaction_uid}),
+                       "last_error": next((item.last_error for item in own if item.last_error), ""),
+                       "items": [_forward_item(item) for item in own]})
+    return answer

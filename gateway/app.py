@@ -29,9 +29,12 @@ from workers.availability import IAN, AvailabilityNotifier, ian_sender
 from workers.commitment import REPORT, CommitmentTracker, report_sender
 from workers.deliver import Deliverer, RetryPolicy
 from workers.events import EventPool
+from workers.forward import ForwardStage
 from workers.notify import NotifyStage
 from workers.pool import StorePool
 from workers.register import REGISTRATION, RegisterStage, Registrar
+from workers.routing import Router
+from workers.send import BatchSender, SendPolicy
 from workers.stability import StabilityClock
 from workers.store import StoreStage
 from workers.validation import ProfileSelector
@@ -138,6 +141,30 @@ def register_pool(settings: Settings, bus: Bus, metrics: Metrics) -> EventPool:
                      settings.runtime.drain_timeout_seconds)
 
 
+def forward_pool(settings: Settings, bus: Bus, metrics: Metrics) -> EventPool:
+    forward = settings.forward
+    if not forward.destinations:
+        raise SettingsError("the forward role needs GATEWAY_FORWARD__DESTINATIONS (where to forward to)")
+    dicom = settings.dicom
+    policy = SendPolicy(dicom.ae_title, forward.association_timeout_seconds, forward.retry_initial_seconds,
+                        forward.retry_max_seconds, forward.retry_max_attempts, forward.commitment_timeout_seconds,
+                        forward.report_wait_seconds, ClientTls(dicom.tls.cert_file, dicom.tls.key_file,
+                                                               dicom.tls.ca_file))
+
+    @asynccontextmanager
+    async def open_stage(producer: Producer) -> AsyncIterator[ForwardStage]:
+        async with _services(settings) as (objects, index):
+            stage = ForwardStage(index, Router(forward), forward, metrics, forward.lease_seconds)
+            stage.attach(BatchSender(index, objects, policy, metrics, stage.apply_report))
+            try:
+                yield stage
+            finally:
+                await stage.close()
+
+    return EventPool("forward", bus, settings.topics, open_stage, metrics, forward.retry_max_seconds,
+                     settings.runtime.drain_timeout_seconds)
+
+
 def build_roles(names: Sequence[str], settings: Settings, bus: Bus, metrics: Metrics,
                 endpoints: Endpoints, space: DiskSpace | None = None) -> list[Role]:
     """``endpoints`` is filled in by the runtime once the internal port is bound, before the roles start;
@@ -147,10 +174,12 @@ def build_roles(names: Sequence[str], settings: Settings, bus: Bus, metrics: Met
         "receiver": lambda: Receiver(settings.dicom, settings.topics, bus, metrics, drain,
                                      reply_to=(lambda: endpoints.internal_url)
                                      if settings.notify.report_on_same_association else None,
-                                     shortage=(lambda: space.shortage) if space is not None else lambda: None),
+                                     shortage=(lambda: space.shortage) if space is not None else lambda: None,
+                                     destinations=[d.ae_title for d in settings.forward.destinations]),
         "api": lambda: Api(lambda: open_index(settings), bus, settings),
         "store": lambda: store_pool(settings, bus, metrics),
         "register": lambda: register_pool(settings, bus, metrics),
         "notify": lambda: notify_pool(settings, bus, metrics),
+        "forward": lambda: forward_pool(settings, bus, metrics),
     }
     return [factories[name]() for name in names]

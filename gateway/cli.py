@@ -113,7 +113,8 @@ def _run(args: argparse.Namespace) -> int:
             raise SettingsError("--workers must be at least 1")
         settings = settings.model_copy(update={"dicom": settings.dicom.model_copy(update={"processes": args.workers})})
     logs.configure(settings.log.level, settings.log.json_format)
-    roles = args.roles or [role for role in ROLES if role != "register" or settings.xds.enabled]
+    roles = args.roles or [role for role in ROLES if (role != "register" or settings.xds.enabled)
+                           and (role != "forward" or settings.forward.destinations)]
     try:
         uvloop.run(_serve(settings, roles, args.config, args.ready_fd))
     except RoleCrashed:

@@ -103,6 +103,31 @@ class Metrics:
             "dicomgw_protocol_errors_total", "Malformed or out-of-order input that aborted an association",
             ["reason"], registry=r,
         )
+        self.commitment_reports_received = Counter(
+            "dicomgw_commitment_reports_received_total", "Storage Commitment reports taken from forwarding "
+            "destinations (N-EVENT-REPORT Success)", ["calling_ae"], registry=r,
+        )
+        self.forwarded = Counter(
+            "dicomgw_forward_instances_total", "Instances the forward role tried to send, by destination and outcome "
+            "(sent, warning, retry, failed, committed, not_committed)", ["destination", "outcome"], registry=r,
+        )
+        self.forwarded_bytes = Counter(
+            "dicomgw_forward_bytes_total", "Stored bytes of instances a destination took", ["destination"], registry=r,
+        )
+        self.forward_items = Gauge(
+            "dicomgw_forward_items", "Instances at each destination by state", ["destination", "state"], registry=r,
+        )
+        self.forward_lag = Gauge(
+            "dicomgw_forward_lag_seconds", "Since the oldest instance not yet archived at the destination was queued",
+            ["destination"], registry=r,
+        )
+        self.forward_commit_latency = Histogram(
+            "dicomgw_forward_commitment_seconds", "From our storage-commitment request to the destination's report",
+            ["destination"], buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600), registry=r,
+        )
+        self.forward_associations = Gauge(
+            "dicomgw_forward_associations_open", "Associations open to each destination", ["destination"], registry=r,
+        )
         self.http_auth_failures = Counter(
             "dicomgw_http_auth_failures_total", "HTTP requests refused: no, unknown, invalid or insufficient token",
             ["reason"], registry=r,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,7 +27,7 @@ from gateway.core.uid import is_uid
 ENV_PREFIX = "GATEWAY_"
 NESTED_DELIMITER = "__"
 DEFAULT_SECRETS_DIR = Path("/run/secrets/dicom-gateway")
-ROLES = ("receiver", "store", "register", "notify", "api")
+ROLES = ("receiver", "store", "register", "notify", "forward", "api")
 """Roles this build can run; each worker role is added here when its stage exists."""
 
 
@@ -392,6 +393,109 @@ class XdsSettings(_Section):
         return bool(self.repository_url)
 
 
+class ForwardDestination(_Section):
+    """An archive the forward role sends stored instances to (the national archive, a regional PACS)."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    """How the API, the metrics and the rules name it."""
+    ae_title: str = Field(min_length=1, max_length=16)
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    tls: bool = False
+    """Connect with DICOM TLS, presenting ``dicom.tls`` cert_file/key_file and trusting its ca_file."""
+    max_associations: int = Field(2, ge=1, le=64)
+    """Associations each forward process opens to it at once (a study's instances share one)."""
+    rate_per_minute: int = Field(0, ge=0)
+    """Instances each forward process sends it per minute at most; 0: no limit."""
+    transfer_syntaxes: tuple[str, ...] = ()
+    """Transfer syntaxes it may be sent; empty: the stored one, else Explicit or Implicit VR Little Endian by a
+    lossless conversion. An instance none of them can carry losslessly fails with its reason."""
+    storage_commitment: bool = True
+    """Ask it to commit what was sent (N-ACTION) and count an instance archived only once it reports so."""
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        return value.strip()
+
+    @field_validator("transfer_syntaxes")
+    @classmethod
+    def _syntaxes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [uid for uid in value if not is_uid(uid)]
+        if bad:
+            raise ValueError(f"not UIDs: {', '.join(bad)}")
+        return value
+
+
+class ForwardRule(_Section):
+    """Which stored instances go to which destinations; every condition given must hold (empty: any)."""
+
+    destinations: tuple[str, ...] = ()
+    """Destination names; empty: every destination."""
+    calling_aes: tuple[str, ...] = ()
+    """AE titles the instance was received from."""
+    modalities: tuple[str, ...] = ()
+    sop_classes: tuple[str, ...] = ()
+    study_description: str = ""
+    """A regular expression searched in Study Description, case-insensitive."""
+    statuses: tuple[Literal["stored", "quarantined"], ...] = ("stored",)
+    """The validation outcome: quarantined instances go only where a rule names them."""
+
+    @field_validator("study_description")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+
+class ForwardSettings(_Section):
+    """The forward role: stored instances sent on to other archives, with storage commitment."""
+
+    destinations: tuple[ForwardDestination, ...] = ()
+    rules: tuple[ForwardRule, ...] = ()
+    """No rules: every stored (not quarantined) instance goes to every destination."""
+    batch_delay_seconds: float = Field(5.0, ge=0)
+    """A study's instances wait this long after the last one arrived, so that they go together."""
+    max_batch_delay_seconds: float = Field(60.0, ge=0)
+    """Longest an instance waits for its study to go quiet."""
+    batch_size: int = Field(500, ge=1, le=10_000)
+    """Instances sent on one association (and listed in one commitment request)."""
+    commitment_timeout_seconds: float = Field(3600.0, gt=0)
+    """How long a commitment request waits for the archive's report before it is asked again."""
+    commitment_requests: int = Field(3, ge=1)
+    """Requests for the same instances before those still not committed are sent again."""
+    resend_limit: int = Field(3, ge=1)
+    """Times an instance the archive did not commit is sent before it fails (re-drivable)."""
+    report_wait_seconds: float = Field(0.0, ge=0)
+    """Keep the association open this long after the N-ACTION for a report on it; 0: release at once (the
+    report then comes on a new association to the receiver, as dcm4chee and Orthanc send it)."""
+    association_timeout_seconds: float = Field(60.0, gt=0)
+    """Connecting, negotiating, and waiting for each response."""
+    lease_seconds: float = Field(900.0, gt=0)
+    """How long a study being sent is held by its forward process; a process killed meanwhile leaves it to
+    others once this passes (instances it already sent are recorded at once and not held)."""
+    retry_initial_seconds: float = Field(10.0, gt=0)
+    retry_max_seconds: float = Field(600.0, gt=0)
+    retry_max_attempts: int = Field(20, ge=1)
+    """Attempts for an instance the archive cannot take now (refused connection, 0xA7xx) before it fails."""
+
+    @model_validator(mode="after")
+    def _names(self) -> ForwardSettings:
+        names = [destination.name for destination in self.destinations]
+        if len(names) != len(set(names)):
+            raise ValueError("destinations: each name may appear once")
+        unknown = sorted({name for rule in self.rules for name in rule.destinations} - set(names))
+        if unknown:
+            raise ValueError(f"rules name destinations that are not configured: {', '.join(unknown)}")
+        return self
+
+    def destination(self, name: str) -> ForwardDestination | None:
+        return next((destination for destination in self.destinations if destination.name == name), None)
+
+
 class RuntimeSettings(_Section):
     drain_timeout_seconds: float = Field(30.0, gt=0)
     """Time in-flight work gets after SIGTERM before it is cancelled."""
@@ -429,6 +533,7 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     notify: NotifySettings = NotifySettings()
     xds: XdsSettings = XdsSettings()
+    forward: ForwardSettings = ForwardSettings()
     runtime: RuntimeSettings = RuntimeSettings()
     log: LogSettings = LogSettings()
 

@@ -35,7 +35,12 @@ class Orthanc:
         }
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "orthanc.json").write_text(json.dumps(config))
-        self._log = (directory / "orthanc.log").open("wb")
+        self.start()
+
+    def start(self) -> None:
+        """Start (or start again, on the same ports and storage) and wait until its REST API answers."""
+        directory = self.directory
+        self._log = (directory / "orthanc.log").open("ab")
         self.process = subprocess.Popen([str(ORTHANC), str(directory / "orthanc.json")],
                                         stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30

@@ -15,11 +15,12 @@ from tests.helpers import free_port
 
 
 class GatewayProcess:
-    def __init__(self, data_dir: Path, role: str = "all", **environment: str) -> None:
+    def __init__(self, data_dir: Path, role: str | tuple[str, ...] = "all", **environment: str) -> None:
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.data_dir = data_dir
-        self.log = data_dir.parent / f"{data_dir.name}-gateway.log"
+        name = "gateway" if role == "all" else "-".join((role,) if isinstance(role, str) else role)
+        self.log = data_dir.parent / f"{data_dir.name}-{name}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
         env |= {
             "GATEWAY_DATA_DIR": str(data_dir),
@@ -32,7 +33,8 @@ class GatewayProcess:
         }
         data_dir.mkdir(parents=True, exist_ok=True)
         self._out = self.log.open("ab")
-        roles = [] if role == "all" else ["--role", role]
+        roles = [] if role == "all" else [
+            argument for name in ((role,) if isinstance(role, str) else role) for argument in ("--role", name)]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "run", *roles], env=env, stdout=self._out, stderr=subprocess.STDOUT
         )

@@ -146,11 +146,36 @@ class StudyRegistered(_Event):
     entry_uuid: str
 
 
-Event = InstanceEvent | CommitmentRequested | StudyStable | StudyRegistered
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommitmentReported(_Event):
+    """An archive we forwarded to reported on our storage-commitment request (N-EVENT-REPORT, PS3.4 J.3.3),
+    on whichever receiver it reached; the forward role applies it to what it sent.
+
+    A report with more references than one record holds is published as ``parts`` records, each applied by
+    itself (a decision is per instance)."""
+
+    TYPE = "commitment.reported"
+    KEY = "transaction_uid"
+
+    transaction_uid: str
+    reporter_ae: str
+    event_type: int
+    committed: tuple[tuple[str, str], ...]
+    """(Referenced SOP Class UID, Referenced SOP Instance UID) the archive committed."""
+    failed: tuple[tuple[str, str, int], ...]
+    """(SOP Class UID, SOP Instance UID, Failure Reason) it did not."""
+    reported_at: str
+    """UTC, ISO 8601."""
+    retrieve_ae_title: str = ""
+    part: int = 1
+    parts: int = 1
+
+
+Event = InstanceEvent | CommitmentRequested | CommitmentReported | StudyStable | StudyRegistered
 
 _TYPES: dict[str, type[_Event]] = {cls.TYPE: cls for cls in (
     InstanceStored, InstanceQuarantined, InstanceDuplicate, CorrectionRefused,
-    CommitmentRequested, StudyStable, StudyRegistered)}
+    CommitmentRequested, CommitmentReported, StudyStable, StudyRegistered)}
 
 
 def encode(event: Event) -> bytes:
@@ -204,4 +229,9 @@ def _checked(event_type: str, name: str, value: Any, kind: Any) -> Any:
             isinstance(pair, list) and len(pair) == 2 and all(isinstance(uid, str) for uid in pair)
             for pair in value):
         return tuple((first, second) for first, second in value)
+    if kind == tuple[tuple[str, str, int], ...] and isinstance(value, list) and all(
+            isinstance(triple, list) and len(triple) == 3 and isinstance(triple[0], str)
+            and isinstance(triple[1], str) and isinstance(triple[2], int) and not isinstance(triple[2], bool)
+            for triple in value):
+        return tuple((first, second, third) for first, second, third in value)
     raise UndecodableEvent(f"{event_type} field {name} is not a {getattr(kind, '__name__', kind)}")

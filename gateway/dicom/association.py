@@ -73,6 +73,35 @@ class ProtocolError(Exception):
         self.reason = reason
 
 
+class CommandAssembler:
+    """A command set gathered from its PDV fragments (all on one presentation context, at most
+    ``COMMAND_LIMIT``), decoded once whole; both ends of an association read commands this way."""
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._context_id = 0
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._data)
+
+    def add(self, context_id: int, fragment: memoryview, last: bool) -> Command | None:
+        """The command once ``last`` completes it; raises ProtocolError for one that cannot be."""
+        if self._data and context_id != self._context_id:
+            raise ProtocolError(REASON_INVALID_PARAMETER, "command fragments on different contexts")
+        self._context_id = context_id
+        self._data += fragment
+        if len(self._data) > COMMAND_LIMIT:
+            raise ProtocolError(REASON_INVALID_PARAMETER, "command set larger than 64 KiB")
+        if not last:
+            return None
+        data, self._data = bytes(self._data), bytearray()
+        try:
+            return dimse.decode_command(data)
+        except ValueError as exc:
+            raise ProtocolError(REASON_INVALID_PARAMETER, str(exc)) from exc
+
+
 @dataclass(slots=True)
 class _Request:
     """The request whose data set is arriving: its service's sink, or the response already decided (no
@@ -110,8 +139,7 @@ class Association:
         self.calling_ae = self.called_ae = ""
         self.caller: Caller | None = None
         self._accepted: acse.Accepted | None = None
-        self._command = bytearray()
-        self._command_context = 0
+        self._command = CommandAssembler()
         self._request: _Request | None = None
         self._message_id = 0
         self._responses: dict[int, asyncio.Future[Command]] = {}
@@ -244,19 +272,9 @@ class Association:
     async def _command_fragment(self, context_id: int, fragment: memoryview, last: bool) -> None:
         if self._request is not None:
             raise ProtocolError(REASON_UNEXPECTED_PDU, "command received while a data set was expected")
-        if self._command and context_id != self._command_context:
-            raise ProtocolError(REASON_INVALID_PARAMETER, "command fragments on different contexts")
-        self._command_context = context_id
-        self._command += fragment
-        if len(self._command) > COMMAND_LIMIT:
-            raise ProtocolError(REASON_INVALID_PARAMETER, "command set larger than 64 KiB")
-        if not last:
+        command = self._command.add(context_id, fragment, last)
+        if command is None:
             return
-        data, self._command = bytes(self._command), bytearray()
-        try:
-            command = dimse.decode_command(data)
-        except ValueError as exc:
-            raise ProtocolError(REASON_INVALID_PARAMETER, str(exc)) from exc
         if command.command_field & 0x8000:
             self._response(command)
         elif command.command_field == C_CANCEL_RQ:

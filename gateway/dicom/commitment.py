@@ -1,8 +1,9 @@
 """Storage Commitment Push Model (PS3.4 Annex J): the request as it travels on the bus, and the report.
 
 The storage-commitment service reads an N-ACTION's references with ``parse_action_information``; the notify
-worker decides each reference and builds the N-EVENT-REPORT data set with ``report``. Failure Reason values
-are PS3.4 J.3.2.1.1.3 / PS3.7 C.4 statuses.
+worker decides each reference and builds the N-EVENT-REPORT data set with ``report``. As requester (the forward
+role) the gateway builds its N-ACTION with ``action_information`` and reads the archive's report with
+``parse_event_information``. Failure Reason values are PS3.4 J.3.2.1.1.3 / PS3.7 C.4 statuses.
 """
 
 from __future__ import annotations
@@ -26,7 +27,12 @@ EVENT_SOME_FAILED = 2
 
 PROCESSING_FAILURE = 0x0110
 NO_SUCH_OBJECT_INSTANCE = 0x0112
+RESOURCE_LIMITATION = 0x0213
 CLASS_INSTANCE_CONFLICT = 0x0119
+REFERENCED_SOP_CLASS_NOT_SUPPORTED = 0x0122
+PERMANENT_FAILURE_REASONS = frozenset({CLASS_INSTANCE_CONFLICT, REFERENCED_SOP_CLASS_NOT_SUPPORTED})
+"""Failure Reasons that sending the instance again cannot change; the others (processing failure, no such
+instance, resource limitation, anything unknown) may pass on another try."""
 DUPLICATE_TRANSACTION_UID = 0x0131
 """Failure Reason (PS3.4 J.3.3.1.1): the Transaction UID of the request is already in use."""
 
@@ -83,6 +89,55 @@ def parse_action_information(data: bytes, transfer_syntax: str) -> tuple[str, tu
     if not all(is_identifier(cls) and is_identifier(inst) for cls, inst in references):
         raise ValueError("a referenced SOP Class or Instance UID is not a UID")
     return transaction_uid, references
+
+
+@dataclass(frozen=True, slots=True)
+class EventInformation:
+    """What an archive's N-EVENT-REPORT says of our request."""
+
+    transaction_uid: str
+    committed: tuple[tuple[str, str], ...]
+    failed: tuple[tuple[str, str, int], ...]
+    """(SOP Class UID, SOP Instance UID, Failure Reason); a missing reason reads as processing failure."""
+    retrieve_ae_title: str = ""
+
+
+def parse_event_information(data: bytes, transfer_syntax: str) -> EventInformation:
+    """Raises ValueError naming what is wrong; read from raw values, like the request, since a report may list
+    as many references as a study has."""
+    try:
+        dataset, _ = read_prefix(data, transfer_syntax, stop_before=0xFFFFFFFF, complete=True)  # type: ignore[misc]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            transaction_uid = str(dataset.get("TransactionUID", "") or "")
+            retrieve_ae_title = str(dataset.get("RetrieveAETitle", "") or "").strip()
+            committed = tuple((_uid(item, _REFERENCED_SOP_CLASS_UID), _uid(item, _REFERENCED_SOP_INSTANCE_UID))
+                              for item in dataset.get("ReferencedSOPSequence") or [])
+            failed = tuple((_uid(item, _REFERENCED_SOP_CLASS_UID), _uid(item, _REFERENCED_SOP_INSTANCE_UID),
+                            _reason(item)) for item in dataset.get("FailedSOPSequence") or [])
+    except Exception as exc:
+        raise ValueError(f"Event Information does not parse ({type(exc).__name__})") from exc
+    if not transaction_uid or len(transaction_uid) > 64:
+        raise ValueError("Transaction UID (0008,1195) missing or longer than 64 characters")
+    if len(committed) + len(failed) > MAX_REFERENCES:
+        raise TooManyReferences(len(committed) + len(failed))
+    pairs = [*committed, *((cls, inst) for cls, inst, _ in failed)]
+    if not all(is_identifier(cls) and is_identifier(inst) for cls, inst in pairs):
+        raise ValueError("a referenced SOP Class or Instance UID is missing or not a UID")
+    return EventInformation(transaction_uid, committed, failed, retrieve_ae_title)
+
+
+def action_information(transaction_uid: str, references: list[tuple[str, str]]) -> Dataset:
+    """The N-ACTION data set of a request (PS3.4 J.3.2.1.1)."""
+    dataset = Dataset()
+    dataset.TransactionUID = transaction_uid
+    dataset.ReferencedSOPSequence = [_item(Decision(cls, inst)) for cls, inst in references]
+    return dataset
+
+
+def _reason(item: Dataset) -> int:
+    reason = item.get("FailureReason")
+    return PROCESSING_FAILURE if reason is None else int(reason)
 
 
 def _uid(item: Dataset, tag: int) -> str:

@@ -91,7 +91,7 @@ class Outbound:
         ae.connection_timeout = self.timeout
         ae.add_requested_context(sop_class)
         extended: list[Any] = [build_role(sop_class, scu_role=False, scp_role=True)] if scp_role else []
-        tls = (self._tls_context(), remote.host) if remote.tls else None
+        tls = (client_tls_context(self.tls), remote.host) if remote.tls else None
         try:
             association = ae.associate(remote.host, remote.port, ae_title=remote.ae_title, ext_neg=extended,
                                        tls_args=tls)
@@ -108,13 +108,15 @@ class Outbound:
             raise DeliveryFailed(f"{remote.ae_title} did not accept {role}{sop_class}")
         return association
 
-    def _tls_context(self) -> ssl.SSLContext:
-        tls = self.tls
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if tls.cert_file is not None and tls.key_file is not None:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
-        return context
+
+
+def client_tls_context(tls: ClientTls) -> ssl.SSLContext:
+    """TLS 1.2 or later, the peer verified against ``ca_file`` (the system's CAs without one)."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if tls.cert_file is not None and tls.key_file is not None:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    return context
 
 
 def _check(status: Dataset | None, operation: str) -> None:

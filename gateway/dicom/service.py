@@ -126,7 +126,10 @@ class ServiceRegistry:
         self._catch_all = catch_all
         self._by_request: dict[tuple[int, str], DimseService] = {}
         self._syntaxes: dict[str, list[str]] = {}
+        self._reported: set[str] = set()
         for service in services:
+            if dimse.N_EVENT_REPORT_RQ in service.command_fields:
+                self._reported.update(service.abstract_syntaxes())
             for abstract_syntax, transfer_syntaxes in service.abstract_syntaxes().items():
                 for command_field in service.command_fields:
                     if (command_field, abstract_syntax) in self._by_request:
@@ -150,7 +153,8 @@ class ServiceRegistry:
     @cached_property
     def presentation_contexts(self) -> tuple[PresentationContext, ...]:
         """What the acceptor accepts of the abstract syntaxes services name."""
-        return tuple(_context(abstract_syntax, syntaxes) for abstract_syntax, syntaxes in self._syntaxes.items())
+        return tuple(_context(abstract_syntax, syntaxes, abstract_syntax in self._reported)
+                     for abstract_syntax, syntaxes in self._syntaxes.items())
 
     def contexts_for(self, proposed: Sequence[str]) -> list[PresentationContext]:
         """What the acceptor accepts of the abstract syntaxes proposed, those the catch-all takes included."""
@@ -161,12 +165,13 @@ class ServiceRegistry:
         return [*known, *(_context(uid, self._catch_all.transfer_syntaxes) for uid in sorted(caught))]
 
 
-def _context(abstract_syntax: str, transfer_syntaxes: Sequence[str]) -> PresentationContext:
-    """When the requestor proposes roles (SCP/SCU Role Selection) the acceptor may be the SCU of each, never
-    the SCP."""
+def _context(abstract_syntax: str, transfer_syntaxes: Sequence[str], reported: bool = False) -> PresentationContext:
+    """When the requestor proposes roles (SCP/SCU Role Selection) it may be the SCU of each; it may be the SCP
+    only where a service takes its N-EVENT-REPORTs (an archive reporting on our storage-commitment request
+    proposes itself as SCP of the Push Model, PS3.4 J.3.3)."""
     context = PresentationContext()
     context.abstract_syntax = abstract_syntax
     context.transfer_syntax = list(transfer_syntaxes)
     context.scu_role = True
-    context.scp_role = False
+    context.scp_role = reported
     return context

@@ -16,7 +16,8 @@ and whether it has been declared stable since, each storage-commitment transacti
 request that came in several bus records is gathered part by part until it is whole), and
 every outbound notification (commitment report, IAN) with its delivery state, attempts and last error. A
 notification is claimed with a lease, so several notify workers share the queue and a worker killed while
-sending leaves it to be sent again once the lease runs out.
+sending leaves it to be sent again once the lease runs out. Forwarding (``Forwarding``, SQL in
+``forwarding.py``) keeps each instance's state at each destination the same way.
 """
 
 from __future__ import annotations
@@ -398,7 +399,157 @@ class Registrations(Protocol):
         """The study's registrations, newest generation first."""
 
 
-class Index(InstanceIndex, StudyClock, CommitmentLog, OutboundQueue, Registrations, Protocol):
+class ForwardState(StrEnum):
+    QUEUED = "queued"
+    """To be sent (again) once ``due_at`` comes."""
+    SENT = "sent"
+    """Stored by the destination, its storage commitment not yet requested."""
+    REQUESTED = "requested"
+    """In a commitment request (``transaction_uid``) waiting for the destination's report."""
+    COMMITTED = "committed"
+    DELIVERED = "delivered"
+    """Stored by a destination that is not asked to commit."""
+    FAILED = "failed"
+    """Given up, with its reason: until re-driven."""
+
+
+FINISHED_FORWARD_STATES = (ForwardState.COMMITTED, ForwardState.DELIVERED)
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardItem:
+    """One instance (its current version) to be sent to one destination; times are UNIX epoch seconds."""
+
+    destination: str
+    sop_instance_uid: str
+    version: int
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    """As stored."""
+    storage_key: str
+    size: int
+    source: dict[str, Any]
+    """The bus record that queued it (topic, partition, offset)."""
+    state: ForwardState = ForwardState.QUEUED
+    queued_at: float = 0.0
+    due_at: float = 0.0
+    attempts: int = 0
+    """Failed attempts in a row (refused connections, 0xA7xx)."""
+    sends: int = 0
+    """Times the destination stored it."""
+    commit_requests: int = 0
+    """Commitment requests since it was last sent."""
+    transaction_uid: str = ""
+    transfer_syntax_sent: str = ""
+    last_error: str = ""
+    sent_at: float | None = None
+    finished_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardResult:
+    """What one attempt made of an item of the given version, next due at ``due_at``: ``stored`` when the
+    destination took it (state ``SENT``, or ``DELIVERED`` without commitment), ``failed_attempt`` when the
+    attempt counts toward the retry budget (``QUEUED``, ``FAILED``, or ``SENT`` whose request did not go
+    through); neither for an item handed back untried."""
+
+    sop_instance_uid: str
+    version: int
+    state: ForwardState
+    due_at: float = 0.0
+    error: str = ""
+    transfer_syntax_sent: str = ""
+    stored: bool = False
+    failed_attempt: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardTransaction:
+    """A storage-commitment request we sent; ``event_type`` 0 means it expired without a report."""
+
+    transaction_uid: str
+    destination: str
+    study_instance_uid: str
+    instances: int
+    requested_at: float
+    deadline: float
+    reported_at: float | None = None
+    event_type: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationStatus:
+    name: str
+    paused: bool = False
+    failures: int = 0
+    """Attempts in a row that could not reach it."""
+    backoff_until: float = 0.0
+    last_error: str = ""
+    last_error_at: float | None = None
+    last_success_at: float | None = None
+    items: dict[str, int] = field(default_factory=dict)
+    """Instances by ``ForwardState`` value."""
+    oldest_waiting_since: float | None = None
+    """When the oldest instance not yet finished (queued, sent, requested) was queued."""
+
+
+class Forwarding(Protocol):
+    """Each stored instance's state at each destination it is forwarded to, claimed study by study with a lease."""
+
+    async def enqueue_forwards(self, items: Sequence[ForwardItem], now: float, delay: float, max_delay: float) -> int:
+        """Queue items, due after ``delay``, unless the destination has (or is getting) that version already; a
+        newer version, or a failed item, is queued anew. The queued items of their studies wait ``delay`` more,
+        at most ``max_delay`` after they were queued, so a study goes together. Returns how many were queued."""
+
+    async def claim_forwards(self, destination: str, now: float, lease_seconds: float,
+                             limit: int) -> list[ForwardItem]:
+        """Lease the due items (queued, or sent and awaiting a commitment request) of one study for the
+        destination, at most ``limit``, oldest first; none when nothing is due."""
+
+    async def record_forward_results(self, destination: str, results: Sequence[ForwardResult], at: float) -> None:
+        """Record attempts and release their leases; a result for a version no longer queued is ignored."""
+
+    async def request_forward_commitment(self, transaction: ForwardTransaction,
+                                         sop_instance_uids: Sequence[str]) -> None:
+        """Before the N-ACTION: the transaction, and its instances ``requested`` under it."""
+
+    async def cancel_forward_commitment(self, transaction_uid: str, due_at: float, error: str) -> None:
+        """The N-ACTION did not go through: its instances are ``sent`` again, to be requested at ``due_at``."""
+
+    async def apply_forward_report(self, transaction_uid: str, committed: Sequence[str],
+                                   failed: Sequence[tuple[str, str, bool]], at: float, resend_limit: int,
+                                   resend_at: float) -> tuple[ForwardTransaction, int] | None:
+        """Apply a report: committed instances are done; failed ones ``(uid, reason, permanent)`` are queued to
+        be sent again at ``resend_at`` while they were sent fewer than ``resend_limit`` times, else failed.
+        Returns the transaction as it was before and how many instances this report committed; None when the
+        transaction is unknown. A report applied before changes nothing."""
+
+    async def expire_forward_commitments(self, now: float, requests: int, resend_limit: int,
+                                         limit: int = 100) -> list[ForwardTransaction]:
+        """Transactions past their deadline without a report: their instances are requested again (fewer than
+        ``requests`` requests so far), sent again (fewer than ``resend_limit`` sends), or failed."""
+
+    async def forward_destinations(self, finished: bool = True) -> list[DestinationStatus]:
+        """Every destination that has items or a recorded state; without ``finished``, committed and delivered
+        items are not counted (a cheap look for metrics: they are most of the table)."""
+
+    async def update_forward_destination(self, name: str, at: float, *, paused: bool | None = None,
+                                         error: str | None = None, backoff_until: float = 0.0,
+                                         succeeded: bool = False) -> None:
+        """Pause or resume it, or record that it could not be reached (``error``) or was reached."""
+
+    async def forward_items(self, *, study_instance_uid: str = "", destination: str = "",
+                            state: ForwardState | None = None, limit: int = 1000) -> list[ForwardItem]: ...
+
+    async def redrive_forwards(self, now: float, *, destination: str = "", study_instance_uid: str = "",
+                               resend: bool = False) -> int:
+        """Queue failed items again (``resend``: every item, committed ones too), for one destination or study or
+        all; returns how many."""
+
+
+class Index(InstanceIndex, StudyClock, CommitmentLog, OutboundQueue, Registrations, Forwarding, Protocol):
     """Every port at once: what an adapter implements. A consumer types against the ports it uses."""
 
     async def migrate(self) -> None:

@@ -40,6 +40,7 @@ from gateway.index import (
     resolve,
     workflow,
 )
+from gateway.index.forwarding import ForwardQueries, Steps
 from gateway.index.migrations import load
 
 _FIELDS = tuple(field.name for field in fields(InstanceRow))
@@ -154,7 +155,9 @@ def _row(record: asyncpg.Record) -> InstanceRow:
     return InstanceRow(**values)
 
 
-class PostgresIndex:
+class PostgresIndex(ForwardQueries):
+    _claim_lock = " FOR UPDATE SKIP LOCKED"
+
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
@@ -411,6 +414,29 @@ class PostgresIndex:
     async def registrations(self, study_instance_uid: str) -> list[Registration]:
         return [workflow.registration(tuple(row))
                 for row in await self._pool.fetch(workflow.REGISTRATIONS, study_instance_uid)]
+
+    @_translated
+    async def _forward_write(self, steps: Steps) -> list[int]:
+        counts = []
+        async with self._pool.acquire() as connection, connection.transaction():
+            for statement, params in steps:
+                if len(params) == 1:
+                    status = str(await connection.execute(statement, *params[0]))
+                    counts.append(int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else -1)
+                else:
+                    if params:
+                        await connection.executemany(statement, params)
+                    counts.append(-1)
+        return counts
+
+    @_translated
+    async def _forward_rows(self, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in await self._pool.fetch(statement, *params)]
+
+    @_translated
+    async def _forward_returning(self, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        async with self._pool.acquire() as connection, connection.transaction():
+            return [tuple(row) for row in await connection.fetch(statement, *params)]
 
 
 def _identity(value: Any) -> Any:

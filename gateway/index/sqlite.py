@@ -42,6 +42,7 @@ from gateway.index import (
     resolve,
     workflow,
 )
+from gateway.index.forwarding import ForwardQueries, Steps, sqlite
 from gateway.index.migrations import load
 from gateway.sqlite import use_wal, write_transaction
 
@@ -166,7 +167,7 @@ def _translate(exc: sqlite3.Error) -> IndexFailure:
     return IndexUnavailable(f"{what}: {exc}" if isinstance(exc, sqlite3.OperationalError) else what)
 
 
-class SqliteIndex:
+class SqliteIndex(ForwardQueries):
     def __init__(self, connection: sqlite3.Connection, thread: ThreadPoolExecutor) -> None:
         self._db = connection
         self._thread = thread
@@ -471,3 +472,30 @@ class SqliteIndex:
                     self._db.execute(workflow.sqlite(workflow.REGISTRATIONS), (study_instance_uid,))]
 
         return await self._run(query)
+
+    async def _forward_write(self, steps: Steps) -> list[int]:
+        def write() -> list[int]:
+            counts = []
+            with write_transaction(self._db):
+                for statement, params in steps:
+                    if len(params) == 1:
+                        counts.append(self._db.execute(sqlite(statement), params[0]).rowcount)
+                    else:
+                        self._db.executemany(sqlite(statement), params)
+                        counts.append(-1)
+            return counts
+
+        return await self._run(write)
+
+    async def _forward_rows(self, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        def query() -> list[tuple[Any, ...]]:
+            return [tuple(row) for row in self._db.execute(sqlite(statement), params)]
+
+        return await self._run(query)
+
+    async def _forward_returning(self, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        def write() -> list[tuple[Any, ...]]:
+            with write_transaction(self._db):
+                return [tuple(row) for row in self._db.execute(sqlite(statement), params).fetchall()]
+
+        return await self._run(write)

@@ -40,6 +40,8 @@ def other_classes() -> str:
         (VERIFICATION, "SCP", "C-ECHO"),
         (commitment.STORAGE_COMMITMENT_PUSH_MODEL, "SCP",
          "N-ACTION received; N-EVENT-REPORT sent on the same association or a new one"),
+        (commitment.STORAGE_COMMITMENT_PUSH_MODEL, "SCU",
+         "N-ACTION sent to forwarding destinations; N-EVENT-REPORT received on a new association or the same one"),
         (INSTANCE_AVAILABILITY_NOTIFICATION, "SCU", "N-CREATE sent to configured subscribers"),
     ]
     lines = [f"| {_name(uid)} | `{uid}` | {role} | {how} |" for uid, role, how in rows]

@@ -1,5 +1,6 @@
 """The receiver role: DICOM listeners (plain and TLS) whose associations hand requests to the ingest services
-(C-ECHO, C-STORE into the bus, Storage Commitment requests into the events topic).
+(C-ECHO, C-STORE into the bus, Storage Commitment requests and the reports of archives we forward to into the
+events topic).
 
 This is where the DICOM layer meets the settings and the bus: it turns ``DicomSettings`` into the values the
 association takes (acceptor policy, timeouts, services). Stopping drains (``listen.StreamListener``), then the
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import AsyncExitStack
 from types import TracebackType
 
@@ -23,6 +24,7 @@ from gateway.dicom.association import Association, Timeouts
 from gateway.dicom.identity import Authenticator
 from gateway.dicom.service import Caller, CatchAll, ServiceRegistry, VerificationService
 from gateway.ingest.cstore import StorageService, all_transfer_syntaxes, could_be_storage
+from gateway.ingest.reports import CommitmentReportService
 from gateway.ingest.stgcmt import StorageCommitmentService
 from gateway.listen import StreamListener, server_tls_context
 from gateway.metrics import Metrics
@@ -31,10 +33,13 @@ from gateway.settings import DicomSettings, TopicSettings
 log = logging.getLogger(__name__)
 
 
-def acceptor_policy(settings: DicomSettings) -> acse.AcceptorPolicy:
-    """The allow-list as the association sees it: an AE title from one of its networks (any, if none)."""
+def acceptor_policy(settings: DicomSettings, destinations: Collection[str] = ()) -> acse.AcceptorPolicy:
+    """The allow-list as the association sees it: an AE title from one of its networks (any, if none). The
+    archives we forward to are on it too, since they report storage commitment on associations of their own."""
 
     def identify(calling_ae: str, peer_ip: str) -> Caller | None:
+        if calling_ae in destinations:
+            return Caller(calling_ae)
         address = ipaddress.ip_address(peer_ip) if peer_ip else None
         for entry in settings.allowed_aes:
             if entry.ae_title != calling_ae:
@@ -62,9 +67,11 @@ class Receiver:
     def __init__(
         self, settings: DicomSettings, topics: TopicSettings, bus: Bus, metrics: Metrics,
         drain_timeout: float = 30.0, reply_to: Callable[[], str] | None = None,
-        shortage: Callable[[], str | None] = lambda: None,
+        shortage: Callable[[], str | None] = lambda: None, destinations: Collection[str] = (),
     ) -> None:
+        """``destinations``: AE titles of the archives the forward role sends to, whose reports are taken."""
         self._settings = settings
+        self._destinations = frozenset(destinations)
         self._topics = topics
         self._bus = bus
         self._metrics = metrics
@@ -79,7 +86,7 @@ class Receiver:
                                         settings.acse_timeout_seconds, settings.reuse_port,
                                         settings.max_connections_per_peer,
                                         metrics.associations.labels("refused_peer_limit").inc)
-        self._policy = acceptor_policy(settings)
+        self._policy = acceptor_policy(settings, self._destinations)
         self._timeouts = Timeouts(settings.acse_timeout_seconds, settings.dimse_timeout_seconds,
                                   settings.network_timeout_seconds)
         self.internal_routes = ([web.post(f"{commitment.REPORTS_PATH}/{{transaction_uid}}", self._report)]
@@ -102,8 +109,10 @@ class Receiver:
                                  self._shortage)
         catch_all = (CatchAll(storage, could_be_storage, all_transfer_syntaxes())
                      if settings.accept_any_storage_class else None)
-        self._services = ServiceRegistry([VerificationService(all_transfer_syntaxes()), storage, self._commitments],
-                                         catch_all)
+        reports = CommitmentReportService(self._producer, self._topics.events, self._metrics,
+                                          self._destinations.__contains__, settings.publish_timeout_seconds)
+        self._services = ServiceRegistry([VerificationService(all_transfer_syntaxes()), storage, self._commitments,
+                                          reports], catch_all)
         try:
             if settings.plain_port_open:
                 await self._listener.listen(settings.port, None)

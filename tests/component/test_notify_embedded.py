@@ -154,7 +154,8 @@ async def running(tmp_path: Path, **sections: Any) -> AsyncIterator[Gateway]:
         runtime={"drain_timeout_seconds": 5},
         **sections,
     )
-    roles = ["receiver", "store", "notify", "api", *(["register"] if settings.xds.enabled else [])]
+    roles = ["receiver", "store", "notify", "api", *(["register"] if settings.xds.enabled else []),
+             *(["forward"] if settings.forward.destinations else [])]
     server = asyncio.create_task(_serve(settings, roles, None, None))
     gateway = Gateway(settings)
     try:

@@ -30,12 +30,20 @@ BACKENDS = (
     "s3.endpoint=minio.storage.svc:9000,database.existingSecret=dicomgw-postgres,"
     f"gateway.http.auth.tokens.existingSecret={API_TOKENS_SECRET}"
 )
-WORKER_ROLES = ("store", "register", "notify")
-# Worker roles values.yaml enables; register is off until an XDS repository is configured.
+WORKER_ROLES = ("store", "register", "notify", "forward")
+# Worker roles values.yaml enables; register is off until an XDS repository is configured, forward until
+# destinations are.
 ENABLED_WORKER_ROLES = ("store", "notify")
-OPTIONAL_ROLES = ("register",)
+OPTIONAL_ROLES = ("register", "forward")
 SPLIT_ROLES = ("receiver", *ENABLED_WORKER_ROLES, "api")
-ENABLE_OPTIONAL_ROLES = tuple(f"{role}.enabled=true" for role in OPTIONAL_ROLES)
+# ci/split-values.yaml also forwards (register needs an XDS repository).
+SPLIT_CI_ROLES = (*SPLIT_ROLES, "forward")
+# One destination: what forward.enabled needs.
+FORWARD_DESTINATION = (
+    "gateway.forward.destinations[0].name=national,gateway.forward.destinations[0].ae_title=NATARCH,"
+    "gateway.forward.destinations[0].host=archive.example.org,gateway.forward.destinations[0].port=104"
+)
+ENABLE_OPTIONAL_ROLES = (*(f"{role}.enabled=true" for role in OPTIONAL_ROLES), FORWARD_DESTINATION)
 SECRET_SETTINGS = {
     "GATEWAY_S3__ACCESS_KEY",
     "GATEWAY_S3__SECRET_KEY",
@@ -220,10 +228,10 @@ def test_secrets_are_referenced_never_inlined(delivery: str, values: Path) -> No
 def test_split_mode_runs_one_deployment_per_enabled_role() -> None:
     manifests = render_set("split-ci")
     deployments = of_kind(manifests, "Deployment")
-    assert sorted(component(d) for d in deployments.values()) == sorted(SPLIT_ROLES)
+    assert sorted(component(d) for d in deployments.values()) == sorted(SPLIT_CI_ROLES)
     for kind in ("PodDisruptionBudget", "HorizontalPodAutoscaler", "ScaledObject", "NetworkPolicy"):
         rendered = {component(m) for m in of_kind(manifests, kind).values()}
-        assert rendered.isdisjoint(OPTIONAL_ROLES), (kind, rendered)
+        assert rendered.isdisjoint(set(OPTIONAL_ROLES) - set(SPLIT_CI_ROLES)), (kind, rendered)
     selectors = set()
     for deployment in deployments.values():
         role = component(deployment)
@@ -234,7 +242,7 @@ def test_split_mode_runs_one_deployment_per_enabled_role() -> None:
         # association open the internal port on the receivers.
         assert ports == ({"http", "dicom-tls", "internal"} if role == "receiver" else {"http"})
         selectors.add(tuple(sorted(deployment["spec"]["selector"]["matchLabels"].items())))
-    assert len(selectors) == len(SPLIT_ROLES), "each role needs its own pod selector"
+    assert len(selectors) == len(SPLIT_CI_ROLES), "each role needs its own pod selector"
 
 
 def test_split_mode_exposes_dicom_tls_on_the_receiver_service() -> None:
@@ -310,7 +318,7 @@ def test_every_rendered_role_is_one_the_gateway_runs(value_set: str) -> None:
 def test_worker_roles_enabled_by_default_are_those_that_need_no_extra_configuration() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     enabled = {role: values[role]["enabled"] for role in WORKER_ROLES}
-    assert enabled == {"store": True, "register": False, "notify": True}
+    assert enabled == {"store": True, "register": False, "notify": True, "forward": False}
     assert set(WORKER_ROLES) <= set(ROLES)
 
 
@@ -358,8 +366,9 @@ def test_network_policy_unless_disabled() -> None:
     assert set(policies) == set(of_kind(manifests, "Deployment"))
     receiver = policies["gw-dicom-gateway-receiver"]
     (rule,) = _rules_for(receiver, "dicom-tls")
-    assert [peer["ipBlock"]["cidr"] for peer in rule["from"]] == ["10.20.0.0/16", "192.0.2.0/24"]
-    for role in ENABLED_WORKER_ROLES:
+    # dicomFrom, then reportsFrom (the forward destinations' storage-commitment reports).
+    assert [peer["ipBlock"]["cidr"] for peer in rule["from"]] == ["10.20.0.0/16", "192.0.2.0/24", "198.51.100.0/24"]
+    for role in (*ENABLED_WORKER_ROLES, "forward"):
         ports = [p["port"] for r in policies[f"gw-dicom-gateway-{role}"]["spec"]["ingress"] for p in r["ports"]]
         assert ports == ["http"], role
     # The API pods: metricsFrom (default) and apiFrom (ingress-nginx) on the one HTTP port.
@@ -392,7 +401,8 @@ def test_keda_scaled_objects_only_when_enabled() -> None:
     (scaled,) = of_kind(single, "ScaledObject").values()
     topics = {t["metadata"]["consumerGroup"]: t["metadata"]["topic"] for t in scaled["spec"]["triggers"]}
     assert topics == {"dicomgw-store": "dicomgw.instances", "dicomgw-register": "dicomgw.events",
-                      "dicomgw-notify": "dicomgw.events"}, "each group's lag is measured on the topic it reads"
+                      "dicomgw-notify": "dicomgw.events", "dicomgw-forward": "dicomgw.events"}, \
+        "each group's lag is measured on the topic it reads"
     assert "enable at least one" in render_error(BACKENDS, "single.keda.enabled=true", "store.enabled=false",
                                                  "notify.enabled=false")
 
@@ -537,8 +547,9 @@ def test_the_gateway_accepts_the_rendered_configuration(delivery: str, values: P
         assert settings["kafka"]["ssl_ca_file"] == "/etc/dicom-gateway/kafka-tls/ca.crt"
         assert settings["runtime"]["drain_timeout_seconds"] == 30
         assert settings["data_dir"] == "/var/lib/dicom-gateway"
-        receives_dicom = component(deployment) in ("single", "receiver")
-        tls_cert = "/etc/dicom-gateway/tls/tls.crt" if receives_dicom else None
+        # the pods that receive DICOM or open DICOM associations (notify, forward) have the certificate
+        opens_dicom = component(deployment) in ("single", "receiver", "notify", "forward")
+        tls_cert = "/etc/dicom-gateway/tls/tls.crt" if opens_dicom else None
         assert settings["dicom"]["tls"]["cert_file"] == tls_cert, name
         assert "from-dicomgw-s3-secret-key" not in output, "secrets must stay masked"
         assert settings["s3"]["secret_key"] and settings["database"]["url"], name
@@ -1164,6 +1175,240 @@ def test_chart_schema_refuses_wrong_api_values(tmp_path: Path) -> None:
     ("GATEWAY_HTTP__AUTH__TOKENS_FILE", "gateway.http.auth"),
     ("GATEWAY_INTERNAL__SECRET", "gateway.internal"),
     ("GATEWAY_NOTIFY__REPORT_ON_SAME_ASSOCIATION", "gateway.notify.reportOnSameAssociation"),
+    ("GATEWAY_FORWARD__DESTINATIONS", "gateway.forward"),
 ])
 def test_extra_config_refuses_settings_the_chart_renders(key: str, hint: str) -> None:
     assert hint in render_error(f"gateway.extraConfig.{key}=x")
+
+
+# Forwarding to other archives (forward.enabled, gateway.forward): the forward role's Deployment, its settings in
+# the shared config (the receivers let the destinations' AE titles in for their storage-commitment reports), the
+# NetworkPolicy egress to the destinations and the archives' reports to the DICOM ports.
+FORWARD_DESTINATIONS = [
+    {"name": "national", "ae_title": "NATARCH", "host": "archive.example.org", "port": 104,
+     "max_associations": 4, "transfer_syntaxes": [EXPLICIT_LE], "storage_commitment": True},
+    {"name": "regional", "ae_title": "REGPACS", "host": "pacs.region.example.org", "port": 4242, "tls": False,
+     "rate_per_minute": 600, "storage_commitment": False},
+    {"name": "backup", "ae_title": "BACKUP", "host": "backup.example.org", "port": 104},
+]
+FORWARD_RULES = [
+    {"destinations": ["national", "backup"]},
+    {"destinations": ["regional"], "modalities": ["CT", "MR"], "study_description": "^(head|brain)",
+     "statuses": ["stored", "quarantined"]},
+]
+# gateway.forward tunables: (value, GATEWAY_FORWARD__ setting, gateway's default).
+FORWARD_TUNABLES = {
+    "batchDelaySeconds": ("BATCH_DELAY_SECONDS", 5),
+    "maxBatchDelaySeconds": ("MAX_BATCH_DELAY_SECONDS", 60),
+    "batchSize": ("BATCH_SIZE", 500),
+    "commitmentTimeoutSeconds": ("COMMITMENT_TIMEOUT_SECONDS", 3600),
+    "commitmentRequests": ("COMMITMENT_REQUESTS", 3),
+    "resendLimit": ("RESEND_LIMIT", 3),
+    "reportWaitSeconds": ("REPORT_WAIT_SECONDS", 0),
+    "associationTimeoutSeconds": ("ASSOCIATION_TIMEOUT_SECONDS", 60),
+    "leaseSeconds": ("LEASE_SECONDS", 900),
+    "retryInitialSeconds": ("RETRY_INITIAL_SECONDS", 10),
+    "retryMaxSeconds": ("RETRY_MAX_SECONDS", 600),
+    "retryMaxAttempts": ("RETRY_MAX_ATTEMPTS", 20),
+}
+REPORT_SOURCES = [{"ipBlock": {"cidr": "198.51.100.0/24"}}]
+
+
+def _forward_values(tmp_path: Path, *, enabled: bool = True, forward: dict[str, Any] | None = None,
+                    network_policy: dict[str, Any] | None = None) -> Path:
+    """A values file that forwards (a file: --set would turn UIDs into numbers)."""
+    path = tmp_path / "forward-values.yaml"
+    path.write_text(yaml.safe_dump({
+        "forward": {"enabled": enabled},
+        "gateway": {"forward": {"destinations": FORWARD_DESTINATIONS, "rules": FORWARD_RULES, **(forward or {})}},
+        "networkPolicy": network_policy or {},
+    }))
+    return path
+
+
+@pytest.mark.parametrize("mode", ["split", "single"])
+def test_forward_role_runs_with_its_destinations_in_every_pods_config(mode: str, tmp_path: Path) -> None:
+    manifests = render(f"mode={mode}", BACKENDS, values=(_forward_values(tmp_path),))
+    config = config_map(manifests)
+    assert json.loads(config["GATEWAY_FORWARD__DESTINATIONS"]) == FORWARD_DESTINATIONS
+    assert json.loads(config["GATEWAY_FORWARD__RULES"]) == FORWARD_RULES
+    for key, (setting, default) in FORWARD_TUNABLES.items():
+        assert config[f"GATEWAY_FORWARD__{setting}"] == str(default), key
+    deployments = _by_component(manifests)
+    if mode == "split":
+        assert set(deployments) == {*SPLIT_ROLES, "forward"}
+        forward = deployments["forward"]
+        assert _container(forward)["args"] == ["run", "--role", "forward"]
+        assert forward["metadata"]["name"] == "gw-dicom-gateway-forward"
+        for kind in ("PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy"):
+            assert "forward" in _by_component(manifests, kind), kind
+        # Like the notify pods: Kafka, S3 and PostgreSQL, and no port but http.
+        assert {p["name"] for p in _container(forward)["ports"]} == {"http"}
+        receiving = ["receiver"]
+    else:
+        assert set(deployments) == {"single"}, "the single pods run the forward role"
+        receiving = ["single"]
+    # Every pod gets the destinations from the shared ConfigMap, never overridden per pod: the forward pods send
+    # to them, the receivers let their AE titles in for storage-commitment reports.
+    for role, deployment in deployments.items():
+        assert _container(deployment)["envFrom"] == [{"configMapRef": {"name": "gw-dicom-gateway-config"}}], role
+        assert not {name for name in _env(deployment) if name.startswith("GATEWAY_FORWARD__")}, role
+    for role in {*receiving, "forward"} & set(deployments):
+        settings, _ = _gateway_settings(deployments[role], config, tmp_path / role)
+        forward = settings["forward"]
+        assert [(d["name"], d["ae_title"], d["host"], d["port"]) for d in forward["destinations"]] == [
+            (d["name"], d["ae_title"], d["host"], d["port"]) for d in FORWARD_DESTINATIONS], role
+        assert forward["destinations"][0]["transfer_syntaxes"] == [EXPLICIT_LE], role
+        assert forward["destinations"][1]["storage_commitment"] is False, role
+        assert forward["rules"][1]["statuses"] == ["stored", "quarantined"], role
+        assert (forward["batch_size"], forward["commitment_timeout_seconds"], forward["lease_seconds"]) == (
+            500, 3600.0, 900.0), "the chart's defaults are the gateway's"
+
+
+def test_forward_tunables_are_rendered_as_the_gateway_reads_them(tmp_path: Path) -> None:
+    tunables = {"batchDelaySeconds": 2.5, "batchSize": 10000, "commitmentTimeoutSeconds": 1209600,
+                "retryMaxAttempts": 1000000, "reportWaitSeconds": 30}
+    manifests = render("mode=split", BACKENDS, values=(_forward_values(tmp_path, forward=tunables),))
+    config = config_map(manifests)
+    # Never an exponent (1e+06): an integer setting would refuse it.
+    assert config["GATEWAY_FORWARD__BATCH_SIZE"] == "10000"
+    assert config["GATEWAY_FORWARD__COMMITMENT_TIMEOUT_SECONDS"] == "1209600"
+    assert config["GATEWAY_FORWARD__RETRY_MAX_ATTEMPTS"] == "1000000"
+    assert config["GATEWAY_FORWARD__BATCH_DELAY_SECONDS"] == "2.5"
+    settings, _ = _gateway_settings(_by_component(manifests)["forward"], config, tmp_path / "forward")
+    assert settings["forward"]["retry_max_attempts"] == 1000000
+    assert settings["forward"]["report_wait_seconds"] == 30.0
+
+
+def test_no_forwarding_unless_enabled(tmp_path: Path) -> None:
+    for sets in (("mode=split", BACKENDS), (BACKENDS,), ()):
+        manifests = render(*sets, values=(_forward_values(tmp_path, enabled=False),))
+        assert not [key for key in config_map(manifests) if key.startswith("GATEWAY_FORWARD__")], sets
+        assert "forward" not in _by_component(manifests), sets
+        for kind in ("PodDisruptionBudget", "HorizontalPodAutoscaler", "ScaledObject", "NetworkPolicy"):
+            assert "forward" not in _by_component(manifests, kind), (sets, kind)
+
+
+@pytest.mark.parametrize("sets", [("mode=split", BACKENDS), (BACKENDS,), ()], ids=["split", "single-kafka", "embedded"])
+def test_forward_enabled_without_destinations_fails_the_render(sets: tuple[str, ...]) -> None:
+    error = render_error(*sets, "forward.enabled=true")
+    assert "forward.enabled needs at least one destination in gateway.forward.destinations" in error
+    error = render_error(*sets, "forward.enabled=true", "gateway.forward.destinations=null")
+    assert "destinations" in error
+
+
+def test_chart_refuses_forward_settings_the_gateway_would_refuse(tmp_path: Path) -> None:
+    """Every pod reads them: the gateway would refuse to start everywhere, the receivers too."""
+    twice = [*FORWARD_DESTINATIONS, {**FORWARD_DESTINATIONS[0], "host": "other.example.org"}]
+    error = render_error(BACKENDS, values=(_forward_values(tmp_path, forward={"destinations": twice}),))
+    assert 'the name "national" appears more than once' in error
+    unknown = [{"destinations": ["nowhere"]}]
+    error = render_error(BACKENDS, values=(_forward_values(tmp_path, forward={"rules": unknown}),))
+    assert '"nowhere", which is not in gateway.forward.destinations' in error
+    for destination, expected in [
+        ({"ae_title": "NATARCH", "host": "a", "port": 104}, "name"),
+        ({"name": "Upper", "ae_title": "NATARCH", "host": "a", "port": 104}, "name"),
+        ({"name": "a", "host": "a", "port": 104}, "ae_title"),
+        ({"name": "a", "ae_title": "NATARCH", "port": 104}, "host"),
+        ({"name": "a", "ae_title": "NATARCH", "host": "a"}, "port"),
+        ({"name": "a", "ae_title": "NATARCH", "host": "a", "port": 70000}, "port"),
+        ({"name": "a", "ae_title": "A_TITLE_LONGER_THAN_16", "host": "a", "port": 104}, "ae_title"),
+        ({"name": "a", "ae_title": "NATARCH", "host": "a", "port": 104, "transfer_syntaxes": ["JPEG"]},
+         "transfer_syntaxes"),
+        ({"name": "a", "ae_title": "NATARCH", "host": "a", "port": 104, "password": "x"}, "password"),
+    ]:
+        values = _forward_values(tmp_path, forward={"destinations": [destination], "rules": []})
+        assert expected in render_error(BACKENDS, values=(values,)), destination
+    values = _forward_values(tmp_path, forward={"rules": [{"statuses": ["rejected"]}]})
+    assert "statuses" in render_error(BACKENDS, values=(values,))
+    assert "batchSize" in render_error(BACKENDS, "gateway.forward.batchSize=0")
+    assert "forwardTo" in render_error(BACKENDS, "networkPolicy.forwardTo[0].cidr=10.0.0.0/8")
+
+
+def _egress_to_ports(policy: Manifest, ports: set[int]) -> list[Manifest]:
+    return [rule for rule in policy["spec"].get("egress", [])
+            if {p["port"] for p in rule.get("ports", [])} & ports]
+
+
+@pytest.mark.parametrize("mode", ["split", "single"])
+def test_network_policy_lets_the_forwarding_pods_reach_the_destinations(mode: str, tmp_path: Path) -> None:
+    egress: list[Manifest] = [{"to": [{"namespaceSelector": {}}]}]
+    values = _forward_values(tmp_path, network_policy={"egress": egress})
+    manifests = render(f"mode={mode}", BACKENDS, values=(values,))
+    policies = _by_component(manifests, "NetworkPolicy")
+    forwarding = "forward" if mode == "split" else "single"
+    policy = policies[forwarding]
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    # The rules of networkPolicy.egress (DNS, Kafka, S3, PostgreSQL, ...), then one to the destinations' ports,
+    # each once, to any address (forwardTo []).
+    assert policy["spec"]["egress"][:-1] == egress
+    assert policy["spec"]["egress"][-1] == {"ports": [{"port": 104, "protocol": "TCP"},
+                                                     {"port": 4242, "protocol": "TCP"}]}
+    # The pods it selects are the forwarding pods.
+    pod_labels = _by_component(manifests)[forwarding]["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    for role, other in policies.items():
+        if role != forwarding:
+            assert other["spec"]["egress"] == egress, f"{role} does not forward"
+
+    # forwardTo narrows the destinations' addresses.
+    archives = [{"ipBlock": {"cidr": "198.51.100.0/24"}}]
+    values = _forward_values(tmp_path, network_policy={"egress": egress, "forwardTo": archives})
+    policy = _by_component(render(f"mode={mode}", BACKENDS, values=(values,)), "NetworkPolicy")[forwarding]
+    (rule,) = _egress_to_ports(policy, {104, 4242})
+    assert rule["to"] == archives
+
+    # Without networkPolicy.egress egress stays open: no Egress policy type, so no rule is needed.
+    policies = _by_component(render(f"mode={mode}", BACKENDS, values=(_forward_values(tmp_path),)), "NetworkPolicy")
+    for role, other in policies.items():
+        assert other["spec"]["policyTypes"] == ["Ingress"], role
+        assert "egress" not in other["spec"], role
+
+
+@pytest.mark.parametrize("mode", ["split", "single"])
+def test_network_policy_admits_the_archives_reports_to_the_dicom_port(mode: str, tmp_path: Path) -> None:
+    receiving = "receiver" if mode == "split" else "single"
+    modalities = [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
+    values = _forward_values(tmp_path, network_policy={"dicomFrom": modalities, "reportsFrom": REPORT_SOURCES})
+    policies = _by_component(render(f"mode={mode}", BACKENDS, values=(values,)), "NetworkPolicy")
+    (rule,) = _rules_for(policies[receiving], "dicom")
+    assert rule["from"] == [*modalities, *REPORT_SOURCES], "the archives report on a new association"
+    for role, policy in policies.items():
+        if role != receiving:
+            assert not _rules_for(policy, "dicom"), role
+    # dicomFrom [] admits any source, the archives included: reportsFrom does not narrow it.
+    values = _forward_values(tmp_path, network_policy={"reportsFrom": REPORT_SOURCES})
+    policies = _by_component(render(f"mode={mode}", BACKENDS, values=(values,)), "NetworkPolicy")
+    (rule,) = _rules_for(policies[receiving], "dicom")
+    assert "from" not in rule
+    # Without forwarding reportsFrom admits nobody.
+    values = _forward_values(tmp_path, enabled=False,
+                             network_policy={"dicomFrom": modalities, "reportsFrom": REPORT_SOURCES})
+    policies = _by_component(render(f"mode={mode}", BACKENDS, values=(values,)), "NetworkPolicy")
+    (rule,) = _rules_for(policies[receiving], "dicom")
+    assert rule["from"] == modalities
+
+
+def test_keda_scales_the_forward_role_on_its_consumer_group(tmp_path: Path) -> None:
+    values = (_forward_values(tmp_path),)
+    manifests = render("mode=split", BACKENDS, "forward.keda.enabled=true", values=values)
+    scaled = _by_component(manifests, "ScaledObject")
+    (trigger,) = scaled["forward"]["spec"]["triggers"]
+    assert trigger["metadata"]["consumerGroup"] == "dicomgw-forward"
+    assert trigger["metadata"]["topic"] == "dicomgw.events"
+    assert "forward" not in _by_component(manifests, "HorizontalPodAutoscaler")
+    single = render(BACKENDS, "single.keda.enabled=true", values=values)
+    (scaled,) = of_kind(single, "ScaledObject").values()
+    assert "dicomgw-forward" in {t["metadata"]["consumerGroup"] for t in scaled["spec"]["triggers"]}
+
+
+def test_pods_that_open_dicom_associations_present_the_dicom_tls_certificate(tmp_path: Path) -> None:
+    """A destination (or a modality awaiting its report) that demands TLS gets the gateway's certificate from
+    the forward and notify pods too, not only from the pods that receive DICOM; the store pods get none."""
+    manifests = render("mode=split", BACKENDS, "notify.enabled=true", *TLS_ON, values=(_forward_values(tmp_path),))
+    deployments = _by_component(manifests)
+    for role in ("receiver", "notify", "forward"):
+        assert _env(deployments[role])["GATEWAY_DICOM__TLS__CERT_FILE"]["value"].endswith("/tls.crt"), role
+        assert _volumes(deployments[role])["dicom-tls"]["secret"]["secretName"] == "dicomgw-dicom-tls", role
+    assert "GATEWAY_DICOM__TLS__CERT_FILE" not in _env(deployments["store"])
+    assert {p["name"] for p in _container(deployments["forward"])["ports"]} == {"http"}, "it listens on no DICOM port"

@@ -6,7 +6,13 @@ import orjson
 import pytest
 
 from gateway.core import events
-from gateway.core.events import CommitmentRequested, InstanceStored, StudyRegistered, StudyStable
+from gateway.core.events import (
+    CommitmentReported,
+    CommitmentRequested,
+    InstanceStored,
+    StudyRegistered,
+    StudyStable,
+)
 
 EXAMPLES = [
     InstanceStored(outcome="inserted", sop_instance_uid="1.2.3.4", sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
@@ -17,6 +23,10 @@ EXAMPLES = [
                         references=(("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4"),), requested_at="2026-11-30T08:00:00"),
     StudyStable(study_instance_uid="1.2.3", generation=2, stable_at=1764489600.5),
     StudyRegistered(study_instance_uid="1.2.3", generation=2, document_unique_id="1.2.5", entry_uuid="urn:uuid:x"),
+    CommitmentReported(transaction_uid="1.2.10", reporter_ae="KANTA", event_type=2,
+                       committed=(("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4"),),
+                       failed=(("1.2.840.10008.5.1.4.1.1.2", "1.2.3.5", 0x0112),), reported_at="2026-11-30T08:00:00",
+                       retrieve_ae_title="KANTA"),
 ]
 
 
@@ -48,7 +58,10 @@ def test_the_record_key_keeps_an_entitys_events_on_one_partition() -> None:
      "field study_instance_uid is not a str"),
     (b'{"type": "commitment.requested", "transaction_uid": "1", "requester_ae": "A", "called_ae": "B", "peer": "p",'
      b' "references": [["only-one"]], "requested_at": "t"}', "field references is not a"),
-], ids=["not-json", "not-object", "unknown-type", "newer-version", "missing-field", "wrong-type", "bad-references"])
+    (b'{"type": "commitment.reported", "transaction_uid": "1", "reporter_ae": "A", "event_type": 2, "committed": [],'
+     b' "failed": [["1.2", "1.3", "0x0112"]], "reported_at": "t"}', "field failed is not a"),
+], ids=["not-json", "not-object", "unknown-type", "newer-version", "missing-field", "wrong-type", "bad-references",
+        "bad-failure-reason"])
 def test_what_cannot_be_acted_on_is_refused_as_permanent_with_its_reason(record: bytes, reason: str) -> None:
     with pytest.raises(events.UndecodableEvent, match=reason) as refused:
         events.decode(record)

@@ -1,9 +1,9 @@
 {{/*
 Names, labels and the per-role facts every template shares. Helpers that take
 a role are called with (dict "root" $ "component" "<role>"); a role is one of
-single, receiver, store, register, notify. The worker roles (store, register,
-notify) are deployed only when <role>.enabled: a role arrives with the gateway
-release whose image can run it.
+single, receiver, store, register, notify, forward, api. The worker roles (store,
+register, notify, forward) are deployed only when <role>.enabled: a role arrives
+with the gateway release whose image can run it.
 */}}
 
 {{- define "dicom-gateway.name" -}}
@@ -30,7 +30,7 @@ release whose image can run it.
 {{/* Worker roles switched on with <role>.enabled, space separated (may be empty). */}}
 {{- define "dicom-gateway.workerRoles" -}}
 {{- $enabled := list }}
-{{- range $role := list "store" "register" "notify" }}
+{{- range $role := list "store" "register" "notify" "forward" }}
 {{- if (index $.Values $role).enabled }}{{ $enabled = append $enabled $role }}{{ end }}
 {{- end }}
 {{- join " " $enabled }}
@@ -112,7 +112,7 @@ gateway.dicom.tls.tlsOnly is false (GATEWAY_DICOM__TLS_ONLY).
 {{- $groups := list }}
 {{- range include "dicom-gateway.workerRoles" .root | splitList " " | compact }}{{ $groups = append $groups (printf "dicomgw-%s" .) }}{{ end }}
 {{- join " " $groups }}
-{{- else if has .component (list "store" "register" "notify") }}dicomgw-{{ .component }}
+{{- else if has .component (list "store" "register" "notify" "forward") }}dicomgw-{{ .component }}
 {{- end }}
 {{- end }}
 
@@ -185,6 +185,28 @@ internal secret. In embedded mode every role runs in the one process of the one 
 */}}
 {{- define "dicom-gateway.internalPort" -}}
 {{- if and .Values.gateway.notify.reportOnSameAssociation (not (include "dicom-gateway.embedded" .)) }}true{{ end }}
+{{- end }}
+
+{{/*
+"true" when the release forwards to other archives (forward.enabled): the gateway.forward settings go into the
+shared config, the forward role runs (its own Deployment in split mode; in single mode the single pods run it,
+as the gateway runs the forward role whenever destinations are configured).
+*/}}
+{{- define "dicom-gateway.forwarding" -}}
+{{- if .Values.forward.enabled }}true{{ end }}
+{{- end }}
+
+{{/* The role whose pods forward: forward in split mode, the single pods in single mode. */}}
+{{- define "dicom-gateway.forwardComponent" -}}
+{{- ternary "single" "forward" (eq .Values.mode "single") }}
+{{- end }}
+
+{{/* The destinations' ports, each once in the order of the destinations, as a JSON list: what the forwarding
+pods connect to. */}}
+{{- define "dicom-gateway.forwardPorts" -}}
+{{- $ports := list }}
+{{- range .Values.gateway.forward.destinations }}{{ $ports = append $ports (int .port) }}{{ end }}
+{{- $ports | uniq | toJson }}
 {{- end }}
 
 {{/* The role whose pods call the internal port: notify in split mode, the single pods in single mode. */}}
@@ -298,7 +320,7 @@ set, the only roles whose pods get it.
 {{- fail (printf "kafka.securityProtocol=%s needs kafka.sasl.existingSecret" $v.kafka.securityProtocol) }}
 {{- end }}
 {{- if and (eq $v.mode "single") $v.single.keda.enabled (not (include "dicom-gateway.workerRoles" .)) }}
-{{- fail "single.keda scales on the consumer groups of the enabled worker roles: enable at least one of store, register, notify" }}
+{{- fail "single.keda scales on the consumer groups of the enabled worker roles: enable at least one of store, register, notify, forward" }}
 {{- end }}
 {{- if and (ne $v.kafka.securityProtocol "PLAINTEXT") (not $v.keda.authenticationRef) }}
 {{- range $component := include "dicom-gateway.components" . | splitList " " }}
@@ -325,9 +347,32 @@ for the one embedded pod (on its volume), useless behind a Service over pods wit
 {{- fail "the API needs bearer tokens shared by its pods: set gateway.http.auth.tokens.existingSecret (a Secret with a tokens file) or gateway.http.auth.oidc.issuer and audience (only embedded single mode may use the token the gateway generates into its data dir)" }}
 {{- end }}
 {{- end }}
+{{- /* The forward settings go to every pod (the receivers let the destinations' AE titles in): settings the
+gateway refuses would stop every pod, not only the forward ones. */}}
+{{- if $v.forward.enabled }}
+{{- with $v.gateway.forward }}
+{{- if not .destinations }}
+{{- fail "forward.enabled needs at least one destination in gateway.forward.destinations ({name, ae_title, host, port}): the forward role has nowhere to send to" }}
+{{- end }}
+{{- $names := list }}
+{{- range .destinations }}
+{{- if has .name $names }}
+{{- fail (printf "gateway.forward.destinations: the name %q appears more than once" .name) }}
+{{- end }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- range $rule := .rules }}
+{{- range $rule.destinations }}
+{{- if not (has . $names) }}
+{{- fail (printf "gateway.forward.rules name the destination %q, which is not in gateway.forward.destinations" .) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- /* Settings the chart renders itself, from values it also builds objects from (ports, mounts, Secrets, probes). */}}
 {{- $managed := dict "GATEWAY_HTTP__HOST" "always 0.0.0.0, so that probes and Services reach the pods" "GATEWAY_HTTP__PORT" "set gateway.http.port" "GATEWAY_NOTIFY__REPORT_ON_SAME_ASSOCIATION" "set gateway.notify.reportOnSameAssociation" }}
-{{- $managedPrefixes := dict "GATEWAY_HTTP__TLS__" "set gateway.http.tls" "GATEWAY_HTTP__AUTH__" "set gateway.http.auth" "GATEWAY_INTERNAL__" "set gateway.internal and gateway.notify.reportOnSameAssociation" }}
+{{- $managedPrefixes := dict "GATEWAY_HTTP__TLS__" "set gateway.http.tls" "GATEWAY_HTTP__AUTH__" "set gateway.http.auth" "GATEWAY_INTERNAL__" "set gateway.internal and gateway.notify.reportOnSameAssociation" "GATEWAY_FORWARD__" "set gateway.forward and forward.enabled" }}
 {{- range $key, $_ := $v.gateway.extraConfig }}
 {{- if not (hasPrefix "GATEWAY_" $key) }}
 {{- fail (printf "gateway.extraConfig key %q must start with GATEWAY_" $key) }}

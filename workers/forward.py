@@ -1,0 +1,172 @@
+"""The ``forward`` role: what was stored is sent on to other archives (the national archive first), with
+storage commitment, in order and without loss.
+
+It reads the events topic (consumer group ``dicomgw-forward``). Instance events of one fetch are looked up
+together in the index (their current version, modality, description), routed (``routing``), and queued per
+destination in the index before their offsets commit: the index, not the bus, holds what is still to send, so
+the bus's retention cannot lose it and a re-drive is a change of state. Commitment reports the receivers took
+(``CommitmentReported``) are applied the same way. Beside the consumer, the deliverer claims due studies for
+each destination, up to its ``max_associations`` at once, and hands each batch to the ``BatchSender``; the
+sweep asks again for commitments whose report did not come, and publishes the queue's figures.
+
+An instance counts as archived at a destination only once the destination has reported it committed. A worker
+killed at any point leaves leases that lapse: the instances it was sending are sent again (a duplicate C-STORE
+the archive recognises; none is lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from gateway.core.events import CommitmentReported, Event, InstanceQuarantined, InstanceStored
+from gateway.dicom import commitment
+from gateway.index import Forwarding, ForwardItem, InstanceIndex
+from gateway.metrics import Metrics
+from gateway.settings import ForwardDestination, ForwardSettings
+from workers.routing import Router
+from workers.send import BatchSender, Unreachable
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0
+SWEEP_SECONDS = 5.0
+_STATES = ("queued", "sent", "requested", "failed")
+"""The states the sweep's gauges show (finished items are counted on request, by the API)."""
+
+
+class ForwardIndex(InstanceIndex, Forwarding, Protocol):
+    pass
+
+
+class ForwardStage:
+    def __init__(self, index: ForwardIndex, router: Router, settings: ForwardSettings, metrics: Metrics,
+                 lease_seconds: float) -> None:
+        self._index = index
+        self._router = router
+        self._settings = settings
+        self._metrics = metrics
+        self._lease_seconds = lease_seconds
+        self._sender: BatchSender | None = None
+        self._changed: dict[str, dict[str, Any]] = {}
+        self._running: dict[str, set[asyncio.Task[None]]] = {d.name: set() for d in settings.destinations}
+        self._filling = {d.name: asyncio.Lock() for d in settings.destinations}
+        self._closing = False
+        self._backoff_until: dict[str, float] = {}
+        self._paused: set[str] | None = None
+        """Destinations paused in the index, as the last sweep read them (None: not read yet)."""
+
+    def attach(self, sender: BatchSender) -> None:
+        self._sender = sender
+
+    async def handle(self, event: Event, source: dict[str, Any]) -> None:
+        if isinstance(event, InstanceStored | InstanceQuarantined):
+            self._changed[event.sop_instance_uid] = source
+        elif isinstance(event, CommitmentReported):
+            await self.apply(event.transaction_uid, event.reporter_ae, event.committed, event.failed)
+
+    async def fetched(self) -> None:
+        if not self._changed:
+            return
+        rows = await self._index.current_instances(list(self._changed))
+        items = [ForwardItem(name, uid, row.version, row.study_instance_uid, row.series_instance_uid,
+                             row.sop_class_uid, row.transfer_syntax_uid, row.storage_key, row.size, source)
+                 for uid, source in self._changed.items() if (row := rows.get(uid)) is not None
+                 for name in self._router.destinations(row)]
+        queued = await self._index.enqueue_forwards(items, time.time(), self._settings.batch_delay_seconds,
+                                                    self._settings.max_batch_delay_seconds)
+        if queued:
+            log.info("instances queued for forwarding", extra={"queued": queued})
+        self._changed.clear()
+
+    async def apply_report(self, information: commitment.EventInformation, reporter_ae: str) -> None:
+        await self.apply(information.transaction_uid, reporter_ae, information.committed, information.failed)
+
+    async def apply(self, transaction_uid: str, reporter_ae: str, committed: tuple[tuple[str, str], ...],
+                    failed: tuple[tuple[str, str, int], ...]) -> None:
+        now = time.time()
+        decisions = [(uid, f"not committed: Failure Reason 0x{reason:04X}",
+                      reason in commitment.PERMANENT_FAILURE_REASONS) for _, uid, reason in failed]
+        applied = await self._index.apply_forward_report(
+            transaction_uid, [uid for _, uid in committed], decisions, now, self._settings.resend_limit,
+            now + self._settings.retry_initial_seconds)
+        if applied is None:
+            log.warning("storage commitment report for a transaction we did not request",
+                        extra={"transaction_uid": transaction_uid, "reporter_ae": reporter_ae})
+            return
+        before, newly_committed = applied
+        name = before.destination
+        if before.reported_at is None:
+            self._metrics.forward_commit_latency.labels(name).observe(max(now - before.requested_at, 0.0))
+            self._metrics.forwarded.labels(name, "not_committed").inc(len(failed))
+        self._metrics.forwarded.labels(name, "committed").inc(newly_committed)
+        log.info("storage commitment reported", extra={
+            "destination": name, "transaction_uid": transaction_uid, "committed": len(committed),
+            "failed": len(failed)})
+
+    def loops(self) -> list[tuple[float, Callable[[], Awaitable[None]]]]:
+        return [(POLL_SECONDS, self.deliver), (SWEEP_SECONDS, self.sweep)]
+
+    async def deliver(self) -> None:
+        """Start a send for each due study, per destination up to its association limit; a send that ends
+        starts the next at once (``_fill``), so this poll only finds work that came due meanwhile."""
+        if self._paused is None:
+            await self.sweep()
+        for destination in self._settings.destinations:
+            await self._fill(destination)
+
+    async def _fill(self, destination: ForwardDestination) -> None:
+        name = destination.name
+        running = self._running[name]
+        async with self._filling[name]:  # the poll and a send that ended: never more than max_associations
+            while (len(running) < destination.max_associations and not self._closing and self._paused is not None
+                   and name not in self._paused and self._backoff_until.get(name, 0.0) <= time.time()):
+                items = await self._index.claim_forwards(name, time.time(), self._lease_seconds,
+                                                         self._settings.batch_size)
+                if not items:
+                    return
+                task = asyncio.create_task(self._send(destination, items), name=f"forward-{name}")
+                running.add(task)
+                task.add_done_callback(running.discard)
+
+    async def _send(self, destination: ForwardDestination, items: list[ForwardItem]) -> None:
+        assert self._sender is not None
+        try:
+            await self._sender.send(destination, items)
+            self._backoff_until.pop(destination.name, None)
+            self._running[destination.name].discard(asyncio.current_task())
+            await self._fill(destination)
+        except Unreachable:
+            failures = max(item.attempts for item in items) + 1
+            self._backoff_until[destination.name] = time.time() + min(
+                self._settings.retry_initial_seconds * 2 ** (failures - 1), self._settings.retry_max_seconds)
+        except Exception as exc:
+            log.warning("forwarding a batch failed; its instances come due again when their lease ends",
+                        exc_info=exc, extra={"destination": destination.name})
+
+    async def sweep(self) -> None:
+        now = time.time()
+        expired = await self._index.expire_forward_commitments(now, self._settings.commitment_requests,
+                                                               self._settings.resend_limit)
+        for transaction in expired:
+            self._metrics.forwarded.labels(transaction.destination, "commitment_expired").inc(transaction.instances)
+            log.warning("no storage commitment report before the timeout; asking again", extra={
+                "destination": transaction.destination, "transaction_uid": transaction.transaction_uid})
+        statuses = await self._index.forward_destinations(finished=False)
+        self._paused = {status.name for status in statuses if status.paused}
+        for status in statuses:
+            for state in _STATES:
+                self._metrics.forward_items.labels(status.name, state).set(status.items.get(state, 0))
+            since = status.oldest_waiting_since
+            self._metrics.forward_lag.labels(status.name).set(0.0 if since is None else max(now - since, 0.0))
+
+    async def close(self) -> None:
+        """Stop the sends in flight; what they had not finished is handed back (or its lease lapses)."""
+        self._closing = True
+        tasks = [task for running in self._running.values() for task in running]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,345 @@
+"""Sending one study's batch to one destination: C-STOREs streamed from the object store, then one
+storage-commitment request (N-ACTION) for what the destination stored.
+
+Each instance goes in its stored transfer syntax when the destination accepts it, else in an uncompressed syntax
+it accepts by a lossless conversion (``transcode``), else it fails with the syntaxes named; never a lossy one.
+Its result is recorded as soon as its C-STORE-RSP comes, which releases its lease. The commitment request is
+written to the index before the N-ACTION goes (as dcm4chee persists its result row first), so a report can
+never arrive for a transaction we do not know; a request that does not go through is undone.
+
+C-STORE statuses decide an instance's fate: Success and the warnings (0xB000, 0xB006, 0xB007) mean stored;
+0xA7xx (out of resources), 0x0213 and 0x0110 may pass later and are retried with back-off within the retry
+budget; anything else is a refusal of this instance and fails it with the status and Error Comment. A destination
+that cannot be reached (refused connection, rejected or aborted association, timeout) gets the batch back with
+back-off; the instances of one study stay together on one association.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+
+from pydicom.uid import generate_uid
+
+from gateway.core.errors import describe
+from gateway.dicom import commitment, dimse
+from gateway.dicom.acse import EXPLICIT_LITTLE, IMPLICIT_LITTLE
+from gateway.dicom.dataset import encode
+from gateway.dicom.requestor import Peer, RequestorAssociation, open_association
+from gateway.dicom.scu import ClientTls, client_tls_context
+from gateway.dicom.service import VERIFICATION
+from gateway.dicom.transcode import CannotTranscode, NotPart10, can_transcode, open_part10, transcode
+from gateway.index import Forwarding, ForwardItem, ForwardResult, ForwardState, ForwardTransaction
+from gateway.metrics import Metrics
+from gateway.objects import ObjectNotFound, ObjectStore, ObjectStoreError
+from gateway.settings import ForwardDestination
+
+log = logging.getLogger(__name__)
+
+MAX_CONTEXTS = 128
+"""Presentation contexts one association can carry (PS3.8 9.3.2.2: odd IDs 1-255)."""
+_UNCOMPRESSED = (EXPLICIT_LITTLE, IMPLICIT_LITTLE)
+_STORED_WARNINGS = (0xB000, 0xB006, 0xB007)
+_LATER = (0x0110, 0x0213)
+"""Processing failure and resource limitation: statuses another try may pass, beside 0xA7xx."""
+
+ReportApplier = Callable[[commitment.EventInformation, str], Awaitable[None]]
+"""Applies a report (and the reporter's AE title) to the forwarding state."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendPolicy:
+    calling_ae: str
+    timeout: float
+    """Connecting, negotiating, and each response."""
+    retry_initial_seconds: float
+    retry_max_seconds: float
+    retry_max_attempts: int
+    commitment_timeout_seconds: float
+    report_wait_seconds: float
+    tls: ClientTls = ClientTls()
+
+    def backoff(self, failures: int) -> float:
+        return float(min(self.retry_initial_seconds * 2 ** max(failures - 1, 0), self.retry_max_seconds))
+
+
+class Unreachable(Exception):
+    """The destination could not take the batch at all; the message says why (no patient data)."""
+
+
+class _Pacer:
+    """At most ``rate_per_minute`` instances a minute to one destination (0: no limit)."""
+
+    def __init__(self, rate_per_minute: int) -> None:
+        self._interval = 60.0 / rate_per_minute if rate_per_minute else 0.0
+        self._next = 0.0
+
+    async def wait(self) -> None:
+        if not self._interval:
+            return
+        now = time.monotonic()
+        slot = max(now, self._next)
+        self._next = slot + self._interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+class _Broken(Exception):
+    """The association cannot go on after this instance (a conversion failed part-way through its data set)."""
+
+    def __init__(self, result: ForwardResult) -> None:
+        super().__init__(result.error)
+        self.result = result
+
+
+class BatchSender:
+    def __init__(self, index: Forwarding, objects: ObjectStore, policy: SendPolicy, metrics: Metrics,
+                 apply_report: ReportApplier) -> None:
+        self._index = index
+        self._objects = objects
+        self._policy = policy
+        self._metrics = metrics
+        self._apply_report = apply_report
+        self._pacers: dict[str, _Pacer] = {}
+
+    async def send(self, destination: ForwardDestination, items: list[ForwardItem]) -> None:
+        """Send the batch; raises ``Unreachable`` (the batch handed back with back-off) when the destination
+        could not be reached or the association broke."""
+        name = destination.name
+        pending = {item.sop_instance_uid: item for item in items}
+        to_send = [item for item in items if item.state is ForwardState.QUEUED]
+        commits = destination.storage_commitment
+        contexts, left_out = _contexts(destination, to_send, commits)
+        if left_out:  # classes beyond one association's contexts: the next batch takes them
+            await self._hand_back(name, [pending.pop(item.sop_instance_uid) for item in left_out], time.time())
+            to_send = [item for item in to_send if item.sop_instance_uid in pending]
+        try:
+            association = await open_association(
+                Peer(destination.host, destination.port, destination.ae_title), self._policy.calling_ae, contexts,
+                timeout=self._policy.timeout,
+                ssl_context=client_tls_context(self._policy.tls) if destination.tls else None,
+                scp_roles=(commitment.STORAGE_COMMITMENT_PUSH_MODEL,) if commits and self._policy.report_wait_seconds
+                else (), on_event_report=lambda command, data: self._report_here(destination, data))
+        except (OSError, TimeoutError) as exc:
+            await self._unreachable(destination, list(pending.values()), f"cannot associate: {describe(exc)}")
+            raise Unreachable(describe(exc)) from exc
+        self._metrics.forward_associations.labels(name).inc()
+        try:
+            await self._index.update_forward_destination(name, time.time(), succeeded=True)
+            await self._send_all(association, destination, to_send, pending)
+            awaiting = [item for item in pending.values() if item.state is ForwardState.SENT]
+            if commits and awaiting:
+                await self._request(association, destination, awaiting)
+                for item in awaiting:
+                    del pending[item.sop_instance_uid]
+                if self._policy.report_wait_seconds:
+                    await association.wait_for_event_reports(self._policy.report_wait_seconds)
+            await association.release(self._policy.timeout)
+        except (OSError, TimeoutError) as exc:
+            await association.abort()
+            await self._unreachable(destination, list(pending.values()), f"association failed: {describe(exc)}")
+            raise Unreachable(describe(exc)) from exc
+        except _Broken as exc:
+            await association.abort()
+            await self._index.record_forward_results(name, [exc.result], time.time())
+            pending.pop(exc.result.sop_instance_uid, None)
+            await self._hand_back(name, list(pending.values()), time.time())
+        except BaseException:
+            await association.abort()
+            await asyncio.shield(self._hand_back(name, list(pending.values()), time.time()))
+            raise
+        finally:
+            self._metrics.forward_associations.labels(name).dec()
+
+    async def _send_all(self, association: RequestorAssociation, destination: ForwardDestination,
+                        to_send: list[ForwardItem], pending: dict[str, ForwardItem]) -> None:
+        pacer = self._pacers.setdefault(destination.name, _Pacer(destination.rate_per_minute))
+        for item in to_send:
+            await pacer.wait()
+            result = await self._store(association, destination, item)
+            await self._index.record_forward_results(destination.name, [result], time.time())
+            if result.state is ForwardState.SENT:
+                pending[item.sop_instance_uid] = replace(item, state=ForwardState.SENT)
+            else:
+                del pending[item.sop_instance_uid]
+
+    async def _store(self, association: RequestorAssociation, destination: ForwardDestination,
+                     item: ForwardItem) -> ForwardResult:
+        name = destination.name
+        try:
+            chunks = await self._objects.read(item.storage_key)
+        except ObjectNotFound:
+            return self._failed(name, item, "the stored object is missing from the object store")
+        except ObjectStoreError as exc:
+            return self._later(name, item, f"object store: {describe(exc)}")
+        try:
+            try:
+                meta, data_set = await open_part10(chunks)
+            except NotPart10 as exc:
+                return self._failed(name, item, f"the stored object is not a Part 10 file: {exc}")
+            chosen = _choose(association, destination, item.sop_class_uid, meta.transfer_syntax_uid)
+            if chosen is None:
+                accepted = ", ".join(association.accepted_syntaxes(item.sop_class_uid)) or "none"
+                return self._failed(name, item, f"no acceptable transfer syntax: stored "
+                                                f"{meta.transfer_syntax_uid}, accepted {accepted}")
+            context_id, syntax = chosen
+            stream: AsyncIterator[bytes] = data_set
+            if syntax != meta.transfer_syntax_uid:
+                stream = transcode(data_set, meta.transfer_syntax_uid, syntax)
+            try:
+                outcome = await association.c_store(context_id, item.sop_class_uid, item.sop_instance_uid, stream,
+                                                    timeout=self._policy.timeout)
+            except CannotTranscode as exc:
+                raise _Broken(self._failed(name, item, f"cannot convert to {syntax}: {exc}")) from exc
+        finally:
+            await chunks.aclose()
+        status = outcome.status
+        comment = f": {outcome.comment}" if outcome.comment else ""
+        if status == dimse.SUCCESS or status in _STORED_WARNINGS:
+            outcome_label = "sent" if status == dimse.SUCCESS else "warning"
+            self._metrics.forwarded.labels(name, outcome_label).inc()
+            self._metrics.forwarded_bytes.labels(name).inc(item.size)
+            state = ForwardState.SENT if destination.storage_commitment else ForwardState.DELIVERED
+            warning = "" if status == dimse.SUCCESS else f"stored with warning 0x{status:04X}{comment}"
+            return ForwardResult(item.sop_instance_uid, item.version, state, error=warning,
+                                 transfer_syntax_sent=syntax, stored=True)
+        if 0xA700 <= status <= 0xA7FF or status in _LATER:
+            return self._later(name, item, f"C-STORE answered 0x{status:04X}{comment}")
+        return self._failed(name, item, f"C-STORE refused with 0x{status:04X}{comment}")
+
+    def _failed(self, destination: str, item: ForwardItem, error: str) -> ForwardResult:
+        self._metrics.forwarded.labels(destination, "failed").inc()
+        log.error("instance not forwarded", extra={"destination": destination, "reason": error,
+                                                   "sop_instance_uid": item.sop_instance_uid})
+        return ForwardResult(item.sop_instance_uid, item.version, ForwardState.FAILED, error=error,
+                             failed_attempt=True)
+
+    def _later(self, destination: str, item: ForwardItem, error: str) -> ForwardResult:
+        attempts = item.attempts + 1
+        if attempts >= self._policy.retry_max_attempts:
+            return self._failed(destination, item, f"{error} (after {attempts} attempts)")
+        self._metrics.forwarded.labels(destination, "retry").inc()
+        return ForwardResult(item.sop_instance_uid, item.version, ForwardState.QUEUED,
+                             due_at=time.time() + self._policy.backoff(attempts), error=error, failed_attempt=True)
+
+    async def _request(self, association: RequestorAssociation, destination: ForwardDestination,
+                       awaiting: list[ForwardItem]) -> None:
+        now = time.time()
+        transaction = ForwardTransaction(generate_uid(), destination.name, awaiting[0].study_instance_uid,
+                                         len(awaiting), now, now + self._policy.commitment_timeout_seconds)
+        await self._index.request_forward_commitment(transaction, [item.sop_instance_uid for item in awaiting])
+        context_id = association.context_for(commitment.STORAGE_COMMITMENT_PUSH_MODEL, IMPLICIT_LITTLE)
+        if context_id is None:
+            await self._undo(transaction, awaiting, "the destination did not accept Storage Commitment")
+            return
+        information = await asyncio.to_thread(encode, commitment.action_information(
+            transaction.transaction_uid, [(item.sop_class_uid, item.sop_instance_uid) for item in awaiting]),
+            IMPLICIT_LITTLE)
+        try:
+            outcome = await association.n_action(
+                context_id, commitment.STORAGE_COMMITMENT_PUSH_MODEL, commitment.STORAGE_COMMITMENT_INSTANCE,
+                commitment.REQUEST_STORAGE_COMMITMENT, information, timeout=self._policy.timeout)
+        except BaseException:
+            await asyncio.shield(self._undo(transaction, awaiting, "the N-ACTION did not go through"))
+            raise
+        if outcome.status != dimse.SUCCESS and not 0xB000 <= outcome.status <= 0xBFFF:
+            comment = f": {outcome.comment}" if outcome.comment else ""
+            await self._undo(transaction, awaiting, f"N-ACTION answered 0x{outcome.status:04X}{comment}")
+            return
+        log.info("storage commitment requested", extra={
+            "destination": destination.name, "transaction_uid": transaction.transaction_uid,
+            "instances": len(awaiting)})
+
+    async def _undo(self, transaction: ForwardTransaction, awaiting: list[ForwardItem], error: str) -> None:
+        attempts = max(item.attempts for item in awaiting) + 1
+        due = time.time() + self._policy.backoff(attempts)
+        await self._index.cancel_forward_commitment(transaction.transaction_uid, due, error)
+        log.warning("storage commitment not requested", extra={
+            "destination": transaction.destination, "transaction_uid": transaction.transaction_uid, "reason": error})
+
+    async def _report_here(self, destination: ForwardDestination, data: bytes) -> int:
+        """A report on our own association (the request's context is Implicit VR Little Endian)."""
+        try:
+            information = commitment.parse_event_information(data, IMPLICIT_LITTLE)
+        except ValueError as exc:
+            log.warning("commitment report on our association does not parse", extra={"reason": str(exc)})
+            return dimse.PROCESSING_FAILURE
+        await self._apply_report(information, destination.ae_title)
+        return dimse.SUCCESS
+
+    async def _unreachable(self, destination: ForwardDestination, items: list[ForwardItem], error: str) -> None:
+        """Hand the batch back with back-off; each instance's attempts count, so a destination that stays away
+        fails its instances once the retry budget is spent (re-drivable) instead of holding them forever."""
+        now = time.time()
+        results = []
+        for item in items:
+            attempts = item.attempts + 1
+            if attempts >= self._policy.retry_max_attempts:
+                results.append(ForwardResult(item.sop_instance_uid, item.version, ForwardState.FAILED,
+                                             error=f"{error} (after {attempts} attempts)", failed_attempt=True))
+            else:
+                results.append(ForwardResult(item.sop_instance_uid, item.version, item.state,
+                                             due_at=now + self._policy.backoff(attempts), error=error,
+                                             failed_attempt=True))
+        await self._index.record_forward_results(destination.name, results, now)
+        failures = max((item.attempts for item in items), default=0) + 1
+        await self._index.update_forward_destination(destination.name, now, error=error,
+                                                     backoff_until=now + self._policy.backoff(failures))
+        self._metrics.forwarded.labels(destination.name, "retry").inc(len(items))
+        log.warning("destination unreachable; batch handed back", extra={
+            "destination": destination.name, "reason": error, "instances": len(items)})
+
+    async def _hand_back(self, destination: str, items: list[ForwardItem], due_at: float) -> None:
+        """Release items untried (stopping, or left for another association)."""
+        await self._index.record_forward_results(destination, [
+            ForwardResult(item.sop_instance_uid, item.version, item.state, due_at=due_at, error=item.last_error)
+            for item in items], time.time())
+
+
+def _contexts(destination: ForwardDestination, items: list[ForwardItem],
+              commits: bool) -> tuple[list[tuple[str, list[str]]], list[ForwardItem]]:
+    """Per SOP Class: one context per stored syntax the destination may take, and one with the uncompressed
+    syntaxes the stored ones convert to losslessly; then the commitment context, and Verification, which every
+    archive accepts: dcmtk's storescp rejects an association none of whose contexts it accepts, and an instance
+    it cannot take must fail by itself, not hold the study back as if the archive were away. Items of classes
+    that do not fit in one association come back as left out."""
+    allowed = set(destination.transfer_syntaxes)
+    stored: dict[str, list[str]] = {}
+    for item in items:
+        syntaxes = stored.setdefault(item.sop_class_uid, [])
+        if item.transfer_syntax_uid not in syntaxes:
+            syntaxes.append(item.transfer_syntax_uid)
+    room = MAX_CONTEXTS - (2 if commits else 1)
+    contexts: list[tuple[str, list[str]]] = []
+    taken: set[str] = set()
+    for sop_class, syntaxes in stored.items():
+        own = [[ts] for ts in syntaxes if not allowed or ts in allowed]
+        converted = [ts for ts in _UNCOMPRESSED if (not allowed or ts in allowed)
+                     and any(ts != source and can_transcode(source, ts) for source in syntaxes)]
+        wanted = [*own, *([converted] if converted else [])] or [[syntaxes[0]]]
+        if len(contexts) + len(wanted) > room:
+            break
+        contexts.extend((sop_class, list(ts)) for ts in wanted)
+        taken.add(sop_class)
+    if commits:
+        contexts.append((commitment.STORAGE_COMMITMENT_PUSH_MODEL, [IMPLICIT_LITTLE]))
+    contexts.append((VERIFICATION, [IMPLICIT_LITTLE]))
+    return contexts, [item for item in items if item.sop_class_uid not in taken]
+
+
+def _choose(association: RequestorAssociation, destination: ForwardDestination, sop_class: str,
+            stored: str) -> tuple[int, str] | None:
+    """The context and syntax to send in: as stored if accepted, else a lossless conversion accepted."""
+    allowed = set(destination.transfer_syntaxes)
+    context_id = association.context_for(sop_class, stored)
+    if context_id is not None and (not allowed or stored in allowed):
+        return context_id, stored
+    for syntax in association.accepted_syntaxes(sop_class):
+        if (not allowed or syntax in allowed) and can_transcode(stored, syntax):
+            found = association.context_for(sop_class, syntax)
+            if found is not None:
+                return found, syntax
+    return None
