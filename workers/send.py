@@ -43,6 +43,7 @@ MAX_CONTEXTS = 128
 """Presentation contexts one association can carry (PS3.8 9.3.2.2: odd IDs 1-255)."""
 _UNCOMPRESSED = (EXPLICIT_LITTLE, IMPLICIT_LITTLE)
 _STORED_WARNINGS = (0xB000, 0xB006, 0xB007)
+RESULTS_PER_WRITE = 32
 _LATER = (0x0110, 0x0213)
 """Processing failure and resource limitation: statuses another try may pass, beside 0xA7xx."""
 
@@ -156,15 +157,26 @@ class BatchSender:
 
     async def _send_all(self, association: RequestorAssociation, destination: ForwardDestination,
                         to_send: list[ForwardItem], pending: dict[str, ForwardItem]) -> None:
+        """Results are recorded in groups (one index transaction each, and always before this returns or
+        fails): an instance stored keeps the batch's lease until its commitment is requested, so a result lost
+        with the process only means that instance goes again."""
         pacer = self._pacers.setdefault(destination.name, _Pacer(destination.rate_per_minute))
-        for item in to_send:
-            await pacer.wait()
-            result = await self._store(association, destination, item)
-            await self._index.record_forward_results(destination.name, [result], time.time())
-            if result.state is ForwardState.SENT:
-                pending[item.sop_instance_uid] = replace(item, state=ForwardState.SENT)
-            else:
-                del pending[item.sop_instance_uid]
+        unrecorded: list[ForwardResult] = []
+        try:
+            for item in to_send:
+                await pacer.wait()
+                result = await self._store(association, destination, item)
+                unrecorded.append(result)
+                if result.state is ForwardState.SENT:
+                    pending[item.sop_instance_uid] = replace(item, state=ForwardState.SENT)
+                else:
+                    del pending[item.sop_instance_uid]
+                if len(unrecorded) >= RESULTS_PER_WRITE:
+                    await self._index.record_forward_results(destination.name, unrecorded, time.time())
+                    unrecorded = []
+        finally:
+            if unrecorded:
+                await asyncio.shield(self._index.record_forward_results(destination.name, unrecorded, time.time()))
 
     async def _store(self, association: RequestorAssociation, destination: ForwardDestination,
                      item: ForwardItem) -> ForwardResult:
