@@ -27,6 +27,7 @@ from gateway.dicom import commitment
 from gateway.index import Forwarding, ForwardItem, InstanceIndex
 from gateway.metrics import Metrics
 from gateway.settings import ForwardDestination, ForwardSettings
+from workers.failure import reason
 from workers.routing import Router
 from workers.send import BatchSender, Unreachable
 
@@ -54,6 +55,8 @@ class ForwardStage:
         self._changed: dict[str, dict[str, Any]] = {}
         self._running: dict[str, set[asyncio.Task[None]]] = {d.name: set() for d in settings.destinations}
         self._filling = {d.name: asyncio.Lock() for d in settings.destinations}
+        self._wake: asyncio.TimerHandle | None = None
+        self._woken: set[asyncio.Task[None]] = set()
         self._closing = False
         self._backoff_until: dict[str, float] = {}
         self._paused: set[str] | None = None
@@ -80,7 +83,27 @@ class ForwardStage:
                                                     self._settings.max_batch_delay_seconds)
         if queued:
             log.info("instances queued for forwarding", extra={"queued": queued})
+            self._wake_after(self._settings.batch_delay_seconds)
         self._changed.clear()
+
+    def _wake_after(self, delay: float) -> None:
+        """Look for due studies once the instances just queued come due, not at the next poll."""
+        if self._wake is not None or self._closing:
+            return
+
+        def wake() -> None:
+            self._wake = None
+            task = asyncio.create_task(self._deliver_now(), name="forward-wake")
+            self._woken.add(task)
+            task.add_done_callback(self._woken.discard)
+
+        self._wake = asyncio.get_running_loop().call_later(delay + 0.05, wake)
+
+    async def _deliver_now(self) -> None:
+        try:
+            await self.deliver()
+        except Exception as exc:  # the poll tries again in a second
+            log.info("looking for due studies failed", extra={"error": reason(exc)})
 
     async def apply_report(self, information: commitment.EventInformation, reporter_ae: str) -> None:
         await self.apply(information.transaction_uid, reporter_ae, information.committed, information.failed)
@@ -166,7 +189,9 @@ class ForwardStage:
     async def close(self) -> None:
         """Stop the sends in flight; what they had not finished is handed back (or its lease lapses)."""
         self._closing = True
-        tasks = [task for running in self._running.values() for task in running]
+        if self._wake is not None:
+            self._wake.cancel()
+        tasks = [*self._woken, *(task for running in self._running.values() for task in running)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

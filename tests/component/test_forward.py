@@ -368,3 +368,44 @@ async def _listening(port: int) -> None:
                 return
             except OSError:
                 await asyncio.sleep(0.1)
+
+
+async def test_reports_are_taken_only_from_destinations_and_an_unknown_transaction_changes_nothing(
+        tmp_path: Path) -> None:
+    """The receiver takes N-EVENT-REPORTs on Storage Commitment only from forwarding destinations' AE titles
+    (an allow-list in force lets them in); another AE is refused, a report of a transaction we never requested
+    is answered Success (the archive must not retry it forever) and changes nothing."""
+    gateway_port = free_port()
+
+    def report_from(calling_ae: str) -> int:
+        report = Dataset()
+        report.TransactionUID = generate_uid()
+        item = Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = str(CTImageStorage), generate_uid()
+        report.ReferencedSOPSequence = [item]
+        ae = AE(ae_title=calling_ae)
+        ae.add_requested_context(StorageCommitmentPushModel)
+        assoc = ae.associate("127.0.0.1", gateway_port, ae_title="DICOMGW",
+                             ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)])
+        if not assoc.is_established:
+            return -1
+        try:
+            status, _ = assoc.send_n_event_report(report, 1, StorageCommitmentPushModel,
+                                                  commitment.STORAGE_COMMITMENT_INSTANCE)
+            return int(status.Status)
+        finally:
+            assoc.release()
+
+    allowed = [{"ae_title": "MODALITY1"}, {"ae_title": "STRANGER"}]
+    async with running(tmp_path, dicom={"port": gateway_port, "allowed_aes": allowed},
+                       forward=forward(destination("archive", "ARCHIVE", free_port()))) as gateway:
+        from_archive = await asyncio.to_thread(report_from, "ARCHIVE")
+        from_stranger = await asyncio.to_thread(report_from, "STRANGER")
+        from_unknown = await asyncio.to_thread(report_from, "NOBODY")
+        metrics = await _metrics(gateway)
+        _, destinations = await _get(gateway, "/api/forward/destinations")
+    assert from_archive == 0x0000
+    assert from_stranger == 0x0110
+    assert from_unknown == -1, "not on the allow-list nor a destination: the association is rejected"
+    assert 'dicomgw_commitment_reports_received_total{calling_ae="ARCHIVE"} 1.0' in metrics
+    assert destinations[0]["instances"] == {}
