@@ -100,9 +100,13 @@ class StreamListener:
             if remaining:
                 self._per_peer[peer] = remaining
 
-    async def close(self) -> None:
+    def stop_accepting(self) -> None:
+        """Close the listening sockets at once (a new connection is refused); connections in progress go on."""
         for server in self._servers:
             server.close()
+
+    async def close(self) -> None:
+        self.stop_accepting()
         if self._connections:
             log.info("draining connections", extra={"listener": self._name, "open": len(self._connections)})
             _, pending = await asyncio.wait(set(self._connections), timeout=self._drain_timeout)

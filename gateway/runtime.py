@@ -1,7 +1,8 @@
 """Runs the chosen roles in one process, each an async context manager on one exit stack.
 
 Start-up enters the HTTP server, then every role; the process is ready once all are in. The first SIGTERM
-or SIGINT turns readiness to 503 and unwinds the stack in reverse: roles stop accepting and drain in-flight
+or SIGINT turns readiness to 503 and closes every role's intake at once (``stop_accepting``: the DICOM ports, so
+that nothing new arrives while the others drain), then unwinds the stack in reverse: roles drain in-flight
 work (bounded by ``runtime.drain_timeout_seconds``), consumers commit, producers flush, HTTP closes last.
 A second signal exits at once. If any role dies, the others are drained and the process exits non-zero,
 so the orchestrator restarts it rather than leaving a half-working pod. A full disk is not a death: the process
@@ -90,6 +91,10 @@ async def run_roles(
                 await _until_stop_or_crash(stop, roles)
             finally:
                 health.set_ready(False)  # before the drain: a crashed pod must leave the Service at once
+                for role in roles:
+                    stop_accepting = getattr(role, "stop_accepting", None)
+                    if stop_accepting is not None:
+                        stop_accepting()
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -141,6 +141,11 @@ class Receiver:
             raise web.HTTPServiceUnavailable(text="the receiver is not running")
         return await self._commitments.handle_report_request(request)
 
+    def stop_accepting(self) -> None:
+        """Refuse new associations at once on stopping, before the other roles of the process drain (they may
+        take a while); associations in progress finish in ``__aexit__``."""
+        self._listener.stop_accepting()
+
     async def wait(self) -> None:
         """The receiver stops working only when its producer dies: then every C-STORE would be refused."""
         assert self._producer is not None
