@@ -47,6 +47,9 @@ async def test_every_transaction_is_reported_correctly_although_notify_is_killed
         "GATEWAY_DICOM__REMOTE_AES": json.dumps([peer.remote()]),
         "GATEWAY_NOTIFY__IAN_SUBSCRIBERS": json.dumps(["MODALITY1"]),
         "GATEWAY_NOTIFY__RETRY_INITIAL_SECONDS": "0.5",
+        # a delivery's lease is 4 association timeouts + 30 s: what the killed process held comes back after 42 s,
+        # not the default 150 s
+        "GATEWAY_NOTIFY__ASSOCIATION_TIMEOUT_SECONDS": "3",
         "GATEWAY_XDS__STABLE_AFTER_SECONDS": "3",
         "GATEWAY_XDS__STABILITY_CHECK_SECONDS": "0.5",
         "GATEWAY_XDS__TRIGGER_ON_COMMITMENT": "false",
