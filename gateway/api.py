@@ -57,6 +57,7 @@ from gateway.index import (
     StudyActivity,
 )
 from gateway.settings import Settings
+from gateway.web import routes as page_routes
 from gateway.xds.client import XdsClient, XdsError
 from gateway.xds.metadata import MetadataError, patient_cx
 
@@ -93,6 +94,7 @@ class Api:
             web.post("/api/dlq/{entry_id}/redrive", self._redrive),
             web.get("/api/me", self._me),
             web.get("/api/settings", self._effective_settings),
+            *page_routes,
         ]
 
     async def __aenter__(self) -> Api:

@@ -1,0 +1,223 @@
+"""The operators' page as the people who run the gateway meet it: the page and its files answer without a token
+but hold no data, with a Content-Security-Policy; in a real (headless) Chromium the page signs in with the API
+token, lists today's study with its path, finds it by accession and by Study UID, shows its instance, the
+forwarding destinations, and says plainly when the token is wrong (401) or its role may not act (403)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from gateway.cli import _serve
+from gateway.settings import Settings
+from tests.component.test_notify_embedded import CT, Gateway
+from tests.helpers import api_headers, free_port
+
+READER = "reader-token-" + "r" * 20
+ARCHIVE = {"name": "regional-pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 9, "storage_commitment": False}
+
+
+@asynccontextmanager
+async def gateway(tmp_path: Path, roles: list[str], **http: Any) -> AsyncIterator[Gateway]:
+    """The gateway in-process with ``roles``, one forwarding destination configured; yields once ready."""
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        dicom={"host": "127.0.0.1", "port": free_port()},
+        http={"host": "127.0.0.1", "port": free_port(), **http},
+        internal={"host": "127.0.0.1", "port": free_port()},
+        embedded_bus={"poll_interval_seconds": 0.01},
+        forward={"destinations": [ARCHIVE], "retry_initial_seconds": 60, "retry_max_seconds": 60},
+        runtime={"drain_timeout_seconds": 5},
+    )
+    server = asyncio.create_task(_serve(settings, roles, None, None))
+    running = Gateway(settings)
+    try:
+        async with asyncio.timeout(30), aiohttp.ClientSession() as session:
+            while True:
+                if server.done():
+                    server.result()
+                try:
+                    async with session.get(f"{running.api}/readyz") as response:
+                        if response.status == 200:
+                            break
+                except (OSError, aiohttp.ClientError):
+                    pass
+                await asyncio.sleep(0.05)
+        yield running
+    finally:
+        server.cancel()
+        await asyncio.gather(server, return_exceptions=True)
+
+
+def todays_study(tmp_path: Path) -> tuple[Path, pydicom.Dataset]:
+    dataset = pydicom.dcmread(CT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dataset.StudyInstanceUID, dataset.SeriesInstanceUID = generate_uid(), generate_uid()
+        dataset.SOPInstanceUID = generate_uid()
+        dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+        dataset.StudyDate = date.today().strftime("%Y%m%d")
+        dataset.AccessionNumber = "WEBACC0042"
+        path = tmp_path / "today.dcm"
+        dataset.save_as(path)
+    return path, dataset
+
+
+async def stored(running: Gateway, study: str, timeout: float = 30) -> None:
+    """Until the index lists the study (the store role has recorded it)."""
+    headers = api_headers(running.settings.data_dir)
+    async with asyncio.timeout(timeout):
+        while (await fetch(f"{running.api}/api/studies/{study}", headers))[0] != 200:
+            await asyncio.sleep(0.1)
+
+
+async def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, Any]:
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers or {}) as response:
+        return response.status, await response.read(), response.headers
+
+
+def chromium() -> str:
+    path = shutil.which("chromium")
+    if path is None:
+        pytest.fail("Chromium is not installed (apt-get install chromium): the page is tested in a real browser",
+                    pytrace=False)
+    return path
+
+
+@asynccontextmanager
+async def browser_page() -> AsyncIterator[tuple[Any, list[str]]]:
+    """A page in headless Chromium, and the Content-Security-Policy violations and script errors it causes."""
+    from playwright.async_api import async_playwright
+
+    executable = chromium()
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        try:
+            context = await browser.new_context()
+            page = await context.new_page()
+            page.set_default_timeout(15_000)
+            problems: list[str] = []
+            page.on("console", lambda m: problems.append(m.text)
+                    if m.type == "error" and "Content Security Policy" in m.text else None)
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            yield page, problems
+        finally:
+            await browser.close()
+
+
+async def sign_in(page: Any, token: str) -> None:
+    await page.fill("#token", token)
+    await page.click("#signin button[type=submit]")
+
+
+async def test_the_page_and_its_files_answer_without_a_token_but_hold_no_data(tmp_path: Path) -> None:
+    async with gateway(tmp_path, ["receiver", "store", "api"]) as running:
+        path, dataset = todays_study(tmp_path)
+        await running.store(path)
+        study = str(dataset.StudyInstanceUID)
+        await stored(running, study)
+        data = (str(dataset.PatientID), str(dataset.AccessionNumber), study, str(dataset.SOPInstanceUID))
+        for name, content_type in (("/", "text/html"), ("/static/app.js", "text/javascript"),
+                                   ("/static/app.css", "text/css")):
+            status, body, headers = await fetch(f"{running.api}{name}")
+            assert status == 200, name
+            assert headers["Content-Type"].startswith(content_type), name
+            assert headers["Content-Security-Policy"].startswith("default-src 'self'"), name
+            assert headers["X-Content-Type-Options"] == "nosniff", name
+            assert "no-cache" in headers["Cache-Control"] and headers["ETag"], name
+            assert not any(value.encode() in body for value in data), name
+            status, _, _ = await fetch(f"{running.api}{name}", {"If-None-Match": headers["ETag"]})
+            assert status == 304, name
+        status, page, _ = await fetch(f"{running.api}/")
+        assert b"<script src=\"static/app.js\"" in page and b"<script>" not in page, "no inline script"
+        for missing in ("/static/nothing.js", "/static/..%2Fapi.py", "/static/"):
+            assert (await fetch(f"{running.api}{missing}"))[0] == 404, missing
+        for closed in ("/api/studies", f"/api/studies/{study}", "/api/forward/destinations", "/api/dlq"):
+            status, body, _ = await fetch(f"{running.api}{closed}")
+            assert status == 401 and b"1CT1" not in body, closed
+
+
+async def test_an_operator_signs_in_finds_todays_study_and_sees_the_destinations(tmp_path: Path) -> None:
+    async with gateway(tmp_path, ["receiver", "store", "api"]) as running, browser_page() as (page, problems):
+        path, dataset = todays_study(tmp_path)
+        await running.store(path)
+        study, sop = str(dataset.StudyInstanceUID), str(dataset.SOPInstanceUID)
+        await stored(running, study)
+        token = (running.settings.data_dir / "api-token").read_text().strip()
+
+        await page.goto(f"{running.api}/")
+        assert await page.is_hidden("#content"), "nothing shows before signing in"
+        await sign_in(page, token)
+        await page.wait_for_selector("#whoami:has-text('Signed in as api-token (admin')")
+        assert await page.is_hidden("#signin")
+        assert await page.evaluate("sessionStorage.getItem('dicom-gateway-api-token')") == token
+        assert await page.evaluate("document.cookie") == "" and token not in page.url
+
+        row = page.locator(f"#studies-table tr[data-study='{study}']")
+        await row.wait_for()
+        assert await row.locator("td").nth(0).inner_text() == str(dataset.PatientID)
+        assert await row.locator("td").nth(1).inner_text() == "WEBACC0042"
+        await row.locator("[data-stage=stored]:has-text('stored 1')").wait_for()
+        assert await row.locator("[data-stage=received]").inner_text() == "received 1"
+        assert "today" in await page.inner_text("#studies-summary")
+
+        await page.fill("#search-accession", "WEBACC0042")
+        await page.click("#search button[type=submit]")
+        await page.wait_for_selector("#studies-summary:has-text('1 studies found')")
+        await row.wait_for()
+        await page.fill("#search-accession", "NO-SUCH-ACCESSION")
+        await page.click("#search button[type=submit]")
+        await page.wait_for_selector("#studies-table:has-text('No study matches.')")
+
+        await page.fill("#search-accession", "")
+        await page.fill("#search-study", study)
+        await page.click("#search button[type=submit]")
+        await page.wait_for_selector("#study:not([hidden])")
+        instance = page.locator(f"#study-series tr[data-sop='{sop}']")
+        await instance.wait_for()
+        cells = await instance.locator("td").all_inner_texts()
+        assert cells[1] == sop and cells[2] == "1" and cells[3] == "stored"
+        assert study in await page.inner_text("#study-facts")
+
+        destination = page.locator("#destinations-table tr[data-destination='regional-pacs']")
+        await destination.wait_for()
+        assert "PACS@127.0.0.1:9" in await destination.inner_text()
+        await page.wait_for_selector("#dlq-table:has-text('No open dead-letter entries.')")
+
+        await page.click("#signout")
+        assert await page.is_hidden("#content")
+        assert await page.locator("#studies-table tbody tr").count() == 0, "signing out clears the data"
+        await sign_in(page, "wrong-token-" + "w" * 30)
+        await page.wait_for_selector("#messages:has-text('401: token missing or wrong')")
+        assert await page.is_hidden("#content") and "Not signed in" in await page.inner_text("#whoami")
+        assert await page.evaluate("sessionStorage.getItem('dicom-gateway-api-token')") is None
+        assert problems == [], "the page breaks its own Content-Security-Policy or throws"
+
+
+async def test_a_reader_sees_the_destinations_and_is_told_its_role_may_not_re_drive(tmp_path: Path) -> None:
+    tokens = tmp_path / "api-tokens"
+    tokens.write_text(f"{READER} reader dashboards\n")
+    async with gateway(tmp_path, ["api"], auth={"tokens_file": str(tokens)}) as running, browser_page() as (page, problems):
+        await page.goto(f"{running.api}/")
+        await sign_in(page, READER)
+        await page.wait_for_selector("#whoami:has-text('Signed in as dashboards (reader')")
+        destination = page.locator("#destinations-table tr[data-destination='regional-pacs']")
+        await destination.wait_for()
+        await destination.locator("button:has-text('Re-drive failed')").click()
+        await page.wait_for_selector("#messages:has-text('403: your role may not do this')")
+        await page.click("#refresh")
+        await destination.locator("button:has-text('Pause')").click()
+        await page.wait_for_selector("#messages:has-text('403: your role may not do this')")
+        assert "paused" not in await destination.inner_text()
+        assert problems == [], "the page breaks its own Content-Security-Policy or throws"
