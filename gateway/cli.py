@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import socket
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,10 +20,11 @@ from gateway import dead_letter, logs
 from gateway.app import build_bus, build_roles
 from gateway.disk import DiskSpace
 from gateway.http import Endpoints
+from gateway.listen import PortUnavailable
 from gateway.metrics import Metrics
 from gateway.processes import MergedMetrics, ReceiverProcesses
 from gateway.runtime import Role, RoleCrashed, run_roles
-from gateway.settings import ROLES, Settings, SettingsError, load_settings
+from gateway.settings import ROLES, Settings, SettingsError, load_settings, unknown_variables
 from gateway.xds import cli as xds_cli
 from gateway.xds import simulator as xds_simulator
 from workers.validation import cli as validation_cli
@@ -70,19 +74,75 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _unknown_variables() -> list[tuple[str, str]]:
+    """Misspelt variables (``GATEWAY_DICOM_PORT``) would be ignored without a word: each gets one line."""
+    return [(name, f"{name} is not a setting and is ignored" + (f" (did you mean {intended}?)" if intended else ""))
+            for name, intended in unknown_variables().items()]
+
+
+def _warn_unknown_variables() -> None:
+    for _, line in _unknown_variables():
+        print(f"dicom-gateway: warning: {line}", file=sys.stderr)
+
+
+def _check_data_dir(data_dir: Path) -> None:
+    """Everything local (embedded bus, objects, SQLite, generated secrets) lives here: say so at once if it
+    cannot, rather than in a traceback from whichever role writes first. A full disk is not this: the process
+    waits for room (gateway.disk)."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=data_dir):
+            pass
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return
+        raise SettingsError(f"GATEWAY_DATA_DIR {data_dir} is not writable ({exc.strerror or exc})") from None
+
+
+def _unavailable(settings: Settings, exc: PortUnavailable) -> str:
+    """A port that could not be bound, as the setting that asked for it and why, in one line."""
+    listeners = [("DICOM", settings.dicom.host, settings.dicom.port),
+                 ("DICOM__TLS", settings.dicom.host, settings.dicom.tls.port),
+                 ("HTTP", settings.http.host, settings.http.port),
+                 ("INTERNAL", settings.internal.host, settings.internal.port)]
+    sections = [section for section, host, port in listeners if (host, port) == (exc.host, exc.port)]
+    host_section = sections[0].removesuffix("__TLS") if sections else ""
+    port_variable = " and ".join(f"GATEWAY_{section}__PORT" for section in sections) or "port"
+    host_variable = f"GATEWAY_{host_section}__HOST" if sections else "host"
+    if isinstance(exc.__cause__, socket.gaierror):
+        return f"{host_variable} {exc.host} cannot be resolved ({exc.strerror})"
+    if exc.errno == errno.EADDRINUSE and len(sections) > 1:
+        return f"{port_variable} are both {exc.port}: each listener needs a port of its own"
+    if exc.errno == errno.EADDRINUSE:
+        return f"{port_variable} {exc.port} is in use"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{host_variable} {exc.host} is not an address of this host"
+    if exc.errno == errno.EACCES:
+        return f"{port_variable} {exc.port} needs privileges to bind (ports below 1024)"
+    return f"{port_variable} {exc.port} cannot be bound on {exc.host} ({exc.strerror})"
+
+
 def _show_settings(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
+    _warn_unknown_variables()
     print(orjson.dumps(settings.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode())
     return 0
 
 
 def _dead_letter(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
+    _warn_unknown_variables()
+    _check_data_dir(settings.data_dir)
     logs.configure("WARNING", settings.log.json_format)
     return uvloop.run(_dead_letter_async(settings, args))
 
 
 async def _dead_letter_async(settings: Settings, args: argparse.Namespace) -> int:
+    if args.action == "redrive" and not (args.all or args.entry_ids):
+        print("dicom-gateway: dead-letter redrive needs entry ids (from dead-letter list) or --all", file=sys.stderr)
+        return 2
+    if settings.embedded_bus_enabled:  # relative to where it is run: say which store is read
+        print(f"dicom-gateway: embedded bus under {(settings.data_dir / 'bus').resolve()}", file=sys.stderr)
     bus = build_bus(settings, Metrics())
     await bus.ensure_topics()
     open_entries = await dead_letter.entries(bus, settings.topics)
@@ -112,13 +172,18 @@ def _run(args: argparse.Namespace) -> int:
         if args.workers < 1:
             raise SettingsError("--workers must be at least 1")
         settings = settings.model_copy(update={"dicom": settings.dicom.model_copy(update={"processes": args.workers})})
+    _check_data_dir(settings.data_dir)
     logs.configure(settings.log.level, settings.log.json_format)
+    for name, line in _unknown_variables():
+        log.warning(line, extra={"variable": name})
     roles = args.roles or [role for role in ROLES if (role != "register" or settings.xds.enabled)
                            and (role != "forward" or settings.forward.destinations)]
     try:
         uvloop.run(_serve(settings, roles, args.config, args.ready_fd))
     except RoleCrashed:
         return 1
+    except PortUnavailable as exc:
+        raise SettingsError(_unavailable(settings, exc)) from None
     return 0
 
 

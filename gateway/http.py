@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway import auth
 from gateway.auth import Authenticator
 from gateway.disk import DiskSpace
-from gateway.listen import server_tls_context
+from gateway.listen import PortUnavailable, server_tls_context
 from gateway.metrics import Metrics
 from gateway.settings import InternalSettings, Settings
 
@@ -132,7 +132,10 @@ async def _site(app: web.Application, host: str, port: int, context: ssl.SSLCont
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, reuse_address=True, ssl_context=context).start()
+        try:
+            await web.TCPSite(runner, host, port, reuse_address=True, ssl_context=context).start()
+        except OSError as exc:
+            raise PortUnavailable(host, port, exc) from exc
         sockets = runner.addresses
         yield sockets[0][1] if sockets else port
     finally:

@@ -36,6 +36,16 @@ def server_tls_context(tls: ServerTlsSettings) -> ssl.SSLContext | None:
     return context
 
 
+class PortUnavailable(OSError):
+    """A port that could not be bound (in use, an address not on this host), with the host and port asked for,
+    so that the command names the setting instead of printing a traceback."""
+
+    def __init__(self, host: str, port: int, error: OSError) -> None:
+        super().__init__(error.errno, error.strerror or str(error))
+        self.host = host
+        self.port = port
+
+
 class StreamListener:
     """``max_per_peer`` bounds the connections one address may hold open at once (the rest are closed before a
     byte is read, ``on_refused`` told), so that one host cannot take every descriptor or the whole drain."""
@@ -62,10 +72,13 @@ class StreamListener:
 
     async def listen(self, port: int, tls: ssl.SSLContext | None) -> int:
         """Accept on ``port`` (0: any free one); returns the port bound."""
-        server = await asyncio.start_server(
-            self._accept, self._host, port, ssl=tls, reuse_port=self._reuse_port,
-            ssl_handshake_timeout=self._handshake_timeout if tls else None, limit=_STREAM_LIMIT,
-        )
+        try:
+            server = await asyncio.start_server(
+                self._accept, self._host, port, ssl=tls, reuse_port=self._reuse_port,
+                ssl_handshake_timeout=self._handshake_timeout if tls else None, limit=_STREAM_LIMIT,
+            )
+        except OSError as exc:
+            raise PortUnavailable(self._host, port, exc) from exc
         self._servers.append(server)
         self.ports.append(server.sockets[0].getsockname()[1])
         log.info("listening", extra={"listener": self._name, "port": self.ports[-1], "tls": tls is not None})

@@ -8,13 +8,19 @@ reads the environment.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import json
 import os
 import re
+import types
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -46,6 +52,21 @@ class AllowedAE(_Section):
     """Transfer syntaxes to prefer from this AE, before ``dicom.transfer_syntax_preference``."""
     max_associations: int | None = Field(None, ge=1)
     """Associations this AE may hold at once; unset: ``dicom.max_associations_per_ae``."""
+
+    @field_validator("networks", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        """ipaddress says what is wrong with a network (host bits set, not an address); the union of the two
+        network types would only say that it is neither."""
+        if not isinstance(value, (list, tuple)):
+            return value
+        networks = []
+        for network in value:
+            try:
+                networks.append(ipaddress.ip_network(network) if isinstance(network, str) else network)
+            except ValueError as exc:
+                raise ValueError(str(exc)) from None
+        return networks
 
 
 class UserIdentitySettings(_Section):
@@ -558,8 +579,74 @@ class Settings(BaseSettings):
         return not self.kafka.bootstrap_servers
 
 
+SCRIPT_VARIABLES = frozenset({"SECRETS_DIR", "KEEP_SERVICES", "KUBE_VERSIONS", "SERVICES_PORT_OFFSET",
+                              "SERVICES_STATE", "TOOLS_DIR", "VENV"})
+"""``GATEWAY_`` variables that are not settings: the secrets directory, and those of scripts/ and the tests."""
+
+
 def _secrets_dir() -> Path:
     return Path(os.environ.get(f"{ENV_PREFIX}SECRETS_DIR", DEFAULT_SECRETS_DIR))
+
+
+def _model(annotation: Any) -> type[BaseModel] | None:
+    """The settings section an annotation is, through ``X | None``; None for a plain value."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        models = [model for arg in typing.get_args(annotation) if (model := _model(arg)) is not None]
+        return models[0] if len(models) == 1 else None
+    return None
+
+
+def _field(keys: list[str]) -> FieldInfo | None:
+    """The setting ``keys`` (lower-case, one per ``__`` part) name; None if they name none."""
+    model: type[BaseModel] | None = Settings
+    field = None
+    for key in keys:
+        field = model.model_fields.get(key) if model is not None else None
+        if field is None:
+            return None
+        model = _model(field.annotation)
+    return field
+
+
+def _names(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every setting and section under ``model``, as the ``__``-joined keys of its variable."""
+    names = []
+    for name, field in model.model_fields.items():
+        names.append(prefix + name)
+        section = _model(field.annotation)
+        if section is not None:
+            names += _names(section, f"{prefix}{name}{NESTED_DELIMITER}")
+    return names
+
+
+def _likely(name: str, candidates: list[str], cutoff: float = 0.8) -> str | None:
+    """The candidate an operator probably meant (a typo, ``_`` for ``__``), for a 'did you mean'."""
+    folded = {candidate.replace("_", ""): candidate for candidate in candidates}
+    if name.replace("_", "") in folded:
+        return folded[name.replace("_", "")]
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
+def _gateway_environment() -> dict[str, str]:
+    """``GATEWAY_`` variables by upper-case name, as pydantic-settings reads them (case-insensitively)."""
+    return {name.upper(): value for name, value in os.environ.items() if name.upper().startswith(ENV_PREFIX)}
+
+
+def unknown_variables() -> dict[str, str | None]:
+    """``GATEWAY_`` variables that name no setting and that pydantic-settings would silently ignore (those in a
+    section are refused by validation), each with the variable probably meant, if any."""
+    sections = {name for name in Settings.model_fields}
+    candidates = [f"{ENV_PREFIX}{name}".upper() for name in _names(Settings)]
+    unknown: dict[str, str | None] = {}
+    for name in sorted(_gateway_environment()):
+        keys = name[len(ENV_PREFIX) :].lower().split(NESTED_DELIMITER)
+        if keys[0] in sections or name[len(ENV_PREFIX) :] in SCRIPT_VARIABLES:
+            continue
+        unknown[name] = _likely(name, candidates)
+    return unknown
 
 
 class _SecretFilesSource(PydanticBaseSettingsSource):
@@ -584,21 +671,19 @@ class _SecretFilesSource(PydanticBaseSettingsSource):
             node = values
             for key in keys[:-1]:
                 node = node.setdefault(key, {})
-            node[keys[-1]] = self._value(keys, path.read_text().strip())
+            node[keys[-1]] = self._value(keys, path)
         return values
 
-    def _value(self, keys: list[str], text: str) -> Any:
+    def _value(self, keys: list[str], path: Path) -> Any:
         """A file's text, JSON-decoded where the setting is a list or an object, as an env var's would be."""
-        model: Any = self.settings_cls
-        for key in keys[:-1]:
-            field = model.model_fields.get(key) if isinstance(model, type) and issubclass(model, BaseModel) else None
-            if field is None:
-                return text
-            model = field.annotation
-        field = model.model_fields.get(keys[-1]) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        text = path.read_text().strip()
+        field = _field(keys)
         if field is None or not self.field_is_complex(field):
             return text
-        return self.decode_complex_value(keys[-1], field, text)
+        try:
+            return self.decode_complex_value(keys[-1], field, text)
+        except ValueError as exc:
+            raise SettingsError(f"secret file {path}: not valid JSON ({exc})") from None
 
 
 class SettingsError(Exception):
@@ -606,11 +691,11 @@ class SettingsError(Exception):
 
 
 def load_settings(config_file: Path | None = None) -> Settings:
-    """Parse settings once, turning validation errors into one readable message per bad setting."""
+    """Parse settings once, turning every error into one line naming the variable (or file and key) at fault."""
     from pydantic import ValidationError
 
-    if config_file is not None and not config_file.is_file():
-        raise SettingsError(f"--config {config_file}: no such file")
+    yaml_values = _read_yaml(config_file) if config_file is not None else {}
+    _check_json()
     root: type[Settings] = Settings
     if config_file is not None:
 
@@ -621,10 +706,112 @@ def load_settings(config_file: Path | None = None) -> Settings:
     try:
         return root()
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            location = NESTED_DELIMITER.join(str(part) for part in error["loc"] if not isinstance(part, int))
-            variable = f"{ENV_PREFIX}{location}".upper()
-            lines.append(f"{variable}: {error['msg']}")
+        lines = list(dict.fromkeys(_describe(error, config_file, yaml_values) for error in exc.errors()))
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
 
+
+def _read_yaml(config_file: Path) -> dict[str, Any]:
+    """The ``--config`` file's mapping, read here first so that its faults name the file, not a traceback."""
+    import yaml
+
+    try:
+        text = config_file.read_text()
+    except FileNotFoundError:
+        raise SettingsError(f"--config {config_file}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"--config {config_file}: cannot be read ({exc})") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SettingsError(f"--config {config_file}: not valid YAML: {where}{problem}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise SettingsError(f"--config {config_file}: must be a mapping of settings (dicom: ..., http: ...), "
+                            f"not a {type(values).__name__}")
+    return values
+
+
+def _check_json() -> None:
+    """A list or object setting whose variable is not JSON; pydantic-settings would name only its section."""
+    probe = _SecretFilesSource(Settings, Path())
+    for name, value in _gateway_environment().items():
+        field = _field(name[len(ENV_PREFIX) :].lower().split(NESTED_DELIMITER))
+        if field is None or not probe.field_is_complex(field):
+            continue
+        try:
+            json.loads(value)
+        except ValueError as exc:
+            raise SettingsError(f"{name}: not valid JSON ({exc}); this setting is a JSON list or object") from None
+
+
+def _describe(error: Any, config_file: Path | None, yaml_values: Mapping[str, Any]) -> str:
+    """One validation error as ``WHERE: what is wrong``: the variable that set it, else the secret file, else the
+    YAML file and key, else the variable that would."""
+    keys: list[str] = []
+    path, intended = "", None
+    node: Any = Settings
+    loc = list(error["loc"])
+    extra = error["type"] == "extra_forbidden"
+    for i, part in enumerate(loc):
+        model = _model(node)
+        unknown = extra and i == len(loc) - 1
+        if isinstance(part, int):
+            path += f"[{part}]"
+            node = _item(node)
+        elif model is not None and (part in model.model_fields or unknown):
+            if unknown:
+                intended = _likely(str(part), list(model.model_fields), cutoff=0.6)
+            if path:
+                path += f".{part}"
+            else:
+                keys.append(str(part))
+            node = model.model_fields[part].annotation if part in model.model_fields else None
+        elif typing.get_origin(node) is dict or unknown:
+            path += f"[{part!r}]"
+            node = _item(node)
+        # else: a tag pydantic adds for a member of a union, not a place in the settings
+    message = "not a setting" if extra else str(error["msg"]).removeprefix("Value error, ")
+    environment = _gateway_environment()
+    where = ""
+    for n in range(len(keys), 0, -1):
+        variable = f"{ENV_PREFIX}{NESTED_DELIMITER.join(keys[:n])}".upper()
+        secret = _secrets_dir() / variable
+        if variable in environment or secret.is_file():
+            where, path = (variable if variable in environment else f"secret file {secret}"), _join(keys[n:], path)
+            break
+    else:
+        variable = f"{ENV_PREFIX}{NESTED_DELIMITER.join(keys)}".upper()
+        if config_file is not None and _in_yaml(yaml_values, keys) and not any(
+                name.startswith(f"{variable}{NESTED_DELIMITER}") for name in environment):
+            where, path = str(config_file), _join(keys, path)
+        else:
+            where = variable
+    if intended is not None:
+        suggestion = intended if path else f"{ENV_PREFIX}{NESTED_DELIMITER.join([*keys[:-1], intended])}".upper()
+        message += f" (did you mean {suggestion}?)"
+    return f"{where}: {path}: {message}" if path else f"{where}: {message}"
+
+
+def _join(keys: list[str], path: str) -> str:
+    """Keys inside a variable's JSON or the YAML file, as ``dicom.allowed_aes[0].networks`` (a path starts with
+    an index: keys are taken for as long as they name sections and settings)."""
+    return ".".join(keys) + path
+
+
+def _item(annotation: Any) -> Any:
+    """The type of an item of a ``tuple[X, ...]`` or a value of a ``dict[str, X]``."""
+    args = typing.get_args(annotation)
+    return args[-1] if typing.get_origin(annotation) is dict else (args[0] if args else None)
+
+
+def _in_yaml(values: Mapping[str, Any], keys: list[str]) -> bool:
+    node: Any = values
+    for key in keys:
+        if not isinstance(node, Mapping) or key not in node:
+            return False
+        node = node[key]
+    return True

@@ -48,7 +48,7 @@ def test_a_rule_may_send_quarantined_instances_and_without_destinations_means_al
 
 @pytest.mark.parametrize(("variables", "message"), [
     ({"GATEWAY_FORWARD__DESTINATIONS": '[{"name": "Kanta!", "ae_title": "K", "host": "h", "port": 1}]'},
-     "GATEWAY_FORWARD__DESTINATIONS__NAME: String should match pattern"),
+     "GATEWAY_FORWARD__DESTINATIONS: \\[0\\]\\.name: String should match pattern"),
     ({"GATEWAY_FORWARD__DESTINATIONS": f'[{KANTA}, {KANTA}]'.replace("'", '"')},
      "each name may appear once"),
     ({"GATEWAY_FORWARD__DESTINATIONS": f'[{KANTA}]'.replace("'", '"'),
