@@ -1,6 +1,6 @@
 """The operators' JSON API (role ``api``), on the HTTP port beside the health and metrics endpoints.
 
-    GET /api/studies?patient_id=&accession=   studies with current instances, newest first
+    GET /api/studies?patient_id=&accession=   studies with current instances, the most recently received first
     GET /api/studies/{study_uid}              its series and instances (quarantined, prior versions and variants
                                               in other transfer syntaxes too), stability, its IANs' delivery state
                                               and its XDS registration (manifests, current one, state)

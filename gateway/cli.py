@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 import socket
+import ssl
 import sys
 import tempfile
 from collections.abc import Callable
@@ -15,12 +16,13 @@ from pathlib import Path
 import orjson
 import uvloop
 from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
 
 from gateway import dead_letter, logs
 from gateway.app import build_bus, build_roles
 from gateway.disk import DiskSpace
 from gateway.http import Endpoints
-from gateway.listen import PortUnavailable
+from gateway.listen import PortUnavailable, server_tls_context
 from gateway.metrics import Metrics
 from gateway.processes import MergedMetrics, ReceiverProcesses
 from gateway.runtime import Role, RoleCrashed, run_roles
@@ -99,6 +101,38 @@ def _check_data_dir(data_dir: Path) -> None:
         raise SettingsError(f"GATEWAY_DATA_DIR {data_dir} is not writable ({exc.strerror or exc})") from None
 
 
+def _configured_files(section: BaseModel, prefix: str = "GATEWAY") -> list[tuple[str, Path]]:
+    """Every file a setting names (certificates, keys, CA bundles, tokens, profiles), with its variable."""
+    found: list[tuple[str, Path]] = []
+    for name in type(section).model_fields:
+        value = getattr(section, name)
+        variable = f"{prefix}{'__' if prefix != 'GATEWAY' else '_'}{name.upper()}"
+        if isinstance(value, BaseModel):
+            found += _configured_files(value, variable)
+        elif isinstance(value, Path) and name != "data_dir":
+            found.append((variable, value))
+        elif isinstance(value, tuple) and value and all(isinstance(item, Path) for item in value):
+            found += [(variable, item) for item in value]
+    return found
+
+
+def _check_files(settings: Settings) -> None:
+    """A certificate, key or list that is missing or unreadable stops the start naming its variable, as do a
+    listener's certificate and key that do not load (rather than a traceback from the role that loads them)."""
+    for variable, path in _configured_files(settings):
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            raise SettingsError(f"{variable} {path}: cannot be read ({exc.strerror or exc})") from None
+    for variable, tls in (("GATEWAY_DICOM__TLS", settings.dicom.tls), ("GATEWAY_HTTP__TLS", settings.http.tls)):
+        try:
+            server_tls_context(tls)
+        except ssl.SSLError as exc:
+            raise SettingsError(f"{variable}__CERT_FILE, __KEY_FILE, __CA_FILE: do not load as a PEM certificate "
+                                f"with its key and CA certificates ({exc.reason or exc})") from None
+
+
 def _unavailable(settings: Settings, exc: PortUnavailable) -> str:
     """A port that could not be bound, as the setting that asked for it and why, in one line."""
     listeners = [("DICOM", settings.dicom.host, settings.dicom.port),
@@ -173,6 +207,7 @@ def _run(args: argparse.Namespace) -> int:
             raise SettingsError("--workers must be at least 1")
         settings = settings.model_copy(update={"dicom": settings.dicom.model_copy(update={"processes": args.workers})})
     _check_data_dir(settings.data_dir)
+    _check_files(settings)
     logs.configure(settings.log.level, settings.log.json_format)
     for name, line in _unknown_variables():
         log.warning(line, extra={"variable": name})

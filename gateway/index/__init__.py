@@ -184,7 +184,8 @@ def resolve(current: InstanceRow | None, row: InstanceRow, policy: CorrectionPol
 
 @dataclass(frozen=True, slots=True)
 class StudySummary:
-    """A study as a list shows it: its current instances' common attributes and how many there are."""
+    """A study as a list shows it: its current instances' common attributes, how many there are, and when the
+    last of them was received (UTC, ISO 8601): lists show the most recently received first."""
 
     study_instance_uid: str
     patient_id: str
@@ -194,6 +195,7 @@ class StudySummary:
     study_time: str
     study_description: str
     instances: int
+    last_received_at: str
 
 
 class DeliveryState(StrEnum):
@@ -314,7 +316,7 @@ class InstanceIndex(Protocol):
         the replaced (prior versions)."""
 
     async def find_studies(self, patient_id: str = "", accession_number: str = "", limit: int = 100) -> list[StudySummary]:
-        """Studies with current instances, newest study date first; empty filters match everything."""
+        """Studies with current instances, the most recently received first; empty filters match everything."""
 
 
 class StudyClock(Protocol):

@@ -72,3 +72,18 @@ def test_a_misspelt_variable_is_warned_about(tmp_path: Path, taken_port: int) ->
     assert shown.returncode == 0
     assert shown.stderr == ("dicom-gateway: warning: GATEWAY_DICOM_PORT is not a setting and is ignored "
                             "(did you mean GATEWAY_DICOM__PORT?)\n")
+
+
+def test_a_certificate_that_is_missing_or_does_not_load_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pem"
+    result = gateway(tmp_path, GATEWAY_DICOM__TLS__CERT_FILE=str(missing), GATEWAY_DICOM__TLS__KEY_FILE=str(missing))
+    assert short_error(result) == (
+        f"dicom-gateway: GATEWAY_DICOM__TLS__CERT_FILE {missing}: cannot be read (No such file or directory)")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    result = gateway(tmp_path, GATEWAY_HTTP__TLS__CERT_FILE=str(garbage), GATEWAY_HTTP__TLS__KEY_FILE=str(garbage))
+    assert short_error(result).startswith(
+        "dicom-gateway: GATEWAY_HTTP__TLS__CERT_FILE, __KEY_FILE, __CA_FILE: do not load as a PEM certificate")
+    result = gateway(tmp_path, GATEWAY_XDS__CA_FILE=str(missing))
+    assert short_error(result) == (
+        f"dicom-gateway: GATEWAY_XDS__CA_FILE {missing}: cannot be read (No such file or directory)")

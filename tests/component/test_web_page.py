@@ -10,7 +10,6 @@ import shutil
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +66,7 @@ def todays_study(tmp_path: Path) -> tuple[Path, pydicom.Dataset]:
         dataset.StudyInstanceUID, dataset.SeriesInstanceUID = generate_uid(), generate_uid()
         dataset.SOPInstanceUID = generate_uid()
         dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-        dataset.StudyDate = date.today().strftime("%Y%m%d")
+        dataset.StudyDate = "20040119"  # an old study received today: the page lists it by when it arrived
         dataset.AccessionNumber = "WEBACC0042"
         path = tmp_path / "today.dcm"
         dataset.save_as(path)

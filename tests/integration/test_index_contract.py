@@ -473,9 +473,13 @@ async def test_studies_are_found_by_patient_or_accession(index: Index) -> None:
     await index.record_instance(first, CorrectionPolicy.REPLACE)
     await index.record_instance(make_row(study_instance_uid=first.study_instance_uid, patient_id=patient,
                                          accession_number=accession), CorrectionPolicy.REPLACE)
-    await index.record_instance(make_row(patient_id=patient, study_date="20200101"), CorrectionPolicy.REPLACE)
+    earlier = datetime(2020, 1, 1, tzinfo=UTC)  # a later study date, received before the others
+    await index.record_instance(make_row(patient_id=patient, study_date="20300101", received_at=earlier),
+                                CorrectionPolicy.REPLACE)
     by_patient = await index.find_studies(patient_id=patient)
-    assert [s.instances for s in by_patient] == [2, 1], "newest study first, instances counted"
+    assert [s.instances for s in by_patient] == [2, 1], "the most recently received first, instances counted"
+    assert by_patient[1].last_received_at == "2020-01-01T00:00:00.000000+00:00"
+    assert datetime.fromisoformat(by_patient[0].last_received_at) == RECEIVED_AT
     [by_accession] = await index.find_studies(accession_number=accession)
     assert by_accession.study_instance_uid == first.study_instance_uid and by_accession.patient_id == patient
     assert await index.find_studies(patient_id="nobody") == []

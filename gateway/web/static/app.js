@@ -118,10 +118,9 @@
     return /^\d{8}$/.test(text) ? text.slice(0, 4) + "-" + text.slice(4, 6) + "-" + text.slice(6) : text;
   }
 
-  function todayDicom() {
-    const now = new Date();
-    const pad = (n) => String(n).padStart(2, "0");
-    return String(now.getFullYear()) + pad(now.getMonth() + 1) + pad(now.getDate());
+  function receivedToday(iso) {
+    const received = new Date(String(iso || ""));
+    return !Number.isNaN(received.getTime()) && received.toDateString() === new Date().toDateString();
   }
 
   function duration(seconds) {
@@ -229,13 +228,12 @@
     if (session !== generation) return;
     const searching = Boolean(criteria.patient || criteria.accession);
     const todayOnly = !searching && $("today-only").checked;
-    const today = todayDicom();
-    const shown = todayOnly ? studies.filter((s) => s.study_date === today) : studies;
+    const shown = todayOnly ? studies.filter((s) => receivedToday(s.last_received_at)) : studies;
     $("studies-summary").textContent = searching
       ? shown.length + " studies found"
       : todayOnly
-        ? shown.length + " studies dated today" + (studies.length > shown.length
-          ? " (" + (studies.length - shown.length) + " older not shown)" : "")
+        ? shown.length + " studies received today" + (studies.length > shown.length
+          ? " (" + (studies.length - shown.length) + " received earlier not shown)" : "")
         : shown.length + " most recent studies";
     if (!shown.length) {
       emptyRow(tbody, 7, searching ? "No study matches." : "No studies.");
