@@ -15,7 +15,7 @@ import asyncio
 import logging
 import struct
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 
 from pynetdicom.pdu import A_ABORT_RQ, A_RELEASE_RP
@@ -43,8 +43,10 @@ REASON_UNRECOGNIZED_PDU = 1
 REASON_UNEXPECTED_PDU = 2
 REASON_INVALID_PARAMETER = 6
 
-_HEADER = struct.Struct(">BBI")
-_PDV_HEADER = struct.Struct(">IBB")
+PDU_HEADER = struct.Struct(">BBI")
+PDV_HEADER = struct.Struct(">IBB")
+_PDU_TYPES = frozenset({A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, P_DATA_TF, A_RELEASE_RQ, A_RELEASE_RP_TYPE,
+                        A_ABORT})
 RELEASE_RP = bytes(A_RELEASE_RP().encode())
 
 
@@ -71,6 +73,35 @@ class ProtocolError(Exception):
     def __init__(self, reason: int, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+async def read_pdu(reader: asyncio.StreamReader, limit: int) -> tuple[int, bytes]:
+    """One PDU, header included; ProtocolError for an unknown type or one longer than ``limit`` (checked before
+    its body is read). Both ends of an association read PDUs this way."""
+    header = await reader.readexactly(PDU_HEADER.size)
+    pdu_type, _, length = PDU_HEADER.unpack(header)
+    if pdu_type not in _PDU_TYPES:
+        raise ProtocolError(REASON_UNRECOGNIZED_PDU, f"unrecognised PDU type 0x{pdu_type:02x}")
+    if length > limit:
+        raise ProtocolError(REASON_INVALID_PARAMETER, f"PDU of {length} bytes exceeds the limit of {limit}")
+    return pdu_type, header + await reader.readexactly(length)
+
+
+def pdvs(body: memoryview, accepted: Container[int]) -> Iterator[tuple[int, memoryview, int]]:
+    """The PDVs of a P-DATA-TF body as (presentation context ID, fragment, message control header), the
+    fragments views into ``body``; ProtocolError for a truncated PDV or one on a context not ``accepted``."""
+    offset, end = 0, len(body)
+    while offset < end:
+        if end - offset < PDV_HEADER.size:
+            raise ProtocolError(REASON_INVALID_PARAMETER, "PDV header truncated")
+        length, context_id, control = PDV_HEADER.unpack_from(body, offset)
+        if length < 2 or offset + 4 + length > end:
+            raise ProtocolError(REASON_INVALID_PARAMETER, "PDV longer than its PDU")
+        if context_id not in accepted:
+            raise ProtocolError(REASON_INVALID_PARAMETER, f"PDV on presentation context {context_id} "
+                                "that was not accepted")
+        yield context_id, body[offset + PDV_HEADER.size : offset + 4 + length], control
+        offset += 4 + length
 
 
 class CommandAssembler:
@@ -188,20 +219,10 @@ class Association:
                 "sop_instance_uid": request.command.affected_sop_instance_uid})
         self._writer.close()
 
-    async def _read_pdu(self, limit: int) -> tuple[int, bytes]:
-        header = await self._reader.readexactly(6)
-        pdu_type, _, length = _HEADER.unpack(header)
-        if pdu_type not in (A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, P_DATA_TF, A_RELEASE_RQ,
-                            A_RELEASE_RP_TYPE, A_ABORT):
-            raise ProtocolError(REASON_UNRECOGNIZED_PDU, f"unrecognised PDU type 0x{pdu_type:02x}")
-        if length > limit:
-            raise ProtocolError(REASON_INVALID_PARAMETER, f"PDU of {length} bytes exceeds the limit of {limit}")
-        return pdu_type, header + await self._reader.readexactly(length)
-
     async def _establish(self) -> None:
         try:
             async with asyncio.timeout(self._timeouts.acse_seconds):
-                pdu_type, pdu = await self._read_pdu(ASSOCIATE_RQ_LIMIT)
+                pdu_type, pdu = await read_pdu(self._reader, ASSOCIATE_RQ_LIMIT)
         except TimeoutError:
             # ARTIM expired before any A-ASSOCIATE-RQ: close the transport without an A-ABORT (PS3.8 AA-2)
             self._metrics.associations.labels("timeout").inc()
@@ -233,7 +254,7 @@ class Association:
         while True:
             timeout = self._timeouts.dimse_seconds if self._request else self._timeouts.network_seconds
             async with asyncio.timeout(timeout):
-                pdu_type, pdu = await self._read_pdu(self._policy.max_pdu_length)
+                pdu_type, pdu = await read_pdu(self._reader, self._policy.max_pdu_length)
             if pdu_type == P_DATA_TF:
                 await self._p_data(memoryview(pdu)[6:])
             elif pdu_type == A_RELEASE_RQ:
@@ -252,18 +273,7 @@ class Association:
 
     async def _p_data(self, body: memoryview) -> None:
         assert self._accepted is not None
-        offset, end = 0, len(body)
-        while offset < end:
-            if end - offset < _PDV_HEADER.size:
-                raise ProtocolError(REASON_INVALID_PARAMETER, "PDV header truncated")
-            length, context_id, control = _PDV_HEADER.unpack_from(body, offset)
-            if length < 2 or offset + 4 + length > end:
-                raise ProtocolError(REASON_INVALID_PARAMETER, "PDV longer than its PDU")
-            if context_id not in self._accepted.contexts:
-                raise ProtocolError(REASON_INVALID_PARAMETER, f"PDV on presentation context {context_id} "
-                                    "that was not accepted")
-            fragment = body[offset + 6 : offset + 4 + length]
-            offset += 4 + length
+        for context_id, fragment, control in pdvs(body, self._accepted.contexts):
             if control & 0x01:
                 await self._command_fragment(context_id, fragment, last=bool(control & 0x02))
             else:
@@ -350,8 +360,8 @@ class Association:
         for start in range(0, max(len(message), 1), room):
             piece = message[start : start + room]
             control = kind | (0x02 if start + room >= len(message) else 0x00)
-            pdv = _PDV_HEADER.pack(len(piece) + 2, context_id, control) + piece
-            pdus.append(_HEADER.pack(P_DATA_TF, 0, len(pdv)) + pdv)
+            pdv = PDV_HEADER.pack(len(piece) + 2, context_id, control) + piece
+            pdus.append(PDU_HEADER.pack(P_DATA_TF, 0, len(pdv)) + pdv)
         return b"".join(pdus)
 
     async def _respond(self, request: Command, context_id: int, response: Response) -> None:

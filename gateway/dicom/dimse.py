@@ -115,17 +115,47 @@ def _element(tag: int, value: bytes, pad: bytes = b"\x00") -> bytes:
     return _ELEMENT.pack(0x0000, tag, len(value)) + value
 
 
+def _command_set(*elements: bytes) -> bytes:
+    """Command Group Length, then the encoded ``elements`` (given in tag order, PS3.7 E.1)."""
+    body = b"".join(elements)
+    return _element(GROUP_LENGTH, _UL.pack(len(body))) + body
+
+
 def event_report(message_id: int, sop_class_uid: str, sop_instance_uid: str, event_type: int) -> bytes:
     """An N-EVENT-REPORT-RQ command set with an Event Information data set following (PS3.7 10.3.1)."""
-    body = b"".join([
+    return _command_set(
         _element(AFFECTED_SOP_CLASS_UID, sop_class_uid.encode()),
         _element(COMMAND_FIELD, _US.pack(N_EVENT_REPORT_RQ)),
         _element(MESSAGE_ID, _US.pack(message_id)),
         _element(COMMAND_DATA_SET_TYPE, _US.pack(DATA_SET_PRESENT)),
         _element(AFFECTED_SOP_INSTANCE_UID, sop_instance_uid.encode()),
         _element(EVENT_TYPE_ID, _US.pack(event_type)),
-    ])
-    return _element(GROUP_LENGTH, _UL.pack(len(body))) + body
+    )
+
+
+def c_store_rq(message_id: int, sop_class_uid: str, sop_instance_uid: str, priority: int) -> bytes:
+    """A C-STORE-RQ command set, its data set following (PS3.7 9.3.1.1)."""
+    return _command_set(
+        _element(AFFECTED_SOP_CLASS_UID, sop_class_uid.encode("ascii")),
+        _element(COMMAND_FIELD, _US.pack(C_STORE_RQ)),
+        _element(MESSAGE_ID, _US.pack(message_id)),
+        _element(PRIORITY, _US.pack(priority)),
+        _element(COMMAND_DATA_SET_TYPE, _US.pack(DATA_SET_PRESENT)),
+        _element(AFFECTED_SOP_INSTANCE_UID, sop_instance_uid.encode("ascii")),
+    )
+
+
+def n_action_rq(message_id: int, sop_class_uid: str, sop_instance_uid: str, action_type: int,
+                with_data_set: bool) -> bytes:
+    """An N-ACTION-RQ command set (PS3.7 10.3.4.1); its Action Information follows ``with_data_set``."""
+    return _command_set(
+        _element(REQUESTED_SOP_CLASS_UID, sop_class_uid.encode("ascii")),
+        _element(COMMAND_FIELD, _US.pack(N_ACTION_RQ)),
+        _element(MESSAGE_ID, _US.pack(message_id)),
+        _element(COMMAND_DATA_SET_TYPE, _US.pack(DATA_SET_PRESENT if with_data_set else NO_DATA_SET)),
+        _element(REQUESTED_SOP_INSTANCE_UID, sop_instance_uid.encode("ascii")),
+        _element(ACTION_TYPE_ID, _US.pack(action_type)),
+    )
 
 
 def response(request: Command, command_field: int, status: int, comment: str | None = None) -> bytes:
@@ -136,7 +166,7 @@ def response(request: Command, command_field: int, status: int, comment: str | N
     sop_class = request.affected_sop_class_uid or request.text(REQUESTED_SOP_CLASS_UID)
     sop_instance = request.affected_sop_instance_uid or request.text(REQUESTED_SOP_INSTANCE_UID)
     action = request.elements.get(ACTION_TYPE_ID) if request.command_field == N_ACTION_RQ else None
-    body = b"".join([
+    return _command_set(
         _element(AFFECTED_SOP_CLASS_UID, sop_class.encode()),
         _element(COMMAND_FIELD, _US.pack(command_field)),
         _element(MESSAGE_ID_BEING_RESPONDED_TO, _US.pack(request.message_id)),
@@ -146,5 +176,4 @@ def response(request: Command, command_field: int, status: int, comment: str | N
         if comment and status != SUCCESS else b"",
         _element(AFFECTED_SOP_INSTANCE_UID, sop_instance.encode()) if sop_instance else b"",
         _element(ACTION_TYPE_ID, action) if action is not None and len(action) == 2 else b"",
-    ])
-    return _element(GROUP_LENGTH, _UL.pack(len(body))) + body
+    )

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import ssl
-import struct
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext
 
 from gateway.dicom import acse, association, dimse
-from gateway.dicom.association import CommandAssembler, ProtocolError
+from gateway.dicom.association import PDU_HEADER, PDV_HEADER, CommandAssembler, ProtocolError, pdvs, read_pdu
 from gateway.dicom.dimse import Command
 
 log = logging.getLogger(__name__)
@@ -49,15 +48,7 @@ ASSOCIATE_AC_LIMIT = 64 * 1024
 ABORT_GRACE_SECONDS = 1.0
 """How long an A-ABORT may take to leave before the connection is dropped: the peer may be why we abort."""
 
-_PDU_HEADER = struct.Struct(">BBI")
-_PDV_HEADER = struct.Struct(">IBB")
-_ELEMENT = struct.Struct("<HHI")
-_US = struct.Struct("<H")
-_UL = struct.Struct("<I")
 _COMMAND, _LAST = 0x01, 0x02
-_PDU_TYPES = frozenset({association.A_ASSOCIATE_RQ, association.A_ASSOCIATE_AC, association.A_ASSOCIATE_RJ,
-                        association.P_DATA_TF, association.A_RELEASE_RQ, association.A_RELEASE_RP_TYPE,
-                        association.A_ABORT})
 _RELEASE_RQ = bytes(A_RELEASE_RQ().encode())
 _REJECT_REASONS = {
     (1, 1): "no reason given",
@@ -146,7 +137,7 @@ async def open_association(
                 peer.host, peer.port, ssl=ssl_context, server_hostname=peer.host if ssl_context else None)
             writer.write(request)
             await writer.drain()
-            pdu_type, pdu = await _read_pdu(reader, ASSOCIATE_AC_LIMIT)
+            pdu_type, pdu = await read_pdu(reader, ASSOCIATE_AC_LIMIT)
         if pdu_type == association.A_ASSOCIATE_RJ and len(pdu) >= 10:
             raise AssociationRejected(pdu[7], pdu[8], pdu[9])
         if pdu_type == association.A_ABORT:
@@ -240,17 +231,6 @@ def _negotiated(pdu: bytes, contexts: Sequence[tuple[str, Sequence[str]]]) -> tu
     return accepted, peer_max_pdu
 
 
-async def _read_pdu(reader: asyncio.StreamReader, limit: int) -> tuple[int, bytes]:
-    header = await reader.readexactly(_PDU_HEADER.size)
-    pdu_type, _, length = _PDU_HEADER.unpack(header)
-    if pdu_type not in _PDU_TYPES:
-        raise ProtocolError(association.REASON_UNRECOGNIZED_PDU, f"unrecognised PDU type 0x{pdu_type:02x}")
-    if length > limit:
-        raise ProtocolError(association.REASON_INVALID_PARAMETER,
-                             f"PDU of {length} bytes exceeds the limit of {limit}")
-    return pdu_type, header + await reader.readexactly(length)
-
-
 class RequestorAssociation:
     """An established association on which we are the requestor; ``release`` it, or use it with ``async with``
     (released on leaving, aborted when leaving with an exception)."""
@@ -268,7 +248,7 @@ class RequestorAssociation:
         self._timeout = timeout
         self._on_event_report = on_event_report
         self._fields = {**fields, "association": self.id}
-        self._room = max(peer_max_pdu - _PDV_HEADER.size, 1) if peer_max_pdu else UNLIMITED_PDV_BYTES
+        self._room = max(peer_max_pdu - PDV_HEADER.size, 1) if peer_max_pdu else UNLIMITED_PDV_BYTES
         self._message_id = 0
         self._requesting = asyncio.Lock()
         """One request of ours at a time (the 1/1 operations window)."""
@@ -315,7 +295,7 @@ class RequestorAssociation:
             first = chunk
         result = await self._request(
             context_id, dimse.C_STORE_RSP,
-            lambda message_id: _c_store_rq(message_id, sop_class_uid, sop_instance_uid, priority),
+            lambda message_id: dimse.c_store_rq(message_id, sop_class_uid, sop_instance_uid, priority),
             _ahead(first, chunks), timeout)
         log.debug("C-STORE answered", extra={**self._fields, "sop_instance_uid": sop_instance_uid,
                                              "status": f"0x{result.status:04x}"})
@@ -328,7 +308,7 @@ class RequestorAssociation:
         self._check_context(context_id)
         return await self._request(
             context_id, dimse.N_ACTION_RSP,
-            lambda message_id: _n_action_rq(message_id, sop_class_uid, sop_instance_uid, action_type,
+            lambda message_id: dimse.n_action_rq(message_id, sop_class_uid, sop_instance_uid, action_type,
                                             bool(data_set)),
             _once(data_set) if data_set else None, timeout)
 
@@ -438,8 +418,8 @@ class RequestorAssociation:
         """One P-DATA-TF PDU of one PDV, waiting until the transport has room for more."""
         if self._ended.is_set() or self._writer.is_closing():
             raise AssociationAborted(self._end_reason or "the association is closing")
-        self._writer.write(_PDU_HEADER.pack(association.P_DATA_TF, 0, len(data) + _PDV_HEADER.size)
-                           + _PDV_HEADER.pack(len(data) + 2, context_id, control))
+        self._writer.write(PDU_HEADER.pack(association.P_DATA_TF, 0, len(data) + PDV_HEADER.size)
+                           + PDV_HEADER.pack(len(data) + 2, context_id, control))
         self._writer.write(data)
         try:
             async with asyncio.timeout(timeout):
@@ -474,9 +454,9 @@ class RequestorAssociation:
     async def _serve(self) -> str:
         """Read PDUs until the association ends; returns how it ended."""
         while True:
-            pdu_type, pdu = await _read_pdu(self._reader, self._read_limit)
+            pdu_type, pdu = await read_pdu(self._reader, self._read_limit)
             if pdu_type == association.P_DATA_TF:
-                self._p_data(memoryview(pdu)[_PDU_HEADER.size :])
+                self._p_data(memoryview(pdu)[PDU_HEADER.size :])
             elif pdu_type == association.A_RELEASE_RQ:
                 if self._releasing:
                     # release collision (PS3.8 7.2.2): the requestor answers, then waits for the acceptor's RP
@@ -511,18 +491,7 @@ class RequestorAssociation:
         self._writer.close()
 
     def _p_data(self, body: memoryview) -> None:
-        offset, end = 0, len(body)
-        while offset < end:
-            if end - offset < _PDV_HEADER.size:
-                raise ProtocolError(association.REASON_INVALID_PARAMETER, "PDV header truncated")
-            length, context_id, control = _PDV_HEADER.unpack_from(body, offset)
-            if length < 2 or offset + 4 + length > end:
-                raise ProtocolError(association.REASON_INVALID_PARAMETER, "PDV longer than its PDU")
-            if context_id not in self._accepted:
-                raise ProtocolError(association.REASON_INVALID_PARAMETER,
-                                     f"PDV on presentation context {context_id} that was not accepted")
-            fragment = body[offset + _PDV_HEADER.size : offset + 4 + length]
-            offset += 4 + length
+        for context_id, fragment, control in pdvs(body, self._accepted):
             if control & _COMMAND:
                 self._command_fragment(context_id, fragment, last=bool(control & _LAST))
             else:
@@ -608,36 +577,3 @@ async def _ahead(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[byte
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
-
-
-def _command_set(*elements: tuple[int, bytes]) -> bytes:
-    """Command Group Length, then ``elements`` (given in tag order), each value padded to even length with NUL
-    (values here are UIDs and unsigned shorts)."""
-    body = b"".join(_ELEMENT.pack(0x0000, tag, len(value) + len(value) % 2) + value + b"\x00" * (len(value) % 2)
-                    for tag, value in elements)
-    return _ELEMENT.pack(0x0000, dimse.GROUP_LENGTH, _UL.size) + _UL.pack(len(body)) + body
-
-
-def _c_store_rq(message_id: int, sop_class_uid: str, sop_instance_uid: str, priority: int) -> bytes:
-    """PS3.7 9.3.1.1."""
-    return _command_set(
-        (dimse.AFFECTED_SOP_CLASS_UID, sop_class_uid.encode("ascii")),
-        (dimse.COMMAND_FIELD, _US.pack(dimse.C_STORE_RQ)),
-        (dimse.MESSAGE_ID, _US.pack(message_id)),
-        (dimse.PRIORITY, _US.pack(priority)),
-        (dimse.COMMAND_DATA_SET_TYPE, _US.pack(dimse.DATA_SET_PRESENT)),
-        (dimse.AFFECTED_SOP_INSTANCE_UID, sop_instance_uid.encode("ascii")),
-    )
-
-
-def _n_action_rq(message_id: int, sop_class_uid: str, sop_instance_uid: str, action_type: int,
-                 with_data_set: bool) -> bytes:
-    """PS3.7 10.3.4.1."""
-    return _command_set(
-        (dimse.REQUESTED_SOP_CLASS_UID, sop_class_uid.encode("ascii")),
-        (dimse.COMMAND_FIELD, _US.pack(dimse.N_ACTION_RQ)),
-        (dimse.MESSAGE_ID, _US.pack(message_id)),
-        (dimse.COMMAND_DATA_SET_TYPE, _US.pack(dimse.DATA_SET_PRESENT if with_data_set else dimse.NO_DATA_SET)),
-        (dimse.REQUESTED_SOP_INSTANCE_UID, sop_instance_uid.encode("ascii")),
-        (dimse.ACTION_TYPE_ID, _US.pack(action_type)),
-    )
