@@ -23,7 +23,7 @@ from gateway.dicom.acse import UNCOMPRESSED
 from gateway.dicom.association import REASON_NOT_SPECIFIED, ProtocolError
 from gateway.dicom.dimse import Command
 from gateway.dicom.service import AssociationContext, DataSetSink, Response
-from gateway.ingest.stgcmt import ACTION_INFORMATION_LIMIT, REFERENCES_PER_RECORD, ActionTooLarge
+from gateway.ingest.stgcmt import REFERENCES_PER_RECORD, WholeDataSet
 from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,8 @@ class CommitmentReportService:
             return _refused(0x0113, "Event Type ID must be 1 or 2")  # No such event type
         if not request.has_data_set:
             return _refused(dimse.PROCESSING_FAILURE, "N-EVENT-REPORT without Event Information")
-        return _EventInformation(self, association, event_type, context_id)
+        return WholeDataSet("N-EVENT-REPORT", "Event Information",
+                            lambda data: self.reported(association, event_type, context_id, data))
 
     async def reported(self, association: AssociationContext, event_type: int, context_id: int,
                        data: bytes) -> Response:
@@ -86,29 +87,6 @@ class CommitmentReportService:
             "transaction_uid": information.transaction_uid, "committed": len(information.committed),
             "failed": len(information.failed), "records": len(records)})
         return Response(dimse.SUCCESS)
-
-
-class _EventInformation:
-    """An N-EVENT-REPORT's data set, gathered whole (a list of references, bounded)."""
-
-    def __init__(self, service: CommitmentReportService, association: AssociationContext, event_type: int,
-                 context_id: int) -> None:
-        self._service = service
-        self._association = association
-        self._event_type = event_type
-        self._context_id = context_id
-        self._data = bytearray()
-
-    async def write(self, fragment: memoryview) -> None:
-        self._data += fragment
-        if len(self._data) > ACTION_INFORMATION_LIMIT:
-            raise ActionTooLarge("Event Information larger than 32 MiB")
-
-    async def finish(self) -> Response:
-        return await self._service.reported(self._association, self._event_type, self._context_id, bytes(self._data))
-
-    async def abort(self, reason: str) -> None:
-        self._data = bytearray()
 
 
 def _refused(status: int, comment: str) -> Response:

@@ -74,7 +74,8 @@ class StorageCommitmentService:
             return _refused(dimse.NOT_AUTHORIZED, f"{association.calling_ae} is not a configured remote AE")
         if not request.has_data_set:
             return _refused(dimse.PROCESSING_FAILURE, "N-ACTION without Action Information")
-        return _ActionInformation(self, association, request, context_id)
+        return WholeDataSet("N-ACTION", "Action Information",
+                            lambda data: self.requested(association, request, context_id, data))
 
     async def requested(self, association: AssociationContext, request: Command, context_id: int,
                         data: bytes) -> Response:
@@ -173,25 +174,24 @@ class StorageCommitmentService:
         return web.json_response({"event_type": event_type})
 
 
-class _ActionInformation:
-    """An N-ACTION's data set, gathered whole (it is a list of references, bounded)."""
+class WholeDataSet:
+    """A request's data set gathered whole, up to ``ACTION_INFORMATION_LIMIT`` (a list of references: an
+    N-ACTION's Action Information, an N-EVENT-REPORT's Event Information), then handed to ``finished``."""
 
-    def __init__(self, service: StorageCommitmentService, association: AssociationContext, request: Command,
-                 context_id: int) -> None:
-        self._service = service
-        self._association = association
+    def __init__(self, request: str, what: str, finished: Callable[[bytes], Awaitable[Response]]) -> None:
         self._request = request
-        self._context_id = context_id
+        self._what = what
+        self._finished = finished
         self._data = bytearray()
 
     async def write(self, fragment: memoryview) -> None:
         self._data += fragment
         if len(self._data) > ACTION_INFORMATION_LIMIT:
-            log.warning("N-ACTION refused", extra={"reason": "Action Information larger than 32 MiB"})
-            raise ActionTooLarge("Action Information larger than 32 MiB")
+            log.warning(f"{self._request} refused", extra={"reason": f"{self._what} larger than 32 MiB"})
+            raise ActionTooLarge(f"{self._what} larger than 32 MiB")
 
     async def finish(self) -> Response:
-        return await self._service.requested(self._association, self._request, self._context_id, bytes(self._data))
+        return await self._finished(bytes(self._data))
 
     async def abort(self, reason: str) -> None:
         self._data = bytearray()
