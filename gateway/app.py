@@ -146,8 +146,9 @@ def forward_pool(settings: Settings, bus: Bus, metrics: Metrics) -> EventPool:
     if not forward.destinations:
         raise SettingsError("the forward role needs GATEWAY_FORWARD__DESTINATIONS (where to forward to)")
     dicom = settings.dicom
-    policy = SendPolicy(dicom.ae_title, forward.association_timeout_seconds, forward.retry_initial_seconds,
-                        forward.retry_max_seconds, forward.retry_max_attempts, forward.commitment_timeout_seconds,
+    retry = RetryPolicy(forward.retry_initial_seconds, forward.retry_max_seconds, forward.retry_max_attempts,
+                        forward.lease_seconds)
+    policy = SendPolicy(dicom.ae_title, forward.association_timeout_seconds, retry, forward.commitment_timeout_seconds,
                         forward.report_wait_seconds, ClientTls(dicom.tls.cert_file, dicom.tls.key_file,
                                                                dicom.tls.ca_file))
 

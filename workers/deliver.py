@@ -47,6 +47,10 @@ class RetryPolicy:
     lease_seconds: float
     """Longer than one attempt can take, so a live worker's claim never lapses."""
 
+    def delay(self, failures: int) -> float:
+        """Back-off after ``failures`` failed attempts in a row: doubling from the initial delay, capped."""
+        return float(min(self.initial_seconds * 2 ** max(failures - 1, 0), self.max_seconds))
+
 
 class Deliverer:
     def __init__(self, index: OutboundQueue, senders: Mapping[str, Sender], producer: Producer, topics: TopicSettings,
@@ -116,7 +120,7 @@ class Deliverer:
         attempts = delivery.attempts + 1
         now = time.time()
         if not refused and attempts < self._retry.max_attempts:
-            delay = min(self._retry.initial_seconds * 2 ** (attempts - 1), self._retry.max_seconds)
+            delay = self._retry.delay(attempts)
             await self._index.finish_attempt(delivery.delivery_id, DeliveryState.PENDING, error, now + delay, now)
             self._metrics.deliveries.labels(delivery.kind, "retry").inc()
             log.warning("delivery failed, will retry", extra={

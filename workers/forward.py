@@ -162,10 +162,8 @@ class ForwardStage:
             self._backoff_until.pop(destination.name, None)
             self._running[destination.name].discard(asyncio.current_task())
             await self._fill(destination)
-        except Unreachable:
-            failures = max(item.attempts for item in items) + 1
-            self._backoff_until[destination.name] = time.time() + min(
-                self._settings.retry_initial_seconds * 2 ** (failures - 1), self._settings.retry_max_seconds)
+        except Unreachable as exc:
+            self._backoff_until[destination.name] = exc.retry_at
         except Exception as exc:
             log.warning("forwarding a batch failed; its instances come due again when their lease ends",
                         exc_info=exc, extra={"destination": destination.name})

@@ -36,6 +36,7 @@ from gateway.index import Forwarding, ForwardItem, ForwardResult, ForwardState, 
 from gateway.metrics import Metrics
 from gateway.objects import ObjectNotFound, ObjectStore, ObjectStoreError
 from gateway.settings import ForwardDestination
+from workers.deliver import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +57,19 @@ class SendPolicy:
     calling_ae: str
     timeout: float
     """Connecting, negotiating, and each response."""
-    retry_initial_seconds: float
-    retry_max_seconds: float
-    retry_max_attempts: int
+    retry: RetryPolicy
     commitment_timeout_seconds: float
     report_wait_seconds: float
     tls: ClientTls = ClientTls()
 
-    def backoff(self, failures: int) -> float:
-        return float(min(self.retry_initial_seconds * 2 ** max(failures - 1, 0), self.retry_max_seconds))
-
 
 class Unreachable(Exception):
-    """The destination could not take the batch at all; the message says why (no patient data)."""
+    """The destination could not take the batch at all; the message says why (no patient data), ``retry_at``
+    when to try it again."""
+
+    def __init__(self, reason: str, retry_at: float) -> None:
+        super().__init__(reason)
+        self.retry_at = retry_at
 
 
 class _Pacer:
@@ -125,8 +126,9 @@ class BatchSender:
                 scp_roles=(commitment.STORAGE_COMMITMENT_PUSH_MODEL,) if commits and self._policy.report_wait_seconds
                 else (), on_event_report=lambda command, data: self._report_here(destination, data))
         except (OSError, TimeoutError) as exc:
-            await self._unreachable(destination, list(pending.values()), f"cannot associate: {describe(exc)}")
-            raise Unreachable(describe(exc)) from exc
+            retry_at = await self._unreachable(destination, list(pending.values()),
+                                               f"cannot associate: {describe(exc)}")
+            raise Unreachable(describe(exc), retry_at) from exc
         self._metrics.forward_associations.labels(name).inc()
         try:
             await self._index.update_forward_destination(name, time.time(), succeeded=True)
@@ -141,8 +143,9 @@ class BatchSender:
             await association.release(self._policy.timeout)
         except (OSError, TimeoutError) as exc:
             await association.abort()
-            await self._unreachable(destination, list(pending.values()), f"association failed: {describe(exc)}")
-            raise Unreachable(describe(exc)) from exc
+            retry_at = await self._unreachable(destination, list(pending.values()),
+                                               f"association failed: {describe(exc)}")
+            raise Unreachable(describe(exc), retry_at) from exc
         except _Broken as exc:
             await association.abort()
             await self._index.record_forward_results(name, [exc.result], time.time())
@@ -231,11 +234,11 @@ class BatchSender:
 
     def _later(self, destination: str, item: ForwardItem, error: str) -> ForwardResult:
         attempts = item.attempts + 1
-        if attempts >= self._policy.retry_max_attempts:
+        if attempts >= self._policy.retry.max_attempts:
             return self._failed(destination, item, f"{error} (after {attempts} attempts)")
         self._metrics.forwarded.labels(destination, "retry").inc()
         return ForwardResult(item.sop_instance_uid, item.version, ForwardState.QUEUED,
-                             due_at=time.time() + self._policy.backoff(attempts), error=error, failed_attempt=True)
+                             due_at=time.time() + self._policy.retry.delay(attempts), error=error, failed_attempt=True)
 
     async def _request(self, association: RequestorAssociation, destination: ForwardDestination,
                        awaiting: list[ForwardItem]) -> None:
@@ -267,7 +270,7 @@ class BatchSender:
 
     async def _undo(self, transaction: ForwardTransaction, awaiting: list[ForwardItem], error: str) -> None:
         attempts = max(item.attempts for item in awaiting) + 1
-        due = time.time() + self._policy.backoff(attempts)
+        due = time.time() + self._policy.retry.delay(attempts)
         await self._index.cancel_forward_commitment(transaction.transaction_uid, due, error)
         log.warning("storage commitment not requested", extra={
             "destination": transaction.destination, "transaction_uid": transaction.transaction_uid, "reason": error})
@@ -282,27 +285,29 @@ class BatchSender:
         await self._apply_report(information, destination.ae_title)
         return dimse.SUCCESS
 
-    async def _unreachable(self, destination: ForwardDestination, items: list[ForwardItem], error: str) -> None:
+    async def _unreachable(self, destination: ForwardDestination, items: list[ForwardItem], error: str) -> float:
         """Hand the batch back with back-off; each instance's attempts count, so a destination that stays away
-        fails its instances once the retry budget is spent (re-drivable) instead of holding them forever."""
+        fails its instances once the retry budget is spent (re-drivable) instead of holding them forever.
+        Returns when the destination is worth trying again."""
         now = time.time()
         results = []
         for item in items:
             attempts = item.attempts + 1
-            if attempts >= self._policy.retry_max_attempts:
+            if attempts >= self._policy.retry.max_attempts:
                 results.append(ForwardResult(item.sop_instance_uid, item.version, ForwardState.FAILED,
                                              error=f"{error} (after {attempts} attempts)", failed_attempt=True))
             else:
                 results.append(ForwardResult(item.sop_instance_uid, item.version, item.state,
-                                             due_at=now + self._policy.backoff(attempts), error=error,
+                                             due_at=now + self._policy.retry.delay(attempts), error=error,
                                              failed_attempt=True))
         await self._index.record_forward_results(destination.name, results, now)
         failures = max((item.attempts for item in items), default=0) + 1
-        await self._index.update_forward_destination(destination.name, now, error=error,
-                                                     backoff_until=now + self._policy.backoff(failures))
+        retry_at = now + self._policy.retry.delay(failures)
+        await self._index.update_forward_destination(destination.name, now, error=error, backoff_until=retry_at)
         self._metrics.forwarded.labels(destination.name, "retry").inc(len(items))
         log.warning("destination unreachable; batch handed back", extra={
             "destination": destination.name, "reason": error, "instances": len(items)})
+        return retry_at
 
     async def _hand_back(self, destination: str, items: list[ForwardItem], due_at: float) -> None:
         """Release items untried (stopping, or left for another association)."""
