@@ -142,11 +142,13 @@ async def request_commitment(port: int, references: list[tuple[str, str]], calli
 
 
 @asynccontextmanager
-async def running(tmp_path: Path, **sections: Any) -> AsyncIterator[Gateway]:
+async def running(tmp_path: Path, roles: list[str] | None = None, **sections: Any) -> AsyncIterator[Gateway]:
+    """The gateway in-process, yielded once ready: the roles these tests need (or ``roles``), with settings
+    ``sections`` over fast test defaults."""
     settings = Settings(
         data_dir=tmp_path / "data",
         dicom={"host": "127.0.0.1", "port": free_port(), **sections.pop("dicom", {})},
-        http={"host": "127.0.0.1", "port": free_port()},
+        http={"host": "127.0.0.1", "port": free_port(), **sections.pop("http", {})},
         internal={"host": "127.0.0.1", "port": free_port()},
         embedded_bus={"poll_interval_seconds": 0.01},
         notify={"retry_initial_seconds": 0.5, "retry_max_seconds": 2, **sections.pop("notify", {})},
@@ -154,8 +156,8 @@ async def running(tmp_path: Path, **sections: Any) -> AsyncIterator[Gateway]:
         runtime={"drain_timeout_seconds": 5},
         **sections,
     )
-    roles = ["receiver", "store", "notify", "api", *(["register"] if settings.xds.enabled else []),
-             *(["forward"] if settings.forward.destinations else [])]
+    roles = roles or ["receiver", "store", "notify", "api", *(["register"] if settings.xds.enabled else []),
+                      *(["forward"] if settings.forward.destinations else [])]
     server = asyncio.create_task(_serve(settings, roles, None, None))
     gateway = Gateway(settings)
     try:

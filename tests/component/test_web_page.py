@@ -9,7 +9,7 @@ import asyncio
 import shutil
 import warnings
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,45 +18,17 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from gateway.cli import _serve
-from gateway.settings import Settings
-from tests.component.test_notify_embedded import CT, Gateway
-from tests.helpers import api_headers, free_port
+from tests.component.test_notify_embedded import CT, Gateway, running
+from tests.helpers import api_headers
 
 READER = "reader-token-" + "r" * 20
 ARCHIVE = {"name": "regional-pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 9, "storage_commitment": False}
 
 
-@asynccontextmanager
-async def gateway(tmp_path: Path, roles: list[str], **http: Any) -> AsyncIterator[Gateway]:
+def gateway(tmp_path: Path, roles: list[str], **http: Any) -> AbstractAsyncContextManager[Gateway]:
     """The gateway in-process with ``roles``, one forwarding destination configured; yields once ready."""
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        dicom={"host": "127.0.0.1", "port": free_port()},
-        http={"host": "127.0.0.1", "port": free_port(), **http},
-        internal={"host": "127.0.0.1", "port": free_port()},
-        embedded_bus={"poll_interval_seconds": 0.01},
-        forward={"destinations": [ARCHIVE], "retry_initial_seconds": 60, "retry_max_seconds": 60},
-        runtime={"drain_timeout_seconds": 5},
-    )
-    server = asyncio.create_task(_serve(settings, roles, None, None))
-    running = Gateway(settings)
-    try:
-        async with asyncio.timeout(30), aiohttp.ClientSession() as session:
-            while True:
-                if server.done():
-                    server.result()
-                try:
-                    async with session.get(f"{running.api}/readyz") as response:
-                        if response.status == 200:
-                            break
-                except (OSError, aiohttp.ClientError):
-                    pass
-                await asyncio.sleep(0.05)
-        yield running
-    finally:
-        server.cancel()
-        await asyncio.gather(server, return_exceptions=True)
+    return running(tmp_path, roles, http=http,
+                   forward={"destinations": [ARCHIVE], "retry_initial_seconds": 60, "retry_max_seconds": 60})
 
 
 def todays_study(tmp_path: Path) -> tuple[Path, pydicom.Dataset]:
