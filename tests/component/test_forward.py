@@ -377,9 +377,10 @@ async def test_reports_are_taken_only_from_destinations_and_an_unknown_transacti
     is answered Success (the archive must not retry it forever) and changes nothing."""
     gateway_port = free_port()
 
-    def report_from(calling_ae: str) -> int:
+    def report_from(calling_ae: str, event_type: int = 1, transaction: bool = True) -> int:
         report = Dataset()
-        report.TransactionUID = generate_uid()
+        if transaction:
+            report.TransactionUID = generate_uid()
         item = Dataset()
         item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = str(CTImageStorage), generate_uid()
         report.ReferencedSOPSequence = [item]
@@ -390,7 +391,7 @@ async def test_reports_are_taken_only_from_destinations_and_an_unknown_transacti
         if not assoc.is_established:
             return -1
         try:
-            status, _ = assoc.send_n_event_report(report, 1, StorageCommitmentPushModel,
+            status, _ = assoc.send_n_event_report(report, event_type, StorageCommitmentPushModel,
                                                   commitment.STORAGE_COMMITMENT_INSTANCE)
             return int(status.Status)
         finally:
@@ -402,10 +403,14 @@ async def test_reports_are_taken_only_from_destinations_and_an_unknown_transacti
         from_archive = await asyncio.to_thread(report_from, "ARCHIVE")
         from_stranger = await asyncio.to_thread(report_from, "STRANGER")
         from_unknown = await asyncio.to_thread(report_from, "NOBODY")
+        wrong_event = await asyncio.to_thread(report_from, "ARCHIVE", 3)
+        no_transaction = await asyncio.to_thread(report_from, "ARCHIVE", 1, False)
         metrics = await _metrics(gateway)
         _, destinations = await _get(gateway, "/api/forward/destinations")
     assert from_archive == 0x0000
     assert from_stranger == 0x0110
     assert from_unknown == -1, "not on the allow-list nor a destination: the association is rejected"
+    assert wrong_event == 0x0113, "no such event type"
+    assert no_transaction == 0x0110, "Event Information without a Transaction UID"
     assert 'dicomgw_commitment_reports_received_total{calling_ae="ARCHIVE"} 1.0' in metrics
     assert destinations[0]["instances"] == {}
