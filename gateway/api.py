@@ -34,6 +34,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import asdict
 from datetime import UTC, datetime
 from types import TracebackType
@@ -43,7 +44,7 @@ from aiohttp import web
 
 from gateway import dead_letter
 from gateway.auth import PRINCIPAL, Role, requires
-from gateway.bus import Bus
+from gateway.bus import Bus, Producer
 from gateway.index import (
     FINISHED_FORWARD_STATES,
     Commitment,
@@ -56,6 +57,9 @@ from gateway.index import (
     Registration,
     StudyActivity,
 )
+from gateway.metrics import Metrics
+from gateway.objects import ObjectStore
+from gateway.retrieve.dicomweb import DicomWeb
 from gateway.settings import Settings
 from gateway.web import routes as page_routes
 from gateway.xds.client import XdsClient, XdsError
@@ -71,8 +75,15 @@ _REPORT = "commitment-report"
 class Api:
     name = "api"
 
-    def __init__(self, open_index: Callable[[], Awaitable[Index]], bus: Bus, settings: Settings) -> None:
+    def __init__(self, open_index: Callable[[], Awaitable[Index]], bus: Bus, settings: Settings,
+                 open_objects: Callable[[], ObjectStore], metrics: Metrics) -> None:
+        """DICOMweb (``gateway.retrieve.dicomweb``) is served too when ``query.enabled``: it reads the object
+        store and publishes STOW-RS instances into the bus."""
         self._open_index = open_index
+        self._open_objects = open_objects
+        self._objects: ObjectStore | None = None
+        self._producer: Producer | None = None
+        self._stack = AsyncExitStack()
         self._bus = bus
         self._settings = settings
         self._topics = settings.topics
@@ -96,10 +107,22 @@ class Api:
             web.get("/api/settings", self._effective_settings),
             *page_routes,
         ]
+        if settings.query.enabled:
+            self.routes.extend(DicomWeb(self._ready_index, self._ready_objects, self._ready_producer, settings,
+                                        metrics).routes)
 
     async def __aenter__(self) -> Api:
-        self._index = await self._open_index()
-        await self._index.migrate()
+        try:
+            self._index = await self._open_index()
+            self._stack.push_async_callback(self._index.close)
+            await self._index.migrate()
+            if self._settings.query.enabled:
+                self._objects = self._open_objects()
+                self._stack.push_async_callback(self._objects.close)
+                self._producer = await self._stack.enter_async_context(self._bus.producer())
+        except BaseException:
+            await self._stack.aclose()
+            raise
         return self
 
     async def wait(self) -> None:
@@ -107,13 +130,22 @@ class Api:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        if self._index is not None:
-            await self._index.close()
+        await self._stack.aclose()
 
     def _ready_index(self) -> Index:
         if self._index is None:
             raise web.HTTPServiceUnavailable(text="the index is not open yet")
         return self._index
+
+    def _ready_objects(self) -> ObjectStore:
+        if self._objects is None:
+            raise web.HTTPServiceUnavailable(text="the object store is not open yet")
+        return self._objects
+
+    def _ready_producer(self) -> Producer:
+        if self._producer is None:
+            raise web.HTTPServiceUnavailable(text="the bus is not open yet")
+        return self._producer
 
     @requires(Role.READER)
     async def _studies(self, request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ from gateway.bus import Bus, Producer
 from gateway.bus.embedded import EmbeddedBus
 from gateway.bus.kafka import KafkaBus
 from gateway.dicom.scu import ClientTls, Outbound, RemoteAE
+from gateway.dicom.service import DimseService
 from gateway.disk import DiskSpace
 from gateway.http import Endpoints, internal_secret
 from gateway.index import CorrectionPolicy, Index
@@ -22,6 +23,7 @@ from gateway.metrics import Metrics
 from gateway.objects import ObjectStore
 from gateway.objects.filesystem import FilesystemObjectStore
 from gateway.objects.s3 import S3ObjectStore
+from gateway.retrieve import Holdings, find, move
 from gateway.runtime import Role
 from gateway.settings import DicomSettings, Settings, SettingsError
 from gateway.xds.client import XdsClient
@@ -166,6 +168,18 @@ def forward_pool(settings: Settings, bus: Bus, metrics: Metrics) -> EventPool:
                      settings.runtime.drain_timeout_seconds)
 
 
+def retrieval(settings: Settings, metrics: Metrics) -> tuple[Holdings, list[DimseService]] | None:
+    """C-FIND, C-MOVE and C-GET for the receiver's acceptor, reading the index and object store it opens on
+    first use."""
+    if not settings.query.enabled:
+        return None
+    dicom = settings.dicom
+    holdings = Holdings(lambda: open_index(settings), lambda: build_objects(settings))
+    outbound = build_outbound(dicom, dicom.dimse_timeout_seconds)
+    return holdings, [find.QueryService(holdings, settings.query, dicom.ae_title, metrics),
+                      move.RetrieveService(holdings, settings.query, outbound, metrics)]
+
+
 def build_roles(names: Sequence[str], settings: Settings, bus: Bus, metrics: Metrics,
                 endpoints: Endpoints, space: DiskSpace | None = None) -> list[Role]:
     """``endpoints`` is filled in by the runtime once the internal port is bound, before the roles start;
@@ -176,8 +190,9 @@ def build_roles(names: Sequence[str], settings: Settings, bus: Bus, metrics: Met
                                      reply_to=(lambda: endpoints.internal_url)
                                      if settings.notify.report_on_same_association else None,
                                      shortage=(lambda: space.shortage) if space is not None else lambda: None,
-                                     destinations=[d.ae_title for d in settings.forward.destinations]),
-        "api": lambda: Api(lambda: open_index(settings), bus, settings),
+                                     destinations=[d.ae_title for d in settings.forward.destinations],
+                                     retrieval=retrieval(settings, metrics)),
+        "api": lambda: Api(lambda: open_index(settings), bus, settings, lambda: build_objects(settings), metrics),
         "store": lambda: store_pool(settings, bus, metrics),
         "register": lambda: register_pool(settings, bus, metrics),
         "notify": lambda: notify_pool(settings, bus, metrics),

@@ -128,6 +128,18 @@ class Metrics:
         self.forward_associations = Gauge(
             "dicomgw_forward_associations_open", "Associations open to each destination", ["destination"], registry=r,
         )
+        self.queries = Counter(
+            "dicomgw_queries_total", "Queries by interface (dimse, qido) and outcome (answered, invalid, too_many, "
+            "failed)", ["interface", "outcome"], registry=r,
+        )
+        self.retrieved = Counter(
+            "dicomgw_retrieved_instances_total", "Instances sent by retrieves, by interface (c-move, c-get, wado) "
+            "and outcome (completed, warning, failed)", ["interface", "outcome"], registry=r,
+        )
+        self.retrieved_bytes = Counter(
+            "dicomgw_retrieved_bytes_total", "Bytes of the stored objects retrieves sent, by interface",
+            ["interface"], registry=r,
+        )
         self.http_auth_failures = Counter(
             "dicomgw_http_auth_failures_total", "HTTP requests refused: no, unknown, invalid or insufficient token",
             ["reason"], registry=r,

@@ -52,6 +52,9 @@ class AllowedAE(_Section):
     """Transfer syntaxes to prefer from this AE, before ``dicom.transfer_syntax_preference``."""
     max_associations: int | None = Field(None, ge=1)
     """Associations this AE may hold at once; unset: ``dicom.max_associations_per_ae``."""
+    permissions: frozenset[Literal["store", "query", "retrieve"]] = frozenset({"store"})
+    """What it may do: C-STORE (and storage commitment), C-FIND, C-MOVE/C-GET. Query and retrieve show patient
+    data, so they are only ever granted here, by name."""
 
     @field_validator("networks", mode="before")
     @classmethod
@@ -374,6 +377,22 @@ class NotifySettings(_Section):
     association_timeout_seconds: float = Field(30.0, gt=0)
 
 
+class QuerySettings(_Section):
+    """Query/retrieve: C-FIND, C-MOVE and C-GET on the DICOM port, QIDO-RS, WADO-RS and STOW-RS on the API."""
+
+    enabled: bool = True
+    """Offer the query/retrieve SOP Classes (to AEs whose ``permissions`` allow them) and DICOMweb."""
+    max_results: int = Field(1000, ge=1)
+    """Matches a C-FIND may return; a query matching more is refused with 0xA700 before any is sent (narrow it).
+    Also the largest QIDO-RS ``limit``."""
+    default_limit: int = Field(100, ge=1)
+    """QIDO-RS page size when the request gives no ``limit``."""
+    case_insensitive_names: bool = True
+    """Person names (PN) match regardless of case (``MÄKELÄ`` finds ``Mäkelä``); other text matches exactly."""
+    max_retrieve_instances: int = Field(65535, ge=1, le=65535)
+    """Instances one C-MOVE or C-GET may retrieve (the sub-operation counts are 16-bit); more: 0xA701."""
+
+
 class XdsSettings(_Section):
     """XDS-I.b registration of stable studies (RAD-68), registry queries (ITI-18), and when a study is stable."""
 
@@ -555,6 +574,7 @@ class Settings(BaseSettings):
     notify: NotifySettings = NotifySettings()
     xds: XdsSettings = XdsSettings()
     forward: ForwardSettings = ForwardSettings()
+    query: QuerySettings = QuerySettings()
     runtime: RuntimeSettings = RuntimeSettings()
     log: LogSettings = LogSettings()
 

@@ -25,13 +25,13 @@ from dataclasses import dataclass, replace
 from pydicom.uid import generate_uid
 
 from gateway.core.errors import describe
-from gateway.dicom import commitment, dimse
-from gateway.dicom.acse import EXPLICIT_LITTLE, IMPLICIT_LITTLE
+from gateway.dicom import commitment, contexts, dimse
+from gateway.dicom.acse import IMPLICIT_LITTLE
 from gateway.dicom.dataset import encode
 from gateway.dicom.requestor import Peer, RequestorAssociation, open_association
 from gateway.dicom.scu import ClientTls, client_tls_context
 from gateway.dicom.service import VERIFICATION
-from gateway.dicom.transcode import CannotTranscode, NotPart10, can_transcode, open_part10, transcode
+from gateway.dicom.transcode import CannotTranscode, NotPart10, open_part10, transcode
 from gateway.index import Forwarding, ForwardItem, ForwardResult, ForwardState, ForwardTransaction
 from gateway.metrics import Metrics
 from gateway.objects import ObjectNotFound, ObjectStore, ObjectStoreError
@@ -40,9 +40,6 @@ from workers.deliver import RetryPolicy
 
 log = logging.getLogger(__name__)
 
-MAX_CONTEXTS = 128
-"""Presentation contexts one association can carry (PS3.8 9.3.2.2: odd IDs 1-255)."""
-_UNCOMPRESSED = (EXPLICIT_LITTLE, IMPLICIT_LITTLE)
 _STORED_WARNINGS = (0xB000, 0xB006, 0xB007)
 RESULTS_PER_WRITE = 32
 _LATER = (0x0110, 0x0213)
@@ -114,13 +111,13 @@ class BatchSender:
         pending = {item.sop_instance_uid: item for item in items}
         to_send = [item for item in items if item.state is ForwardState.QUEUED]
         commits = destination.storage_commitment
-        contexts, left_out = _contexts(destination, to_send, commits)
+        proposed, left_out = _contexts(destination, to_send, commits)
         if left_out:  # classes beyond one association's contexts: the next batch takes them
             await self._hand_back(name, [pending.pop(item.sop_instance_uid) for item in left_out], time.time())
             to_send = [item for item in to_send if item.sop_instance_uid in pending]
         try:
             association = await open_association(
-                Peer(destination.host, destination.port, destination.ae_title), self._policy.calling_ae, contexts,
+                Peer(destination.host, destination.port, destination.ae_title), self._policy.calling_ae, proposed,
                 timeout=self._policy.timeout,
                 ssl_context=client_tls_context(self._policy.tls) if destination.tls else None,
                 scp_roles=(commitment.STORAGE_COMMITMENT_PUSH_MODEL,) if commits and self._policy.report_wait_seconds
@@ -195,7 +192,8 @@ class BatchSender:
                 meta, data_set = await open_part10(chunks)
             except NotPart10 as exc:
                 return self._failed(name, item, f"the stored object is not a Part 10 file: {exc}")
-            chosen = _choose(association, destination, item.sop_class_uid, meta.transfer_syntax_uid)
+            chosen = contexts.choose(association.contexts(item.sop_class_uid), meta.transfer_syntax_uid,
+                                     destination.transfer_syntaxes)
             if chosen is None:
                 accepted = ", ".join(association.accepted_syntaxes(item.sop_class_uid)) or "none"
                 return self._failed(name, item, f"no acceptable transfer syntax: stored "
@@ -318,45 +316,14 @@ class BatchSender:
 
 def _contexts(destination: ForwardDestination, items: list[ForwardItem],
               commits: bool) -> tuple[list[tuple[str, list[str]]], list[ForwardItem]]:
-    """Per SOP Class: one context per stored syntax the destination may take, and one with the uncompressed
-    syntaxes the stored ones convert to losslessly; then the commitment context, and Verification, which every
+    """The instances' contexts (``contexts.propose``), then the commitment context, and Verification, which every
     archive accepts: dcmtk's storescp rejects an association none of whose contexts it accepts, and an instance
     it cannot take must fail by itself, not hold the study back as if the archive were away. Items of classes
     that do not fit in one association come back as left out."""
-    allowed = set(destination.transfer_syntaxes)
-    stored: dict[str, list[str]] = {}
-    for item in items:
-        syntaxes = stored.setdefault(item.sop_class_uid, [])
-        if item.transfer_syntax_uid not in syntaxes:
-            syntaxes.append(item.transfer_syntax_uid)
-    room = MAX_CONTEXTS - (2 if commits else 1)
-    contexts: list[tuple[str, list[str]]] = []
-    taken: set[str] = set()
-    for sop_class, syntaxes in stored.items():
-        own = [[ts] for ts in syntaxes if not allowed or ts in allowed]
-        converted = [ts for ts in _UNCOMPRESSED if (not allowed or ts in allowed)
-                     and any(ts != source and can_transcode(source, ts) for source in syntaxes)]
-        wanted = [*own, *([converted] if converted else [])] or [[syntaxes[0]]]
-        if len(contexts) + len(wanted) > room:
-            break
-        contexts.extend((sop_class, list(ts)) for ts in wanted)
-        taken.add(sop_class)
+    stored = contexts.stored_syntaxes((item.sop_class_uid, item.transfer_syntax_uid) for item in items)
+    proposed = contexts.propose(stored, destination.transfer_syntaxes, contexts.MAX_CONTEXTS - (2 if commits else 1))
+    taken = {sop_class for sop_class, _ in proposed}
     if commits:
-        contexts.append((commitment.STORAGE_COMMITMENT_PUSH_MODEL, [IMPLICIT_LITTLE]))
-    contexts.append((VERIFICATION, [IMPLICIT_LITTLE]))
-    return contexts, [item for item in items if item.sop_class_uid not in taken]
-
-
-def _choose(association: RequestorAssociation, destination: ForwardDestination, sop_class: str,
-            stored: str) -> tuple[int, str] | None:
-    """The context and syntax to send in: as stored if accepted, else a lossless conversion accepted."""
-    allowed = set(destination.transfer_syntaxes)
-    context_id = association.context_for(sop_class, stored)
-    if context_id is not None and (not allowed or stored in allowed):
-        return context_id, stored
-    for syntax in association.accepted_syntaxes(sop_class):
-        if (not allowed or syntax in allowed) and can_transcode(stored, syntax):
-            found = association.context_for(sop_class, syntax)
-            if found is not None:
-                return found, syntax
-    return None
+        proposed.append((commitment.STORAGE_COMMITMENT_PUSH_MODEL, [IMPLICIT_LITTLE]))
+    proposed.append((VERIFICATION, [IMPLICIT_LITTLE]))
+    return proposed, [item for item in items if item.sop_class_uid not in taken]

@@ -116,6 +116,8 @@ class Accepted:
     contexts: dict[int, str] = field(default_factory=dict)
     """Accepted presentation context ID -> transfer syntax UID."""
     abstract_syntaxes: dict[int, str] = field(default_factory=dict)
+    as_scu: frozenset[int] = frozenset()
+    """Context IDs on which we may send requests: the requestor took the SCP role (SCP/SCU Role Selection)."""
     caller: Caller | None = None
     user: str = ""
     """Who the requestor's User Identity said it is, once accepted ("" when none was sent or checked)."""
@@ -237,6 +239,7 @@ def negotiate(pdu: bytes, policy: AcceptorPolicy, contexts: Callable[[Sequence[s
         abstract_syntaxes={
             cx.context_id: str(cx.abstract_syntax) for cx in accepted if cx.context_id is not None
         },
+        as_scu=frozenset(cx.context_id for cx in accepted if cx.context_id is not None and cx.as_scu),
         caller=caller,
         user=verdict.user,
     )

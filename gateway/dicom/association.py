@@ -4,9 +4,11 @@ PDUs are framed here and P-DATA-TF is split into PDVs with memoryviews, so a dat
 service without being copied into a whole-instance buffer. Each request is dispatched on (Command Field,
 abstract syntax of its presentation context) to the service registered for it (``service.ServiceRegistry``);
 the association knows nothing of what services do. Requests of our own on the association (a storage-commitment
-report on the requester's association) go out with ``send_request``, their responses matched by Message ID. The
-asynchronous operations window stays 1/1 (we do not offer more), so one request is in progress at a time.
-Anything malformed or out of order is answered with A-ABORT and logged; it never escapes from ``run``.
+report on the requester's association, a C-GET's C-STOREs) go out with ``send_request``, their responses matched
+by Message ID. The asynchronous operations window stays 1/1 (we do not offer more), so one request is in progress
+at a time; one answered by a stream of responses (``service.Operation``: C-FIND, C-MOVE, C-GET) runs as a task
+while PDUs are still read, so that its C-CANCEL and its sub-operations' responses arrive. Anything malformed or out
+of order is answered with A-ABORT and logged; it never escapes from ``run``.
 """
 
 from __future__ import annotations
@@ -15,15 +17,15 @@ import asyncio
 import logging
 import struct
 import uuid
-from collections.abc import Callable, Container, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterable, Callable, Container, Iterator
+from dataclasses import dataclass, field
 
 from pynetdicom.pdu import A_ABORT_RQ, A_RELEASE_RP
 
 from gateway.core.errors import DicomStatusError
 from gateway.dicom import acse, dimse
 from gateway.dicom.dimse import Command
-from gateway.dicom.service import Caller, DataSetSink, Response, ServiceRegistry
+from gateway.dicom.service import Caller, DataSetSink, Operation, Response, ServiceRegistry
 from gateway.logs import bind
 from gateway.metrics import Metrics
 
@@ -35,7 +37,6 @@ ASSOCIATE_RQ_LIMIT = 256 * 1024
 """128 presentation contexts with 20 transfer syntaxes each and a user identity token fit several times over; a
 larger request is aborted before it is read whole."""
 COMMAND_LIMIT = 64 * 1024
-C_CANCEL_RQ = 0x0FFF
 
 # A-ABORT service-provider reasons, PS3.8 9.3.8
 REASON_NOT_SPECIFIED = 0
@@ -144,6 +145,20 @@ class _Request:
     response: Response | None = None
 
 
+@dataclass(slots=True)
+class _Running:
+    """An operation answering with a stream of responses, running beside the read loop."""
+
+    command: Command
+    operation: Operation
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+_DETACHED: set[asyncio.Task[None]] = set()
+"""Operations that outlive their association (a C-MOVE whose requestor went away), held until they end."""
+
+
 class Association:
     def __init__(
         self,
@@ -172,6 +187,7 @@ class Association:
         self._accepted: acse.Accepted | None = None
         self._command = CommandAssembler()
         self._request: _Request | None = None
+        self._running: _Running | None = None
         self._message_id = 0
         self._responses: dict[int, asyncio.Future[Command]] = {}
         self._on_end: list[Callable[[], None]] = []
@@ -182,6 +198,11 @@ class Association:
 
     def on_end(self, callback: Callable[[], None]) -> None:
         self._on_end.append(callback)
+
+    def contexts_as_scu(self, abstract_syntax: str) -> dict[str, int]:
+        assert self._accepted is not None
+        return {self._accepted.contexts[number]: number for number in sorted(self._accepted.as_scu)
+                if self._accepted.abstract_syntaxes[number] == abstract_syntax}
 
     async def run(self) -> None:
         bind(association=self.id, peer=self.peer)
@@ -203,6 +224,16 @@ class Association:
             await self._end()
 
     async def _end(self) -> None:
+        running, self._running = self._running, None
+        if running is not None and running.task is not None and not running.task.done():
+            if running.operation.detached:
+                _DETACHED.add(running.task)
+                running.task.add_done_callback(_DETACHED.discard)
+                log.info("association ended; its operation goes on", extra={
+                    "message_id": running.command.message_id})
+            else:
+                running.task.cancel()
+                await asyncio.gather(running.task, return_exceptions=True)
         for callback in self._on_end:
             try:
                 callback()
@@ -252,7 +283,9 @@ class Association:
 
     async def _serve(self) -> None:
         while True:
-            timeout = self._timeouts.dimse_seconds if self._request else self._timeouts.network_seconds
+            timeout: float | None = self._timeouts.dimse_seconds if self._request else self._timeouts.network_seconds
+            if self._running is not None and self._request is None:
+                timeout = None  # the requestor waits for our responses: our side has the timeouts now
             async with asyncio.timeout(timeout):
                 pdu_type, pdu = await read_pdu(self._reader, self._policy.max_pdu_length)
             if pdu_type == P_DATA_TF:
@@ -260,6 +293,9 @@ class Association:
             elif pdu_type == A_RELEASE_RQ:
                 if self._request is not None:
                     raise ProtocolError(REASON_UNEXPECTED_PDU, "A-RELEASE-RQ in the middle of a data set")
+                running = self._running
+                if running is not None and running.task is not None:
+                    await asyncio.gather(running.task, return_exceptions=True)
                 await self._send(RELEASE_RP)
                 self._metrics.associations.labels("released").inc()
                 log.info("association released")
@@ -287,8 +323,16 @@ class Association:
             return
         if command.command_field & 0x8000:
             self._response(command)
-        elif command.command_field == C_CANCEL_RQ:
-            log.info("C-CANCEL for an operation that cannot be cancelled", extra={"message_id": command.message_id})
+        elif command.command_field == dimse.C_CANCEL_RQ:
+            running = self._running
+            if running is not None and running.command.message_id == command.message_id:
+                log.info("C-CANCEL", extra={"message_id": command.message_id})
+                running.cancelled.set()
+            else:
+                log.info("C-CANCEL for no operation in progress", extra={"message_id": command.message_id})
+        elif self._running is not None:
+            raise ProtocolError(REASON_UNEXPECTED_PDU, "a request while another is in progress (the asynchronous "
+                                "operations window is 1)")
         else:
             await self._dispatch(command, context_id)
 
@@ -334,7 +378,7 @@ class Association:
         if not last:
             return
         self._request = None
-        response = request.response
+        response: Response | Operation | None = request.response
         if response is None:
             assert request.sink is not None
             try:
@@ -342,38 +386,67 @@ class Association:
             except DicomStatusError as exc:
                 response = Response(exc.status, exc.comment)
                 await request.sink.abort(exc.comment)
-        await self._respond(request.command, request.context_id, response)
+        if isinstance(response, Response):
+            await self._respond(request.command, request.context_id, response)
+        else:
+            self._start(request.command, request.context_id, response)
+
+    def _start(self, command: Command, context_id: int, operation: Operation) -> None:
+        running = _Running(command, operation)
+        self._running = running
+
+        async def run() -> None:
+            try:
+                async for response in operation.responses(running.cancelled):
+                    await self._respond(command, context_id, response)
+                    await asyncio.sleep(0)  # let the read loop take a C-CANCEL between responses
+            except Exception:
+                log.exception("operation failed", extra={"command_field": f"0x{command.command_field:04x}"})
+                await self._respond(command, context_id, Response(dimse.UNABLE_TO_PROCESS,
+                                                                  "the gateway failed on this request"))
+            finally:
+                if self._running is running:
+                    self._running = None
+
+        running.task = asyncio.create_task(run(), name=f"dimse-operation-{self.id}")
 
     async def _send(self, data: bytes) -> None:
+        if self._writer.is_closing():
+            return
         try:
             self._writer.write(data)
             await self._writer.drain()
         except (ConnectionError, OSError):
             pass
 
-    def _pdus(self, context_id: int, message: bytes, kind: int) -> bytes:
-        """A command set (``kind`` 1) or data set (0) as P-DATA-TF PDUs, fragmented to the peer's maximum."""
+    def _pdus(self, context_id: int, message: bytes, kind: int, last: bool = True) -> bytes:
+        """A command set (``kind`` 1) or data set (0) as P-DATA-TF PDUs, fragmented to the peer's maximum;
+        ``last`` false leaves the final fragment unmarked (more of the data set follows)."""
         assert self._accepted is not None
         room = self._accepted.peer_max_pdu - 6 if self._accepted.peer_max_pdu else len(message)
         room = max(room, 1)
         pdus = []
         for start in range(0, max(len(message), 1), room):
             piece = message[start : start + room]
-            control = kind | (0x02 if start + room >= len(message) else 0x00)
+            control = kind | (0x02 if last and start + room >= len(message) else 0x00)
             pdv = PDV_HEADER.pack(len(piece) + 2, context_id, control) + piece
             pdus.append(PDU_HEADER.pack(P_DATA_TF, 0, len(pdv)) + pdv)
         return b"".join(pdus)
 
     async def _respond(self, request: Command, context_id: int, response: Response) -> None:
         command_field = request.command_field | 0x8000
-        await self._send(self._pdus(context_id, dimse.response(request, command_field, response.status,
-                                                              response.comment), 0x01))
+        message = self._pdus(context_id, dimse.response(request, command_field, response.status, response.comment,
+                                                        response.data_set is not None, response.counts), 0x01)
+        if response.data_set is not None:
+            message += self._pdus(context_id, response.data_set, 0x00)
+        await self._send(message)
         self._metrics.dimse_statuses.labels(f"0x{command_field:04x}", f"0x{response.status:04x}").inc()
 
-    async def send_request(self, context_id: int, command: Callable[[int], bytes], data_set: bytes | None,
-                           timeout: float) -> Command:
-        """Send a request of ours (``command`` builds its command set from the Message ID given) and return
-        the peer's response; ConnectionError if the association ends first, TimeoutError if none comes."""
+    async def send_request(self, context_id: int, command: Callable[[int], bytes],
+                           data_set: bytes | AsyncIterable[bytes] | None, timeout: float) -> Command:
+        """Send a request of ours (``command`` builds its command set from the Message ID given; a data set
+        given as chunks streams, each chunk's PDUs written before the next is read) and return the peer's
+        response; ConnectionError if the association ends first, TimeoutError if none comes."""
         if self._accepted is None or self._writer.is_closing():
             raise ConnectionError("the association is not open")
         self._message_id = self._message_id % 0xFFFF + 1
@@ -381,14 +454,34 @@ class Association:
         answered: asyncio.Future[Command] = asyncio.get_running_loop().create_future()
         self._responses[message_id] = answered
         message = self._pdus(context_id, command(message_id), 0x01)
-        if data_set is not None:
+        if isinstance(data_set, bytes):
             message += self._pdus(context_id, data_set, 0x00)
         try:
             await self._send(message)
+            if data_set is not None and not isinstance(data_set, bytes):
+                await self._stream(context_id, data_set, timeout)
             async with asyncio.timeout(timeout):
                 return await answered
         finally:
             self._responses.pop(message_id, None)
+
+    async def _stream(self, context_id: int, chunks: AsyncIterable[bytes], timeout: float) -> None:
+        """A data set's chunks as P-DATA-TF, one chunk held back so that the last fragment is marked last."""
+        held: bytes | None = None
+        async for chunk in chunks:
+            if not chunk:
+                continue
+            if held is not None:
+                await self._send_fragments(context_id, held, last=False, timeout=timeout)
+            held = chunk
+        await self._send_fragments(context_id, held or b"", last=True, timeout=timeout)
+
+    async def _send_fragments(self, context_id: int, data: bytes, last: bool, timeout: float) -> None:
+        if self._writer.is_closing():
+            raise ConnectionError("the association ended")
+        message = self._pdus(context_id, data, 0x00, last)
+        async with asyncio.timeout(timeout):
+            await self._send(message)
 
     def _response(self, response: Command) -> None:
         answered = self._responses.get(response.message_id)

@@ -14,6 +14,10 @@ C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
 C_ECHO_RQ, C_ECHO_RSP = 0x0030, 0x8030
 N_ACTION_RQ, N_ACTION_RSP = 0x0130, 0x8130
 N_EVENT_REPORT_RQ, N_EVENT_REPORT_RSP = 0x0100, 0x8100
+C_FIND_RQ, C_FIND_RSP = 0x0020, 0x8020
+C_GET_RQ, C_GET_RSP = 0x0010, 0x8010
+C_MOVE_RQ, C_MOVE_RSP = 0x0021, 0x8021
+C_CANCEL_RQ = 0x0FFF
 DATA_SET_PRESENT = 0x0000
 NO_DATA_SET = 0x0101
 
@@ -25,6 +29,17 @@ NO_SUCH_ACTION = 0x0123
 NOT_AUTHORIZED = 0x0124
 UNRECOGNIZED_OPERATION = 0x0211
 RESOURCE_LIMITATION = 0x0213
+PENDING = 0xFF00
+PENDING_WARNING = 0xFF01
+"""Pending, one or more optional keys not supported (C-FIND, PS3.4 C.4.1.1.4)."""
+CANCELLED = 0xFE00
+SUB_OPERATIONS_WITH_FAILURES = 0xB000
+OUT_OF_RESOURCES = 0xA700
+CANNOT_CALCULATE_MATCHES = 0xA701
+CANNOT_PERFORM_SUB_OPERATIONS = 0xA702
+MOVE_DESTINATION_UNKNOWN = 0xA801
+IDENTIFIER_DOES_NOT_MATCH = 0xA900
+UNABLE_TO_PROCESS = 0xC000
 
 GROUP_LENGTH = 0x00000000
 AFFECTED_SOP_CLASS_UID = 0x00000002
@@ -32,6 +47,7 @@ REQUESTED_SOP_CLASS_UID = 0x00000003
 COMMAND_FIELD = 0x00000100
 MESSAGE_ID = 0x00000110
 MESSAGE_ID_BEING_RESPONDED_TO = 0x00000120
+MOVE_DESTINATION = 0x00000600
 PRIORITY = 0x00000700
 COMMAND_DATA_SET_TYPE = 0x00000800
 STATUS = 0x00000900
@@ -40,6 +56,12 @@ AFFECTED_SOP_INSTANCE_UID = 0x00001000
 REQUESTED_SOP_INSTANCE_UID = 0x00001001
 EVENT_TYPE_ID = 0x00001002
 ACTION_TYPE_ID = 0x00001008
+NUMBER_OF_REMAINING = 0x00001020
+NUMBER_OF_COMPLETED = 0x00001021
+NUMBER_OF_FAILED = 0x00001022
+NUMBER_OF_WARNING = 0x00001023
+MOVE_ORIGINATOR_AE_TITLE = 0x00001030
+MOVE_ORIGINATOR_MESSAGE_ID = 0x00001031
 
 _ELEMENT = struct.Struct("<HHI")
 _US = struct.Struct("<H")
@@ -97,7 +119,7 @@ def decode_command(data: bytes) -> Command:
         elements[element] = data[offset : offset + length]
         offset += length
     command_field = _unsigned(elements, COMMAND_FIELD, "Command Field")
-    responding = bool(command_field & 0x8000)
+    responding = bool(command_field & 0x8000) or command_field == C_CANCEL_RQ  # a C-CANCEL names its request
     return Command(
         command_field=command_field,
         message_id=_unsigned(elements, MESSAGE_ID_BEING_RESPONDED_TO if responding else MESSAGE_ID,
@@ -133,8 +155,10 @@ def event_report(message_id: int, sop_class_uid: str, sop_instance_uid: str, eve
     )
 
 
-def c_store_rq(message_id: int, sop_class_uid: str, sop_instance_uid: str, priority: int) -> bytes:
-    """A C-STORE-RQ command set, its data set following (PS3.7 9.3.1.1)."""
+def c_store_rq(message_id: int, sop_class_uid: str, sop_instance_uid: str, priority: int,
+               move_originator: tuple[str, int] | None = None) -> bytes:
+    """A C-STORE-RQ command set, its data set following (PS3.7 9.3.1.1); a C-MOVE's sub-operation names the
+    AE title and Message ID of the C-MOVE it serves (``move_originator``)."""
     return _command_set(
         _element(AFFECTED_SOP_CLASS_UID, sop_class_uid.encode("ascii")),
         _element(COMMAND_FIELD, _US.pack(C_STORE_RQ)),
@@ -142,6 +166,8 @@ def c_store_rq(message_id: int, sop_class_uid: str, sop_instance_uid: str, prior
         _element(PRIORITY, _US.pack(priority)),
         _element(COMMAND_DATA_SET_TYPE, _US.pack(DATA_SET_PRESENT)),
         _element(AFFECTED_SOP_INSTANCE_UID, sop_instance_uid.encode("ascii")),
+        _element(MOVE_ORIGINATOR_AE_TITLE, move_originator[0].encode("ascii"), b" ") if move_originator else b"",
+        _element(MOVE_ORIGINATOR_MESSAGE_ID, _US.pack(move_originator[1])) if move_originator else b"",
     )
 
 
@@ -158,8 +184,21 @@ def n_action_rq(message_id: int, sop_class_uid: str, sop_instance_uid: str, acti
     )
 
 
-def response(request: Command, command_field: int, status: int, comment: str | None = None) -> bytes:
-    """The response command set, Command Group Length first, elements in tag order (PS3.7 E.1).
+@dataclass(frozen=True, slots=True)
+class SubOperations:
+    """The counts a C-MOVE or C-GET response carries (PS3.7 9.3.3.2, 9.3.4.2)."""
+
+    remaining: int | None
+    """None in a final response (the element is then absent)."""
+    completed: int
+    failed: int
+    warning: int
+
+
+def response(request: Command, command_field: int, status: int, comment: str | None = None,
+             data_set: bool = False, counts: SubOperations | None = None) -> bytes:
+    """The response command set, Command Group Length first, elements in tag order (PS3.7 E.1); ``data_set``
+    says an identifier follows (a C-FIND match, a C-MOVE's Failed SOP Instance UID List).
 
     An N-ACTION names its SOP Class and Instance as Requested; its response returns them as Affected, with
     the Action Type ID (PS3.7 10.1.4.1)."""
@@ -170,10 +209,19 @@ def response(request: Command, command_field: int, status: int, comment: str | N
         _element(AFFECTED_SOP_CLASS_UID, sop_class.encode()),
         _element(COMMAND_FIELD, _US.pack(command_field)),
         _element(MESSAGE_ID_BEING_RESPONDED_TO, _US.pack(request.message_id)),
-        _element(COMMAND_DATA_SET_TYPE, _US.pack(NO_DATA_SET)),
+        _element(COMMAND_DATA_SET_TYPE, _US.pack(DATA_SET_PRESENT if data_set else NO_DATA_SET)),
         _element(STATUS, _US.pack(status)),
         _element(ERROR_COMMENT, comment[:64].encode("ascii", errors="replace"), b" ")
         if comment and status != SUCCESS else b"",
         _element(AFFECTED_SOP_INSTANCE_UID, sop_instance.encode()) if sop_instance else b"",
         _element(ACTION_TYPE_ID, action) if action is not None and len(action) == 2 else b"",
+        *_counts(counts),
     )
+
+
+def _counts(counts: SubOperations | None) -> list[bytes]:
+    if counts is None:
+        return []
+    values = [(NUMBER_OF_REMAINING, counts.remaining), (NUMBER_OF_COMPLETED, counts.completed),
+              (NUMBER_OF_FAILED, counts.failed), (NUMBER_OF_WARNING, counts.warning)]
+    return [_element(tag, _US.pack(min(value, 0xFFFF))) for tag, value in values if value is not None]

@@ -272,13 +272,19 @@ class RequestorAssociation:
         return next((number for number, accepted in self._accepted.items()
                      if accepted == (abstract_syntax, transfer_syntax)), None)
 
+    def contexts(self, abstract_syntax: str) -> dict[str, int]:
+        """Transfer syntax -> context ID of the contexts accepted for ``abstract_syntax``, in context order."""
+        return {transfer_syntax: number for number, (accepted, transfer_syntax) in sorted(self._accepted.items())
+                if accepted == abstract_syntax}
+
     def accepted_syntaxes(self, abstract_syntax: str) -> list[str]:
         """The transfer syntaxes accepted for ``abstract_syntax``, in context order."""
         return list(dict.fromkeys(transfer_syntax for _, (accepted, transfer_syntax) in sorted(self._accepted.items())
                                   if accepted == abstract_syntax))
 
     async def c_store(self, context_id: int, sop_class_uid: str, sop_instance_uid: str,
-                      data_set: AsyncIterable[bytes], *, timeout: float, priority: int = 0) -> DimseResult:
+                      data_set: AsyncIterable[bytes], *, timeout: float, priority: int = 0,
+                      move_originator: tuple[str, int] | None = None) -> DimseResult:
         """Send one instance and return the peer's response. ``data_set`` is the data set without file meta, in
         the context's transfer syntax; ``timeout`` bounds each write and the wait for the response.
 
@@ -295,7 +301,8 @@ class RequestorAssociation:
             first = chunk
         result = await self._request(
             context_id, dimse.C_STORE_RSP,
-            lambda message_id: dimse.c_store_rq(message_id, sop_class_uid, sop_instance_uid, priority),
+            lambda message_id: dimse.c_store_rq(message_id, sop_class_uid, sop_instance_uid, priority,
+                                                move_originator),
             _ahead(first, chunks), timeout)
         log.debug("C-STORE answered", extra={**self._fields, "sop_instance_uid": sop_instance_uid,
                                              "status": f"0x{result.status:04x}"})

@@ -17,7 +17,8 @@ request that came in several bus records is gathered part by part until it is wh
 every outbound notification (commitment report, IAN) with its delivery state, attempts and last error. A
 notification is claimed with a lease, so several notify workers share the queue and a worker killed while
 sending leaves it to be sent again once the lease runs out. Forwarding (``Forwarding``, SQL in
-``forwarding.py``) keeps each instance's state at each destination the same way.
+``forwarding.py``) keeps each instance's state at each destination the same way. Queries and retrieves read
+it through ``Catalogue`` (SQL in ``search.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol, Self
 
+from gateway.core.query import Query
 from gateway.core.study import InstanceStatus as InstanceStatus  # re-exported: callers find it here too
 from gateway.core.study import StudyInstance
 
@@ -551,7 +553,35 @@ class Forwarding(Protocol):
         all; returns how many."""
 
 
-class Index(InstanceIndex, StudyClock, CommitmentLog, OutboundQueue, Registrations, Forwarding, Protocol):
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """Where a matched instance's object is, for a retrieve."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    storage_key: str
+    size: int
+    study_instance_uid: str
+    series_instance_uid: str
+
+
+class Catalogue(Protocol):
+    """Query/retrieve over the current stored instances (``gateway.index.search``)."""
+
+    async def search(self, query: Query, returns: Sequence[str] = (), *, after: Any = None, limit: int = 100,
+                     offset: int = 0) -> list[tuple[Any, dict[str, Any], Stored | None]]:
+        """One page of matches: (the unique key to continue ``after``, values by keyword, for the IMAGE level
+        where the object is). ``returns`` names the computed keys wanted (counts, Modalities in Study)."""
+        ...
+
+    async def count_matches(self, query: Query, up_to: int) -> int:
+        """How many match, counted no further than ``up_to``."""
+        ...
+
+
+class Index(InstanceIndex, StudyClock, CommitmentLog, OutboundQueue, Registrations, Forwarding, Catalogue,
+            Protocol):
     """Every port at once: what an adapter implements. A consumer types against the ports it uses."""
 
     async def migrate(self) -> None:

@@ -139,7 +139,7 @@ class ForwardQueries:
         """Run ``steps`` in one write transaction; rows changed by each single-tuple step (-1 otherwise)."""
         raise NotImplementedError
 
-    async def _forward_rows(self, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    async def _select_rows(self, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         raise NotImplementedError
 
     async def _forward_returning(self, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
@@ -191,10 +191,10 @@ class ForwardQueries:
     async def apply_forward_report(self, transaction_uid: str, committed: Sequence[str],
                                    failed: Sequence[tuple[str, str, bool]], at: float, resend_limit: int,
                                    resend_at: float) -> tuple[ForwardTransaction, int] | None:
-        rows = await self._forward_rows(TRANSACTION, (transaction_uid,))
+        rows = await self._select_rows(TRANSACTION, (transaction_uid,))
         if not rows:
             return None
-        [(before,)] = await self._forward_rows(COUNT_COMMITTED, (transaction_uid,))
+        [(before,)] = await self._select_rows(COUNT_COMMITTED, (transaction_uid,))
         event_type = 2 if failed else 1
         await self._forward_write([
             (REPORTED, [(transaction_uid, at, event_type)]),
@@ -202,12 +202,12 @@ class ForwardQueries:
             (NOT_COMMITTED, [(transaction_uid, uid, reason, int(permanent), resend_limit, at, resend_at)
                              for uid, reason, permanent in failed]),
         ])
-        [(after,)] = await self._forward_rows(COUNT_COMMITTED, (transaction_uid,))
+        [(after,)] = await self._select_rows(COUNT_COMMITTED, (transaction_uid,))
         return _transaction(rows[0]), after - before
 
     async def expire_forward_commitments(self, now: float, requests: int, resend_limit: int,
                                          limit: int = 100) -> list[ForwardTransaction]:
-        expired = [_transaction(row) for row in await self._forward_rows(EXPIRED, (now, limit))]
+        expired = [_transaction(row) for row in await self._select_rows(EXPIRED, (now, limit))]
         if expired:
             await self._forward_write([
                 (EXPIRE_ITEMS, [(txn.transaction_uid, requests, resend_limit, now) for txn in expired]),
@@ -216,10 +216,10 @@ class ForwardQueries:
         return expired
 
     async def forward_destinations(self, finished: bool = True) -> list[DestinationStatus]:
-        known = {row[0]: row for row in await self._forward_rows(DESTINATIONS, ())}
+        known = {row[0]: row for row in await self._select_rows(DESTINATIONS, ())}
         counts: dict[str, dict[str, int]] = {}
         oldest: dict[str, float] = {}
-        for destination, state, count, queued_at in await self._forward_rows(ITEM_COUNTS, (int(finished),)):
+        for destination, state, count, queued_at in await self._select_rows(ITEM_COUNTS, (int(finished),)):
             counts.setdefault(destination, {})[state] = count
             if state in ("queued", "sent", "requested"):
                 oldest[destination] = min(queued_at, oldest.get(destination, queued_at))
@@ -248,7 +248,7 @@ class ForwardQueries:
 
     async def forward_items(self, *, study_instance_uid: str = "", destination: str = "",
                             state: ForwardState | None = None, limit: int = 1000) -> list[ForwardItem]:
-        rows = await self._forward_rows(ITEMS, (study_instance_uid, destination,
+        rows = await self._select_rows(ITEMS, (study_instance_uid, destination,
                                                 "" if state is None else state.value, limit))
         return [_item(row) for row in rows]
 

@@ -38,6 +38,7 @@ from gateway.index import (
     StudyActivity,
     StudySummary,
     resolve,
+    search,
     workflow,
 )
 from gateway.index.forwarding import ForwardQueries, Steps
@@ -86,21 +87,8 @@ GROUP BY study_instance_uid ORDER BY max(received_at) DESC, study_instance_uid L
 _MARK_REPLACED = "UPDATE instances SET status = 'replaced' WHERE sop_instance_uid = $1 AND is_current"
 _INSERT = (f"INSERT INTO instances ({', '.join(_FIELDS)}) "
            f"VALUES ({', '.join(f'${n}' for n in range(1, len(_FIELDS) + 1))})")
-_UPSERT_PATIENT = """
-INSERT INTO patients (patient_id, issuer_of_patient_id) VALUES ($1, $2)
-ON CONFLICT (patient_id, issuer_of_patient_id) DO UPDATE SET patient_id = EXCLUDED.patient_id
-RETURNING id"""
-_UPSERT_STUDY = """
-INSERT INTO studies AS s (study_instance_uid, patient_ref, accession_number, study_date, study_time,
-                          study_description, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-ON CONFLICT (study_instance_uid) DO UPDATE SET
-    patient_ref = EXCLUDED.patient_ref, accession_number = EXCLUDED.accession_number,
-    study_date = EXCLUDED.study_date, study_time = EXCLUDED.study_time,
-    study_description = EXCLUDED.study_description, updated_at = EXCLUDED.updated_at
-WHERE $8 AND (s.patient_ref, s.accession_number, s.study_date, s.study_time, s.study_description)
-    IS DISTINCT FROM (EXCLUDED.patient_ref, EXCLUDED.accession_number, EXCLUDED.study_date,
-                      EXCLUDED.study_time, EXCLUDED.study_description)"""
+_UPSERT_PATIENT = search.UPSERT_PATIENT
+_UPSERT_STUDY = search.UPSERT_STUDY
 _UPSERT_SERIES = """
 INSERT INTO series AS s (series_instance_uid, study_instance_uid, modality, series_number)
 VALUES ($1, $2, $3, $4)
@@ -156,7 +144,7 @@ def _row(record: asyncpg.Record) -> InstanceRow:
     return InstanceRow(**values)
 
 
-class PostgresIndex(ForwardQueries):
+class PostgresIndex(ForwardQueries, search.SearchQueries):
     _claim_lock = " FOR UPDATE SKIP LOCKED"
 
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -229,12 +217,10 @@ class PostgresIndex(ForwardQueries):
         for row in rows:
             key = (row.patient_id, row.issuer_of_patient_id)
             if key not in patients:
-                patients[key] = await connection.fetchval(_UPSERT_PATIENT, *key)
+                patients[key] = await connection.fetchval(_UPSERT_PATIENT, *search.patient_params(row))
         now = datetime.now(UTC)
         await connection.executemany(_UPSERT_STUDY, [
-            (row.study_instance_uid, patients[(row.patient_id, row.issuer_of_patient_id)], row.accession_number,
-             row.study_date, row.study_time, row.study_description, now, row.status is InstanceStatus.STORED)
-            for row in rows])
+            search.study_params(row, patients[(row.patient_id, row.issuer_of_patient_id)], now) for row in rows])
         await connection.executemany(_UPSERT_SERIES, [
             (row.series_instance_uid, row.study_instance_uid, row.modality, row.series_number,
              row.status is InstanceStatus.STORED) for row in rows])
@@ -246,9 +232,8 @@ class PostgresIndex(ForwardQueries):
     @staticmethod
     async def _write(connection: asyncpg.Connection, row: InstanceRow) -> None:
         trusted = row.status is InstanceStatus.STORED
-        patient_ref = await connection.fetchval(_UPSERT_PATIENT, row.patient_id, row.issuer_of_patient_id)
-        await connection.execute(_UPSERT_STUDY, row.study_instance_uid, patient_ref, row.accession_number,
-                                 row.study_date, row.study_time, row.study_description, datetime.now(UTC), trusted)
+        patient_ref = await connection.fetchval(_UPSERT_PATIENT, *search.patient_params(row))
+        await connection.execute(_UPSERT_STUDY, *search.study_params(row, patient_ref, datetime.now(UTC)))
         await connection.execute(_UPSERT_SERIES, row.series_instance_uid, row.study_instance_uid, row.modality,
                                  row.series_number, trusted)
         await connection.execute(_INSERT, *(getattr(row, name) for name in _FIELDS))
@@ -431,7 +416,7 @@ class PostgresIndex(ForwardQueries):
         return counts
 
     @_translated
-    async def _forward_rows(self, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    async def _select_rows(self, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in await self._pool.fetch(statement, *params)]
 
     @_translated

@@ -40,6 +40,7 @@ from gateway.index import (
     StudyActivity,
     StudySummary,
     resolve,
+    search,
     workflow,
 )
 from gateway.index.forwarding import ForwardQueries, Steps, sqlite
@@ -88,21 +89,8 @@ _STUDY_VARIANTS = (f"SELECT {', '.join(_VARIANT_FIELDS)} FROM instance_variants 
 _MARK_REPLACED = "UPDATE instances SET status = 'replaced' WHERE sop_instance_uid = ?1 AND is_current"
 _INSERT = (f"INSERT INTO instances ({', '.join(_FIELDS)}) "
            f"VALUES ({', '.join(f'?{n}' for n in range(1, len(_FIELDS) + 1))})")
-_UPSERT_PATIENT = """
-INSERT INTO patients (patient_id, issuer_of_patient_id) VALUES (?1, ?2)
-ON CONFLICT (patient_id, issuer_of_patient_id) DO UPDATE SET patient_id = excluded.patient_id
-RETURNING id"""
-_UPSERT_STUDY = """
-INSERT INTO studies AS s (study_instance_uid, patient_ref, accession_number, study_date, study_time,
-                          study_description, updated_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-ON CONFLICT (study_instance_uid) DO UPDATE SET
-    patient_ref = excluded.patient_ref, accession_number = excluded.accession_number,
-    study_date = excluded.study_date, study_time = excluded.study_time,
-    study_description = excluded.study_description, updated_at = excluded.updated_at
-WHERE ?8 AND (s.patient_ref, s.accession_number, s.study_date, s.study_time, s.study_description)
-    IS DISTINCT FROM (excluded.patient_ref, excluded.accession_number, excluded.study_date,
-                      excluded.study_time, excluded.study_description)"""
+_UPSERT_PATIENT = sqlite(search.UPSERT_PATIENT)
+_UPSERT_STUDY = sqlite(search.UPSERT_STUDY)
 _UPSERT_SERIES = """
 INSERT INTO series AS s (series_instance_uid, study_instance_uid, modality, series_number)
 VALUES (?1, ?2, ?3, ?4)
@@ -167,7 +155,9 @@ def _translate(exc: sqlite3.Error) -> IndexFailure:
     return IndexUnavailable(f"{what}: {exc}" if isinstance(exc, sqlite3.OperationalError) else what)
 
 
-class SqliteIndex(ForwardQueries):
+class SqliteIndex(ForwardQueries, search.SearchQueries):
+    _sqlite = True
+
     def __init__(self, connection: sqlite3.Connection, thread: ThreadPoolExecutor) -> None:
         self._db = connection
         self._thread = thread
@@ -245,10 +235,8 @@ class SqliteIndex(ForwardQueries):
 
     def _write(self, row: InstanceRow) -> None:
         trusted = row.status is InstanceStatus.STORED
-        [(patient_ref,)] = self._db.execute(_UPSERT_PATIENT, (row.patient_id, row.issuer_of_patient_id)).fetchall()
-        self._db.execute(_UPSERT_STUDY, (row.study_instance_uid, patient_ref, row.accession_number, row.study_date,
-                                         row.study_time, row.study_description, _timestamp(datetime.now(UTC)),
-                                         trusted))
+        [(patient_ref,)] = self._db.execute(_UPSERT_PATIENT, search.patient_params(row)).fetchall()
+        self._db.execute(_UPSERT_STUDY, search.study_params(row, patient_ref, _timestamp(datetime.now(UTC))))
         self._db.execute(_UPSERT_SERIES, (row.series_instance_uid, row.study_instance_uid, row.modality,
                                           row.series_number, trusted))
         self._db.execute(_INSERT, _params(row))
@@ -487,7 +475,7 @@ class SqliteIndex(ForwardQueries):
 
         return await self._run(write)
 
-    async def _forward_rows(self, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    async def _select_rows(self, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         def query() -> list[tuple[Any, ...]]:
             return [tuple(row) for row in self._db.execute(sqlite(statement), params)]
 

@@ -22,7 +22,7 @@ from gateway.core.errors import DicomStatusError, OutOfResources
 from gateway.core.uid import is_uid
 from gateway.dicom import dimse
 from gateway.dicom.dimse import Command
-from gateway.dicom.service import AssociationContext, DataSetSink, Response
+from gateway.dicom.service import AssociationContext, DataSetSink, Response, permits
 from gateway.ingest.publish import InstancePublisher, Origin
 from gateway.metrics import Metrics
 
@@ -75,6 +75,10 @@ class StorageService:
                       context_id: int) -> Response | DataSetSink:
         if self._shortage() is not None:  # refused before a byte reaches the bus; logged once by the watcher
             raise OutOfResources("disk full")
+        if not permits(association, "store"):
+            log.warning("C-STORE refused: the calling AE may not store", extra={
+                "sop_instance_uid": request.affected_sop_instance_uid})
+            return Response(dimse.NOT_AUTHORIZED, "this AE may not store here")
         caller = association.caller
         origin = Origin(
             calling_ae=association.calling_ae, called_ae=association.called_ae, peer=association.peer,

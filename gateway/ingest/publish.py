@@ -31,6 +31,12 @@ from gateway.dicom.header import ISSUER_QUALIFIERS, Malformed, read_values
 
 log = logging.getLogger(__name__)
 
+
+class OtherStudy(DataSetMismatch):
+    """The instance belongs to another study than the request named (dcm4chee's, and so Kanta's, code)."""
+
+    status = 0xC409
+
 CHUNK_BYTES = MAX_RECORD_BYTES - 16 * 1024
 """Data per record; the rest of the 1 MiB record is left for the key and headers (the envelope)."""
 IN_FLIGHT_CHUNKS = 4
@@ -158,8 +164,11 @@ class InstancePublisher:
         sop_instance_uid: str,
         correlation_id: str,
         max_instance_bytes: int,
+        study_instance_uid: str = "",
     ) -> None:
+        """``study_instance_uid``: the study the instance must belong to (a STOW-RS request to one study)."""
         self._producer = producer
+        self._study = study_instance_uid
         self._topic = topic
         self._origin = origin
         self._transfer_syntax = transfer_syntax
@@ -278,6 +287,8 @@ class InstancePublisher:
             raise DataSetMismatch("SOP Class UID differs from the C-STORE request")
         if header.sop_instance_uid != self._sop_instance_uid:
             raise DataSetMismatch("SOP Instance UID differs from the C-STORE request")
+        if self._study and header.study_instance_uid != self._study:
+            raise OtherStudy("Study Instance UID differs from the request's study")
         self._key = header.study_instance_uid.encode()
         self._inflated = bytearray()
         origin = self._origin

@@ -1,6 +1,7 @@
 """The receiver role: DICOM listeners (plain and TLS) whose associations hand requests to the ingest services
 (C-ECHO, C-STORE into the bus, Storage Commitment requests and the reports of archives we forward to into the
-events topic).
+events topic), and to the query/retrieve services (``gateway.retrieve``) when they are on: one AE title and one
+port for everything a modality or PACS does with the gateway.
 
 This is where the DICOM layer meets the settings and the bus: it turns ``DicomSettings`` into the values the
 association takes (acceptor policy, timeouts, services). Stopping drains (``listen.StreamListener``), then the
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
 
@@ -22,12 +23,13 @@ from gateway.bus import Bus, Producer
 from gateway.dicom import acse, commitment
 from gateway.dicom.association import Association, Timeouts
 from gateway.dicom.identity import Authenticator
-from gateway.dicom.service import Caller, CatchAll, ServiceRegistry, VerificationService
+from gateway.dicom.service import Caller, CatchAll, DimseService, ServiceRegistry, VerificationService
 from gateway.ingest.cstore import StorageService, all_transfer_syntaxes, could_be_storage
 from gateway.ingest.reports import CommitmentReportService
 from gateway.ingest.stgcmt import StorageCommitmentService
 from gateway.listen import StreamListener, server_tls_context
 from gateway.metrics import Metrics
+from gateway.retrieve import Holdings
 from gateway.settings import DicomSettings, TopicSettings
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ def acceptor_policy(settings: DicomSettings, destinations: Collection[str] = ())
                 continue
             if not entry.networks or (address is not None and any(address in net for net in entry.networks)):
                 return Caller(entry.ae_title, entry.organization, entry.organization_oid,
-                              entry.transfer_syntax_preference, entry.max_associations)
+                              entry.transfer_syntax_preference, entry.max_associations, entry.permissions)
         return None
 
     identity = settings.user_identity
@@ -68,10 +70,13 @@ class Receiver:
         self, settings: DicomSettings, topics: TopicSettings, bus: Bus, metrics: Metrics,
         drain_timeout: float = 30.0, reply_to: Callable[[], str] | None = None,
         shortage: Callable[[], str | None] = lambda: None, destinations: Collection[str] = (),
+        retrieval: tuple[Holdings, Sequence[DimseService]] | None = None,
     ) -> None:
-        """``destinations``: AE titles of the archives the forward role sends to, whose reports are taken."""
+        """``destinations``: AE titles of the archives the forward role sends to, whose reports are taken;
+        ``retrieval``: the query/retrieve services and the holdings they read (closed with the role)."""
         self._settings = settings
         self._destinations = frozenset(destinations)
+        self._retrieval = retrieval
         self._topics = topics
         self._bus = bus
         self._metrics = metrics
@@ -111,8 +116,12 @@ class Receiver:
                      if settings.accept_any_storage_class else None)
         reports = CommitmentReportService(self._producer, self._topics.events, self._metrics,
                                           self._destinations.__contains__, settings.publish_timeout_seconds)
+        retrieval: Sequence[DimseService] = ()
+        if self._retrieval is not None:
+            holdings, retrieval = self._retrieval
+            self._stack.push_async_callback(holdings.close)
         self._services = ServiceRegistry([VerificationService(all_transfer_syntaxes()), storage, self._commitments,
-                                          reports], catch_all)
+                                          reports, *retrieval], catch_all)
         try:
             if settings.plain_port_open:
                 await self._listener.listen(settings.port, None)

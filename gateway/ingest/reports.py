@@ -22,8 +22,8 @@ from gateway.dicom import commitment, dimse
 from gateway.dicom.acse import UNCOMPRESSED
 from gateway.dicom.association import REASON_NOT_SPECIFIED, ProtocolError
 from gateway.dicom.dimse import Command
-from gateway.dicom.service import AssociationContext, DataSetSink, Response
-from gateway.ingest.stgcmt import REFERENCES_PER_RECORD, WholeDataSet
+from gateway.dicom.service import AssociationContext, DataSetSink, Response, WholeDataSet
+from gateway.ingest.stgcmt import ACTION_INFORMATION_LIMIT, REFERENCES_PER_RECORD
 from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,8 @@ class CommitmentReportService:
         if not request.has_data_set:
             return _refused(dimse.PROCESSING_FAILURE, "N-EVENT-REPORT without Event Information")
         return WholeDataSet("N-EVENT-REPORT", "Event Information",
-                            lambda data: self.reported(association, event_type, context_id, data))
+                            lambda data: self.reported(association, event_type, context_id, data),
+                            ACTION_INFORMATION_LIMIT, dimse.RESOURCE_LIMITATION)
 
     async def reported(self, association: AssociationContext, event_type: int, context_id: int,
                        data: bytes) -> Response:

@@ -21,13 +21,12 @@ from aiohttp import web
 
 from gateway.bus import BusError, Producer
 from gateway.core import events
-from gateway.core.errors import DicomStatusError
 from gateway.core.events import CommitmentRequested
 from gateway.dicom import commitment, dimse
 from gateway.dicom.acse import UNCOMPRESSED
 from gateway.dicom.dataset import encode
 from gateway.dicom.dimse import Command
-from gateway.dicom.service import AssociationContext, DataSetSink, Response
+from gateway.dicom.service import AssociationContext, DataSetSink, Response, WholeDataSet
 from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -38,10 +37,6 @@ REFERENCES_PER_RECORD = 3_000
 UIDs), so a part stays under 410 KB with everything else it carries, well within the bus's 1 MiB record."""
 REPORT_HAND_OVER_LIMIT = commitment.MAX_REFERENCES * 256
 """Largest report hand-over body: a decision takes at most 140 bytes of JSON (two UIDs, a Failure Reason)."""
-
-
-class ActionTooLarge(DicomStatusError):
-    status = dimse.RESOURCE_LIMITATION
 
 
 class ReportNotTaken(Exception):
@@ -75,7 +70,8 @@ class StorageCommitmentService:
         if not request.has_data_set:
             return _refused(dimse.PROCESSING_FAILURE, "N-ACTION without Action Information")
         return WholeDataSet("N-ACTION", "Action Information",
-                            lambda data: self.requested(association, request, context_id, data))
+                            lambda data: self.requested(association, request, context_id, data),
+                            ACTION_INFORMATION_LIMIT, dimse.RESOURCE_LIMITATION)
 
     async def requested(self, association: AssociationContext, request: Command, context_id: int,
                         data: bytes) -> Response:
@@ -172,29 +168,6 @@ class StorageCommitmentService:
             raise web.HTTPBadGateway(text=str(exc)) from exc
         log.info("commitment report sent on the requester's association", extra={"transaction_uid": transaction_uid})
         return web.json_response({"event_type": event_type})
-
-
-class WholeDataSet:
-    """A request's data set gathered whole, up to ``ACTION_INFORMATION_LIMIT`` (a list of references: an
-    N-ACTION's Action Information, an N-EVENT-REPORT's Event Information), then handed to ``finished``."""
-
-    def __init__(self, request: str, what: str, finished: Callable[[bytes], Awaitable[Response]]) -> None:
-        self._request = request
-        self._what = what
-        self._finished = finished
-        self._data = bytearray()
-
-    async def write(self, fragment: memoryview) -> None:
-        self._data += fragment
-        if len(self._data) > ACTION_INFORMATION_LIMIT:
-            log.warning(f"{self._request} refused", extra={"reason": f"{self._what} larger than 32 MiB"})
-            raise ActionTooLarge(f"{self._what} larger than 32 MiB")
-
-    async def finish(self) -> Response:
-        return await self._finished(bytes(self._data))
-
-    async def abort(self, reason: str) -> None:
-        self._data = bytearray()
 
 
 def _event_information(transaction_uid: str, decisions: list[commitment.Decision], retrieve_ae_title: str,

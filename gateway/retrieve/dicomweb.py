@@ -1,0 +1,365 @@
+"""DICOMweb on the API role (PS3.18): QIDO-RS, WADO-RS and STOW-RS under ``/dicomweb``.
+
+    GET  /dicomweb/studies | /series | /instances                  QIDO-RS (also under a study and a series)
+    GET  /dicomweb/studies/{study}[/series/{series}[/instances/{instance}]]
+                                                                    WADO-RS: multipart/related; type="application/dicom"
+    GET  …/metadata                                                 WADO-RS metadata: application/dicom+json
+    POST /dicomweb/studies[/{study}]                                STOW-RS: multipart/related; type="application/dicom"
+
+QIDO-RS answers from the index like C-FIND (``gateway.core.query``): ``limit`` (default ``query.default_limit``,
+at most ``query.max_results``), ``offset``, ``includefield``; no match is 204; when more matches than the page
+holds, a ``Warning: 299`` header says so. WADO-RS streams the stored objects: with ``transfer-syntax=*`` (or the
+stored one) byte for byte as stored, otherwise converted losslessly where it can be (406 where it cannot).
+STOW-RS streams each part into the bus through the same publisher as C-STORE, so 200 means every instance is
+durable; 202 when some failed and 409 when none was taken, each failure with its FailureReason (dcm4chee's codes:
+0xC409 another study than the URL's, 0xC000 cannot be parsed, 0xA700 out of resources). Reading needs the reader
+role, storing the operator role (``gateway.auth``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+from aiohttp import BodyPartReader, MultipartReader, web
+from pydicom.dataset import Dataset
+
+from gateway.auth import Role, requires
+from gateway.bus import Producer
+from gateway.core.errors import DicomStatusError, describe
+from gateway.core.query import Condition, InvalidQuery, Level, Match, Model, Query, parse_qido
+from gateway.dicom.acse import EXPLICIT_LITTLE, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
+from gateway.dicom.dataset import PIXEL_DATA, part10_header, read_prefix
+from gateway.dicom.transcode import CannotTranscode, NotPart10, can_transcode, open_part10, transcode
+from gateway.index import Index, IndexFailure, Stored
+from gateway.ingest.publish import InstancePublisher, Origin
+from gateway.metrics import Metrics
+from gateway.objects import ObjectNotFound, ObjectStore, ObjectStoreError
+from gateway.retrieve.answer import identifier
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DICOM_JSON = "application/dicom+json"
+_PAGE = 500
+_METADATA_HEADER_LIMIT = 8 * 1024 * 1024
+_BULK_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
+_DEFAULT_KEYS = {
+    Level.STUDY: ("StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName", "PatientName", "PatientID",
+                  "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID", "ModalitiesInStudy",
+                  "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"),
+    Level.SERIES: ("StudyInstanceUID", "Modality", "SeriesInstanceUID", "SeriesNumber",
+                   "NumberOfSeriesRelatedInstances"),
+    Level.IMAGE: ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID", "InstanceNumber",
+                  "AvailableTransferSyntaxUID"),
+}
+_UID = r"[0-9.]{1,64}"
+
+
+class DicomWeb:
+    def __init__(self, index: Callable[[], Index], objects: Callable[[], ObjectStore],
+                 producer: Callable[[], Producer], settings: Settings, metrics: Metrics) -> None:
+        """``index``, ``objects`` and ``producer`` give what the API role opened (503 until it has)."""
+        self._index = index
+        self._objects = objects
+        self._producer = producer
+        self._settings = settings
+        self._query = settings.query
+        self._metrics = metrics
+        base = "/dicomweb"
+        study, series, instance = f"{{study:{_UID}}}", f"{{series:{_UID}}}", f"{{instance:{_UID}}}"
+        self.routes = [
+            web.get(f"{base}/studies", self._qido),
+            web.get(f"{base}/series", self._qido),
+            web.get(f"{base}/instances", self._qido),
+            web.get(f"{base}/studies/{study}/series", self._qido),
+            web.get(f"{base}/studies/{study}/instances", self._qido),
+            web.get(f"{base}/studies/{study}/series/{series}/instances", self._qido),
+            web.get(f"{base}/studies/{study}", self._wado),
+            web.get(f"{base}/studies/{study}/series/{series}", self._wado),
+            web.get(f"{base}/studies/{study}/series/{series}/instances/{instance}", self._wado),
+            web.get(f"{base}/studies/{study}/metadata", self._metadata),
+            web.get(f"{base}/studies/{study}/series/{series}/metadata", self._metadata),
+            web.get(f"{base}/studies/{study}/series/{series}/instances/{instance}/metadata", self._metadata),
+            web.post(f"{base}/studies", self._stow),
+            web.post(f"{base}/studies/{study}", self._stow),
+        ]
+
+    def _base_url(self, request: web.Request) -> str:
+        return f"{request.scheme}://{request.host}/dicomweb"
+
+    @requires(Role.READER)
+    async def _qido(self, request: web.Request) -> web.StreamResponse:
+        path = request.path.rstrip("/")
+        level = Level.STUDY if path.endswith("/studies") else Level.SERIES if path.endswith("/series") \
+            else Level.IMAGE
+        fixed = _fixed(request)
+        try:
+            query, include = parse_qido(level, [(k, v) for k, v in request.query.items()],
+                                        self._query.case_insensitive_names, fixed)
+            limit = min(int(request.query.get("limit", self._query.default_limit)), self._query.max_results)
+            offset = int(request.query.get("offset", 0))
+            if limit < 1 or offset < 0:
+                raise ValueError("limit and offset must be positive")
+        except (InvalidQuery, ValueError) as exc:
+            self._metrics.queries.labels("qido", "invalid").inc()
+            raise web.HTTPBadRequest(text=str(exc)) from None
+        keys = tuple(dict.fromkeys((*_DEFAULT_KEYS[level], *include)))
+        try:
+            page = await self._index().search(query, keys, limit=limit + 1, offset=offset)
+        except IndexFailure as exc:
+            self._metrics.queries.labels("qido", "failed").inc()
+            log.error("QIDO-RS failed: the index is unavailable", extra={"error": describe(exc)})
+            raise web.HTTPServiceUnavailable(text="the index is unavailable") from None
+        self._metrics.queries.labels("qido", "answered").inc()
+        if not page:
+            return web.Response(status=204)
+        headers = {}
+        if len(page) > limit:
+            page = page[:limit]
+            headers["Warning"] = (f'299 {request.host}: "There are more results than this page: ask again with '
+                                  f'offset={offset + limit}"')
+        base = self._base_url(request)
+        answers = []
+        for _, values, _ in page:
+            found = identifier(query, values, keys, self._settings.dicom.ae_title).to_json_dict()
+            del found["00080005"], found["00080052"]
+            found["00081190"] = {"vr": "UR", "Value": [_retrieve_url(base, level, values)]}
+            answers.append(found)
+        return web.Response(body=orjson.dumps(answers), content_type=DICOM_JSON, headers=headers)
+
+    async def _matches(self, request: web.Request) -> list[Stored]:
+        """The stored instances a WADO-RS path names; 404 when none."""
+        keyword = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID", "instance": "SOPInstanceUID"}
+        query = Query(Model.STUDY_ROOT, Level.IMAGE, tuple(Condition(keyword[name], Match.SINGLE, (value,))
+                                                          for name, value in request.match_info.items()))
+        found: list[Stored] = []
+        after = None
+        try:
+            while True:
+                page = await self._index().search(query, after=after, limit=_PAGE)
+                found.extend(stored for _, _, stored in page if stored is not None)
+                if len(page) < _PAGE:
+                    break
+                after = page[-1][0]
+        except IndexFailure as exc:
+            log.error("WADO-RS failed: the index is unavailable", extra={"error": describe(exc)})
+            raise web.HTTPServiceUnavailable(text="the index is unavailable") from None
+        if not found:
+            raise web.HTTPNotFound(text="no such study, series or instance")
+        return found
+
+    @requires(Role.READER)
+    async def _wado(self, request: web.Request) -> web.StreamResponse:
+        wanted = _accepted_syntax(request.headers.get("Accept", ""))
+        instances = await self._matches(request)
+        if wanted not in ("*", ""):
+            refused = [s for s in instances if s.transfer_syntax_uid != wanted
+                       and not can_transcode(s.transfer_syntax_uid, wanted)]
+            if refused:
+                raise web.HTTPNotAcceptable(text=f"{len(refused)} instance(s) cannot be sent in {wanted}")
+        boundary = uuid.uuid4().hex
+        response = web.StreamResponse(headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+        await response.prepare(request)
+        objects = self._objects()
+        for stored in instances:
+            target = stored.transfer_syntax_uid
+            if wanted == "" and can_transcode(target, EXPLICIT_LITTLE):
+                target = EXPLICIT_LITTLE  # PS3.18 8.7.3.5.2: Explicit VR Little Endian unless asked otherwise
+            elif wanted not in ("*", ""):
+                target = wanted
+            await response.write(f"\r\n--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={target}"
+                                 f"\r\n\r\n".encode())
+            try:
+                async for chunk in _part10(objects, stored, target):
+                    await response.write(chunk)
+            except (ObjectStoreError, NotPart10, CannotTranscode) as exc:
+                log.error("WADO-RS stopped: an object could not be read", extra={
+                    "sop_instance_uid": stored.sop_instance_uid, "error": describe(exc)})
+                self._metrics.retrieved.labels("wado", "failed").inc()
+                raise ConnectionResetError("the response was cut short") from exc
+            self._metrics.retrieved.labels("wado", "completed").inc()
+            self._metrics.retrieved_bytes.labels("wado").inc(stored.size)
+        await response.write(f"\r\n--{boundary}--\r\n".encode())
+        await response.write_eof()
+        return response
+
+    @requires(Role.READER)
+    async def _metadata(self, request: web.Request) -> web.Response:
+        instances = await self._matches(request)
+        objects = self._objects()
+        answers = []
+        for stored in instances:
+            try:
+                dataset = await _header(objects, stored)
+            except (ObjectStoreError, NotPart10, ValueError) as exc:
+                log.error("WADO-RS metadata: an object could not be read", extra={
+                    "sop_instance_uid": stored.sop_instance_uid, "error": describe(exc)})
+                raise web.HTTPInternalServerError(text="a stored object could not be read") from None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                answers.append(dataset.to_json_dict(bulk_data_threshold=0, bulk_data_element_handler=lambda _: ""))
+        for answer in answers:
+            for tag in [tag for tag, element in answer.items() if element.get("vr") in _BULK_VRS
+                        or "BulkDataURI" in element]:
+                del answer[tag]
+        return web.Response(body=orjson.dumps(answers), content_type=DICOM_JSON)
+
+    @requires(Role.OPERATOR)
+    async def _stow(self, request: web.Request) -> web.Response:
+        study = request.match_info.get("study", "")
+        content_type = request.headers.get("Content-Type", "")
+        if not content_type.lower().startswith("multipart/related") or \
+                not re.search(r'type="?application/dicom"?(;|$|\s)', content_type, re.IGNORECASE):
+            raise web.HTTPUnsupportedMediaType(text='expected multipart/related; type="application/dicom"')
+        try:
+            reader = await request.multipart()
+        except (ValueError, AssertionError) as exc:
+            raise web.HTTPBadRequest(text=f"not a multipart body: {exc}") from None
+        origin = Origin(calling_ae="STOW-RS", called_ae=self._settings.dicom.ae_title,
+                        peer=request.remote or "", organization="", organization_oid="")
+        stored: list[tuple[str, str]] = []
+        failed: list[tuple[str, str, int]] = []
+        try:
+            while (part := await reader.next()) is not None:
+                if isinstance(part, MultipartReader):
+                    raise web.HTTPBadRequest(text="nested multipart bodies are not supported")
+                outcome = await self._store_part(part, origin, study)
+                if outcome[2] is None:
+                    stored.append((outcome[0], outcome[1]))
+                else:
+                    failed.append((outcome[0], outcome[1], outcome[2]))
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=f"malformed multipart body: {exc}") from None
+        if not stored and not failed:
+            raise web.HTTPBadRequest(text="no instance in the request")
+        base = self._base_url(request)
+        body: dict[str, Any] = {}
+        if study:
+            body["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{study}"]}
+        if failed:
+            body["00081198"] = {"vr": "SQ", "Value": [
+                {"00081150": _ui(sop_class), "00081155": _ui(sop_instance), "00081197": {"vr": "US", "Value": [reason]}}
+                for sop_class, sop_instance, reason in failed]}
+        if stored:
+            body["00081199"] = {"vr": "SQ", "Value": [
+                {"00081150": _ui(sop_class), "00081155": _ui(sop_instance)} for sop_class, sop_instance in stored]}
+        status = 200 if not failed else 202 if stored else 409
+        log.info("STOW-RS", extra={"stored": len(stored), "failed": len(failed), "status": status})
+        return web.Response(status=status, body=orjson.dumps(body), content_type=DICOM_JSON)
+
+    async def _store_part(self, part: BodyPartReader, origin: Origin,
+                          study: str) -> tuple[str, str, int | None]:
+        """One part into the bus: (SOP Class, SOP Instance, None once durable, or the FailureReason)."""
+        kind = part.headers.get("Content-Type", "application/dicom").split(";")[0].strip().lower()
+        if kind != "application/dicom":
+            await part.release()
+            return "", "", 0xC000
+        try:
+            meta, data_set = await open_part10(_chunks(part))
+        except NotPart10:
+            await part.release()
+            return "", "", 0xC000
+        publisher = InstancePublisher(self._producer(), self._settings.topics.instances, origin,
+                                      meta.transfer_syntax_uid, meta.sop_class_uid, meta.sop_instance_uid,
+                                      f"stow-{uuid.uuid4().hex[:12]}", self._settings.dicom.max_instance_bytes,
+                                      study)
+        try:
+            async for chunk in data_set:
+                await publisher.write(memoryview(chunk))
+            published = await publisher.finish(self._settings.dicom.publish_timeout_seconds)
+        except DicomStatusError as exc:
+            await publisher.abort(exc.comment)
+            await part.release()
+            log.warning("STOW-RS instance refused", extra={"status": f"0x{exc.status:04x}", "reason": exc.comment,
+                                                           "sop_instance_uid": meta.sop_instance_uid})
+            return meta.sop_class_uid, meta.sop_instance_uid, exc.status
+        self._metrics.instances_received.inc()
+        self._metrics.bytes_received.inc(published.size)
+        return meta.sop_class_uid, meta.sop_instance_uid, None
+
+
+def _fixed(request: web.Request) -> dict[str, str]:
+    names = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID"}
+    return {names[name]: value for name, value in request.match_info.items() if name in names}
+
+
+def _ui(value: str) -> dict[str, Any]:
+    return {"vr": "UI", "Value": [value]} if value else {"vr": "UI"}
+
+
+def _retrieve_url(base: str, level: Level, values: dict[str, Any]) -> str:
+    url = f"{base}/studies/{values['StudyInstanceUID']}"
+    if level is not Level.STUDY:
+        url += f"/series/{values['SeriesInstanceUID']}"
+    if level is Level.IMAGE:
+        url += f"/instances/{values['SOPInstanceUID']}"
+    return url
+
+
+def _accepted_syntax(accept: str) -> str:
+    """The transfer syntax an Accept header asks of application/dicom parts: ``*``, a UID, or '' (none said)."""
+    for media_range in accept.split(","):
+        media_range = media_range.strip()
+        if "application/dicom" not in media_range and not media_range.startswith("*/*") \
+                and not media_range.startswith("multipart/related") and media_range:
+            continue
+        found = re.search(r'transfer-syntax\s*=\s*"?([0-9.*]+)"?', media_range)
+        if found:
+            return found.group(1)
+    return ""
+
+
+async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(1024 * 1024):
+        yield chunk
+
+
+async def _part10(objects: ObjectStore, stored: Stored, target: str) -> AsyncIterator[bytes]:
+    """The stored object as a Part 10 file in ``target``: as stored when that is its syntax."""
+    try:
+        chunks = await objects.read(stored.storage_key)
+    except ObjectNotFound as exc:
+        raise ObjectNotFound(f"missing from the object store: {exc}") from exc
+    try:
+        if target == stored.transfer_syntax_uid:
+            async for chunk in chunks:
+                yield chunk
+            return
+        meta, data_set = await open_part10(chunks)
+        yield part10_header(meta.sop_class_uid, meta.sop_instance_uid, target, IMPLEMENTATION_CLASS_UID,
+                            IMPLEMENTATION_VERSION)
+        source = data_set if meta.transfer_syntax_uid == target else \
+            transcode(data_set, meta.transfer_syntax_uid, target)
+        async for chunk in source:
+            yield chunk
+    finally:
+        await chunks.aclose()
+
+
+async def _header(objects: ObjectStore, stored: Stored) -> Dataset:
+    """An object's attributes up to its pixel data, read no further than that."""
+    chunks = await objects.read(stored.storage_key)
+    try:
+        meta, data_set = await open_part10(chunks)
+        prefix = bytearray()
+        complete = False
+        while True:
+            chunk = await anext(data_set, None)
+            if chunk is None:
+                complete = True
+            else:
+                prefix += chunk
+            parsed = read_prefix(bytes(prefix), meta.transfer_syntax_uid, PIXEL_DATA, complete)
+            if parsed is not None:
+                return parsed[0]
+            if len(prefix) > _METADATA_HEADER_LIMIT:
+                raise ValueError("the header before the pixel data exceeds 8 MiB")
+    finally:
+        await chunks.aclose()
