@@ -25,6 +25,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from tests.component.test_notify_embedded import CT, Gateway, running
 from tests.conftest import dcmtk
 from tests.helpers import free_port, run
+from tests.peers import Orthanc
 
 QR_AE = "VIEWER"
 STORESCP_AE = "STORESCP"
@@ -295,3 +296,32 @@ async def test_cancel_stops_the_matches_and_too_many_matches_are_refused_before_
         responses = await asyncio.to_thread(find, gateway.settings.dicom.port, "study", images, QR_AE, 1)
         assert responses[-1][0] == 0xFE00
         assert 1 <= len(responses) - 1 < 300
+
+
+async def test_orthanc_queries_the_gateway_and_moves_a_study_to_itself(tmp_path: Path) -> None:
+    gateway_port = free_port()
+    orthanc = await asyncio.to_thread(Orthanc, tmp_path / "orthanc",
+                                      {"gateway": ("DICOMGW", "127.0.0.1", gateway_port)})
+    try:
+        async with running(tmp_path, ["receiver", "store", "api"], dicom={
+                "port": gateway_port,
+                "allowed_aes": [{"ae_title": "MODALITY1"}, {"ae_title": "ORTHANC", "permissions": ["query", "retrieve"]}],
+                "remote_aes": [{"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}]}) as gateway:
+            made = study(tmp_path, "o", 2, PatientID="P7", PatientName="Östman^Åke", SpecificCharacterSet="ISO_IR 192",
+                         AccessionNumber="ORT1")
+            await gateway.store(*(path for path, _ in made))
+            await gateway.until("/api/studies", lambda body: sum(s["instances"] for s in body) == 2)
+            query = await asyncio.to_thread(orthanc.post, "/modalities/gateway/query", {
+                "Level": "Study", "Query": {"PatientID": "P7", "PatientName": "", "AccessionNumber": ""}})
+            answers = await asyncio.to_thread(orthanc.get, f"/queries/{query['ID']}/answers?expand")
+            [answer] = answers
+            assert answer["0020,000d"]["Value"] == made[0][1].StudyInstanceUID
+            assert answer["0010,0010"]["Value"] == "Östman^Åke"
+            assert answer["0008,0050"]["Value"] == "ORT1"
+            await asyncio.to_thread(orthanc.post, f"/queries/{query['ID']}/retrieve",
+                                    {"TargetAet": "ORTHANC", "Synchronous": True})
+            instances = await asyncio.to_thread(orthanc.get, "/instances?expand")
+    finally:
+        await asyncio.to_thread(orthanc.stop)
+    assert sorted(i["MainDicomTags"]["SOPInstanceUID"] for i in instances) == sorted(
+        d.SOPInstanceUID for _, d in made)
