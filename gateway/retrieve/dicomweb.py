@@ -32,7 +32,7 @@ from pydicom.dataset import Dataset
 from gateway.auth import Role, requires
 from gateway.bus import Producer
 from gateway.core.errors import DicomStatusError, describe
-from gateway.core.query import Condition, InvalidQuery, Level, Match, Model, Query, parse_qido
+from gateway.core.query import KEYS, LEVELS, Condition, InvalidQuery, Level, Match, Model, Query, parse_qido
 from gateway.dicom.acse import EXPLICIT_LITTLE, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from gateway.dicom.dataset import PIXEL_DATA, part10_header, read_prefix
 from gateway.dicom.transcode import CannotTranscode, NotPart10, can_transcode, open_part10, transcode
@@ -109,7 +109,8 @@ class DicomWeb:
         except (InvalidQuery, ValueError) as exc:
             self._metrics.queries.labels("qido", "invalid").inc()
             raise web.HTTPBadRequest(text=str(exc)) from None
-        keys = tuple(dict.fromkeys((*_DEFAULT_KEYS[level], *include)))
+        keys = tuple(dict.fromkeys((*_DEFAULT_KEYS[level], *(keyword for keyword in include if keyword not in KEYS
+                                                              or _above(KEYS[keyword].level, level)))))
         try:
             page = await self._index().search(query, keys, limit=limit + 1, offset=offset)
         except IndexFailure as exc:
@@ -283,6 +284,12 @@ class DicomWeb:
         self._metrics.instances_received.inc()
         self._metrics.bytes_received.inc(published.size)
         return meta.sop_class_uid, meta.sop_instance_uid, None
+
+
+def _above(key_level: Level, level: Level) -> bool:
+    """Whether a key of ``key_level`` describes a result of ``level`` (its own level or one above)."""
+    order = LEVELS[Model.PATIENT_ROOT]
+    return order.index(key_level) <= order.index(level)
 
 
 def _fixed(request: web.Request) -> dict[str, str]:

@@ -325,3 +325,38 @@ async def test_orthanc_queries_the_gateway_and_moves_a_study_to_itself(tmp_path:
         await asyncio.to_thread(orthanc.stop)
     assert sorted(i["MainDicomTags"]["SOPInstanceUID"] for i in instances) == sorted(
         d.SOPInstanceUID for _, d in made)
+
+
+async def test_a_move_goes_on_when_its_requestor_aborts(archive: tuple[Gateway, int, dict[str, Any]],
+                                                        tmp_path: Path) -> None:
+    gateway, storescp_port, studies = archive
+    made = studies["makela-ct"]
+    received = tmp_path / "after-abort"
+    received.mkdir()
+    storescp = await asyncio.create_subprocess_exec(
+        dcmtk("storescp"), "-aet", STORESCP_AE, "-od", str(received), str(storescp_port),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+
+    def move_then_abort() -> int:
+        ae = AE(ae_title=QR_AE)
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        assoc = ae.associate("127.0.0.1", gateway.settings.dicom.port, ae_title="DICOMGW")
+        assert assoc.is_established
+        responses = assoc.send_c_move(keys(QueryRetrieveLevel="STUDY", StudyInstanceUID=made[0][1].StudyInstanceUID),
+                                      STORESCP_AE, StudyRootQueryRetrieveInformationModelMove)
+        status, _ = next(responses)
+        assoc.abort()
+        return int(status.Status)
+
+    try:
+        await asyncio.sleep(0.5)
+        assert await asyncio.to_thread(move_then_abort) == 0xFF00
+        async with asyncio.timeout(30):
+            while len(list(received.iterdir())) < len(made):
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # the last file is written out
+    finally:
+        storescp.terminate()
+        await storescp.wait()
+    assert sorted(pydicom.dcmread(path).SOPInstanceUID for path in received.iterdir()) == sorted(
+        d.SOPInstanceUID for _, d in made)

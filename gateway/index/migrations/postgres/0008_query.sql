@@ -24,7 +24,8 @@ FROM (SELECT DISTINCT ON (study_instance_uid) study_instance_uid, study_id, refe
       FROM instances WHERE status = 'stored' ORDER BY study_instance_uid, stored_at DESC) latest
 WHERE s.study_instance_uid = latest.study_instance_uid;
 
-CREATE INDEX patients_name ON patients (patient_name);
-CREATE INDEX patients_name_folded ON patients (patient_name_folded);
+-- text_pattern_ops: a wildcard with a literal prefix (MÄKE*) is an index range whatever the database's collation.
+CREATE INDEX patients_name ON patients (patient_name text_pattern_ops);
+CREATE INDEX patients_name_folded ON patients (patient_name_folded text_pattern_ops);
 CREATE INDEX studies_study_id ON studies (study_id);
 CREATE INDEX instances_sop_class ON instances (sop_class_uid) WHERE is_current;
