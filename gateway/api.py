@@ -24,8 +24,11 @@
     GET /api/me                               who the token says the caller is, and its role
     GET /api/settings                         the effective settings, secrets masked (admin)
 
-Every route needs a bearer token (``gateway.auth``): the reader role to read, operator to change state,
-admin for the settings. Times are UTC, ISO 8601.
+    /dicomweb/...                             QIDO-RS, WADO-RS and STOW-RS (``gateway.retrieve.dicomweb``), when
+                                              ``query.enabled``
+
+Every route needs a bearer token (``gateway.auth``): the reader role to read, operator to change state
+(STOW-RS included), admin for the settings. Times are UTC, ISO 8601.
 """
 
 from __future__ import annotations
