@@ -139,6 +139,8 @@ def condition(keyword: str, value: str, fold_names: bool) -> Condition | None:
     integer = vr in _INTEGER_VRS
     if "\\" in value:
         values = tuple(part.strip() for part in value.split("\\") if part.strip())
+        if integer and not all(re.fullmatch(r"[+-]?\d+", part) for part in values):
+            raise InvalidQuery(f"{keyword} is not a list of integers")
         return Condition(keyword, Match.LIST, values, fold, integer)
     if vr in _RANGE_VRS and "-" in value:
         low, _, high = value.partition("-")
@@ -240,8 +242,9 @@ def keyword_of(name: str) -> str:
 def parse_qido(level: Level, params: Mapping[str, str] | Iterable[tuple[str, str]], fold_names: bool,
                fixed: Mapping[str, str]) -> tuple[Query, tuple[str, ...]]:
     """QIDO-RS parameters (PS3.18 8.3.4) as a query, and the keys ``includefield`` adds (``all``: every key
-    kept). ``fixed`` are the UIDs of the path (``/studies/{study}/series``). Unknown attributes and values
-    that cannot match raise InvalidQuery (400)."""
+    kept). ``fixed`` are the UIDs of the path (``/studies/{study}/series``). Attributes the index does not keep
+    are not matched (``unsupported``, which the response's Warning names); names that are no attribute and
+    values that cannot match raise InvalidQuery (400)."""
     items = params.items() if isinstance(params, Mapping) else params
     conditions: dict[str, Condition] = {}
     include: list[str] = []
@@ -258,18 +261,21 @@ def parse_qido(level: Level, params: Mapping[str, str] | Iterable[tuple[str, str
                 keyword = keyword_of(part)
                 if not keyword:
                     raise InvalidQuery(f"includefield {part!r} is not an attribute")
-                (include if keyword in KEYS else unsupported).append(keyword)
+                include.append(keyword)
             continue
         keyword = keyword_of(name)
         if not keyword:
             raise InvalidQuery(f"{name!r} is not an attribute")
         key = KEYS.get(keyword)
         if key is None or not key.matching:
-            raise InvalidQuery(f"matching on {keyword} is not supported")
+            unsupported.append(keyword)
+            continue
+        if dictionary_VR(keyword) == "UI":
+            value = value.replace(",", "\\")  # PS3.18 8.3.4.1: a UID list may be comma-separated
         found = condition(keyword, value, fold_names)
         if found is not None:
             conditions[keyword] = found
     for keyword, value in fixed.items():
         conditions[keyword] = Condition(keyword, Match.SINGLE, (value,))
-    return (Query(Model.STUDY_ROOT, level, tuple(conditions.values()), (), tuple(unsupported)),
-            tuple(dict.fromkeys(include)))
+    return (Query(Model.STUDY_ROOT, level, tuple(conditions.values()), (), tuple(dict.fromkeys(unsupported)),
+                  bool(unsupported)), tuple(dict.fromkeys(include)))

@@ -386,6 +386,10 @@ class Association:
             except DicomStatusError as exc:
                 response = Response(exc.status, exc.comment)
                 await request.sink.abort(exc.comment)
+            except Exception:
+                log.exception("service failed on a request", extra={
+                    "command_field": f"0x{request.command.command_field:04x}"})
+                response = Response(dimse.PROCESSING_FAILURE, "the gateway failed on this request")
         if isinstance(response, Response):
             await self._respond(request.command, request.context_id, response)
         else:
@@ -459,7 +463,15 @@ class Association:
         try:
             await self._send(message)
             if data_set is not None and not isinstance(data_set, bytes):
-                await self._stream(context_id, data_set, timeout)
+                try:
+                    await self._stream(context_id, data_set, timeout)
+                except Exception as exc:
+                    # half a data set is on the wire: the peer could not tell it from a whole one
+                    log.warning("data set failed part-way; aborting the association",
+                                extra={"error": type(exc).__name__})
+                    await self._send(abort_pdu(2, REASON_NOT_SPECIFIED))
+                    self._writer.close()
+                    raise ConnectionAbortedError("the data set failed part-way; association aborted") from exc
             async with asyncio.timeout(timeout):
                 return await answered
         finally:

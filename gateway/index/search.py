@@ -57,6 +57,8 @@ def study_params(row: InstanceRow, patient_ref: int, updated_at: str | datetime)
             row.referring_physician_name)
 
 
+FOLD = "gateway_fold"
+"""The SQLite adapter's upper-casing function: Python's, which knows every script (SQLite's upper() only ASCII)."""
 _VISIBLE = "v.is_current AND v.status = 'stored'"
 _COLUMNS = {
     "PatientID": "p.patient_id", "IssuerOfPatientID": "p.issuer_of_patient_id", "PatientName": "p.patient_name",
@@ -138,7 +140,7 @@ class _Statement:
             if column is None:
                 column = _COLUMNS[condition.keyword]
                 if condition.fold:
-                    column = f"upper({column})"
+                    column = f"{FOLD if self.sqlite else 'upper'}({column})"
             clauses.append(self.match(column, condition))
         return "".join(f" AND {clause}" for clause in clauses)
 

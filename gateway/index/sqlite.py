@@ -101,8 +101,13 @@ WHERE ?5 AND (s.study_instance_uid, s.modality, s.series_number)
     IS DISTINCT FROM (excluded.study_instance_uid, excluded.modality, excluded.series_number)"""
 
 
+def _fold(value: str | None) -> str | None:
+    return None if value is None else value.upper()
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     connection = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_SECONDS, isolation_level=None)
+    connection.create_function(search.FOLD, 1, _fold, deterministic=True)  # SQLite's upper() knows ASCII only
     use_wal(connection, _BUSY_TIMEOUT_SECONDS)
     connection.execute("PRAGMA synchronous=FULL")
     connection.execute("PRAGMA foreign_keys=ON")

@@ -1,5 +1,6 @@
 """The tables of the DICOM Conformance Statement (docs/conformance-statement.md) that the code knows, so they
-cannot drift from it: the storage SOP Classes and transfer syntaxes the receiver accepts.
+cannot drift from it: the storage SOP Classes and transfer syntaxes the receiver accepts, the other SOP Classes
+(query/retrieve among them) and the query keys.
 
 ``python -m gateway.ingest.conformance`` rewrites the generated sections of the statement in place (each between
 ``<!-- generated:NAME -->`` and ``<!-- end:NAME -->``); ``--check`` exits 1 when the file is out of date, which
@@ -15,11 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pydicom._uid_dict import UID_dictionary
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 
+from gateway.core import query
 from gateway.dicom import commitment, identity
 from gateway.dicom.acse import LAST_RESORT, UNCOMPRESSED
 from gateway.dicom.service import VERIFICATION
 from gateway.ingest.cstore import all_transfer_syntaxes, storage_sop_classes
+from gateway.retrieve.find import QUERY_SYNTAXES
 
 STATEMENT = Path(__file__).resolve().parents[2] / "docs" / "conformance-statement.md"
 INSTANCE_AVAILABILITY_NOTIFICATION = "1.2.840.10008.5.1.4.33"
@@ -43,6 +47,13 @@ def other_classes() -> str:
         (commitment.STORAGE_COMMITMENT_PUSH_MODEL, "SCU",
          "N-ACTION sent to forwarding destinations; N-EVENT-REPORT received on a new association or the same one"),
         (INSTANCE_AVAILABILITY_NOTIFICATION, "SCU", "N-CREATE sent to configured subscribers"),
+        *((uid, "SCP", "C-FIND received (C-CANCEL honoured)")
+          for uid in (query.FIND_PATIENT_ROOT, query.FIND_STUDY_ROOT)),
+        *((uid, "SCP", "C-MOVE received (C-CANCEL honoured); C-STORE sub-operations on a new association to the Move "
+                      "Destination")
+          for uid in (query.MOVE_PATIENT_ROOT, query.MOVE_STUDY_ROOT)),
+        *((uid, "SCP", "C-GET received (C-CANCEL honoured); C-STORE sub-operations on the requestor's association")
+          for uid in (query.GET_PATIENT_ROOT, query.GET_STUDY_ROOT)),
     ]
     lines = [f"| {_name(uid)} | `{uid}` | {role} | {how} |" for uid, role, how in rows]
     return "\n".join(["| SOP Class | UID | Role | DIMSE |", "|---|---|---|---|", *lines])
@@ -58,6 +69,41 @@ def transfer_syntaxes() -> str:
 
 def commitment_syntaxes() -> str:
     return ", ".join(f"{_name(uid)} (`{uid}`)" for uid in UNCOMPRESSED)
+
+
+def query_syntaxes() -> str:
+    return ", ".join(f"{_name(uid)} (`{uid}`)" for uid in QUERY_SYNTAXES)
+
+
+def query_keys() -> str:
+    def tag(keyword: str) -> str:
+        number = tag_for_keyword(keyword)
+        assert number is not None, keyword
+        return f"({number >> 16:04X},{number & 0xFFFF:04X})"
+
+    def takes(keyword: str, value: str, match: query.Match) -> bool:
+        try:
+            found = query.condition(keyword, value, fold_names=False)
+        except query.InvalidQuery:
+            return False
+        return found is not None and found.match is match
+
+    def matching(key: query.Key) -> str:
+        if not key.matching:
+            return "returned only"
+        kinds = ["single value", "list"]
+        if takes(key.keyword, "A*", query.Match.WILDCARD):
+            kinds.append("wildcard")
+        if takes(key.keyword, "1-2", query.Match.RANGE):
+            kinds.append("range")
+        if dictionary_VR(key.keyword) == "PN":
+            kinds.append("case-insensitive by default")
+        return ", ".join(kinds)
+
+    rows = [f"| {key.level.value} | {query.level_of(key, query.Model.STUDY_ROOT).value} | {key.keyword} | "
+            f"{tag(key.keyword)} | {dictionary_VR(key.keyword)} | {matching(key)} |" for key in query.KEYS.values()]
+    return "\n".join(["| Level (Patient Root) | Level (Study Root) | Key | Tag | VR | Matching |",
+                      "|---|---|---|---|---|---|", *rows])
 
 
 def user_identity_types() -> str:
@@ -81,6 +127,8 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "other-sop-classes": other_classes,
     "transfer-syntaxes": transfer_syntaxes,
     "commitment-transfer-syntaxes": commitment_syntaxes,
+    "query-transfer-syntaxes": query_syntaxes,
+    "query-keys": query_keys,
     "user-identity-types": user_identity_types,
 }
 

@@ -40,8 +40,6 @@ def acceptor_policy(settings: DicomSettings, destinations: Collection[str] = ())
     archives we forward to are on it too, since they report storage commitment on associations of their own."""
 
     def identify(calling_ae: str, peer_ip: str) -> Caller | None:
-        if calling_ae in destinations:
-            return Caller(calling_ae)
         address = ipaddress.ip_address(peer_ip) if peer_ip else None
         for entry in settings.allowed_aes:
             if entry.ae_title != calling_ae:
@@ -49,7 +47,7 @@ def acceptor_policy(settings: DicomSettings, destinations: Collection[str] = ())
             if not entry.networks or (address is not None and any(address in net for net in entry.networks)):
                 return Caller(entry.ae_title, entry.organization, entry.organization_oid,
                               entry.transfer_syntax_preference, entry.max_associations, entry.permissions)
-        return None
+        return Caller(calling_ae) if calling_ae in destinations else None
 
     identity = settings.user_identity
     authenticator = Authenticator(

@@ -26,7 +26,7 @@ from gateway.dicom import commitment, dimse
 from gateway.dicom.acse import UNCOMPRESSED
 from gateway.dicom.dataset import encode
 from gateway.dicom.dimse import Command
-from gateway.dicom.service import AssociationContext, DataSetSink, Response, WholeDataSet
+from gateway.dicom.service import AssociationContext, DataSetSink, Response, WholeDataSet, permits
 from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,8 @@ class StorageCommitmentService:
                       context_id: int) -> Response | DataSetSink:
         if not self._is_requester(association.calling_ae):  # before its data set: nothing is buffered for it
             return _refused(dimse.NOT_AUTHORIZED, f"{association.calling_ae} is not a configured remote AE")
+        if not permits(association, "store"):
+            return _refused(dimse.NOT_AUTHORIZED, f"{association.calling_ae} may not store here")
         if not request.has_data_set:
             return _refused(dimse.PROCESSING_FAILURE, "N-ACTION without Action Information")
         return WholeDataSet("N-ACTION", "Action Information",

@@ -118,13 +118,19 @@ class DicomWeb:
             log.error("QIDO-RS failed: the index is unavailable", extra={"error": describe(exc)})
             raise web.HTTPServiceUnavailable(text="the index is unavailable") from None
         self._metrics.queries.labels("qido", "answered").inc()
-        if not page:
-            return web.Response(status=204)
-        headers = {}
+        warnings_ = []
+        if query.unsupported:
+            warnings_.append(f'299 {request.host} "The following attributes are not supported for matching and '
+                             f'were not matched: {", ".join(query.unsupported)}"')
+        if request.query.get("fuzzymatching", "").lower() == "true":
+            warnings_.append(f'299 {request.host} "Fuzzy matching is not supported: only literal matching"')
         if len(page) > limit:
             page = page[:limit]
-            headers["Warning"] = (f'299 {request.host}: "There are more results than this page: ask again with '
-                                  f'offset={offset + limit}"')
+            warnings_.append(f'299 {request.host} "There are more results than this page: ask again with '
+                             f'offset={offset + limit}"')
+        headers = {"Warning": ", ".join(warnings_)} if warnings_ else {}
+        if not page:
+            return web.Response(status=204, headers=headers)
         base = self._base_url(request)
         answers = []
         for _, values, _ in page:

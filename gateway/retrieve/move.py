@@ -259,8 +259,9 @@ async def _send_one(objects: ObjectStore, stored: Stored, target: _Target) -> tu
             transcode(data_set, meta.transfer_syntax_uid, syntax)
         try:
             status = await target.c_store(context_id, stored, stream)
-        except CannotTranscode as exc:
-            raise ConnectionAbortedError(f"cannot convert to {syntax}: {exc}") from exc
+        except (CannotTranscode, ObjectStoreError) as exc:  # part-way: the association was aborted
+            raise ConnectionAbortedError(f"sending {stored.sop_instance_uid} failed part-way: "
+                                         f"{describe(exc)}") from exc
     finally:
         await chunks.aclose()
     if status == dimse.SUCCESS:

@@ -143,5 +143,7 @@ async def test_qido_pages_and_says_when_there_are_more(gateway: Gateway) -> None
                 http.get(f"{gateway.api}/dicomweb/studies?PatientID=PAGED&limit=2") as response):
         assert response.status == 200
         assert "offset=2" in response.headers["Warning"]
+        async with http.get(f"{gateway.api}/dicomweb/studies?PatientID=PAGED&SeriesDescription=x") as partly:
+            assert partly.status == 200 and "SeriesDescription" in partly.headers["Warning"]
         async with http.get(f"{gateway.api}/dicomweb/studies?NotAnAttribute=1") as bad:
             assert bad.status == 400

@@ -52,6 +52,7 @@ async def test_person_names_match_case_insensitively_with_wildcards_and_other_te
         index: Index) -> None:
     makela, virtanen = new_uid(), new_uid()
     await index.record_instance(make_row(study_instance_uid=makela, patient_id="P1", study_description="THORAX",
+                                         referring_physician_name="Äijälä^Öljy",
                                          patient_attributes=patient("Mäkelä^Jyrki", "P1")), CorrectionPolicy.REPLACE)
     await index.record_instance(make_row(study_instance_uid=virtanen, patient_id="P2", study_description="thorax ap",
                                          patient_attributes=patient("Virtanen^Anna", "P2")), CorrectionPolicy.REPLACE)
@@ -59,6 +60,8 @@ async def test_person_names_match_case_insensitively_with_wildcards_and_other_te
     assert await study_uids(index, condition("PatientName", "mäkelä^jyrki", True)) == {makela}
     assert await study_uids(index, condition("PatientName", "mäkelä^jyrki", False)) == set()
     assert await study_uids(index, condition("PatientName", "?irtanen*", True)) == {virtanen}
+    assert await study_uids(index, condition("ReferringPhysicianName", "äijälä^öljy", True)) == {makela}
+    assert await study_uids(index, condition("ReferringPhysicianName", "ÄIJ*", True)) == {makela}
     assert await study_uids(index, condition("StudyDescription", "thorax*", True)) == {virtanen}
     assert await study_uids(index, condition("StudyDescription", "THORAX", True)) == {makela}
 

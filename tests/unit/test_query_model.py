@@ -61,5 +61,10 @@ def test_qido_parameters_by_keyword_or_tag_and_includefield() -> None:
     assert include == ("StudyDescription", "ReferringPhysicianName")
     with pytest.raises(InvalidQuery):
         parse_qido(Level.STUDY, [("Nonsense", "1")], True, {})
-    with pytest.raises(InvalidQuery):
-        parse_qido(Level.STUDY, [("NumberOfStudyRelatedInstances", "3")], True, {})
+    # an attribute the index cannot match on is left unmatched (the response's Warning names it)
+    unmatched, _ = parse_qido(Level.STUDY, [("NumberOfStudyRelatedInstances", "3"), ("StudyInstanceUID", "1.2,1.3")],
+                              True, {})
+    assert unmatched.unsupported == ("NumberOfStudyRelatedInstances",) and unmatched.unsupported_matching
+    assert [c.values for c in unmatched.conditions] == [("1.2", "1.3")]  # a comma-separated UID list
+    with pytest.raises(InvalidQuery, match="list of integers"):
+        parse_qido(Level.SERIES, [("SeriesNumber", "a\\b")], True, {})
