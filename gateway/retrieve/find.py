@@ -17,13 +17,13 @@ from gateway.core.errors import describe
 from gateway.core.query import FIND_PATIENT_ROOT, FIND_STUDY_ROOT, MODELS, InvalidQuery, Query, parse_identifier
 from gateway.dicom import dimse
 from gateway.dicom.acse import EXPLICIT_LITTLE, IMPLICIT_LITTLE
-from gateway.dicom.dataset import encode, read_prefix
+from gateway.dicom.dataset import read_prefix
 from gateway.dicom.dimse import Command
 from gateway.dicom.service import AssociationContext, DataSetSink, Operation, Response, WholeDataSet, permits
 from gateway.index import IndexFailure
 from gateway.metrics import Metrics
 from gateway.retrieve import Holdings
-from gateway.retrieve.answer import identifier
+from gateway.retrieve.answer import encode_match
 from gateway.settings import QuerySettings
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class _Matches:
                 if cancelled.is_set():
                     yield Response(dimse.CANCELLED)
                     return
-                yield Response(status, data_set=encode(identifier(query, values, keys, self._ae_title), self._syntax))
+                yield Response(status, data_set=encode_match(query, values, keys, self._ae_title, self._syntax))
                 after = unique
             if len(page) < PAGE:
                 break

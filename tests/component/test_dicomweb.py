@@ -5,39 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import re
-import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import pydicom
 import pytest
 from aiohttp import ClientSession
 from dicomweb_client.api import DICOMwebClient
-from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from requests.exceptions import HTTPError
 
-from tests.component.test_notify_embedded import CT, Gateway, running
+from tests.component.test_notify_embedded import Gateway, running
+from tests.component.test_query_retrieve import new_study
 from tests.helpers import api_headers, dataset_bytes
-
-
-def instances(count: int, study_uid: str | None = None, **attributes: Any) -> list[Dataset]:
-    study_uid = study_uid or generate_uid()
-    series_uid = generate_uid()
-    made = []
-    for n in range(count):
-        dataset = pydicom.dcmread(CT)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            dataset.StudyInstanceUID, dataset.SeriesInstanceUID = study_uid, series_uid
-            dataset.SOPInstanceUID = generate_uid()
-            dataset.InstanceNumber = n + 1
-            for keyword, value in attributes.items():
-                setattr(dataset, keyword, value)
-        dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-        made.append(dataset)
-    return made
 
 
 @pytest.fixture
@@ -56,9 +35,9 @@ async def stored(gateway: Gateway, count: int) -> None:
 
 async def test_stow_then_qido_and_wado_round_trip(gateway: Gateway, tmp_path: Path) -> None:
     web = client(gateway)
-    first = instances(3, PatientID="P1", PatientName="Mäkelä^Jyrki", SpecificCharacterSet="ISO_IR 192",
+    first = new_study(3, PatientID="P1", PatientName="Mäkelä^Jyrki", SpecificCharacterSet="ISO_IR 192",
                       AccessionNumber="ACC1")
-    second = instances(2, PatientID="P2", PatientName="Virtanen^Anna", AccessionNumber="ACC2")
+    second = new_study(2, PatientID="P2", PatientName="Virtanen^Anna", AccessionNumber="ACC2")
     answer = await asyncio.to_thread(web.store_instances, first, first[0].StudyInstanceUID)
     assert len(answer.ReferencedSOPSequence) == 3 and "FailedSOPSequence" not in answer
     await asyncio.to_thread(web.store_instances, second)
@@ -105,8 +84,8 @@ async def test_stow_then_qido_and_wado_round_trip(gateway: Gateway, tmp_path: Pa
 async def test_stow_answers_per_instance_failures(gateway: Gateway) -> None:
     web = client(gateway)
     study = generate_uid()
-    good = instances(2, study)
-    stray = instances(1)
+    good = new_study(2, study)
+    stray = new_study(1)
     answer = await asyncio.to_thread(web.store_instances, [good[0], stray[0], good[1]], study)  # 202
     assert [int(item.FailureReason) for item in answer.FailedSOPSequence] == [0xC409]
     assert answer.FailedSOPSequence[0].ReferencedSOPInstanceUID == stray[0].SOPInstanceUID
@@ -130,7 +109,7 @@ async def test_stow_answers_per_instance_failures(gateway: Gateway) -> None:
 async def test_qido_pages_and_says_when_there_are_more(gateway: Gateway) -> None:
     web = client(gateway)
     for _ in range(5):
-        await asyncio.to_thread(web.store_instances, instances(1, PatientID="PAGED"))
+        await asyncio.to_thread(web.store_instances, new_study(1, PatientID="PAGED"))
     await stored(gateway, 5)
     everything = await asyncio.to_thread(web.search_for_studies, search_filters={"PatientID": "PAGED"})
     uids = [study["0020000D"]["Value"][0] for study in everything]

@@ -31,9 +31,9 @@ QR_AE = "VIEWER"
 STORESCP_AE = "STORESCP"
 
 
-def study(tmp_path: Path, name: str, count: int, **attributes: Any) -> list[tuple[Path, Dataset]]:
-    """``count`` instances of a new study, with ``attributes`` set on each."""
-    study_uid, series_uid = generate_uid(), generate_uid()
+def new_study(count: int, study_uid: str | None = None, **attributes: Any) -> list[Dataset]:
+    """``count`` CT instances of a study (new unless ``study_uid``), one series, with ``attributes`` set."""
+    study_uid, series_uid = study_uid or generate_uid(), generate_uid()
     made = []
     for n in range(count):
         dataset = pydicom.dcmread(CT)
@@ -45,6 +45,14 @@ def study(tmp_path: Path, name: str, count: int, **attributes: Any) -> list[tupl
             for keyword, value in attributes.items():
                 setattr(dataset, keyword, value)
         dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+        made.append(dataset)
+    return made
+
+
+def study(tmp_path: Path, name: str, count: int, **attributes: Any) -> list[tuple[Path, Dataset]]:
+    """``new_study`` saved as files to send."""
+    made = []
+    for n, dataset in enumerate(new_study(count, **attributes)):
         path = tmp_path / f"{name}-{n}.dcm"
         dataset.save_as(path, enforce_file_format=True)
         made.append((path, dataset))
