@@ -188,6 +188,8 @@ class Association:
         self._command = CommandAssembler()
         self._request: _Request | None = None
         self._running: _Running | None = None
+        self._idle: asyncio.Timeout | None = None
+        """The read in progress's deadline, re-armed when an operation ends (it was read without one)."""
         self._message_id = 0
         self._responses: dict[int, asyncio.Future[Command]] = {}
         self._on_end: list[Callable[[], None]] = []
@@ -286,8 +288,9 @@ class Association:
             timeout: float | None = self._timeouts.dimse_seconds if self._request else self._timeouts.network_seconds
             if self._running is not None and self._request is None:
                 timeout = None  # the requestor waits for our responses: our side has the timeouts now
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout) as self._idle:
                 pdu_type, pdu = await read_pdu(self._reader, self._policy.max_pdu_length)
+            self._idle = None
             if pdu_type == P_DATA_TF:
                 await self._p_data(memoryview(pdu)[6:])
             elif pdu_type == A_RELEASE_RQ:
@@ -411,6 +414,8 @@ class Association:
             finally:
                 if self._running is running:
                     self._running = None
+                    if self._idle is not None and self._idle.when() is None:
+                        self._idle.reschedule(asyncio.get_running_loop().time() + self._timeouts.network_seconds)
 
         running.task = asyncio.create_task(run(), name=f"dimse-operation-{self.id}")
 

@@ -4,6 +4,7 @@ dcmtk's findscu, movescu and getscu and by pynetdicom, with dcmtk's storescp as 
 from __future__ import annotations
 
 import asyncio
+import time
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -368,3 +369,25 @@ async def test_a_move_goes_on_when_its_requestor_aborts(archive: tuple[Gateway, 
         await storescp.wait()
     assert sorted(pydicom.dcmread(path).SOPInstanceUID for path in received.iterdir()) == sorted(
         d.SOPInstanceUID for _, d in made)
+
+
+async def test_an_association_idle_after_a_query_is_still_timed_out(tmp_path: Path) -> None:
+    async with running(tmp_path, ["receiver", "api"], dicom={
+            "network_timeout_seconds": 1.5, "allowed_aes": [{"ae_title": QR_AE, "permissions": ["query"]}]}) as gateway:
+
+        def query_then_idle() -> bool:
+            ae = AE(ae_title=QR_AE)
+            ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+            assoc = ae.associate("127.0.0.1", gateway.settings.dicom.port, ae_title="DICOMGW")
+            assert assoc.is_established
+            [(status, _)] = [(s, i) for s, i in assoc.send_c_find(
+                keys(QueryRetrieveLevel="STUDY", StudyInstanceUID=""), StudyRootQueryRetrieveInformationModelFind)]
+            assert int(status.Status) == 0x0000
+            for _ in range(50):  # up to 5 s
+                if not assoc.is_established:
+                    return True
+                time.sleep(0.1)
+            assoc.release()
+            return False
+
+        assert await asyncio.to_thread(query_then_idle)
