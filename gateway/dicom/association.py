@@ -434,13 +434,15 @@ class Association:
         assert self._accepted is not None
         room = self._accepted.peer_max_pdu - 6 if self._accepted.peer_max_pdu else len(message)
         room = max(room, 1)
-        pdus = []
+        parts: list[bytes | memoryview] = []
+        view = memoryview(message)
         for start in range(0, max(len(message), 1), room):
-            piece = message[start : start + room]
+            piece = view[start : start + room]
             control = kind | (0x02 if last and start + room >= len(message) else 0x00)
-            pdv = PDV_HEADER.pack(len(piece) + 2, context_id, control) + piece
-            pdus.append(PDU_HEADER.pack(P_DATA_TF, 0, len(pdv)) + pdv)
-        return b"".join(pdus)
+            parts.append(PDU_HEADER.pack(P_DATA_TF, 0, len(piece) + PDV_HEADER.size)
+                         + PDV_HEADER.pack(len(piece) + 2, context_id, control))
+            parts.append(piece)
+        return b"".join(parts)  # one copy of the message, not two
 
     async def _respond(self, request: Command, context_id: int, response: Response) -> None:
         command_field = request.command_field | 0x8000

@@ -37,6 +37,8 @@ from gateway.dicom.dimse import Command
 
 log = logging.getLogger(__name__)
 
+_DRAIN_AT = 512 * 1024
+"""Bytes the transport may hold before a PDU waits for it to drain (memory stays bounded by about this)."""
 MAX_CONTEXTS = 128
 """Presentation context IDs are the odd numbers 1 to 255 (PS3.8 9.3.2.2)."""
 UNLIMITED_PDV_BYTES = 1024 * 1024
@@ -428,6 +430,8 @@ class RequestorAssociation:
         self._writer.write(PDU_HEADER.pack(association.P_DATA_TF, 0, len(data) + PDV_HEADER.size)
                            + PDV_HEADER.pack(len(data) + 2, context_id, control))
         self._writer.write(data)
+        if self._writer.transport.get_write_buffer_size() < _DRAIN_AT:
+            return  # the transport took it or holds little: waiting on it per PDU only costs
         try:
             async with asyncio.timeout(timeout):
                 await self._writer.drain()

@@ -132,16 +132,27 @@ def check_sha256(sha256: str) -> None:
 
 class ChunkStream(AsyncIterator[bytes]):
     """An object's chunks, each read by a blocking call in a thread; the source is closed when the stream
-    ends, fails, is ``aclose()``d or is dropped, so an abandoned read never leaks a connection or file."""
+    ends, fails, is ``aclose()``d or is dropped, so an abandoned read never leaks a connection or file.
 
-    def __init__(self, read_chunk: Callable[[], bytes], close: Callable[[], None]) -> None:
+    ``first`` is a chunk the adapter read in the same thread call that opened the object, and ``complete`` says
+    it was the whole object: a small object then costs one hop to a thread, not three (open, read, see the end),
+    which is most of what sending it costs."""
+
+    def __init__(self, read_chunk: Callable[[], bytes], close: Callable[[], None], first: bytes = b"",
+                 complete: bool = False) -> None:
         self._read_chunk = read_chunk
         self._close = weakref.finalize(self, close)
+        self._first = first
+        if complete:
+            self._close()
 
     def __aiter__(self) -> ChunkStream:
         return self
 
     async def __anext__(self) -> bytes:
+        if self._first:
+            chunk, self._first = self._first, b""
+            return chunk
         if not self._close.alive:
             raise StopAsyncIteration
         try:

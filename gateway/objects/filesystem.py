@@ -87,8 +87,9 @@ class FilesystemObjectStore:
 
     async def read(self, key: str) -> ChunkStream:
         path = self._path(key)
-        file = await self._call(key, partial(_open_object, path, key))
-        return ChunkStream(partial(_read_chunk, file, key), file.close)
+        file, first = await self._call(key, partial(_open_object, path, key))
+        return ChunkStream(partial(_read_chunk, file, key), file.close, first,
+                           complete=len(first) < READ_CHUNK_BYTES)  # a file reads short only at its end
 
     async def copy(self, source: str, destination: str, metadata: dict[str, str] | None = None) -> ObjectInfo:
         source_path = self._path(source)
@@ -222,11 +223,17 @@ def _stat(path: Path, key: str) -> ObjectInfo | None:
     return ObjectInfo(key, status.st_size, sidecar["metadata"], sidecar["sha256"])
 
 
-def _open_object(path: Path, key: str) -> BinaryIO:
+def _open_object(path: Path, key: str) -> tuple[BinaryIO, bytes]:
+    """The open file and its first chunk."""
     try:
-        return path.open("rb")
+        file = path.open("rb")
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise ObjectNotFound(key) from None
+    try:
+        return file, file.read(READ_CHUNK_BYTES)
+    except BaseException:
+        file.close()
+        raise
 
 
 def _read_chunk(file: BinaryIO, key: str) -> bytes:

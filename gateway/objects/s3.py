@@ -169,8 +169,17 @@ class S3ObjectStore:
 
     async def read(self, key: str) -> ChunkStream:
         check_key(key)
-        response = await self._call(key, partial(self._client.get_object, self._bucket, key))
-        return ChunkStream(partial(_read_chunk, response, key), partial(_release, response))
+        response, first = await self._call(key, partial(self._open, key))
+        return ChunkStream(partial(_read_chunk, response, key), partial(_release, response), first)
+
+    def _open(self, key: str) -> tuple[urllib3.BaseHTTPResponse, bytes]:
+        """The response and its first chunk, in one thread call."""
+        response = self._client.get_object(self._bucket, key)
+        try:
+            return response, response.read(READ_CHUNK_BYTES)
+        except BaseException:
+            _release(response)
+            raise
 
     async def copy(self, source: str, destination: str, metadata: dict[str, str] | None = None) -> ObjectInfo:
         check_key(source)

@@ -41,7 +41,7 @@ from gateway.dicom.service import VERIFICATION, AssociationContext, DataSetSink,
 from gateway.dicom.transcode import CannotTranscode, NotPart10, open_part10, transcode
 from gateway.index import IndexFailure, Stored
 from gateway.metrics import Metrics
-from gateway.objects import ObjectNotFound, ObjectStore, ObjectStoreError
+from gateway.objects import ChunkStream, ObjectNotFound, ObjectStoreError
 from gateway.retrieve import Holdings
 from gateway.retrieve.find import IDENTIFIER_LIMIT, QUERY_SYNTAXES, read_identifier
 from gateway.settings import QuerySettings
@@ -216,12 +216,17 @@ class _Retrieval:
             yield progress.final(False, self._syntax)
             return
         objects = self._service.holdings.objects()
+        opening: asyncio.Task[ChunkStream] | None = None
         try:
             async with self._target as target:
-                for stored in self._instances:
+                for position, stored in enumerate(self._instances):
                     if cancelled.is_set():
                         break
-                    outcome, reason = await _send_one(objects, stored, target)
+                    opened = opening or asyncio.ensure_future(objects.read(stored.storage_key))
+                    opening = None
+                    if position + 1 < len(self._instances):  # opened while this one is sent and answered
+                        opening = asyncio.ensure_future(objects.read(self._instances[position + 1].storage_key))
+                    outcome, reason = await _send_one(opened, stored, target)
                     progress.count(stored.sop_instance_uid, outcome)
                     self._service.count(self._interface, outcome, stored.size)
                     if outcome == "failed":
@@ -233,14 +238,31 @@ class _Retrieval:
             reason = f"cannot send: {describe(exc)}"
             log.warning("retrieve stopped", extra={"reason": reason, "interface": self._interface})
             progress.fail_rest(self._instances, reason)
+        finally:
+            if opening is not None:
+                _discard(opening)
         yield progress.final(cancelled.is_set(), self._syntax)
 
 
-async def _send_one(objects: ObjectStore, stored: Stored, target: _Target) -> tuple[str, str]:
-    """One sub-operation: (completed | warning | failed, why it failed). Raises OSError or TimeoutError when
-    the association is gone, since the rest cannot go either."""
+def _discard(opening: asyncio.Task[ChunkStream]) -> None:
+    """Close an object opened ahead that will not be sent, whenever its opening ends."""
+
+    def close(task: asyncio.Task[ChunkStream]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            _CLOSING.add(closing := asyncio.ensure_future(task.result().aclose()))
+            closing.add_done_callback(_CLOSING.discard)
+
+    opening.add_done_callback(close)
+
+
+_CLOSING: set[asyncio.Future[None]] = set()
+
+
+async def _send_one(opened: asyncio.Future[ChunkStream], stored: Stored, target: _Target) -> tuple[str, str]:
+    """One sub-operation, its object being opened by ``opened``: (completed | warning | failed, why it failed).
+    Raises OSError or TimeoutError when the association is gone, since the rest cannot go either."""
     try:
-        chunks = await objects.read(stored.storage_key)
+        chunks = await opened
     except ObjectNotFound:
         return "failed", "the stored object is missing from the object store"
     except ObjectStoreError as exc:
