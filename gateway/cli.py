@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import errno
 import logging
 import os
@@ -200,7 +201,25 @@ async def _dead_letter_async(settings: Settings, args: argparse.Namespace) -> in
     return 1 if failed else 0
 
 
+MMAP_THRESHOLD_BYTES = 256 * 1024
+_M_MMAP_THRESHOLD = -3
+"""mallopt's parameter number (malloc.h)."""
+
+
+def _bound_allocator() -> None:
+    """Fix glibc's mmap threshold, so that every buffer of a record or chunk (up to 1 MiB) is its own mapping,
+    returned to the system when freed. By default glibc raises the threshold once such a buffer is freed and
+    serves the next ones from its heaps, which keep what they grew to: a 2 GiB instance streamed in 1 MiB
+    pieces then left 270-830 MiB resident from run to run; memory bounded by design should not depend on that."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: its allocator has no such threshold to fix
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+
 def _run(args: argparse.Namespace) -> int:
+    _bound_allocator()
     settings = load_settings(args.config)
     if args.workers is not None:
         if args.workers < 1:

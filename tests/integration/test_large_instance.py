@@ -16,10 +16,10 @@ from tests.process import GatewayProcess
 SIZE = 2 * 1024**3
 """2 GiB, as the acceptance asks; it takes about 15 s here."""
 RSS_LIMIT = 512 * 1024**2
-"""A quarter of the instance: holding it (or a growing share of it) would exceed it. The peak itself is mostly
-what the allocator keeps of freed chunk buffers under uvloop and varies between runs: 200-510 MiB for 2 GiB on
-this machine (507 MiB once with the code of 26f61e1 too), about 200 MiB for 256 MiB; Python's own allocations
-stay under 30 MiB (tracemalloc)."""
+"""A quarter of the instance: holding it (or a growing share of it) would exceed it. With glibc's mmap threshold
+left to adjust itself the peak was mostly what its heaps kept of freed chunk buffers, 270-830 MiB from run to run;
+with the threshold fixed (``gateway.cli._bound_allocator``) it is 290-330 MiB for 2 GiB on this machine. Python's
+own allocations stay under 30 MiB (tracemalloc)."""
 
 
 def write_large_instance(path: Path, pixel_bytes: int) -> None:
