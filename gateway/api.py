@@ -79,7 +79,8 @@ class Api:
     name = "api"
 
     def __init__(self, open_index: Callable[[], Awaitable[Index]], bus: Bus, settings: Settings,
-                 open_objects: Callable[[], ObjectStore], metrics: Metrics) -> None:
+                 open_objects: Callable[[], ObjectStore], metrics: Metrics,
+                 shortage: Callable[[], str | None] = lambda: None) -> None:
         """DICOMweb (``gateway.retrieve.dicomweb``) is served too when ``query.enabled``: it reads the object
         store and publishes STOW-RS instances into the bus."""
         self._open_index = open_index
@@ -112,7 +113,7 @@ class Api:
         ]
         if settings.query.enabled:
             self.routes.extend(DicomWeb(self._ready_index, self._ready_objects, self._ready_producer, settings,
-                                        metrics).routes)
+                                        metrics, shortage).routes)
 
     async def __aenter__(self) -> Api:
         try:

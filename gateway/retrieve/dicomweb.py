@@ -63,9 +63,12 @@ _UID = r"[0-9.]{1,64}"
 
 class DicomWeb:
     def __init__(self, index: Callable[[], Index], objects: Callable[[], ObjectStore],
-                 producer: Callable[[], Producer], settings: Settings, metrics: Metrics) -> None:
-        """``index``, ``objects`` and ``producer`` give what the API role opened (503 until it has)."""
+                 producer: Callable[[], Producer], settings: Settings, metrics: Metrics,
+                 shortage: Callable[[], str | None] = lambda: None) -> None:
+        """``index``, ``objects`` and ``producer`` give what the API role opened (503 until it has);
+        ``shortage`` says why the data directory is short of space (STOW-RS then answers 503, as C-STORE 0xA700)."""
         self._index = index
+        self._shortage = shortage
         self._objects = objects
         self._producer = producer
         self._settings = settings
@@ -221,6 +224,9 @@ class DicomWeb:
     @requires(Role.OPERATOR)
     async def _stow(self, request: web.Request) -> web.Response:
         study = request.match_info.get("study", "")
+        short = self._shortage()
+        if short is not None:  # refused before a byte reaches the bus, like C-STORE; logged once by the watcher
+            raise web.HTTPServiceUnavailable(text=short, headers={"Retry-After": "60"})
         content_type = request.headers.get("Content-Type", "")
         if not content_type.lower().startswith("multipart/related") or \
                 not re.search(r'type="?application/dicom"?(;|$|\s)', content_type, re.IGNORECASE):

@@ -15,6 +15,8 @@ import re
 import sqlite3
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -163,6 +165,19 @@ def stored(disk: Path, uid: str) -> str | None:
     return None if row is None else str(row[0])
 
 
+def stow(gateway: GatewayProcess, path: Path) -> tuple[int, str]:
+    """STOW-RS of one file, with the generated admin token."""
+    token = (gateway.data_dir / "api-token").read_text().strip()
+    body = (b"--b\r\nContent-Type: application/dicom\r\n\r\n" + path.read_bytes() + b"\r\n--b--\r\n")
+    request = urllib.request.Request(f"http://127.0.0.1:{gateway.http_port}/dicomweb/studies", data=body, headers={
+        "Authorization": f"Bearer {token}", "Content-Type": 'multipart/related; type="application/dicom"; boundary=b'})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
 def whole_log(gateway: GatewayProcess) -> str:
     gateway.output()  # flushes
     return gateway.log.read_text(errors="replace")
@@ -186,6 +201,7 @@ def test_a_full_disk_refuses_instances_stays_up_and_recovers(small_disk: Path, t
         answers.add(store(gateway.dicom_port, refused))
         time.sleep(1)
     assert answers == {(OUT_OF_RESOURCES, "disk full")}
+    assert stow(gateway, refused)[0] == 503  # STOW-RS is refused the same way
     assert unready_for_disk(gateway, small_disk)()
     log = whole_log(gateway)
     assert log.count("disk full: unready") == 1, "one warning when the disk turns full, not one per C-STORE"
