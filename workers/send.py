@@ -40,7 +40,6 @@ from workers.deliver import RetryPolicy
 
 log = logging.getLogger(__name__)
 
-_STORED_WARNINGS = (0xB000, 0xB006, 0xB007)
 RESULTS_PER_WRITE = 32
 _LATER = (0x0110, 0x0213)
 """Processing failure and resource limitation: statuses another try may pass, beside 0xA7xx."""
@@ -211,7 +210,7 @@ class BatchSender:
             await chunks.aclose()
         status = outcome.status
         comment = f": {outcome.comment}" if outcome.comment else ""
-        if status == dimse.SUCCESS or status in _STORED_WARNINGS:
+        if status == dimse.SUCCESS or status in dimse.STORED_WITH_WARNING:
             outcome_label = "sent" if status == dimse.SUCCESS else "warning"
             self._metrics.forwarded.labels(name, outcome_label).inc()
             self._metrics.forwarded_bytes.labels(name).inc(item.size)

@@ -29,6 +29,8 @@ NO_SUCH_ACTION = 0x0123
 NOT_AUTHORIZED = 0x0124
 UNRECOGNIZED_OPERATION = 0x0211
 RESOURCE_LIMITATION = 0x0213
+STORED_WITH_WARNING = frozenset({0xB000, 0xB006, 0xB007})
+"""C-STORE warnings that still mean stored: coercion, elements discarded, data set not matching the SOP Class."""
 PENDING = 0xFF00
 PENDING_WARNING = 0xFF01
 """Pending, one or more optional keys not supported (C-FIND, PS3.4 C.4.1.1.4)."""

@@ -10,8 +10,23 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from gateway.index import Index
+from gateway.core.query import Query
+from gateway.index import Catalogue, Index, Stored
 from gateway.objects import ObjectStore
+
+_PAGE = 1000
+
+
+async def stored_instances(catalogue: Catalogue, images: Query) -> list[Stored]:
+    """Where every instance an IMAGE-level query matches is, read page after page (C-MOVE, C-GET, WADO-RS)."""
+    instances: list[Stored] = []
+    after = None
+    while True:
+        page = await catalogue.search(images, after=after, limit=_PAGE)
+        instances.extend(stored for _, _, stored in page if stored is not None)
+        if len(page) < _PAGE:
+            return instances
+        after = page[-1][0]
 
 
 class Holdings:

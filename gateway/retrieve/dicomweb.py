@@ -40,13 +40,13 @@ from gateway.index import Index, IndexFailure, Stored
 from gateway.ingest.publish import InstancePublisher, Origin
 from gateway.metrics import Metrics
 from gateway.objects import ObjectNotFound, ObjectStore, ObjectStoreError
+from gateway.retrieve import stored_instances
 from gateway.retrieve.answer import identifier
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 
 DICOM_JSON = "application/dicom+json"
-_PAGE = 500
 _METADATA_HEADER_LIMIT = 8 * 1024 * 1024
 _BULK_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
 _DEFAULT_KEYS = {
@@ -148,15 +148,8 @@ class DicomWeb:
         keyword = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID", "instance": "SOPInstanceUID"}
         query = Query(Model.STUDY_ROOT, Level.IMAGE, tuple(Condition(keyword[name], Match.SINGLE, (value,))
                                                           for name, value in request.match_info.items()))
-        found: list[Stored] = []
-        after = None
         try:
-            while True:
-                page = await self._index().search(query, after=after, limit=_PAGE)
-                found.extend(stored for _, _, stored in page if stored is not None)
-                if len(page) < _PAGE:
-                    break
-                after = page[-1][0]
+            found = await stored_instances(self._index(), query)
         except IndexFailure as exc:
             log.error("WADO-RS failed: the index is unavailable", extra={"error": describe(exc)})
             raise web.HTTPServiceUnavailable(text="the index is unavailable") from None

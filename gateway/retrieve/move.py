@@ -42,14 +42,12 @@ from gateway.dicom.transcode import CannotTranscode, NotPart10, open_part10, tra
 from gateway.index import IndexFailure, Stored
 from gateway.metrics import Metrics
 from gateway.objects import ChunkStream, ObjectNotFound, ObjectStoreError
-from gateway.retrieve import Holdings
+from gateway.retrieve import Holdings, stored_instances
 from gateway.retrieve.find import IDENTIFIER_LIMIT, QUERY_SYNTAXES, read_identifier
 from gateway.settings import QuerySettings
 
 log = logging.getLogger(__name__)
 
-_PAGE = 1000
-_STORED_WARNINGS = (0xB000, 0xB006, 0xB007)
 
 
 class RetrieveService:
@@ -113,14 +111,7 @@ class RetrieveService:
         limit = self._settings.max_retrieve_instances
         if await index.count_matches(images, limit + 1) > limit:
             return None
-        instances: list[Stored] = []
-        after = None
-        while True:
-            page = await index.search(images, after=after, limit=_PAGE)
-            instances.extend(stored for _, _, stored in page if stored is not None)
-            if len(page) < _PAGE:
-                return instances
-            after = page[-1][0]
+        return await stored_instances(index, images)
 
     def _moving(self, destination: RemoteAE, instances: Sequence[Stored],
                 originator: tuple[str, int]) -> AbstractAsyncContextManager[_Target]:
@@ -288,7 +279,7 @@ async def _send_one(opened: asyncio.Future[ChunkStream], stored: Stored, target:
         await chunks.aclose()
     if status == dimse.SUCCESS:
         return "completed", ""
-    if status in _STORED_WARNINGS:
+    if status in dimse.STORED_WITH_WARNING:
         return "warning", ""
     return "failed", f"C-STORE answered 0x{status:04X}"
 
