@@ -97,6 +97,7 @@ class Api:
         self.routes = [
             web.get("/api/studies", self._studies),
             web.get("/api/studies/{study_uid}", self._study),
+            web.get("/api/patients/{patient_id}", self._patient),
             web.get("/api/commitments/overdue", self._overdue_commitments),
             web.get("/api/commitments/{transaction_uid}", self._commitment),
             web.get("/api/xds/documents", self._xds_documents),
@@ -152,6 +153,19 @@ class Api:
         return self._producer
 
     @requires(Role.READER)
+    async def _patient(self, request: web.Request) -> web.Response:
+        """A patient's current attributes (the index's, after ADT updates), studies and history of changes; the
+        ``issuer`` parameter picks one when the identifier exists under several assigning authorities."""
+        issuer = request.query.get("issuer", "")
+        found = await self._ready_index().patient_record(request.match_info["patient_id"], issuer)
+        if not found:
+            raise web.HTTPNotFound(text="no such patient")
+        if len(found) > 1:
+            return web.json_response({"error": "the identifier exists under several issuers; add ?issuer=",
+                                      "issuers": [entry["IssuerOfPatientID"] for entry in found]}, status=409)
+        return web.json_response(found[0])
+
+    @requires(Role.READER)
     async def _studies(self, request: web.Request) -> web.Response:
         studies = await self._ready_index().find_studies(
             patient_id=request.query.get("patient_id", ""), accession_number=request.query.get("accession", ""),
@@ -185,10 +199,12 @@ class Api:
         forwarding = await index.forward_items(study_instance_uid=rows[0].study_instance_uid, limit=100_000)
         deliveries = await index.deliveries(rows[0].study_instance_uid)
         registrations = await index.registrations(rows[0].study_instance_uid)
+        patient = (await index.patients_of_studies([rows[0].study_instance_uid])).get(rows[0].study_instance_uid)
         return web.json_response({
             "study_instance_uid": rows[0].study_instance_uid,
             "patient_id": current[0].patient_id,
             "issuer_of_patient_id": current[0].issuer_of_patient_id,
+            "patient": None if patient is None else patient.attributes(),
             "accession_number": current[0].accession_number,
             "study_id": current[0].study_id,
             "study_date": current[0].study_date,

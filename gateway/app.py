@@ -11,9 +11,12 @@ from gateway.api import Api
 from gateway.bus import Bus, Producer
 from gateway.bus.embedded import EmbeddedBus
 from gateway.bus.kafka import KafkaBus
+from gateway.core.events import Event
 from gateway.dicom.scu import ClientTls, Outbound, RemoteAE
 from gateway.dicom.service import DimseService
 from gateway.disk import DiskSpace
+from gateway.hetu import HETU_OID
+from gateway.hl7.listener import Hl7Listener
 from gateway.http import Endpoints, internal_secret
 from gateway.index import CorrectionPolicy, Index
 from gateway.index.postgres import PostgresIndex
@@ -30,9 +33,10 @@ from gateway.xds.client import XdsClient
 from workers.availability import IAN, AvailabilityNotifier, ian_sender
 from workers.commitment import REPORT, CommitmentTracker, report_sender
 from workers.deliver import Deliverer, RetryPolicy
-from workers.events import EventPool
+from workers.events import EventPool, event
 from workers.forward import ForwardStage
 from workers.notify import NotifyStage
+from workers.patient import Hl7Forwarder, PatientStage, adt_record
 from workers.pool import StorePool
 from workers.register import REGISTRATION, RegisterStage, Registrar
 from workers.routing import Router
@@ -101,7 +105,7 @@ def store_pool(settings: Settings, bus: Bus, metrics: Metrics) -> StorePool:
                      settings.runtime.drain_timeout_seconds)
 
 
-def notify_pool(settings: Settings, bus: Bus, metrics: Metrics) -> EventPool:
+def notify_pool(settings: Settings, bus: Bus, metrics: Metrics) -> EventPool[Event]:
     notify = settings.notify
 
     @asynccontextmanager
@@ -117,11 +121,11 @@ def notify_pool(settings: Settings, bus: Bus, metrics: Metrics) -> EventPool:
             deliverer = Deliverer(index, senders, producer, settings.topics, retry, "notify", metrics)
             yield NotifyStage(tracker, AvailabilityNotifier(index, notify), deliverer)
 
-    return EventPool("notify", bus, settings.topics, open_stage, metrics, notify.retry_max_seconds,
-                     settings.runtime.drain_timeout_seconds)
+    return EventPool("notify", bus, settings.topics, settings.topics.events, event, open_stage, metrics,
+                     notify.retry_max_seconds, settings.runtime.drain_timeout_seconds)
 
 
-def register_pool(settings: Settings, bus: Bus, metrics: Metrics) -> EventPool:
+def register_pool(settings: Settings, bus: Bus, metrics: Metrics) -> EventPool[Event]:
     xds = settings.xds
     if not xds.enabled:
         raise SettingsError("the register role needs GATEWAY_XDS__REPOSITORY_URL (registration is off without it)")
@@ -139,11 +143,11 @@ def register_pool(settings: Settings, bus: Bus, metrics: Metrics) -> EventPool:
                                   "register", metrics)
             yield RegisterStage(registrar, deliverer)
 
-    return EventPool("register", bus, settings.topics, open_stage, metrics, xds.retry_max_seconds,
-                     settings.runtime.drain_timeout_seconds)
+    return EventPool("register", bus, settings.topics, settings.topics.events, event, open_stage, metrics,
+                     xds.retry_max_seconds, settings.runtime.drain_timeout_seconds)
 
 
-def forward_pool(settings: Settings, bus: Bus, metrics: Metrics) -> EventPool:
+def forward_pool(settings: Settings, bus: Bus, metrics: Metrics) -> EventPool[Event]:
     forward = settings.forward
     if not forward.destinations:
         raise SettingsError("the forward role needs GATEWAY_FORWARD__DESTINATIONS (where to forward to)")
@@ -164,8 +168,47 @@ def forward_pool(settings: Settings, bus: Bus, metrics: Metrics) -> EventPool:
             finally:
                 await stage.close()
 
-    return EventPool("forward", bus, settings.topics, open_stage, metrics, forward.retry_max_seconds,
-                     settings.runtime.drain_timeout_seconds)
+    return EventPool("forward", bus, settings.topics, settings.topics.events, event, open_stage, metrics,
+                     forward.retry_max_seconds, settings.runtime.drain_timeout_seconds)
+
+
+def hl7_listener(settings: Settings, bus: Bus, metrics: Metrics) -> Hl7Listener:
+    hl7 = settings.hl7
+    if not hl7.enabled:
+        raise SettingsError("the hl7 role needs GATEWAY_HL7__PORT (and GATEWAY_HL7__ALLOWED_SENDERS)")
+    holdings = Holdings(lambda: open_index(settings), lambda: build_objects(settings))
+    return Hl7Listener(hl7, settings.topics, bus, metrics, trusted_authorities(settings),
+                       settings.validation.test_environment, holdings, settings.runtime.drain_timeout_seconds)
+
+
+def trusted_authorities(settings: Settings) -> frozenset[str]:
+    return frozenset({HETU_OID, *settings.hl7.local_authorities})
+
+
+def patient_pools(settings: Settings, bus: Bus, metrics: Metrics) -> list[Role]:
+    """Applying ADT, and passing it on upstream when one is configured: two consumer groups of the hl7 topic."""
+    hl7, drain = settings.hl7, settings.runtime.drain_timeout_seconds
+
+    @asynccontextmanager
+    async def apply_stage(producer: Producer) -> AsyncIterator[PatientStage]:
+        async with _services(settings) as (_, index):
+            yield PatientStage(index, producer, settings.topics, metrics, settings.xds.reregister_on_patient_change)
+
+    pools: list[Role] = [EventPool("patient", bus, settings.topics, settings.topics.hl7, adt_record, apply_stage,
+                                   metrics, settings.store.retry_max_seconds, drain)]
+    if hl7.forward_to.enabled:
+
+        @asynccontextmanager
+        async def forward_stage(producer: Producer) -> AsyncIterator[Hl7Forwarder]:
+            forwarder = Hl7Forwarder(hl7.forward_to, metrics)
+            try:
+                yield forwarder
+            finally:
+                await forwarder.close()
+
+        pools.append(EventPool("hl7-forward", bus, settings.topics, settings.topics.hl7, adt_record, forward_stage,
+                               metrics, hl7.forward_to.retry_max_seconds, drain))
+    return pools
 
 
 def retrieval(settings: Settings, metrics: Metrics) -> tuple[Holdings, list[DimseService]] | None:
@@ -185,7 +228,7 @@ def build_roles(names: Sequence[str], settings: Settings, bus: Bus, metrics: Met
     """``endpoints`` is filled in by the runtime once the internal port is bound, before the roles start;
     ``space``, watched by the runtime, stops the receiver taking instances while the disk is full."""
     drain = settings.runtime.drain_timeout_seconds
-    factories: dict[str, Callable[[], Role]] = {
+    factories: dict[str, Callable[[], Role | list[Role]]] = {
         "receiver": lambda: Receiver(settings.dicom, settings.topics, bus, metrics, drain,
                                      reply_to=(lambda: endpoints.internal_url)
                                      if settings.notify.report_on_same_association else None,
@@ -198,5 +241,11 @@ def build_roles(names: Sequence[str], settings: Settings, bus: Bus, metrics: Met
         "register": lambda: register_pool(settings, bus, metrics),
         "notify": lambda: notify_pool(settings, bus, metrics),
         "forward": lambda: forward_pool(settings, bus, metrics),
+        "hl7": lambda: hl7_listener(settings, bus, metrics),
+        "patient": lambda: patient_pools(settings, bus, metrics),
     }
-    return [factories[name]() for name in names]
+    roles: list[Role] = []
+    for name in names:
+        built = factories[name]()
+        roles.extend(built if isinstance(built, list) else [built])
+    return roles

@@ -234,7 +234,8 @@ def _run(args: argparse.Namespace) -> int:
     for name, line in _unknown_variables():
         log.warning(line, extra={"variable": name})
     roles = args.roles or [role for role in ROLES if (role != "register" or settings.xds.enabled)
-                           and (role != "forward" or settings.forward.destinations)]
+                           and (role != "forward" or settings.forward.destinations)
+                           and (role not in ("hl7", "patient") or settings.hl7.enabled)]
     try:
         uvloop.run(_serve(settings, roles, args.config, args.ready_fd))
     except RoleCrashed:

@@ -128,6 +128,18 @@ class Metrics:
         self.forward_associations = Gauge(
             "dicomgw_forward_associations_open", "Associations open to each destination", ["destination"], registry=r,
         )
+        self.hl7_messages = Counter(
+            "dicomgw_hl7_messages_total", "HL7 messages answered by the hl7 role, by trigger event and acknowledgment "
+            "(AA, AE, AR; duplicate for one applied before)", ["trigger", "acknowledgment"], registry=r,
+        )
+        self.patient_changes = Counter(
+            "dicomgw_patient_changes_total", "ADT changes the patient role applied, by action (updated, created, "
+            "merged, identifier-changed, duplicate, refused)", ["action"], registry=r,
+        )
+        self.hl7_forwarded = Counter(
+            "dicomgw_hl7_forwarded_total", "ADT messages passed on upstream, by outcome (accepted, refused)",
+            ["outcome"], registry=r,
+        )
         self.queries = Counter(
             "dicomgw_queries_total", "Queries by interface (dimse, qido) and outcome (answered, invalid, too_many, "
             "failed)", ["interface", "outcome"], registry=r,

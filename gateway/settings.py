@@ -29,11 +29,12 @@ from pydantic_settings import (
 )
 
 from gateway.core.uid import is_uid
+from gateway.hl7.message import CHARSETS
 
 ENV_PREFIX = "GATEWAY_"
 NESTED_DELIMITER = "__"
 DEFAULT_SECRETS_DIR = Path("/run/secrets/dicom-gateway")
-ROLES = ("receiver", "store", "register", "notify", "forward", "api")
+ROLES = ("receiver", "store", "register", "notify", "forward", "api", "hl7", "patient")
 """Roles this build can run; each worker role is added here when its stage exists."""
 
 
@@ -275,6 +276,8 @@ class TopicSettings(_Section):
     """Instance chunks and their final envelopes, keyed by Study Instance UID."""
     events: str = "dicomgw.events"
     dead_letter: str = "dicomgw.dead-letter"
+    hl7: str = "dicomgw.hl7"
+    """ADT messages the hl7 role accepted, in the order they were acknowledged (one key, one partition)."""
 
 
 class KafkaSettings(_Section):
@@ -427,6 +430,9 @@ class XdsSettings(_Section):
     retry_max_seconds: float = Field(600.0, gt=0)
     retry_max_attempts: int = Field(12, ge=1)
     """Attempts for a registration the registry answers as transient failure before it is dead-lettered."""
+    reregister_on_patient_change: bool = False
+    """Replace the manifests of studies whose patient an ADT message changed (merge, identifier change, new name).
+    Off: the registry tracks identity changes itself (ITI-8/ITI-44), and later manifests carry the new values."""
 
     @property
     def enabled(self) -> bool:
@@ -536,6 +542,102 @@ class ForwardSettings(_Section):
         return next((destination for destination in self.destinations if destination.name == name), None)
 
 
+class Hl7Sender(_Section):
+    """A sending application (MSH-3) the hl7 role accepts ADT from, optionally only at one facility (MSH-4)
+    and from some networks."""
+
+    application: str = Field(min_length=1)
+    facility: str = ""
+    """Empty: any facility."""
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    """Empty: any address."""
+
+    def admits(self, application: str, facility: str, address: str) -> bool:
+        if application != self.application or (self.facility and facility != self.facility):
+            return False
+        if not self.networks:
+            return True
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.networks)
+
+
+class Hl7ForwardSettings(_Section):
+    """The upstream HL7 receiver every applied ADT message is passed on to (MLLP), e.g. the national service's
+    interface; off while ``host`` is unset."""
+
+    host: str | None = None
+    port: int = Field(2575, ge=1, le=65535)
+    tls: bool = False
+    ca_file: Path | None = None
+    """CAs the upstream's certificate must chain to (system CAs when unset)."""
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    """Our client certificate, when the upstream asks for one."""
+    timeout_seconds: float = Field(30.0, gt=0)
+    """Connecting, and waiting for the upstream's acknowledgment."""
+    retry_max_seconds: float = Field(300.0, gt=0)
+    """Longest back-off while the upstream is unreachable; the message is sent again until it answers (later
+    messages wait: ADT must not overtake ADT), and one it answers AE or AR is dead-lettered (re-drivable)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.host is not None
+
+
+class Hl7Settings(_Section):
+    """The HL7 v2 ADT listener (MLLP) and how patient changes are applied and passed on."""
+
+    host: str = "0.0.0.0"
+    port: int | None = Field(None, ge=1, le=65535)
+    """Off while unset."""
+    tls: ServerTlsSettings = ServerTlsSettings()
+    """With a certificate, the port speaks MLLP over TLS only."""
+    allowed_senders: tuple[Hl7Sender, ...] = ()
+    """Who may send ADT; required when the port is set (an ADT changes what every later answer says)."""
+    local_authorities: tuple[str, ...] = ()
+    """Assigning authorities (OIDs or namespace IDs) trusted for patient identifiers besides the personal
+    identity code's 1.2.246.21, e.g. the district's temporary-ID namespace."""
+    default_charset: str = "ASCII"
+    """How a message without MSH-18 is decoded (HL7 table 0211: ASCII, 8859/1, UNICODE UTF-8, ...)."""
+    max_message_bytes: int = Field(1_044_480, ge=1024, le=1_044_480)
+    """Longest message accepted; one is one bus record (1 MiB less room for its headers)."""
+    application: str = "DICOMGW"
+    facility: str = ""
+    """MSH-3/MSH-4 of our acknowledgments when the message did not name a receiver."""
+    idle_timeout_seconds: float = Field(300.0, gt=0)
+    """A connection with no message for this long is closed."""
+    publish_timeout_seconds: float = Field(30.0, gt=0)
+    """How long a message waits for the bus before it is answered AE (the sender then sends it again)."""
+    precheck_timeout_seconds: float = Field(5.0, gt=0)
+    """How long the listener waits for the index to check a message against the patients it holds (merged or
+    existing identifiers) before acknowledging it unchecked; the patient role checks it again when applying."""
+    max_connections_per_peer: int = Field(16, ge=1)
+    forward_to: Hl7ForwardSettings = Hl7ForwardSettings()
+
+    @field_validator("default_charset")
+    @classmethod
+    def _charset(cls, value: str) -> str:
+        if value.upper() not in CHARSETS:
+            raise ValueError(f"not one of {', '.join(CHARSETS)}")
+        return value.upper()
+
+    @model_validator(mode="after")
+    def _senders(self) -> Hl7Settings:
+        if self.port is not None and not self.allowed_senders:
+            raise ValueError("the HL7 port needs allowed_senders (which applications may change patient data)")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.port is not None
+
+    def admits(self, application: str, facility: str, address: str) -> bool:
+        return any(sender.admits(application, facility, address) for sender in self.allowed_senders)
+
+
 class RuntimeSettings(_Section):
     drain_timeout_seconds: float = Field(30.0, gt=0)
     """Time in-flight work gets after SIGTERM before it is cancelled."""
@@ -575,6 +677,7 @@ class Settings(BaseSettings):
     xds: XdsSettings = XdsSettings()
     forward: ForwardSettings = ForwardSettings()
     query: QuerySettings = QuerySettings()
+    hl7: Hl7Settings = Hl7Settings()
     runtime: RuntimeSettings = RuntimeSettings()
     log: LogSettings = LogSettings()
 

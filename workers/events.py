@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from gateway.bus import Bus, Consumer, Producer, Record
 from gateway.core import events
@@ -31,8 +31,16 @@ _IN_PLACE_PAUSE = 0.2
 """Before another try of an event whose handling failed with an error nobody classified."""
 
 
-class EventStage(Protocol):
-    async def handle(self, event: Event, source: dict[str, Any]) -> None:
+class Typed(Protocol):
+    TYPE: ClassVar[str]
+
+
+E = TypeVar("E", bound=Typed)
+E_contra = TypeVar("E_contra", bound=Typed, contravariant=True)
+
+
+class EventStage(Protocol[E_contra]):
+    async def handle(self, event: E_contra, source: dict[str, Any]) -> None:
         """Act on one event; ``source`` names its record (topic, partition, offset) for re-drives. Raises a
         retriable error when a service is down, anything else when the event cannot be handled."""
 
@@ -44,27 +52,37 @@ class EventStage(Protocol):
         """Work to repeat every so many seconds beside the consumer (sweeps, deliveries)."""
 
 
-class EventPool(WorkerRole):
-    def __init__(self, name: str, bus: Bus, topics: TopicSettings,
-                 stage: Callable[[Producer], AbstractAsyncContextManager[EventStage]], metrics: Metrics,
+def event(record: Record) -> Event:
+    """A record of the events topic as its typed event."""
+    return events.decode(record.value)
+
+
+class EventPool(WorkerRole, Generic[E]):
+    """Consumes ``topic`` (the events topic, or the hl7 topic for the patient role), each record decoded by
+    ``decode``, which raises UndecodableEvent for one that is not what the topic carries."""
+
+    def __init__(self, name: str, bus: Bus, topics: TopicSettings, topic: str, decode: Callable[[Record], E],
+                 stage: Callable[[Producer], AbstractAsyncContextManager[EventStage[E]]], metrics: Metrics,
                  retry_max_seconds: float, drain_timeout: float) -> None:
         super().__init__(metrics, retry_max_seconds, drain_timeout)
         self.name = name
         self.group = f"dicomgw-{name}"
         self._bus = bus
         self._topics = topics
+        self._topic = topic
+        self._decode = decode
         self._stage_factory = stage
         self._attempts = Attempts()
 
     async def _consume(self) -> None:
         async with self._bus.producer() as producer, self._stage_factory(producer) as stage, \
-                self._bus.consumer(self.group, [self._topics.events]) as consumer:
+                self._bus.consumer(self.group, [self._topic]) as consumer:
             loops = [asyncio.create_task(self._every(seconds, work), name=f"{self.name}-loop")
                      for seconds, work in stage.loops()]
             try:
                 await self._events(consumer, stage, producer)
             finally:
-                await self._report_lag(consumer, self._topics.events)
+                await self._report_lag(consumer, self._topic)
                 for task in loops:
                     task.cancel()
                 await asyncio.gather(*loops, return_exceptions=True)
@@ -85,7 +103,7 @@ class EventPool(WorkerRole):
             except TimeoutError:
                 pass
 
-    async def _events(self, consumer: Consumer, stage: EventStage, producer: Producer) -> None:
+    async def _events(self, consumer: Consumer, stage: EventStage[E], producer: Producer) -> None:
         while not self._stopping.is_set():
             records = await consumer.fetch(timeout=0.5)
             for record in records:
@@ -97,13 +115,13 @@ class EventPool(WorkerRole):
                 consumer.done(record)
             await consumer.commit()
             self._progressed = self._progressed or bool(records)
-            await self._report_lag(consumer, self._topics.events)
+            await self._report_lag(consumer, self._topic)
 
-    async def _handle(self, record: Record, stage: EventStage, producer: Producer) -> None:
+    async def _handle(self, record: Record, stage: EventStage[E], producer: Producer) -> None:
         source = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
         key = (record.topic, record.partition, record.offset)
         try:
-            event = events.decode(record.value)
+            event = self._decode(record)
         except events.UndecodableEvent as exc:
             await self._dead_letter(producer, record, f"unreadable event: {exc}")
             return

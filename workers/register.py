@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -28,7 +28,7 @@ from gateway.bus import Producer
 from gateway.core import events
 from gateway.core.errors import DeliveryFailed, DeliveryRefused
 from gateway.core.events import Event, StudyRegistered, StudyStable
-from gateway.index import Delivery, InstanceIndex, OutboundQueue, Registration, Registrations
+from gateway.index import Delivery, InstanceIndex, OutboundQueue, Patients, Registration, Registrations
 from gateway.settings import DicomSettings, TopicSettings, XdsSettings
 from gateway.xds.client import XdsClient, XdsPermanent, XdsTransient
 from gateway.xds.kos_check import check_kos
@@ -49,7 +49,7 @@ def registration_id(study_instance_uid: str) -> str:
     return f"{REGISTRATION}:{study_instance_uid}"
 
 
-class _RegistrarIndex(InstanceIndex, OutboundQueue, Registrations, Protocol):
+class _RegistrarIndex(InstanceIndex, OutboundQueue, Registrations, Patients, Protocol):
     pass
 
 
@@ -85,6 +85,10 @@ class Registrar:
         if not rows:
             log.info("nothing stored in the study; nothing to register", extra={"study_instance_uid": study})
             return
+        patient = (await self._index.patients_of_studies([study])).get(study)
+        if patient is not None:  # the index's patient (ADT updates and merges), not what the instances carried
+            rows = [replace(row, patient_id=patient.patient_id, issuer_of_patient_id=patient.issuer,
+                            patient_attributes={**row.patient_attributes, **patient.attributes()}) for row in rows]
         registrations = await self._index.registrations(study)
         current = next((r for r in registrations if r.current), None)
         if current is not None and current.generation >= payload["generation"]:

@@ -21,18 +21,20 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from pydicom.uid import generate_uid
 
 from gateway.core.errors import describe
+from gateway.core.study import Patient
 from gateway.dicom import commitment, contexts, dimse
 from gateway.dicom.acse import IMPLICIT_LITTLE
 from gateway.dicom.dataset import encode
 from gateway.dicom.requestor import Peer, RequestorAssociation, open_association
 from gateway.dicom.scu import ClientTls, client_tls_context
 from gateway.dicom.service import VERIFICATION
-from gateway.dicom.transcode import CannotTranscode, NotPart10, open_part10, transcode
-from gateway.index import Forwarding, ForwardItem, ForwardResult, ForwardState, ForwardTransaction
+from gateway.dicom.transcode import CannotTranscode, NotPart10, open_part10, transcode, with_patient
+from gateway.index import Forwarding, ForwardItem, ForwardResult, ForwardState, ForwardTransaction, Patients
 from gateway.metrics import Metrics
 from gateway.objects import ObjectNotFound, ObjectStore, ObjectStoreError
 from gateway.settings import ForwardDestination
@@ -93,8 +95,12 @@ class _Broken(Exception):
         self.result = result
 
 
+class SendIndex(Forwarding, Patients, Protocol):
+    """Forwarding state, and the current patient of instances an ADT message changed."""
+
+
 class BatchSender:
-    def __init__(self, index: Forwarding, objects: ObjectStore, policy: SendPolicy, metrics: Metrics,
+    def __init__(self, index: SendIndex, objects: ObjectStore, policy: SendPolicy, metrics: Metrics,
                  apply_report: ReportApplier) -> None:
         self._index = index
         self._objects = objects
@@ -161,10 +167,11 @@ class BatchSender:
         with the process only means that instance goes again."""
         pacer = self._pacers.setdefault(destination.name, _Pacer(destination.rate_per_minute))
         unrecorded: list[ForwardResult] = []
+        rewrites = await self._index.patients_to_write([item.sop_instance_uid for item in to_send])
         try:
             for item in to_send:
                 await pacer.wait()
-                result = await self._store(association, destination, item)
+                result = await self._store(association, destination, item, rewrites.get(item.sop_instance_uid))
                 unrecorded.append(result)
                 if result.state is ForwardState.SENT:
                     pending[item.sop_instance_uid] = replace(item, state=ForwardState.SENT)
@@ -178,7 +185,8 @@ class BatchSender:
                 await asyncio.shield(self._index.record_forward_results(destination.name, unrecorded, time.time()))
 
     async def _store(self, association: RequestorAssociation, destination: ForwardDestination,
-                     item: ForwardItem) -> ForwardResult:
+                     item: ForwardItem, patient: Patient | None) -> ForwardResult:
+        """``patient``: the current patient to write over the object's (an ADT message changed it)."""
         name = destination.name
         try:
             chunks = await self._objects.read(item.storage_key)
@@ -191,6 +199,8 @@ class BatchSender:
                 meta, data_set = await open_part10(chunks)
             except NotPart10 as exc:
                 return self._failed(name, item, f"the stored object is not a Part 10 file: {exc}")
+            if patient is not None:
+                data_set = with_patient(data_set, meta.transfer_syntax_uid, patient)
             chosen = contexts.choose(association.contexts(item.sop_class_uid), meta.transfer_syntax_uid,
                                      destination.transfer_syntaxes)
             if chosen is None:

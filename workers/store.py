@@ -28,6 +28,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 from pydicom.dataset import Dataset
 
@@ -45,6 +46,7 @@ from gateway.index import (
     InstanceRow,
     InstanceStatus,
     Outcome,
+    Patients,
     RecordResult,
 )
 from gateway.metrics import Metrics
@@ -159,11 +161,21 @@ class _Redeflate:
         return self._deflater.flush()
 
 
+class StoreIndex(InstanceIndex, Patients, Protocol):
+    """Instances recorded, and the current patient of a study asked when an instance differs from it."""
+
+
+def _least_conflicts(admitted: list[dict[str, str]], dataset: Dataset) -> list[Finding]:
+    """No conflict when the instance agrees with one of the admitted attribute sets; else the first one's."""
+    found = [patient_conflicts(seen, dataset) for seen in admitted] or [[]]
+    return [] if not all(found) else found[0]
+
+
 class StoreStage:
     def __init__(
         self,
         objects: ObjectStore,
-        index: InstanceIndex,
+        index: StoreIndex,
         producer: Producer,
         topics: TopicSettings,
         profiles: ProfileSelector,
@@ -179,7 +191,7 @@ class StoreStage:
         self._metrics = metrics
         self._pending: dict[str, _Pending] = {}
         self._stored: list[Stored] = []
-        self._study_patients: OrderedDict[str, dict[str, str]] = OrderedDict()
+        self._study_patients: OrderedDict[str, list[dict[str, str]]] = OrderedDict()
 
     async def begin(self, header: InstanceHeader) -> None:
         self._pending[header.instance_id] = _Pending(header)
@@ -204,8 +216,8 @@ class StoreStage:
             raise
         self._stored.append(Stored(row, records))
         if row.status is InstanceStatus.STORED and row.patient_attributes:
-            self._study_patients.setdefault(row.study_instance_uid, row.patient_attributes)
-            self._remember_patient(row.study_instance_uid, self._study_patients[row.study_instance_uid])
+            self._remember_patient(row.study_instance_uid,
+                                   self._study_patients.get(row.study_instance_uid) or [row.patient_attributes])
 
     async def flush(self) -> list[tuple[Stored, Exception | None]]:
         """Index the instances completed since the last flush in one transaction, then tell later stages,
@@ -366,7 +378,7 @@ class StoreStage:
                         effective = copy.deepcopy(dataset)
                         apply_changes(effective, validation.changes)
                     patient = patient_attributes(effective)
-                    conflicts = patient_conflicts(seen, effective)
+                    conflicts = _least_conflicts(seen, effective)
             except Exception as exc:
                 # pydicom parses lazily: a value it cannot convert (an unknown VR after a length that overran,
                 # an FD of the wrong length) is a fault of this instance, the same every time, not an outage
@@ -376,6 +388,8 @@ class StoreStage:
                                   f"the data set header does not convert ({type(exc).__name__})")
                 pending.validation = ValidationResult("none", (finding,), ())
             else:
+                if conflicts:
+                    conflicts = await self._recheck_patient(header.study_instance_uid, effective, conflicts)
                 pending.dataset, pending.attributes_sha256, pending.patient = dataset, attributes_sha256, patient
                 pending.coerced = effective if validation.changes else None
                 pending.validation = ValidationResult(validation.profile, validation.findings + tuple(conflicts),
@@ -403,10 +417,11 @@ class StoreStage:
                                               "changes": [c.to_dict() for c in pending.validation.changes]})
         await self._write(pending, data)
 
-    async def _study_patient(self, study_instance_uid: str) -> dict[str, str]:
-        """The patient attributes already stored for the study. A study's instances all come through one
-        partition, hence this worker, so the answer is kept: the index is asked once per study, not once per
-        instance (which would read the whole study again for every instance of a large one)."""
+    async def _study_patient(self, study_instance_uid: str) -> list[dict[str, str]]:
+        """The patient attributes an instance of the study may have: those already stored for it, and the
+        study's current patient once an ADT message changed it (see ``_recheck_patient``). A study's instances
+        all come through one partition, hence this worker, so the answer is kept: the index is asked once per
+        study, not once per instance (which would read the whole study again for every instance of a large one)."""
         known = self._study_patients.get(study_instance_uid)
         if known is not None:
             self._study_patients.move_to_end(study_instance_uid)
@@ -414,11 +429,28 @@ class StoreStage:
         earlier = await self._index.study_instances(study_instance_uid)
         found = next((row.patient_attributes for row in earlier if row.patient_attributes), {})
         if found:
-            self._remember_patient(study_instance_uid, found)
-        return found
+            self._remember_patient(study_instance_uid, [found])
+        return [found] if found else []
 
-    def _remember_patient(self, study_instance_uid: str, attributes: dict[str, str]) -> None:
-        self._study_patients[study_instance_uid] = attributes
+    async def _recheck_patient(self, study_instance_uid: str, dataset: Dataset,
+                               conflicts: list[Finding]) -> list[Finding]:
+        """An instance that differs from what this worker remembers of its study may follow an ADT message
+        applied since (a corrected name, a merge into another patient): it is admitted when it agrees with the
+        study's current patient in the index, which is remembered beside the stored attributes. So the memory
+        needs no invalidation: it only ever admits, and what it would flag is checked against the index."""
+        current = (await self._index.patients_of_studies([study_instance_uid])).get(study_instance_uid)
+        if current is None:
+            return conflicts
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if patient_conflicts(current.attributes(), dataset):
+                return conflicts
+        self._remember_patient(study_instance_uid,
+                               [*self._study_patients.get(study_instance_uid, []), current.attributes()])
+        return []
+
+    def _remember_patient(self, study_instance_uid: str, admitted: list[dict[str, str]]) -> None:
+        self._study_patients[study_instance_uid] = admitted[-4:]
         self._study_patients.move_to_end(study_instance_uid)
         while len(self._study_patients) > STUDY_PATIENT_CACHE:
             self._study_patients.popitem(last=False)

@@ -78,7 +78,7 @@ class KafkaBus:
             "max.message.bytes": str(MAX_RECORD_BYTES + _RECORD_OVERHEAD),
             "cleanup.policy": "delete",
         }
-        wanted = [self._topics.instances, self._topics.events, self._topics.dead_letter]
+        wanted = [self._topics.instances, self._topics.events, self._topics.dead_letter, self._topics.hl7]
         admin = AIOKafkaAdminClient(**self._common())
         await admin.start()
         try:

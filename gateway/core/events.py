@@ -171,11 +171,27 @@ class CommitmentReported(_Event):
     parts: int = 1
 
 
-Event = InstanceEvent | CommitmentRequested | CommitmentReported | StudyStable | StudyRegistered
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PatientUpdated(_Event):
+    """The patient role applied an ADT message: the studies whose patient attributes or patient changed (moved by
+    a merge or an identifier change). Named by the message's sender and control ID, never by patient data."""
+
+    TYPE = "patient.updated"
+    KEY = "message_key"
+
+    message_key: str
+    trigger: str
+    action: str
+    study_instance_uids: tuple[str, ...]
+    applied_at: str
+    """UTC, ISO 8601."""
+
+
+Event = InstanceEvent | CommitmentRequested | CommitmentReported | StudyStable | StudyRegistered | PatientUpdated
 
 _TYPES: dict[str, type[_Event]] = {cls.TYPE: cls for cls in (
     InstanceStored, InstanceQuarantined, InstanceDuplicate, CorrectionRefused,
-    CommitmentRequested, CommitmentReported, StudyStable, StudyRegistered)}
+    CommitmentRequested, CommitmentReported, StudyStable, StudyRegistered, PatientUpdated)}
 
 
 def encode(event: Event) -> bytes:
@@ -225,6 +241,8 @@ def _checked(event_type: str, name: str, value: Any, kind: Any) -> Any:
         return value
     if typing.get_origin(kind) is dict and isinstance(value, dict):
         return value
+    if kind == tuple[str, ...] and isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return tuple(value)
     if kind == tuple[tuple[str, str], ...] and isinstance(value, list) and all(
             isinstance(pair, list) and len(pair) == 2 and all(isinstance(uid, str) for uid in pair)
             for pair in value):

@@ -4,6 +4,7 @@ findings), so that builders depend on this value and not on the index."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -42,3 +43,25 @@ class StudyInstance:
     referring_physician_name: str = ""
     issuer_of_accession_number: str = ""
     """Universal Entity ID of the Issuer of Accession Number Sequence, when the instance had one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Patient:
+    """A patient's current attributes in the index, which are the truth once an ADT message set them: every
+    object served and every answer built later carries these, whatever the stored instance says."""
+
+    patient_id: str
+    issuer: str
+    name: str = ""
+    birth_date: str = ""
+    sex: str = ""
+    charset: str = ""
+    """The DICOM Specific Character Set the name came in (an ADT's MSH-18); empty when it came from an instance."""
+
+    def attributes(self) -> dict[str, str]:
+        return {"PatientID": self.patient_id, "IssuerOfPatientID": self.issuer, "PatientName": self.name,
+                "PatientBirthDate": self.birth_date, "PatientSex": self.sex}
+
+    def differs_from(self, stored: Mapping[str, str]) -> bool:
+        """Whether an instance that had ``stored`` (its patient attributes) must be rewritten on the way out."""
+        return any(stored.get(keyword, "") != value for keyword, value in self.attributes().items())

@@ -1,5 +1,6 @@
-"""A stored Part 10 object as the data set a C-STORE sends: its file meta read off the front, and the data set
-converted losslessly to another uncompressed little endian transfer syntax when the peer accepts no other.
+"""A stored Part 10 object as the data set a C-STORE sends: its file meta read off the front, the patient's
+current attributes written over its header when an ADT message changed them, and the data set converted
+losslessly to another uncompressed little endian transfer syntax when the peer accepts no other.
 
 Both work on an object's chunks as they are read from the store. A conversion decodes and re-encodes only the
 elements before the Pixel Data (and the few after it) with pydicom; the pixel data, which is the same bytes in
@@ -17,8 +18,10 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
+from gateway.core.study import Patient
 from gateway.dicom.acse import EXPLICIT_LITTLE, IMPLICIT_LITTLE
 from gateway.dicom.dataset import DEFLATED, PIXEL_DATA, encode, read_prefix
+from gateway.dicom.patient import apply_patient
 
 META_LIMIT = 64 * 1024
 """A File Meta Information group is a few hundred bytes; one claiming more is not one of ours."""
@@ -209,6 +212,51 @@ async def _convert(chunks: AsyncIterator[bytes], source: str, target: str, heade
             raise CannotTranscode(f"the elements after the pixel data exceed {header_limit} bytes")
     if trailing:
         yield _encode_after(prefix, bytes(trailing), source, target, len(encoded))
+
+
+def with_patient(data_set: AsyncIterator[bytes], transfer_syntax: str, patient: Patient, *,
+                 header_limit: int = 64 * 1024 * 1024) -> AsyncIterator[bytes]:
+    """The data set with ``patient``'s attributes written over its Patient Module (``gateway.dicom.patient``),
+    in its own transfer syntax: the elements before the pixel data re-encoded, the rest passed through as it
+    comes (a deflated data set is inflated and deflated again). Raises CannotTranscode while iterating when
+    the header does not parse or exceeds ``header_limit``."""
+    if transfer_syntax == DEFLATED:
+        return _deflate(_overlay(_inflate(data_set), EXPLICIT_LITTLE, patient, header_limit))
+    return _overlay(data_set, transfer_syntax, patient, header_limit)
+
+
+async def _overlay(chunks: AsyncIterator[bytes], syntax: str, patient: Patient,
+                   header_limit: int) -> AsyncIterator[bytes]:
+    buffer = bytearray()
+    attempt = _FIRST_ATTEMPT
+    found: tuple[Dataset, int] | None = None
+    while found is None:
+        chunk = await anext(chunks, None)
+        if chunk is not None:
+            buffer += chunk
+            if len(buffer) < attempt and len(buffer) <= header_limit:
+                continue
+            attempt = 2 * len(buffer)
+        found = _parse(bytes(buffer), syntax, PIXEL_DATA, complete=chunk is None)
+        if found is None and len(buffer) > header_limit:
+            raise CannotTranscode(f"the elements before the pixel data exceed {header_limit} bytes")
+    prefix, offset = found
+    try:
+        apply_patient(prefix, patient)
+    except Exception as exc:
+        raise CannotTranscode(f"the patient attributes cannot be written ({type(exc).__name__})") from exc
+    yield _encode(prefix, syntax) + bytes(memoryview(buffer)[offset:])
+    del buffer
+    async for chunk in chunks:
+        yield chunk
+
+
+async def _deflate(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    deflater = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    async for chunk in chunks:
+        if piece := deflater.compress(chunk):
+            yield piece
+    yield deflater.flush()
 
 
 def _element_header(data: bytearray, offset: int, implicit: bool) -> tuple[int, int]:

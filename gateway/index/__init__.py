@@ -27,11 +27,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from gateway.core.query import Query
 from gateway.core.study import InstanceStatus as InstanceStatus  # re-exported: callers find it here too
-from gateway.core.study import StudyInstance
+from gateway.core.study import Patient, StudyInstance
+
+if TYPE_CHECKING:
+    from gateway.hl7.adt import PatientChange
+    from gateway.index.patients import Applied
 
 
 class IndexFailure(Exception):
@@ -564,6 +568,9 @@ class Stored:
     size: int
     study_instance_uid: str
     series_instance_uid: str
+    patient: Patient | None = None
+    """The current patient when it differs from the one the object was stored with: written over it on the way
+    out (``gateway.dicom.transcode.with_patient``)."""
 
 
 class Catalogue(Protocol):
@@ -580,8 +587,33 @@ class Catalogue(Protocol):
         ...
 
 
+class Patients(Protocol):
+    """Patient identity from HL7 ADT (``gateway.index.patients``)."""
+
+    async def apply_patient_change(self, change: PatientChange, received_at: float, now: float) -> Applied:
+        """Apply a change once (a message applied before is a ``duplicate``); raises ``PatientRefused`` when
+        what the index holds contradicts it (a merged identifier, a new identifier that exists)."""
+        ...
+
+    async def check_patient_change(self, change: PatientChange, now: float) -> Applied:
+        """What ``apply_patient_change`` would do or raise, with nothing written."""
+        ...
+
+    async def patient_record(self, patient_id: str, issuer: str = "") -> list[dict[str, Any]]: ...
+
+    async def touch_studies(self, study_instance_uids: Sequence[str], at: float) -> None: ...
+
+    async def patients_of_studies(self, study_instance_uids: Sequence[str]) -> dict[str, Patient]:
+        """Each study's current patient: what objects served or built later carry."""
+        ...
+
+    async def patients_to_write(self, sop_instance_uids: Sequence[str]) -> dict[str, Patient]:
+        """The current patient of those instances that were stored with another (to write over them)."""
+        ...
+
+
 class Index(InstanceIndex, StudyClock, CommitmentLog, OutboundQueue, Registrations, Forwarding, Catalogue,
-            Protocol):
+            Patients, Protocol):
     """Every port at once: what an adapter implements. A consumer types against the ports it uses."""
 
     async def migrate(self) -> None:

@@ -117,7 +117,9 @@ Steps = Sequence[tuple[str, Sequence[tuple[Any, ...]]]]
 
 
 def sqlite(statement: str) -> str:
-    return _PLACEHOLDER.sub(r"?\1", statement).replace("LEAST(", "min(").replace("GREATEST(", "max(")
+    """SQLite locks the whole database for a write transaction, so row locks (``FOR UPDATE``) are dropped."""
+    return (_PLACEHOLDER.sub(r"?\1", statement).replace("LEAST(", "min(").replace("GREATEST(", "max(")
+            .replace(" FOR UPDATE", ""))
 
 
 def _item(row: Sequence[Any]) -> ForwardItem:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import time
+import typing
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import fields, replace
 from datetime import UTC, datetime
@@ -37,6 +38,7 @@ from gateway.index import (
     Registration,
     StudyActivity,
     StudySummary,
+    patients,
     resolve,
     search,
     workflow,
@@ -144,7 +146,7 @@ def _row(record: asyncpg.Record) -> InstanceRow:
     return InstanceRow(**values)
 
 
-class PostgresIndex(ForwardQueries, search.SearchQueries):
+class PostgresIndex(ForwardQueries, search.SearchQueries, patients.PatientQueries):
     _claim_lock = " FOR UPDATE SKIP LOCKED"
 
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -414,6 +416,17 @@ class PostgresIndex(ForwardQueries, search.SearchQueries):
                         await connection.executemany(statement, params)
                     counts.append(-1)
         return counts
+
+    @_translated
+    async def _run_plan(self, plan: patients.Plan[_R], commit: bool) -> _R:
+        try:
+            async with self._pool.acquire() as connection, connection.transaction():
+                result = await patients.drive_async(plan, lambda statement, params: connection.fetch(statement, *params))
+                if not commit:
+                    raise patients.Rollback(result)
+                return result
+        except patients.Rollback as rollback:
+            return typing.cast(_R, rollback.value)
 
     @_translated
     async def _select_rows(self, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:

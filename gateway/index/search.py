@@ -16,19 +16,26 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from gateway.core.query import KEYS, LEVELS, Condition, Level, Match, Model, Query
+from gateway.core.study import Patient
 from gateway.index import InstanceRow, Stored
 
 UPSERT_PATIENT = """INSERT INTO patients AS p (patient_id, issuer_of_patient_id, patient_name, patient_name_folded,
                                    patient_birth_date, patient_sex)
 VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (patient_id, issuer_of_patient_id) DO UPDATE SET
-    patient_name = CASE WHEN $7 THEN excluded.patient_name ELSE p.patient_name END,
-    patient_name_folded = CASE WHEN $7 THEN excluded.patient_name_folded ELSE p.patient_name_folded END,
-    patient_birth_date = CASE WHEN $7 THEN excluded.patient_birth_date ELSE p.patient_birth_date END,
-    patient_sex = CASE WHEN $7 THEN excluded.patient_sex ELSE p.patient_sex END
-RETURNING id"""
-"""The newest stored instance's patient attributes win (a quarantined one's do not); always returns the id."""
+    patient_name = CASE WHEN $7 AND p.hl7_updated_at IS NULL THEN excluded.patient_name ELSE p.patient_name END,
+    patient_name_folded = CASE WHEN $7 AND p.hl7_updated_at IS NULL THEN excluded.patient_name_folded
+                               ELSE p.patient_name_folded END,
+    patient_birth_date = CASE WHEN $7 AND p.hl7_updated_at IS NULL THEN excluded.patient_birth_date
+                              ELSE p.patient_birth_date END,
+    patient_sex = CASE WHEN $7 AND p.hl7_updated_at IS NULL THEN excluded.patient_sex ELSE p.patient_sex END
+RETURNING coalesce(merged_into, id)"""
+"""The newest stored instance's patient attributes win (a quarantined one's do not) until an ADT message sets
+them (``gateway.index.patients``); returns the patient the study is filed under: the surviving one when the
+instance's identifier was merged."""
 UPSERT_STUDY = """INSERT INTO studies AS s (study_instance_uid, patient_ref, accession_number, study_date, study_time,
                           study_description, updated_at, study_id, referring_physician_name)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $10)
@@ -96,7 +103,8 @@ _ORDER = {Level.PATIENT: "p.id", Level.STUDY: "s.study_instance_uid", Level.SERI
           Level.IMAGE: "i.sop_instance_uid"}
 _HIERARCHY = LEVELS[Model.PATIENT_ROOT]
 _STORED = ("i.storage_key", "i.size", "i.transfer_syntax_uid", "i.sop_class_uid", "i.series_instance_uid",
-           "i.study_instance_uid")
+           "i.study_instance_uid", "i.patient_attributes", "p.patient_id", "p.issuer_of_patient_id", "p.patient_name",
+           "p.patient_birth_date", "p.patient_sex", "p.specific_character_set")
 
 
 class _Statement:
@@ -199,8 +207,10 @@ def row_values(record: Sequence[Any], keys: Sequence[str], level: Level) -> tupl
         values[keyword] = value
     stored = None
     if level is Level.IMAGE:
-        key, size, syntax, sop_class, series, study = record[1 + len(keys):]
-        stored = Stored(values["SOPInstanceUID"], sop_class, syntax, key, size, study, series)
+        key, size, syntax, sop_class, series, study, had, *current = record[1 + len(keys):]
+        patient = Patient(*current)
+        stored = Stored(values["SOPInstanceUID"], sop_class, syntax, key, size, study, series,
+                        patient if patient.differs_from(orjson.loads(had) if isinstance(had, str) else had) else None)
     return record[0], values, stored
 
 

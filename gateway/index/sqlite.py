@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+import typing
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields, replace
@@ -39,6 +40,7 @@ from gateway.index import (
     Registration,
     StudyActivity,
     StudySummary,
+    patients,
     resolve,
     search,
     workflow,
@@ -160,7 +162,7 @@ def _translate(exc: sqlite3.Error) -> IndexFailure:
     return IndexUnavailable(f"{what}: {exc}" if isinstance(exc, sqlite3.OperationalError) else what)
 
 
-class SqliteIndex(ForwardQueries, search.SearchQueries):
+class SqliteIndex(ForwardQueries, search.SearchQueries, patients.PatientQueries):
     _sqlite = True
 
     def __init__(self, connection: sqlite3.Connection, thread: ThreadPoolExecutor) -> None:
@@ -479,6 +481,22 @@ class SqliteIndex(ForwardQueries, search.SearchQueries):
             return counts
 
         return await self._run(write)
+
+    async def _run_plan(self, plan: patients.Plan[_T], commit: bool) -> _T:
+        def execute(statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+            return [tuple(row) for row in self._db.execute(sqlite(statement), params).fetchall()]
+
+        def run() -> _T:
+            try:
+                with write_transaction(self._db):
+                    result = patients.drive(plan, execute)
+                    if not commit:
+                        raise patients.Rollback(result)
+                    return result
+            except patients.Rollback as rollback:
+                return typing.cast(_T, rollback.value)
+
+        return await self._run(run)
 
     async def _select_rows(self, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         def query() -> list[tuple[Any, ...]]:

@@ -30,7 +30,8 @@ async def stored_instances(catalogue: Catalogue, images: Query) -> list[Stored]:
 
 
 class Holdings:
-    """The index and the object store a query or retrieve reads, opened on first use and kept open."""
+    """The index and the object store a query or retrieve (or the hl7 role's check) reads, opened on first use and
+    kept open."""
 
     def __init__(self, open_index: Callable[[], Awaitable[Index]], open_objects: Callable[[], ObjectStore]) -> None:
         self._open_index = open_index

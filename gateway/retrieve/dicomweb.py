@@ -35,7 +35,8 @@ from gateway.core.errors import DicomStatusError, describe
 from gateway.core.query import KEYS, LEVELS, Condition, InvalidQuery, Level, Match, Model, Query, parse_qido
 from gateway.dicom.acse import EXPLICIT_LITTLE, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from gateway.dicom.dataset import PIXEL_DATA, part10_header, read_prefix
-from gateway.dicom.transcode import CannotTranscode, NotPart10, can_transcode, open_part10, transcode
+from gateway.dicom.patient import apply_patient
+from gateway.dicom.transcode import CannotTranscode, NotPart10, can_transcode, open_part10, transcode, with_patient
 from gateway.index import Index, IndexFailure, Stored
 from gateway.ingest.publish import InstancePublisher, Origin
 from gateway.metrics import Metrics
@@ -201,6 +202,8 @@ class DicomWeb:
         for stored in instances:
             try:
                 dataset = await _header(objects, stored)
+                if stored.patient is not None:
+                    apply_patient(dataset, stored.patient)
             except (ObjectStoreError, NotPart10, ValueError) as exc:
                 log.error("WADO-RS metadata: an object could not be read", extra={
                     "sop_instance_uid": stored.sop_instance_uid, "error": describe(exc)})
@@ -340,13 +343,15 @@ async def _part10(objects: ObjectStore, stored: Stored, target: str) -> AsyncIte
     except ObjectNotFound as exc:
         raise ObjectNotFound(f"missing from the object store: {exc}") from exc
     try:
-        if target == stored.transfer_syntax_uid:
+        if target == stored.transfer_syntax_uid and stored.patient is None:
             async for chunk in chunks:
                 yield chunk
             return
         meta, data_set = await open_part10(chunks)
         yield part10_header(meta.sop_class_uid, meta.sop_instance_uid, target, IMPLEMENTATION_CLASS_UID,
                             IMPLEMENTATION_VERSION)
+        if stored.patient is not None:
+            data_set = with_patient(data_set, meta.transfer_syntax_uid, stored.patient)
         source = data_set if meta.transfer_syntax_uid == target else \
             transcode(data_set, meta.transfer_syntax_uid, target)
         async for chunk in source:

@@ -38,7 +38,7 @@ from gateway.dicom.dimse import Command, SubOperations
 from gateway.dicom.requestor import Peer, RequestorAssociation, open_association
 from gateway.dicom.scu import Outbound, RemoteAE, client_tls_context
 from gateway.dicom.service import VERIFICATION, AssociationContext, DataSetSink, Operation, Response, WholeDataSet, permits
-from gateway.dicom.transcode import CannotTranscode, NotPart10, open_part10, transcode
+from gateway.dicom.transcode import CannotTranscode, NotPart10, open_part10, transcode, with_patient
 from gateway.index import IndexFailure, Stored
 from gateway.metrics import Metrics
 from gateway.objects import ChunkStream, ObjectNotFound, ObjectStoreError
@@ -263,6 +263,8 @@ async def _send_one(opened: asyncio.Future[ChunkStream], stored: Stored, target:
             meta, data_set = await open_part10(chunks)
         except NotPart10 as exc:
             return "failed", f"the stored object is not a Part 10 file: {exc}"
+        if stored.patient is not None:
+            data_set = with_patient(data_set, meta.transfer_syntax_uid, stored.patient)
         chosen = contexts.choose(target.contexts(stored.sop_class_uid), meta.transfer_syntax_uid)
         if chosen is None:
             return "failed", f"no accepted context for {stored.sop_class_uid} in {meta.transfer_syntax_uid} or a " \

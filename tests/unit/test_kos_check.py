@@ -285,6 +285,9 @@ class _Index:
     async def registrations(self, study_instance_uid: str) -> list[Any]:
         return []
 
+    async def patients_of_studies(self, study_instance_uids: list[str]) -> dict[str, Any]:
+        return {}  # no ADT changed the patient: the manifest carries the instances' own
+
     async def record_registration(self, registration: Any) -> None:
         self.recorded.append(registration)
 

@@ -1,0 +1,86 @@
+"""A data set's Patient Module brought up to the index's current patient, on the way out.
+
+Stored objects are never rewritten: an ADT update or merge changes the index, and every object served or sent
+later (C-MOVE, C-GET, WADO-RS, forwarding) gets the current Patient ID, issuer, name, birth date and sex
+written over its header, as dcm4chee merges the database's patient attributes into what it exports.
+
+The character set must still describe every text value: a name that the data set's Specific Character Set can
+encode is written in it; a data set in the default repertoire takes the character set the name came in (the
+ADT's MSH-18: ISO_IR 100 for 8859/1, ISO_IR 192 for UTF-8), since ASCII text reads the same in both; any other
+data set is decoded whole and written as ISO_IR 192.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from pydicom.charset import python_encoding
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from gateway.core.study import Patient
+from gateway.core.uid import is_uid
+
+_DEFAULT_REPERTOIRE = ("", "ISO_IR 6")
+UTF8 = "ISO_IR 192"
+
+
+def apply_patient(ds: Dataset, patient: Patient) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's notes on odd values may quote patient data
+        values = {"PatientName": patient.name, "PatientID": patient.patient_id,
+                  "PatientBirthDate": patient.birth_date, "PatientSex": patient.sex}
+        _character_set(ds, [value for value in values.values() if not value.isascii()], patient.charset)
+        for tag in [tag for tag in ds.keys() if tag.element == 0 and tag.group in (0x0008, 0x0010)]:
+            del ds[tag]  # a group length would no longer be right, and is retired anyway
+        for keyword, value in values.items():
+            setattr(ds, keyword, value)
+        _issuer(ds, patient.issuer)
+
+
+def _character_set(ds: Dataset, text: list[str], preferred: str) -> None:
+    if not text:
+        return
+    declared = ds.get("SpecificCharacterSet", "")
+    terms = [str(term) for term in declared] if not isinstance(declared, str) else [declared]
+    current = [term for term in terms if term not in _DEFAULT_REPERTOIRE]
+    if not current:
+        chosen = preferred if preferred and _encodes(preferred, text) else UTF8
+        ds.SpecificCharacterSet = chosen
+        return
+    if len(current) == 1 and _encodes(current[0], text):
+        return
+    ds.decode()  # every text value as str, read in the old character set, written in the new one
+    ds.SpecificCharacterSet = UTF8
+
+
+def _encodes(term: str, text: list[str]) -> bool:
+    codec = python_encoding.get(term)
+    if codec is None:
+        return False
+    try:
+        for value in text:
+            value.encode(codec)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _issuer(ds: Dataset, issuer: str) -> None:
+    """The issuer as the index keys it: the qualifiers' Universal Entity ID when the data set has them (or the
+    issuer is an OID), else Issuer of Patient ID."""
+    qualifiers = ds.get("IssuerOfPatientIDQualifiersSequence")
+    if qualifiers and "UniversalEntityID" in qualifiers[0]:
+        if qualifiers[0].UniversalEntityID != issuer:
+            qualifiers[0].UniversalEntityID = issuer
+            qualifiers[0].UniversalEntityIDType = "ISO" if is_uid(issuer) else qualifiers[0].get(
+                "UniversalEntityIDType", "")
+        return
+    if ds.get("IssuerOfPatientID", "") == issuer:
+        return
+    ds.IssuerOfPatientID = issuer
+    if is_uid(issuer):
+        item = Dataset()
+        item.UniversalEntityID = issuer
+        item.UniversalEntityIDType = "ISO"
+        ds.IssuerOfPatientIDQualifiersSequence = Sequence([item])

@@ -1,0 +1,140 @@
+"""HL7 v2 messages read in their own character set, MLLP frames, and ADT messages read as patient changes: the
+reference samples (IPF, CRLF and CR segment ends) and hostile input."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from gateway.core.events import UndecodableEvent
+from gateway.hl7 import adt, mllp
+from gateway.hl7.message import Hl7Error, acknowledgment, parse
+
+SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "ref" / "hl7"
+IPF_AUTHORITY = "2.16.840.1.113883.3.37.4.1.1.2.1.1"
+
+
+def message(*segments: str, charset: str = "") -> bytes:
+    header = f"MSH|^~\\&|HIS|HOSP|GW|D|20261130||ADT^A08^ADT_A01|C1|P|2.5|||||FIN|{charset}".rstrip("|")
+    return "\r".join((header, *segments)).encode("latin-1" if charset == "8859/1" else "utf-8")
+
+
+def test_msh_18_decides_how_the_bytes_are_read() -> None:
+    name = "PID|1||010594Y9032^^^&1.2.246.21&ISO||Mäkelä^Jyrki"
+    latin = parse(message(name, charset="8859/1"))
+    utf8 = parse(message(name, charset="UNICODE UTF-8"))
+    assert latin.segment("PID").value(5) == utf8.segment("PID").value(5) == "Mäkelä"  # type: ignore[union-attr]
+    assert (latin.dicom_charset, utf8.dicom_charset) == ("ISO_IR 100", "ISO_IR 192")
+    with pytest.raises(Hl7Error) as refused:
+        parse(message(name))  # no MSH-18: ASCII by default, and ä is not ASCII
+    assert refused.value.code == 102
+    assert parse(message(name), "8859/1").segment("PID").value(5, 2) == "Jyrki"  # type: ignore[union-attr]
+    with pytest.raises(Hl7Error) as unknown:
+        parse(message(name, charset="EBCDIC"))
+    assert (unknown.value.code, unknown.value.acknowledgment) == (103, "AR")
+
+
+def test_escapes_repetitions_components_and_the_hl7_null() -> None:
+    parsed = parse(message("PID|1||A\\F\\B^^^X&1.2.3&ISO~C^^^Y||\"\"||\\X41\\\\E\\x"))
+    pid = parsed.segment("PID")
+    assert pid is not None
+    assert pid.value(3) == "A|B" and pid.value(3, 4, 2) == "1.2.3" and pid.value(3, repetition=1) == "C"
+    assert pid.value(5) == '""' and pid.value(7) == "A\\x" and pid.value(9) == ""
+
+
+@pytest.mark.parametrize("path", sorted((SAMPLES / "samples" / "ipf").glob("*.hl7")), ids=lambda p: p.name)
+def test_every_reference_sample_parses(path: Path) -> None:
+    parsed = parse(path.read_bytes(), "8859/1")
+    assert parsed.header.name == "MSH" and parsed.control_id and parsed.type[0] == "ADT"
+
+
+def test_the_reference_a40_reads_as_a_merge_into_pid_3() -> None:
+    parsed = parse((SAMPLES / "samples" / "ipf" / "A40.hl7").read_bytes())
+    change = adt.change_of(parsed, {IPF_AUTHORITY})
+    assert change.trigger == "A40"
+    assert change.patient == adt.PatientKey("142025", IPF_AUTHORITY)
+    assert change.prior == adt.PatientKey("704686", IPF_AUTHORITY)
+    assert change.attributes == {"PatientName": "LENNON^JOHN", "PatientBirthDate": "19730811", "PatientSex": "M"}
+    assert change.message_key == "ICW_MPI|ICW|00000000000396814"
+    assert adt.PatientChange.from_json(change.to_json()) == change
+
+
+def test_person_names_dates_and_sex_follow_dicom_and_the_null_clears() -> None:
+    def change(pid: str) -> adt.PatientChange:
+        return adt.change_of(parse(message(pid)), {"H"})
+
+    assert change("PID|1||1^^^H||Family^Given^Middle^Jr^Dr").attributes["PatientName"] == "Family^Given^Middle^Dr^Jr"
+    legal = change("PID|1||1^^^H||Alias^A^^^^^A~Legal^L^^^^^L").attributes
+    assert legal["PatientName"] == "Legal^L"
+    assert change("PID|1||1^^^H||||").attributes == {}  # empty fields leave the stored values alone
+    assert change('PID|1||1^^^H||""||""|""').attributes == {"PatientName": "", "PatientBirthDate": "",
+                                                              "PatientSex": ""}
+    assert change("PID|1||1^^^H||X||197001011230|U").attributes == {
+        "PatientName": "X", "PatientBirthDate": "19700101", "PatientSex": ""}
+
+
+def test_the_hetu_identifier_is_preferred_and_checked() -> None:
+    both = "PID|1||L1^^^H~010594Y9032^^^&1.2.246.21&ISO^NNFIN"
+    change = adt.change_of(parse(message(both)), {"H", "1.2.246.21"}, test_identities=True)
+    assert change.patient == adt.PatientKey("010594Y9032", "1.2.246.21")
+    with pytest.raises(Hl7Error, match="test identity"):
+        adt.change_of(parse(message(both)), {"H", "1.2.246.21"})
+    with pytest.raises(Hl7Error) as wrong:
+        adt.change_of(parse(message("PID|1||010594Y9033^^^&1.2.246.21&ISO")), {"1.2.246.21"}, True)
+    assert (wrong.value.code, wrong.value.location) == (102, "PID^1^3^1^1")
+
+
+def test_acknowledgment_shape() -> None:
+    request = parse(message("PID|1||1^^^H", charset="8859/1"))
+    ack = acknowledgment(request, "AE", Hl7Error(205, "MRG^1^1", "prior | matches"), control_id="A1").decode("latin-1")
+    msh, msa, err = ack.rstrip("\r").split("\r")
+    fields = msh.split("|")
+    assert (fields[2], fields[3], fields[4], fields[5]) == ("GW", "D", "HIS", "HOSP")
+    assert fields[8] == "ACK^A08^ACK" and fields[9] == "A1" and fields[11] == "2.5" and fields[17] == "8859/1"
+    assert msa == "MSA|AE|C1|prior \\F\\ matches"
+    assert err == "ERR||MRG^1^1|205^Duplicate key identifier^HL70357|E||||prior \\F\\ matches"
+    bare = acknowledgment(None, "AR", Hl7Error(100, "MSH^1", "no MSH"), control_id="A2", application="DICOMGW")
+    assert bare.split(b"\r")[1] == b"MSA|AR||no MSH"
+
+
+@pytest.mark.parametrize("garbage", [
+    b"", b"MSH", b"XYZ|^~\\&|", b"MSH|^^^^|", b"MSH|^~\\&|A\rbad segment", b"\x00" * 100,
+    b"MSH|^~\\&|" + bytes(range(256)),
+])
+def test_garbage_is_refused_with_an_hl7_error_not_a_crash(garbage: bytes) -> None:
+    try:
+        parsed = parse(garbage)
+    except Hl7Error:
+        return
+    with pytest.raises(Hl7Error):
+        adt.change_of(parsed, {"H"})
+
+
+def test_a_record_that_is_not_an_adt_record_is_undecodable() -> None:
+    with pytest.raises(UndecodableEvent):
+        adt.AdtRecord.decode(b"MSH|", [("gw-adt", b"{not json")])
+    with pytest.raises(UndecodableEvent):
+        adt.AdtRecord.decode(b"MSH|", [])
+
+
+async def frames(data: list[bytes], limit: int = 100) -> list[mllp.Frame]:
+    reader = asyncio.StreamReader()
+    for piece in data:
+        reader.feed_data(piece)
+    reader.feed_eof()
+    frames = mllp.FrameReader(reader, limit)
+    found = []
+    while (frame := await frames.next()) is not None:
+        found.append(frame)
+    return found
+
+
+async def test_frames_across_writes_garbage_between_and_an_oversized_one_dropped() -> None:
+    got = await frames([b"junk\x0bone", b"\x1c", b"\r\x0btwo\x1c\r", b"x\x0b" + b"y" * 500 + b"\x1c\r\x0bthree\x1c\r",
+                        b"\x0bcut off"])
+    assert [(f.message, f.oversized, f.skipped) for f in got] == [
+        (b"one", 0, 4), (b"two", 0, 0), (b"", 500, 1), (b"three", 0, 0)]
+    one_byte_writes = [bytes([b]) for b in b"\x0babc\x1c\r"]
+    assert [f.message for f in await frames(one_byte_writes)] == [b"abc"]
