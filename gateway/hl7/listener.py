@@ -21,7 +21,7 @@ from types import TracebackType
 
 from gateway.bus import Bus, BusError, Producer
 from gateway.hl7 import adt, mllp
-from gateway.hl7.message import ACCEPT, ERROR, REJECT, Hl7Error, Message, acknowledgment, parse
+from gateway.hl7.message import ACCEPT, ERROR, REJECT, Hl7Error, Message, acknowledgment, header_of, parse
 from gateway.index import IndexFailure
 from gateway.index.patients import PatientRefused
 from gateway.listen import StreamListener, server_tls_context
@@ -31,6 +31,9 @@ from gateway.retrieve import Holdings
 from gateway.settings import Hl7Settings, TopicSettings
 
 log = logging.getLogger(__name__)
+
+_HANDSHAKE_SECONDS = 30.0
+"""A TLS handshake not done by then is given up (the peer holds a connection, not a message)."""
 
 
 class Hl7Listener:
@@ -51,7 +54,8 @@ class Hl7Listener:
         self._stack = AsyncExitStack()
         self._producer: Producer | None = None
         self._listener = StreamListener("hl7", settings.host, self._connection, drain_timeout,
-                                        settings.idle_timeout_seconds, max_per_peer=settings.max_connections_per_peer)
+                                        min(settings.idle_timeout_seconds, _HANDSHAKE_SECONDS),
+                                        max_per_peer=settings.max_connections_per_peer)
 
     @property
     def ports(self) -> list[int]:
@@ -125,7 +129,8 @@ class Hl7Listener:
         try:
             message = parse(frame.message, settings.default_charset)
         except Hl7Error as exc:
-            return answer(None, exc.acknowledgment, exc)
+            header = header_of(frame.message)
+            return answer(header, exc.acknowledgment, exc, header.type[1] if header is not None else "")
         trigger = message.type[1]
         try:
             application, facility = message.sender

@@ -191,6 +191,17 @@ def parse(raw: bytes, default_charset: str = "ASCII") -> Message:
     return Message(tuple(segments), charset, delimiters)
 
 
+def header_of(raw: bytes) -> Message | None:
+    """Just the MSH of a message that did not parse, read as ISO 8859-1 (which decodes any byte), so that its
+    refusal still names its control ID and goes back to its sender; None when there is no MSH to read."""
+    first = _SEGMENT_BREAK.split(raw[:4096].decode("latin-1"), maxsplit=1)[0]
+    try:
+        parsed = parse(first.encode("latin-1"), "8859/1")
+    except Hl7Error:
+        return None
+    return Message(parsed.segments, "ASCII", parsed.delimiters)
+
+
 def acknowledgment(request: Message | None, code: str, error: Hl7Error | None = None, *, control_id: str,
                    application: str = "", facility: str = "", now: datetime | None = None) -> bytes:
     """An original-mode ACK (MSH, MSA, and ERR when ``error``), in the request's character set and delimiters.

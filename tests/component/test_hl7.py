@@ -89,7 +89,7 @@ async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
     async with running(tmp_path, ["receiver", "store", "api", "hl7", "patient"], dicom={
         "allowed_aes": [{"ae_title": "MODALITY1"}, {"ae_title": QR_AE, "permissions": ["query", "retrieve"]}],
     }, hl7={"host": "127.0.0.1", "port": free_port(), "allowed_senders": [{"application": "HIS"}],
-            "local_authorities": [HOSP], "max_message_bytes": 1_044_480},
+            "local_authorities": [HOSP], "idle_timeout_seconds": 3},
             validation={"test_environment": True}) as gateway:
         yield gateway
 
@@ -315,6 +315,13 @@ async def test_mllp_framing_garbage_split_writes_and_oversized_messages(gateway:
         await writer.drain()
         answer = await asyncio.wait_for(reader.readuntil(b"\x1c\r"), 30)
         assert b"MSA|AA|F-4" in answer  # the connection is still usable
+    finally:
+        writer.close()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"\x0bMSH|^~\\&|HIS|")  # a frame begun and never finished
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 30) == b""  # closed once idle, without an answer
     finally:
         writer.close()
     big = adt("A08", "P600", control_id="F-5", name="LAINE^OLLI") + "\rNTE|1||" + "y" * 990_000

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.core.events import UndecodableEvent
 from gateway.hl7 import adt, mllp
-from gateway.hl7.message import Hl7Error, acknowledgment, parse
+from gateway.hl7.message import Hl7Error, acknowledgment, header_of, parse
 
 SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "ref" / "hl7"
 IPF_AUTHORITY = "2.16.840.1.113883.3.37.4.1.1.2.1.1"
@@ -34,6 +34,17 @@ def test_msh_18_decides_how_the_bytes_are_read() -> None:
     with pytest.raises(Hl7Error) as unknown:
         parse(message(name, charset="EBCDIC"))
     assert (unknown.value.code, unknown.value.acknowledgment) == (103, "AR")
+
+
+def test_a_message_that_does_not_decode_is_still_answered_to_its_sender_with_its_control_id() -> None:
+    raw = message("PID|1||1^^^H||Mäkelä", charset="8859/1").replace(b"8859/1", b"")  # latin-1 bytes, no MSH-18
+    with pytest.raises(Hl7Error) as refused:
+        parse(raw)
+    header = header_of(raw)
+    assert header is not None and header.control_id == "C1" and header.sender == ("HIS", "HOSP")
+    ack = acknowledgment(header, "AE", refused.value, control_id="A3").split(b"\r")
+    assert ack[1].startswith(b"MSA|AE|C1|") and ack[0].split(b"|")[4] == b"HIS"
+    assert header_of(b"garbage") is None
 
 
 def test_escapes_repetitions_components_and_the_hl7_null() -> None:
