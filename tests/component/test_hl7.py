@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import ssl
 import sys
 import warnings
 from collections.abc import AsyncIterator
@@ -23,9 +24,12 @@ from pydicom.dataset import Dataset
 
 from tests.component.test_notify_embedded import Gateway, running
 from tests.component.test_query_retrieve import study
+from tests.component.test_receiver_tls import pki
 from tests.conftest import dcmtk
 from tests.hapi import hapi_send
 from tests.helpers import api_headers, free_port, run
+
+__all__ = ["pki"]
 
 QR_AE = "VIEWER"
 HOSP = "HOSP"
@@ -334,9 +338,10 @@ class Upstream:
     """The national service's HL7 interface as python-hl7's asyncio MLLP server: records what it receives and
     answers AA, or AE with error 207 for a control ID listed in ``refuse``."""
 
-    def __init__(self, port: int, refuse: set[str]) -> None:
+    def __init__(self, port: int, refuse: set[str], tls: ssl.SSLContext | None = None) -> None:
         self.port = port
         self.refuse = refuse
+        self.tls = tls
         self.received: list[str] = []
 
     async def serve(self, reader: hl7.mllp.HL7StreamReader, writer: hl7.mllp.HL7StreamWriter) -> None:
@@ -357,7 +362,8 @@ class Upstream:
             writer.close()
 
     async def __aenter__(self) -> Upstream:
-        self.server = await hl7.mllp.start_hl7_server(self.serve, "127.0.0.1", self.port, encoding="latin-1")
+        self.server = await hl7.mllp.start_hl7_server(self.serve, "127.0.0.1", self.port, encoding="latin-1",
+                                                      ssl=self.tls)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -405,3 +411,25 @@ async def test_hapi_hl7v2_as_the_sender_gets_its_acknowledgments_and_its_latin_1
     assert record["PatientName"] == "Söderström^Åke" and record["SpecificCharacterSet"] == "ISO_IR 100"
     [answer] = await find(gateway, tmp_path, "PatientID=P801")
     assert answer.StudyInstanceUID == made.StudyInstanceUID and str(answer.PatientName) == "Söderström^Åke"
+
+
+async def test_mllp_over_tls_from_hapi_and_on_to_a_tls_upstream(tmp_path: Path, pki: Path) -> None:
+    upstream_port, port = free_port(), free_port()
+    async with running(tmp_path, ["api", "hl7", "patient"], hl7={
+        "host": "127.0.0.1", "port": port, "allowed_senders": [{"application": "HIS"}], "local_authorities": [HOSP],
+        "tls": {"cert_file": pki / "server.pem", "key_file": pki / "server.key"},
+        "forward_to": {"host": "127.0.0.1", "port": upstream_port, "tls": True, "ca_file": pki / "ca.pem",
+                       "timeout_seconds": 5, "retry_max_seconds": 1},
+    }) as gateway:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(pki / "server.pem", pki / "server.key")
+        async with Upstream(upstream_port, refuse=set(), tls=context) as upstream:
+            message = adt("A08", "P900", control_id="T-1", name="TURVA^TIINA")
+            [answer] = await asyncio.to_thread(hapi_send, "127.0.0.1", port, [message], tls_ca=pki / "ca.pem")
+            assert answer.split("\r")[1].startswith("MSA|AA|T-1")
+            with pytest.raises(RuntimeError):  # the port speaks TLS only
+                await asyncio.to_thread(hapi_send, "127.0.0.1", port, [message], timeout=5)
+            async with asyncio.timeout(60):
+                while upstream.received != ["T-1"]:
+                    await asyncio.sleep(0.1)
+            await applied(gateway, "P900", "T-1")
