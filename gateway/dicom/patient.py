@@ -78,6 +78,11 @@ def _issuer(ds: Dataset, issuer: str) -> None:
         return
     if ds.get("IssuerOfPatientID", "") == issuer:
         return
+    set_issuer(ds, issuer)
+
+
+def set_issuer(ds: Dataset, issuer: str) -> None:
+    """Issuer of Patient ID, with its qualifiers (Universal Entity ID, type ISO) when it is an OID."""
     ds.IssuerOfPatientID = issuer
     if is_uid(issuer):
         item = Dataset()

@@ -159,9 +159,8 @@ async def _inflate(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         raise CannotTranscode("the deflated data set ends before its deflate stream does")
 
 
-async def _convert(chunks: AsyncIterator[bytes], source: str, target: str, header_limit: int) -> AsyncIterator[bytes]:
-    """Between explicit and implicit VR little endian: the elements before the pixel data re-encoded, the pixel
-    data value streamed as it is, the elements after it re-encoded."""
+async def _header(chunks: AsyncIterator[bytes], syntax: str, header_limit: int) -> tuple[Dataset, int, bytearray]:
+    """The elements before the pixel data, where they end, and the bytes read so far (which go on past them)."""
     buffer = bytearray()
     attempt = _FIRST_ATTEMPT
     found: tuple[Dataset, int] | None = None
@@ -172,12 +171,19 @@ async def _convert(chunks: AsyncIterator[bytes], source: str, target: str, heade
             if len(buffer) < attempt and len(buffer) <= header_limit:
                 continue
             attempt = 2 * len(buffer)
-        found = _parse(bytes(buffer), source, PIXEL_DATA, complete=chunk is None)
+        found = _parse(bytes(buffer), syntax, PIXEL_DATA, complete=chunk is None)
         if found is None and len(buffer) > header_limit:
             raise CannotTranscode(f"the elements before the pixel data exceed {header_limit} bytes")
     prefix, offset = found
     if offset > header_limit:
         raise CannotTranscode(f"the elements before the pixel data exceed {header_limit} bytes")
+    return prefix, offset, buffer
+
+
+async def _convert(chunks: AsyncIterator[bytes], source: str, target: str, header_limit: int) -> AsyncIterator[bytes]:
+    """Between explicit and implicit VR little endian: the elements before the pixel data re-encoded, the pixel
+    data value streamed as it is, the elements after it re-encoded."""
+    prefix, offset, buffer = await _header(chunks, source, header_limit)
     encoded = _encode(prefix, target)
     if offset == len(buffer):
         yield encoded
@@ -227,20 +233,7 @@ def with_patient(data_set: AsyncIterator[bytes], transfer_syntax: str, patient: 
 
 async def _overlay(chunks: AsyncIterator[bytes], syntax: str, patient: Patient,
                    header_limit: int) -> AsyncIterator[bytes]:
-    buffer = bytearray()
-    attempt = _FIRST_ATTEMPT
-    found: tuple[Dataset, int] | None = None
-    while found is None:
-        chunk = await anext(chunks, None)
-        if chunk is not None:
-            buffer += chunk
-            if len(buffer) < attempt and len(buffer) <= header_limit:
-                continue
-            attempt = 2 * len(buffer)
-        found = _parse(bytes(buffer), syntax, PIXEL_DATA, complete=chunk is None)
-        if found is None and len(buffer) > header_limit:
-            raise CannotTranscode(f"the elements before the pixel data exceed {header_limit} bytes")
-    prefix, offset = found
+    prefix, offset, buffer = await _header(chunks, syntax, header_limit)
     try:
         apply_patient(prefix, patient)
     except Exception as exc:

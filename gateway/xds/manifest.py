@@ -21,6 +21,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from gateway.core.study import InstanceStatus, StudyInstance
 from gateway.dicom.acse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
+from gateway.dicom.patient import set_issuer
 from gateway.xds.rules import is_oid
 
 KEY_OBJECT_SELECTION_DOCUMENT_STORAGE = "1.2.840.10008.5.1.4.1.1.88.59"
@@ -126,12 +127,7 @@ def _patient(ds: Dataset, row: StudyInstance) -> None:
     ds.PatientID = attributes.get("PatientID") or row.patient_id
     issuer = attributes.get("IssuerOfPatientID") or row.issuer_of_patient_id
     if issuer:
-        ds.IssuerOfPatientID = issuer
-        if is_oid(issuer):
-            qualifiers = Dataset()
-            qualifiers.UniversalEntityID = issuer
-            qualifiers.UniversalEntityIDType = "ISO"
-            ds.IssuerOfPatientIDQualifiersSequence = DicomSequence([qualifiers])
+        set_issuer(ds, issuer)
     ds.PatientBirthDate = attributes.get("PatientBirthDate", "")
     ds.PatientSex = attributes.get("PatientSex", "")
 

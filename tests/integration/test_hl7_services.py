@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from tests.component.test_hl7 import HOSP, adt, mllp_send
 from tests.conftest import SERVICES, fresh_database, start_services
 from tests.hapi import hapi_send
 from tests.helpers import free_port
+from tests.integration.test_store_services import until
 from tests.process import GatewayProcess
 
 
@@ -61,13 +61,6 @@ async def applied_messages(url: str) -> dict[str, int]:
         return {row[0].rsplit("|", 1)[-1]: row[1] for row in rows}
     finally:
         await connection.close()
-
-
-async def until(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.5)
 
 
 async def test_a_message_sent_while_postgresql_is_down_is_acknowledged_once_durable_and_applied_later(
