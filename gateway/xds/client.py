@@ -9,8 +9,10 @@ is a permanent failure). Failures are split in two so the caller knows whether a
   a SOAP ``Receiver`` fault, or a RegistryResponse whose errors are all in ``TRANSIENT_ERROR_CODES``: the
   busy / out-of-resources / not-available codes of ITI TF-3 Table 4.2.4.1-2, plus XDSRegistryError and
   XDSRepositoryError, which that table describes as internal errors of the receiving actor (a database outage
-  is the common cause), and XDSUnavailableCommunity.
-* ``XdsPermanent``: anything the same message would get again: metadata errors, unknown patient, duplicate
+  is the common cause), XDSUnavailableCommunity, and XDSUnknownPatientId and XDSPatientIdDoesNotMatch: the
+  registry learns patients and merges from its own identity feed, which may not have reached it yet (a new
+  patient, an ADT merge passed on at the same time); retried, and dead-lettered after the last attempt.
+* ``XdsPermanent``: anything the same message would get again: metadata errors, duplicate
   uniqueId, SOAP ``Sender``/``MustUnderstand``/``VersionMismatch`` faults, other HTTP 4xx, a response we cannot
   read, or an outgoing message that fails schema validation.
 
@@ -49,6 +51,8 @@ DICOM_MIME_TYPE = "application/dicom"
 TRANSIENT_ERROR_CODES = frozenset({
     "XDSRegistryBusy", "XDSRepositoryBusy", "XDSRegistryOutOfResources", "XDSRepositoryOutOfResources",
     "XDSRegistryNotAvailable", "XDSRegistryError", "XDSRepositoryError", "XDSUnavailableCommunity",
+    # the registry may not have had the identity feed's new patient or merge yet (ITI-8/ITI-44 run beside us)
+    "XDSUnknownPatientId", "XDSPatientIdDoesNotMatch",
 })
 TRANSIENT_HTTP_STATUSES = frozenset({408, 429})
 _ERROR_SEVERITY = "urn:oasis:names:tc:ebxml-regrep:ErrorSeverityType:Error"

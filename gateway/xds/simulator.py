@@ -2,7 +2,9 @@
 stand-in for tests and hospitals' pre-production checks.
 
 Endpoints: POST /xds/repository (ITI-41 / RAD-68 Provide and Register, ITI-43 / RAD-69 retrieve), POST /xds/registry
-(ITI-42 Register, ITI-18 FindDocuments / GetDocuments), GET /status, GET /messages, POST /control (fault injection).
+(ITI-42 Register, ITI-18 FindDocuments / GetDocuments), GET /status, GET /messages, POST /control (fault injection);
+with ``--patient-feed-port`` the ITI-8 Patient Identity Feed over MLLP, whose A40 merges patientIds as a registry
+tracks a merge.
 Every request is kept as received under DIR/messages/ and validated (XSD + metadata rules); an invalid message is
 answered with a RegistryResponse Failure listing RegistryErrors, never an HTTP 500. The registry (DIR/registry.json)
 and documents (DIR/documents/) survive a restart.
@@ -29,7 +31,7 @@ import signal
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +42,8 @@ from aiohttp import web
 from lxml import etree
 
 from gateway import logs
+from gateway.hl7 import message as hl7
+from gateway.hl7 import mllp
 from gateway.xds import rules, soap, xsd
 from gateway.xds.rules import RIM, RuleError
 from gateway.xds.soap import ACTIONS, NS, Attachment, SoapError, SoapMessage
@@ -71,6 +75,8 @@ _CHUNK = 1024 * 1024
 _BASE64_CHUNK = 3 * 256 * 1024  # a multiple of 3: the base64 of consecutive chunks is the base64 of their whole
 _MAX_PART_HEAD = 64 * 1024  # the most of a MIME part's headers, or of a boundary line's padding, read into memory
 _BINARY_ENCODINGS = ("binary", "8bit", "7bit")
+_FEED_TRIGGERS = frozenset({"A01", "A04", "A05", "A08", "A40"})
+_FEED_MESSAGE_BYTES = 1024 * 1024
 
 
 class Rejected(Exception):
@@ -351,6 +357,48 @@ class Simulator:
                                                '{"fail_next": N, "registry_error": "XDS..."}'}, status=400)
         self.faults = Faults(count, None if http_status is None else int(http_status), registry_error)
         return web.json_response({"fail_next": count})
+
+    # --- ITI-8 Patient Identity Feed (HL7 v2 over MLLP) --------------------------------------------------------
+
+    async def patient_feed(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """ITI-8: A01/A04/A05/A08 are acknowledged; A40 merges MRG-1 into PID-3 in every DocumentEntry and
+        SubmissionSet of the registry (ITI TF-2 3.8.4.2.3: the registry tracks the merge), so that a later
+        replacement with the surviving patientId matches the entry it replaces."""
+        frames = mllp.FrameReader(reader, _FEED_MESSAGE_BYTES)
+        try:
+            while (frame := await frames.next()) is not None:
+                writer.write(mllp.frame(await self._feed(frame.message)))
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _feed(self, raw: bytes) -> bytes:
+        control_id = uuid.uuid4().hex[:20]
+        try:
+            message = hl7.parse(raw, "8859/1")
+        except hl7.Hl7Error as exc:
+            return hl7.acknowledgment(hl7.header_of(raw), exc.acknowledgment, exc, control_id=control_id)
+        kind, trigger = message.type
+        if kind != "ADT" or trigger not in _FEED_TRIGGERS:
+            error = hl7.Hl7Error(201, "MSH^1^9^1^2", "not a Patient Identity Feed message", hl7.REJECT)
+            return hl7.acknowledgment(message, hl7.REJECT, error, control_id=control_id)
+        if trigger == "A40":
+            surviving, subsumed = _cx(message.segment("PID"), 3), _cx(message.segment("MRG"), 1)
+            if not surviving or not subsumed:
+                error = hl7.Hl7Error(101, "MRG^1^1^1^1", "A40 needs PID-3 and MRG-1 with an assigning authority")
+                return hl7.acknowledgment(message, hl7.ERROR, error, control_id=control_id)
+            async with self.lock:
+                merged = 0
+                for obj in (*self.registry.entries.values(), *self.registry.submission_sets.values()):
+                    if obj.get("patientId") == subsumed:
+                        obj["patientId"] = surviving
+                        merged += 1
+                self.registry.counters["merges"] = self.registry.counters.get("merges", 0) + 1
+                self.registry.save()
+            log.info("patient identities merged", extra={"objects": merged})
+        return hl7.acknowledgment(message, hl7.ACCEPT, control_id=control_id)
 
     # --- ITI-41 / RAD-68 / ITI-42 -------------------------------------------------------------------------------
 
@@ -789,9 +837,22 @@ def _write_resolved(path: Path, xml: bytes, parts: dict[bytes, Blob]) -> None:
         f.write(xml[pos:])
 
 
+def _cx(segment: hl7.Segment | None, number: int) -> str:
+    """The first identifier of a CX field with a universal-ID assigning authority, as XDS writes patientId."""
+    if segment is None:
+        return ""
+    for raw in segment.repetitions(number):
+        patient_id, authority = segment.delimiters.leaf(raw, 1), segment.delimiters.leaf(raw, 4, 2)
+        if patient_id and authority:
+            return f"{patient_id}^^^&{authority}&ISO"
+    return ""
+
+
 def create_app(data_dir: Path, *, repository_unique_id: str = DEFAULT_REPOSITORY_UNIQUE_ID,
-               patient_id_domain: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> web.Application:
-    """The simulator's application; a request body over ``max_body_bytes`` is answered with 413."""
+               patient_id_domain: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               patient_feed: tuple[str, int] | None = None) -> web.Application:
+    """The simulator's application; a request body over ``max_body_bytes`` is answered with 413. With
+    ``patient_feed`` (host, port) the ITI-8 Patient Identity Feed listens there (MLLP) while the app runs."""
     simulator = Simulator(data_dir, repository_unique_id, patient_id_domain, max_body_bytes)
     # the SOAP endpoints stream their bodies and apply the limit themselves; this one is request.read()'s (/control)
     app = web.Application(client_max_size=max_body_bytes)
@@ -802,14 +863,25 @@ def create_app(data_dir: Path, *, repository_unique_id: str = DEFAULT_REPOSITORY
         web.get("/messages", simulator.messages_list),
         web.post("/control", simulator.control),
     ])
+    if patient_feed is not None:
+
+        async def feed(_: web.Application) -> AsyncIterator[None]:
+            server = await asyncio.start_server(simulator.patient_feed, *patient_feed)
+            yield
+            server.close()
+            await server.wait_closed()
+
+        app.cleanup_ctx.append(feed)
     return app
 
 
 async def serve(host: str, port: int, data_dir: Path, repository_unique_id: str,
-                patient_id_domain: str | None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+                patient_id_domain: str | None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                patient_feed_port: int | None = None) -> None:
     """Run until SIGTERM or SIGINT; the ready line goes to stdout once the socket is listening."""
     runner = web.AppRunner(create_app(data_dir, repository_unique_id=repository_unique_id,
-                                      patient_id_domain=patient_id_domain, max_body_bytes=max_body_bytes),
+                                      patient_id_domain=patient_id_domain, max_body_bytes=max_body_bytes,
+                                      patient_feed=None if patient_feed_port is None else (host, patient_feed_port)),
                            access_log=None)
     await runner.setup()
     stop = asyncio.Event()
@@ -832,7 +904,7 @@ def run(args: argparse.Namespace) -> int:
     logs.configure("INFO")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args.host, args.port, args.data, args.repository_unique_id, args.patient_id_domain,
-                          args.max_body_bytes))
+                          args.max_body_bytes, args.patient_feed_port))
     return 0
 
 
@@ -857,6 +929,9 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--max-body-bytes", type=_byte_count, default=DEFAULT_MAX_BODY_BYTES, metavar="N",
                         help=f"largest request body accepted; a larger one gets HTTP 413 "
                              f"(default {DEFAULT_MAX_BODY_BYTES}, 64 MiB)")
+    parser.add_argument("--patient-feed-port", type=int, metavar="PORT",
+                        help="also take the ITI-8 Patient Identity Feed (HL7 v2 ADT over MLLP) on this port: an A40 "
+                             "merges patientIds in the registry")
     parser.set_defaults(func=run)
 
 

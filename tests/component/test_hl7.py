@@ -19,12 +19,17 @@ import hl7
 import hl7.mllp
 import pydicom
 import pytest
-from aiohttp import ClientSession
+from aiohttp import ClientSession, web
 from pydicom.dataset import Dataset
 
+from gateway.settings import XdsSettings
+from gateway.xds import simulator
+from gateway.xds.client import XdsClient
 from tests.component.test_notify_embedded import Gateway, running
 from tests.component.test_query_retrieve import study
 from tests.component.test_receiver_tls import pki
+from tests.component.test_register_embedded import REPOSITORY_UID, Simulator, registered
+from tests.component.test_register_embedded import study as registered_study
 from tests.conftest import dcmtk
 from tests.hapi import hapi_send
 from tests.helpers import api_headers, free_port, run
@@ -433,3 +438,60 @@ async def test_mllp_over_tls_from_hapi_and_on_to_a_tls_upstream(tmp_path: Path, 
                 while upstream.received != ["T-1"]:
                     await asyncio.sleep(0.1)
             await applied(gateway, "P900", "T-1")
+
+
+async def kos_of(registry: Simulator, document_unique_id: str) -> Dataset:
+    settings = XdsSettings(**{k: v for k, v in registry.xds().items() if k in XdsSettings.model_fields})
+    async with XdsClient(settings) as client:
+        return pydicom.dcmread(io.BytesIO(await client.retrieve_document(document_unique_id, REPOSITORY_UID)))
+
+
+@pytest.fixture
+async def feed(tmp_path: Path) -> AsyncIterator[tuple[Simulator, int]]:
+    """The XDS simulator with its ITI-8 Patient Identity Feed, where the gateway passes ADT on to."""
+    port, feed_port = free_port(), free_port()
+    runner = web.AppRunner(simulator.create_app(tmp_path / "xds", repository_unique_id=REPOSITORY_UID,
+                                                patient_feed=("127.0.0.1", feed_port)))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield Simulator(tmp_path / "xds", port), feed_port
+    await runner.cleanup()
+
+
+@pytest.mark.parametrize("reregister", [False, True])
+async def test_registered_manifests_follow_a_merge_by_the_next_registration_or_at_once_when_the_domain_wants_it(
+        tmp_path: Path, feed: tuple[Simulator, int], reregister: bool) -> None:
+    """The merge goes on to the registry's identity feed, which merges the registered entries' patientId; the
+    gateway's next manifest, a replacement, carries the surviving patient."""
+    registry, feed_port = feed
+    files = registered_study(tmp_path, 3)
+    header = pydicom.dcmread(files[0], stop_before_pixels=True)
+    study_uid, prior = str(header.StudyInstanceUID), str(header.PatientID)
+    survivor, port = "010594Y9032", free_port()
+    async with running(tmp_path, ["receiver", "store", "notify", "api", "register", "hl7", "patient"],
+                       xds={**registry.xds(), "reregister_on_patient_change": reregister},
+                       hl7={"host": "127.0.0.1", "port": port, "allowed_senders": [{"application": "HIS"}],
+                            "forward_to": {"host": "127.0.0.1", "port": feed_port, "retry_max_seconds": 1}},
+                       validation={"test_environment": True}) as gateway:
+        await gateway.store(*files[:2])
+        first = (await registered(gateway, study_uid))["manifests"][0]
+        merge = adt("A40", survivor, prior=prior, control_id="X-1", name="Yhdistetty^Potilas", charset="8859/1",
+                    authority="1.2.246.21")
+        [ack] = await mllp_send(port, merge, encoding="latin-1", tmp=tmp_path)
+        assert ack.code == "AA"
+        await gateway.until(f"/api/patients/{survivor}", lambda body: len(body["studies"]) == 1)
+        if reregister:  # the study becomes stable again as a new generation, whose manifest replaces the first
+            latest = (await registered(gateway, study_uid, generation=2))["manifests"][0]
+        else:
+            await asyncio.sleep(4)  # twice the stability time: nothing is registered again
+            _, body = await gateway.get(f"/api/studies/{study_uid}")
+            assert [m["generation"] for m in body["registration"]["manifests"]] == [1]
+            await gateway.store(*files[2:])
+            latest = (await registered(gateway, study_uid, generation=2))["manifests"][0]
+        _, found = await gateway.get(f"/api/xds/documents?patient_id={survivor}")
+    assert (await registry.status())["merges"] == 1
+    assert latest["replaces_entry_uuid"] == first["entry_uuid"]
+    assert [entry["uniqueId"] for entry in found] == [latest["document_unique_id"]]
+    kos = await kos_of(registry, latest["document_unique_id"])
+    assert (kos.PatientID, str(kos.PatientName)) == (survivor, "Yhdistetty^Potilas")
+    assert kos.IssuerOfPatientIDQualifiersSequence[0].UniversalEntityID == "1.2.246.21"

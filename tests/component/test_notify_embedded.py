@@ -108,6 +108,8 @@ class Gateway:
     async def get(self, path: str) -> Any:
         async with (ClientSession(headers=api_headers(self.settings.data_dir)) as http,
                     http.get(f"{self.api}{path}") as response):
+            if response.content_type != "application/json":  # a 404 before the study is indexed is text
+                return response.status, await response.text()
             return response.status, await response.json()
 
     async def until(self, path: str, condition: Callable[[Any], bool], timeout: float = 30) -> Any:

@@ -213,11 +213,12 @@ async def test_injected_failures_are_classified(simulator: Simulator, command: d
     assert failure.value.codes == codes
 
 
-async def test_unknown_patient_is_permanent(simulator: Simulator) -> None:
+async def test_unknown_patient_is_retried_since_the_identity_feed_may_not_have_reached_the_registry(
+        simulator: Simulator) -> None:
     rows = [instance_row(f"{STUDY}.1.1.1", issuer_of_patient_id="", patient_attributes={
         "PatientID": "010594Y9032", "IssuerOfPatientID": "1.2.246.10.2048198.22.2024"})]
     async with XdsClient(settings(simulator.base)) as client:
-        with pytest.raises(XdsPermanent) as failure:
+        with pytest.raises(XdsTransient) as failure:
             await client.provide_and_register(submission(rows))
     assert set(failure.value.codes) == {"XDSUnknownPatientId"}
 

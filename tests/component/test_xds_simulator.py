@@ -26,6 +26,8 @@ from gateway.xds import rules, soap, xsd
 from gateway.xds import simulator as simulator_module
 from gateway.xds.simulator import DEFAULT_REPOSITORY_UNIQUE_ID, create_app
 from gateway.xds.soap import ACTIONS, NS, Attachment, SoapMessage
+from tests.component.test_hl7 import mllp_send
+from tests.helpers import free_port
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "xds"
 R = "{urn:oasis:names:tc:ebxml-regrep:xsd:rim:3.0}"
@@ -483,3 +485,21 @@ async def test_memory_stays_bounded_for_a_large_body(tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0
+
+
+async def test_the_identity_feed_merges_registered_patient_ids_and_refuses_other_messages(  # type: ignore[no-untyped-def]
+        simulator, tmp_path: Path) -> None:
+    feed_port = free_port()
+    client = await simulator(patient_feed=("127.0.0.1", feed_port))
+    pnr, _ = _rad68()
+    await client.submit(pnr)
+    patient, authority = PATIENT.split("^^^&")[0], PATIENT.split("&")[1]
+    merge = (f"MSH|^~\\&|MPI|D|REG|D|20261130||ADT^A40^ADT_A39|M1|P|2.5\rEVN|A40\r"
+             f"PID|1||NEW-1^^^&{authority}&ISO\rMRG|{patient}^^^&{authority}&ISO")
+    other = "MSH|^~\\&|MPI|D|REG|D|20261130||ORU^R01|M2|P|2.5\rPID|1||X^^^&1.2.3&ISO"
+    answers = await mllp_send(feed_port, merge, other, "not hl7", tmp=tmp_path)
+    assert [(a.code, a.control_id, a.error) for a in answers] == [("AA", "M1", ""), ("AR", "M2", "201"),
+                                                                  ("AR", "", "100")]
+    assert await client.find() == []  # the old patientId has no documents any more
+    [entry] = await client.find(**{"$XDSDocumentEntryPatientId": f"'NEW-1^^^&{authority}&ISO'"})
+    assert entry is not None

@@ -36,8 +36,10 @@ WORKER_ROLES = ("store", "register", "notify", "forward")
 ENABLED_WORKER_ROLES = ("store", "notify")
 OPTIONAL_ROLES = ("register", "forward")
 SPLIT_ROLES = ("receiver", *ENABLED_WORKER_ROLES, "api")
-# ci/split-values.yaml also forwards (register needs an XDS repository).
-SPLIT_CI_ROLES = (*SPLIT_ROLES, "forward")
+# The roles hl7.enabled deploys in split mode: the MLLP listener and the role that applies ADT.
+HL7_ROLES = ("hl7", "patient")
+# ci/split-values.yaml also forwards and takes HL7 (register needs an XDS repository).
+SPLIT_CI_ROLES = (*SPLIT_ROLES, "forward", *HL7_ROLES)
 # One destination: what forward.enabled needs.
 FORWARD_DESTINATION = (
     "gateway.forward.destinations[0].name=national,gateway.forward.destinations[0].ae_title=NATARCH,"
@@ -239,8 +241,9 @@ def test_split_mode_runs_one_deployment_per_enabled_role() -> None:
         assert container["args"] == ["run", "--role", role]
         ports = {p["name"] for p in container["ports"]}
         # DICOM-TLS closes the plain DICOM port (gateway.dicom.tls.tlsOnly defaults to true); reports on the same
-        # association open the internal port on the receivers.
-        assert ports == ({"http", "dicom-tls", "internal"} if role == "receiver" else {"http"})
+        # association open the internal port on the receivers; the hl7 pods listen for MLLP.
+        expected = {"receiver": {"http", "dicom-tls", "internal"}, "hl7": {"http", "hl7"}}.get(role, {"http"})
+        assert ports == expected, role
         selectors.add(tuple(sorted(deployment["spec"]["selector"]["matchLabels"].items())))
     assert len(selectors) == len(SPLIT_CI_ROLES), "each role needs its own pod selector"
 
@@ -287,7 +290,7 @@ ROLE_VALUE_SETS = {
     "single-minimal": ((), (BACKENDS,), ()),
     "single-ci-optional-roles": ((SINGLE_CI,), ENABLE_OPTIONAL_ROLES, OPTIONAL_ROLES),
     "split-minimal-optional-roles": ((), ("mode=split", BACKENDS, *ENABLE_OPTIONAL_ROLES), OPTIONAL_ROLES),
-    "split-ci-optional-roles": ((SPLIT_CI,), ENABLE_OPTIONAL_ROLES, OPTIONAL_ROLES),
+    "split-ci-optional-roles": ((SPLIT_CI,), ENABLE_OPTIONAL_ROLES, (*OPTIONAL_ROLES, *HL7_ROLES)),
 }
 
 
@@ -368,9 +371,11 @@ def test_network_policy_unless_disabled() -> None:
     (rule,) = _rules_for(receiver, "dicom-tls")
     # dicomFrom, then reportsFrom (the forward destinations' storage-commitment reports).
     assert [peer["ipBlock"]["cidr"] for peer in rule["from"]] == ["10.20.0.0/16", "192.0.2.0/24", "198.51.100.0/24"]
-    for role in (*ENABLED_WORKER_ROLES, "forward"):
+    for role in (*ENABLED_WORKER_ROLES, "forward", "patient"):
         ports = [p["port"] for r in policies[f"gw-dicom-gateway-{role}"]["spec"]["ingress"] for p in r["ports"]]
         assert ports == ["http"], role
+    ports = [p["port"] for r in policies["gw-dicom-gateway-hl7"]["spec"]["ingress"] for p in r["ports"]]
+    assert ports == ["http", "hl7"]
     # The API pods: metricsFrom (default) and apiFrom (ingress-nginx) on the one HTTP port.
     (metrics_rule, api_rule) = _rules_for(policies["gw-dicom-gateway-api"], "http")
     assert metrics_rule["from"] == [{"namespaceSelector": {}}]
@@ -462,10 +467,11 @@ def test_every_value_is_documented_and_in_the_schema() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     schema = json.loads((CHART / "values.schema.json").read_text())
     readme = (CHART / "README.md").read_text()
-    roles = {"single", "receiver", "api", *WORKER_ROLES}
+    roles = {"single", "receiver", "api", *WORKER_ROLES, *HL7_ROLES}
     for path in _leaf_paths(values):
-        doc_path = ("<role>", *path[1:]) if path[0] in roles else path
-        prefixes = [".".join(doc_path[:n]) for n in range(len(doc_path), 0, -1)]
+        # A role's values are documented for every role (<role>.replicas) or for that role (hl7.service.type).
+        doc_paths = [("<role>", *path[1:]), path] if path[0] in roles else [path]
+        prefixes = [".".join(doc_path[:n]) for doc_path in doc_paths for n in range(len(doc_path), 0, -1)]
         assert any(f"| `{prefix}` |" in readme for prefix in prefixes), f"{'.'.join(path)} is not documented"
         node: dict[str, Any] | None = schema
         for key in path:
@@ -711,7 +717,7 @@ TLS_VALUE_SETS = {
 }
 PORT_FIELDS = ("port", "containerPort", "targetPort", "nodePort")
 DICOM_FROM = "networkPolicy.dicomFrom[0].ipBlock.cidr=10.20.0.0/16"
-NOT_DICOM_PORTS = {"http", "internal"}
+NOT_DICOM_PORTS = {"http", "internal", "hl7"}
 
 
 def _exposed_ports(manifests: list[Manifest]) -> set[tuple[str, str, Any]]:
@@ -750,7 +756,7 @@ def _dicom_ports(manifests: list[Manifest]) -> dict[str, set[Any]]:
     for service in of_kind(manifests, "Service").values():
         if _of_dicom_role(service):
             ports["services"] |= {(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]
-                                  if p["name"] != "http"}  # the api Service selects the single pods too
+                                  if p["name"] not in NOT_DICOM_PORTS}  # the api and hl7 Services select single pods too
     for policy in of_kind(manifests, "NetworkPolicy").values():
         if _of_dicom_role(policy):
             ports["networkPolicies"] |= {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]
@@ -1176,6 +1182,9 @@ def test_chart_schema_refuses_wrong_api_values(tmp_path: Path) -> None:
     ("GATEWAY_INTERNAL__SECRET", "gateway.internal"),
     ("GATEWAY_NOTIFY__REPORT_ON_SAME_ASSOCIATION", "gateway.notify.reportOnSameAssociation"),
     ("GATEWAY_FORWARD__DESTINATIONS", "gateway.forward"),
+    ("GATEWAY_HL7__PORT", "gateway.hl7"),
+    ("GATEWAY_HL7__TLS__CERT_FILE", "gateway.hl7"),
+    ("GATEWAY_XDS__REREGISTER_ON_PATIENT_CHANGE", "gateway.xds.reregisterOnPatientChange"),
 ])
 def test_extra_config_refuses_settings_the_chart_renders(key: str, hint: str) -> None:
     assert hint in render_error(f"gateway.extraConfig.{key}=x")
@@ -1412,3 +1421,316 @@ def test_pods_that_open_dicom_associations_present_the_dicom_tls_certificate(tmp
         assert _volumes(deployments[role])["dicom-tls"]["secret"]["secretName"] == "dicomgw-dicom-tls", role
     assert "GATEWAY_DICOM__TLS__CERT_FILE" not in _env(deployments["store"])
     assert {p["name"] for p in _container(deployments["forward"])["ports"]} == {"http"}, "it listens on no DICOM port"
+
+
+# HL7 v2 ADT over MLLP (hl7.enabled, gateway.hl7): the hl7 role's Deployment (the listener, with the MLLP port and
+# its own Service), the patient role's Deployment (applies ADT, passes it on upstream), their settings, TLS files,
+# NetworkPolicy rules and scaling.
+HL7_PORT = 2575
+HL7_SENDERS = [
+    {"application": "HIS", "facility": "HOSPITAL", "networks": ["10.30.0.0/16"]},
+    {"application": "ADTENGINE"},
+]
+HL7_SERVICE = "gw-dicom-gateway-hl7"
+HL7_SOURCES = [{"ipBlock": {"cidr": "10.30.0.0/16"}}]
+HL7_UPSTREAM = [{"ipBlock": {"cidr": "203.0.113.0/24"}}]
+# gateway.hl7 tunables: (value, GATEWAY_HL7__ setting, the gateway's default as the ConfigMap holds it).
+HL7_TUNABLES = {
+    "defaultCharset": ("DEFAULT_CHARSET", "ASCII"),
+    "maxMessageBytes": ("MAX_MESSAGE_BYTES", "1044480"),
+    "application": ("APPLICATION", "DICOMGW"),
+    "idleTimeoutSeconds": ("IDLE_TIMEOUT_SECONDS", "300"),
+    "publishTimeoutSeconds": ("PUBLISH_TIMEOUT_SECONDS", "30"),
+    "precheckTimeoutSeconds": ("PRECHECK_TIMEOUT_SECONDS", "5"),
+    "maxConnectionsPerPeer": ("MAX_CONNECTIONS_PER_PEER", "16"),
+}
+
+
+def _hl7_values(tmp_path: Path, *, enabled: bool = True, hl7: dict[str, Any] | None = None,
+                network_policy: dict[str, Any] | None = None, name: str = "hl7-values.yaml") -> Path:
+    """A values file that takes ADT (a file: --set would turn OIDs and CIDR lists into other types)."""
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({
+        "hl7": {"enabled": enabled},
+        "gateway": {"hl7": {"allowedSenders": HL7_SENDERS, **(hl7 or {})}},
+        "networkPolicy": network_policy or {},
+    }))
+    return path
+
+
+def _ports(deployment: Manifest) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for p in _container(deployment)["ports"]}
+
+
+def test_hl7_in_split_mode_runs_the_listener_and_the_patient_role(tmp_path: Path) -> None:
+    manifests = render("mode=split", BACKENDS, values=(_hl7_values(tmp_path),))
+    deployments = _by_component(manifests)
+    assert set(deployments) == {*SPLIT_ROLES, *HL7_ROLES}
+    assert set(HL7_ROLES) <= set(ROLES), "the gateway runs both roles"
+
+    hl7 = deployments["hl7"]
+    assert hl7["metadata"]["name"] == "gw-dicom-gateway-hl7"
+    assert _container(hl7)["args"] == ["run", "--role", "hl7"]
+    assert _ports(hl7) == {"http": 8080, "hl7": HL7_PORT}
+    # Readiness is the HTTP /readyz, as for every pod: never a probe on the MLLP port.
+    assert _container(hl7)["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http", "scheme": "HTTP"}
+
+    patient = deployments["patient"]
+    assert patient["metadata"]["name"] == "gw-dicom-gateway-patient"
+    assert _container(patient)["args"] == ["run", "--role", "patient"]
+    assert _ports(patient) == {"http": 8080}, "the patient role listens on nothing but http"
+    # One partition keeps ADT in order: one replica, no autoscaler by default.
+    assert patient["spec"]["replicas"] == 1
+    assert "patient" not in _by_component(manifests, "HorizontalPodAutoscaler")
+    assert "patient" not in _by_component(manifests, "ScaledObject")
+    assert "hl7" in _by_component(manifests, "HorizontalPodAutoscaler")
+    for kind in ("PodDisruptionBudget", "NetworkPolicy"):
+        assert set(HL7_ROLES) <= set(_by_component(manifests, kind)), kind
+
+    # Its own Service, on the hl7 pods' MLLP port; the DICOM Service does not carry it.
+    services = of_kind(manifests, "Service")
+    service = services[HL7_SERVICE]
+    assert service["spec"]["selector"]["app.kubernetes.io/component"] == "hl7"
+    assert service["spec"]["selector"].items() <= hl7["spec"]["template"]["metadata"]["labels"].items()
+    assert service["spec"]["ports"] == [{"name": "hl7", "port": HL7_PORT, "targetPort": "hl7", "protocol": "TCP"}]
+    assert (service["spec"]["type"], service["spec"]["externalTrafficPolicy"]) == ("LoadBalancer", "Local")
+    assert "hl7" not in {p["name"] for p in services["gw-dicom-gateway-receiver"]["spec"]["ports"]}
+
+    # The settings, in the shared ConfigMap: every pod reads them (and would refuse an HL7 port without senders).
+    config = config_map(manifests)
+    assert config["GATEWAY_HL7__PORT"] == str(HL7_PORT)
+    assert json.loads(config["GATEWAY_HL7__ALLOWED_SENDERS"]) == HL7_SENDERS
+    for key, (setting, default) in HL7_TUNABLES.items():
+        assert config[f"GATEWAY_HL7__{setting}"] == default, key
+    for unset in ("LOCAL_AUTHORITIES", "FACILITY", "FORWARD_TO__HOST", "TLS__CERT_FILE"):
+        assert f"GATEWAY_HL7__{unset}" not in config, unset
+    assert config["GATEWAY_XDS__REREGISTER_ON_PATIENT_CHANGE"] == "false"
+    for role, deployment in deployments.items():
+        assert _container(deployment)["envFrom"] == [{"configMapRef": {"name": "gw-dicom-gateway-config"}}], role
+        assert not {name for name in _env(deployment) if name.startswith("GATEWAY_HL7__")}, role
+    for role in (*HL7_ROLES, "receiver"):
+        settings, _ = _gateway_settings(deployments[role], config, tmp_path / role)
+        assert settings["hl7"]["port"] == HL7_PORT, role
+        assert [s["application"] for s in settings["hl7"]["allowed_senders"]] == ["HIS", "ADTENGINE"], role
+        assert settings["hl7"]["allowed_senders"][0]["networks"] == ["10.30.0.0/16"], role
+        assert settings["hl7"]["tls"]["cert_file"] is None, role
+        assert settings["hl7"]["forward_to"]["host"] is None, role
+        assert (settings["hl7"]["max_message_bytes"], settings["hl7"]["default_charset"]) == (1044480, "ASCII")
+
+
+def test_hl7_in_single_mode_is_served_by_the_single_pods(tmp_path: Path) -> None:
+    for sets in ((BACKENDS,), ()):
+        manifests = render(*sets, values=(_hl7_values(tmp_path),))
+        (deployment,) = of_kind(manifests, "Deployment").values()
+        assert _container(deployment)["args"] == ["run"], "run without --role starts hl7 and patient with the port"
+        assert _ports(deployment)["hl7"] == HL7_PORT
+        service = of_kind(manifests, "Service")[HL7_SERVICE]
+        assert service["spec"]["selector"]["app.kubernetes.io/component"] == "single"
+        assert service["spec"]["ports"][0]["targetPort"] == "hl7"
+        config = config_map(manifests)
+        assert config["GATEWAY_HL7__PORT"] == str(HL7_PORT)
+        settings, _ = _gateway_settings(deployment, config, tmp_path / f"single-{len(sets)}")
+        assert settings["hl7"]["port"] == HL7_PORT
+
+
+@pytest.mark.parametrize("sets", [("mode=split", BACKENDS), (BACKENDS,), ()], ids=["split", "single-kafka", "embedded"])
+def test_no_hl7_unless_enabled(sets: tuple[str, ...], tmp_path: Path) -> None:
+    values = _hl7_values(tmp_path, enabled=False, hl7={"forwardTo": {"host": "hl7.region.example.org"}},
+                         network_policy={"egress": [{}], "hl7From": HL7_SOURCES})
+    manifests = render(*sets, values=(values,))
+    assert not [key for key in config_map(manifests) if key.startswith("GATEWAY_HL7__")]
+    for kind in ("Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler", "ScaledObject", "NetworkPolicy"):
+        assert not set(HL7_ROLES) & set(_by_component(manifests, kind)), kind
+    assert HL7_SERVICE not in of_kind(manifests, "Service")
+    for name, deployment in of_kind(manifests, "Deployment").items():
+        assert "hl7" not in _ports(deployment), name
+        assert not {"hl7-tls", "hl7-forward-tls"} & set(_volumes(deployment)), name
+    for policy in of_kind(manifests, "NetworkPolicy").values():
+        assert not _rules_for(policy, "hl7")
+        assert not _egress_to_ports(policy, {HL7_PORT})
+
+
+@pytest.mark.parametrize("sets", [("mode=split", BACKENDS), (BACKENDS,), ()], ids=["split", "single-kafka", "embedded"])
+def test_hl7_enabled_without_allowed_senders_fails_the_render(sets: tuple[str, ...]) -> None:
+    error = render_error(*sets, "hl7.enabled=true")
+    assert "hl7.enabled needs at least one sender in gateway.hl7.allowedSenders" in error
+    assert "allow-list" in error
+
+
+def test_chart_refuses_hl7_settings_the_gateway_would_refuse(tmp_path: Path) -> None:
+    for hl7, expected in [
+        ({"allowedSenders": [{"facility": "HOSPITAL"}]}, "application"),
+        ({"allowedSenders": [{"application": ""}]}, "application"),
+        ({"allowedSenders": [{"application": "HIS", "networks": ["10.30.0.0"]}]}, "networks"),
+        ({"allowedSenders": [{"application": "HIS", "password": "x"}]}, "password"),
+        ({"defaultCharset": "latin1"}, "defaultCharset"),
+        ({"maxMessageBytes": 2000000}, "maxMessageBytes"),
+        ({"port": 0}, "port"),
+        ({"idleTimeoutSeconds": 0}, "idleTimeoutSeconds"),
+        ({"forwardTo": {"port": 70000}}, "port"),
+    ]:
+        values = _hl7_values(tmp_path, hl7={"allowedSenders": HL7_SENDERS, **hl7})
+        assert expected in render_error(BACKENDS, values=(values,)), hl7
+    values = (_hl7_values(tmp_path),)
+    assert "gateway.hl7.tls.existingSecret" in render_error(BACKENDS, "gateway.hl7.tls.enabled=true", values=values)
+    assert "gateway.hl7.tls.caKey" in render_error(BACKENDS, "gateway.hl7.tls.enabled=true",
+                                                   "gateway.hl7.tls.existingSecret=x", "gateway.hl7.tls.caKey=",
+                                                   "gateway.hl7.tls.requireClientCert=true", values=values)
+    assert "gateway.hl7.forwardTo.tls" in render_error(BACKENDS, "gateway.hl7.forwardTo.host=up",
+                                                       "gateway.hl7.forwardTo.caSecret=ca", values=values)
+    # The listening pods open the HTTP port too (and in single mode the DICOM ports).
+    error = render_error("mode=split", BACKENDS, "gateway.hl7.port=8080", values=values)
+    assert "gateway.hl7.port 8080 is already gateway.http.port" in error
+    error = render_error(BACKENDS, "gateway.hl7.port=11112", values=values)
+    assert "gateway.dicom.port" in error
+    render("mode=split", BACKENDS, "gateway.hl7.port=11112", values=values)
+    assert "hl7From" in render_error(BACKENDS, "networkPolicy.hl7From[0].cidr=10.0.0.0/8", values=values)
+
+
+def test_hl7_tunables_are_rendered_as_the_gateway_reads_them(tmp_path: Path) -> None:
+    hl7 = {"port": 6661, "localAuthorities": ["1.2.246.10.1234567.10.1", "TEMP"], "defaultCharset": "UNICODE UTF-8",
+           "maxMessageBytes": 65536, "application": "PACSGW", "facility": "RADIOLOGY", "idleTimeoutSeconds": 600,
+           "publishTimeoutSeconds": 2.5, "precheckTimeoutSeconds": 1, "maxConnectionsPerPeer": 4}
+    manifests = render("mode=split", BACKENDS, "gateway.xds.reregisterOnPatientChange=true",
+                       values=(_hl7_values(tmp_path, hl7=hl7),))
+    config = config_map(manifests)
+    assert config["GATEWAY_HL7__PORT"] == "6661"
+    assert json.loads(config["GATEWAY_HL7__LOCAL_AUTHORITIES"]) == hl7["localAuthorities"]
+    assert config["GATEWAY_HL7__MAX_MESSAGE_BYTES"] == "65536"
+    assert config["GATEWAY_HL7__PUBLISH_TIMEOUT_SECONDS"] == "2.5"
+    assert config["GATEWAY_XDS__REREGISTER_ON_PATIENT_CHANGE"] == "true"
+    deployments = _by_component(manifests)
+    assert _ports(deployments["hl7"])["hl7"] == 6661
+    assert of_kind(manifests, "Service")[HL7_SERVICE]["spec"]["ports"][0]["port"] == 6661
+    settings, _ = _gateway_settings(deployments["patient"], config, tmp_path / "patient")
+    assert settings["xds"]["reregister_on_patient_change"] is True
+    settings = settings["hl7"]
+    assert settings["local_authorities"] == hl7["localAuthorities"]
+    assert (settings["default_charset"], settings["max_message_bytes"]) == ("UNICODE UTF-8", 65536)
+    assert (settings["application"], settings["facility"]) == ("PACSGW", "RADIOLOGY")
+    assert (settings["idle_timeout_seconds"], settings["publish_timeout_seconds"],
+            settings["precheck_timeout_seconds"], settings["max_connections_per_peer"]) == (600.0, 2.5, 1.0, 4)
+
+
+@pytest.mark.parametrize("mode", ["split", "single"])
+def test_hl7_tls_files_reach_only_the_pods_that_use_them(mode: str, tmp_path: Path) -> None:
+    hl7 = {"tls": {"enabled": True, "existingSecret": "dicomgw-hl7-tls", "requireClientCert": True},
+           "forwardTo": {"host": "hl7.region.example.org", "port": 6661, "tls": True,
+                         "caSecret": "dicomgw-hl7-upstream-ca", "caKey": "bundle.pem",
+                         "clientSecret": "dicomgw-hl7-client"}}
+    manifests = render(f"mode={mode}", BACKENDS, values=(_hl7_values(tmp_path, hl7=hl7),))
+    config = config_map(manifests)
+    assert config["GATEWAY_HL7__FORWARD_TO__HOST"] == "hl7.region.example.org"
+    assert config["GATEWAY_HL7__FORWARD_TO__PORT"] == "6661"
+    assert config["GATEWAY_HL7__FORWARD_TO__TLS"] == "true"
+    assert not {key for key in config if key.endswith("_FILE") and key.startswith("GATEWAY_HL7__")}, \
+        "file paths only where the files are mounted"
+    deployments = _by_component(manifests)
+    listening, forwarding = ("hl7", "patient") if mode == "split" else ("single", "single")
+    for role, deployment in deployments.items():
+        env = {name: entry["value"] for name, entry in _env(deployment).items() if name.startswith("GATEWAY_HL7__")}
+        volumes = _volumes(deployment)
+        expected: dict[str, str] = {}
+        if role == listening:
+            expected |= {"GATEWAY_HL7__TLS__CERT_FILE": "/etc/dicom-gateway/hl7-tls/tls.crt",
+                         "GATEWAY_HL7__TLS__KEY_FILE": "/etc/dicom-gateway/hl7-tls/tls.key",
+                         "GATEWAY_HL7__TLS__CA_FILE": "/etc/dicom-gateway/hl7-tls/ca.crt",
+                         "GATEWAY_HL7__TLS__REQUIRE_CLIENT_CERT": "true"}
+            assert volumes["hl7-tls"]["secret"]["secretName"] == "dicomgw-hl7-tls"
+            assert _mounts(deployment)["hl7-tls"]["mountPath"] == "/etc/dicom-gateway/hl7-tls"
+        else:
+            assert "hl7-tls" not in volumes, role
+        if role == forwarding:
+            expected |= {"GATEWAY_HL7__FORWARD_TO__CA_FILE": "/etc/dicom-gateway/hl7-forward-tls/ca.crt",
+                         "GATEWAY_HL7__FORWARD_TO__CERT_FILE": "/etc/dicom-gateway/hl7-forward-tls/tls.crt",
+                         "GATEWAY_HL7__FORWARD_TO__KEY_FILE": "/etc/dicom-gateway/hl7-forward-tls/tls.key"}
+            sources = volumes["hl7-forward-tls"]["projected"]["sources"]
+            assert [(s["secret"]["name"], s["secret"]["items"]) for s in sources] == [
+                ("dicomgw-hl7-upstream-ca", [{"key": "bundle.pem", "path": "ca.crt"}]),
+                ("dicomgw-hl7-client", [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]),
+            ]
+        else:
+            assert "hl7-forward-tls" not in volumes, role
+        assert env == expected, role
+        # The gateway accepts every pod's settings (client certificates need the CA file, wherever it is read).
+        settings, _ = _gateway_settings(deployment, config, tmp_path / role)
+        assert settings["hl7"]["tls"]["cert_file"] == expected.get("GATEWAY_HL7__TLS__CERT_FILE"), role
+        assert settings["hl7"]["forward_to"]["ca_file"] == expected.get("GATEWAY_HL7__FORWARD_TO__CA_FILE"), role
+
+
+@pytest.mark.parametrize("mode", ["split", "single"])
+def test_network_policy_admits_hl7_senders_and_reaches_the_upstream(mode: str, tmp_path: Path) -> None:
+    listening, forwarding = ("hl7", "patient") if mode == "split" else ("single", "single")
+    egress: list[Manifest] = [{"to": [{"namespaceSelector": {}}]}]
+    forward_to = {"forwardTo": {"host": "hl7.region.example.org", "port": 6661}}
+    values = _hl7_values(tmp_path, hl7=forward_to,
+                         network_policy={"egress": egress, "hl7From": HL7_SOURCES, "hl7ForwardTo": HL7_UPSTREAM})
+    manifests = render(f"mode={mode}", BACKENDS, values=(values,))
+    policies = _by_component(manifests, "NetworkPolicy")
+    (rule,) = _rules_for(policies[listening], "hl7")
+    assert rule == {"ports": [{"port": "hl7", "protocol": "TCP"}], "from": HL7_SOURCES}
+    pod_labels = _by_component(manifests)[listening]["spec"]["template"]["metadata"]["labels"]
+    assert policies[listening]["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policies[forwarding]["spec"]["egress"][:len(egress)] == egress
+    (upstream,) = _egress_to_ports(policies[forwarding], {6661})
+    assert upstream == {"ports": [{"port": 6661, "protocol": "TCP"}], "to": HL7_UPSTREAM}
+    for role, policy in policies.items():
+        if role != listening:
+            assert not _rules_for(policy, "hl7"), role
+        if role != forwarding:
+            assert policy["spec"]["egress"] == egress, f"{role} passes no ADT on"
+
+    # hl7From [] admits any source; hl7ForwardTo [] any address.
+    values = _hl7_values(tmp_path, hl7=forward_to, network_policy={"egress": egress}, name="open.yaml")
+    policies = _by_component(render(f"mode={mode}", BACKENDS, values=(values,)), "NetworkPolicy")
+    (rule,) = _rules_for(policies[listening], "hl7")
+    assert "from" not in rule
+    (upstream,) = _egress_to_ports(policies[forwarding], {6661})
+    assert "to" not in upstream
+
+    # Without an upstream no egress rule for it; without networkPolicy.egress no Egress policy type at all.
+    values = _hl7_values(tmp_path, network_policy={"egress": egress}, name="no-upstream.yaml")
+    policies = _by_component(render(f"mode={mode}", BACKENDS, values=(values,)), "NetworkPolicy")
+    assert all(policy["spec"]["egress"] == egress for policy in policies.values())
+    policies = _by_component(render(f"mode={mode}", BACKENDS, values=(_hl7_values(tmp_path, hl7=forward_to),)),
+                             "NetworkPolicy")
+    for role, policy in policies.items():
+        assert policy["spec"]["policyTypes"] == ["Ingress"], role
+
+
+def test_keda_scales_the_patient_role_on_the_hl7_topic(tmp_path: Path) -> None:
+    values = (_hl7_values(tmp_path),)
+    manifests = render("mode=split", BACKENDS, "patient.keda.enabled=true", values=values)
+    scaled = _by_component(manifests, "ScaledObject")
+    assert set(scaled) == {"patient"}
+    (trigger,) = scaled["patient"]["spec"]["triggers"]
+    assert (trigger["metadata"]["consumerGroup"], trigger["metadata"]["topic"]) == ("dicomgw-patient", "dicomgw.hl7")
+    assert (scaled["patient"]["spec"]["minReplicaCount"], scaled["patient"]["spec"]["maxReplicaCount"]) == (1, 1)
+    # Passing ADT on upstream is a second consumer group of the same topic.
+    manifests = render("mode=split", BACKENDS, "patient.keda.enabled=true", "gateway.hl7.forwardTo.host=up",
+                       "keda.topics.hl7=site.hl7", values=values)
+    triggers = _by_component(manifests, "ScaledObject")["patient"]["spec"]["triggers"]
+    assert {t["metadata"]["consumerGroup"]: t["metadata"]["topic"] for t in triggers} == {
+        "dicomgw-patient": "site.hl7", "dicomgw-hl7-forward": "site.hl7"}
+    # Single mode: the single pods' triggers include the patient groups, which suffice for single.keda.
+    single = render(BACKENDS, "single.keda.enabled=true", "store.enabled=false", "notify.enabled=false",
+                    "gateway.hl7.forwardTo.host=up", values=values)
+    (scaled,) = of_kind(single, "ScaledObject").values()
+    topics = {t["metadata"]["consumerGroup"]: t["metadata"]["topic"] for t in scaled["spec"]["triggers"]}
+    assert topics == {"dicomgw-patient": "dicomgw.hl7", "dicomgw-hl7-forward": "dicomgw.hl7"}
+
+
+def test_hl7_service_follows_its_values(tmp_path: Path) -> None:
+    manifests = render("mode=split", BACKENDS, "hl7.service.type=NodePort", "hl7.service.nodePort=32575",
+                       "hl7.service.externalTrafficPolicy=Cluster", "hl7.service.annotations.team=his",
+                       values=(_hl7_values(tmp_path),))
+    service = of_kind(manifests, "Service")[HL7_SERVICE]
+    assert service["spec"]["type"] == "NodePort"
+    assert service["spec"]["externalTrafficPolicy"] == "Cluster"
+    assert service["spec"]["ports"][0]["nodePort"] == 32575
+    assert service["metadata"]["annotations"] == {"team": "his"}
+    service = of_kind(render("mode=split", BACKENDS, "hl7.service.type=ClusterIP", "hl7.service.nodePort=32575",
+                             values=(_hl7_values(tmp_path),)), "Service")[HL7_SERVICE]
+    assert "externalTrafficPolicy" not in service["spec"]
+    assert "nodePort" not in service["spec"]["ports"][0]
+    assert "nodePort" in render_error("hl7.service.nodePort=80", values=(_hl7_values(tmp_path),))

@@ -1,9 +1,10 @@
 {{/*
 Names, labels and the per-role facts every template shares. Helpers that take
 a role are called with (dict "root" $ "component" "<role>"); a role is one of
-single, receiver, store, register, notify, forward, api. The worker roles (store,
-register, notify, forward) are deployed only when <role>.enabled: a role arrives
-with the gateway release whose image can run it.
+single, receiver, store, register, notify, forward, hl7, patient, api. The worker
+roles (store, register, notify, forward) are deployed only when <role>.enabled,
+hl7 and patient only with hl7.enabled: a role arrives with the gateway release
+whose image can run it.
 */}}
 
 {{- define "dicom-gateway.name" -}}
@@ -36,10 +37,10 @@ with the gateway release whose image can run it.
 {{- join " " $enabled }}
 {{- end }}
 
-{{/* Roles deployed in the configured mode, space separated: single, or the receiver, the enabled worker roles
-and the api. */}}
+{{/* Roles deployed in the configured mode, space separated: single, or the receiver, the enabled worker roles,
+hl7 and patient (hl7.enabled) and the api. */}}
 {{- define "dicom-gateway.components" -}}
-{{- if eq .Values.mode "single" }}single{{ else }}{{ list "receiver" (include "dicom-gateway.workerRoles" .) (ternary "api" "" .Values.api.enabled) | compact | join " " }}{{ end }}
+{{- if eq .Values.mode "single" }}single{{ else }}{{ list "receiver" (include "dicom-gateway.workerRoles" .) (ternary "hl7 patient" "" .Values.hl7.enabled) (ternary "api" "" .Values.api.enabled) | compact | join " " }}{{ end }}
 {{- end }}
 
 {{/* Object name of a role: the full name in single mode, <fullname>-<role> in split mode. */}}
@@ -106,13 +107,32 @@ gateway.dicom.tls.tlsOnly is false (GATEWAY_DICOM__TLS_ONLY).
 {{- if or (not .Values.gateway.dicom.tls.enabled) (not .Values.gateway.dicom.tls.tlsOnly) }}true{{ end }}
 {{- end }}
 
-{{/* Kafka consumer groups a role's pods belong to (single: those of the enabled worker roles). */}}
+{{/* Kafka consumer groups a role's pods belong to (single: those of the enabled worker roles and, with
+hl7.enabled, of the patient role). */}}
 {{- define "dicom-gateway.consumerGroups" -}}
 {{- if eq .component "single" }}
 {{- $groups := list }}
 {{- range include "dicom-gateway.workerRoles" .root | splitList " " | compact }}{{ $groups = append $groups (printf "dicomgw-%s" .) }}{{ end }}
+{{- if include "dicom-gateway.hl7" .root }}{{ $groups = append $groups (include "dicom-gateway.patientGroups" .root) }}{{ end }}
 {{- join " " $groups }}
 {{- else if has .component (list "store" "register" "notify" "forward") }}dicomgw-{{ .component }}
+{{- else if eq .component "patient" }}{{ include "dicom-gateway.patientGroups" .root }}
+{{- end }}
+{{- end }}
+
+{{/* The consumer groups of the patient role: dicomgw-patient applies ADT, dicomgw-hl7-forward passes it on
+upstream (gateway.hl7.forwardTo.host). */}}
+{{- define "dicom-gateway.patientGroups" -}}
+dicomgw-patient{{ if include "dicom-gateway.hl7Forwarding" . }} dicomgw-hl7-forward{{ end }}
+{{- end }}
+
+{{/* The topic a consumer group reads (keda.topics): store the instances, patient and hl7-forward the ADT
+messages, the others the events. */}}
+{{- define "dicom-gateway.groupTopic" -}}
+{{- $topics := .root.Values.keda.topics }}
+{{- if eq .group "dicomgw-store" }}{{ $topics.instances }}
+{{- else if has .group (list "dicomgw-patient" "dicomgw-hl7-forward") }}{{ $topics.hl7 }}
+{{- else }}{{ $topics.events }}
 {{- end }}
 {{- end }}
 
@@ -207,6 +227,39 @@ pods connect to. */}}
 {{- $ports := list }}
 {{- range .Values.gateway.forward.destinations }}{{ $ports = append $ports (int .port) }}{{ end }}
 {{- $ports | uniq | toJson }}
+{{- end }}
+
+{{/*
+"true" when the release takes HL7 v2 ADT (hl7.enabled): the gateway.hl7 settings go into the shared config and
+the hl7 (MLLP listener) and patient roles run: their own Deployments in split mode; in single mode the single
+pods run them, as the gateway runs both whenever GATEWAY_HL7__PORT is set.
+*/}}
+{{- define "dicom-gateway.hl7" -}}
+{{- if .Values.hl7.enabled }}true{{ end }}
+{{- end }}
+
+{{/* The role whose pods listen for HL7 (MLLP): hl7 in split mode, the single pods in single mode. */}}
+{{- define "dicom-gateway.hl7Component" -}}
+{{- ternary "single" "hl7" (eq .Values.mode "single") }}
+{{- end }}
+
+{{/* The role whose pods apply ADT and pass it on upstream: patient in split mode, the single pods in single
+mode. */}}
+{{- define "dicom-gateway.patientComponent" -}}
+{{- ternary "single" "patient" (eq .Values.mode "single") }}
+{{- end }}
+
+{{/* "true" when the patient role passes every accepted ADT message on to gateway.hl7.forwardTo (MLLP, out). */}}
+{{- define "dicom-gateway.hl7Forwarding" -}}
+{{- if and .Values.hl7.enabled .Values.gateway.hl7.forwardTo.host }}true{{ end }}
+{{- end }}
+
+{{- define "dicom-gateway.hl7TlsDir" -}}
+/etc/dicom-gateway/hl7-tls
+{{- end }}
+
+{{- define "dicom-gateway.hl7ForwardTlsDir" -}}
+/etc/dicom-gateway/hl7-forward-tls
 {{- end }}
 
 {{/* The role whose pods call the internal port: notify in split mode, the single pods in single mode. */}}
@@ -319,8 +372,8 @@ set, the only roles whose pods get it.
 {{- if and (hasPrefix "SASL_" $v.kafka.securityProtocol) (not $v.kafka.sasl.existingSecret) }}
 {{- fail (printf "kafka.securityProtocol=%s needs kafka.sasl.existingSecret" $v.kafka.securityProtocol) }}
 {{- end }}
-{{- if and (eq $v.mode "single") $v.single.keda.enabled (not (include "dicom-gateway.workerRoles" .)) }}
-{{- fail "single.keda scales on the consumer groups of the enabled worker roles: enable at least one of store, register, notify, forward" }}
+{{- if and (eq $v.mode "single") $v.single.keda.enabled (not (include "dicom-gateway.consumerGroups" (dict "root" . "component" "single"))) }}
+{{- fail "single.keda scales on the consumer groups of the enabled worker roles: enable at least one of store, register, notify, forward (or hl7)" }}
 {{- end }}
 {{- if and (ne $v.kafka.securityProtocol "PLAINTEXT") (not $v.keda.authenticationRef) }}
 {{- range $component := include "dicom-gateway.components" . | splitList " " }}
@@ -370,9 +423,37 @@ gateway refuses would stop every pod, not only the forward ones. */}}
 {{- end }}
 {{- end }}
 {{- end }}
+{{- /* The HL7 settings go to every pod: settings the gateway refuses would stop every pod. An HL7 port without
+an allow-list is one of them (an ADT message changes what every later answer says about a patient). */}}
+{{- if $v.hl7.enabled }}
+{{- with $v.gateway.hl7 }}
+{{- if not .allowedSenders }}
+{{- fail "hl7.enabled needs at least one sender in gateway.hl7.allowedSenders ({application, facility, networks}): the gateway refuses an HL7 port without an allow-list (GATEWAY_HL7__ALLOWED_SENDERS)" }}
+{{- end }}
+{{- if and .tls.enabled (not .tls.existingSecret) }}
+{{- fail "gateway.hl7.tls.enabled needs gateway.hl7.tls.existingSecret" }}
+{{- end }}
+{{- if and .tls.enabled .tls.requireClientCert (not .tls.caKey) }}
+{{- fail "gateway.hl7.tls.requireClientCert needs gateway.hl7.tls.caKey (the CAs senders' certificates must chain to)" }}
+{{- end }}
+{{- if and .forwardTo.host (not .forwardTo.tls) (or .forwardTo.caSecret .forwardTo.clientSecret) }}
+{{- fail "gateway.hl7.forwardTo.caSecret and clientSecret need gateway.hl7.forwardTo.tls" }}
+{{- end }}
+{{- /* The ports the listening pods open besides the HL7 port. */}}
+{{- $used := dict (toString (int $v.gateway.http.port)) "gateway.http.port" }}
+{{- if eq $v.mode "single" }}
+{{- if include "dicom-gateway.plainDicomPort" $ }}{{ $_ := set $used (toString (int $v.gateway.dicom.port)) "gateway.dicom.port" }}{{ end }}
+{{- if $v.gateway.dicom.tls.enabled }}{{ $_ := set $used (toString (int $v.gateway.dicom.tls.port)) "gateway.dicom.tls.port" }}{{ end }}
+{{- if include "dicom-gateway.internalPort" $ }}{{ $_ := set $used (toString (int $v.gateway.internal.port)) "gateway.internal.port" }}{{ end }}
+{{- end }}
+{{- with index $used (toString (int .port)) }}
+{{- fail (printf "gateway.hl7.port %d is already %s on the same pods: choose another port" (int $v.gateway.hl7.port) .) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- /* Settings the chart renders itself, from values it also builds objects from (ports, mounts, Secrets, probes). */}}
-{{- $managed := dict "GATEWAY_HTTP__HOST" "always 0.0.0.0, so that probes and Services reach the pods" "GATEWAY_HTTP__PORT" "set gateway.http.port" "GATEWAY_NOTIFY__REPORT_ON_SAME_ASSOCIATION" "set gateway.notify.reportOnSameAssociation" }}
-{{- $managedPrefixes := dict "GATEWAY_HTTP__TLS__" "set gateway.http.tls" "GATEWAY_HTTP__AUTH__" "set gateway.http.auth" "GATEWAY_INTERNAL__" "set gateway.internal and gateway.notify.reportOnSameAssociation" "GATEWAY_FORWARD__" "set gateway.forward and forward.enabled" }}
+{{- $managed := dict "GATEWAY_HTTP__HOST" "always 0.0.0.0, so that probes and Services reach the pods" "GATEWAY_HTTP__PORT" "set gateway.http.port" "GATEWAY_NOTIFY__REPORT_ON_SAME_ASSOCIATION" "set gateway.notify.reportOnSameAssociation" "GATEWAY_XDS__REREGISTER_ON_PATIENT_CHANGE" "set gateway.xds.reregisterOnPatientChange" }}
+{{- $managedPrefixes := dict "GATEWAY_HTTP__TLS__" "set gateway.http.tls" "GATEWAY_HTTP__AUTH__" "set gateway.http.auth" "GATEWAY_INTERNAL__" "set gateway.internal and gateway.notify.reportOnSameAssociation" "GATEWAY_FORWARD__" "set gateway.forward and forward.enabled" "GATEWAY_HL7__" "set gateway.hl7 and hl7.enabled" }}
 {{- range $key, $_ := $v.gateway.extraConfig }}
 {{- if not (hasPrefix "GATEWAY_" $key) }}
 {{- fail (printf "gateway.extraConfig key %q must start with GATEWAY_" $key) }}
