@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import warnings
 
-from pydicom.charset import python_encoding
+from pydicom.charset import convert_encodings, python_encoding
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
@@ -25,12 +25,22 @@ _DEFAULT_REPERTOIRE = ("", "ISO_IR 6")
 UTF8 = "ISO_IR 192"
 
 
+def needs_whole_header(ds: Dataset, patient: Patient) -> bool:
+    """Whether ``patient``'s values need another character set than ``ds`` declares, other than the default
+    repertoire's: then every text value of the data set is converted, not only the Patient Module's."""
+    text = _non_ascii(patient)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        current = _declared(ds)
+    return bool(text and current) and not (len(current) == 1 and _encodes(current[0], text))
+
+
 def apply_patient(ds: Dataset, patient: Patient) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom's notes on odd values may quote patient data
         values = {"PatientName": patient.name, "PatientID": patient.patient_id,
                   "PatientBirthDate": patient.birth_date, "PatientSex": patient.sex}
-        _character_set(ds, [value for value in values.values() if not value.isascii()], patient.charset)
+        _character_set(ds, _non_ascii(patient), patient.charset)
         for tag in [tag for tag in ds.keys() if tag.element == 0 and tag.group in (0x0008, 0x0010)]:
             del ds[tag]  # a group length would no longer be right, and is retired anyway
         for keyword, value in values.items():
@@ -38,15 +48,27 @@ def apply_patient(ds: Dataset, patient: Patient) -> None:
         _issuer(ds, patient.issuer)
 
 
+def _non_ascii(patient: Patient) -> list[str]:
+    return [value for value in (patient.name, patient.patient_id, patient.issuer) if not value.isascii()]
+
+
+def _declared(ds: Dataset) -> list[str]:
+    """The data set's Specific Character Set terms other than the default repertoire's."""
+    declared = ds.get("SpecificCharacterSet", "")
+    terms = [str(term) for term in declared] if not isinstance(declared, str) else [declared]
+    return [term for term in terms if term not in _DEFAULT_REPERTOIRE]
+
+
 def _character_set(ds: Dataset, text: list[str], preferred: str) -> None:
     if not text:
         return
-    declared = ds.get("SpecificCharacterSet", "")
-    terms = [str(term) for term in declared] if not isinstance(declared, str) else [declared]
-    current = [term for term in terms if term not in _DEFAULT_REPERTOIRE]
+    current = _declared(ds)
     if not current:
         chosen = preferred if preferred and _encodes(preferred, text) else UTF8
         ds.SpecificCharacterSet = chosen
+        # the text already there is ASCII, the same bytes in the new set: written as it is, not converted
+        implicit, little = ds.original_encoding
+        ds.set_original_encoding(implicit, little, convert_encodings(chosen))
         return
     if len(current) == 1 and _encodes(current[0], text):
         return

@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from gateway.core.study import Patient
 from gateway.dicom.acse import EXPLICIT_LITTLE, IMPLICIT_LITTLE
 from gateway.dicom.dataset import DEFLATED, PIXEL_DATA, encode, read_prefix
-from gateway.dicom.patient import apply_patient
+from gateway.dicom.patient import apply_patient, needs_whole_header
 
 META_LIMIT = 64 * 1024
 """A File Meta Information group is a few hundred bytes; one claiming more is not one of ours."""
@@ -35,6 +35,8 @@ large header arriving in small chunks is parsed a few times, not once a chunk.""
 _INFLATED_PIECE = 1024 * 1024
 """Inflated bytes produced per step: a small deflated chunk may inflate to gigabytes."""
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+_AFTER_PATIENT = 0x00110000
+"""The first tag after the Patient Module's group 0010: what a patient rewrite re-encodes stops before it."""
 _END = 0xFFFFFFFF
 """A tag no top-level element reaches: parse to the end."""
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
@@ -159,8 +161,10 @@ async def _inflate(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         raise CannotTranscode("the deflated data set ends before its deflate stream does")
 
 
-async def _header(chunks: AsyncIterator[bytes], syntax: str, header_limit: int) -> tuple[Dataset, int, bytearray]:
-    """The elements before the pixel data, where they end, and the bytes read so far (which go on past them)."""
+async def _header(chunks: AsyncIterator[bytes], syntax: str, header_limit: int,
+                  stop_before: int = PIXEL_DATA) -> tuple[Dataset, int, bytearray]:
+    """The elements before ``stop_before`` (the pixel data), where they end, and the bytes read so far (which go
+    on past them)."""
     buffer = bytearray()
     attempt = _FIRST_ATTEMPT
     found: tuple[Dataset, int] | None = None
@@ -171,7 +175,7 @@ async def _header(chunks: AsyncIterator[bytes], syntax: str, header_limit: int) 
             if len(buffer) < attempt and len(buffer) <= header_limit:
                 continue
             attempt = 2 * len(buffer)
-        found = _parse(bytes(buffer), syntax, PIXEL_DATA, complete=chunk is None)
+        found = _parse(bytes(buffer), syntax, stop_before, complete=chunk is None)
         if found is None and len(buffer) > header_limit:
             raise CannotTranscode(f"the elements before the pixel data exceed {header_limit} bytes")
     prefix, offset = found
@@ -223,9 +227,10 @@ async def _convert(chunks: AsyncIterator[bytes], source: str, target: str, heade
 def with_patient(data_set: AsyncIterator[bytes], transfer_syntax: str, patient: Patient, *,
                  header_limit: int = 64 * 1024 * 1024) -> AsyncIterator[bytes]:
     """The data set with ``patient``'s attributes written over its Patient Module (``gateway.dicom.patient``),
-    in its own transfer syntax: the elements before the pixel data re-encoded, the rest passed through as it
-    comes (a deflated data set is inflated and deflated again). Raises CannotTranscode while iterating when
-    the header does not parse or exceeds ``header_limit``."""
+    in its own transfer syntax: groups 0008 and 0010 re-encoded (every element before the pixel data when the
+    character set changes), the rest passed through as it comes (a deflated data set is inflated and deflated
+    again): re-encoding the whole header cost ten times what sending the object did. Raises CannotTranscode
+    while iterating when the header does not parse or exceeds ``header_limit``."""
     if transfer_syntax == DEFLATED:
         return _deflate(_overlay(_inflate(data_set), EXPLICIT_LITTLE, patient, header_limit))
     return _overlay(data_set, transfer_syntax, patient, header_limit)
@@ -233,7 +238,9 @@ def with_patient(data_set: AsyncIterator[bytes], transfer_syntax: str, patient: 
 
 async def _overlay(chunks: AsyncIterator[bytes], syntax: str, patient: Patient,
                    header_limit: int) -> AsyncIterator[bytes]:
-    prefix, offset, buffer = await _header(chunks, syntax, header_limit)
+    prefix, offset, buffer = await _header(chunks, syntax, header_limit, _AFTER_PATIENT)
+    if needs_whole_header(prefix, patient):  # rare: every text value goes to another character set
+        prefix, offset, buffer = await _header(_rest(bytes(buffer), chunks), syntax, header_limit)
     try:
         apply_patient(prefix, patient)
     except Exception as exc:
