@@ -195,7 +195,7 @@ def patient_pools(settings: Settings, bus: Bus, metrics: Metrics) -> list[Role]:
             yield PatientStage(index, producer, settings.topics, metrics, settings.xds.reregister_on_patient_change)
 
     pools: list[Role] = [EventPool("patient", bus, settings.topics, settings.topics.hl7, adt_record, apply_stage,
-                                   metrics, settings.store.retry_max_seconds, drain)]
+                                   metrics, settings.store.retry_max_seconds, drain, commit_each=True)]
     if hl7.forward_to.enabled:
 
         @asynccontextmanager
@@ -207,7 +207,7 @@ def patient_pools(settings: Settings, bus: Bus, metrics: Metrics) -> list[Role]:
                 await forwarder.close()
 
         pools.append(EventPool("hl7-forward", bus, settings.topics, settings.topics.hl7, adt_record, forward_stage,
-                               metrics, hl7.forward_to.retry_max_seconds, drain))
+                               metrics, hl7.forward_to.retry_max_seconds, drain, commit_each=True))
     return pools
 
 

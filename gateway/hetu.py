@@ -27,7 +27,8 @@ CENTURY_SIGNS: dict[str, int] = {
 TEMPORARY_RANGE = range(900, 1000)
 """Individual numbers organisations use for temporary and test identities; never a confirmed person."""
 
-_PATTERN = re.compile(r"(\d{2})(\d{2})(\d{2})([-+A-FU-Y])(\d{3})([0-9A-FHJ-NPR-Y])")
+_PATTERN = re.compile(r"([0-9]{2})([0-9]{2})([0-9]{2})([-+A-FU-Y])([0-9]{3})([0-9A-FHJ-NPR-Y])")
+r"""ASCII digits only: ``\d`` would take other scripts' digits, and so a second code for the same person."""
 
 
 class HetuFault(enum.Enum):

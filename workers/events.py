@@ -63,7 +63,9 @@ class EventPool(WorkerRole, Generic[E]):
 
     def __init__(self, name: str, bus: Bus, topics: TopicSettings, topic: str, decode: Callable[[Record], E],
                  stage: Callable[[Producer], AbstractAsyncContextManager[EventStage[E]]], metrics: Metrics,
-                 retry_max_seconds: float, drain_timeout: float) -> None:
+                 retry_max_seconds: float, drain_timeout: float, commit_each: bool = False) -> None:
+        """``commit_each``: commit after every record (a stage whose records each have an effect outside the
+        index, such as a message sent on, so that an outage part-way through a fetch repeats none of them)."""
         super().__init__(metrics, retry_max_seconds, drain_timeout)
         self.name = name
         self.group = f"dicomgw-{name}"
@@ -71,6 +73,7 @@ class EventPool(WorkerRole, Generic[E]):
         self._topics = topics
         self._topic = topic
         self._decode = decode
+        self._commit_each = commit_each
         self._stage_factory = stage
         self._attempts = Attempts()
 
@@ -108,12 +111,16 @@ class EventPool(WorkerRole, Generic[E]):
             records = await consumer.fetch(timeout=0.5)
             for record in records:
                 await self._handle(record, stage, producer)
+                if self._commit_each:
+                    consumer.done(record)
+                    await consumer.commit()
             await stage.fetched()
             # Done only now: fetched() finishes some events' work (the instance events' look-up of the transactions
             # awaiting them), and a consumer leaving on a failure commits what is marked done.
-            for record in records:
-                consumer.done(record)
-            await consumer.commit()
+            if not self._commit_each:
+                for record in records:
+                    consumer.done(record)
+                await consumer.commit()
             self._progressed = self._progressed or bool(records)
             await self._report_lag(consumer, self._topic)
 

@@ -16,6 +16,7 @@ and an unreachable upstream is an outage (back off, send the same message again)
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -33,6 +34,10 @@ from gateway.metrics import Metrics
 from gateway.settings import Hl7ForwardSettings, TopicSettings
 
 log = logging.getLogger(__name__)
+
+_CODES = frozenset({"AA", "AE", "AR", "CA", "CE", "CR"})
+_ERROR_CODE = re.compile(r"[0-9]{3,4}")
+"""Only what the upstream's answer says in these shapes reaches a dead-letter reason (its texts may quote data)."""
 
 
 def adt_record(record: Record) -> AdtRecord:
@@ -52,17 +57,15 @@ class PatientStage:
         change = record.change
         now = datetime.now(UTC)
         try:
-            applied = await self._index.apply_patient_change(change, record.received_at, now.timestamp())
+            applied = await self._index.apply_patient_change(change, record.received_at, now.timestamp(),
+                                                             touch=self._reregister)
         except Permanent:
             self._metrics.patient_changes.labels("refused").inc()
             raise
         self._metrics.patient_changes.labels(applied.action).inc()
-        log.info("patient change applied", extra={"trigger": change.trigger, "control_id": change.control_id,
+        log.info("patient change applied", extra={"trigger": change.trigger, "control_id": change.control_id[:64],
                                                   "action": applied.action, "studies": len(applied.studies)})
-        if applied.action == "duplicate":
-            return
-        if self._reregister and applied.studies:
-            await self._index.touch_studies(applied.studies, now.timestamp())
+        # published again for a message applied before: its first run may have died between commit and publish
         event = PatientUpdated(message_key=change.message_key, trigger=change.trigger, action=applied.action,
                                study_instance_uids=applied.studies, applied_at=now.isoformat())
         await self._producer.publish(self._topics.events, event.key, events.encode(event))
@@ -110,8 +113,8 @@ class Hl7Forwarder:
             log.info("ADT passed on", extra={"control_id": record.change.control_id, "acknowledgment": code})
             return
         self._metrics.hl7_forwarded.labels("refused").inc()
-        raise UpstreamRefused(f"upstream answered {code or 'no acknowledgment'}"
-                              + (f" with error code {error}" if error else ""))
+        raise UpstreamRefused(f"upstream answered {code if code in _CODES else 'no acknowledgment'}"
+                              + (f" with error code {error}" if _ERROR_CODE.fullmatch(error) else ""))
 
     async def close(self) -> None:
         connection, self._connection = self._connection, None

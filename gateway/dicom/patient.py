@@ -40,9 +40,7 @@ def apply_patient(ds: Dataset, patient: Patient) -> None:
         warnings.simplefilter("ignore")  # pydicom's notes on odd values may quote patient data
         values = {"PatientName": patient.name, "PatientID": patient.patient_id,
                   "PatientBirthDate": patient.birth_date, "PatientSex": patient.sex}
-        _character_set(ds, _non_ascii(patient), patient.charset)
-        for tag in [tag for tag in ds.keys() if tag.element == 0 and tag.group in (0x0008, 0x0010)]:
-            del ds[tag]  # a group length would no longer be right, and is retired anyway
+        _character_set(ds, _non_ascii(patient), patient.charset)  # pydicom writes no (retired) group length
         for keyword, value in values.items():
             setattr(ds, keyword, value)
         _issuer(ds, patient.issuer)
@@ -89,25 +87,22 @@ def _encodes(term: str, text: list[str]) -> bool:
 
 
 def _issuer(ds: Dataset, issuer: str) -> None:
-    """The issuer as the index keys it: the qualifiers' Universal Entity ID when the data set has them (or the
-    issuer is an OID), else Issuer of Patient ID."""
+    """Written when the effective issuer (the qualifiers' Universal Entity ID first, as the index keys it)
+    differs: Issuer of Patient ID and its qualifiers together, so the two never disagree."""
     qualifiers = ds.get("IssuerOfPatientIDQualifiersSequence")
-    if qualifiers and "UniversalEntityID" in qualifiers[0]:
-        if qualifiers[0].UniversalEntityID != issuer:
-            qualifiers[0].UniversalEntityID = issuer
-            qualifiers[0].UniversalEntityIDType = "ISO" if is_uid(issuer) else qualifiers[0].get(
-                "UniversalEntityIDType", "")
-        return
-    if ds.get("IssuerOfPatientID", "") == issuer:
-        return
-    set_issuer(ds, issuer)
+    effective = (qualifiers[0].get("UniversalEntityID", "") if qualifiers else "") or ds.get("IssuerOfPatientID", "")
+    if effective != issuer:
+        set_issuer(ds, issuer)
 
 
 def set_issuer(ds: Dataset, issuer: str) -> None:
-    """Issuer of Patient ID, with its qualifiers (Universal Entity ID, type ISO) when it is an OID."""
+    """Issuer of Patient ID, with its qualifiers (Universal Entity ID, type ISO) when it is an OID, and without
+    qualifiers that would name another issuer when it is not."""
     ds.IssuerOfPatientID = issuer
     if is_uid(issuer):
         item = Dataset()
         item.UniversalEntityID = issuer
         item.UniversalEntityIDType = "ISO"
         ds.IssuerOfPatientIDQualifiersSequence = Sequence([item])
+    elif "IssuerOfPatientIDQualifiersSequence" in ds:
+        del ds.IssuerOfPatientIDQualifiersSequence

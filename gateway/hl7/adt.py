@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar, Self
 
 import orjson
@@ -24,9 +25,14 @@ UPDATES = frozenset({"A08", "A31"})
 MERGE, CHANGE_ID = "A40", "A47"
 TRIGGERS = UPDATES | {MERGE, CHANGE_ID}
 NULL = '""'
-_DATE = re.compile(r"\d{8}")
+_DATE = re.compile(r"[0-9]{8}(?:[0-9]{0,6}(?:\.[0-9]{1,4})?)?(?:[+-][0-9]{4})?")
+_NAME = re.compile(r"[^\\=\x00-\x1f\x7f]*")
+_NAME_LENGTH = 64
+"""A DICOM person name's component group (the whole alphabetic name) holds 64 characters (PS3.5 6.2)."""
+_KEY_PART_LENGTH = 199
+_KEY_PART = re.compile(r"[^\x00-\x1f\x7f]{1,199}")
 _SEX = {"M": "M", "F": "F", "O": "O", "A": "O", "N": "O", "U": ""}
-_ID = re.compile(r"[^\\\x00-\x1f]{1,64}")
+_ID = re.compile(r"[^\\^=\x00-\x1f\x7f]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,9 +40,6 @@ class PatientKey:
     patient_id: str
     issuer: str
     """The assigning authority's universal ID (an OID), else its namespace ID: what the index keys on."""
-
-    def __str__(self) -> str:
-        return f"{self.patient_id}^^^&{self.issuer}&ISO"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +104,13 @@ def change_of(message: Message, trusted: Collection[str], test_identities: bool 
         raise Hl7Error(201, "MSH^1^9^1^2", "trigger event is not one of A08, A31, A40, A47", REJECT)
     if not message.control_id:
         raise Hl7Error(101, "MSH^1^10^1^1", "missing message control ID")
+    for number, value in ((10, message.control_id), (3, message.sender[0]), (4, message.sender[1])):
+        if not _KEY_PART.fullmatch(value) and value:
+            raise Hl7Error(102, f"MSH^1^{number}^1^1", f"MSH-{number} is longer than {_KEY_PART_LENGTH} characters "
+                           "or has control characters")
+    if sum(segment.name in ("PID", "MRG") for segment in message.segments) > (2 if trigger in (MERGE, CHANGE_ID)
+                                                                               else 1):
+        raise Hl7Error(100, "PID^2", "more than one patient in the message: send one per message")
     pid = message.segment("PID")
     if pid is None:
         raise Hl7Error(101, "PID^1^3^1^1", "missing patient identifier")
@@ -154,8 +164,12 @@ def _attributes(pid: Segment) -> dict[str, str]:
     if birth == NULL:
         attributes["PatientBirthDate"] = ""
     elif birth:
-        if not _DATE.match(birth):
-            raise Hl7Error(102, "PID^1^7^1^1", "date of birth is not a date (YYYYMMDD)")
+        try:
+            if not _DATE.fullmatch(birth):
+                raise ValueError
+            datetime.strptime(birth[:8], "%Y%m%d")
+        except ValueError:
+            raise Hl7Error(102, "PID^1^7^1^1", "date of birth is not a whole date (YYYYMMDD)") from None
         attributes["PatientBirthDate"] = birth[:8]
     sex = pid.value(8)
     if sex == NULL:
@@ -178,4 +192,9 @@ def _name(pid: Segment) -> str | None:
     leaf = pid.delimiters.leaf
     chosen = next((raw for raw in names if leaf(raw, 7) == "L"), names[0])
     family, given, middle, suffix, prefix = (leaf(chosen, n) for n in (1, 2, 3, 4, 5))
-    return "^".join((family, given, middle, prefix, suffix)).rstrip("^")
+    components = (family, given, middle, prefix, suffix)
+    name = "^".join(components).rstrip("^")
+    if len(name) > _NAME_LENGTH or not _NAME.fullmatch(name) or any("^" in part for part in components):
+        raise Hl7Error(102, "PID^1^5^1^1", f"the name is longer than {_NAME_LENGTH} characters or has characters a "
+                       "DICOM person name cannot hold (backslash, ^ inside a component, =, control characters)")
+    return name

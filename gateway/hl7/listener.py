@@ -6,7 +6,8 @@ answered ``AE``/``AR`` with an ERR segment), checked against the patients the in
 an A47 onto an identifier that exists: ``AE``), and published on the hl7 topic; the patient role applies it.
 When the index cannot answer in time the message is published unchecked (the patient role checks again and
 dead-letters what it cannot apply), so an index outage never holds up acknowledgments. A message applied before
-(the same sender and MSH-10) is acknowledged again and not published twice.
+(the same sender and MSH-10) is acknowledged again and not published again; one sent again before it was applied
+is published twice and applied once.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from collections.abc import Collection
 from contextlib import AsyncExitStack
 from types import TracebackType
 
-from gateway.bus import Bus, BusError, Producer
+from gateway.bus import Bus, BusError, Producer, RecordTooLarge
+from gateway.core.errors import describe
 from gateway.hl7 import adt, mllp
 from gateway.hl7.message import ACCEPT, ERROR, REJECT, Hl7Error, Message, acknowledgment, header_of, parse
-from gateway.index import IndexFailure
+from gateway.index import IndexFailure, IndexRejected
 from gateway.index.patients import PatientRefused
 from gateway.listen import StreamListener, server_tls_context
 from gateway.logs import bound
@@ -32,6 +34,8 @@ from gateway.settings import Hl7Settings, TopicSettings
 
 log = logging.getLogger(__name__)
 
+_LOGGED = 64
+"""Characters of a control ID that reach the logs."""
 _HANDSHAKE_SECONDS = 30.0
 """A TLS handshake not done by then is given up (the peer holds a connection, not a message)."""
 
@@ -102,51 +106,66 @@ class Hl7Listener:
                         log.warning("bytes outside an MLLP frame skipped", extra={"bytes": frame.skipped})
                     answer = await self._answer(frame, str(peername[0]))
                     writer.write(mllp.frame(answer))
-                    await writer.drain()
+                    try:  # a peer that sends and never reads is not waited for beyond the idle time
+                        await asyncio.wait_for(writer.drain(), self._settings.idle_timeout_seconds)
+                    except TimeoutError:
+                        log.info("HL7 peer does not read its acknowledgments: closed")
+                        return
             except (ConnectionError, OSError) as exc:
                 log.info("HL7 connection lost", extra={"error": type(exc).__name__})
             finally:
                 writer.close()
 
     async def _answer(self, frame: mllp.Frame, address: str) -> bytes:
-        settings = self._settings
+        """The acknowledgment of one frame; anything unforeseen is still answered (AE 207, to the sender's MSH-10),
+        since a sender without an answer stops its whole queue."""
         ours = uuid.uuid4().hex[:20]
+        try:
+            return await self._acknowledge(frame, address, ours)
+        except Exception as exc:
+            log.error("HL7 message failed unexpectedly: answered AE", extra={"error": describe(exc)})
+            return self._answered(header_of(frame.message or frame.head), ERROR,
+                                  Hl7Error(207, "", "the gateway could not process the message"), ours)
 
-        def answer(request: Message | None, code: str, error: Hl7Error | None = None, trigger: str = "") -> bytes:
-            self._metrics.hl7_messages.labels(trigger or "none", code).inc()
-            extra = {"trigger": trigger, "acknowledgment": code, "control_id": request.control_id if request else ""}
-            if error is not None:
-                log.warning("HL7 message not accepted", extra={**extra, "error_code": error.code,
-                                                               "location": error.location, "reason": error.text})
-            else:
-                log.info("HL7 message acknowledged", extra=extra)
-            return acknowledgment(request, code, error, control_id=ours, application=settings.application,
-                                  facility=settings.facility)
-
+    async def _acknowledge(self, frame: mllp.Frame, address: str, ours: str) -> bytes:
+        settings = self._settings
         if frame.oversized:
-            return answer(None, ERROR, Hl7Error(207, "", f"message of {frame.oversized} bytes exceeds the limit of "
-                                                f"{settings.max_message_bytes}"))
+            return self._answered(header_of(frame.head), ERROR, Hl7Error(
+                207, "", f"message of {frame.oversized} bytes exceeds the limit of {settings.max_message_bytes}"), ours)
         try:
             message = parse(frame.message, settings.default_charset)
         except Hl7Error as exc:
-            header = header_of(frame.message)
-            return answer(header, exc.acknowledgment, exc, header.type[1] if header is not None else "")
-        trigger = message.type[1]
+            return self._answered(header_of(frame.message), exc.acknowledgment, exc, ours)
         try:
             application, facility = message.sender
             if not settings.admits(application, facility, address):
                 raise Hl7Error(103, "MSH^1^3^1^1", "sending application and facility are not allowed here", REJECT)
             change = adt.change_of(message, self._trusted, self._test_identities)
             if await self._applied_before(change):
-                self._metrics.hl7_messages.labels(trigger, "duplicate").inc()
+                self._metrics.hl7_messages.labels(change.trigger, "duplicate").inc()
                 return acknowledgment(message, ACCEPT, control_id=ours)
-            record = adt.AdtRecord(change, frame.message, time.time())
-            await self._publish(record)
+            await self._publish(adt.AdtRecord(change, frame.message, time.time()))
         except Hl7Error as exc:
-            return answer(message, exc.acknowledgment, exc, trigger)
+            return self._answered(message, exc.acknowledgment, exc, ours)
         except PatientRefused as refused:
-            return answer(message, ERROR, Hl7Error(refused.code, refused.location, str(refused)), trigger)
-        return answer(message, ACCEPT, None, trigger)
+            return self._answered(message, ERROR, Hl7Error(refused.code, refused.location, str(refused)), ours)
+        return self._answered(message, ACCEPT, None, ours)
+
+    def _answered(self, request: Message | None, code: str, error: Hl7Error | None, ours: str) -> bytes:
+        """Counted and logged by trigger (one of ours, else "other": a label a sender cannot invent) and the
+        control ID cut short: nothing of unbounded size from the message reaches the metrics or the logs."""
+        trigger = request.type[1] if request is not None else ""
+        label = trigger if trigger in adt.TRIGGERS else "other"
+        self._metrics.hl7_messages.labels(label, code).inc()
+        extra = {"trigger": label, "acknowledgment": code,
+                 "control_id": request.control_id[:_LOGGED] if request is not None else ""}
+        if error is not None:
+            log.warning("HL7 message not accepted", extra={**extra, "error_code": error.code,
+                                                           "location": error.location, "reason": error.text})
+        else:
+            log.info("HL7 message acknowledged", extra=extra)
+        return acknowledgment(request, code, error, control_id=ours, application=self._settings.application,
+                              facility=self._settings.facility)
 
     async def _applied_before(self, change: adt.PatientChange) -> bool:
         """The index's answer to the change (raising PatientRefused), or False when it cannot answer in time."""
@@ -156,6 +175,8 @@ class Hl7Listener:
             async with asyncio.timeout(self._settings.precheck_timeout_seconds):
                 index = await self._holdings.index()
                 outcome = await index.check_patient_change(change, time.time())
+        except IndexRejected as exc:  # the values, not an outage: the patient role would refuse them too
+            raise Hl7Error(207, "", "the patient index refused the message's values") from exc
         except (IndexFailure, OSError, TimeoutError) as exc:
             log.warning("patient index unavailable: message acknowledged unchecked",
                         extra={"error": type(exc).__name__, "control_id": change.control_id})
@@ -167,5 +188,7 @@ class Hl7Listener:
         try:
             async with asyncio.timeout(self._settings.publish_timeout_seconds):
                 await self._producer.publish(self._topics.hl7, adt.KEY, record.message, record.headers())
+        except RecordTooLarge as exc:
+            raise Hl7Error(207, "", "the message is too large for the bus") from exc
         except (BusError, TimeoutError) as exc:
             raise Hl7Error(207, "", "the message could not be made durable now; send it again") from exc

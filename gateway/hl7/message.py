@@ -32,6 +32,7 @@ CHARSETS: dict[str, tuple[str, str]] = {
 ACCEPT, ERROR, REJECT = "AA", "AE", "AR"
 _SEGMENT_BREAK = re.compile(r"\r\n|\r|\n")
 _ESCAPE = re.compile(r"\\(F|S|T|R|E|X[0-9A-Fa-f]*|\.br|[^\\]*)\\")
+_HEX = re.compile(r"X(?:[0-9A-Fa-f]{2})+")
 
 
 class Hl7Error(Exception):
@@ -80,6 +81,8 @@ class Delimiters:
     repetition: str = "~"
     escape: str = "\\"
     subcomponent: str = "&"
+    codec: str = "ascii"
+    """The message's character set: what a hex escape (``\\Xhh..\\``) is bytes in."""
 
     def leaf(self, raw: str, component: int = 1, subcomponent: int = 1) -> str:
         components = raw.split(self.component)
@@ -101,9 +104,12 @@ class Delimiters:
             code = match.group(1)
             if code in replacements:
                 return replacements[code]
-            if code.startswith("X") and len(code) % 2 == 1:
-                return bytes.fromhex(code[1:]).decode("latin-1")
-            return ""
+            if _HEX.fullmatch(code):
+                try:
+                    return bytes.fromhex(code[1:]).decode(self.codec)
+                except UnicodeDecodeError:
+                    raise Hl7Error(102, "", "a hex escape is not text in the message's character set") from None
+            return ""  # an escape this parser does not know (highlighting, .sp, ...) is dropped
 
         return pattern.sub(replace, value)
 
@@ -175,12 +181,12 @@ def parse(raw: bytes, default_charset: str = "ASCII") -> Message:
     if not 3 <= len(encoding) <= 5 or len({header[3], *encoding}) != len(encoding) + 1:
         raise Hl7Error(102, "MSH^1^2^1^1", "MSH-2 does not give distinct encoding characters")
     delimiters = Delimiters(header[3], encoding[0], encoding[1], encoding[2],
-                            encoding[3] if len(encoding) > 3 else "&")
+                            encoding[3] if len(encoding) > 3 else "&", CHARSETS[charset][0])
     segments = []
     for line in lines:
         name = line[:3]
         if not re.fullmatch(r"[A-Z][A-Z0-9]{2}", name):
-            raise Hl7Error(100, f"{name[:3]}", "a segment does not start with a segment ID")
+            raise Hl7Error(100, "", "a segment does not start with a segment ID (three letters or digits)")
         if name == "MSH":
             fields = ("MSH", delimiters.field, *line[4:].split(delimiters.field))
         else:
@@ -192,11 +198,18 @@ def parse(raw: bytes, default_charset: str = "ASCII") -> Message:
 
 
 def header_of(raw: bytes) -> Message | None:
-    """Just the MSH of a message that did not parse, read as ISO 8859-1 (which decodes any byte), so that its
-    refusal still names its control ID and goes back to its sender; None when there is no MSH to read."""
+    """Just the MSH of a message that did not parse (or did not fit), read as ISO 8859-1 (which decodes any byte)
+    whatever its MSH-18 says, so that its refusal still names its control ID and goes back to its sender; None
+    when there is no MSH to read."""
     first = _SEGMENT_BREAK.split(raw[:4096].decode("latin-1"), maxsplit=1)[0]
+    if not first.startswith("MSH") or len(first) < 8:
+        return None
+    fields = first[4:].split(first[3])
+    if len(fields) > 16:
+        fields[16] = ""  # MSH-18: the acknowledgment is written in ASCII
     try:
-        parsed = parse(first.encode("latin-1"), "8859/1")
+        parsed = parse((first[:4] + first[3].join(fields)).encode("latin-1"), "8859/1")
+        parsed.header.value(10)
     except Hl7Error:
         return None
     return Message(parsed.segments, "ASCII", parsed.delimiters)
@@ -233,7 +246,14 @@ def acknowledgment(request: Message | None, code: str, error: Hl7Error | None = 
         location = d.component.join(error.location.split("^"))
         name = _CODE_NAMES.get(error.code, "")
         err_code = d.component.join((str(error.code), name, "HL70357"))
-        fields.append(d.field.join(("ERR", "", location, err_code, "E", "", "", "", d.escape_text(error.text))))
+        if version.startswith(("2.1", "2.2", "2.3", "2.4")):  # before 2.5 ERR has only ERR-1 (ELD)
+            segment, _, rest = error.location.partition("^")
+            sequence, _, position = rest.partition("^")
+            eld = d.component.join((segment, sequence, position.split("^")[0],
+                                    d.subcomponent.join((str(error.code), name, "HL70357"))))
+            fields.append(d.field.join(("ERR", eld)))
+        else:
+            fields.append(d.field.join(("ERR", "", location, err_code, "E", "", "", "", d.escape_text(error.text))))
     text = "\r".join(fields) + "\r"
     codec = CHARSETS.get(request.charset if request is not None else "ASCII", ("ascii", ""))[0]
     return text.encode(codec, "replace")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 START, END = b"\x0b", b"\x1c\x0d"
 _READ = 64 * 1024
+_HEAD = 4096
 
 
 def frame(message: bytes) -> bytes:
@@ -26,6 +27,8 @@ class Frame:
     """When the frame exceeded the limit: its length (``message`` is then empty)."""
     skipped: int = 0
     """Bytes outside any frame before this one."""
+    head: bytes = b""
+    """The first bytes of an oversized frame: enough to answer its sender (MSH)."""
 
 
 class FrameReader:
@@ -46,9 +49,11 @@ class FrameReader:
         del self._buffer[: start + 1]
         searched = 0
         dropped = 0
+        head = b""
         while (end := self._buffer.find(END, searched)) < 0:
             searched = max(0, len(self._buffer) - 1)
             if len(self._buffer) + dropped > self._limit:
+                head = head or bytes(self._buffer[:_HEAD])
                 dropped += searched
                 del self._buffer[:searched]
                 searched = 0
@@ -57,7 +62,7 @@ class FrameReader:
         message = bytes(self._buffer[:end])
         del self._buffer[: end + len(END)]
         if dropped or len(message) > self._limit:
-            return Frame(b"", dropped + len(message), skipped)
+            return Frame(b"", dropped + len(message), skipped, head or message[:_HEAD])
         return Frame(message, 0, skipped)
 
     async def _fill(self) -> bool:

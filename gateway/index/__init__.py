@@ -590,9 +590,11 @@ class Catalogue(Protocol):
 class Patients(Protocol):
     """Patient identity from HL7 ADT (``gateway.index.patients``)."""
 
-    async def apply_patient_change(self, change: PatientChange, received_at: float, now: float) -> Applied:
-        """Apply a change once (a message applied before is a ``duplicate``); raises ``PatientRefused`` when
-        what the index holds contradicts it (a merged identifier, a new identifier that exists)."""
+    async def apply_patient_change(self, change: PatientChange, received_at: float, now: float,
+                                   touch: bool = False) -> Applied:
+        """Apply a change once (a message applied before is a ``duplicate``, with the studies it changed); raises
+        ``PatientRefused`` when what the index holds contradicts it (a merged identifier, a new identifier that
+        exists). ``touch``: the studies changed become stable again, in the same transaction (re-registration)."""
         ...
 
     async def check_patient_change(self, change: PatientChange, now: float) -> Applied:
@@ -600,8 +602,6 @@ class Patients(Protocol):
         ...
 
     async def patient_record(self, patient_id: str, issuer: str = "") -> list[dict[str, Any]]: ...
-
-    async def touch_studies(self, study_instance_uids: Sequence[str], at: float) -> None: ...
 
     async def patients_of_studies(self, study_instance_uids: Sequence[str]) -> dict[str, Patient]:
         """Each study's current patient: what objects served or built later carry."""

@@ -4,9 +4,10 @@ both dialects, and the ``Patients`` port built on them.
 A change is a plan: a generator that yields ``$n`` statements and receives their rows, so that its decisions
 (is the prior patient merged already? does the new identifier exist?) are made inside the one transaction
 that writes them, which each adapter drives (SQLite in its thread, PostgreSQL on one connection). The same plan
-run and rolled back is the listener's check before it acknowledges. A patient's row is locked (PostgreSQL ``FOR
-UPDATE``, or the ``INSERT ... ON CONFLICT`` that found it) before it is read, and the store stage's upsert of
-the same row waits for it, so an instance stored during a merge lands under the surviving patient.
+run and rolled back is the listener's check before it acknowledges. A patient's row is locked before it is read
+(the ``INSERT`` that creates it, else ``SELECT ... FOR UPDATE`` in PostgreSQL; SQLite has one writer at a time),
+and the store stage's upsert of the same row waits for it, so an instance stored during a merge lands under the
+surviving patient.
 
 Merged identifiers stay as rows with ``merged_into`` set (one hop: a merge re-points the rows merged into the
 prior patient), so an instance that still carries a merged identifier is filed under the surviving patient.
@@ -38,10 +39,11 @@ _INSERT = f"""INSERT INTO patients (patient_id, issuer_of_patient_id) VALUES ($1
 ON CONFLICT (patient_id, issuer_of_patient_id) DO NOTHING RETURNING {_COLUMNS}"""
 _SELECT = f"SELECT {_COLUMNS} FROM patients WHERE patient_id = $1 AND issuer_of_patient_id = $2 FOR UPDATE"
 _UPDATE = """UPDATE patients SET patient_name = $2, patient_name_folded = $3, patient_birth_date = $4,
-    patient_sex = $5, specific_character_set = $6, hl7_updated_at = $7 WHERE id = $1"""
+    patient_sex = $5, specific_character_set = $6, hl7_updated_at = coalesce($7, hl7_updated_at) WHERE id = $1"""
 _STUDIES = "SELECT study_instance_uid FROM studies WHERE patient_ref = $1 ORDER BY study_instance_uid"
 _MOVE_STUDIES = "UPDATE studies SET patient_ref = $1 WHERE patient_ref = $2 RETURNING study_instance_uid"
 _MERGE = "UPDATE patients SET merged_into = $1 WHERE id = $2 OR merged_into = $2"
+_STUDIES_CHANGED = "SELECT studies FROM patient_changes WHERE message_key = $1"
 _HISTORY = """INSERT INTO patient_changes (patient_ref, message_key, trigger_event, action, other_patient_ref,
     before_change, after_change, studies, sender, applied_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"""
 
@@ -107,14 +109,17 @@ def _ensure(key: PatientKey) -> Plan[tuple[_Row, bool]]:
     return _row(rows[0]), False
 
 
-def _set(row: _Row, change: PatientChange, now: float) -> Plan[Patient]:
+def _set(row: _Row, base: Patient, change: PatientChange, now: float) -> Plan[Patient]:
+    """``base`` with the message's attributes over it, written to ``row``; marked as set by ADT (instances no
+    longer change it) only when the message gave attributes."""
     attributes = change.attributes
-    current = row.patient
-    name = attributes.get("PatientName", current.name)
-    charset = change.charset if name != current.name and not name.isascii() else current.charset
-    updated = Patient(current.patient_id, current.issuer, name, attributes.get("PatientBirthDate", current.birth_date),
-                      attributes.get("PatientSex", current.sex), charset)
-    yield _UPDATE, (row.ref, updated.name, updated.name.upper(), updated.birth_date, updated.sex, updated.charset, now)
+    name = attributes.get("PatientName", base.name)
+    charset = change.charset if name != base.name and not name.isascii() else base.charset
+    updated = Patient(row.patient.patient_id, row.patient.issuer, name,
+                      attributes.get("PatientBirthDate", base.birth_date), attributes.get("PatientSex", base.sex),
+                      charset)
+    yield _UPDATE, (row.ref, updated.name, updated.name.upper(), updated.birth_date, updated.sex, updated.charset,
+                    now if attributes else None)
     return updated
 
 
@@ -130,45 +135,43 @@ def _refuse_merged(row: _Row, location: str) -> None:
         raise PatientRefused(204, location, "patient identifier was merged into another patient")
 
 
-def apply(change: PatientChange, received_at: float, now: float) -> Plan[Applied]:
-    """The whole change, in one transaction; raises PatientRefused for what the index contradicts."""
+def apply(change: PatientChange, received_at: float, now: float, touch: bool = False) -> Plan[Applied]:
+    """The whole change, in one transaction; raises PatientRefused for what the index contradicts. ``touch``:
+    the studies it changes become stable again (re-registration), in the same transaction. A message applied
+    before is a duplicate, with the studies it changed then."""
     claimed = yield _CLAIM_MESSAGE, (change.message_key, change.trigger, received_at, now)
     if not claimed:
-        return Applied("duplicate")
-    if change.trigger == CHANGE_ID:
-        assert change.prior is not None
-        taken = yield _SELECT, (change.patient.patient_id, change.patient.issuer)
-        if taken:
-            raise PatientRefused(205, "PID^1^3^1^1", "the new patient identifier exists already")
+        rows = yield _STUDIES_CHANGED, (change.message_key,)
+        return Applied("duplicate", tuple(sorted({study for (listed,) in rows for study in _json(listed)})))
     target, created = yield from _ensure(change.patient)
+    if change.trigger == CHANGE_ID and not created:
+        raise PatientRefused(205, "PID^1^3^1^1", "the new patient identifier exists already")
     _refuse_merged(target, "PID^1^3^1^1")
     if change.prior is None:
-        updated = yield from _set(target, change, now)
-        rows = yield _STUDIES, (target.ref,)
-        studies = [study for (study,) in rows]
-        action = "created" if created else "updated"
-        yield _history(target, change, action, None, target.patient, updated, studies, now)
-        return Applied(action, tuple(studies))
-    prior, _ = yield from _ensure(change.prior)
-    if change.trigger == MERGE and prior.merged_into == target.ref:
-        return Applied("duplicate")
-    _refuse_merged(prior, "MRG^1^1^1^1")
-    if change.trigger == CHANGE_ID:
-        # the new identifier takes over the prior patient's attributes, then the message's
-        taken_over = _Row(target.ref, Patient(target.patient.patient_id, target.patient.issuer, prior.patient.name,
-                                              prior.patient.birth_date, prior.patient.sex, prior.patient.charset),
-                          None)
-        updated = yield from _set(taken_over, change, now)
+        updated = yield from _set(target, target.patient, change, now)
+        action, moved = ("created" if created else "updated"), []
     else:
-        updated = yield from _set(target, change, now)
-    rows = yield _MOVE_STUDIES, (target.ref, prior.ref)
-    studies = sorted(study for (study,) in rows)
-    yield _MERGE, (target.ref, prior.ref)
-    action = "identifier-changed" if change.trigger == CHANGE_ID else "merged"
-    yield _history(target, change, action, prior.ref, target.patient, updated, studies, now)
-    yield _history(prior, change, f"{action}-into", target.ref, prior.patient, prior.patient, studies, now)
+        prior, _ = yield from _ensure(change.prior)
+        if change.trigger == MERGE and prior.merged_into == target.ref:
+            return Applied("duplicate")
+        _refuse_merged(prior, "MRG^1^1^1^1")
+        # a new identifier (A47, or a merge into a patient not seen before) takes over the prior's attributes
+        updated = yield from _set(target, prior.patient if created else target.patient, change, now)
+        rows = yield _MOVE_STUDIES, (target.ref, prior.ref)
+        moved = sorted(study for (study,) in rows)
+        yield _MERGE, (target.ref, prior.ref)
+        action = "identifier-changed" if change.trigger == CHANGE_ID else "merged"
     rows = yield _STUDIES, (target.ref,)
-    return Applied(action, tuple(study for (study,) in rows))
+    studies = tuple(study for (study,) in rows)
+    if change.prior is None:
+        yield _history(target, change, action, None, target.patient, updated, studies, now)
+    else:
+        yield _history(target, change, action, prior.ref, target.patient, updated, moved, now)
+        yield _history(prior, change, f"{action}-into", target.ref, prior.patient, prior.patient, moved, now)
+    if touch:
+        for study in studies:
+            yield workflow.TOUCH_STUDY, (study, now)
+    return Applied(action, studies)
 
 
 class Rollback(Exception):
@@ -208,22 +211,13 @@ class PatientQueries:
     async def _select_rows(self, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         raise NotImplementedError
 
-    async def apply_patient_change(self, change: PatientChange, received_at: float, now: float) -> Applied:
-        return await self._run_plan(apply(change, received_at, now), commit=True)
+    async def apply_patient_change(self, change: PatientChange, received_at: float, now: float,
+                                   touch: bool = False) -> Applied:
+        return await self._run_plan(apply(change, received_at, now, touch), commit=True)
 
     async def check_patient_change(self, change: PatientChange, now: float) -> Applied:
         """What applying would do (raising as it would), with nothing written."""
         return await self._run_plan(apply(change, now, now), commit=False)
-
-    async def touch_studies(self, study_instance_uids: Sequence[str], at: float) -> None:
-        """Mark the studies changed now, as a new instance does: each becomes stable again as a new generation,
-        so the register role replaces its manifest (for an affinity domain that wants re-registration)."""
-
-        def touch() -> Plan[None]:
-            for uid in study_instance_uids:
-                yield workflow.TOUCH_STUDY, (uid, at)
-
-        await self._run_plan(touch(), commit=True)
 
     async def patient_record(self, patient_id: str, issuer: str = "") -> list[dict[str, Any]]:
         """The patients with this identifier (one per issuer, or the one ``issuer`` names): current attributes,

@@ -80,10 +80,16 @@ _VERSIONS = f"{_SELECT} WHERE sop_instance_uid = $1 ORDER BY version"
 _STUDY = f"""{_SELECT} WHERE study_instance_uid = $1
 AND (status = 'stored' OR ($2 AND status = 'quarantined') OR ($3 AND status = 'replaced'))
 ORDER BY series_number NULLS LAST, series_instance_uid, instance_number NULLS LAST, sop_instance_uid, version"""
-_FIND_STUDIES = """SELECT study_instance_uid, max(patient_id), max(issuer_of_patient_id), max(accession_number),
+_FIND_STUDIES = """SELECT study_instance_uid,
+(SELECT p.patient_id FROM studies s JOIN patients p ON p.id = s.patient_ref
+ WHERE s.study_instance_uid = instances.study_instance_uid),
+(SELECT p.issuer_of_patient_id FROM studies s JOIN patients p ON p.id = s.patient_ref
+ WHERE s.study_instance_uid = instances.study_instance_uid), max(accession_number),
 max(study_date), max(study_time), max(study_description), count(*),
 to_char(max(received_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"') FROM instances
-WHERE is_current AND ($1 = '' OR patient_id = $1) AND ($2 = '' OR accession_number = $2)
+WHERE is_current AND ($1 = '' OR study_instance_uid IN (
+    SELECT s.study_instance_uid FROM studies s JOIN patients p ON p.id = s.patient_ref WHERE p.patient_id = $1))
+  AND ($2 = '' OR accession_number = $2)
 GROUP BY study_instance_uid ORDER BY max(received_at) DESC, study_instance_uid LIMIT $3"""
 
 _MARK_REPLACED = "UPDATE instances SET status = 'replaced' WHERE sop_instance_uid = $1 AND is_current"

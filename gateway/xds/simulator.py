@@ -75,7 +75,7 @@ _CHUNK = 1024 * 1024
 _BASE64_CHUNK = 3 * 256 * 1024  # a multiple of 3: the base64 of consecutive chunks is the base64 of their whole
 _MAX_PART_HEAD = 64 * 1024  # the most of a MIME part's headers, or of a boundary line's padding, read into memory
 _BINARY_ENCODINGS = ("binary", "8bit", "7bit")
-_FEED_TRIGGERS = frozenset({"A01", "A04", "A05", "A08", "A40"})
+_FEED_TRIGGERS = frozenset({"A01", "A04", "A05", "A08", "A31", "A40", "A47"})
 _FEED_MESSAGE_BYTES = 1024 * 1024
 
 
@@ -361,9 +361,9 @@ class Simulator:
     # --- ITI-8 Patient Identity Feed (HL7 v2 over MLLP) --------------------------------------------------------
 
     async def patient_feed(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """ITI-8: A01/A04/A05/A08 are acknowledged; A40 merges MRG-1 into PID-3 in every DocumentEntry and
-        SubmissionSet of the registry (ITI TF-2 3.8.4.2.3: the registry tracks the merge), so that a later
-        replacement with the surviving patientId matches the entry it replaces."""
+        """ITI-8: A01/A04/A05/A08/A31 are acknowledged; A40 merges MRG-1 into PID-3 (and A47 changes MRG-1 to
+        PID-3) in every DocumentEntry and SubmissionSet of the registry (ITI TF-2 3.8.4.2.3: the registry tracks
+        the merge), so that a later replacement with the surviving patientId matches the entry it replaces."""
         frames = mllp.FrameReader(reader, _FEED_MESSAGE_BYTES)
         try:
             while (frame := await frames.next()) is not None:
@@ -384,10 +384,10 @@ class Simulator:
         if kind != "ADT" or trigger not in _FEED_TRIGGERS:
             error = hl7.Hl7Error(201, "MSH^1^9^1^2", "not a Patient Identity Feed message", hl7.REJECT)
             return hl7.acknowledgment(message, hl7.REJECT, error, control_id=control_id)
-        if trigger == "A40":
+        if trigger in ("A40", "A47"):
             surviving, subsumed = _cx(message.segment("PID"), 3), _cx(message.segment("MRG"), 1)
             if not surviving or not subsumed:
-                error = hl7.Hl7Error(101, "MRG^1^1^1^1", "A40 needs PID-3 and MRG-1 with an assigning authority")
+                error = hl7.Hl7Error(101, "MRG^1^1^1^1", f"{trigger} needs PID-3 and MRG-1 with an assigning authority")
                 return hl7.acknowledgment(message, hl7.ERROR, error, control_id=control_id)
             async with self.lock:
                 merged = 0

@@ -279,6 +279,13 @@ async def test_refusals_self_merge_a47_onto_an_existing_identifier_merged_identi
     await applied(gateway, "P402", "R-11")
     [late] = await mllp_send(port, adt("A08", "P401", control_id="R-12", name="X^Y"), tmp=tmp_path)
     assert (late.code, late.error) == ("AE", "204")  # the merged identifier is no longer updated
+    odd = await mllp_send(port, adt("A08", "P401", control_id="R-13", charset="UNICODE UTF-16"),
+                          adt("Z" * 200, "P401", control_id="R-14"), tmp=tmp_path)
+    assert [(a.control_id, a.code, a.error) for a in odd] == [("R-13", "AR", "103"), ("R-14", "AR", "201")]
+    async with ClientSession() as http, http.get(f"{gateway.api}/metrics") as response:
+        metrics = await response.text()
+    assert 'dicomgw_hl7_messages_total{acknowledgment="AR",trigger="other"}' in metrics
+    assert "ZZZ" not in metrics  # a trigger a sender invents is no label
     _, record = await gateway.get(f"/api/patients/P402?issuer={HOSP}")
     assert len(record["studies"]) == 2
 

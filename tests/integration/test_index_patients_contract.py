@@ -123,3 +123,27 @@ async def test_concurrent_applies_of_one_message_apply_it_once(index: Index) -> 
     results = await asyncio.gather(*(index.apply_patient_change(change("A08", patient_id, "same", PatientName="N"),
                                                                 1.0, 2.0) for _ in range(4)))
     assert sorted(result.action for result in results) == ["duplicate", "duplicate", "duplicate", "updated"]
+
+
+async def test_a_merge_into_a_new_identifier_takes_the_prior_patients_attributes(index: Index) -> None:
+    prior, survivor = new_uid()[-12:], new_uid()[-12:]
+    study = await stored_study(index, prior, name="KNOWN^NAME")
+    await index.apply_patient_change(change("A40", survivor, "n1", prior=prior), 1.0, 2.0)  # PID-3 only
+    assert (await index.patients_of_studies([study]))[study] == Patient(survivor, AUTHORITY, "KNOWN^NAME",
+                                                                        "19700101", "F")
+    await stored_study(index, survivor, name="NEWER^NAME")  # no ADT set attributes: instances still may
+    assert (await index.patients_of_studies([study]))[study].name == "NEWER^NAME"
+
+
+async def test_a_replayed_message_reports_the_studies_it_changed_and_touch_restarts_their_stability(
+        index: Index) -> None:
+    patient_id = new_uid()[-12:]
+    study = await stored_study(index, patient_id)
+    await index.mark_stable(await index.study_activity(study), 5.0)  # type: ignore[arg-type]
+    applied = await index.apply_patient_change(change("A08", patient_id, "t1", PatientName="N"), 1.0, 6.0,
+                                               touch=True)
+    activity = await index.study_activity(study)
+    assert applied.studies == (study,) and activity is not None and activity.stable_at is None
+    assert activity.generation == 2
+    again = await index.apply_patient_change(change("A08", patient_id, "t1", PatientName="N"), 1.0, 7.0)
+    assert (again.action, again.studies) == ("duplicate", (study,))

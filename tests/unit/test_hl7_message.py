@@ -149,3 +149,39 @@ async def test_frames_across_writes_garbage_between_and_an_oversized_one_dropped
         (b"one", 0, 4), (b"two", 0, 0), (b"", 500, 1), (b"three", 0, 0)]
     one_byte_writes = [bytes([b]) for b in b"\x0babc\x1c\r"]
     assert [f.message for f in await frames(one_byte_writes)] == [b"abc"]
+
+
+@pytest.mark.parametrize(("pid", "code"), [
+    ("PID|1||1^^^H||Doe\\Xzz\\^John", None),  # an escape this parser does not know is dropped, never a crash
+    ("PID|1||1^^^H||Do\\E\\e^Jo", 102),  # a backslash would split the DICOM name into two values
+    ("PID|1||1^^^H||Do\\S\\e^Jo", 102),  # an escaped ^ would add a component
+    ("PID|1||1^^^H||" + "A" * 65, 102),  # a DICOM person name group holds 64 characters
+    ("PID|1||1^^^H||X||20241399", 102),  # not a date
+    ("PID|1||1^^^H||X||198001", 102),  # not a whole date
+    ("PID|1||1^^^H||X\rPID|2||2^^^H", 100),  # two patients in one A08
+    ("PID|1||١٣١٠٥٢-٣٠٨T^^^&1.2.246.21&ISO", 102),  # Arabic-Indic digits are not a personal identity code
+])
+def test_values_a_dicom_header_cannot_hold_are_refused(pid: str, code: int | None) -> None:
+    raw = f"MSH|^~\\&|HIS|H|GW|D|2026||ADT^A08|C1|P|2.5|||||FIN|UNICODE UTF-8\r{pid}".encode()
+    if code is None:
+        assert adt.change_of(parse(raw), {"H"}).attributes["PatientName"] == "Doe^John"
+        return
+    with pytest.raises(Hl7Error) as refused:
+        adt.change_of(parse(raw), {"H", "1.2.246.21"}, test_identities=True)
+    assert refused.value.code == code
+
+
+def test_hex_escapes_are_bytes_in_the_message_character_set() -> None:
+    raw = "MSH|^~\\&|HIS|H|GW|D|2026||ADT^A08|C1|P|2.5|||||FIN|UNICODE UTF-8\rPID|1||1^^^H||M\\XC3A4\\kel"
+    assert parse(raw.encode()).segment("PID").value(5) == "Mäkel"  # type: ignore[union-attr]
+
+
+def test_an_unknown_character_set_or_an_old_version_still_gets_a_fitting_answer() -> None:
+    raw = b"MSH|^~\\&|HIS|H|GW|D|2026||ADT^A08|C9|P|2.3.1|||||FIN|UNICODE UTF-16\rPID|1||1^^^H"
+    with pytest.raises(Hl7Error) as refused:
+        parse(raw)
+    header = header_of(raw)
+    assert header is not None and header.control_id == "C9"
+    ack = acknowledgment(header, "AR", refused.value, control_id="A").decode().split("\r")
+    assert ack[1].startswith("MSA|AR|C9|")
+    assert ack[2] == "ERR|MSH^1^18^103&Table value not found&HL70357"  # before v2.5: ERR-1 only

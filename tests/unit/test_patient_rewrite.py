@@ -56,3 +56,18 @@ async def test_the_character_set_follows_what_the_values_need() -> None:
     assert result.SpecificCharacterSet == "ISO_IR 192" and str(result.PatientName) == "Иванов^Иван"
     ascii_name = Patient("P1", "HOSP", "VIRTANEN^ANNA", "", "", "")
     assert (await served(data, ascii_name)).SpecificCharacterSet == "ISO_IR 100"
+
+
+async def test_the_issuer_and_its_qualifiers_never_disagree() -> None:
+    original = pydicom.dcmread(str(get_testdata_file("CT_small.dcm")))
+    item = Dataset()
+    item.UniversalEntityID, item.UniversalEntityIDType = "1.2.246.10.2048198.22.2026", "ISO"
+    original.IssuerOfPatientID = "TEMPNS"
+    original.IssuerOfPatientIDQualifiersSequence = [item]
+    buffer = io.BytesIO()
+    original.save_as(buffer, enforce_file_format=True)
+    hetu = await served(buffer.getvalue(), PATIENT)
+    assert hetu.IssuerOfPatientID == "1.2.246.21"
+    assert hetu.IssuerOfPatientIDQualifiersSequence[0].UniversalEntityID == "1.2.246.21"
+    local = await served(buffer.getvalue(), Patient("L1", "LOCALNS", "X^Y"))
+    assert local.IssuerOfPatientID == "LOCALNS" and "IssuerOfPatientIDQualifiersSequence" not in local
