@@ -1,5 +1,6 @@
-"""ADT messages as patient changes: A08/A31 update a patient, A40 merges MRG-1 into PID-3, A47 changes a
-patient's identifier from MRG-1 to PID-3 (HL7 v2.5 chapter 3; IHE ITI-30/31; dcm4chee's semantics).
+"""ADT messages as patient changes: A08/A31 (and A01, A04, A05, A28) update a patient, A40 merges MRG-1 into
+PID-3, A47 changes a patient's identifier from MRG-1 to PID-3 (HL7 v2.5 chapter 3; IHE ITI-30/31; dcm4chee's
+semantics).
 
 Only what the gateway applies is read: the identifier with a trusted assigning authority (the hetu OID
 1.2.246.21 or a configured local one), the name (PID-5), birth date (PID-7) and sex (PID-8). An empty field
@@ -21,7 +22,9 @@ from gateway import hetu
 from gateway.core.events import UndecodableEvent
 from gateway.hl7.message import REJECT, Hl7Error, Message, Segment
 
-UPDATES = frozenset({"A08", "A31"})
+UPDATES = frozenset({"A01", "A04", "A05", "A08", "A28", "A31"})
+"""Admit, register, pre-admit, update, add person, update person: each carries the patient's current PID, which
+updates the patient (as dcm4chee takes them), so a HIS broadcasting its ADT feed is not answered AR for these."""
 MERGE, CHANGE_ID = "A40", "A47"
 TRIGGERS = UPDATES | {MERGE, CHANGE_ID}
 NULL = '""'
@@ -101,7 +104,8 @@ def change_of(message: Message, trusted: Collection[str], test_identities: bool 
     if kind != "ADT":
         raise Hl7Error(200, "MSH^1^9^1^1", "message type is not ADT", REJECT)
     if trigger not in TRIGGERS:
-        raise Hl7Error(201, "MSH^1^9^1^2", "trigger event is not one of A08, A31, A40, A47", REJECT)
+        raise Hl7Error(201, "MSH^1^9^1^2", "trigger event is not one of A01, A04, A05, A08, A28, A31, A40, A47",
+                       REJECT)
     if not message.control_id:
         raise Hl7Error(101, "MSH^1^10^1^1", "missing message control ID")
     for number, value in ((10, message.control_id), (3, message.sender[0]), (4, message.sender[1])):

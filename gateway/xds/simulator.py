@@ -75,7 +75,7 @@ _CHUNK = 1024 * 1024
 _BASE64_CHUNK = 3 * 256 * 1024  # a multiple of 3: the base64 of consecutive chunks is the base64 of their whole
 _MAX_PART_HEAD = 64 * 1024  # the most of a MIME part's headers, or of a boundary line's padding, read into memory
 _BINARY_ENCODINGS = ("binary", "8bit", "7bit")
-_FEED_TRIGGERS = frozenset({"A01", "A04", "A05", "A08", "A31", "A40", "A47"})
+_FEED_TRIGGERS = frozenset({"A01", "A04", "A05", "A08", "A28", "A31", "A40", "A47"})
 _FEED_MESSAGE_BYTES = 1024 * 1024
 
 

@@ -185,3 +185,10 @@ def test_an_unknown_character_set_or_an_old_version_still_gets_a_fitting_answer(
     ack = acknowledgment(header, "AR", refused.value, control_id="A").decode().split("\r")
     assert ack[1].startswith("MSA|AR|C9|")
     assert ack[2] == "ERR|MSH^1^18^103&Table value not found&HL70357"  # before v2.5: ERR-1 only
+
+
+@pytest.mark.parametrize("trigger", ["A01", "A04", "A05", "A28"])
+def test_admissions_and_registrations_update_the_patient_too(trigger: str) -> None:
+    raw = f"MSH|^~\\&|HIS|H|GW|D|2026||ADT^{trigger}|C1|P|2.5\rPID|1||1^^^H||Name^Given".encode()
+    change = adt.change_of(parse(raw), {"H"})
+    assert (change.trigger, change.prior, change.attributes) == (trigger, None, {"PatientName": "Name^Given"})
