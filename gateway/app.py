@@ -194,8 +194,10 @@ def patient_pools(settings: Settings, bus: Bus, metrics: Metrics) -> list[Role]:
         async with _services(settings) as (_, index):
             yield PatientStage(index, producer, settings.topics, metrics, settings.xds.reregister_on_patient_change)
 
+    # applying commits per fetch (a replay finds each message applied: a duplicate), passing on per message (what
+    # the upstream acknowledged is never sent again after an outage part-way through a fetch)
     pools: list[Role] = [EventPool("patient", bus, settings.topics, settings.topics.hl7, adt_record, apply_stage,
-                                   metrics, settings.store.retry_max_seconds, drain, commit_each=True)]
+                                   metrics, settings.store.retry_max_seconds, drain)]
     if hl7.forward_to.enabled:
 
         @asynccontextmanager

@@ -30,8 +30,8 @@ _GROUP_LENGTH_ELEMENT = struct.Struct("<HH2sHI")
 _TARGETS = (EXPLICIT_LITTLE, IMPLICIT_LITTLE)
 _SOURCES = (EXPLICIT_LITTLE, IMPLICIT_LITTLE, DEFLATED)
 _FIRST_ATTEMPT = 64 * 1024
-"""Bytes buffered before the elements are first parsed; each further attempt waits for twice as many, so a
-large header arriving in small chunks is parsed a few times, not once a chunk."""
+"""Bytes parsed for the elements at first; each further attempt parses twice as many, so a large header
+arriving in small chunks is parsed a few times, not once a chunk."""
 _INFLATED_PIECE = 1024 * 1024
 """Inflated bytes produced per step: a small deflated chunk may inflate to gigabytes."""
 _UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -166,18 +166,23 @@ async def _header(chunks: AsyncIterator[bytes], syntax: str, header_limit: int,
     """The elements before ``stop_before`` (the pixel data), where they end, and the bytes read so far (which go
     on past them)."""
     buffer = bytearray()
-    attempt = _FIRST_ATTEMPT
-    found: tuple[Dataset, int] | None = None
-    while found is None:
-        chunk = await anext(chunks, None)
-        if chunk is not None:
-            buffer += chunk
-            if len(buffer) < attempt and len(buffer) <= header_limit:
-                continue
-            attempt = 2 * len(buffer)
-        found = _parse(bytes(buffer), syntax, stop_before, complete=chunk is None)
-        if found is None and len(buffer) > header_limit:
+    window = _FIRST_ATTEMPT
+    ended = False
+    while True:
+        while len(buffer) < window and not ended:
+            chunk = await anext(chunks, None)
+            if chunk is None:
+                ended = True
+            else:
+                buffer += chunk
+        # only the window is parsed (and copied): a chunk of a megabyte or more holds far more than the header
+        found = _parse(bytes(memoryview(buffer)[:window]), syntax, stop_before,
+                       complete=ended and window >= len(buffer))
+        if found is not None:
+            break
+        if window > header_limit:
             raise CannotTranscode(f"the elements before the pixel data exceed {header_limit} bytes")
+        window *= 2
     prefix, offset = found
     if offset > header_limit:
         raise CannotTranscode(f"the elements before the pixel data exceed {header_limit} bytes")
@@ -245,7 +250,9 @@ async def _overlay(chunks: AsyncIterator[bytes], syntax: str, patient: Patient,
         apply_patient(prefix, patient)
     except Exception as exc:
         raise CannotTranscode(f"the patient attributes cannot be written ({type(exc).__name__})") from exc
-    yield _encode(prefix, syntax) + bytes(memoryview(buffer)[offset:])
+    yield _encode(prefix, syntax)
+    if offset < len(buffer):
+        yield bytes(memoryview(buffer)[offset:])
     del buffer
     async for chunk in chunks:
         yield chunk
