@@ -21,15 +21,13 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.helpers import build_into, tools_dir
+
 JAVA_DIR = Path(__file__).resolve().parent / "java"
 HAPI_POM = JAVA_DIR / "hapi-pom.xml"
 HAPI_SEND = JAVA_DIR / "HapiSend.java"
 JVM_START = 30.0
 """Seconds allowed on top of the ACK timeouts for the JVM's start and the connect."""
-
-
-def tools_dir() -> Path:
-    return Path(os.environ.get("GATEWAY_TOOLS_DIR", Path.home() / ".cache" / "dicom-gateway"))
 
 
 def _require(tool: str) -> str:
@@ -41,24 +39,16 @@ def _require(tool: str) -> str:
 
 
 def _build(target: Path, command: Callable[[Path], list[str]]) -> None:
-    """Run the command made for a staging directory, renamed into place only when complete: an interrupted
-    fetch is never taken for a good one, and two test runs at once do not clash."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.staging-", dir=target.parent))
-    try:
+    """Run the command made for a staging directory, which becomes ``target`` once it succeeded."""
+
+    def run(staging: Path) -> None:
         argv = command(staging)
         result = subprocess.run(argv, capture_output=True, text=True, timeout=600)
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(argv[:4])} failed ({result.returncode}):\n"
                                f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-        try:
-            staging.rename(target)
-        except OSError:
-            if not target.is_dir():
-                raise
-            # another run made the same target first: use its copy
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    build_into(target, run, Path.is_dir)
 
 
 def hapi_jars() -> Path:

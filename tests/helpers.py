@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import shutil
 import socket
 import struct
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,3 +114,25 @@ def associate_rq_pdu(calling: str, called: str, contexts: list[PresentationConte
     pdu = A_ASSOCIATE_RQ()
     pdu.from_primitive(primitive)
     return bytes(pdu.encode())
+
+
+def tools_dir() -> Path:
+    """Where the tests' fetched tools (HAPI jars, the OIDC provider's modules) are cached between runs."""
+    return Path(os.environ.get("GATEWAY_TOOLS_DIR", Path.home() / ".cache" / "dicom-gateway"))
+
+
+def build_into(target: Path, build: Callable[[Path], None], complete: Callable[[Path], bool]) -> None:
+    """``build`` fills a staging directory beside ``target``, renamed into place only when it returns: an
+    interrupted fetch or install is never taken for a good one, and when two test runs build the same target at
+    once the first one's (``complete``) is used."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.staging-", dir=target.parent))
+    try:
+        build(staging)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not complete(target):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

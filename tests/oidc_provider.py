@@ -25,7 +25,6 @@ import re
 import select
 import shutil
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -37,6 +36,8 @@ from types import TracebackType
 from typing import Any
 
 import pytest
+
+from tests.helpers import build_into, tools_dir
 
 OIDC_DIR = Path(__file__).resolve().parent / "oidc"
 DEFAULT_RESOURCE = "urn:dicom-gateway"
@@ -90,10 +91,6 @@ DEFAULT_CLIENTS: tuple[OidcClient, ...] = (
 )
 
 
-def tools_dir() -> Path:
-    return Path(os.environ.get("GATEWAY_TOOLS_DIR", Path.home() / ".cache" / "dicom-gateway"))
-
-
 def _require(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:
@@ -123,9 +120,8 @@ def install() -> Path:
     if (target / "node_modules" / "oidc-provider" / "package.json").is_file():
         return target
     npm = _require("npm")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.staging-", dir=target.parent))
-    try:
+
+    def npm_ci(staging: Path) -> None:
         for name in ("package.json", "package-lock.json"):
             shutil.copy2(OIDC_DIR / name, staging / name)
         try:
@@ -138,14 +134,8 @@ def install() -> Path:
         if result.returncode != 0:
             raise OidcProviderError(f"npm ci for the OIDC provider failed ({result.returncode}):\n"
                                     f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / "node_modules" / "oidc-provider" / "package.json").is_file():
-                raise
-            # Another run installed the same lock file first: use its copy.
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    build_into(target, npm_ci, lambda path: (path / "node_modules" / "oidc-provider" / "package.json").is_file())
     return target
 
 
