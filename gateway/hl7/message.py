@@ -153,9 +153,14 @@ class Message:
         return CHARSETS[self.charset][1]
 
 
+def _first_line(raw: bytes) -> str:
+    """The MSH segment as ISO 8859-1, which decodes any byte: its delimiters and fields are ASCII in every set."""
+    return _SEGMENT_BREAK.split(raw[:4096].decode("latin-1"), maxsplit=1)[0]
+
+
 def charset_of(raw: bytes, default: str) -> str:
     """MSH-18's first repetition (HL7 table 0211) read from the raw bytes, or ``default`` when it is empty."""
-    header = _SEGMENT_BREAK.split(raw[:4096].decode("latin-1"), maxsplit=1)[0]
+    header = _first_line(raw)
     if not header.startswith("MSH") or len(header) < 8:
         raise Hl7Error(100, "MSH^1", "the message does not start with an MSH segment", REJECT)
     separator, repetition = header[3], header[5]
@@ -201,7 +206,7 @@ def header_of(raw: bytes) -> Message | None:
     """Just the MSH of a message that did not parse (or did not fit), read as ISO 8859-1 (which decodes any byte)
     whatever its MSH-18 says, so that its refusal still names its control ID and goes back to its sender; None
     when there is no MSH to read."""
-    first = _SEGMENT_BREAK.split(raw[:4096].decode("latin-1"), maxsplit=1)[0]
+    first = _first_line(raw)
     if not first.startswith("MSH") or len(first) < 8:
         return None
     fields = first[4:].split(first[3])

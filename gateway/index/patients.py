@@ -60,14 +60,22 @@ FROM patient_changes c JOIN patients p ON p.id = c.patient_ref LEFT JOIN patient
 WHERE c.patient_ref = $1 OR c.other_patient_ref = $1
    OR c.patient_ref IN (SELECT id FROM patients WHERE merged_into = $1)
 ORDER BY c.applied_at, c.id"""
-_OF_STUDIES = """SELECT s.study_instance_uid, p.patient_id, p.issuer_of_patient_id, p.patient_name,
-    p.patient_birth_date, p.patient_sex, p.specific_character_set
+CURRENT_PATIENT = ("p.patient_id", "p.issuer_of_patient_id", "p.patient_name", "p.patient_birth_date",
+                   "p.patient_sex", "p.specific_character_set")
+"""A ``Patient`` from the patients row ``p``; with the instance's ``patient_attributes`` before them, what
+``to_write`` takes."""
+_OF_STUDIES = f"""SELECT s.study_instance_uid, {', '.join(CURRENT_PATIENT)}
 FROM studies s JOIN patients p ON p.id = s.patient_ref WHERE s.study_instance_uid = ANY($1)"""
-
-_OF_INSTANCES = """SELECT i.sop_instance_uid, i.patient_attributes, p.patient_id, p.issuer_of_patient_id, p.patient_name,
-    p.patient_birth_date, p.patient_sex, p.specific_character_set
+_OF_INSTANCES = f"""SELECT i.sop_instance_uid, i.patient_attributes, {', '.join(CURRENT_PATIENT)}
 FROM instances i JOIN studies s ON s.study_instance_uid = i.study_instance_uid JOIN patients p ON p.id = s.patient_ref
 WHERE i.is_current AND i.sop_instance_uid = ANY($1)"""
+
+
+def to_write(had: Any, *current: Any) -> Patient | None:
+    """The current patient (``CURRENT_PATIENT`` values) when it differs from the attributes an instance was
+    stored with (its ``patient_attributes``, JSON text or decoded): what is written over it on the way out."""
+    patient = Patient(*current)
+    return patient if patient.differs_from(_json(had)) else None
 
 
 class PatientRefused(Permanent):
@@ -248,12 +256,9 @@ class PatientQueries:
     async def patients_to_write(self, sop_instance_uids: Sequence[str]) -> dict[str, Patient]:
         """For the instances whose study's current patient differs from the one they were stored with: that
         patient, by SOP Instance UID."""
-        found = {}
-        for uid, had, *values in await self._any(_OF_INSTANCES, sop_instance_uids):
-            patient = Patient(*values)
-            if patient.differs_from(_json(had)):
-                found[uid] = patient
-        return found
+        rows = await self._any(_OF_INSTANCES, sop_instance_uids)
+        found = {uid: to_write(had, *current) for uid, had, *current in rows}
+        return {uid: patient for uid, patient in found.items() if patient is not None}
 
     async def _any(self, statement: str, values: Sequence[str]) -> list[tuple[Any, ...]]:
         """``statement`` with ``= ANY($1)`` for a list of values (an IN list in SQLite)."""

@@ -16,11 +16,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-import orjson
-
 from gateway.core.query import KEYS, LEVELS, Condition, Level, Match, Model, Query
-from gateway.core.study import Patient
 from gateway.index import InstanceRow, Stored
+from gateway.index.patients import CURRENT_PATIENT, to_write
 
 UPSERT_PATIENT = """INSERT INTO patients AS p (patient_id, issuer_of_patient_id, patient_name, patient_name_folded,
                                    patient_birth_date, patient_sex)
@@ -103,8 +101,7 @@ _ORDER = {Level.PATIENT: "p.id", Level.STUDY: "s.study_instance_uid", Level.SERI
           Level.IMAGE: "i.sop_instance_uid"}
 _HIERARCHY = LEVELS[Model.PATIENT_ROOT]
 _STORED = ("i.storage_key", "i.size", "i.transfer_syntax_uid", "i.sop_class_uid", "i.series_instance_uid",
-           "i.study_instance_uid", "i.patient_attributes", "p.patient_id", "p.issuer_of_patient_id", "p.patient_name",
-           "p.patient_birth_date", "p.patient_sex", "p.specific_character_set")
+           "i.study_instance_uid", "i.patient_attributes", *CURRENT_PATIENT)
 
 
 class _Statement:
@@ -208,9 +205,7 @@ def row_values(record: Sequence[Any], keys: Sequence[str], level: Level) -> tupl
     stored = None
     if level is Level.IMAGE:
         key, size, syntax, sop_class, series, study, had, *current = record[1 + len(keys):]
-        patient = Patient(*current)
-        stored = Stored(values["SOPInstanceUID"], sop_class, syntax, key, size, study, series,
-                        patient if patient.differs_from(orjson.loads(had) if isinstance(had, str) else had) else None)
+        stored = Stored(values["SOPInstanceUID"], sop_class, syntax, key, size, study, series, to_write(had, *current))
     return record[0], values, stored
 
 
