@@ -95,7 +95,7 @@ async def test_the_embedded_default_generates_an_admin_token_and_opens_nothing_w
         token_file = tmp_path / "data" / "api-token"
         token = token_file.read_text().strip()
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600 and len(token) >= 32
-        for path in ("/api/studies", "/api/dlq", "/api/settings", "/api/studies/1.2.3"):
+        for path in ("/api/studies", "/api/dlq", "/api/settings", "/api/studies/1.2.3", "/api/patients/P1"):
             status, body, headers = await call(base, path)
             assert status == 401 and body["error"] == "unauthorized", path
             assert headers["WWW-Authenticate"] == 'Bearer realm="dicom-gateway"'

@@ -71,6 +71,11 @@ def test_secret_files_of_lists_and_objects_are_json(monkeypatch: pytest.MonkeyPa
          "allowed_aes CT transfer_syntax_preference: not UIDs: 1.02"),
         ("GATEWAY_DICOM__USER_IDENTITY__USERS", '["not", "an object"]',
          "GATEWAY_DICOM__USER_IDENTITY__USERS: Input should be a valid dictionary"),
+        ("GATEWAY_HL7__PORT", "2575", "the HL7 port needs allowed_senders"),
+        ("GATEWAY_HL7__DEFAULT_CHARSET", "EBCDIC", "GATEWAY_HL7__DEFAULT_CHARSET: not one of ASCII, 8859/1"),
+        ("GATEWAY_HL7__MAX_MESSAGE_BYTES", "2000000",
+         "GATEWAY_HL7__MAX_MESSAGE_BYTES: Input should be less than or equal to 1044480"),
+        ("GATEWAY_HL7__ALLOWED_SENDERS", '[{"facility": "HOSP"}]', "GATEWAY_HL7__ALLOWED_SENDERS"),
     ],
 )
 def test_invalid_setting_names_itself(
