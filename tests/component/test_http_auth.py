@@ -107,7 +107,7 @@ async def test_the_embedded_default_generates_an_admin_token_and_opens_nothing_w
         for open_path in ("/healthz", "/readyz", "/metrics"):
             async with aiohttp.ClientSession() as session, session.get(f"{base}{open_path}") as response:
                 assert response.status == 200, open_path
-        assert (await auth_failures(base)) == {"missing": 4.0, "unknown_token": 1.0}
+        assert (await auth_failures(base)) == {"missing": 5.0, "unknown_token": 1.0}  # one per path above
     assert any(str(token_file.resolve()) in record.getMessage() + str(getattr(record, "path", ""))
                for record in caplog.records)
     assert token not in caplog.text
