@@ -7,7 +7,7 @@ as the study's current one and publishes ``study.registered``. A later generatio
 current DocumentEntry with an RPLC association. The manifest's UIDs and time are fixed when the registration is
 queued, so a retry sends the same document: a repository that did take the first attempt sees a re-submission
 of the same uniqueId and hash. Transient registry answers are retried; metadata errors are dead-lettered at once
-with the registry's error codes. The manifest is checked against the KOS IOD (``gateway.xds.kos_check``) before it
+with the registry's error codes. The manifest is checked against the KOS IOD (``gateway.dicom.kos_check``) before it
 is sent: an error finding is a bug in our builder, dead-lettered at once with the finding codes.
 """
 
@@ -28,10 +28,10 @@ from gateway.bus import Producer
 from gateway.core import events
 from gateway.core.errors import DeliveryFailed, DeliveryRefused
 from gateway.core.events import Event, StudyRegistered, StudyStable
+from gateway.dicom.kos_check import check_kos
 from gateway.index import Delivery, InstanceIndex, OutboundQueue, Patients, Registration, Registrations
 from gateway.settings import DicomSettings, TopicSettings, XdsSettings
 from gateway.xds.client import XdsClient, XdsPermanent, XdsTransient
-from gateway.xds.kos_check import check_kos
 from gateway.xds.manifest import build_manifest, to_part10
 from gateway.xds.metadata import AffinityDomain, MetadataError, build_submission
 from workers.deliver import POLL_SECONDS, Deliverer, wanted

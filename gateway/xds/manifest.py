@@ -21,12 +21,10 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from gateway.core.study import InstanceStatus, StudyInstance
 from gateway.dicom.acse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
+from gateway.dicom.kos_check import KEY_OBJECT_SELECTION_DOCUMENT_STORAGE, MANIFEST_TITLE
 from gateway.dicom.patient import set_issuer
 from gateway.xds.rules import is_oid
 
-KEY_OBJECT_SELECTION_DOCUMENT_STORAGE = "1.2.840.10008.5.1.4.1.1.88.59"
-MANIFEST_TITLE = ("113030", "DCM", "Manifest")
-"""CID 7010 document title that makes a KOS an XDS-I manifest."""
 MANIFEST_SERIES_NUMBER = 999
 """Series Number of the manifest's own series; high so it sorts after the image series (as NIST's does)."""
 SPECIFIC_CHARACTER_SET = "ISO_IR 192"

@@ -17,11 +17,11 @@ from aiohttp import web
 from benchmarks.datasets import KINDS, generate
 from gateway import dead_letter
 from gateway.app import build_bus
+from gateway.dicom.kos_check import check_kos
 from gateway.metrics import Metrics
 from gateway.settings import XdsSettings
 from gateway.xds import simulator, soap, xsd
 from gateway.xds.client import XdsClient
-from gateway.xds.kos_check import check_kos
 from tests.component.test_notify_embedded import Gateway, Peer, running
 from tests.helpers import free_port
 

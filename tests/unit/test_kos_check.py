@@ -23,9 +23,9 @@ from pydicom.uid import CTImageStorage, MRImageStorage
 
 from gateway.core.errors import DeliveryRefused
 from gateway.core.study import StudyInstance
+from gateway.dicom.kos_check import CODES, KosFinding, check_kos, uid_problem
 from gateway.index import Delivery
 from gateway.settings import DicomSettings, TopicSettings, XdsSettings
-from gateway.xds.kos_check import CODES, KosFinding, check_kos, uid_problem
 from gateway.xds.manifest import build_manifest, to_part10
 from tests.unit.test_xds_manifest import (
     NIST_KOS,

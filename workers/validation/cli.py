@@ -1,7 +1,7 @@
 """``dicom-gateway validate``: run a validation profile on DICOM files offline, as the gateway would.
 
 A file whose SOP Class is Key Object Selection Document Storage is also checked against the KOS IOD
-(``gateway.xds.kos_check``, codes ``KOS-...``) in the same report; ``--xds-manifest`` checks it as an XDS-I.b
+(``gateway.dicom.kos_check``, codes ``KOS-...``) in the same report; ``--xds-manifest`` checks it as an XDS-I.b
 manifest as well (title (113030, DCM, "Manifest"), evidence in its own study, Retrieve Location UIDs), as the
 register role checks the manifests it builds. KOS error findings count for the exit status like the profile's.
 
@@ -23,8 +23,8 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from gateway.dicom.kos_check import check_kos
 from gateway.settings import SettingsError, load_settings
-from gateway.xds.kos_check import check_kos
 from gateway.xds.manifest import KEY_OBJECT_SELECTION_DOCUMENT_STORAGE
 from workers.validation.engine import ValidationResult, validate
 from workers.validation.header import text

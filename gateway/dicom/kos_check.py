@@ -27,9 +27,12 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
 from gateway.core import uid
-from gateway.xds.manifest import KEY_OBJECT_SELECTION_DOCUMENT_STORAGE, MANIFEST_TITLE
 
 KosSeverity = Literal["error", "warning"]
+
+KEY_OBJECT_SELECTION_DOCUMENT_STORAGE = "1.2.840.10008.5.1.4.1.1.88.59"
+MANIFEST_TITLE = ("113030", "DCM", "Manifest")
+"""CID 7010 document title that makes a KOS an XDS-I manifest."""
 
 CODES: dict[str, tuple[KosSeverity, str]] = {
     "KOS-TYPE1-MISSING": ("error", "a type 1 attribute is missing or empty (a type 1 sequence has no item)"),
