@@ -23,9 +23,8 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from gateway.dicom.kos_check import check_kos
+from gateway.dicom.kos_check import KEY_OBJECT_SELECTION_DOCUMENT_STORAGE, check_kos
 from gateway.settings import SettingsError, load_settings
-from gateway.xds.manifest import KEY_OBJECT_SELECTION_DOCUMENT_STORAGE
 from workers.validation.engine import ValidationResult, validate
 from workers.validation.header import text
 from workers.validation.model import Finding, Severity, SourceContext
