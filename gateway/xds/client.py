@@ -1,6 +1,6 @@
 """The XDS client of the gateway: RAD-68 Provide and Register Imaging Document Set (the ITI-41 message),
-ITI-18 Registry Stored Query (FindDocuments, GetDocuments), ITI-43 Retrieve Document Set and RAD-69 Retrieve
-Imaging Document Set, over SOAP 1.2 on aiohttp with mutual TLS.
+ITI-57 Update Document Set (deprecating a manifest), ITI-18 Registry Stored Query (FindDocuments, GetDocuments),
+ITI-43 Retrieve Document Set and RAD-69 Retrieve Imaging Document Set, over SOAP 1.2 on aiohttp with mutual TLS.
 
 Every outgoing message is validated against the XDS schemas before it leaves (an invalid one is our bug, so it
 is a permanent failure). Failures are split in two so the caller knows whether a retry can help:
@@ -22,6 +22,7 @@ Error details (codeContext) may quote patient identifiers: they are kept on the 
 from __future__ import annotations
 
 import base64
+import copy
 import enum
 import logging
 import ssl
@@ -37,7 +38,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from gateway.settings import XdsSettings
 from gateway.xds import soap, xsd
-from gateway.xds.metadata import Code, Submission, xds_time
+from gateway.xds.metadata import Code, StatusUpdate, Submission, xds_time
 from gateway.xds.soap import NS
 
 log = logging.getLogger("gateway.xds")
@@ -344,6 +345,27 @@ class XdsClient:
             raise XdsPermanent("RAD-68 answered PartialSuccess, which ITI-41 does not allow", result.errors)
         log.info("RAD-68 registered", extra={"document_unique_id": submission.unique_id,
                                               "warnings": list(result.codes)})
+        return result
+
+    async def update_document_set(self, update: StatusUpdate) -> RegistryResult:
+        """ITI-57: change a registered DocumentEntry's availabilityStatus (a plain SOAP message to the registry).
+
+        Returns the result on Success; raises XdsTransient or XdsPermanent as provide_and_register does. A repeat
+        after a lost answer finds the status already changed and fails with XDSMetadataUpdateError (permanent): a
+        GetDocuments tells whether it was applied.
+        """
+        if not self._settings.registry_url:
+            raise XdsPermanent("ITI-57: xds.registry_url is not configured (Update Document Set goes to the registry)")
+        env = self._envelope("ITI-57", copy.deepcopy(update.request), self._settings.registry_url)
+        body, content_type = soap.plain(env)
+        message = await self._post(self._settings.registry_url, body, content_type, "ITI-57")
+        result = parse_registry_response(self._payload(message, _RS + "RegistryResponse"))
+        raise_for_failure(result, "ITI-57")
+        if result.status is not ResponseStatus.SUCCESS:
+            raise XdsPermanent("ITI-57 answered PartialSuccess, which ITI-57 does not allow", result.errors)
+        log.info("ITI-57 availabilityStatus updated", extra={"entry_uuid": update.entry_uuid,
+                                                              "new_status": update.new_status,
+                                                              "warnings": list(result.codes)})
         return result
 
     async def find_documents(

@@ -1,5 +1,7 @@
 """The ebRIM 3.0 SubmitObjectsRequest of RAD-68: the KOS manifest's DocumentEntry, its SubmissionSet and their
-associations, per IHE ITI TF-3 4.2 (attributes, Table 4.2.5-1 identifiers) and RAD TF-3 4.68.4.1.2.3 (XDS-I.b).
+associations, per IHE ITI TF-3 4.2 (attributes, Table 4.2.5-1 identifiers) and RAD TF-3 4.68.4.1.2.3 (XDS-I.b);
+and that of ITI-57 Update Document Set deprecating a registered manifest (ITI TF-2b 3.57.4.1.3.3.2), with a
+SubmissionSet built the same way.
 
 Every value is derived from the manifest, so the metadata cannot disagree with the document it describes
 (uniqueId = SOP Instance UID, patient, accession, study UID). Affinity-domain codes come from a YAML profile;
@@ -31,8 +33,9 @@ from pydicom.uid import generate_uid
 
 from gateway import hetu
 from gateway.core.study import StudyInstance
-from gateway.xds.manifest import KEY_OBJECT_SELECTION_DOCUMENT_STORAGE, LOCAL_TIME, stored_instances
-from gateway.xds.rules import is_oid
+from gateway.dicom.kos_check import KEY_OBJECT_SELECTION_DOCUMENT_STORAGE
+from gateway.xds.manifest import LOCAL_TIME, stored_instances
+from gateway.xds.rules import STATUS_APPROVED, STATUS_DEPRECATED, is_cx, is_oid, is_uuid_ref
 from gateway.xds.soap import NS
 
 BUNDLED_AFFINITY_DOMAIN = Path(__file__).with_name("affinity-domain.yaml")
@@ -56,6 +59,7 @@ SUBMISSION_SET_SOURCE_ID = "urn:uuid:554ac39e-e3fe-47fe-b233-965d2a147832"
 SUBMISSION_SET_UNIQUE_ID = "urn:uuid:96fdda7c-d067-4183-912e-bf5ee74998a8"
 HAS_MEMBER = "urn:oasis:names:tc:ebxml-regrep:AssociationType:HasMember"
 RPLC = "urn:ihe:iti:2007:AssociationType:RPLC"
+UPDATE_AVAILABILITY_STATUS = "urn:ihe:iti:2010:AssociationType:UpdateAvailabilityStatus"
 _OBJECT_TYPE = "urn:oasis:names:tc:ebxml-regrep:ObjectType:RegistryObject:"
 
 MIME_TYPE = "application/dicom"
@@ -139,6 +143,19 @@ class Submission:
     patient_id: str
     document: bytes
     """The KOS as DICOM Part 10, sent as the xds:Document of the DocumentEntry."""
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    """An ITI-57 submission changing one registered DocumentEntry's availabilityStatus."""
+
+    request: etree._Element
+    entry_uuid: str
+    submission_set_uuid: str
+    submission_set_unique_id: str
+    patient_id: str
+    original_status: str
+    new_status: str
 
 
 def hl7_escape(value: str) -> str:
@@ -380,6 +397,20 @@ def _submission_set(parent: etree._Element, *, set_uuid: str, unique_id: str, cx
     })
 
 
+def _check_submitter(source_id: str, now: datetime) -> None:
+    """What every SubmissionSet needs from the caller: an OID sourceId and an aware submissionTime."""
+    if not is_oid(source_id):
+        raise MetadataError("the SubmissionSet sourceId is not an OID")
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+
+
+def _submit_objects_request() -> tuple[etree._Element, etree._Element]:
+    """An empty lcm:SubmitObjectsRequest and its RegistryObjectList."""
+    request = etree.Element(f"{{{NS['lcm']}}}SubmitObjectsRequest", nsmap={"lcm": NS["lcm"], "rim": NS["rim"]})
+    return request, _sub(request, "RegistryObjectList")
+
+
 def build_submission(
     manifest: Dataset,
     manifest_bytes: bytes,
@@ -407,16 +438,12 @@ def build_submission(
         raise MetadataError("the document is not DICOM Part 10 (RAD TF-3 4.68.4.1.2: KOS as Part 10 file)")
     if _text(manifest, "SOPClassUID") != KEY_OBJECT_SELECTION_DOCUMENT_STORAGE:
         raise MetadataError("the manifest is not a Key Object Selection Document")
-    if not is_oid(source_id):
-        raise MetadataError("the SubmissionSet sourceId is not an OID")
-    if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware")
+    _check_submitter(source_id, now)
     cx = manifest_patient_cx(manifest, test_environment)
     entry_uuid = document_entry_uuid or _new_id()
     set_uuid = submission_set_uuid or _new_id()
     set_unique_id = submission_set_unique_id or generate_uid(prefix=None)
-    request = etree.Element(f"{{{NS['lcm']}}}SubmitObjectsRequest", nsmap={"lcm": NS["lcm"], "rim": NS["rim"]})
-    objects = _sub(request, "RegistryObjectList")
+    request, objects = _submit_objects_request()
     _document_entry(objects, manifest, instances, entry_uuid=entry_uuid, cx=cx, domain=domain,
                     organization_name=organization_name, organization_oid=organization_oid,
                     procedure_codes=procedure_codes)
@@ -428,3 +455,46 @@ def build_submission(
     return Submission(request=request, document_entry_uuid=entry_uuid, submission_set_uuid=set_uuid,
                       unique_id=_text(manifest, "SOPInstanceUID"), submission_set_unique_id=set_unique_id,
                       patient_id=cx, document=manifest_bytes)
+
+
+def build_status_update(
+    entry_uuid: str,
+    patient_id: str,
+    *,
+    domain: AffinityDomain,
+    source_id: str,
+    organization_oid: str,
+    organization_name: str,
+    now: datetime,
+    original_status: str = STATUS_APPROVED,
+    new_status: str = STATUS_DEPRECATED,
+    submission_set_uuid: str | None = None,
+    submission_set_unique_id: str | None = None,
+) -> StatusUpdate:
+    """The ITI-57 SubmitObjectsRequest moving DocumentEntry ``entry_uuid`` from ``original_status`` to
+    ``new_status`` (by default Approved -> Deprecated: a study whose instances were all rejected keeps no manifest,
+    RAD TF RAD68-007), without registering a replacement.
+
+    ITI TF-2b 3.57.4.1.3.3.2: a SubmissionSet and an UpdateAvailabilityStatus association from it to the entry,
+    with Slots OriginalStatus and NewStatus. ``patient_id`` is the entry's patientId (CX as registered): the
+    registry refuses a SubmissionSet of another patient (XDSPatientIdDoesNotMatch).
+    """
+    if not is_uuid_ref(entry_uuid):
+        raise MetadataError("the DocumentEntry to update is not named by its entryUUID (urn:uuid:...)")
+    if not is_cx(patient_id):
+        raise MetadataError("the DocumentEntry patientId is not CX ID^^^&OID&ISO")
+    if {original_status, new_status} != {STATUS_APPROVED, STATUS_DEPRECATED}:
+        raise MetadataError("ITI-57 changes availabilityStatus between Approved and Deprecated only")
+    _check_submitter(source_id, now)
+    set_uuid = submission_set_uuid or _new_id()
+    set_unique_id = submission_set_unique_id or generate_uid(prefix=None)
+    request, objects = _submit_objects_request()
+    _submission_set(objects, set_uuid=set_uuid, unique_id=set_unique_id, cx=patient_id, domain=domain,
+                    source_id=source_id, organization_name=organization_name, organization_oid=organization_oid,
+                    now=now)
+    association = _association(objects, UPDATE_AVAILABILITY_STATUS, set_uuid, entry_uuid)
+    _slot(association, "OriginalStatus", [original_status])
+    _slot(association, "NewStatus", [new_status])
+    return StatusUpdate(request=request, entry_uuid=entry_uuid, submission_set_uuid=set_uuid,
+                        submission_set_unique_id=set_unique_id, patient_id=patient_id,
+                        original_status=original_status, new_status=new_status)

@@ -32,8 +32,11 @@ STATUS_DEPRECATED = "urn:oasis:names:tc:ebxml-regrep:StatusType:Deprecated"
 STATUS_SUBMITTED = "urn:oasis:names:tc:ebxml-regrep:StatusType:Submitted"
 HAS_MEMBER = "urn:oasis:names:tc:ebxml-regrep:AssociationType:HasMember"
 RPLC = "urn:ihe:iti:2007:AssociationType:RPLC"
+UPDATE_AVAILABILITY_STATUS = "urn:ihe:iti:2010:AssociationType:UpdateAvailabilityStatus"
 
 METADATA_ERROR = "XDSRegistryMetadataError"
+UPDATE_ERROR = "XDSMetadataUpdateError"
+"""ITI TF-3 Table 4.2.4.1-2: the general Metadata Update (ITI-57) error, for faults no more specific code names."""
 _DOCUMENT_RELATIONSHIPS = ("RPLC", "APND", "XFRM", "XFRM_RPLC", "signs")
 _AUTHOR_SLOTS = frozenset({"authorPerson", "authorInstitution", "authorRole", "authorSpecialty",
                            "authorTelecommunication"})
@@ -79,6 +82,11 @@ def is_oid(value: str) -> bool:
 def is_cx(value: str) -> bool:
     """CX with only CX.1 and CX.4 (``ID^^^&OID&ISO``), as patientId requires (ITI TF-3 §4.2.3.1.7)."""
     return bool(_patterns()["CX_patientId"].fullmatch(value))
+
+
+def is_uuid_ref(value: str) -> bool:
+    """``urn:uuid:`` and a UUID: how an object registered earlier is referred to (its entryUUID)."""
+    return bool(_patterns()["UUID_ref"].fullmatch(value))
 
 
 def is_dtm(value: str) -> bool:
@@ -479,6 +487,48 @@ def _documents(check: _Checker, request: etree._Element, sub: Submission) -> Non
                     "XDSMissingDocumentMetadata")
     for entry_id in sorted(entry_ids - set(document_ids)):
         check.error(f"DocumentEntry {entry_id}", "DocumentEntry without its Document", "XDSMissingDocument")
+
+
+# --- metadata update (ITI-57) ----------------------------------------------------------------------------------
+
+
+def check_update(request: etree._Element, *, patient_id_domain: str | None = None) -> list[RuleError]:
+    """Metadata errors of an ITI-57 Update Document Set's lcm:SubmitObjectsRequest, as far as they show without
+    the registry's contents.
+
+    The submission rules apply as to any submission (one complete SubmissionSet; ITI TF-2b 3.57.4.1.3.2), plus,
+    for each UpdateAvailabilityStatus association (ITI TF-2b 3.57.4.1.3.3.2), XDSMetadataUpdateError when its
+    sourceObject is not the SubmissionSet, its targetObject is an object of this submission rather than a
+    registered entryUUID, or its OriginalStatus and NewStatus are not one of Approved and Deprecated each
+    (the only transitions ITI-57 allows), or when two of them update the same object.
+    """
+    errors = check_submission(request, transaction="ITI-57", patient_id_domain=patient_id_domain)
+    object_list = registry_object_list(request)
+    if object_list is None:
+        return errors
+    sub = Submission.read(object_list)
+    set_ids = {p.get("id", "") for p in sub.submission_sets}
+    targets: list[str] = []
+    for a in sub.associations:
+        if a.get("associationType") != UPDATE_AVAILABILITY_STATUS:
+            continue
+        where = f"Association {a.get('id', '')}"
+        if a.get("sourceObject") not in set_ids:
+            errors.append(RuleError(UPDATE_ERROR, where, "sourceObject of UpdateAvailabilityStatus must be the "
+                                                         "SubmissionSet"))
+        target = a.get("targetObject", "")
+        if target in sub.by_id:
+            errors.append(RuleError(UPDATE_ERROR, where, "targetObject of UpdateAvailabilityStatus must be the "
+                                                         "entryUUID of a registered object"))
+        targets.append(target)
+        statuses = [slot_values(a, name) for name in ("OriginalStatus", "NewStatus")]
+        if sorted(tuple(values or ()) for values in statuses) != [(STATUS_APPROVED,), (STATUS_DEPRECATED,)]:
+            errors.append(RuleError(UPDATE_ERROR, where, f"Slots OriginalStatus and NewStatus must be "
+                                                         f"{STATUS_APPROVED} and {STATUS_DEPRECATED} (either way "
+                                                         f"round), one value each; found {statuses}"))
+    for target in sorted({t for t in targets if targets.count(t) > 1}):
+        errors.append(RuleError(UPDATE_ERROR, target, "more than one UpdateAvailabilityStatus for this object"))
+    return errors
 
 
 # --- stored queries (ITI-18) ---------------------------------------------------------------------------------

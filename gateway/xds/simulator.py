@@ -2,7 +2,8 @@
 stand-in for tests and hospitals' pre-production checks.
 
 Endpoints: POST /xds/repository (ITI-41 / RAD-68 Provide and Register, ITI-43 / RAD-69 retrieve), POST /xds/registry
-(ITI-42 Register, ITI-18 FindDocuments / GetDocuments), GET /status, GET /messages, POST /control (fault injection);
+(ITI-42 Register, ITI-57 Update Document Set for a DocumentEntry's availabilityStatus, ITI-18 FindDocuments /
+GetDocuments), GET /status, GET /messages, POST /control (fault injection);
 with ``--patient-feed-port`` the ITI-8 Patient Identity Feed over MLLP, whose A40 merges patientIds as a registry
 tracks a merge.
 Every request is kept as received under DIR/messages/ and validated (XSD + metadata rules); an invalid message is
@@ -268,6 +269,9 @@ class Simulator:
         if transaction == "ITI-42":
             await self._register(payload, {}, transaction)
             return _soap_response(ACTIONS["ITI-42-response"], _registry_response(SUCCESS, []), message)
+        if transaction == "ITI-57":
+            self._update(payload)
+            return _soap_response(ACTIONS["ITI-57-response"], _registry_response(SUCCESS, []), message)
         if transaction == "ITI-18":
             return _soap_response(ACTIONS["ITI-18-response"], self._query(payload), message)
         return self._retrieve(payload, message, transaction)
@@ -552,6 +556,79 @@ class Simulator:
         if errors:
             raise Rejected(errors)
 
+    # --- ITI-57 ------------------------------------------------------------------------------------------------
+
+    def _update(self, sor: etree._Element) -> None:
+        """ITI-57 Update Document Set, of which the simulator serves the availabilityStatus change of DocumentEntries
+        (ITI TF-2b 3.57.4.1.3.3.2): all or nothing, after the checks against what is registered.
+
+        Error codes: XDSMetadataUpdateError (ITI TF-3 Table 4.2.4.1-2: the general metadata update error) when a
+        target is not a registered DocumentEntry, or its OriginalStatus is not its current status; it is chosen
+        over XDSRegistryMetadataError, which says the metadata itself is malformed (kept for schema and submission
+        rule errors), because the request is well-formed and fails only on the registry's state.
+        XDSPatientIdDoesNotMatch when the SubmissionSet's patientId is not the entry's; XDSMetadataUpdateOperationError
+        for any other ITI-57 operation (new DocumentEntry/Folder versions, other associations); no versions are kept,
+        so XDSMetadataVersionError does not arise.
+        """
+        if sor.tag != f"{{{rules.LCM}}}SubmitObjectsRequest":
+            raise Rejected([RuleError(rules.METADATA_ERROR, etree.QName(sor).localname,
+                                      "ITI-57 carries an lcm:SubmitObjectsRequest")])
+        errors = rules.check_update(sor, patient_id_domain=self.patient_id_domain)
+        if errors:
+            raise Rejected(errors)
+        object_list = _child(sor, _R + "RegistryObjectList", rules.METADATA_ERROR)
+        sub = rules.Submission.read(object_list)
+        (ss,) = sub.submission_sets
+        set_id = ss.get("id", "")
+        updates = [a for a in sub.associations if a.get("associationType") == rules.UPDATE_AVAILABILITY_STATUS]
+        unsupported = [o for o in object_list if o is not ss and o not in updates
+                       and not (o.tag == _R + "Classification" and o.get("classifiedObject") == set_id)]
+        if unsupported or not updates:
+            where = (f"{etree.QName(unsupported[0]).localname} {unsupported[0].get('id', '')}" if unsupported
+                     else "SubmitObjectsRequest")
+            raise Rejected([RuleError("XDSMetadataUpdateOperationError", where, "this registry simulator serves "
+                                      "ITI-57 UpdateAvailabilityStatus of DocumentEntries only")])
+        patient_id = rules.external_identifier(ss, rules.scheme("submission_set", "patientId"))
+        problems = []
+        for a in updates:
+            target = a.get("targetObject", "")
+            where = f"Association {a.get('id', '')} -> {target}"
+            entry = self.registry.entries.get(target)
+            if entry is None:
+                problems.append(RuleError(rules.UPDATE_ERROR, where, f"{target} is not a DocumentEntry in the registry"))
+                continue
+            if rules.slot_values(a, "OriginalStatus") != [entry["status"]]:
+                problems.append(RuleError(rules.UPDATE_ERROR, where,
+                                          f"OriginalStatus is not the entry's current status {entry['status']}"))
+            if patient_id != entry["patientId"]:
+                problems.append(RuleError("XDSPatientIdDoesNotMatch", where,
+                                          "the SubmissionSet's patientId differs from the DocumentEntry's"))
+        if problems:
+            raise Rejected(problems)
+        ss_unique_id = rules.external_identifier(ss, rules.scheme("submission_set", "uniqueId"))
+        if any(s["uniqueId"] == ss_unique_id for s in self.registry.submission_sets.values()):
+            raise Rejected([RuleError("XDSDuplicateUniqueIdInRegistry", f"SubmissionSet {set_id}",
+                                      f"SubmissionSet uniqueId {ss_unique_id} is already registered")])
+        ids = {o.get("id", ""): o.get("id", "") if rules.is_uuid_ref(o.get("id", "")) else f"urn:uuid:{uuid.uuid4()}"
+               for o in (ss, *updates)}
+        for original in (ss, *updates):
+            obj = copy.deepcopy(original)
+            for node in obj.iter(etree.Element):
+                for attribute in ("id", *_REFERENCES):
+                    if node.get(attribute) in ids:
+                        node.set(attribute, ids[node.get(attribute, "")])
+            if original is ss:
+                obj.set("status", rules.STATUS_APPROVED)
+                self.registry.submission_sets[obj.get("id", "")] = {"uniqueId": ss_unique_id,
+                                                                    "xml": etree.tostring(obj).decode()}
+                continue
+            target = obj.get("targetObject", "")
+            self.registry.associations[obj.get("id", "")] = {
+                "type": obj.get("associationType"), "source": obj.get("sourceObject"), "target": target,
+                "xml": etree.tostring(obj).decode()}
+            self.registry.entries[target]["status"] = (rules.slot_values(obj, "NewStatus") or [""])[0]
+        self.registry.counters["status_updates"] = self.registry.counters.get("status_updates", 0) + len(updates)
+
     # --- ITI-18 ------------------------------------------------------------------------------------------------
 
     def _query(self, request: etree._Element) -> etree._Element:
@@ -577,7 +654,10 @@ class Simulator:
         leaf_class = option.get("returnType") == "LeafClass"
         for entry_uuid in sorted(found, key=lambda k: self.registry.entries[k]["submitted"]):
             if leaf_class:
-                object_list.append(soap.parse_xml(self.registry.entries[entry_uuid]["xml"].encode()))
+                entry = self.registry.entries[entry_uuid]
+                de = soap.parse_xml(entry["xml"].encode())
+                de.set("status", entry["status"])  # as RPLC or ITI-57 left it, not as it was registered
+                object_list.append(de)
             else:
                 etree.SubElement(object_list, _R + "ObjectRef", id=entry_uuid)
         return response
@@ -679,7 +759,7 @@ def _transaction(endpoint: str, message: SoapMessage) -> str | None:
         if action == ACTIONS["ITI-41"]:
             return "RAD-68" if _is_imaging(message) else "ITI-41"
         return {ACTIONS["ITI-43"]: "ITI-43", ACTIONS["RAD-69"]: "RAD-69"}.get(action)
-    return {ACTIONS["ITI-42"]: "ITI-42", ACTIONS["ITI-18"]: "ITI-18"}.get(action)
+    return {ACTIONS["ITI-42"]: "ITI-42", ACTIONS["ITI-57"]: "ITI-57", ACTIONS["ITI-18"]: "ITI-18"}.get(action)
 
 
 def _is_imaging(message: SoapMessage) -> bool:
@@ -691,7 +771,7 @@ def _is_imaging(message: SoapMessage) -> bool:
 def _schema_error_code(transaction: str) -> str:
     if transaction in ("ITI-41", "RAD-68"):
         return "XDSRepositoryMetadataError"
-    if transaction == "ITI-42":
+    if transaction in ("ITI-42", "ITI-57"):
         return "XDSRegistryMetadataError"
     return "XDSRegistryError" if transaction == "ITI-18" else "XDSRepositoryError"
 

@@ -36,6 +36,8 @@ ACTIONS: dict[str, str] = {
     "ITI-42-response": "urn:ihe:iti:2007:RegisterDocumentSet-bResponse",
     "ITI-18": "urn:ihe:iti:2007:RegistryStoredQuery",
     "ITI-18-response": "urn:ihe:iti:2007:RegistryStoredQueryResponse",
+    "ITI-57": "urn:ihe:iti:2010:UpdateDocumentSet",
+    "ITI-57-response": "urn:ihe:iti:2010:UpdateDocumentSetResponse",
     "ITI-43": "urn:ihe:iti:2007:RetrieveDocumentSet",
     "ITI-43-response": "urn:ihe:iti:2007:RetrieveDocumentSetResponse",
     # RAD-68 is the ITI-41 message with XDS-I.b metadata (RAD TF-3 4.68.4.1.2)
