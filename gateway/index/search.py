@@ -33,12 +33,17 @@ ON CONFLICT (patient_id, issuer_of_patient_id) DO UPDATE SET
 RETURNING coalesce(merged_into, id)"""
 """The newest stored instance's patient attributes win (a quarantined one's do not) until an ADT message sets
 them (``gateway.index.patients``); returns the patient the study is filed under: the surviving one when the
-instance's identifier was merged."""
+instance's identifier was merged. ``UPSERT_STUDY`` keeps the study's patient when the instance names the same
+Patient ID without an issuer (a less specific spelling of the same identifier, as a rejection note may carry)."""
 UPSERT_STUDY = """INSERT INTO studies AS s (study_instance_uid, patient_ref, accession_number, study_date, study_time,
                           study_description, updated_at, study_id, referring_physician_name)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $10)
 ON CONFLICT (study_instance_uid) DO UPDATE SET
-    patient_ref = excluded.patient_ref, accession_number = excluded.accession_number,
+    patient_ref = CASE WHEN EXISTS (SELECT 1 FROM patients n JOIN patients o ON o.patient_id = n.patient_id
+                                    WHERE n.id = excluded.patient_ref AND o.id = s.patient_ref
+                                      AND n.issuer_of_patient_id = '')
+                  THEN s.patient_ref ELSE excluded.patient_ref END,
+    accession_number = excluded.accession_number,
     study_date = excluded.study_date, study_time = excluded.study_time,
     study_description = excluded.study_description, updated_at = excluded.updated_at,
     study_id = excluded.study_id, referring_physician_name = excluded.referring_physician_name

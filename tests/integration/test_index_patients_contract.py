@@ -147,3 +147,13 @@ async def test_a_replayed_message_reports_the_studies_it_changed_and_touch_resta
     assert activity.generation == 2
     again = await index.apply_patient_change(change("A08", patient_id, "t1", PatientName="N"), 1.0, 7.0)
     assert (again.action, again.studies) == ("duplicate", (study,))
+
+
+async def test_an_instance_without_the_issuer_leaves_its_study_with_the_patient_it_has(index: Index) -> None:
+    patient_id = new_uid()[-12:]
+    study = await stored_study(index, patient_id)
+    await index.record_instance(make_row(study_instance_uid=study, patient_id=patient_id, issuer_of_patient_id="",
+                                         patient_attributes={"PatientID": patient_id, "PatientName": "OLD^NAME"}),
+                                CorrectionPolicy.REPLACE)
+    current = (await index.patients_of_studies([study]))[study]
+    assert (current.patient_id, current.issuer) == (patient_id, AUTHORITY)
