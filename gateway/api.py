@@ -1,9 +1,12 @@
 """The operators' JSON API (role ``api``), on the HTTP port beside the health and metrics endpoints.
 
     GET /api/studies?patient_id=&accession=   studies with current instances, the most recently received first
-    GET /api/studies/{study_uid}              its series and instances (quarantined, prior versions and variants
-                                              in other transfer syntaxes too), stability, its IANs' delivery state
-                                              and its XDS registration (manifests, current one, state)
+    GET /api/studies/{study_uid}              its series and instances (quarantined, rejected, prior versions and
+                                              variants in other transfer syntaxes too), stability, its IANs'
+                                              delivery state, its XDS registration (manifests, current one, state)
+                                              and its rejections
+    GET /api/studies/{study_uid}/rejections   its IOCM rejection notes (title, sender, when) and the instances
+                                              they withdrew or await, with the deletion time of retention expiry
     GET /api/commitments/{transaction_uid}    a storage-commitment transaction: requester, outcome per instance,
                                               report delivery state and attempts
     GET /api/commitments/overdue              transactions past their deadline whose report is not delivered
@@ -97,6 +100,7 @@ class Api:
         self.routes = [
             web.get("/api/studies", self._studies),
             web.get("/api/studies/{study_uid}", self._study),
+            web.get("/api/studies/{study_uid}/rejections", self._rejections),
             web.get("/api/patients/{patient_id}", self._patient),
             web.get("/api/commitments/overdue", self._overdue_commitments),
             web.get("/api/commitments/{transaction_uid}", self._commitment),
@@ -176,7 +180,7 @@ class Api:
     @requires(Role.READER)
     async def _study(self, request: web.Request) -> web.Response:
         rows = await self._ready_index().study_instances(
-            request.match_info["study_uid"], include_quarantined=True, include_replaced=True
+            request.match_info["study_uid"], include_quarantined=True, include_replaced=True, include_rejected=True
         )
         if not rows:
             raise web.HTTPNotFound(text="no such study")
@@ -218,7 +222,15 @@ class Api:
             "registration": _registration(activity, registrations,
                                           next((d for d in deliveries if d.kind == "xds-registration"), None)),
             "forwarding": _forwarding(forwarding),
+            "rejections": _rejections(await index.study_rejections(rows[0].study_instance_uid)),
         })
+
+    @requires(Role.READER)
+    async def _rejections(self, request: web.Request) -> web.Response:
+        found = await self._ready_index().study_rejections(request.match_info["study_uid"])
+        if not found["notes"] and not found["instances"]:
+            raise web.HTTPNotFound(text="no rejection in this study")
+        return web.json_response(_rejections(found))
 
     @requires(Role.READER)
     async def _destinations(self, request: web.Request) -> web.Response:
@@ -380,14 +392,18 @@ def _delivery(delivery: Delivery) -> dict[str, Any]:
 
 def _registration(activity: StudyActivity | None, registrations: list[Registration],
                   queued: Delivery | None) -> dict[str, Any]:
-    """pending-stability, queued, registered, or failed (with the registry's errors); every manifest listed."""
+    """pending-stability, queued, registered, deprecated (every instance withdrawn), or failed (with the registry's
+    errors); every manifest listed, current, replaced by a later one, or deprecated."""
     current = next((r for r in registrations if r.current), None)
+    replaced = {r.replaces_entry_uuid for r in registrations if r.replaces_entry_uuid}
     if queued is not None and queued.state.value == "failed":
         state = "failed"
     elif queued is not None and queued.state.value == "pending":
         state = "pending-registration"
     elif current is not None:
         state = "registered"
+    elif registrations and activity is not None and activity.stable_at is not None:
+        state = "deprecated"
     elif activity is None or activity.stable_at is None:
         state = "pending-stability"
     else:
@@ -399,7 +415,8 @@ def _registration(activity: StudyActivity | None, registrations: list[Registrati
         "manifests": [{
             "document_unique_id": r.document_unique_id, "entry_uuid": r.entry_uuid, "generation": r.generation,
             "instances": r.instances, "registered_at": _utc(r.registered_at),
-            "status": "current" if r.current else "replaced", "replaces_entry_uuid": r.replaces_entry_uuid,
+            "status": "current" if r.current else "replaced" if r.entry_uuid in replaced else "deprecated",
+            "replaces_entry_uuid": r.replaces_entry_uuid,
         } for r in registrations],
     }
 
@@ -422,6 +439,14 @@ def _forward_item(item: ForwardItem) -> dict[str, Any]:
             "transaction_uid": item.transaction_uid or None, "transfer_syntax_sent": item.transfer_syntax_sent or None,
             "last_error": item.last_error, "queued_at": _utc(item.queued_at), "sent_at": _utc(item.sent_at),
             "finished_at": _utc(item.finished_at)}
+
+
+def _rejections(found: dict[str, Any]) -> dict[str, Any]:
+    """Times as UTC ISO 8601, like the rest of the API."""
+    return {"notes": [{**note, "applied_at": _utc(note["applied_at"])} for note in found["notes"]],
+            "instances": [{**instance, **{key: _utc(instance[key])
+                                          for key in ("rejected_at", "delete_after", "deleted_at")}}
+                          for instance in found["instances"]]}
 
 
 def _forwarding(items: list[ForwardItem]) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from gateway.http import Endpoints, internal_secret
 from gateway.index import CorrectionPolicy, Index
 from gateway.index.postgres import PostgresIndex
 from gateway.index.sqlite import SqliteIndex
+from gateway.ingest.iocm import RejectionCheck
 from gateway.ingest.receiver import Receiver
 from gateway.metrics import Metrics
 from gateway.objects import ObjectStore
@@ -97,7 +98,7 @@ def store_pool(settings: Settings, bus: Bus, metrics: Metrics) -> StorePool:
     async def open_stage(producer: Producer) -> AsyncIterator[tuple[StoreStage, StabilityClock]]:
         async with _services(settings) as (objects, index):
             yield (StoreStage(objects, index, producer, settings.topics, profiles,
-                              CorrectionPolicy(settings.store.correction_policy), metrics),
+                              CorrectionPolicy(settings.store.correction_policy), settings.iocm, metrics),
                    StabilityClock(index, producer, settings.topics, settings.xds.stable_after_seconds, metrics))
 
     return StorePool(bus, settings.topics, open_stage, settings.xds.stability_check_seconds, metrics,
@@ -213,30 +214,36 @@ def patient_pools(settings: Settings, bus: Bus, metrics: Metrics) -> list[Role]:
     return pools
 
 
-def retrieval(settings: Settings, metrics: Metrics) -> tuple[Holdings, list[DimseService]] | None:
+def retrieval(settings: Settings, metrics: Metrics, holdings: Holdings) -> tuple[Holdings, list[DimseService]] | None:
     """C-FIND, C-MOVE and C-GET for the receiver's acceptor, reading the index and object store it opens on
     first use."""
     if not settings.query.enabled:
         return None
     dicom = settings.dicom
-    holdings = Holdings(lambda: open_index(settings), lambda: build_objects(settings))
     outbound = build_outbound(dicom, dicom.dimse_timeout_seconds)
     return holdings, [find.QueryService(holdings, settings.query, dicom.ae_title, metrics),
                       move.RetrieveService(holdings, settings.query, outbound, metrics)]
+
+
+def receiver(settings: Settings, bus: Bus, metrics: Metrics, endpoints: Endpoints,
+             space: DiskSpace | None) -> Receiver:
+    """The receiver, with query/retrieve and the IOCM check before Success reading one index, opened on first use."""
+    holdings = Holdings(lambda: open_index(settings), lambda: build_objects(settings))
+    check = RejectionCheck(holdings.index, settings.iocm.policy()) if settings.iocm.check_on_receive else None
+    return Receiver(settings.dicom, settings.topics, bus, metrics, settings.runtime.drain_timeout_seconds,
+                    reply_to=(lambda: endpoints.internal_url) if settings.notify.report_on_same_association else None,
+                    shortage=(lambda: space.shortage) if space is not None else lambda: None,
+                    destinations=[d.ae_title for d in settings.forward.destinations],
+                    retrieval=retrieval(settings, metrics, holdings),
+                    rejections=None if check is None else (holdings, check))
 
 
 def build_roles(names: Sequence[str], settings: Settings, bus: Bus, metrics: Metrics,
                 endpoints: Endpoints, space: DiskSpace | None = None) -> list[Role]:
     """``endpoints`` is filled in by the runtime once the internal port is bound, before the roles start;
     ``space``, watched by the runtime, stops the receiver taking instances while the disk is full."""
-    drain = settings.runtime.drain_timeout_seconds
     factories: dict[str, Callable[[], Role | list[Role]]] = {
-        "receiver": lambda: Receiver(settings.dicom, settings.topics, bus, metrics, drain,
-                                     reply_to=(lambda: endpoints.internal_url)
-                                     if settings.notify.report_on_same_association else None,
-                                     shortage=(lambda: space.shortage) if space is not None else lambda: None,
-                                     destinations=[d.ae_title for d in settings.forward.destinations],
-                                     retrieval=retrieval(settings, metrics)),
+        "receiver": lambda: receiver(settings, bus, metrics, endpoints, space),
         "api": lambda: Api(lambda: open_index(settings), bus, settings, lambda: build_objects(settings), metrics,
                            (lambda: space.shortage) if space is not None else lambda: None),
         "store": lambda: store_pool(settings, bus, metrics),

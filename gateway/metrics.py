@@ -59,6 +59,9 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.rejections = Counter(
+            "dicomgw_instances_rejected_total", "Instances withdrawn by IOCM rejection notes, by document title",
+            ["title"], registry=r)
         self.instances_stored = Counter(
             "dicomgw_instances_stored_total", "Instances through the store stage, by event", ["event"], registry=r
         )

@@ -28,6 +28,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from gateway.core.iocm import DEFAULT_RESEND, Resend, Title
 from gateway.core.uid import is_uid
 from gateway.hl7.message import CHARSETS
 
@@ -53,9 +54,10 @@ class AllowedAE(_Section):
     """Transfer syntaxes to prefer from this AE, before ``dicom.transfer_syntax_preference``."""
     max_associations: int | None = Field(None, ge=1)
     """Associations this AE may hold at once; unset: ``dicom.max_associations_per_ae``."""
-    permissions: frozenset[Literal["store", "query", "retrieve"]] = frozenset({"store"})
-    """What it may do: C-STORE (and storage commitment), C-FIND, C-MOVE/C-GET. Query and retrieve show patient
-    data, so they are only ever granted here, by name."""
+    permissions: frozenset[Literal["store", "query", "retrieve", "expire"]] = frozenset({"store"})
+    """What it may do: C-STORE (and storage commitment), C-FIND, C-MOVE/C-GET, and send IOCM retention-expiry
+    notes (113039, which delete). Query and retrieve show patient data and expiry deletes it, so they are only ever
+    granted here, by name."""
 
     @field_validator("networks", mode="before")
     @classmethod
@@ -355,6 +357,22 @@ class StoreSettings(_Section):
     """An instance whose end record has not come this long after its last record is dropped."""
     retry_max_seconds: float = Field(60.0, gt=0)
     """Longest back-off between attempts while S3, the index or the bus is down."""
+
+
+class IocmSettings(_Section):
+    """IHE IOCM rejection notes: what a rejected instance sent again gets, and when retention-expired ones go."""
+
+    resend: dict[Title, Resend] = Field(default_factory=lambda: dict(DEFAULT_RESEND))
+    """Per document title: ``ignore`` (Success, nothing stored), ``reject`` (0xA771) or ``restore``; titles not
+    named keep the reference archive's default."""
+    retention_grace_seconds: float = Field(86400.0, ge=0)
+    """How long after a retention-expiry note (113039) its instances' objects are deleted."""
+    check_on_receive: bool = True
+    """The receiver asks the index before it answers: 0xA771 for a rejected instance its title refuses, and a note
+    the index contradicts refused with its status. Off: those are found by the store stage after Success."""
+
+    def policy(self) -> dict[Title, Resend]:
+        return {**DEFAULT_RESEND, **self.resend}
 
 
 class NotifySettings(_Section):
@@ -673,6 +691,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     validation: ValidationSettings = ValidationSettings()
     store: StoreSettings = StoreSettings()
+    iocm: IocmSettings = IocmSettings()
     notify: NotifySettings = NotifySettings()
     xds: XdsSettings = XdsSettings()
     forward: ForwardSettings = ForwardSettings()

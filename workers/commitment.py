@@ -229,6 +229,8 @@ class CommitmentTracker:
             return sc.NO_SUCH_OBJECT_INSTANCE
         if row.sop_class_uid != item.sop_class_uid:
             return sc.CLASS_INSTANCE_CONFLICT
+        if row.status is InstanceStatus.REJECTED:  # withdrawn by a rejection note: no longer available here
+            return sc.NO_SUCH_OBJECT_INSTANCE
         if row.status is not InstanceStatus.STORED:
             return sc.PROCESSING_FAILURE
         if not await self._intact(row):

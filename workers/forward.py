@@ -9,6 +9,10 @@ the bus's retention cannot lose it and a re-drive is a change of state. Commitme
 each destination, up to its ``max_associations`` at once, and hands each batch to the ``BatchSender``; the
 sweep asks again for commitments whose report did not come, and publishes the queue's figures.
 
+An IOCM rejection (``InstancesRejected``) stops the withdrawn instances from going anywhere they have not gone
+yet, and queues the rejection note to each destination that stored any of them, like an instance: an archive
+that has not committed them yet answers 0xA772 and the note is sent again after the back-off.
+
 An instance counts as archived at a destination only once the destination has reported it committed. A worker
 killed at any point leaves leases that lapse: the instances it was sending are sent again (a duplicate C-STORE
 the archive recognises; none is lost).
@@ -22,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from gateway.core.events import CommitmentReported, Event, InstanceQuarantined, InstanceStored
+from gateway.core.events import CommitmentReported, Event, InstanceQuarantined, InstancesRejected, InstanceStored
 from gateway.dicom import commitment
 from gateway.index import Forwarding, ForwardItem, InstanceIndex
 from gateway.metrics import Metrics
@@ -70,6 +74,28 @@ class ForwardStage:
             self._changed[event.sop_instance_uid] = source
         elif isinstance(event, CommitmentReported):
             await self.apply(event.transaction_uid, event.reporter_ae, event.committed, event.failed)
+        elif isinstance(event, InstancesRejected):
+            await self._rejected(event, source)
+
+    async def _rejected(self, event: InstancesRejected, source: dict[str, Any]) -> None:
+        withdrawn = {uid for _, _, uid in event.instances}
+        for uid in withdrawn:
+            self._changed.pop(uid, None)  # stored earlier in this fetch: not to be queued now
+        destinations = await self._index.withdraw_forwards(event.study_instance_uid, withdrawn)
+        note = event.note_sop_instance_uid
+        configured = {destination.name for destination in self._settings.destinations}
+        row = (await self._index.current_instances([note])).get(note) if note and destinations else None
+        if row is None:
+            return
+        items = [ForwardItem(name, note, row.version, row.study_instance_uid, row.series_instance_uid,
+                             row.sop_class_uid, row.transfer_syntax_uid, row.storage_key, row.size, source)
+                 for name in destinations if name in configured]
+        queued = await self._index.enqueue_forwards(items, time.time(), self._settings.batch_delay_seconds,
+                                                    self._settings.max_batch_delay_seconds)
+        log.info("rejection note queued for forwarding", extra={
+            "sop_instance_uid": note, "destinations": [item.destination for item in items], "queued": queued})
+        if queued:
+            self._wake_after(self._settings.batch_delay_seconds)
 
     async def fetched(self) -> None:
         if not self._changed:

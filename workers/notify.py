@@ -1,7 +1,8 @@
 """The ``notify`` role: storage-commitment reports and Instance Availability Notifications.
 
 It reads the events topic (consumer group ``dicomgw-notify``): commitment requests from the receiver, instance
-events from the store pool (an awaited instance may have arrived) and study events (stable, or registered).
+events from the store pool (an awaited instance may have arrived), study events (stable, or registered) and
+rejections (an IAN telling the subscribers which instances are no longer available).
 Beside the consumer run a sweep that decides the transactions past their deadline, and the deliverer that
 sends what is due.
 """
@@ -12,7 +13,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.core.events import CommitmentRequested, Event, InstanceEvent, StudyRegistered, StudyStable
+from gateway.core.events import (
+    CommitmentRequested,
+    Event,
+    InstanceEvent,
+    InstancesRejected,
+    StudyRegistered,
+    StudyStable,
+)
 from workers.availability import AvailabilityNotifier
 from workers.commitment import CommitmentTracker
 from workers.deliver import POLL_SECONDS, Deliverer
@@ -33,6 +41,9 @@ class NotifyStage:
             await self.tracker.requested(event, source)
         elif isinstance(event, InstanceEvent):
             self._changed.append(event.sop_instance_uid)
+        elif isinstance(event, InstancesRejected):
+            self._changed += [uid for _, _, uid in event.instances]
+            await self.notifier.rejected(event, source)
         elif isinstance(event, StudyStable | StudyRegistered) and isinstance(event, self.notifier.trigger):
             await self.notifier.study_event(event, source)
 

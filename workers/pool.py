@@ -60,6 +60,10 @@ class StorePool(WorkerRole):
                 finished: list[Record] = []
                 assembler = InstanceAssembler(sink, finished.append, self._orphan_timeout_ms)
                 next_check = 0.0
+
+                def owns(study: str) -> bool:
+                    return consumer.owns(self._topics.instances, study.encode())
+
                 try:
                     while not self._stopping.is_set():
                         records = await consumer.fetch(timeout=0.5)
@@ -73,7 +77,8 @@ class StorePool(WorkerRole):
                         self._progressed = self._progressed or bool(records)
                         if (now := asyncio.get_running_loop().time()) >= next_check:
                             next_check = now + self._stability_check
-                            await clock.tick(lambda study: consumer.owns(self._topics.instances, study.encode()))
+                            await clock.tick(owns)
+                            await stage.delete_expired(owns)
                         await self._report_lag(consumer, self._topics.instances)
                 finally:
                     await self._report_lag(consumer, self._topics.instances)

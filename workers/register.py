@@ -9,6 +9,12 @@ queued, so a retry sends the same document: a repository that did take the first
 of the same uniqueId and hash. Transient registry answers are retried; metadata errors are dead-lettered at once
 with the registry's error codes. The manifest is checked against the KOS IOD (``gateway.dicom.kos_check``) before it
 is sent: an error finding is a bug in our builder, dead-lettered at once with the finding codes.
+
+Instances withdrawn by an IOCM rejection note are not stored any more, and the note itself is not an image: a
+study that lost instances gets a replacement manifest without them (RAD68-006); one that lost them all has its
+current manifest deprecated in the registry by ITI-57 Update Document Set (RAD68-007), not replaced by an empty
+one. The entry's patientId and status are read from the registry first (ITI-18 GetDocuments), so a retry after a
+lost answer finds it deprecated and is done.
 """
 
 from __future__ import annotations
@@ -29,11 +35,11 @@ from gateway.core import events
 from gateway.core.errors import DeliveryFailed, DeliveryRefused
 from gateway.core.events import Event, StudyRegistered, StudyStable
 from gateway.dicom.kos_check import check_kos
-from gateway.index import Delivery, InstanceIndex, OutboundQueue, Patients, Registration, Registrations
+from gateway.index import Delivery, InstanceIndex, OutboundQueue, Patients, Registration, Registrations, Rejections
 from gateway.settings import DicomSettings, TopicSettings, XdsSettings
-from gateway.xds.client import XdsClient, XdsPermanent, XdsTransient
+from gateway.xds.client import DEPRECATED, XdsClient, XdsPermanent, XdsTransient
 from gateway.xds.manifest import build_manifest, to_part10
-from gateway.xds.metadata import AffinityDomain, MetadataError, build_submission
+from gateway.xds.metadata import AffinityDomain, MetadataError, build_status_update, build_submission
 from workers.deliver import POLL_SECONDS, Deliverer, wanted
 
 log = logging.getLogger(__name__)
@@ -49,7 +55,7 @@ def registration_id(study_instance_uid: str) -> str:
     return f"{REGISTRATION}:{study_instance_uid}"
 
 
-class _RegistrarIndex(InstanceIndex, OutboundQueue, Registrations, Patients, Protocol):
+class _RegistrarIndex(InstanceIndex, OutboundQueue, Registrations, Patients, Rejections, Protocol):
     pass
 
 
@@ -81,19 +87,24 @@ class Registrar:
 
     async def send(self, delivery: Delivery) -> None:
         study, payload = delivery.subject, delivery.payload
-        rows = [row.study_instance() for row in await self._index.study_instances(study)]
-        if not rows:
-            log.info("nothing stored in the study; nothing to register", extra={"study_instance_uid": study})
-            return
-        patient = (await self._index.patients_of_studies([study])).get(study)
-        if patient is not None:  # the index's patient (ADT updates and merges), not what the instances carried
-            rows = [replace(row, patient_id=patient.patient_id, issuer_of_patient_id=patient.issuer,
-                            patient_attributes={**row.patient_attributes, **patient.attributes()}) for row in rows]
+        notes = await self._index.rejection_notes_of(study)
+        rows = [row.study_instance() for row in await self._index.study_instances(study)
+                if row.sop_instance_uid not in notes]
         registrations = await self._index.registrations(study)
         current = next((r for r in registrations if r.current), None)
         if current is not None and current.generation >= payload["generation"]:
             return
         prepared_at = datetime.fromtimestamp(payload["prepared_at"], UTC)
+        if not rows:
+            if current is not None:
+                await self._deprecate(current, payload, prepared_at)
+            else:
+                log.info("nothing stored in the study; nothing to register", extra={"study_instance_uid": study})
+            return
+        patient = (await self._index.patients_of_studies([study])).get(study)
+        if patient is not None:  # the index's patient (ADT updates and merges), not what the instances carried
+            rows = [replace(row, patient_id=patient.patient_id, issuer_of_patient_id=patient.issuer,
+                            patient_attributes={**row.patient_attributes, **patient.attributes()}) for row in rows]
         try:
             manifest = build_manifest(
                 rows, retrieve_ae_title=self._dicom.ae_title, retrieve_location_uid=self._xds.retrieve_location_uid,
@@ -128,6 +139,29 @@ class Registrar:
         log.info("study registered", extra={"study_instance_uid": study, "generation": payload["generation"],
                                             "document_unique_id": submission.unique_id,
                                             "replaces": registration.replaces_entry_uuid})
+
+    async def _deprecate(self, current: Registration, payload: dict[str, Any], prepared_at: datetime) -> None:
+        """Every instance of the study was withdrawn: its manifest's entry becomes Deprecated (ITI-57)."""
+        try:
+            found = await self._client.get_documents(unique_ids=[current.document_unique_id])
+            entry = next((e for e in found if e.entry_uuid == current.entry_uuid), None)
+            if entry is None:
+                raise DeliveryRefused("the registry does not know the study's current manifest; nothing to deprecate")
+            if entry.status != DEPRECATED:
+                update = build_status_update(
+                    current.entry_uuid, entry.patient_id, domain=self._domain,
+                    source_id=self._xds.source_id or self._xds.organization_oid,
+                    organization_oid=self._xds.organization_oid, organization_name=self._xds.organization_name,
+                    now=prepared_at, submission_set_uuid=payload["submission_set_uuid"],
+                    submission_set_unique_id=payload["submission_set_unique_id"])
+                await self._client.update_document_set(update)
+        except XdsTransient as exc:
+            raise DeliveryFailed(f"registry: {exc} {list(exc.codes)}") from exc
+        except (XdsPermanent, MetadataError) as exc:
+            raise DeliveryRefused(f"the registry refused the deprecation: {exc}") from exc
+        await self._index.retire_registration(current.study_instance_uid)
+        log.info("manifest deprecated: every instance of the study was withdrawn", extra={
+            "study_instance_uid": current.study_instance_uid, "entry_uuid": current.entry_uuid})
 
     async def _registered(self, submission: Any) -> bool:
         """After a lost answer, the registry may hold our first attempt: then the entry with our uniqueId is ours."""

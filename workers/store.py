@@ -22,10 +22,11 @@ import copy
 import dataclasses
 import hashlib
 import logging
+import time
 import warnings
 import zlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -35,10 +36,12 @@ from pydicom.dataset import Dataset
 from gateway.bus import Producer, Record
 from gateway.core import events
 from gateway.core.envelope import InstanceEnvelope, InstanceHeader
-from gateway.core.errors import Permanent, describe, retriable
+from gateway.core.errors import CannotUnderstand, Permanent, describe, retriable
+from gateway.core.iocm import NoteRefused, RejectionNote, Title
 from gateway.core.uid import is_identifier
 from gateway.dicom.acse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from gateway.dicom.dataset import DEFLATED, PIXEL_DATA, attributes_digest, encode, part10_header, read_prefix
+from gateway.dicom.rejection import read_note, title_of
 from gateway.index import (
     CorrectionPolicy,
     IndexRejected,
@@ -48,10 +51,12 @@ from gateway.index import (
     Outcome,
     Patients,
     RecordResult,
+    Rejections,
 )
+from gateway.index.rejections import Applied
 from gateway.metrics import Metrics
 from gateway.objects import ObjectStore, Upload
-from gateway.settings import TopicSettings
+from gateway.settings import IocmSettings, TopicSettings
 from workers.validation import (
     Finding,
     ProfileSelector,
@@ -71,6 +76,9 @@ HEADER_LIMIT_BYTES = 8 * 1024 * 1024
 STUDY_PATIENT_CACHE = 10_000
 """Studies whose patient attributes a worker keeps in memory."""
 UNREADABLE_HEADER = "DICOM-HEADER-UNREADABLE"
+INVALID_NOTE = "IOCM-REJECTION-NOTE-INVALID"
+"""A KOS titled as a rejection note that cannot be applied as one: quarantined, it withdraws nothing."""
+EXPIRED_BATCH = 100
 EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
 INFLATE_PIECE_BYTES = 4 * 1024 * 1024
 """Bound on what one step of re-deflating a coerced deflated instance holds inflated."""
@@ -100,6 +108,8 @@ class Stored:
 
     row: InstanceRow
     records: list[Record]
+    note: RejectionNote | None = None
+    """The rejection note the instance is, to be applied where it stands in the batch."""
 
 
 class DeadLetter(Permanent):
@@ -125,6 +135,7 @@ class _Pending:
     attributes_sha256: str = ""
     recoder: _Redeflate | None = None
     """For a deflated instance whose header coercion changed: its bytes are inflated and deflated again."""
+    note: RejectionNote | None = None
 
 
 class _Redeflate:
@@ -161,8 +172,9 @@ class _Redeflate:
         return self._deflater.flush()
 
 
-class StoreIndex(InstanceIndex, Patients, Protocol):
-    """Instances recorded, and the current patient of a study asked when an instance differs from it."""
+class StoreIndex(InstanceIndex, Patients, Rejections, Protocol):
+    """Instances recorded, the current patient of a study asked when an instance differs from it, and the
+    rejection notes applied."""
 
 
 def _least_conflicts(admitted: list[dict[str, str]], dataset: Dataset) -> list[Finding]:
@@ -180,9 +192,12 @@ class StoreStage:
         topics: TopicSettings,
         profiles: ProfileSelector,
         policy: CorrectionPolicy,
+        iocm: IocmSettings,
         metrics: Metrics,
     ) -> None:
         self._objects = objects
+        self._iocm = iocm
+        self._resend = iocm.policy()
         self._index = index
         self._producer = producer
         self._topics = topics
@@ -214,40 +229,83 @@ class StoreStage:
         except BaseException:
             await self._abort(pending)
             raise
-        self._stored.append(Stored(row, records))
+        self._stored.append(Stored(row, records, pending.note if row.status is InstanceStatus.STORED else None))
         if row.status is InstanceStatus.STORED and row.patient_attributes:
             self._remember_patient(row.study_instance_uid,
                                    self._study_patients.get(row.study_instance_uid) or [row.patient_attributes])
 
     async def flush(self) -> list[tuple[Stored, Exception | None]]:
-        """Index the instances completed since the last flush in one transaction, then tell later stages,
-        before the batch's offsets are committed. An outage raises: nothing of the batch is committed and it
-        comes again (objects are overwritten, the index recognises what it has). A row the index refuses
-        comes back with its error, to be dead-lettered; the others are recorded singly around it."""
+        """Index the instances completed since the last flush in one transaction (a rejection note, where it
+        stands, in one of its own), then tell later stages, before the batch's offsets are committed. An outage
+        raises: nothing of the batch is committed and it comes again (objects are overwritten, the index
+        recognises what it has, a note applied before is a duplicate). A row the index refuses comes back with its
+        error, to be dead-lettered; the others are recorded singly around it."""
         batch, self._stored = self._stored, []
         if not batch:
             return []
         now = datetime.now(UTC)
         rows = [dataclasses.replace(stored.row, stored_at=now) for stored in batch]
-        results: list[RecordResult | Exception]
-        try:
-            results = list(await self._index.record_instances(rows, self._policy))
-        except Exception as exc:
-            if retriable(exc) is True:
-                raise
-            results = [await self._record_alone(row) for row in rows]
+        results: list[RecordResult | Exception] = []
+        applied: dict[int, Applied] = {}
+        start = 0
+        for position, stored in enumerate(batch):
+            if stored.note is not None:
+                results += await self._record(rows[start:position])
+                note = await self._apply_note(stored.note, rows[position], now.timestamp())
+                if isinstance(note, Exception):
+                    results.append(note)
+                else:
+                    applied[position] = note
+                    results += await self._record(rows[position:position + 1])
+                start = position + 1
+        results += await self._record(rows[start:])
         outcome: list[tuple[Stored, Exception | None]] = []
         deliveries = []
-        for stored, row, result in zip(batch, rows, results, strict=True):
+        for position, (stored, row, result) in enumerate(zip(batch, rows, results, strict=True)):
             if isinstance(result, Exception):
                 outcome.append((stored, result))
                 continue
             if not result.kept and result.current.storage_key != row.storage_key:
-                await self._objects.delete(row.storage_key)  # a copy of what is already stored: keep one
-            deliveries.append(await self._emit(result.outcome, row, result.current.version, stored.records))
+                await self._objects.delete(row.storage_key)  # a copy of what is kept, or an instance dropped
+            deliveries.append(await self._emit(result, row, stored.records, stored.note is not None))
+            if position in applied and stored.note is not None:
+                deliveries += await self._announce(stored.note, applied[position], now)
+            if result.previous is not None and result.previous.study_instance_uid != row.study_instance_uid:
+                deliveries.append(await self._moved(result.previous, now))
             outcome.append((stored, None))
         await asyncio.gather(*deliveries)
         return outcome
+
+    async def _record(self, rows: list[InstanceRow]) -> list[RecordResult | Exception]:
+        if not rows:
+            return []
+        try:
+            return list(await self._index.record_instances(rows, self._policy, self._resend))
+        except Exception as exc:
+            if retriable(exc) is True:
+                raise
+            return [await self._record_alone(row) for row in rows]
+
+    async def _apply_note(self, note: RejectionNote, row: InstanceRow, now: float) -> Applied | Exception:
+        """Apply a rejection note before its own row is recorded; a note the index refuses is not kept."""
+        grace = self._iocm.retention_grace_seconds
+        try:
+            applied = await self._index.apply_rejection(
+                note, row.received_sha256, row.source_ae, now,
+                now + grace if note.title is Title.RETENTION_EXPIRED else None)
+        except (NoteRefused, IndexRejected) as exc:
+            await self._objects.delete(row.storage_key)
+            status = f" (0x{exc.status:04X})" if isinstance(exc, NoteRefused) else ""
+            return DeadLetter(f"rejection note refused{status}: {exc}")
+        except Exception as exc:
+            if retriable(exc) is True:
+                raise
+            return exc
+        log.info("rejection note applied", extra={
+            "sop_instance_uid": note.sop_instance_uid, "title": note.title.value, "withdrawn": len(applied.withdrawn),
+            "awaited": applied.awaited, "duplicate": applied.duplicate})
+        self._metrics.rejections.labels(note.title.value).inc(0 if applied.duplicate else len(applied.withdrawn))
+        return applied
 
     async def discard(self, instance_id: str, reason: str) -> None:
         pending = self._pending.pop(instance_id, None)
@@ -318,32 +376,80 @@ class StoreStage:
             stored_at=datetime.now(UTC), patient_attributes=pending.patient,
         )
 
-    async def _emit(self, outcome: Outcome, row: InstanceRow, version: int,
-                    records: list[Record]) -> Awaitable[None]:
+    async def _emit(self, result: RecordResult, row: InstanceRow, records: list[Record],
+                    note: bool) -> Awaitable[None]:
         """Send the instance's event; the awaitable completes once the bus has it."""
+        outcome = result.outcome
         kind: type[events.InstanceEvent]
-        if outcome in (Outcome.INSERTED, Outcome.REPLACED):
-            kind = events.InstanceQuarantined if row.status is InstanceStatus.QUARANTINED else events.InstanceStored
+        extra: dict[str, str] = {}
+        if result.current.status is InstanceStatus.REJECTED or outcome in (Outcome.IGNORED, Outcome.REFUSED):
+            kind = events.InstanceWithdrawn
+            if result.rejection is not None:
+                extra = {"title": result.rejection.title.value, "note_sop_instance_uid": result.rejection.note_uid}
+        elif outcome in (Outcome.INSERTED, Outcome.REPLACED, Outcome.RESTORED):
+            kind = (events.InstanceQuarantined if row.status is InstanceStatus.QUARANTINED
+                    else events.RejectionNoteStored if note else events.InstanceStored)
         else:
             kind = (events.InstanceDuplicate if outcome in (Outcome.DUPLICATE, Outcome.VARIANT)
                     else events.CorrectionRefused)
+        shown = result.current if outcome is Outcome.RESTORED else row
         event = kind(
             outcome=outcome.value, sop_instance_uid=row.sop_instance_uid, sop_class_uid=row.sop_class_uid,
             study_instance_uid=row.study_instance_uid, series_instance_uid=row.series_instance_uid,
-            status=row.status.value, version=version, instance_id=row.instance_id,
-            storage_key=row.storage_key, size=row.size, sha256=row.sha256, source_ae=row.source_ae,
-            stored_at=row.stored_at.isoformat(),
+            status=result.current.status.value if kind is events.InstanceWithdrawn else shown.status.value,
+            version=result.current.version, instance_id=shown.instance_id, storage_key=shown.storage_key,
+            size=shown.size, sha256=shown.sha256, source_ae=row.source_ae, stored_at=row.stored_at.isoformat(),
             source={"topic": records[0].topic, "partition": records[0].partition,
-                    "offsets": [r.offset for r in records]})
+                    "offsets": [r.offset for r in records]}, **extra)
         delivered = await self._producer.send(self._topics.events, event.key, events.encode(event))
         self._metrics.instances_stored.labels(kind.TYPE).inc()
-        if outcome in (Outcome.INSERTED, Outcome.REPLACED):
+        if result.written and result.current.status is not InstanceStatus.REJECTED:
             self._metrics.bytes_stored.inc(row.size)
             for finding in row.findings:
                 self._metrics.validation_findings.labels(finding["code"], finding["severity"]).inc()
         log.info("instance stored", extra={"instance_id": row.instance_id, "outcome": outcome.value,
-                                           "status": row.status.value, "storage_key": row.storage_key})
+                                           "status": result.current.status.value, "storage_key": row.storage_key})
         return delivered
+
+    async def _announce(self, note: RejectionNote, applied: Applied, now: datetime) -> list[Awaitable[None]]:
+        """``instances.rejected`` for each study the note withdrew instances from (the note's own study at least:
+        forwarding looks there for the note)."""
+        by_study = applied.by_study() or {note.study_instance_uid: []}
+        sent = []
+        for study, withdrawn in by_study.items():
+            event = events.InstancesRejected(
+                study_instance_uid=study, title=note.title.value, note_sop_instance_uid=note.sop_instance_uid,
+                note_study_instance_uid=note.study_instance_uid,
+                instances=tuple((r.series_instance_uid, r.sop_class_uid, r.sop_instance_uid) for r in withdrawn),
+                rejected_at=now.isoformat())
+            sent.append(await self._producer.send(self._topics.events, event.key, events.encode(event)))
+        return sent
+
+    async def _moved(self, previous: InstanceRow, now: datetime) -> Awaitable[None]:
+        """A correction that moved an instance to another study withdraws it from the old one (IOCM: rejected
+        there as an incorrect worklist entry, stored anew in the new one)."""
+        log.info("instance moved to another study", extra={"sop_instance_uid": previous.sop_instance_uid,
+                                                           "from_study": previous.study_instance_uid})
+        event = events.InstancesRejected(
+            study_instance_uid=previous.study_instance_uid, title=Title.WORKLIST.value, note_sop_instance_uid="",
+            note_study_instance_uid="", instances=((previous.series_instance_uid, previous.sop_class_uid,
+                                                    previous.sop_instance_uid),), rejected_at=now.isoformat())
+        return await self._producer.send(self._topics.events, event.key, events.encode(event))
+
+    async def delete_expired(self, owns: Callable[[str], bool]) -> int:
+        """Delete the objects, then the rows, of the owned instances whose retention-expiry grace has ended."""
+        deleted = 0
+        for uid, study in await self._index.expired_rejections(time.time(), EXPIRED_BATCH):
+            if not owns(study):
+                continue
+            keys = await self._index.instance_objects(uid)
+            for key in keys:
+                await self._objects.delete(key)
+            await self._index.forget_instance(uid, time.time())
+            deleted += 1
+            log.info("rejected instance deleted: its retention expired", extra={
+                "sop_instance_uid": uid, "study_instance_uid": study, "objects": len(keys)})
+        return deleted
 
     async def _try_decide(self, pending: _Pending, complete: bool) -> None:
         """Read and validate the header once enough of it is here; then open the object under its key."""
@@ -392,7 +498,9 @@ class StoreStage:
                     conflicts = await self._recheck_patient(header.study_instance_uid, effective, conflicts)
                 pending.dataset, pending.attributes_sha256, pending.patient = dataset, attributes_sha256, patient
                 pending.coerced = effective if validation.changes else None
-                pending.validation = ValidationResult(validation.profile, validation.findings + tuple(conflicts),
+                noted = self._note(pending, effective, complete)
+                pending.validation = ValidationResult(validation.profile,
+                                                      validation.findings + tuple(conflicts) + noted,
                                                       validation.changes)
         pending.key = object_key(header, pending.validation.has_errors)
         metadata = {
@@ -416,6 +524,21 @@ class StoreStage:
             log.info("header coerced", extra={"instance_id": header.instance_id,
                                               "changes": [c.to_dict() for c in pending.validation.changes]})
         await self._write(pending, data)
+
+    @staticmethod
+    def _note(pending: _Pending, dataset: Dataset, complete: bool) -> tuple[Finding, ...]:
+        """Recognise a rejection note; one that cannot be applied as one (IOD broken, or larger than the header
+        window, so not read whole) is a finding that quarantines it."""
+        if title_of(dataset) is None:
+            return ()
+        if not complete:
+            return (Finding(INVALID_NOTE, Severity.ERROR, "", 0,
+                            f"rejection note larger than {HEADER_LIMIT_BYTES} bytes: not read whole"),)
+        try:
+            pending.note = read_note(dataset)
+        except CannotUnderstand as exc:
+            return (Finding(INVALID_NOTE, Severity.ERROR, "", 0, str(exc)),)
+        return ()
 
     async def _study_patient(self, study_instance_uid: str) -> list[dict[str, str]]:
         """The patient attributes an instance of the study may have: those already stored for it, and the

@@ -88,7 +88,48 @@ class CorrectionRefused(_InstanceEvent):
     TYPE = "instance.rejected"
 
 
-InstanceEvent = InstanceStored | InstanceQuarantined | InstanceDuplicate | CorrectionRefused
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RejectionNoteStored(_InstanceEvent):
+    """A rejection note was stored (and applied: ``instances.rejected`` follows). Not routed like an image: it
+    goes only where the instances it withdraws went."""
+
+    TYPE = "instance.rejection-note"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstanceWithdrawn(_InstanceEvent):
+    """An instance an IOCM rejection note names arrived: stored ``rejected`` (the note came first, outcome
+    ``inserted``), or, rejected before and sent again, ``ignored`` or ``refused`` as its title says."""
+
+    TYPE = "instance.withdrawn"
+
+    title: str = ""
+    """The rejection's document title code (113001, 113037, 113038, 113039)."""
+    note_sop_instance_uid: str = ""
+
+
+InstanceEvent = (InstanceStored | InstanceQuarantined | InstanceDuplicate | CorrectionRefused | InstanceWithdrawn
+                 | RejectionNoteStored)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstancesRejected(_Event):
+    """An IOCM rejection note was applied (or a correction moved instances to another study): the study's
+    instances it withdrew, no longer available here. One event per study the note touches; the note itself is
+    an instance of ``note_study_instance_uid``, to be forwarded where the withdrawn instances went."""
+
+    TYPE = "instances.rejected"
+
+    study_instance_uid: str
+    title: str
+    """The document title code; 113038 for a correction that moved instances to another study."""
+    note_sop_instance_uid: str
+    """Empty for a move (no note was sent)."""
+    note_study_instance_uid: str
+    instances: tuple[tuple[str, str, str], ...]
+    """(Series Instance UID, SOP Class UID, SOP Instance UID) withdrawn from the study."""
+    rejected_at: str
+    """UTC, ISO 8601."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -187,11 +228,12 @@ class PatientUpdated(_Event):
     """UTC, ISO 8601."""
 
 
-Event = InstanceEvent | CommitmentRequested | CommitmentReported | StudyStable | StudyRegistered | PatientUpdated
+Event = (InstanceEvent | CommitmentRequested | CommitmentReported | StudyStable | StudyRegistered | PatientUpdated
+         | InstancesRejected)
 
 _TYPES: dict[str, type[_Event]] = {cls.TYPE: cls for cls in (
-    InstanceStored, InstanceQuarantined, InstanceDuplicate, CorrectionRefused,
-    CommitmentRequested, CommitmentReported, StudyStable, StudyRegistered, PatientUpdated)}
+    InstanceStored, InstanceQuarantined, InstanceDuplicate, CorrectionRefused, InstanceWithdrawn, RejectionNoteStored,
+    CommitmentRequested, CommitmentReported, StudyStable, StudyRegistered, PatientUpdated, InstancesRejected)}
 
 
 def encode(event: Event) -> bytes:
@@ -247,6 +289,10 @@ def _checked(event_type: str, name: str, value: Any, kind: Any) -> Any:
             isinstance(pair, list) and len(pair) == 2 and all(isinstance(uid, str) for uid in pair)
             for pair in value):
         return tuple((first, second) for first, second in value)
+    if kind == tuple[tuple[str, str, str], ...] and isinstance(value, list) and all(
+            isinstance(triple, list) and len(triple) == 3 and all(isinstance(uid, str) for uid in triple)
+            for triple in value):
+        return tuple((first, second, third) for first, second, third in value)
     if kind == tuple[tuple[str, str, int], ...] and isinstance(value, list) and all(
             isinstance(triple, list) and len(triple) == 3 and isinstance(triple[0], str)
             and isinstance(triple[1], str) and isinstance(triple[2], int) and not isinstance(triple[2], bool)

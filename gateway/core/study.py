@@ -15,6 +15,8 @@ class InstanceStatus(StrEnum):
     QUARANTINED = "quarantined"
     REPLACED = "replaced"
     """Superseded by a correction; kept with its storage key so the prior version stays retrievable."""
+    REJECTED = "rejected"
+    """Withdrawn by an IOCM rejection note: kept (until a retention-expiry note's grace ends), never served."""
 
 
 @dataclass(frozen=True, slots=True)

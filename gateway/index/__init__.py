@@ -23,18 +23,21 @@ it through ``Catalogue`` (SQL in ``search.py``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
+from gateway.core.iocm import DEFAULT_RESEND, Resend, Title
 from gateway.core.query import Query
 from gateway.core.study import InstanceStatus as InstanceStatus  # re-exported: callers find it here too
 from gateway.core.study import Patient, StudyInstance
 
 if TYPE_CHECKING:
+    from gateway.core.iocm import RejectionNote
     from gateway.hl7.adt import PatientChange
+    from gateway.index import rejections
     from gateway.index.patients import Applied
 
 
@@ -71,6 +74,12 @@ class Outcome(StrEnum):
     KEPT_FIRST = "kept-first"
     VARIANT = "variant"
     """The same attributes in another transfer syntax: kept as a variant of the current version."""
+    IGNORED = "ignored"
+    """A rejected instance sent again, dropped as its rejection's title says (IOCM)."""
+    REFUSED = "refused"
+    """A rejected instance sent again that its title refuses (0xA771), when the receiver could not check it."""
+    RESTORED = "restored"
+    """A rejected instance sent again that its title restores: visible again, the rejection lifted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,12 +162,26 @@ class InstanceVariant:
 
 
 @dataclass(frozen=True, slots=True)
+class Rejection:
+    """An instance a rejection note withdrew, or will withdraw when it arrives (IOCM)."""
+
+    sop_instance_uid: str
+    title: Title
+    note_uid: str
+    prior_status: InstanceStatus | None
+    """Its status before it was withdrawn; None while it is not held."""
+
+
+@dataclass(frozen=True, slots=True)
 class RecordResult:
     outcome: Outcome
     current: InstanceRow
     """The row that is current after the call."""
     previous: InstanceRow | None
     """The row it replaced (now ``replaced``) or conflicted with; None for an insert or a duplicate."""
+    rejection: Rejection | None = None
+    """The rejection in force for the instance (the new row is ``rejected`` under it), or the one this call
+    lifted (``RESTORED``, or a restoring title's re-send stored as a new version)."""
 
     @property
     def written(self) -> bool:
@@ -170,10 +193,32 @@ class RecordResult:
         return self.written or self.outcome is Outcome.VARIANT
 
 
-def resolve(current: InstanceRow | None, row: InstanceRow, policy: CorrectionPolicy) -> RecordResult:
-    """Decide ``record_instance`` for every adapter, given the current row read under the UID's write lock."""
-    if row.status is InstanceStatus.REPLACED:
-        raise ValueError("a new instance cannot be recorded as replaced")
+def resolve(current: InstanceRow | None, row: InstanceRow, policy: CorrectionPolicy, rejection: Rejection | None = None,
+            resend: Mapping[Title, Resend] = DEFAULT_RESEND) -> RecordResult:
+    """Decide ``record_instance`` for every adapter, given the current row and the instance's rejection read under
+    the UID's write lock. A re-delivery of the receive that is current is a duplicate whatever its rejection says.
+    An instance whose note came first is stored ``rejected``; one rejected since and sent again is ignored,
+    refused or restored as ``resend`` says for its title."""
+    if row.status not in (InstanceStatus.STORED, InstanceStatus.QUARANTINED):
+        raise ValueError("a new instance is recorded as stored or quarantined, never as replaced or rejected")
+    if rejection is None or (current is not None and current.instance_id == row.instance_id):
+        return _resolve(current, row, policy)
+    if rejection.prior_status is None:
+        return RecordResult(Outcome.INSERTED, replace(row, version=1, status=InstanceStatus.REJECTED), None,
+                            rejection)
+    action = resend.get(rejection.title, Resend.REJECT)
+    if action is not Resend.RESTORE:
+        # an instance deleted after its retention expired has no row: the dropped copy stands for it
+        kept = current if current is not None else replace(row, status=InstanceStatus.REJECTED, storage_key="")
+        return RecordResult(Outcome.IGNORED if action is Resend.IGNORE else Outcome.REFUSED, kept, None, rejection)
+    restored = None if current is None else replace(current, status=rejection.prior_status)
+    result = _resolve(restored, row, policy)
+    if not result.written:  # the same instance, or a change the correction policy does not take: the held one
+        return RecordResult(Outcome.RESTORED, result.current, None, rejection)
+    return replace(result, rejection=rejection)
+
+
+def _resolve(current: InstanceRow | None, row: InstanceRow, policy: CorrectionPolicy) -> RecordResult:
     if current is None:
         return RecordResult(Outcome.INSERTED, replace(row, version=1), None)
     if current.received_sha256 == row.received_sha256:
@@ -296,10 +341,12 @@ class Registration:
 class InstanceIndex(Protocol):
     """What is stored: one current row per SOP Instance UID, every version kept."""
 
-    async def record_instance(self, row: InstanceRow, policy: CorrectionPolicy) -> RecordResult:
+    async def record_instance(self, row: InstanceRow, policy: CorrectionPolicy,
+                              resend: Mapping[Title, Resend] = DEFAULT_RESEND) -> RecordResult:
         """Record a stored (or quarantined) instance in one transaction, as ``resolve`` decides."""
 
-    async def record_instances(self, rows: Sequence[InstanceRow], policy: CorrectionPolicy) -> list[RecordResult]:
+    async def record_instances(self, rows: Sequence[InstanceRow], policy: CorrectionPolicy,
+                               resend: Mapping[Title, Resend] = DEFAULT_RESEND) -> list[RecordResult]:
         """Record several instances in one transaction, in order, each decided as if recorded alone after the
         ones before it: the store stage's poll batch costs one commit, not one per instance. All or nothing:
         a row the index refuses refuses the batch (``IndexRejected``), and the caller records them singly."""
@@ -317,9 +364,9 @@ class InstanceIndex(Protocol):
         """The variants kept of the study's instances, in the order they came."""
 
     async def study_instances(self, study_instance_uid: str, include_quarantined: bool = False,
-                              include_replaced: bool = False) -> list[InstanceRow]:
-        """The rows of a study by series and instance number: stored ones, and on request the quarantined and
-        the replaced (prior versions)."""
+                              include_replaced: bool = False, include_rejected: bool = False) -> list[InstanceRow]:
+        """The rows of a study by series and instance number: stored ones, and on request the quarantined, the
+        replaced (prior versions) and the rejected."""
 
     async def find_studies(self, patient_id: str = "", accession_number: str = "", limit: int = 100) -> list[StudySummary]:
         """Studies with current instances, the most recently received first; empty filters match everything."""
@@ -402,6 +449,9 @@ class Registrations(Protocol):
 
     async def record_registration(self, registration: Registration) -> None:
         """Record a registered manifest as the study's current one; the previous stays, no longer current."""
+
+    async def retire_registration(self, study_instance_uid: str) -> None:
+        """The study has no current manifest any more (its entry was deprecated: every instance was withdrawn)."""
 
     async def registrations(self, study_instance_uid: str) -> list[Registration]:
         """The study's registrations, newest generation first."""
@@ -551,6 +601,10 @@ class Forwarding(Protocol):
     async def forward_items(self, *, study_instance_uid: str = "", destination: str = "",
                             state: ForwardState | None = None, limit: int = 1000) -> list[ForwardItem]: ...
 
+    async def withdraw_forwards(self, study_instance_uid: str, sop_instance_uids: Collection[str]) -> list[str]:
+        """Instances withdrawn (IOCM): not sent anywhere any more; the destinations that stored any of them."""
+        ...
+
     async def redrive_forwards(self, now: float, *, destination: str = "", study_instance_uid: str = "",
                                resend: bool = False) -> int:
         """Queue failed items again (``resend``: every item, committed ones too), for one destination or study or
@@ -612,8 +666,34 @@ class Patients(Protocol):
         ...
 
 
+class Rejections(Protocol):
+    """IHE IOCM rejection notes and the instances they withdraw (``gateway.index.rejections``)."""
+
+    async def apply_rejection(self, note: RejectionNote, received_sha256: str, source_ae: str, now: float,
+                              delete_after: float | None) -> rejections.Applied:
+        """Apply a note once, in one transaction (the same note again is a ``duplicate``, with what it withdrew);
+        raises ``NoteRefused`` when what the index holds contradicts it."""
+        ...
+
+    async def check_rejection(self, note: RejectionNote, received_sha256: str, now: float) -> rejections.Applied:
+        """What ``apply_rejection`` would do or raise, with nothing written."""
+        ...
+
+    async def rejections_of(self, sop_instance_uids: Sequence[str]) -> dict[str, Rejection]: ...
+
+    async def rejection_notes_of(self, study_instance_uid: str) -> set[str]: ...
+
+    async def study_rejections(self, study_instance_uid: str) -> dict[str, Any]: ...
+
+    async def expired_rejections(self, now: float, limit: int = 100) -> list[tuple[str, str]]: ...
+
+    async def instance_objects(self, sop_instance_uid: str) -> list[str]: ...
+
+    async def forget_instance(self, sop_instance_uid: str, now: float) -> None: ...
+
+
 class Index(InstanceIndex, StudyClock, CommitmentLog, OutboundQueue, Registrations, Forwarding, Catalogue,
-            Patients, Protocol):
+            Patients, Rejections, Protocol):
     """Every port at once: what an adapter implements. A consumer types against the ports it uses."""
 
     async def migrate(self) -> None:

@@ -10,7 +10,7 @@ another transaction changed, and SQLite serialises writers, so an item is never 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import orjson
@@ -108,7 +108,10 @@ WHERE ($1 = '' OR study_instance_uid = $1) AND ($2 = '' OR destination = $2) AND
 ORDER BY destination, study_instance_uid, series_instance_uid, queued_at, sop_instance_uid LIMIT $4"""
 REDRIVE = """UPDATE forward_items SET state = 'queued', due_at = $1, lease_until = 0, attempts = 0, sends = 0,
     commit_requests = 0, transaction_uid = NULL, last_error = '', finished_at = NULL
-WHERE (state = 'failed' OR $4 = 1) AND ($2 = '' OR destination = $2) AND ($3 = '' OR study_instance_uid = $3)"""
+WHERE (state = 'failed' OR $4 = 1) AND ($2 = '' OR destination = $2) AND ($3 = '' OR study_instance_uid = $3)
+  AND sop_instance_uid NOT IN (SELECT sop_instance_uid FROM rejections WHERE prior_status IS NOT NULL)"""
+WITHDRAW = "DELETE FROM forward_items WHERE sop_instance_uid = $1 AND state IN ('queued', 'failed')"
+STORED_AT = "SELECT destination, sop_instance_uid FROM forward_items WHERE study_instance_uid = $1 AND sends > 0"
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
@@ -253,6 +256,15 @@ class ForwardQueries:
         rows = await self._select_rows(ITEMS, (study_instance_uid, destination,
                                                 "" if state is None else state.value, limit))
         return [_item(row) for row in rows]
+
+    async def withdraw_forwards(self, study_instance_uid: str, sop_instance_uids: Collection[str]) -> list[str]:
+        """Instances withdrawn by a rejection note: those not yet sent are sent nowhere (their items go; a re-drive
+        skips rejected ones too). Returns the destinations that stored any of them, where the note must go."""
+        if not sop_instance_uids:
+            return []
+        stored = await self._select_rows(STORED_AT, (study_instance_uid,))
+        await self._forward_write([(WITHDRAW, [(uid,) for uid in sorted(sop_instance_uids)])])
+        return sorted({destination for destination, uid in stored if uid in sop_instance_uids})
 
     async def redrive_forwards(self, now: float, *, destination: str = "", study_instance_uid: str = "",
                                resend: bool = False) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import time
 import typing
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import fields, replace
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, Self, TypeVar
@@ -20,6 +20,7 @@ from typing import Any, ParamSpec, Self, TypeVar
 import asyncpg
 import orjson
 
+from gateway.core.iocm import DEFAULT_RESEND, Resend, Title
 from gateway.index import (
     Commitment,
     CommitmentItem,
@@ -39,6 +40,7 @@ from gateway.index import (
     StudyActivity,
     StudySummary,
     patients,
+    rejections,
     resolve,
     search,
     workflow,
@@ -78,7 +80,8 @@ _CURRENT = f"{_SELECT} WHERE sop_instance_uid = $1 AND is_current"
 _CURRENTS = f"{_SELECT} WHERE sop_instance_uid = ANY($1::text[]) AND is_current"
 _VERSIONS = f"{_SELECT} WHERE sop_instance_uid = $1 ORDER BY version"
 _STUDY = f"""{_SELECT} WHERE study_instance_uid = $1
-AND (status = 'stored' OR ($2 AND status = 'quarantined') OR ($3 AND status = 'replaced'))
+AND (status = 'stored' OR ($2 AND status = 'quarantined') OR ($3 AND status = 'replaced')
+     OR ($4 AND status = 'rejected'))
 ORDER BY series_number NULLS LAST, series_instance_uid, instance_number NULLS LAST, sop_instance_uid, version"""
 _FIND_STUDIES = """SELECT study_instance_uid,
 (SELECT p.patient_id FROM studies s JOIN patients p ON p.id = s.patient_ref
@@ -152,7 +155,7 @@ def _row(record: asyncpg.Record) -> InstanceRow:
     return InstanceRow(**values)
 
 
-class PostgresIndex(ForwardQueries, search.SearchQueries, patients.PatientQueries):
+class PostgresIndex(ForwardQueries, search.SearchQueries, patients.PatientQueries, rejections.RejectionQueries):
     _claim_lock = " FOR UPDATE SKIP LOCKED"
 
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -185,21 +188,33 @@ class PostgresIndex(ForwardQueries, search.SearchQueries, patients.PatientQuerie
                     await connection.execute(migration.sql)
                     await connection.execute(_RECORD_MIGRATION, migration.version, migration.name)
 
-    async def record_instance(self, row: InstanceRow, policy: CorrectionPolicy) -> RecordResult:
-        [result] = await self.record_instances([row], policy)
+    async def record_instance(self, row: InstanceRow, policy: CorrectionPolicy,
+                              resend: Mapping[Title, Resend] = DEFAULT_RESEND) -> RecordResult:
+        [result] = await self.record_instances([row], policy, resend)
         return result
 
     @_translated
-    async def record_instances(self, rows: Sequence[InstanceRow], policy: CorrectionPolicy) -> list[RecordResult]:
+    async def record_instances(self, rows: Sequence[InstanceRow], policy: CorrectionPolicy,
+                               resend: Mapping[Title, Resend] = DEFAULT_RESEND) -> list[RecordResult]:
         uids = sorted({row.sop_instance_uid for row in rows})
         async with self._pool.acquire() as connection, connection.transaction(isolation="read_committed"):
             # READ COMMITTED: each statement after the locks sees what their previous holders committed. The
             # locks are taken in UID order, so two workers whose batches share UIDs cannot deadlock.
             await connection.execute(_LOCK_INSTANCES, _INSTANCE_LOCK, uids)
             current = {record["sop_instance_uid"]: _row(record) for record in await connection.fetch(_CURRENTS, uids)}
-            results = []
+            found = {record[0]: rejections.rejection(tuple(record))
+                     for record in await connection.fetch(rejections.REJECTIONS, uids)}
+            results, rejected = [], []
             for row in rows:
-                result = resolve(current.get(row.sop_instance_uid), row, policy)
+                uid = row.sop_instance_uid
+                result = resolve(current.get(uid), row, policy, found.get(uid), resend)
+                steps, standing = rejections.after_record(row, result)
+                rejected += steps
+                found.pop(uid, None)
+                if standing is not None:
+                    found[uid] = standing
+                if result.outcome is Outcome.RESTORED:
+                    current[uid] = result.current
                 if result.written:
                     current[row.sop_instance_uid] = result.current
                 elif result.outcome is Outcome.VARIANT:
@@ -213,9 +228,14 @@ class PostgresIndex(ForwardQueries, search.SearchQueries, patients.PatientQuerie
                 for result in written:  # corrections: each UID's rows in their order
                     if result.previous is not None:
                         await connection.execute(_MARK_REPLACED, result.current.sop_instance_uid)
+                        if result.previous.study_instance_uid != result.current.study_instance_uid:  # moved
+                            await connection.execute(workflow.TOUCH_STUDY, result.previous.study_instance_uid,
+                                                     time.time())
                     await self._write(connection, result.current)
             elif written:
                 await self._write_new([result.current for result in written], connection)
+            for statement, params in rejected:
+                await connection.execute(statement, *params)
         return results
 
     @staticmethod
@@ -267,8 +287,9 @@ class PostgresIndex(ForwardQueries, search.SearchQueries, patients.PatientQuerie
 
     @_translated
     async def study_instances(self, study_instance_uid: str, include_quarantined: bool = False,
-                              include_replaced: bool = False) -> list[InstanceRow]:
-        records = await self._pool.fetch(_STUDY, study_instance_uid, include_quarantined, include_replaced)
+                              include_replaced: bool = False, include_rejected: bool = False) -> list[InstanceRow]:
+        records = await self._pool.fetch(_STUDY, study_instance_uid, include_quarantined, include_replaced,
+                                         include_rejected)
         return [_row(record) for record in records]
 
     @_translated
@@ -403,6 +424,10 @@ class PostgresIndex(ForwardQueries, search.SearchQueries, patients.PatientQuerie
         async with self._pool.acquire() as connection, connection.transaction():
             await connection.execute(workflow.RETIRE_REGISTRATION, registration.study_instance_uid)
             await connection.execute(workflow.INSERT_REGISTRATION, *workflow.registration_params(registration))
+
+    @_translated
+    async def retire_registration(self, study_instance_uid: str) -> None:
+        await self._pool.execute(workflow.RETIRE_REGISTRATION, study_instance_uid)
 
     @_translated
     async def registrations(self, study_instance_uid: str) -> list[Registration]:

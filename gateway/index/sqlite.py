@@ -13,7 +13,7 @@ import asyncio
 import sqlite3
 import time
 import typing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields, replace
 from datetime import UTC, datetime
@@ -22,6 +22,7 @@ from typing import Any, Self, TypeVar
 
 import orjson
 
+from gateway.core.iocm import DEFAULT_RESEND, Resend, Title
 from gateway.index import (
     Commitment,
     CommitmentItem,
@@ -41,6 +42,7 @@ from gateway.index import (
     StudyActivity,
     StudySummary,
     patients,
+    rejections,
     resolve,
     search,
     workflow,
@@ -56,6 +58,7 @@ _IN_BATCH = 500
 _BUSY_TIMEOUT_SECONDS = 60.0
 
 _TOUCH_STUDY = workflow.sqlite(workflow.TOUCH_STUDY)
+_REJECTION = sqlite(rejections.REJECTION)
 
 
 def _json(value: dict[str, Any] | list[Any]) -> str:
@@ -75,7 +78,8 @@ _SELECT = f"SELECT {', '.join(_FIELDS)} FROM instances"
 _CURRENT = f"{_SELECT} WHERE sop_instance_uid = ?1 AND is_current"
 _VERSIONS = f"{_SELECT} WHERE sop_instance_uid = ?1 ORDER BY version"
 _STUDY = f"""{_SELECT} WHERE study_instance_uid = ?1
-AND (status = 'stored' OR (?2 AND status = 'quarantined') OR (?3 AND status = 'replaced'))
+AND (status = 'stored' OR (?2 AND status = 'quarantined') OR (?3 AND status = 'replaced')
+     OR (?4 AND status = 'rejected'))
 ORDER BY series_number NULLS LAST, series_instance_uid, instance_number NULLS LAST, sop_instance_uid, version"""
 _FIND_STUDIES = """SELECT study_instance_uid,
 (SELECT p.patient_id FROM studies s JOIN patients p ON p.id = s.patient_ref
@@ -168,7 +172,7 @@ def _translate(exc: sqlite3.Error) -> IndexFailure:
     return IndexUnavailable(f"{what}: {exc}" if isinstance(exc, sqlite3.OperationalError) else what)
 
 
-class SqliteIndex(ForwardQueries, search.SearchQueries, patients.PatientQueries):
+class SqliteIndex(ForwardQueries, search.SearchQueries, patients.PatientQueries, rejections.RejectionQueries):
     _sqlite = True
 
     def __init__(self, connection: sqlite3.Connection, thread: ThreadPoolExecutor) -> None:
@@ -219,20 +223,26 @@ class SqliteIndex(ForwardQueries, search.SearchQueries, patients.PatientQueries)
                     self._db.execute(_RECORD_MIGRATION,
                                      (migration.version, migration.name, _timestamp(datetime.now(UTC))))
 
-    async def record_instance(self, row: InstanceRow, policy: CorrectionPolicy) -> RecordResult:
-        [result] = await self.record_instances([row], policy)
+    async def record_instance(self, row: InstanceRow, policy: CorrectionPolicy,
+                              resend: Mapping[Title, Resend] = DEFAULT_RESEND) -> RecordResult:
+        [result] = await self.record_instances([row], policy, resend)
         return result
 
-    async def record_instances(self, rows: Sequence[InstanceRow], policy: CorrectionPolicy) -> list[RecordResult]:
-        return await self._run(self._record_instances, rows, policy)
+    async def record_instances(self, rows: Sequence[InstanceRow], policy: CorrectionPolicy,
+                               resend: Mapping[Title, Resend] = DEFAULT_RESEND) -> list[RecordResult]:
+        return await self._run(self._record_instances, rows, policy, resend)
 
-    def _record_instances(self, rows: Sequence[InstanceRow], policy: CorrectionPolicy) -> list[RecordResult]:
+    def _record_instances(self, rows: Sequence[InstanceRow], policy: CorrectionPolicy,
+                          resend: Mapping[Title, Resend]) -> list[RecordResult]:
         with write_transaction(self._db):
-            return [self._record_instance(row, policy) for row in rows]
+            return [self._record_instance(row, policy, resend) for row in rows]
 
-    def _record_instance(self, row: InstanceRow, policy: CorrectionPolicy) -> RecordResult:
+    def _record_instance(self, row: InstanceRow, policy: CorrectionPolicy,
+                         resend: Mapping[Title, Resend]) -> RecordResult:
         uid = row.sop_instance_uid
-        result = resolve(self._current_instance(uid), row, policy)
+        found = self._db.execute(_REJECTION, (uid,)).fetchone()
+        result = resolve(self._current_instance(uid), row, policy,
+                         None if found is None else rejections.rejection(found), resend)
         if result.outcome is Outcome.VARIANT:
             variant = replace(row, version=result.current.version).variant()
             values = {name: getattr(variant, name) for name in _VARIANT_FIELDS}
@@ -243,7 +253,11 @@ class SqliteIndex(ForwardQueries, search.SearchQueries, patients.PatientQueries)
         if result.written:
             if result.previous is not None:
                 self._db.execute(_MARK_REPLACED, (uid,))
+                if result.previous.study_instance_uid != row.study_instance_uid:  # moved: the old study changed
+                    self._db.execute(_TOUCH_STUDY, (result.previous.study_instance_uid, time.time()))
             self._write(result.current)
+        for statement, params in rejections.after_record(row, result)[0]:
+            self._db.execute(sqlite(statement), params)
         return result
 
     def _write(self, row: InstanceRow) -> None:
@@ -293,8 +307,9 @@ class SqliteIndex(ForwardQueries, search.SearchQueries, patients.PatientQueries)
         return await self._run(self._fetch, _VERSIONS, (sop_instance_uid,))
 
     async def study_instances(self, study_instance_uid: str, include_quarantined: bool = False,
-                              include_replaced: bool = False) -> list[InstanceRow]:
-        return await self._run(self._fetch, _STUDY, (study_instance_uid, include_quarantined, include_replaced))
+                              include_replaced: bool = False, include_rejected: bool = False) -> list[InstanceRow]:
+        return await self._run(self._fetch, _STUDY, (study_instance_uid, include_quarantined, include_replaced,
+                                                      include_rejected))
 
     async def find_studies(self, patient_id: str = "", accession_number: str = "", limit: int = 100) -> list[StudySummary]:
         def query() -> list[StudySummary]:
@@ -466,6 +481,9 @@ class SqliteIndex(ForwardQueries, search.SearchQueries, patients.PatientQueries)
                                  workflow.registration_params(registration))
 
         await self._run(write)
+
+    async def retire_registration(self, study_instance_uid: str) -> None:
+        await self._write_one(workflow.RETIRE_REGISTRATION, (study_instance_uid,))
 
     async def registrations(self, study_instance_uid: str) -> list[Registration]:
         def query() -> list[Registration]:

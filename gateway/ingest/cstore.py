@@ -23,6 +23,7 @@ from gateway.core.uid import is_uid
 from gateway.dicom import dimse
 from gateway.dicom.dimse import Command
 from gateway.dicom.service import AssociationContext, DataSetSink, Response, permits
+from gateway.ingest.iocm import EXPIRE_PERMISSION, InstanceCheck, RejectionCheck
 from gateway.ingest.publish import InstancePublisher, Origin
 from gateway.metrics import Metrics
 
@@ -57,8 +58,10 @@ class StorageService:
 
     def __init__(self, producer: Producer, topic: str, metrics: Metrics, max_instance_bytes: int,
                  publish_timeout: float, extra_sop_classes: Sequence[str] = (),
-                 shortage: Callable[[], str | None] = lambda: None) -> None:
-        """``shortage`` says why no instance may be taken now (a full disk: ``gateway.disk``), or None."""
+                 shortage: Callable[[], str | None] = lambda: None, rejections: RejectionCheck | None = None) -> None:
+        """``shortage`` says why no instance may be taken now (a full disk: ``gateway.disk``), or None;
+        ``rejections`` checks IOCM before Success (``gateway.ingest.iocm``)."""
+        self._rejections = rejections
         self._extra_sop_classes = tuple(extra_sop_classes)
         self._shortage = shortage
         self._producer = producer
@@ -93,18 +96,24 @@ class StorageService:
             correlation_id=f"{association.id}-{request.message_id}",
             max_instance_bytes=self._max_instance_bytes,
         )
-        return _Instance(publisher, request, self._metrics, self._publish_timeout)
+        check = None
+        if self._rejections is not None:
+            check = self._rejections.begin(request.affected_sop_instance_uid, request.affected_sop_class_uid,
+                                           association.transfer_syntax(context_id),
+                                           permits(association, EXPIRE_PERMISSION))
+        return _Instance(publisher, request, self._metrics, self._publish_timeout, check)
 
 
 class _Instance:
     """One C-STORE's data set on its way into the bus."""
 
     def __init__(self, publisher: InstancePublisher, request: Command, metrics: Metrics,
-                 publish_timeout: float) -> None:
+                 publish_timeout: float, check: InstanceCheck | None = None) -> None:
         self._publisher = publisher
         self._request = request
         self._metrics = metrics
         self._publish_timeout = publish_timeout
+        self._check = check
 
     async def write(self, fragment: memoryview) -> None:
         try:
@@ -112,11 +121,15 @@ class _Instance:
         except DicomStatusError as exc:
             self._refused(exc)
             raise
+        if self._check is not None:
+            self._check.write(fragment)
 
     async def finish(self) -> Response:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
+            if self._check is not None:
+                await self._check.finish()
             published = await self._publisher.finish(self._publish_timeout)
         except DicomStatusError as exc:
             self._refused(exc)
@@ -129,6 +142,8 @@ class _Instance:
         return Response(dimse.SUCCESS)
 
     async def abort(self, reason: str) -> None:
+        if self._check is not None:
+            self._check.cancel()
         await self._publisher.abort(reason)
 
     def _refused(self, error: DicomStatusError) -> None:

@@ -25,6 +25,7 @@ from gateway.dicom.association import Association, Timeouts
 from gateway.dicom.identity import Authenticator
 from gateway.dicom.service import Caller, CatchAll, DimseService, ServiceRegistry, VerificationService
 from gateway.ingest.cstore import StorageService, all_transfer_syntaxes, could_be_storage
+from gateway.ingest.iocm import RejectionCheck
 from gateway.ingest.reports import CommitmentReportService
 from gateway.ingest.stgcmt import StorageCommitmentService
 from gateway.listen import StreamListener, server_tls_context
@@ -69,9 +70,12 @@ class Receiver:
         drain_timeout: float = 30.0, reply_to: Callable[[], str] | None = None,
         shortage: Callable[[], str | None] = lambda: None, destinations: Collection[str] = (),
         retrieval: tuple[Holdings, Sequence[DimseService]] | None = None,
+        rejections: tuple[Holdings, RejectionCheck] | None = None,
     ) -> None:
         """``destinations``: AE titles of the archives the forward role sends to, whose reports are taken;
-        ``retrieval``: the query/retrieve services and the holdings they read (closed with the role)."""
+        ``retrieval``: the query/retrieve services and the holdings they read (closed with the role);
+        ``rejections``: the IOCM check before Success and the holdings it reads (the same as retrieval's)."""
+        self._rejections = rejections
         self._settings = settings
         self._destinations = frozenset(destinations)
         self._retrieval = retrieval
@@ -109,7 +113,7 @@ class Receiver:
             None if self._reply_to is None else self._reply_to())
         storage = StorageService(self._producer, self._topics.instances, self._metrics, settings.max_instance_bytes,
                                  settings.publish_timeout_seconds, settings.extra_storage_sop_classes,
-                                 self._shortage)
+                                 self._shortage, None if self._rejections is None else self._rejections[1])
         catch_all = (CatchAll(storage, could_be_storage, all_transfer_syntaxes())
                      if settings.accept_any_storage_class else None)
         reports = CommitmentReportService(self._producer, self._topics.events, self._metrics,
@@ -118,6 +122,8 @@ class Receiver:
         if self._retrieval is not None:
             holdings, retrieval = self._retrieval
             self._stack.push_async_callback(holdings.close)
+        if self._rejections is not None and (self._retrieval is None or self._rejections[0] is not self._retrieval[0]):
+            self._stack.push_async_callback(self._rejections[0].close)
         self._services = ServiceRegistry([VerificationService(all_transfer_syntaxes()), storage, self._commitments,
                                           reports, *retrieval], catch_all)
         try:

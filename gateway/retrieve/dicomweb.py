@@ -12,7 +12,8 @@ holds, a ``Warning: 299`` header says so. WADO-RS streams the stored objects: wi
 stored one) byte for byte as stored, otherwise converted losslessly where it can be (406 where it cannot).
 STOW-RS streams each part into the bus through the same publisher as C-STORE, so 200 means every instance is
 durable; 202 when some failed and 409 when none was taken, each failure with its FailureReason (dcm4chee's codes:
-0xC409 another study than the URL's, 0xC000 cannot be parsed, 0xA700 out of resources). Reading needs the reader
+0xC409 another study than the URL's, 0xC000 cannot be parsed, 0xA700 out of resources; for IOCM, 0xA771 a rejected
+instance its title refuses, 0xA770/0xA773/0xA774 a rejection note the index contradicts). Reading needs the reader
 role, storing the operator role (``gateway.auth``).
 """
 
@@ -38,6 +39,7 @@ from gateway.dicom.dataset import PIXEL_DATA, part10_header, read_prefix
 from gateway.dicom.patient import apply_patient
 from gateway.dicom.transcode import CannotTranscode, NotPart10, can_transcode, open_part10, transcode, with_patient
 from gateway.index import Index, IndexFailure, Stored
+from gateway.ingest.iocm import RejectionCheck
 from gateway.ingest.publish import InstancePublisher, Origin
 from gateway.metrics import Metrics
 from gateway.objects import ObjectNotFound, ObjectStore, ObjectStoreError
@@ -69,6 +71,8 @@ class DicomWeb:
         """``index``, ``objects`` and ``producer`` give what the API role opened (503 until it has);
         ``shortage`` says why the data directory is short of space (STOW-RS then answers 503, as C-STORE 0xA700)."""
         self._index = index
+        self._rejections = RejectionCheck(self._index_now, settings.iocm.policy()) \
+            if settings.iocm.check_on_receive else None
         self._shortage = shortage
         self._objects = objects
         self._producer = producer
@@ -96,6 +100,9 @@ class DicomWeb:
 
     def _base_url(self, request: web.Request) -> str:
         return f"{request.scheme}://{request.host}/dicomweb"
+
+    async def _index_now(self) -> Index:
+        return self._index()
 
     @requires(Role.READER)
     async def _qido(self, request: web.Request) -> web.StreamResponse:
@@ -279,11 +286,20 @@ class DicomWeb:
                                       meta.transfer_syntax_uid, meta.sop_class_uid, meta.sop_instance_uid,
                                       f"stow-{uuid.uuid4().hex[:12]}", self._settings.dicom.max_instance_bytes,
                                       study)
+        check = None
+        if self._rejections is not None:  # an operator may expire (the role is authenticated as one)
+            check = self._rejections.begin(meta.sop_instance_uid, meta.sop_class_uid, meta.transfer_syntax_uid, True)
         try:
             async for chunk in data_set:
                 await publisher.write(memoryview(chunk))
+                if check is not None:
+                    check.write(memoryview(chunk))
+            if check is not None:
+                await check.finish()
             published = await publisher.finish(self._settings.dicom.publish_timeout_seconds)
         except DicomStatusError as exc:
+            if check is not None:
+                check.cancel()
             await publisher.abort(exc.comment)
             await part.release()
             log.warning("STOW-RS instance refused", extra={"status": f"0x{exc.status:04x}", "reason": exc.comment,

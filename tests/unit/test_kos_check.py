@@ -270,6 +270,10 @@ def test_finding_keyword_and_tag() -> None:
 class _Row:
     row: StudyInstance
 
+    @property
+    def sop_instance_uid(self) -> str:
+        return self.row.sop_instance_uid
+
     def study_instance(self) -> StudyInstance:
         return self.row
 
@@ -284,6 +288,9 @@ class _Index:
 
     async def registrations(self, study_instance_uid: str) -> list[Any]:
         return []
+
+    async def rejection_notes_of(self, study_instance_uid: str) -> set[str]:
+        return set()  # no rejection note in the study
 
     async def patients_of_studies(self, study_instance_uids: list[str]) -> dict[str, Any]:
         return {}  # no ADT changed the patient: the manifest carries the instances' own
