@@ -21,11 +21,14 @@ from pydantic import BaseModel
 
 from gateway import dead_letter, logs
 from gateway.app import build_bus, build_roles
+from gateway.core.errors import CannotUnderstand, DicomStatusError
+from gateway.core.iocm import NoteRefused, Title
 from gateway.disk import DiskSpace
 from gateway.http import Endpoints
 from gateway.listen import PortUnavailable, server_tls_context
 from gateway.metrics import Metrics
 from gateway.processes import MergedMetrics, ReceiverProcesses
+from gateway.reject import NoteTooLarge, NotHeld, reject
 from gateway.runtime import Role, RoleCrashed, run_roles
 from gateway.settings import ROLES, Settings, SettingsError, load_settings, unknown_variables
 from gateway.xds import cli as xds_cli
@@ -61,6 +64,18 @@ def _parser() -> argparse.ArgumentParser:
     dead.add_argument("--all", action="store_true", help="re-drive every open entry")
     dead.add_argument("--config", type=Path, help="YAML settings file")
     dead.set_defaults(func=_dead_letter)
+
+    withdraw = commands.add_parser("reject", help="withdraw a study, a series or instances with an IOCM rejection "
+                                                  "note (applied by the store stage)")
+    withdraw.add_argument("study", metavar="STUDY_UID", help="the study's Study Instance UID")
+    withdraw.add_argument("--series", metavar="SERIES_UID", help="only this series of the study")
+    withdraw.add_argument("--instance", action="append", default=[], dest="instances", metavar="SOP_UID",
+                          help="only this instance (repeatable)")
+    withdraw.add_argument("--reason", required=True, type=Title, choices=list(Title), metavar="TITLE",
+                          help="113001 quality, 113037 patient safety, 113038 incorrect worklist entry, "
+                               "113039 retention expired")
+    withdraw.add_argument("--config", type=Path, help="YAML settings file")
+    withdraw.set_defaults(func=_reject)
 
     validation_cli.add_parser(commands)
     xds_cli.add_parser(commands)
@@ -199,6 +214,31 @@ async def _dead_letter_async(settings: Settings, args: argparse.Namespace) -> in
         else:
             print(orjson.dumps({"redriven": entry.entry_id, "as": new_id}).decode())
     return 1 if failed else 0
+
+
+def _reject(args: argparse.Namespace) -> int:
+    """Exit 0 once the note is durable on the bus, 1 when it is refused (nothing published), 2 when what is
+    named is not held."""
+    settings = load_settings(args.config)
+    _warn_unknown_variables()
+    _check_data_dir(settings.data_dir)
+    logs.configure("WARNING", settings.log.json_format)
+    try:
+        rejected = uvloop.run(reject(settings, args.study, args.series, args.instances, args.reason))
+    except NotHeld as exc:
+        print(f"dicom-gateway: {exc}", file=sys.stderr)
+        return 2
+    except NoteTooLarge as exc:
+        print(f"dicom-gateway: {exc}", file=sys.stderr)
+        return 1
+    except (NoteRefused, CannotUnderstand) as exc:  # as the receiver would answer a note sent to it
+        print(f"dicom-gateway: refused 0x{exc.status:04X}: {exc}", file=sys.stderr)
+        return 1
+    except DicomStatusError as exc:  # the bus did not take it (unavailable, too slow)
+        print(f"dicom-gateway: not published (0x{exc.status:04X}): {exc}", file=sys.stderr)
+        return 1
+    print(orjson.dumps(rejected.summary()).decode())
+    return 0
 
 
 MMAP_THRESHOLD_BYTES = 768 * 1024
