@@ -8,7 +8,6 @@ import asyncio
 import copy
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pydicom
 import pytest
@@ -123,6 +122,18 @@ async def statuses(gateway: Gateway, study_uid: str) -> dict[str, str]:
 async def until_status(gateway: Gateway, study_uid: str, uid: str, status: str) -> None:
     await gateway.until(f"/api/studies/{study_uid}", lambda body: any(
         i["sop_instance_uid"] == uid and i["status"] == status for s in body["series"] for i in s["instances"]))
+
+
+async def unavailable_ians(ris: Peer, study_uid: str) -> list[Dataset]:
+    """The IANs of the study that list an instance UNAVAILABLE, once there is one (those of rejections)."""
+    async with asyncio.timeout(30):
+        while True:
+            found = [ian for ian in ris.notifications if str(ian.StudyInstanceUID) == study_uid and any(
+                item.InstanceAvailability == "UNAVAILABLE" for series in ian.ReferencedSeriesSequence
+                for item in series.ReferencedSOPSequence)]
+            if found:
+                return found
+            await asyncio.sleep(0.1)
 
 
 @pytest.fixture
@@ -249,15 +260,8 @@ async def test_a_note_before_its_instances_rejects_them_on_arrival_and_an_incorr
 
     late = note("113038", instances[:1])
     assert await send(gateway, late) == 0x0000
-    await ris.wait(1, "notifications")
-    rejection_ians: list[Any] = []
-    async with asyncio.timeout(30):
-        while not rejection_ians:
-            rejection_ians = [ian for ian in ris.notifications if any(
-                item.InstanceAvailability == "UNAVAILABLE" for series in ian.ReferencedSeriesSequence
-                for item in series.ReferencedSOPSequence)]
-            await asyncio.sleep(0.1)
-    [step] = rejection_ians[0].ReferencedPerformedProcedureStepSequence
+    [ian] = await unavailable_ians(ris, study_uid)
+    [step] = ian.ReferencedPerformedProcedureStepSequence
     assert step.ReferencedSOPClassUID == "1.2.840.10008.3.1.2.3.3"
     assert pydicom.uid.UID(step.ReferencedSOPInstanceUID).is_valid
 
@@ -274,3 +278,44 @@ async def test_a_note_sent_with_dcmtk_storescu_is_applied(tmp_path: Path, gatewa
                              str(gateway.settings.dicom.port), str(path))
     assert code == 0, output
     await until_status(gateway, study_uid, str(instances[0].SOPInstanceUID), "rejected")
+
+
+async def test_a_retention_expiry_deletes_the_objects_once_its_grace_has_passed(tmp_path: Path, ris: Peer) -> None:
+    instances = study(tmp_path, 1, 2)
+    study_uid = str(instances[0].StudyInstanceUID)
+    expired, kept = instances
+    allowed = [{"ae_title": "MODALITY1"}, {"ae_title": "ADMIN", "permissions": ["store", "expire"]}]
+    with ris.listening():
+        async with running(tmp_path, dicom={"allowed_aes": allowed}, iocm={"retention_grace_seconds": 0}) as gateway:
+            await gateway.store(*paths(tmp_path, instances))
+            await until_status(gateway, study_uid, str(kept.SOPInstanceUID), "stored")
+            objects = gateway.settings.data_dir / "objects"
+            assert list(objects.rglob(f"*{expired.SOPInstanceUID}*"))
+            assert await send(gateway, note("113039", [expired]), calling_ae="ADMIN") == 0x0000
+
+            _, rejections = await gateway.until(f"/api/studies/{study_uid}/rejections", lambda body: all(
+                i["deleted_at"] for i in body["instances"]) and bool(body["instances"]))
+            listed = await statuses(gateway, study_uid)
+
+    assert [(i["sop_instance_uid"], i["title"]) for i in rejections["instances"]] == [
+        (str(expired.SOPInstanceUID), "113039")]
+    assert not [path for path in objects.rglob(f"*{expired.SOPInstanceUID}*") if path.is_file()]
+    assert str(expired.SOPInstanceUID) not in listed and listed[str(kept.SOPInstanceUID)] == "stored"
+
+
+async def test_a_correction_that_moves_an_instance_to_another_study_withdraws_it_from_the_old_one(
+        tmp_path: Path, gateway: Gateway, ris: Peer) -> None:
+    instances = study(tmp_path, 1, 2)
+    old_study = str(instances[0].StudyInstanceUID)
+    await gateway.store(*paths(tmp_path, instances))
+    await ris.wait(1, "notifications")
+    moved = copy.deepcopy(instances[1])
+    moved.StudyInstanceUID, moved.SeriesInstanceUID = generate_uid(), generate_uid()
+    assert await send(gateway, moved) == 0x0000
+
+    [ian] = await unavailable_ians(ris, old_study)
+    assert {str(item.ReferencedSOPInstanceUID): str(item.InstanceAvailability)
+            for series in ian.ReferencedSeriesSequence for item in series.ReferencedSOPSequence} == {
+        str(instances[0].SOPInstanceUID): "ONLINE", str(instances[1].SOPInstanceUID): "UNAVAILABLE"}
+    assert await found(gateway, tmp_path, old_study) == {str(instances[0].SOPInstanceUID)}
+    assert await found(gateway, tmp_path, str(moved.StudyInstanceUID)) == {str(moved.SOPInstanceUID)}
