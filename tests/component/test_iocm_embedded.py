@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
+import requests
 from aiohttp import ClientSession
+from dicomweb_client.api import DICOMwebClient
 from highdicom.ko import KeyObjectSelection, KeyObjectSelectionDocument
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
@@ -30,6 +32,7 @@ from tests.component.test_notify_embedded import (
 )
 from tests.conftest import dcmtk
 from tests.helpers import api_headers, free_port, run
+from tests.notes import dcmtk_note
 
 QR_AE = "VIEWER"
 KOS = "1.2.840.10008.5.1.4.1.1.88.59"
@@ -266,18 +269,60 @@ async def test_a_note_before_its_instances_rejects_them_on_arrival_and_an_incorr
     assert pydicom.uid.UID(step.ReferencedSOPInstanceUID).is_valid
 
 
-async def test_a_note_sent_with_dcmtk_storescu_is_applied(tmp_path: Path, gateway: Gateway) -> None:
+async def test_a_note_made_and_sent_by_dcmtk_is_applied(tmp_path: Path, gateway: Gateway) -> None:
     instances = study(tmp_path, 1, 2)
-    study_uid = str(instances[0].StudyInstanceUID)
+    study_uid, first = str(instances[0].StudyInstanceUID), instances[0]
     await gateway.store(*paths(tmp_path, instances))
     await until_status(gateway, study_uid, str(instances[1].SOPInstanceUID), "stored")
-    rejection = note("113001", instances[:1])
-    path = tmp_path / "note.dcm"
-    rejection.save_as(path, enforce_file_format=True)
+    path = dcmtk_note(tmp_path, "113037", "Rejected for Patient Safety Reasons",
+                      [(str(first.SOPClassUID), str(first.SOPInstanceUID))], study_uid, str(first.SeriesInstanceUID),
+                      patient_id=str(first.PatientID), patient_name=str(first.PatientName))
     code, output = await run(dcmtk("storescu"), "-aet", "MODALITY1", "-aec", "DICOMGW", "127.0.0.1",
                              str(gateway.settings.dicom.port), str(path))
     assert code == 0, output
-    await until_status(gateway, study_uid, str(instances[0].SOPInstanceUID), "rejected")
+    await until_status(gateway, study_uid, str(first.SOPInstanceUID), "rejected")
+    code, output = await run(dcmtk("storescu"), "-d", "-aet", "MODALITY1", "-aec", "DICOMGW", "127.0.0.1",
+                             str(gateway.settings.dicom.port), str(paths(tmp_path, [first])[0]))
+    assert "0xa771" in output.lower(), output  # storescu names the refusal; its exit code does not
+
+
+async def test_stow_rs_takes_notes_and_refuses_rejected_instances_with_the_same_status(
+        tmp_path: Path, gateway: Gateway) -> None:
+    instances = study(tmp_path, 1, 2)
+    study_uid, first = str(instances[0].StudyInstanceUID), instances[0]
+    web = DICOMwebClient(f"{gateway.api}/dicomweb", headers=api_headers(gateway.settings.data_dir))
+    await asyncio.to_thread(web.store_instances, instances, study_uid)
+    await until_status(gateway, study_uid, str(instances[1].SOPInstanceUID), "stored")
+    await asyncio.to_thread(web.store_instances, [note("113037", [first])], study_uid)
+    await until_status(gateway, study_uid, str(first.SOPInstanceUID), "rejected")
+
+    with pytest.raises(requests.HTTPError) as refused:
+        await asyncio.to_thread(web.store_instances, [first], study_uid)
+    assert refused.value.response.status_code == 409
+    [failed] = refused.value.response.json()["00081198"]["Value"]
+    assert failed["00081197"]["Value"] == [SUBSEQUENT_OCCURRENCE]
+
+
+async def test_a_note_found_contradictory_after_success_is_dead_lettered_with_its_status(
+        tmp_path: Path, ris: Peer) -> None:
+    instances = study(tmp_path, 1, 1)
+    study_uid, first = str(instances[0].StudyInstanceUID), instances[0]
+    with ris.listening():
+        async with running(tmp_path, iocm={"check_on_receive": False}) as gateway:
+            await gateway.store(*paths(tmp_path, instances))
+            await until_status(gateway, study_uid, str(first.SOPInstanceUID), "stored")
+            assert await send(gateway, note("113037", [first])) == 0x0000
+            await until_status(gateway, study_uid, str(first.SOPInstanceUID), "rejected")
+            lighter = note("113001", [first])
+            assert await send(gateway, lighter) == 0x0000  # nothing asked before Success: the store stage decides
+            _, entries = await gateway.until("/api/dlq", lambda body: any(e["stage"] == "store" for e in body))
+            _, rejections = await gateway.get(f"/api/studies/{study_uid}/rejections")
+            listed = await statuses(gateway, study_uid)
+
+    [entry] = [e for e in entries if e["stage"] == "store"]
+    assert "0xA774" in entry["reason"]
+    assert [n["title"] for n in rejections["notes"]] == ["113037"]
+    assert str(lighter.SOPInstanceUID) not in listed  # the refused note is not kept
 
 
 async def test_a_retention_expiry_deletes_the_objects_once_its_grace_has_passed(tmp_path: Path, ris: Peer) -> None:

@@ -4,7 +4,6 @@ refusing those that cannot be applied whole, and the notes the gateway builds fo
 from __future__ import annotations
 
 import copy
-import subprocess
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +21,7 @@ from gateway.core.errors import CannotUnderstand
 from gateway.core.iocm import OVERWRITES, Reference, Title
 from gateway.dicom.kos_check import check_kos
 from gateway.dicom.rejection import build_note, read_note, title_of
-from tests.conftest import dcmtk
+from tests.notes import dcmtk_note
 
 CT = Path(get_testdata_file("CT_small.dcm"))  # type: ignore[arg-type]
 
@@ -107,73 +106,12 @@ def test_a_note_that_cannot_be_applied_whole_is_refused_with_a_reason_naming_no_
 
 
 def test_a_note_made_by_dcmtk_from_a_dump_is_read(tmp_path: Path) -> None:
-    study, series, sop, note_uid = (generate_uid() for _ in range(4))
-    dump = tmp_path / "note.dump"
-    dump.write_text(f"""
-(0008,0016) UI =KeyObjectSelectionDocumentStorage
-(0008,0018) UI [{note_uid}]
-(0008,0020) DA [20261201]
-(0008,0030) TM [101500]
-(0008,0023) DA [20261201]
-(0008,0033) TM [101500]
-(0008,0050) SH [ACC-1]
-(0008,0060) CS [KO]
-(0008,0070) LO [dcmtk]
-(0008,0090) PN []
-(0008,1111) SQ (Sequence with explicit length #=0)
-(fffe,e0dd) na (SequenceDelimitationItem for re-encod.)
-(0010,0010) PN [Test^Patient]
-(0010,0020) LO [PID-1]
-(0010,0030) DA []
-(0010,0040) CS []
-(0020,000d) UI [{study}]
-(0020,000e) UI [{generate_uid()}]
-(0020,0010) SH []
-(0020,0011) IS [99]
-(0020,0013) IS [1]
-(0023,0010) LO [PRIVATE]
-(0040,a040) CS [CONTAINER]
-(0040,a043) SQ (Sequence with explicit length #=1)
-  (fffe,e000) na (Item with explicit length #=3)
-    (0008,0100) SH [113037]
-    (0008,0102) SH [DCM]
-    (0008,0104) LO [Rejected for Patient Safety Reasons]
-  (fffe,e00d) na (ItemDelimitationItem for re-encoding)
-(fffe,e0dd) na (SequenceDelimitationItem for re-encod.)
-(0040,a050) CS [SEPARATE]
-(0040,a375) SQ (Sequence with explicit length #=1)
-  (fffe,e000) na (Item with explicit length #=2)
-    (0008,1115) SQ (Sequence with explicit length #=1)
-      (fffe,e000) na (Item with explicit length #=2)
-        (0008,1199) SQ (Sequence with explicit length #=1)
-          (fffe,e000) na (Item with explicit length #=2)
-            (0008,1150) UI =CTImageStorage
-            (0008,1155) UI [{sop}]
-          (fffe,e00d) na (ItemDelimitationItem for re-encoding)
-        (fffe,e0dd) na (SequenceDelimitationItem for re-encod.)
-        (0020,000e) UI [{series}]
-      (fffe,e00d) na (ItemDelimitationItem for re-encoding)
-    (fffe,e0dd) na (SequenceDelimitationItem for re-encod.)
-    (0020,000d) UI [{study}]
-  (fffe,e00d) na (ItemDelimitationItem for re-encoding)
-(fffe,e0dd) na (SequenceDelimitationItem for re-encod.)
-(0040,a730) SQ (Sequence with explicit length #=1)
-  (fffe,e000) na (Item with explicit length #=3)
-    (0040,a010) CS [CONTAINS]
-    (0040,a040) CS [IMAGE]
-    (0008,1199) SQ (Sequence with explicit length #=1)
-      (fffe,e000) na (Item with explicit length #=2)
-        (0008,1150) UI =CTImageStorage
-        (0008,1155) UI [{sop}]
-      (fffe,e00d) na (ItemDelimitationItem for re-encoding)
-    (fffe,e0dd) na (SequenceDelimitationItem for re-encod.)
-  (fffe,e00d) na (ItemDelimitationItem for re-encoding)
-(fffe,e0dd) na (SequenceDelimitationItem for re-encod.)
-""")
-    path = tmp_path / "note.dcm"
-    subprocess.run([dcmtk("dump2dcm"), "--write-file", str(dump), str(path)], check=True, capture_output=True)
-    note = read_note(pydicom.dcmread(path))
-    assert note is not None and note.title is Title.PATIENT_SAFETY and note.sop_instance_uid == note_uid
+    study, series, sop = (generate_uid() for _ in range(3))
+    path = dcmtk_note(tmp_path, "113037", "Rejected for Patient Safety Reasons",
+                      [("1.2.840.10008.5.1.4.1.1.2", sop)], study, series, patient_id="PID-1")
+    made = pydicom.dcmread(path)
+    note = read_note(made)
+    assert note is not None and note.title is Title.PATIENT_SAFETY and note.sop_instance_uid == made.SOPInstanceUID
     assert note.references == (Reference(study, series, "1.2.840.10008.5.1.4.1.1.2", sop),)
 
 
