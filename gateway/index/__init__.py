@@ -203,9 +203,11 @@ def resolve(current: InstanceRow | None, row: InstanceRow, policy: CorrectionPol
         raise ValueError("a new instance is recorded as stored or quarantined, never as replaced or rejected")
     if rejection is None or (current is not None and current.instance_id == row.instance_id):
         return _resolve(current, row, policy)
-    if rejection.prior_status is None:
-        return RecordResult(Outcome.INSERTED, replace(row, version=1, status=InstanceStatus.REJECTED), None,
-                            rejection)
+    if rejection.prior_status is None:  # the note came first
+        if current is None:
+            return RecordResult(Outcome.INSERTED, replace(row, version=1, status=InstanceStatus.REJECTED), None,
+                                rejection)
+        return _resolve(current, row, policy)  # held already although the note found it not: as if no note
     action = resend.get(rejection.title, Resend.REJECT)
     if action is not Resend.RESTORE:
         # an instance deleted after its retention expired has no row: the dropped copy stands for it

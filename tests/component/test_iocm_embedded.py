@@ -21,6 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 
 from gateway.core.iocm import ALREADY_REJECTED, DUPLICATE_NOTE, EXPIRY_NOT_AUTHORISED, SUBSEQUENT_OCCURRENCE
+from tests.component.test_hl7 import QR_AE, get_study
 from tests.component.test_notify_embedded import (
     CT,
     Gateway,
@@ -34,7 +35,6 @@ from tests.conftest import dcmtk
 from tests.helpers import api_headers, free_port, run
 from tests.notes import dcmtk_note
 
-QR_AE = "VIEWER"
 KOS = "1.2.840.10008.5.1.4.1.1.88.59"
 TITLES = {"113001": codes.DCM.RejectedForQualityReasons, "113037": codes.DCM.RejectedForPatientSafetyReasons,
           "113038": codes.DCM.IncorrectModalityWorklistEntry, "113039": codes.DCM.DataRetentionPolicyExpired}
@@ -108,13 +108,8 @@ async def found(gateway: Gateway, tmp_path: Path, study_uid: str) -> set[str]:
 
 async def got(gateway: Gateway, tmp_path: Path, study_uid: str) -> set[str]:
     """SOP Instance UIDs dcmtk's getscu retrieves of the study."""
-    out = tmp_path / f"got-{free_port()}"
-    out.mkdir()
-    code, output = await run(dcmtk("getscu"), "-S", "-aet", QR_AE, "-aec", "DICOMGW", "-od", str(out),
-                             "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
-                             "127.0.0.1", str(gateway.settings.dicom.port))
-    assert code == 0, output
-    return {str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID) for path in out.iterdir()}
+    return {str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            for path in await get_study(gateway, tmp_path, study_uid)}
 
 
 async def statuses(gateway: Gateway, study_uid: str) -> dict[str, str]:

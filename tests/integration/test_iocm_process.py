@@ -12,7 +12,7 @@ import json
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from io import BytesIO
@@ -20,26 +20,25 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-import pytest
-from aiohttp import ClientSession, web
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from benchmarks.datasets import KINDS, generate
 from gateway.settings import XdsSettings
-from gateway.xds import simulator
 from gateway.xds.client import XdsClient
 from tests.component.test_notify_embedded import Peer
+from tests.component.test_register_embedded import REPOSITORY_UID, Simulator, registry
 from tests.conftest import dcmtk
 from tests.helpers import free_port, run
 from tests.integration.test_forward_resilience import forwarding_environment, study
 from tests.peers import Orthanc
 from tests.process import GatewayProcess
 
+__all__ = ["registry"]
+
 KOS = "1.2.840.10008.5.1.4.1.1.88.59"
 QUALITY = ("113001", "DCM", "Rejected for Quality Reasons")
-REPOSITORY_UID = "1.2.246.10.1234567.99.1"
 COPIED = ("SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
           "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
 """Patient and General Study attributes the note takes from the study (type 2 ones empty when absent)."""
@@ -279,41 +278,15 @@ async def test_a_rejection_note_reaches_orthanc_only_after_the_instances_it_with
 # --- registration across a SIGKILL ----------------------------------------------------------------------------------
 
 
-class Registry:
-    def __init__(self, port: int) -> None:
-        self.url = f"http://127.0.0.1:{port}"
-
-    def environment(self) -> dict[str, str]:
-        return {"GATEWAY_XDS__REPOSITORY_URL": f"{self.url}/xds/repository",
-                "GATEWAY_XDS__REGISTRY_URL": f"{self.url}/xds/registry",
-                "GATEWAY_XDS__REPOSITORY_UNIQUE_ID": REPOSITORY_UID,
-                "GATEWAY_XDS__ORGANIZATION_OID": "1.2.246.10.1234567",
-                "GATEWAY_XDS__ORGANIZATION_NAME": "Example Hospital District",
-                "GATEWAY_XDS__RETRIEVE_LOCATION_UID": REPOSITORY_UID,
-                "GATEWAY_XDS__RETRY_INITIAL_SECONDS": "0.5", "GATEWAY_XDS__RETRY_MAX_SECONDS": "1",
-                "GATEWAY_XDS__STABLE_AFTER_SECONDS": "3", "GATEWAY_XDS__STABILITY_CHECK_SECONDS": "0.5",
-                "GATEWAY_XDS__TRIGGER_ON_COMMITMENT": "false"}
-
-    def client(self) -> XdsClient:
-        return XdsClient(XdsSettings(registry_url=f"{self.url}/xds/registry",
-                                     repository_url=f"{self.url}/xds/repository"))
-
-    async def status(self) -> dict[str, Any]:
-        async with ClientSession() as http, http.get(f"{self.url}/status") as response:
-            assert response.status == 200
-            result: dict[str, Any] = await response.json()
-            return result
+def xds_environment(registry: Simulator) -> dict[str, str]:
+    """The simulator's settings (``Simulator.xds``) as the gateway process reads them, stable after 3 s."""
+    return {f"GATEWAY_XDS__{key.upper()}": str(value).lower() if isinstance(value, bool) else str(value)
+            for key, value in {**registry.xds(), "stable_after_seconds": 3}.items()}
 
 
-@pytest.fixture
-async def registry(tmp_path: Path) -> AsyncIterator[Registry]:
-    """The project's XDS simulator in the test's own event loop (so every blocking call here goes to a thread)."""
-    port = free_port()
-    runner = web.AppRunner(simulator.create_app(tmp_path / "xds", repository_unique_id=REPOSITORY_UID))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield Registry(port)
-    await runner.cleanup()
+def xds_client(registry: Simulator) -> XdsClient:
+    return XdsClient(XdsSettings(registry_url=f"{registry.url}/xds/registry",
+                                 repository_url=f"{registry.url}/xds/repository"))
 
 
 def manifests_by_status(body: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -323,9 +296,9 @@ def manifests_by_status(body: dict[str, Any]) -> dict[str, list[dict[str, Any]]]
     return found
 
 
-async def test_kill_9_between_marking_and_re_registering_loses_nothing(tmp_path: Path, registry: Registry) -> None:
+async def test_kill_9_between_marking_and_re_registering_loses_nothing(tmp_path: Path, registry: Simulator) -> None:
     ris = Peer("RIS1")
-    environment = {**registry.environment(),
+    environment = {**xds_environment(registry),
                    "GATEWAY_DICOM__REMOTE_AES": json.dumps([ris.remote()]),
                    "GATEWAY_NOTIFY__IAN_SUBSCRIBERS": json.dumps(["RIS1"]),
                    "GATEWAY_NOTIFY__RETRY_INITIAL_SECONDS": "0.5", "GATEWAY_NOTIFY__RETRY_MAX_SECONDS": "1",
@@ -383,7 +356,7 @@ async def test_kill_9_between_marking_and_re_registering_loses_nothing(tmp_path:
                         "an IAN saying the rejected instance is UNAVAILABLE")
             found = await api(gateway, f"/api/xds/documents?patient_id={patient_id}")
             status_after_replace = await registry.status()
-            async with registry.client() as client:
+            async with xds_client(registry) as client:
                 kos = pydicom.dcmread(BytesIO(await client.retrieve_document(
                     manifests_by_status(second)["current"][0]["document_unique_id"], REPOSITORY_UID)))
 
