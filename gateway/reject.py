@@ -91,7 +91,8 @@ async def _ready(index: Index) -> Rejections:
 
 async def _note(index: Index, study: str, series: str | None, instances: Sequence[str], title: Title) -> Dataset:
     """The note for what is named, from the index's rows of the study. Rejected instances are selected too, so
-    that a weightier title can replace a lighter one (113037 over 113001); the check refuses what may not be."""
+    that a weightier title can replace a lighter one (113037 over 113001); the check refuses what may not be. Those
+    rejected for this very reason are left out: a note for them would change nothing."""
     notes = await index.rejection_notes_of(study)
     rows = [row for row in await index.study_instances(study, include_rejected=True)
             if row.sop_instance_uid not in notes]  # a rejection note is never itself rejected
@@ -109,6 +110,10 @@ async def _note(index: Index, study: str, series: str | None, instances: Sequenc
             where = f"series {series}" if series is not None else f"study {study}"
             raise NotHeld(f"{where} holds no instance {', '.join(missing)}")
         chosen = [by_uid[uid] for uid in dict.fromkeys(instances)]
+    earlier = await index.rejections_of([row.sop_instance_uid for row in chosen])
+    chosen = [row for row in chosen if (found := earlier.get(row.sop_instance_uid)) is None or found.title is not title]
+    if not chosen:
+        raise NotHeld(f"what is named is rejected for this reason ({title.value}) already")
     stored = [row for row in rows if row.status is InstanceStatus.STORED] or rows
     head = max(stored, key=lambda row: row.stored_at)  # the study row follows the newest stored instance
     patient = (await index.patients_of_studies([study])).get(study)
@@ -155,7 +160,7 @@ def _study_attributes(head: InstanceRow, rows: Sequence[InstanceRow], patient: P
 async def _publish(settings: Settings, note: Dataset, data: bytes) -> None:
     """Onto the instances topic as a received instance goes; returns once every record of it is durable."""
     origin = Origin(calling_ae=CALLING_AE, called_ae=settings.dicom.ae_title, peer="local", organization="",
-                    organization_oid="")
+                    organization_oid="", may_expire=True)
     bus = build_bus(settings, Metrics())
     await bus.ensure_topics()
     async with bus.producer() as producer:

@@ -84,7 +84,7 @@ class AvailabilityNotifier:
         instances += [[series, sop_class, uid, ian.UNAVAILABLE] for series, sop_class, uid in event.instances]
         payload = {"instances": instances, "procedure_step_uid":
                    generate_uid() if event.title == Title.WORKLIST.value else ""}
-        cause = event.note_sop_instance_uid or f"moved-{event.instances[0][2]}"
+        cause = f"{event.note_sop_instance_uid or 'moved-' + event.instances[0][2]}:{event.part}"
         now = time.time()
         for subscriber in sorted(subscribers):
             await self._index.put_delivery(Delivery(f"{ian_id(study, subscriber)}:{cause}", IAN, study, subscriber,

@@ -10,8 +10,9 @@ each destination, up to its ``max_associations`` at once, and hands each batch t
 sweep asks again for commitments whose report did not come, and publishes the queue's figures.
 
 An IOCM rejection (``InstancesRejected``) stops the withdrawn instances from going anywhere they have not gone
-yet, and queues the rejection note to each destination that stored any of them, like an instance: an archive
-that has not committed them yet answers 0xA772 and the note is sent again after the back-off.
+yet (an instance stored in the same fetch is looked up after, found rejected and not queued), and queues the
+rejection note to each destination that has or is being sent any of them, like an instance: an archive that has
+not committed them yet answers 0xA772 and the note is sent again after the back-off.
 
 An instance counts as archived at a destination only once the destination has reported it committed. A worker
 killed at any point leaves leases that lapse: the instances it was sending are sent again (a duplicate C-STORE
@@ -27,8 +28,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from gateway.core.events import CommitmentReported, Event, InstanceQuarantined, InstancesRejected, InstanceStored
+from gateway.core.iocm import Title
 from gateway.dicom import commitment
-from gateway.index import Forwarding, ForwardItem, InstanceIndex
+from gateway.index import Forwarding, ForwardItem, InstanceIndex, InstanceStatus
 from gateway.metrics import Metrics
 from gateway.settings import ForwardDestination, ForwardSettings
 from workers.failure import reason
@@ -78,15 +80,17 @@ class ForwardStage:
             await self._rejected(event, source)
 
     async def _rejected(self, event: InstancesRejected, source: dict[str, Any]) -> None:
+        """The withdrawn instances go nowhere more; the note follows them where they went, except a retention
+        expiry's, which is this organisation's own business (the reference archive does not export those)."""
         withdrawn = {uid for _, _, uid in event.instances}
-        for uid in withdrawn:
-            self._changed.pop(uid, None)  # stored earlier in this fetch: not to be queued now
-        destinations = await self._index.withdraw_forwards(event.study_instance_uid, withdrawn)
+        destinations = await self._index.withdraw_forwards(event.study_instance_uid, withdrawn, time.time())
         note = event.note_sop_instance_uid
-        configured = {destination.name for destination in self._settings.destinations}
-        row = (await self._index.current_instances([note])).get(note) if note and destinations else None
+        if not note or not destinations or event.title == Title.RETENTION_EXPIRED.value:
+            return
+        row = (await self._index.current_instances([note])).get(note)
         if row is None:
             return
+        configured = {destination.name for destination in self._settings.destinations}
         items = [ForwardItem(name, note, row.version, row.study_instance_uid, row.series_instance_uid,
                              row.sop_class_uid, row.transfer_syntax_uid, row.storage_key, row.size, source)
                  for name in destinations if name in configured]
@@ -103,7 +107,8 @@ class ForwardStage:
         rows = await self._index.current_instances(list(self._changed))
         items = [ForwardItem(name, uid, row.version, row.study_instance_uid, row.series_instance_uid,
                              row.sop_class_uid, row.transfer_syntax_uid, row.storage_key, row.size, source)
-                 for uid, source in self._changed.items() if (row := rows.get(uid)) is not None
+                 for uid, source in self._changed.items()
+                 if (row := rows.get(uid)) is not None and row.status is not InstanceStatus.REJECTED
                  for name in self._router.destinations(row)]
         queued = await self._index.enqueue_forwards(items, time.time(), self._settings.batch_delay_seconds,
                                                     self._settings.max_batch_delay_seconds)

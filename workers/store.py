@@ -35,9 +35,9 @@ from pydicom.dataset import Dataset
 
 from gateway.bus import Producer, Record
 from gateway.core import events
-from gateway.core.envelope import InstanceEnvelope, InstanceHeader
+from gateway.core.envelope import MAY_EXPIRE, InstanceEnvelope, InstanceHeader
 from gateway.core.errors import CannotUnderstand, Permanent, describe, retriable
-from gateway.core.iocm import NoteRefused, RejectionNote, Title
+from gateway.core.iocm import EXPIRY_NOT_AUTHORISED, NoteRefused, RejectionNote, Title
 from gateway.core.uid import is_identifier
 from gateway.dicom.acse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from gateway.dicom.dataset import DEFLATED, PIXEL_DATA, attributes_digest, encode, part10_header, read_prefix
@@ -79,6 +79,8 @@ UNREADABLE_HEADER = "DICOM-HEADER-UNREADABLE"
 INVALID_NOTE = "IOCM-REJECTION-NOTE-INVALID"
 """A KOS titled as a rejection note that cannot be applied as one: quarantined, it withdraws nothing."""
 EXPIRED_BATCH = 100
+EVENT_INSTANCES = 2000
+"""Withdrawn instances per ``instances.rejected`` record: three UIDs each, well inside the bus's 1 MiB."""
 EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
 INFLATE_PIECE_BYTES = 4 * 1024 * 1024
 """Bound on what one step of re-deflating a coerced deflated instance holds inflated."""
@@ -110,6 +112,8 @@ class Stored:
     records: list[Record]
     note: RejectionNote | None = None
     """The rejection note the instance is, to be applied where it stands in the batch."""
+    may_expire: bool = False
+    """Its sender may send a retention-expiry note (``envelope.MAY_EXPIRE``)."""
 
 
 class DeadLetter(Permanent):
@@ -229,7 +233,11 @@ class StoreStage:
         except BaseException:
             await self._abort(pending)
             raise
-        self._stored.append(Stored(row, records, pending.note if row.status is InstanceStatus.STORED else None))
+        note = pending.note if row.status is InstanceStatus.STORED else None
+        if pending.note is not None and note is None:
+            log.warning("rejection note quarantined: it withdraws nothing", extra={
+                "instance_id": row.instance_id, "findings": sorted({f["code"] for f in row.findings})})
+        self._stored.append(Stored(row, records, note, records[-1].header(MAY_EXPIRE) == b"1"))
         if row.status is InstanceStatus.STORED and row.patient_attributes:
             self._remember_patient(row.study_instance_uid,
                                    self._study_patients.get(row.study_instance_uid) or [row.patient_attributes])
@@ -251,7 +259,7 @@ class StoreStage:
         for position, stored in enumerate(batch):
             if stored.note is not None:
                 results += await self._record(rows[start:position])
-                note = await self._apply_note(stored.note, rows[position], now.timestamp())
+                note = await self._apply_note(stored, rows[position], now.timestamp())
                 if isinstance(note, Exception):
                     results.append(note)
                 else:
@@ -261,18 +269,23 @@ class StoreStage:
         results += await self._record(rows[start:])
         outcome: list[tuple[Stored, Exception | None]] = []
         deliveries = []
+        moved: dict[str, list[InstanceRow]] = {}
         for position, (stored, row, result) in enumerate(zip(batch, rows, results, strict=True)):
+            if position in applied and stored.note is not None:  # applied, even when its own row failed after
+                deliveries += await self._announce(stored.note, applied[position], now)
             if isinstance(result, Exception):
                 outcome.append((stored, result))
                 continue
             if not result.kept and result.current.storage_key != row.storage_key:
                 await self._objects.delete(row.storage_key)  # a copy of what is kept, or an instance dropped
             deliveries.append(await self._emit(result, row, stored.records, stored.note is not None))
-            if position in applied and stored.note is not None:
-                deliveries += await self._announce(stored.note, applied[position], now)
-            if result.previous is not None and result.previous.study_instance_uid != row.study_instance_uid:
-                deliveries.append(await self._moved(result.previous, now))
+            if result.outcome is Outcome.REPLACED and result.previous is not None \
+                    and result.previous.study_instance_uid != row.study_instance_uid:
+                moved.setdefault(result.previous.study_instance_uid, []).append(result.previous)
             outcome.append((stored, None))
+        for study, previous in moved.items():
+            deliveries += await self._withdrawn(study, Title.WORKLIST, "", "", [
+                (p.series_instance_uid, p.sop_class_uid, p.sop_instance_uid) for p in previous], now)
         await asyncio.gather(*deliveries)
         return outcome
 
@@ -286,10 +299,15 @@ class StoreStage:
                 raise
             return [await self._record_alone(row) for row in rows]
 
-    async def _apply_note(self, note: RejectionNote, row: InstanceRow, now: float) -> Applied | Exception:
-        """Apply a rejection note before its own row is recorded; a note the index refuses is not kept."""
+    async def _apply_note(self, stored: Stored, row: InstanceRow, now: float) -> Applied | Exception:
+        """Apply a rejection note before its own row is recorded; a note refused is not kept."""
+        note = stored.note
+        assert note is not None
         grace = self._iocm.retention_grace_seconds
         try:
+            if note.title is Title.RETENTION_EXPIRED and not stored.may_expire:  # what the receiver checks too
+                raise NoteRefused(EXPIRY_NOT_AUTHORISED, "retention-expiry note from a sender without the expire "
+                                                         "permission")
             applied = await self._index.apply_rejection(
                 note, row.received_sha256, row.source_ae, now,
                 now + grace if note.title is Title.RETENTION_EXPIRED else None)
@@ -417,24 +435,25 @@ class StoreStage:
         by_study = applied.by_study() or {note.study_instance_uid: []}
         sent = []
         for study, withdrawn in by_study.items():
-            event = events.InstancesRejected(
-                study_instance_uid=study, title=note.title.value, note_sop_instance_uid=note.sop_instance_uid,
-                note_study_instance_uid=note.study_instance_uid,
-                instances=tuple((r.series_instance_uid, r.sop_class_uid, r.sop_instance_uid) for r in withdrawn),
-                rejected_at=now.isoformat())
-            sent.append(await self._producer.send(self._topics.events, event.key, events.encode(event)))
+            sent += await self._withdrawn(study, note.title, note.sop_instance_uid, note.study_instance_uid, [
+                (r.series_instance_uid, r.sop_class_uid, r.sop_instance_uid) for r in withdrawn], now)
         return sent
 
-    async def _moved(self, previous: InstanceRow, now: datetime) -> Awaitable[None]:
-        """A correction that moved an instance to another study withdraws it from the old one (IOCM: rejected
-        there as an incorrect worklist entry, stored anew in the new one)."""
-        log.info("instance moved to another study", extra={"sop_instance_uid": previous.sop_instance_uid,
-                                                           "from_study": previous.study_instance_uid})
-        event = events.InstancesRejected(
-            study_instance_uid=previous.study_instance_uid, title=Title.WORKLIST.value, note_sop_instance_uid="",
-            note_study_instance_uid="", instances=((previous.series_instance_uid, previous.sop_class_uid,
-                                                    previous.sop_instance_uid),), rejected_at=now.isoformat())
-        return await self._producer.send(self._topics.events, event.key, events.encode(event))
+    async def _withdrawn(self, study: str, title: Title, note_uid: str, note_study: str,
+                         instances: list[tuple[str, str, str]], now: datetime) -> list[Awaitable[None]]:
+        """The events saying the study's instances were withdrawn, in parts that each fit one bus record. A note
+        of "" is a correction that moved them to another study (IOCM: an incorrect worklist entry there)."""
+        parts = [instances[n:n + EVENT_INSTANCES] for n in range(0, len(instances), EVENT_INSTANCES)] or [[]]
+        sent = []
+        for number, part in enumerate(parts, start=1):
+            event = events.InstancesRejected(
+                study_instance_uid=study, title=title.value, note_sop_instance_uid=note_uid,
+                note_study_instance_uid=note_study, instances=tuple(part), rejected_at=now.isoformat(), part=number,
+                parts=len(parts))
+            sent.append(await self._producer.send(self._topics.events, event.key, events.encode(event)))
+        if not note_uid:
+            log.info("instances moved to another study", extra={"from_study": study, "instances": len(instances)})
+        return sent
 
     async def delete_expired(self, owns: Callable[[str], bool]) -> int:
         """Delete the objects, then the rows, of the owned instances whose retention-expiry grace has ended."""

@@ -21,6 +21,10 @@ BEGIN = "gw-begin"
 """On the first record of a multi-record instance: its InstanceHeader, so a consumer can name and route the
 object before the last byte arrives."""
 ENVELOPE = "gw-envelope"
+MAY_EXPIRE = "gw-may-expire"
+"""On the end record when the sender may send an IOCM retention-expiry note (which deletes): the store stage
+applies one only then. A record header, not an envelope field, so that older consumers read the envelope as
+before."""
 
 CHUNK = b"chunk"
 END = b"end"

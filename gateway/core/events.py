@@ -127,9 +127,12 @@ class InstancesRejected(_Event):
     """Empty for a move (no note was sent)."""
     note_study_instance_uid: str
     instances: tuple[tuple[str, str, str], ...]
-    """(Series Instance UID, SOP Class UID, SOP Instance UID) withdrawn from the study."""
+    """(Series Instance UID, SOP Class UID, SOP Instance UID) withdrawn from the study: this part's."""
     rejected_at: str
     """UTC, ISO 8601."""
+    part: int = 1
+    """A rejection of more instances than one record holds comes in ``parts`` records, each acted on alone."""
+    parts: int = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -603,8 +603,9 @@ class Forwarding(Protocol):
     async def forward_items(self, *, study_instance_uid: str = "", destination: str = "",
                             state: ForwardState | None = None, limit: int = 1000) -> list[ForwardItem]: ...
 
-    async def withdraw_forwards(self, study_instance_uid: str, sop_instance_uids: Collection[str]) -> list[str]:
-        """Instances withdrawn (IOCM): not sent anywhere any more; the destinations that stored any of them."""
+    async def withdraw_forwards(self, study_instance_uid: str, sop_instance_uids: Collection[str],
+                                now: float) -> list[str]:
+        """Instances withdrawn (IOCM): not sent anywhere any more; the destinations that have any of them."""
         ...
 
     async def redrive_forwards(self, now: float, *, destination: str = "", study_instance_uid: str = "",

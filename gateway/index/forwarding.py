@@ -110,8 +110,12 @@ REDRIVE = """UPDATE forward_items SET state = 'queued', due_at = $1, lease_until
     commit_requests = 0, transaction_uid = NULL, last_error = '', finished_at = NULL
 WHERE (state = 'failed' OR $4 = 1) AND ($2 = '' OR destination = $2) AND ($3 = '' OR study_instance_uid = $3)
   AND sop_instance_uid NOT IN (SELECT sop_instance_uid FROM rejections WHERE prior_status IS NOT NULL)"""
-WITHDRAW = "DELETE FROM forward_items WHERE sop_instance_uid = $1 AND state IN ('queued', 'failed')"
-STORED_AT = "SELECT destination, sop_instance_uid FROM forward_items WHERE study_instance_uid = $1 AND sends > 0"
+WITHDRAW = """DELETE FROM forward_items WHERE sop_instance_uid = $1 AND study_instance_uid = $2
+    AND state IN ('queued', 'failed') AND lease_until <= $3"""
+"""Not yet sent, nor being sent: an item a sender holds (leased) finishes its attempt."""
+REACHED_BY = """SELECT destination, sop_instance_uid FROM forward_items WHERE study_instance_uid = $1
+    AND (sends > 0 OR lease_until > $2)"""
+"""Items whose destination has (or may just be receiving) the instance."""
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
@@ -257,14 +261,18 @@ class ForwardQueries:
                                                 "" if state is None else state.value, limit))
         return [_item(row) for row in rows]
 
-    async def withdraw_forwards(self, study_instance_uid: str, sop_instance_uids: Collection[str]) -> list[str]:
-        """Instances withdrawn by a rejection note: those not yet sent are sent nowhere (their items go; a re-drive
-        skips rejected ones too). Returns the destinations that stored any of them, where the note must go."""
+    async def withdraw_forwards(self, study_instance_uid: str, sop_instance_uids: Collection[str],
+                                now: float) -> list[str]:
+        """Instances withdrawn from the study by a rejection note: those not yet sent are sent nowhere (their items
+        go; a re-drive skips rejected ones too), those being sent finish. Returns the destinations that have or may
+        have any of them, where the note must go: read before the items go (one sent before, then re-queued) and
+        after (one leased meanwhile)."""
         if not sop_instance_uids:
             return []
-        stored = await self._select_rows(STORED_AT, (study_instance_uid,))
-        await self._forward_write([(WITHDRAW, [(uid,) for uid in sorted(sop_instance_uids)])])
-        return sorted({destination for destination, uid in stored if uid in sop_instance_uids})
+        before = await self._select_rows(REACHED_BY, (study_instance_uid, now))
+        await self._forward_write([(WITHDRAW, [(uid, study_instance_uid, now) for uid in sorted(sop_instance_uids)])])
+        after = await self._select_rows(REACHED_BY, (study_instance_uid, now))
+        return sorted({destination for destination, uid in (*before, *after) if uid in sop_instance_uids})
 
     async def redrive_forwards(self, now: float, *, destination: str = "", study_instance_uid: str = "",
                                resend: bool = False) -> int:

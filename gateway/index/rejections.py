@@ -12,6 +12,7 @@ all the same and is stored ``rejected`` when it arrives (``resolve``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -51,7 +52,7 @@ _WITHDREW = """SELECT study_instance_uid, series_instance_uid, sop_class_uid, so
 FROM rejections WHERE note_uid = $1 ORDER BY study_instance_uid, series_instance_uid, sop_instance_uid"""
 _HELD_BY = "UPDATE rejections SET prior_status = $2 WHERE sop_instance_uid = $1"
 _LIFT = "DELETE FROM rejections WHERE sop_instance_uid = $1"
-_RESTORE = "UPDATE instances SET status = $2 WHERE sop_instance_uid = $1 AND is_current"
+_RESTORE = "UPDATE instances SET status = $3 WHERE sop_instance_uid = $1 AND version = $2"
 
 _STUDY_NOTES = """SELECT sop_instance_uid, title, source_ae, instances, applied_at FROM rejection_notes
 WHERE study_instance_uid = $1 ORDER BY applied_at, sop_instance_uid"""
@@ -84,8 +85,9 @@ def after_record(row: InstanceRow, result: RecordResult) -> tuple[list[Step], Re
     uid = row.sop_instance_uid
     if result.current.status is InstanceStatus.REJECTED and result.written:
         return [(_HELD_BY, (uid, row.status.value))], replace(found, prior_status=row.status)
-    if result.outcome is Outcome.RESTORED:
-        return [(_RESTORE, (uid, result.current.status.value)), (_LIFT, (uid,))], None
+    if result.outcome is Outcome.RESTORED:  # visible again: the study is registered and announced anew
+        return [(_RESTORE, (uid, result.current.version, result.current.status.value)), (_LIFT, (uid,)),
+                (workflow.TOUCH_STUDY, (result.current.study_instance_uid, time.time()))], None
     if result.written:
         return [(_LIFT, (uid,))], None
     return [], found
@@ -127,6 +129,8 @@ def apply(note: RejectionNote, received_sha256: str, source_ae: str, now: float,
         earlier = yield REJECTION, (uid,)
         if earlier:
             title = Title(earlier[0][1])
+            if title is note.title:
+                continue  # rejected for this reason already: nothing to change (the reference archive's way)
             if title not in OVERWRITES[note.title]:
                 raise NoteRefused(ALREADY_REJECTED, f"an instance is rejected already ({title.value}), which a "
                                                     f"{note.title.value} note may not overwrite")

@@ -54,17 +54,22 @@ WHERE $8 AND (s.patient_ref, s.accession_number, s.study_date, s.study_time, s.s
                       excluded.referring_physician_name)"""
 
 
+def describes_study(row: InstanceRow) -> bool:
+    """Whether the instance's patient and study attributes update the index's: a stored one, not quarantined (its
+    header is not trusted) nor a key object document (a rejection note only copies them, maybe partly)."""
+    return row.status.value == "stored" and row.modality != "KO"
+
+
 def patient_params(row: InstanceRow) -> tuple[Any, ...]:
     attributes = row.patient_attributes
     name = attributes.get("PatientName", "")
     return (row.patient_id, row.issuer_of_patient_id, name, name.upper(), attributes.get("PatientBirthDate", ""),
-            attributes.get("PatientSex", ""), row.status.value == "stored")
+            attributes.get("PatientSex", ""), describes_study(row))
 
 
 def study_params(row: InstanceRow, patient_ref: int, updated_at: str | datetime) -> tuple[Any, ...]:
     return (row.study_instance_uid, patient_ref, row.accession_number, row.study_date, row.study_time,
-            row.study_description, updated_at, row.status.value == "stored", row.study_id,
-            row.referring_physician_name)
+            row.study_description, updated_at, describes_study(row), row.study_id, row.referring_physician_name)
 
 
 FOLD = "gateway_fold"

@@ -83,10 +83,11 @@ class StorageService:
                 "sop_instance_uid": request.affected_sop_instance_uid})
             return Response(dimse.NOT_AUTHORIZED, "this AE may not store here")
         caller = association.caller
+        may_expire = permits(association, EXPIRE_PERMISSION)
         origin = Origin(
             calling_ae=association.calling_ae, called_ae=association.called_ae, peer=association.peer,
             organization=caller.organization if caller else "",
-            organization_oid=caller.organization_oid if caller else "",
+            organization_oid=caller.organization_oid if caller else "", may_expire=may_expire,
         )
         publisher = InstancePublisher(
             self._producer, self._topic, origin,
@@ -99,8 +100,7 @@ class StorageService:
         check = None
         if self._rejections is not None:
             check = self._rejections.begin(request.affected_sop_instance_uid, request.affected_sop_class_uid,
-                                           association.transfer_syntax(context_id),
-                                           permits(association, EXPIRE_PERMISSION))
+                                           association.transfer_syntax(context_id), may_expire)
         return _Instance(publisher, request, self._metrics, self._publish_timeout, check)
 
 

@@ -18,7 +18,7 @@ import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
-from gateway.core.errors import describe
+from gateway.core.errors import CannotUnderstand, describe
 from gateway.core.iocm import EXPIRY_NOT_AUTHORISED, SUBSEQUENT_OCCURRENCE, NoteRefused, RejectionNote, Resend, Title
 from gateway.dicom.dataset import DEFLATED, PIXEL_DATA, read_prefix
 from gateway.dicom.kos_check import KEY_OBJECT_SELECTION_DOCUMENT_STORAGE
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 NOTE_LIMIT_BYTES = 8 * 1024 * 1024
 """A KOS up to this size is read whole before it is answered (the store stage's header window)."""
+CHECK_SECONDS = 2.0
+"""Longest a C-STORE waits for the index's answer: an index slow or partitioned must not hold ingest back."""
 EXPIRE_PERMISSION = "expire"
 """What an AE needs to send a retention-expiry note, which deletes."""
 
@@ -69,7 +71,8 @@ class RejectionCheck:
         if index is None:
             return
         try:
-            found = (await index.rejections_of([sop_instance_uid])).get(sop_instance_uid)
+            async with asyncio.timeout(CHECK_SECONDS):
+                found = (await index.rejections_of([sop_instance_uid])).get(sop_instance_uid)
         except Exception as exc:
             self._skipped(exc)
             return
@@ -86,9 +89,11 @@ class RejectionCheck:
                 if transfer_syntax == DEFLATED:
                     data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data, NOTE_LIMIT_BYTES)
                 parsed = read_prefix(data, transfer_syntax, PIXEL_DATA, True)
+                note = None if parsed is None else read_note(parsed[0])
+            except CannotUnderstand:
+                raise
             except Exception:
                 return  # the store stage quarantines what does not parse, as for any instance
-            note = None if parsed is None else read_note(parsed[0])
         if note is None:
             return
         if note.title is Title.RETENTION_EXPIRED and not may_expire:
@@ -97,7 +102,8 @@ class RejectionCheck:
         if index is None:
             return
         try:
-            await index.check_rejection(note, sha256, time.time())
+            async with asyncio.timeout(CHECK_SECONDS):
+                await index.check_rejection(note, sha256, time.time())
         except NoteRefused:
             raise
         except Exception as exc:
@@ -105,7 +111,7 @@ class RejectionCheck:
 
     async def _ready(self) -> Rejections | None:
         try:
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(CHECK_SECONDS):
                 return await self._index()
         except Exception as exc:
             self._skipped(exc)

@@ -68,6 +68,8 @@ class Origin:
     peer: str
     organization: str
     organization_oid: str
+    may_expire: bool = False
+    """The sender may send a retention-expiry note (the ``expire`` permission, an operator)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +250,8 @@ class InstancePublisher:
         ]
         if envelope_json is not None:
             headers.append((envelope.ENVELOPE, envelope_json))
+            if self._origin.may_expire:
+                headers.append((envelope.MAY_EXPIRE, b"1"))
         elif self._sequence == 0 and self._envelope_header is not None:
             headers.append((envelope.BEGIN, self._envelope_header.to_json()))
         return headers

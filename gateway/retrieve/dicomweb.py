@@ -239,7 +239,8 @@ class DicomWeb:
         except (ValueError, AssertionError) as exc:
             raise web.HTTPBadRequest(text=f"not a multipart body: {exc}") from None
         origin = Origin(calling_ae="STOW-RS", called_ae=self._settings.dicom.ae_title,
-                        peer=request.remote or "", organization="", organization_oid="")
+                        peer=request.remote or "", organization="", organization_oid="",
+                        may_expire=True)  # an authenticated operator, as the role says
         stored: list[tuple[str, str]] = []
         failed: list[tuple[str, str, int]] = []
         try:
@@ -287,8 +288,9 @@ class DicomWeb:
                                       f"stow-{uuid.uuid4().hex[:12]}", self._settings.dicom.max_instance_bytes,
                                       study)
         check = None
-        if self._rejections is not None:  # an operator may expire (the role is authenticated as one)
-            check = self._rejections.begin(meta.sop_instance_uid, meta.sop_class_uid, meta.transfer_syntax_uid, True)
+        if self._rejections is not None:
+            check = self._rejections.begin(meta.sop_instance_uid, meta.sop_class_uid, meta.transfer_syntax_uid,
+                                           origin.may_expire)
         try:
             async for chunk in data_set:
                 await publisher.write(memoryview(chunk))
@@ -298,13 +300,14 @@ class DicomWeb:
                 await check.finish()
             published = await publisher.finish(self._settings.dicom.publish_timeout_seconds)
         except DicomStatusError as exc:
-            if check is not None:
-                check.cancel()
             await publisher.abort(exc.comment)
             await part.release()
             log.warning("STOW-RS instance refused", extra={"status": f"0x{exc.status:04x}", "reason": exc.comment,
                                                            "sop_instance_uid": meta.sop_instance_uid})
             return meta.sop_class_uid, meta.sop_instance_uid, exc.status
+        finally:
+            if check is not None:
+                check.cancel()  # a no-op once it finished; else it must not outlive the part
         self._metrics.instances_received.inc()
         self._metrics.bytes_received.inc(published.size)
         return meta.sop_class_uid, meta.sop_instance_uid, None

@@ -310,14 +310,17 @@ async def test_a_note_found_contradictory_after_success_is_dead_lettered_with_it
             await until_status(gateway, study_uid, str(first.SOPInstanceUID), "rejected")
             lighter = note("113001", [first])
             assert await send(gateway, lighter) == 0x0000  # nothing asked before Success: the store stage decides
-            _, entries = await gateway.until("/api/dlq", lambda body: any(e["stage"] == "store" for e in body))
+            expiry = note("113039", [first])
+            assert await send(gateway, expiry) == 0x0000  # from an AE without the expire permission
+            _, entries = await gateway.until("/api/dlq", lambda body: len(
+                [e for e in body if e["stage"] == "store"]) == 2)
             _, rejections = await gateway.get(f"/api/studies/{study_uid}/rejections")
             listed = await statuses(gateway, study_uid)
 
-    [entry] = [e for e in entries if e["stage"] == "store"]
-    assert "0xA774" in entry["reason"]
+    reasons = [e["reason"] for e in entries if e["stage"] == "store"]
+    assert any("0xA774" in reason for reason in reasons) and any("0xA775" in reason for reason in reasons), reasons
     assert [n["title"] for n in rejections["notes"]] == ["113037"]
-    assert str(lighter.SOPInstanceUID) not in listed  # the refused note is not kept
+    assert not {str(lighter.SOPInstanceUID), str(expiry.SOPInstanceUID)} & set(listed)  # refused notes: not kept
 
 
 async def test_a_retention_expiry_deletes_the_objects_once_its_grace_has_passed(tmp_path: Path, ris: Peer) -> None:

@@ -84,10 +84,10 @@ async def test_reject_withdraws_a_series_and_is_refused_when_it_cannot_be_applie
         assert {(i["sop_instance_uid"], i["note_sop_instance_uid"], i["held"]) for i in rejections["instances"]} == {
             (uid, note, True) for uid in by_series[rejected_series]}
 
-        # rejected already for quality: a second quality note may not overwrite it (the receiver's 0xA774)
+        # rejected already for quality: a second quality note would change nothing, and is not made
         code, out = await reject(gateway, test_env, study, "--series", rejected_series, "--reason", "113001")
-        assert code == 1, out
-        assert "0xA774" in out
+        assert code == 2, out
+        assert "already" in out
         assert not any(line.startswith("{") for line in out.splitlines())
 
         code, out = await reject(gateway, test_env, study, "--series", generate_uid(), "--reason", "113001")
@@ -111,3 +111,10 @@ async def test_reject_withdraws_a_series_and_is_refused_when_it_cannot_be_applie
                                             lambda body: len(body["notes"]) == 2)
         assert {i["sop_instance_uid"]: i["title"] for i in rejections["instances"]} == {
             by_series[rejected_series][0]: "113001", by_series[rejected_series][1]: "113037"}
+
+        # a lighter reason may not replace a weightier one: refused as the receiver would (0xA774), nothing published
+        code, out = await reject(gateway, test_env, study, "--instance", by_series[rejected_series][1],
+                                 "--reason", "113001")
+        assert code == 1, out
+        assert "0xA774" in out
+        assert await notes_published(gateway) == 2

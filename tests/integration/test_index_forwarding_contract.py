@@ -217,3 +217,27 @@ async def test_competing_workers_never_lease_the_same_item(index: Index) -> None
         claims = await asyncio.gather(*(index.claim_forwards("kanta", now + 1, 30, 100) for _ in range(10)))
         uids += [item.sop_instance_uid for claim in claims for item in claim]
     assert len(uids) == len(set(uids)) == 30
+
+
+async def test_withdrawn_instances_go_nowhere_more_and_the_note_goes_where_they_are(index: Index) -> None:
+    """Stored at one destination, being sent to another, waiting for a third: the first two get the note, the
+    third nothing (its item goes); a newer version of the same UID in another study (a move) stays queued."""
+    now = time.time()
+    study = new_uid()
+    stored, sending, waiting = an_item(study, "kanta"), an_item(study, "pacs"), an_item(study, "viewer")
+    sending, waiting = replace(sending, sop_instance_uid=stored.sop_instance_uid), \
+        replace(waiting, sop_instance_uid=stored.sop_instance_uid)
+    await index.enqueue_forwards([stored, sending, waiting], now, 0, 0)
+    await index.claim_forwards("kanta", now + 1, 30, 10)
+    await index.record_forward_results(
+        "kanta", [ForwardResult(stored.sop_instance_uid, 1, ForwardState.DELIVERED, stored=True)], now + 2)
+    await index.claim_forwards("pacs", now + 1, 30, 10)  # leased: the attempt is under way
+    moved = replace(an_item(new_uid(), "archive"), sop_instance_uid=stored.sop_instance_uid, version=2)
+    await index.enqueue_forwards([moved], now, 0, 0)
+
+    reached = await index.withdraw_forwards(study, {stored.sop_instance_uid}, now + 3)
+
+    assert reached == ["kanta", "pacs"]
+    left = {(item.destination, item.study_instance_uid) for item in await index.forward_items(limit=100)
+            if item.sop_instance_uid == stored.sop_instance_uid}
+    assert left == {("kanta", study), ("pacs", study), ("archive", moved.study_instance_uid)}

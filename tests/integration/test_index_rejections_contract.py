@@ -204,3 +204,26 @@ async def test_retention_expired_instances_are_forgotten_and_the_rejection_kept(
     assert await index.rejection_notes_of(study) == {note.sop_instance_uid}
     result = await index.record_instance(corrected(rows[0]), REPLACE)  # sent again: restored, as new
     assert (result.outcome, result.current.status) == (Outcome.INSERTED, InstanceStatus.STORED)
+
+
+async def test_a_note_of_the_same_reason_changes_nothing_and_is_not_refused(index: Index) -> None:
+    rows = await stored_study(index, 2)
+    first = note_for(rows[:1])
+    await index.apply_rejection(first, digest(), "CT01", 10.0, None)
+    again = await index.apply_rejection(note_for(rows), digest(), "RIS", 11.0, None)  # the whole study, 113001
+    assert [r.sop_instance_uid for r in again.withdrawn] == [rows[1].sop_instance_uid]
+    kept = (await index.rejections_of([rows[0].sop_instance_uid]))[rows[0].sop_instance_uid]
+    assert kept.note_uid == first.sop_instance_uid
+
+
+async def test_a_restored_instance_makes_its_study_change_again(index: Index) -> None:
+    rows = await stored_study(index, 1)
+    await index.apply_rejection(note_for(rows, Title.RETENTION_EXPIRED), digest(), "ADMIN", 10.0, 1e12)
+    activity = await index.study_activity(rows[0].study_instance_uid)
+    assert activity is not None and await index.mark_stable(activity, 20.0)
+    resent = replace(rows[0], storage_key=f"instances/{digest()}", instance_id=str(uuid.uuid4()))
+
+    assert (await index.record_instance(resent, REPLACE)).outcome is Outcome.RESTORED
+
+    after = await index.study_activity(rows[0].study_instance_uid)
+    assert after is not None and after.stable_at is None  # registered and announced anew, with it back

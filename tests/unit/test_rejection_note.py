@@ -16,12 +16,14 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
+from gateway.bus import MAX_RECORD_BYTES
 from gateway.core import events
 from gateway.core.errors import CannotUnderstand
 from gateway.core.iocm import OVERWRITES, Reference, Title
 from gateway.dicom.kos_check import check_kos
 from gateway.dicom.rejection import build_note, read_note, title_of
 from tests.notes import dcmtk_note
+from workers.store import EVENT_INSTANCES
 
 CT = Path(get_testdata_file("CT_small.dcm"))  # type: ignore[arg-type]
 
@@ -148,3 +150,11 @@ def test_the_rejection_events_travel_and_come_back_equal() -> None:
     assert events.decode(events.encode(withdrawn)) == withdrawn
     with pytest.raises(events.UndecodableEvent):
         events.decode(events.encode(rejected).replace(b'"instances":[[', b'"instances":[[1,'))
+
+
+def test_one_part_of_a_large_rejection_fits_one_bus_record() -> None:
+    longest = "1." + "2" * 62  # UIDs at their 64-character limit
+    part = events.InstancesRejected(study_instance_uid=longest, title="113001", note_sop_instance_uid=longest,
+                                    note_study_instance_uid=longest, instances=((longest, longest, longest),)
+                                    * EVENT_INSTANCES, rejected_at="2026-12-01T10:15:00+00:00", part=1, parts=4)
+    assert len(events.encode(part)) < MAX_RECORD_BYTES - 64 * 1024  # with room for the key and headers
