@@ -110,9 +110,10 @@ class Applied:
 
 
 def apply(note: RejectionNote, received_sha256: str, source_ae: str, now: float, delete_after: float | None,
-          lock: bool) -> Plan[Applied]:
+          lock: bool, write: bool = True) -> Plan[Applied]:
     """The whole note in one transaction; raises NoteRefused for what the index contradicts. ``lock``: take the
-    per-instance locks first (PostgreSQL; SQLite has one writer at a time)."""
+    per-instance locks first (PostgreSQL; SQLite has one writer at a time). Without ``write`` it only reads: the
+    receiver's check, which must not wait for the store stage's write lock."""
     uids = sorted(reference.sop_instance_uid for reference in note.references)
     if lock:
         yield _LOCK, (INSTANCE_LOCK, uids)
@@ -121,8 +122,10 @@ def apply(note: RejectionNote, received_sha256: str, source_ae: str, now: float,
         if known[0][0] != received_sha256:
             raise NoteRefused(DUPLICATE_NOTE, "a rejection note with this SOP Instance UID and other content was "
                                               "applied before")
-        return (yield from _applied(note.sop_instance_uid, duplicate=True))
+        return (yield from _applied(note.sop_instance_uid))
     writes: list[Step] = []
+    withdrawn: list[Reference] = []
+    awaited = 0
     for reference in note.references:
         uid = reference.sop_instance_uid
         held = yield _HELD, (uid,)
@@ -135,6 +138,7 @@ def apply(note: RejectionNote, received_sha256: str, source_ae: str, now: float,
                 raise NoteRefused(ALREADY_REJECTED, f"an instance is rejected already ({title.value}), which a "
                                                     f"{note.title.value} note may not overwrite")
         if not held:
+            awaited += 1
             writes.append((_UPSERT, (uid, reference.study_instance_uid, reference.series_instance_uid,
                                      reference.sop_class_uid, note.title.value, note.sop_instance_uid, None, now,
                                      delete_after)))
@@ -143,22 +147,25 @@ def apply(note: RejectionNote, received_sha256: str, source_ae: str, now: float,
         if sop_class != reference.sop_class_uid:
             raise NoteRefused(CLASS_INSTANCE_CONFLICT, "the note gives an instance another SOP Class than the one "
                                                        "held")
+        withdrawn.append(Reference(study, series, sop_class, uid))
         prior = status if status != InstanceStatus.REJECTED else None
         writes += [(_UPSERT, (uid, study, series, sop_class, note.title.value, note.sop_instance_uid, prior, now,
                               delete_after)),
                    (_WITHDRAW, (uid,)), (workflow.TOUCH_STUDY, (study, now))]
-    for step in writes:  # noqa: UP028 (the driver sends rows back, which a list's iterator cannot take)
-        yield step
-    yield _INSERT_NOTE, (note.sop_instance_uid, note.study_instance_uid, note.title.value, received_sha256,
-                         source_ae, len(note.references), now)
-    return (yield from _applied(note.sop_instance_uid, duplicate=False))
+    if write:
+        for step in writes:  # noqa: UP028 (the driver sends rows back, which a list's iterator cannot take)
+            yield step
+        yield _INSERT_NOTE, (note.sop_instance_uid, note.study_instance_uid, note.title.value, received_sha256,
+                             source_ae, len(note.references), now)
+    return Applied(tuple(withdrawn), awaited)
 
 
-def _applied(note_uid: str, duplicate: bool) -> Plan[Applied]:
+def _applied(note_uid: str) -> Plan[Applied]:
+    """What a note applied before withdrew (a re-delivery announces it again)."""
     rows = yield _WITHDREW, (note_uid,)
     withdrawn = tuple(Reference(study, series, sop_class, uid) for study, series, sop_class, uid, prior in rows
                       if prior is not None)
-    return Applied(withdrawn, len(rows) - len(withdrawn), duplicate)
+    return Applied(withdrawn, len(rows) - len(withdrawn), duplicate=True)
 
 
 def forget(sop_instance_uid: str, now: float) -> Plan[None]:
@@ -187,7 +194,8 @@ class RejectionQueries:
 
     async def check_rejection(self, note: RejectionNote, received_sha256: str, now: float) -> Applied:
         """What applying would do (raising as it would), with nothing written."""
-        result: Applied = await self._run_plan(apply(note, received_sha256, "", now, None, lock=False), commit=False)
+        result: Applied = await self._run_plan(apply(note, received_sha256, "", now, None, lock=False, write=False),
+                                               commit=False)
         return result
 
     async def rejections_of(self, sop_instance_uids: Sequence[str]) -> dict[str, Rejection]:

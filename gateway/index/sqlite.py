@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields, replace
@@ -511,14 +510,15 @@ class SqliteIndex(ForwardQueries, search.SearchQueries, patients.PatientQueries,
             return [tuple(row) for row in self._db.execute(sqlite(statement), params).fetchall()]
 
         def run() -> _T:
-            try:
-                with write_transaction(self._db):
-                    result = patients.drive(plan, execute)
-                    if not commit:
-                        raise patients.Rollback(result)
-                    return result
-            except patients.Rollback as rollback:
-                return typing.cast(_T, rollback.value)
+            if not commit:  # a check: a deferred transaction takes the write lock only if the plan writes
+                self._db.execute("BEGIN")
+                try:
+                    return patients.drive(plan, execute)
+                finally:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+            with write_transaction(self._db):
+                return patients.drive(plan, execute)
 
         return await self._run(run)
 

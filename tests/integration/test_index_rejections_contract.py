@@ -5,9 +5,12 @@ sent again is ignored, refused or restored as its title says; retention-expired 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import sqlite3
 import uuid
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +27,7 @@ from gateway.core.iocm import (
 from gateway.core.query import Level, Model, Query, condition
 from gateway.core.study import InstanceStatus
 from gateway.index import CorrectionPolicy, Index, InstanceRow, Outcome
+from gateway.index.sqlite import SqliteIndex
 from tests.integration.test_index_contract import corrected, index, make_row, new_uid, postgres_url, store
 
 __all__ = ["index", "postgres_url", "store"]
@@ -227,3 +231,19 @@ async def test_a_restored_instance_makes_its_study_change_again(index: Index) ->
 
     after = await index.study_activity(rows[0].study_instance_uid)
     assert after is not None and after.stable_at is None  # registered and announced anew, with it back
+
+
+async def test_the_receivers_check_does_not_wait_for_a_writer_on_sqlite(tmp_path: Path) -> None:
+    """The store stage holding SQLite's write lock (a long batch) must not hold a C-STORE's check back."""
+    async with await SqliteIndex.open(tmp_path / "index.sqlite3") as index:
+        await index.migrate()
+        rows = await stored_study(index, 1)
+        writer = sqlite3.connect(tmp_path / "index.sqlite3", isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")
+        try:
+            async with asyncio.timeout(2):
+                checked = await index.check_rejection(note_for(rows), digest(), 10.0)
+        finally:
+            writer.execute("ROLLBACK")
+            writer.close()
+    assert [r.sop_instance_uid for r in checked.withdrawn] == [rows[0].sop_instance_uid]
