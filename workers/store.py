@@ -456,18 +456,19 @@ class StoreStage:
         return sent
 
     async def delete_expired(self, owns: Callable[[str], bool]) -> int:
-        """Delete the objects, then the rows, of the owned instances whose retention-expiry grace has ended."""
+        """Delete the rows, then the objects, of the owned instances whose retention-expiry grace has ended: a
+        row is never left without its object (a crash in between leaves objects nothing refers to, named in the
+        log line before they go)."""
         deleted = 0
         for uid, study in await self._index.expired_rejections(time.time(), EXPIRED_BATCH):
             if not owns(study):
                 continue
-            keys = await self._index.instance_objects(uid)
+            keys = await self._index.forget_instance(uid, time.time())
+            log.info("rejected instance deleted: its retention expired", extra={
+                "sop_instance_uid": uid, "study_instance_uid": study, "storage_keys": keys})
             for key in keys:
                 await self._objects.delete(key)
-            await self._index.forget_instance(uid, time.time())
             deleted += 1
-            log.info("rejected instance deleted: its retention expired", extra={
-                "sop_instance_uid": uid, "study_instance_uid": study, "objects": len(keys)})
         return deleted
 
     async def _try_decide(self, pending: _Pending, complete: bool) -> None:

@@ -168,11 +168,18 @@ def _applied(note_uid: str) -> Plan[Applied]:
     return Applied(withdrawn, len(rows) - len(withdrawn), duplicate=True)
 
 
-def forget(sop_instance_uid: str, now: float) -> Plan[None]:
-    """An instance whose retention expired, its objects deleted: its rows go; the rejection stays, with when."""
+def forget(sop_instance_uid: str, now: float) -> Plan[list[str]]:
+    """An instance whose retention expired: its rows go, the rejection stays, with when; the storage keys of every
+    version and variant are returned, their objects to be deleted once this commits. Nothing goes when the
+    instance was restored meanwhile."""
+    current = yield _HELD, (sop_instance_uid,)
+    if current and current[0][0] != InstanceStatus.REJECTED:
+        return []
+    rows = yield _KEYS, (sop_instance_uid,)
     yield _FORGET_VARIANTS, (sop_instance_uid,)
     yield _FORGET_INSTANCES, (sop_instance_uid,)
     yield _MARK_DELETED, (sop_instance_uid, now)
+    return [key for (key,) in rows]
 
 
 class RejectionQueries:
@@ -226,10 +233,8 @@ class RejectionQueries:
         """(SOP Instance UID, Study Instance UID) of held instances whose retention-expiry grace has ended."""
         return [(uid, study) for uid, study in await self._select_rows(_EXPIRED, (now, limit))]
 
-    async def instance_objects(self, sop_instance_uid: str) -> list[str]:
-        """The storage keys of every version and variant of the instance."""
-        return [key for (key,) in await self._select_rows(_KEYS, (sop_instance_uid,))]
-
-    async def forget_instance(self, sop_instance_uid: str, now: float) -> None:
-        """Drop an expired instance's rows, once its objects are deleted (a crash in between deletes them again)."""
-        await self._run_plan(forget(sop_instance_uid, now), commit=True)
+    async def forget_instance(self, sop_instance_uid: str, now: float) -> list[str]:
+        """Drop an expired instance's rows; the storage keys of the objects to delete (a crash before they are
+        leaves them unreferenced, never a row without its object)."""
+        keys: list[str] = await self._run_plan(forget(sop_instance_uid, now), commit=True)
+        return keys

@@ -197,8 +197,7 @@ async def test_retention_expired_instances_are_forgotten_and_the_rejection_kept(
     assert await index.expired_rejections(99.0) == []
     assert await index.expired_rejections(100.0) == [(rows[0].sop_instance_uid, study)]
 
-    assert await index.instance_objects(rows[0].sop_instance_uid) == [rows[0].storage_key]
-    await index.forget_instance(rows[0].sop_instance_uid, 101.0)
+    assert await index.forget_instance(rows[0].sop_instance_uid, 101.0) == [rows[0].storage_key]
 
     assert await index.current_instance(rows[0].sop_instance_uid) is None
     assert await index.expired_rejections(200.0) == []
@@ -247,3 +246,15 @@ async def test_the_receivers_check_does_not_wait_for_a_writer_on_sqlite(tmp_path
             writer.execute("ROLLBACK")
             writer.close()
     assert [r.sop_instance_uid for r in checked.withdrawn] == [rows[0].sop_instance_uid]
+
+
+async def test_an_instance_restored_before_its_deletion_keeps_its_rows_and_objects(index: Index) -> None:
+    rows = await stored_study(index, 1)
+    await index.apply_rejection(note_for(rows, Title.RETENTION_EXPIRED), digest(), "ADMIN", 10.0, 100.0)
+    [(uid, _)] = await index.expired_rejections(200.0)
+    resent = replace(rows[0], storage_key=f"instances/{digest()}", instance_id=str(uuid.uuid4()))
+    assert (await index.record_instance(resent, REPLACE)).outcome is Outcome.RESTORED  # between read and delete
+
+    assert await index.forget_instance(uid, 201.0) == []
+    held = await index.current_instance(uid)
+    assert held is not None and held.status is InstanceStatus.STORED
