@@ -229,7 +229,8 @@ def receiver(settings: Settings, bus: Bus, metrics: Metrics, endpoints: Endpoint
              space: DiskSpace | None) -> Receiver:
     """The receiver, with query/retrieve and the IOCM check before Success reading one index, opened on first use."""
     holdings = Holdings(lambda: open_index(settings), lambda: build_objects(settings))
-    check = RejectionCheck(holdings.index, settings.iocm.policy()) if settings.iocm.check_on_receive else None
+    check = RejectionCheck(holdings.index, settings.iocm.policy(), settings.iocm.refresh_seconds) \
+        if settings.iocm.check_on_receive else None
     return Receiver(settings.dicom, settings.topics, bus, metrics, settings.runtime.drain_timeout_seconds,
                     reply_to=(lambda: endpoints.internal_url) if settings.notify.report_on_same_association else None,
                     shortage=(lambda: space.shortage) if space is not None else lambda: None,

@@ -78,7 +78,7 @@ async def reject(settings: Settings, study: str, series: str | None, instances: 
         if len(data) >= NOTE_LIMIT_BYTES:
             raise NoteTooLarge(f"a note of {len(note.ContentSequence)} instances is {len(data)} bytes, more than "
                                f"the store stage reads whole ({NOTE_LIMIT_BYTES}): reject series by series")
-        check = RejectionCheck(lambda: _ready(index), settings.iocm.policy())
+        check = RejectionCheck(lambda: _ready(index), settings.iocm.policy(), settings.iocm.refresh_seconds)
         # the operator is local and trusted, as STOW-RS's operator role is: it may send a retention-expiry note
         await check.note(data, EXPLICIT_LITTLE, hashlib.sha256(data).hexdigest(), may_expire=True)
     await _publish(settings, note, data)

@@ -368,8 +368,10 @@ class IocmSettings(_Section):
     retention_grace_seconds: float = Field(86400.0, ge=0)
     """How long after a retention-expiry note (113039) its instances' objects are deleted."""
     check_on_receive: bool = True
-    """The receiver asks the index before it answers: 0xA771 for a rejected instance its title refuses, and a note
-    the index contradicts refused with its status. Off: those are found by the store stage after Success."""
+    """The receiver checks before it answers: 0xA771 for a rejected instance its title refuses, and a note the
+    index contradicts refused with its status. Off: those are found by the store stage after Success."""
+    refresh_seconds: float = Field(2.0, gt=0)
+    """How often the receiver takes in new rejections (what it refuses with 0xA771 is kept in memory)."""
 
     def policy(self) -> dict[Title, Resend]:
         return {**DEFAULT_RESEND, **self.resend}

@@ -41,16 +41,16 @@ REJECTION = "SELECT sop_instance_uid, title, note_uid, prior_status FROM rejecti
 REJECTIONS = ("SELECT sop_instance_uid, title, note_uid, prior_status FROM rejections "
               "WHERE sop_instance_uid = ANY($1::text[])")
 _UPSERT = """INSERT INTO rejections (sop_instance_uid, study_instance_uid, series_instance_uid, sop_class_uid, title,
-    note_uid, prior_status, rejected_at, delete_after) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    note_uid, prior_status, rejected_at, delete_after, changed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8)
 ON CONFLICT (sop_instance_uid) DO UPDATE SET title = excluded.title, note_uid = excluded.note_uid,
     rejected_at = excluded.rejected_at, delete_after = excluded.delete_after, deleted_at = NULL,
-    prior_status = coalesce(rejections.prior_status, excluded.prior_status)"""
+    prior_status = coalesce(rejections.prior_status, excluded.prior_status), changed_at = excluded.changed_at"""
 _WITHDRAW = "UPDATE instances SET status = 'rejected' WHERE sop_instance_uid = $1 AND is_current"
 _INSERT_NOTE = """INSERT INTO rejection_notes (sop_instance_uid, study_instance_uid, title, received_sha256, source_ae,
     instances, applied_at) VALUES ($1, $2, $3, $4, $5, $6, $7)"""
 _WITHDREW = """SELECT study_instance_uid, series_instance_uid, sop_class_uid, sop_instance_uid, prior_status
 FROM rejections WHERE note_uid = $1 ORDER BY study_instance_uid, series_instance_uid, sop_instance_uid"""
-_HELD_BY = "UPDATE rejections SET prior_status = $2 WHERE sop_instance_uid = $1"
+_HELD_BY = "UPDATE rejections SET prior_status = $2, changed_at = $3 WHERE sop_instance_uid = $1"
 _LIFT = "DELETE FROM rejections WHERE sop_instance_uid = $1"
 _RESTORE = "UPDATE instances SET status = $3 WHERE sop_instance_uid = $1 AND version = $2"
 
@@ -60,6 +60,7 @@ _STUDY_REJECTIONS = """SELECT sop_instance_uid, series_instance_uid, sop_class_u
     rejected_at, delete_after, deleted_at FROM rejections WHERE study_instance_uid = $1
 ORDER BY series_instance_uid, sop_instance_uid"""
 _NOTES_OF = "SELECT sop_instance_uid FROM rejection_notes WHERE study_instance_uid = $1"
+_SINCE = "SELECT sop_instance_uid, title, prior_status, changed_at FROM rejections WHERE changed_at >= $1"
 _EXPIRED = """SELECT r.sop_instance_uid, r.study_instance_uid FROM rejections r
 WHERE r.delete_after IS NOT NULL AND r.delete_after <= $1 AND r.deleted_at IS NULL AND r.prior_status IS NOT NULL
 ORDER BY r.delete_after LIMIT $2"""
@@ -84,7 +85,7 @@ def after_record(row: InstanceRow, result: RecordResult) -> tuple[list[Step], Re
         return [], None
     uid = row.sop_instance_uid
     if result.current.status is InstanceStatus.REJECTED and result.written:
-        return [(_HELD_BY, (uid, row.status.value))], replace(found, prior_status=row.status)
+        return [(_HELD_BY, (uid, row.status.value, time.time()))], replace(found, prior_status=row.status)
     if result.outcome is Outcome.RESTORED:  # visible again: the study is registered and announced anew
         return [(_RESTORE, (uid, result.current.version, result.current.status.value)), (_LIFT, (uid,)),
                 (workflow.TOUCH_STUDY, (result.current.study_instance_uid, time.time()))], None
@@ -211,6 +212,11 @@ class RejectionQueries:
         for uid in dict.fromkeys(sop_instance_uids):
             found += await self._select_rows(REJECTION, (uid,))
         return {record[0]: rejection(record) for record in found}
+
+    async def rejections_since(self, since: float) -> list[tuple[str, Title, bool, float]]:
+        """(SOP Instance UID, title, held, when changed) of the rejections made or changed from ``since`` on."""
+        return [(uid, Title(title), prior is not None, float(at))
+                for uid, title, prior, at in await self._select_rows(_SINCE, (since,))]
 
     async def rejection_notes_of(self, study_instance_uid: str) -> set[str]:
         """The SOP Instance UIDs of the study's rejection notes (not images: left out of its manifest)."""

@@ -19,11 +19,12 @@ from pydicom.uid import AllTransferSyntaxes
 
 from gateway.bus import Producer
 from gateway.core.errors import DicomStatusError, OutOfResources
+from gateway.core.iocm import NoteRefused
 from gateway.core.uid import is_uid
 from gateway.dicom import dimse
 from gateway.dicom.dimse import Command
 from gateway.dicom.service import AssociationContext, DataSetSink, Response, permits
-from gateway.ingest.iocm import EXPIRE_PERMISSION, InstanceCheck, RejectionCheck
+from gateway.ingest.iocm import EXPIRE_PERMISSION, NoteCheck, RejectionCheck
 from gateway.ingest.publish import InstancePublisher, Origin
 from gateway.metrics import Metrics
 
@@ -82,8 +83,17 @@ class StorageService:
             log.warning("C-STORE refused: the calling AE may not store", extra={
                 "sop_instance_uid": request.affected_sop_instance_uid})
             return Response(dimse.NOT_AUTHORIZED, "this AE may not store here")
-        caller = association.caller
         may_expire = permits(association, EXPIRE_PERMISSION)
+        check = None
+        if self._rejections is not None:
+            try:
+                check = self._rejections.begin(request.affected_sop_instance_uid, request.affected_sop_class_uid,
+                                               association.transfer_syntax(context_id), may_expire)
+            except NoteRefused as exc:
+                log.warning("C-STORE refused", extra={"status": f"0x{exc.status:04x}", "reason": exc.comment,
+                                                      "sop_instance_uid": request.affected_sop_instance_uid})
+                return Response(exc.status, exc.comment)
+        caller = association.caller
         origin = Origin(
             calling_ae=association.calling_ae, called_ae=association.called_ae, peer=association.peer,
             organization=caller.organization if caller else "",
@@ -97,10 +107,6 @@ class StorageService:
             correlation_id=f"{association.id}-{request.message_id}",
             max_instance_bytes=self._max_instance_bytes,
         )
-        check = None
-        if self._rejections is not None:
-            check = self._rejections.begin(request.affected_sop_instance_uid, request.affected_sop_class_uid,
-                                           association.transfer_syntax(context_id), may_expire)
         return _Instance(publisher, request, self._metrics, self._publish_timeout, check)
 
 
@@ -108,7 +114,7 @@ class _Instance:
     """One C-STORE's data set on its way into the bus."""
 
     def __init__(self, publisher: InstancePublisher, request: Command, metrics: Metrics,
-                 publish_timeout: float, check: InstanceCheck | None = None) -> None:
+                 publish_timeout: float, check: NoteCheck | None = None) -> None:
         self._publisher = publisher
         self._request = request
         self._metrics = metrics
@@ -142,8 +148,6 @@ class _Instance:
         return Response(dimse.SUCCESS)
 
     async def abort(self, reason: str) -> None:
-        if self._check is not None:
-            self._check.cancel()
         await self._publisher.abort(reason)
 
     def _refused(self, error: DicomStatusError) -> None:

@@ -1,6 +1,7 @@
 """IHE IOCM before an instance is answered (C-STORE, STOW-RS): a rejected instance sent again that its title
-refuses gets 0xA771, and a rejection note the index contradicts gets the reference archive's status, instead of
-a Success the store stage would have to take back.
+refuses gets 0xA771 (from a set kept in memory, refreshed from the index), and a rejection note the index
+contradicts gets the reference archive's status (the index asked), instead of a Success the store stage would have
+to take back.
 
 The store stage decides again, authoritatively, once the instance is on the bus; this check only spares the
 sender a Success that changes nothing. So it never stops ingest: when the index cannot be asked, the instance is
@@ -15,7 +16,7 @@ import logging
 import time
 import warnings
 import zlib
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 from gateway.core.errors import CannotUnderstand, describe
@@ -29,24 +30,17 @@ log = logging.getLogger(__name__)
 NOTE_LIMIT_BYTES = 8 * 1024 * 1024
 """A KOS up to this size is read whole before it is answered (the store stage's header window)."""
 CHECK_SECONDS = 2.0
-"""Longest a C-STORE waits for the index's answer: an index slow or partitioned must not hold ingest back."""
+"""Longest a note's C-STORE waits for the index's answer: an index slow or partitioned must not hold ingest back."""
+RELOAD_SECONDS = 300.0
+COMMIT_MARGIN_SECONDS = 60.0
 EXPIRE_PERMISSION = "expire"
 """What an AE needs to send a retention-expiry note, which deletes."""
-
-
-class Rejection(Protocol):
-    @property
-    def title(self) -> Title: ...
-
-    @property
-    def prior_status(self) -> object | None:
-        """None while the instance is not held (the note came first)."""
 
 
 class Rejections(Protocol):
     """The slice of the index's ``Rejections`` port the check reads (ingest reads the index only through it)."""
 
-    async def rejections_of(self, sop_instance_uids: Sequence[str]) -> Mapping[str, Rejection]: ...
+    async def rejections_since(self, since: float) -> list[tuple[str, Title, bool, float]]: ...
 
     async def check_rejection(self, note: RejectionNote, received_sha256: str, now: float) -> object: ...
 
@@ -56,29 +50,66 @@ def may_hold_note(sop_class_uid: str) -> bool:
 
 
 class RejectionCheck:
-    def __init__(self, index: Callable[[], Awaitable[Rejections]], resend: Mapping[Title, Resend]) -> None:
+    """The receiver's view of what is rejected. The instances a re-send of which is refused are kept in memory
+    and refreshed from the index every ``refresh_seconds`` (the rows changed since the last look, all of them
+    every ``RELOAD_SECONDS``): a C-STORE costs a set look-up, not a query. A rejection newer than the last refresh
+    is not known here yet; the store stage drops such a re-send after Success."""
+
+    def __init__(self, index: Callable[[], Awaitable[Rejections]], resend: Mapping[Title, Resend],
+                 refresh_seconds: float) -> None:
         self._index = index
         self._resend = resend
+        self._refresh_seconds = refresh_seconds
+        self._refused: set[str] = set()
+        self._cursor = 0.0
+        self._reload_at = 0.0
+        self._refresher: asyncio.Task[None] | None = None
         self._skipped_logged_at = 0.0
 
     def begin(self, sop_instance_uid: str, sop_class_uid: str, transfer_syntax: str,
-              may_expire: bool) -> InstanceCheck:
-        return InstanceCheck(self, sop_instance_uid, sop_class_uid, transfer_syntax, may_expire)
+              may_expire: bool) -> NoteCheck | None:
+        """Before the data set: raise NoteRefused (0xA771) when the instance is rejected here under a title that
+        refuses it again; for a KOS, what reads it as a note once it is complete."""
+        if self._refresher is None:
+            self._refresher = asyncio.create_task(self._refresh_forever(), name="rejection-check-refresh")
+        if sop_instance_uid in self._refused:
+            raise NoteRefused(SUBSEQUENT_OCCURRENCE, "instance rejected here; its rejection refuses it again")
+        return NoteCheck(self, transfer_syntax, may_expire) if may_hold_note(sop_class_uid) else None
 
-    async def instance(self, sop_instance_uid: str) -> None:
-        """Raise NoteRefused (0xA771) when the instance is rejected here under a title that refuses it again."""
+    async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
+            self._refresher = None
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self._refresh_seconds)
+
+    async def refresh(self) -> None:
+        """Take in the rejections changed since the last look (a margin before it: a note's transaction may commit
+        after a later one), or all of them once a reload is due (lifted ones drop out only then)."""
         index = await self._ready()
         if index is None:
             return
+        reload = time.monotonic() >= self._reload_at
         try:
-            async with asyncio.timeout(CHECK_SECONDS):
-                found = (await index.rejections_of([sop_instance_uid])).get(sop_instance_uid)
+            async with asyncio.timeout(RELOAD_SECONDS / 10):
+                rows = await index.rejections_since(0.0 if reload else self._cursor - COMMIT_MARGIN_SECONDS)
         except Exception as exc:
             self._skipped(exc)
             return
-        if found is not None and found.prior_status is not None and \
-                self._resend.get(found.title, Resend.REJECT) is Resend.REJECT:
-            raise NoteRefused(SUBSEQUENT_OCCURRENCE, f"instance rejected here ({found.title.value})")
+        refused = set() if reload else self._refused
+        for uid, title, held, rejected_at in rows:
+            if held and self._resend.get(title, Resend.REJECT) is Resend.REJECT:
+                refused.add(uid)
+            else:
+                refused.discard(uid)
+            self._cursor = max(self._cursor, rejected_at)
+        self._refused = refused
+        if reload:
+            self._reload_at = time.monotonic() + RELOAD_SECONDS
 
     async def note(self, data: bytes, transfer_syntax: str, sha256: str, may_expire: bool) -> None:
         """Raise for a rejection note that cannot be applied: CannotUnderstand (0xC000) when it breaks the KOS IOD,
@@ -125,17 +156,15 @@ class RejectionCheck:
                         extra={"error": describe(exc)})
 
 
-class InstanceCheck:
-    """The check of one instance (a C-STORE, a STOW-RS part): the look-up of its SOP Instance UID runs while the
-    data set arrives; a KOS small enough is kept whole, to be read as a rejection note once complete."""
+class NoteCheck:
+    """A KOS on its way in (a C-STORE, a STOW-RS part), kept whole while small enough, to be read as a rejection
+    note once complete."""
 
-    def __init__(self, rejections: RejectionCheck, sop_instance_uid: str, sop_class_uid: str, transfer_syntax: str,
-                 may_expire: bool) -> None:
+    def __init__(self, rejections: RejectionCheck, transfer_syntax: str, may_expire: bool) -> None:
         self._rejections = rejections
         self._transfer_syntax = transfer_syntax
         self._may_expire = may_expire
-        self._lookup = asyncio.ensure_future(rejections.instance(sop_instance_uid))
-        self._note: bytearray | None = bytearray() if may_hold_note(sop_class_uid) else None
+        self._note: bytearray | None = bytearray()
 
     def write(self, fragment: memoryview) -> None:
         if self._note is None:
@@ -146,15 +175,7 @@ class InstanceCheck:
             self._note += fragment
 
     async def finish(self) -> None:
-        await self._lookup
         if self._note is not None:
             data = bytes(self._note)
             await self._rejections.note(data, self._transfer_syntax, hashlib.sha256(data).hexdigest(),
                                         self._may_expire)
-
-    def cancel(self) -> None:
-        if self._lookup.done():
-            if not self._lookup.cancelled():
-                self._lookup.exception()  # retrieved: the instance was refused for another reason first
-        else:
-            self._lookup.cancel()

@@ -122,8 +122,10 @@ class Receiver:
         if self._retrieval is not None:
             holdings, retrieval = self._retrieval
             self._stack.push_async_callback(holdings.close)
-        if self._rejections is not None and (self._retrieval is None or self._rejections[0] is not self._retrieval[0]):
-            self._stack.push_async_callback(self._rejections[0].close)
+        if self._rejections is not None:
+            if self._retrieval is None or self._rejections[0] is not self._retrieval[0]:
+                self._stack.push_async_callback(self._rejections[0].close)
+            self._stack.push_async_callback(self._rejections[1].close)
         self._services = ServiceRegistry([VerificationService(all_transfer_syntaxes()), storage, self._commitments,
                                           reports, *retrieval], catch_all)
         try:

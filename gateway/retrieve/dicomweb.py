@@ -71,7 +71,7 @@ class DicomWeb:
         """``index``, ``objects`` and ``producer`` give what the API role opened (503 until it has);
         ``shortage`` says why the data directory is short of space (STOW-RS then answers 503, as C-STORE 0xA700)."""
         self._index = index
-        self._rejections = RejectionCheck(self._index_now, settings.iocm.policy()) \
+        self._rejections = RejectionCheck(self._index_now, settings.iocm.policy(), settings.iocm.refresh_seconds) \
             if settings.iocm.check_on_receive else None
         self._shortage = shortage
         self._objects = objects
@@ -287,11 +287,9 @@ class DicomWeb:
                                       meta.transfer_syntax_uid, meta.sop_class_uid, meta.sop_instance_uid,
                                       f"stow-{uuid.uuid4().hex[:12]}", self._settings.dicom.max_instance_bytes,
                                       study)
-        check = None
-        if self._rejections is not None:
-            check = self._rejections.begin(meta.sop_instance_uid, meta.sop_class_uid, meta.transfer_syntax_uid,
-                                           origin.may_expire)
         try:
+            check = None if self._rejections is None else self._rejections.begin(
+                meta.sop_instance_uid, meta.sop_class_uid, meta.transfer_syntax_uid, origin.may_expire)
             async for chunk in data_set:
                 await publisher.write(memoryview(chunk))
                 if check is not None:
@@ -305,9 +303,6 @@ class DicomWeb:
             log.warning("STOW-RS instance refused", extra={"status": f"0x{exc.status:04x}", "reason": exc.comment,
                                                            "sop_instance_uid": meta.sop_instance_uid})
             return meta.sop_class_uid, meta.sop_instance_uid, exc.status
-        finally:
-            if check is not None:
-                check.cancel()  # a no-op once it finished; else it must not outlive the part
         self._metrics.instances_received.inc()
         self._metrics.bytes_received.inc(published.size)
         return meta.sop_class_uid, meta.sop_instance_uid, None

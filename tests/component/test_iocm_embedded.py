@@ -36,6 +36,8 @@ from tests.helpers import api_headers, free_port, run
 from tests.notes import dcmtk_note
 
 KOS = "1.2.840.10008.5.1.4.1.1.88.59"
+REFRESH = 0.2
+"""How often the receivers take in new rejections here; a test waits a few of these before it expects 0xA771."""
 TITLES = {"113001": codes.DCM.RejectedForQualityReasons, "113037": codes.DCM.RejectedForPatientSafetyReasons,
           "113038": codes.DCM.IncorrectModalityWorklistEntry, "113039": codes.DCM.DataRetentionPolicyExpired}
 
@@ -145,7 +147,7 @@ async def gateway(tmp_path: Path, ris: Peer) -> AsyncIterator[Gateway]:
                {"ae_title": QR_AE, "permissions": ["query", "retrieve"]}]
     with ris.listening():
         async with running(tmp_path, dicom={"allowed_aes": allowed, "remote_aes": [ris.remote()]},
-                           notify={"ian_subscribers": ["RIS"]}) as started:
+                           notify={"ian_subscribers": ["RIS"]}, iocm={"refresh_seconds": REFRESH}) as started:
             yield started
 
 
@@ -202,6 +204,7 @@ async def test_what_the_reference_archive_refuses_is_refused_with_its_status(tmp
     safety = note("113037", [first])
     assert await send(gateway, safety) == 0x0000
     await until_status(gateway, study_uid, str(first.SOPInstanceUID), "rejected")
+    await asyncio.sleep(5 * REFRESH)  # the receiver has taken the rejection in
     assert await send(gateway, first) == SUBSEQUENT_OCCURRENCE  # hidden for patient safety: not taken again
     assert await send(gateway, note("113001", [first])) == ALREADY_REJECTED  # a lighter reason cannot overwrite
     assert await send(gateway, safety) == 0x0000  # the same note again, byte for byte: nothing to do
@@ -276,6 +279,7 @@ async def test_a_note_made_and_sent_by_dcmtk_is_applied(tmp_path: Path, gateway:
                              str(gateway.settings.dicom.port), str(path))
     assert code == 0, output
     await until_status(gateway, study_uid, str(first.SOPInstanceUID), "rejected")
+    await asyncio.sleep(5 * REFRESH)
     code, output = await run(dcmtk("storescu"), "-d", "-aet", "MODALITY1", "-aec", "DICOMGW", "127.0.0.1",
                              str(gateway.settings.dicom.port), str(paths(tmp_path, [first])[0]))
     assert "0xa771" in output.lower(), output  # storescu names the refusal; its exit code does not
@@ -290,6 +294,7 @@ async def test_stow_rs_takes_notes_and_refuses_rejected_instances_with_the_same_
     await until_status(gateway, study_uid, str(instances[1].SOPInstanceUID), "stored")
     await asyncio.to_thread(web.store_instances, [note("113037", [first])], study_uid)
     await until_status(gateway, study_uid, str(first.SOPInstanceUID), "rejected")
+    await asyncio.sleep(5 * REFRESH)
 
     with pytest.raises(requests.HTTPError) as refused:
         await asyncio.to_thread(web.store_instances, [first], study_uid)

@@ -258,3 +258,18 @@ async def test_an_instance_restored_before_its_deletion_keeps_its_rows_and_objec
     assert await index.forget_instance(uid, 201.0) == []
     held = await index.current_instance(uid)
     assert held is not None and held.status is InstanceStatus.STORED
+
+
+async def test_what_changed_since_a_moment_is_listed_for_the_receivers(index: Index) -> None:
+    rows = await stored_study(index, 1)
+    later = make_row(study_instance_uid=rows[0].study_instance_uid)
+    await index.apply_rejection(note_for([rows[0], later], Title.PATIENT_SAFETY), digest(), "CT01", 10.0, None)
+    listed = {uid: (title, held) for uid, title, held, _ in await index.rejections_since(0.0)}
+    assert listed[rows[0].sop_instance_uid] == (Title.PATIENT_SAFETY, True)
+    assert listed[later.sop_instance_uid] == (Title.PATIENT_SAFETY, False)
+    assert await index.rejections_since(11.0) == []  # nothing changed after the note (at 10.0)
+
+    await index.record_instance(later, REPLACE)  # arrives: held now, and changed after the note
+
+    assert [(uid, held) for uid, _, held, at in await index.rejections_since(11.0)
+            if uid == later.sop_instance_uid] == [(later.sop_instance_uid, True)]
