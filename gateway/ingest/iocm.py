@@ -32,7 +32,9 @@ NOTE_LIMIT_BYTES = 8 * 1024 * 1024
 CHECK_SECONDS = 2.0
 """Longest a note's C-STORE waits for the index's answer: an index slow or partitioned must not hold ingest back."""
 RELOAD_SECONDS = 300.0
+"""How often the whole set is read again (a lifted rejection leaves it only then)."""
 COMMIT_MARGIN_SECONDS = 60.0
+"""How far before the newest change already seen a refresh looks again: clocks of other workers, late commits."""
 EXPIRE_PERMISSION = "expire"
 """What an AE needs to send a retention-expiry note, which deletes."""
 
@@ -101,12 +103,12 @@ class RejectionCheck:
             self._skipped(exc)
             return
         refused = set() if reload else self._refused
-        for uid, title, held, rejected_at in rows:
+        for uid, title, held, changed_at in rows:
             if held and self._resend.get(title, Resend.REJECT) is Resend.REJECT:
                 refused.add(uid)
             else:
                 refused.discard(uid)
-            self._cursor = max(self._cursor, rejected_at)
+            self._cursor = max(self._cursor, changed_at)
         self._refused = refused
         if reload:
             self._reload_at = time.monotonic() + RELOAD_SECONDS
