@@ -14,7 +14,6 @@ import asyncio
 import hashlib
 import logging
 import time
-import warnings
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
@@ -116,17 +115,12 @@ class RejectionCheck:
     async def note(self, data: bytes, transfer_syntax: str, sha256: str, may_expire: bool) -> None:
         """Raise for a rejection note that cannot be applied: CannotUnderstand (0xC000) when it breaks the KOS IOD,
         NoteRefused when the caller may not expire or the index contradicts it. Not a note: nothing."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pydicom's notes on odd values may quote patient data
-            try:
-                if transfer_syntax == DEFLATED:
-                    data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data, NOTE_LIMIT_BYTES)
-                parsed = read_prefix(data, transfer_syntax, PIXEL_DATA, True)
-                note = None if parsed is None else read_note(parsed[0])
-            except CannotUnderstand:
-                raise
-            except Exception:
-                return  # the store stage quarantines what does not parse, as for any instance
+        try:  # in a thread: checking a note of thousands of references takes seconds of pydicom
+            note = await asyncio.to_thread(_read, data, transfer_syntax)
+        except CannotUnderstand:
+            raise
+        except Exception:
+            return  # the store stage quarantines what does not parse, as for any instance
         if note is None:
             return
         if note.title is Title.RETENTION_EXPIRED and not may_expire:
@@ -154,8 +148,16 @@ class RejectionCheck:
         """At most one warning a minute: an index outage must not flood the log at the receive rate."""
         if time.monotonic() - self._skipped_logged_at >= 60:
             self._skipped_logged_at = time.monotonic()
-            log.warning("rejection check skipped: the index cannot be asked; the store stage decides",
-                        extra={"error": describe(exc)})
+            log.warning("rejection check skipped: the index did not answer (down, or slow for a large note); the "
+                        "store stage decides", extra={"error": describe(exc)})
+
+
+def _read(data: bytes, transfer_syntax: str) -> RejectionNote | None:
+    """Off the event loop. A pydicom warning that escapes here is logged without its text (``gateway.logs``)."""
+    if transfer_syntax == DEFLATED:
+        data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data, NOTE_LIMIT_BYTES)
+    parsed = read_prefix(data, transfer_syntax, PIXEL_DATA, True)
+    return None if parsed is None else read_note(parsed[0])
 
 
 class NoteCheck:
