@@ -143,3 +143,21 @@ def test_dead_letter_redrive_without_ids_says_what_it_needs_and_list_names_the_s
                             capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0, listed.stderr
     assert f"embedded bus under {tmp_path / 'data' / 'bus'}" in listed.stderr
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ('{"113002": "ignore"}', "GATEWAY_IOCM__RESEND"),
+    ('{"113001": "forget"}', "GATEWAY_IOCM__RESEND"),
+    ('{"113001": ', "GATEWAY_IOCM__RESEND: not valid JSON"),
+])
+def test_a_bad_iocm_resend_policy_names_the_variable(monkeypatch: pytest.MonkeyPatch, value: str,
+                                                     expected: str) -> None:
+    assert expected in _error(monkeypatch, GATEWAY_IOCM__RESEND=value)
+
+
+def test_an_iocm_resend_policy_keeps_the_defaults_of_the_titles_it_does_not_name(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_IOCM__RESEND", '{"113001": "restore"}')
+    policy = load_settings().iocm.policy()
+    assert {title.value: action.value for title, action in policy.items()} == {
+        "113001": "restore", "113037": "reject", "113038": "reject", "113039": "restore"}
