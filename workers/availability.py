@@ -68,7 +68,6 @@ class AvailabilityNotifier:
             log.info("IAN queued", extra={"study_instance_uid": study, "subscriber": subscriber,
                                           "generation": generation, "instances": len(rows)})
 
-
     async def rejected(self, event: InstancesRejected, source: dict[str, Any]) -> None:
         """Queue the IAN of a rejection for each subscriber of the study, once per note (or move)."""
         if not event.instances:
