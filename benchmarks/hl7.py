@@ -536,6 +536,18 @@ def log_summary(path: Path) -> dict[str, Any]:
             "notable": list(dict.fromkeys(notable))[:12]}
 
 
+def log_section(state: dict[str, Any]) -> list[str]:
+    """The end of a results.md: each process's log summary (``log_summary``), and the error that stopped the run."""
+    logs = state.get("logs", {})
+    lines = ["", "## Logs", ""] if logs else []
+    for name, s in logs.items():
+        lines.append(f"- {name}: {s.get('lines', 0)} lines, by level {s.get('levels')} ({s.get('log')})")
+        lines += [f"  - `{line}`" for line in s.get("notable", [])[:5]]
+    if state.get("error"):
+        lines += ["", f"**Stopped by an error:** {state['error']}"]
+    return lines
+
+
 def _ms(spread: dict[str, float], key: str) -> str:
     return f"{spread[key]:.1f}" if key in spread else "–"
 
@@ -593,15 +605,7 @@ def markdown(state: dict[str, Any]) -> str:
                               for name, c in spot.items())]
     if state.get("skipped"):
         lines += ["", f"Skipped: {state['skipped']}"]
-    logs = state.get("logs", {})
-    if logs:
-        lines += ["", "## Logs", ""]
-        for name, s in logs.items():
-            lines.append(f"- {name}: {s.get('lines', 0)} lines, by level {s.get('levels')} ({s.get('log')})")
-            lines += [f"  - `{line}`" for line in s.get("notable", [])[:5]]
-    if state.get("error"):
-        lines += ["", f"**Stopped by an error:** {state['error']}"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + log_section(state)) + "\n"
 
 
 # --- the run ------------------------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ import uvloop
 from benchmarks import services
 from benchmarks.datasets import dataset
 from benchmarks.forward import GATEWAY_AE, Gateway, _get
-from benchmarks.hl7 import _execute, log_summary
+from benchmarks.hl7 import _execute, log_section, log_summary
 from benchmarks.proc import cpu_and_rss
 from benchmarks.run import machine, percentile
 from benchmarks.scu import Association
@@ -723,15 +723,7 @@ def markdown(state: dict[str, Any]) -> str:
             f"{name}: " + ", ".join(f"{key.split('{', 1)[1].rstrip('}')} {value:.0f}" for key, value in events.items()
                                     if value)
             for name, events in state["store_events"].items())]
-    logs = state.get("logs", {})
-    if logs:
-        lines += ["", "## Logs", ""]
-        for name, s in logs.items():
-            lines.append(f"- {name}: {s.get('lines', 0)} lines, by level {s.get('levels')} ({s.get('log')})")
-            lines += [f"  - `{line}`" for line in s.get("notable", [])[:5]]
-    if state.get("error"):
-        lines += ["", f"**Stopped by an error:** {state['error']}"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + log_section(state)) + "\n"
 
 
 # --- the run ---------------------------------------------------------------------------------------------------
