@@ -24,6 +24,8 @@
                                               for a destination, a study, or both (operator)
     GET /api/dlq                              open dead-letter entries with their reasons
     POST /api/dlq/{entry_id}/redrive          send an entry's records through again (operator)
+    GET /api/audit?patient_id=&from=&to=      the local audit log: a patient's entries (who processed their data,
+                                              to whom it was disclosed, how), or everyone's newest first (operator)
     GET /api/me                               who the token says the caller is, and its role
     GET /api/settings                         the effective settings, secrets masked (admin)
 
@@ -31,12 +33,14 @@
                                               ``query.enabled``
 
 Every route needs a bearer token (``gateway.auth``): the reader role to read, operator to change state
-(STOW-RS included), admin for the settings. Times are UTC, ISO 8601.
+(STOW-RS included) and to read the audit log, admin for the settings. Times are UTC, ISO 8601. Every read of
+patient data is audited as a Query naming the request, and the patient when it names one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -51,6 +55,9 @@ from aiohttp import web
 from gateway import dead_letter
 from gateway.auth import PRINCIPAL, Role, requires
 from gateway.bus import Bus, Producer
+from gateway.core import audit
+from gateway.core.audit import AuditRecord, AuditTrail, NoAudit, instant
+from gateway.core.errors import describe
 from gateway.index import (
     FINISHED_FORWARD_STATES,
     Commitment,
@@ -63,6 +70,7 @@ from gateway.index import (
     Registration,
     StudyActivity,
 )
+from gateway.index.audit_log import AuditEntry
 from gateway.metrics import Metrics
 from gateway.objects import ObjectStore
 from gateway.retrieve.dicomweb import DicomWeb
@@ -74,6 +82,7 @@ from gateway.xds.metadata import MetadataError, patient_cx
 log = logging.getLogger(__name__)
 
 _LIST_LIMIT = 200
+_AUDIT_LIMIT = 5000
 _REPORT = "commitment-report"
 """The delivery kind of a storage-commitment report (workers.commitment.REPORT)."""
 
@@ -83,9 +92,10 @@ class Api:
 
     def __init__(self, open_index: Callable[[], Awaitable[Index]], bus: Bus, settings: Settings,
                  open_objects: Callable[[], ObjectStore], metrics: Metrics,
-                 shortage: Callable[[], str | None] = lambda: None) -> None:
+                 shortage: Callable[[], str | None] = lambda: None, audit: AuditTrail | None = None) -> None:
         """DICOMweb (``gateway.retrieve.dicomweb``) is served too when ``query.enabled``: it reads the object
         store and publishes STOW-RS instances into the bus."""
+        self._audit: AuditTrail = audit if audit is not None else NoAudit()
         self._open_index = open_index
         self._open_objects = open_objects
         self._objects: ObjectStore | None = None
@@ -97,28 +107,30 @@ class Api:
         self._xds = settings.xds
         self._index: Index | None = None
         self._stopped = asyncio.Event()
+        read = self._audited
         self.routes = [
-            web.get("/api/studies", self._studies),
-            web.get("/api/studies/{study_uid}", self._study),
-            web.get("/api/studies/{study_uid}/rejections", self._rejections),
-            web.get("/api/patients/{patient_id}", self._patient),
-            web.get("/api/commitments/overdue", self._overdue_commitments),
-            web.get("/api/commitments/{transaction_uid}", self._commitment),
-            web.get("/api/xds/documents", self._xds_documents),
+            web.get("/api/studies", read(self._studies)),
+            web.get("/api/studies/{study_uid}", read(self._study)),
+            web.get("/api/studies/{study_uid}/rejections", read(self._rejections)),
+            web.get("/api/patients/{patient_id}", read(self._patient)),
+            web.get("/api/commitments/overdue", read(self._overdue_commitments)),
+            web.get("/api/commitments/{transaction_uid}", read(self._commitment)),
+            web.get("/api/xds/documents", read(self._xds_documents)),
             web.get("/api/forward/destinations", self._destinations),
             web.post("/api/forward/destinations/{name}/pause", self._pause),
             web.post("/api/forward/destinations/{name}/resume", self._pause),
-            web.get("/api/forward/failed", self._failed_forwards),
+            web.get("/api/forward/failed", read(self._failed_forwards)),
             web.post("/api/forward/redrive", self._redrive_forwards),
-            web.get("/api/dlq", self._dead_letters),
+            web.get("/api/dlq", read(self._dead_letters)),
             web.post("/api/dlq/{entry_id}/redrive", self._redrive),
+            web.get("/api/audit", self._audit_log),
             web.get("/api/me", self._me),
             web.get("/api/settings", self._effective_settings),
             *page_routes,
         ]
         if settings.query.enabled:
             self.routes.extend(DicomWeb(self._ready_index, self._ready_objects, self._ready_producer, settings,
-                                        metrics, shortage).routes)
+                                        metrics, shortage, self._audit).routes)
 
     async def __aenter__(self) -> Api:
         try:
@@ -155,6 +167,54 @@ class Api:
         if self._producer is None:
             raise web.HTTPServiceUnavailable(text="the bus is not open yet")
         return self._producer
+
+    def _audited(self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """The handler, after a Query record of the request is durable (PS3.15 A.5.3.12, a REST query): who asked,
+        from where, what, and the patient when the request names one. 503 when it cannot be recorded."""
+
+        @functools.wraps(handler)
+        async def audited(request: web.Request) -> web.StreamResponse:
+            principal = request[PRINCIPAL]
+            patient_id = request.match_info.get("patient_id") or request.query.get("patient_id", "")
+            record = AuditRecord(
+                audit.Event.QUERY, audit.Outcome.SUCCESS,
+                (audit.peer(principal.subject, request.remote or "", audit.Role.SOURCE),
+                 audit.this_gateway(self._settings.dicom.ae_title, audit.Role.DESTINATION)),
+                audit.Interface.API, audit.Action.EXECUTE,
+                patient=audit.Patient(patient_id, request.query.get("issuer", "")) if patient_id else None,
+                query=audit.Query(request.query_string.encode(), uri=request.path))
+            try:
+                await self._audit.record(record)
+            except Exception as exc:
+                log.error("request refused: it could not be audited", extra={"error": describe(exc)})
+                raise web.HTTPServiceUnavailable(text="the audit trail is unavailable") from None
+            return await handler(request)
+
+        return audited
+
+    @requires(Role.OPERATOR)
+    async def _audit_log(self, request: web.Request) -> web.Response:
+        """The local audit log, itself audited (Audit Log Used)."""
+        try:
+            since = instant(request.query.get("from", ""), 0.0)
+            until = instant(request.query.get("to", ""), time.time() + 1)
+            limit = min(int(request.query.get("limit", _AUDIT_LIMIT)), _AUDIT_LIMIT)
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
+        patient_id = request.query.get("patient_id", "")
+        principal = request[PRINCIPAL]
+        try:
+            await self._audit.record(AuditRecord(
+                audit.Event.AUDIT_LOG_USED, audit.Outcome.SUCCESS,
+                (audit.peer(principal.subject, request.remote or "", None),), audit.Interface.API,
+                audit.Action.READ, patient=audit.Patient(patient_id) if patient_id else None,
+                query=audit.Query(request.query_string.encode(), uri=request.path)))
+        except Exception as exc:
+            log.error("audit log read refused: it could not be audited", extra={"error": describe(exc)})
+            raise web.HTTPServiceUnavailable(text="the audit trail is unavailable") from None
+        entries = await self._ready_index().audit_entries(patient_id, since, until, limit)
+        return web.json_response([_audit_entry(entry) for entry in entries])
 
     @requires(Role.READER)
     async def _patient(self, request: web.Request) -> web.Response:
@@ -256,6 +316,12 @@ class Api:
         if self._settings.forward.destination(name) is None:
             raise web.HTTPNotFound(text="no such forwarding destination")
         paused = request.path.endswith("/pause")
+        principal = request[PRINCIPAL]
+        self._audit.note(AuditRecord(
+            audit.Event.SECURITY_ALERT, audit.Outcome.SUCCESS,
+            (audit.peer(principal.subject, request.remote or "", None),), audit.Interface.API, audit.Action.EXECUTE,
+            (audit.EventType.SOFTWARE_CONFIGURATION,),
+            outcome_text=f"forwarding destination {name} {'paused' if paused else 'resumed'}"))
         await self._ready_index().update_forward_destination(name, time.time(), paused=paused)
         log.info("forwarding destination paused" if paused else "forwarding destination resumed",
                  extra={"destination": name, "user": request[PRINCIPAL].subject})
@@ -419,6 +485,12 @@ def _registration(activity: StudyActivity | None, registrations: list[Registrati
             "replaces_entry_uuid": r.replaces_entry_uuid,
         } for r in registrations],
     }
+
+
+def _audit_entry(entry: AuditEntry) -> dict[str, Any]:
+    shown = entry.as_json()
+    shown["at"] = datetime.fromtimestamp(entry.at, UTC).isoformat()
+    return shown
 
 
 def _instance(row: InstanceRow) -> dict[str, Any]:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import aiohttp
 
 from gateway.api import Api
-from gateway.bus import Bus, Producer
+from gateway.audit.message import AuditSource
+from gateway.audit.syslog import repository, tls_context
+from gateway.audit.trail import BusAuditTrail
+from gateway.bus import Bus, Producer, Record
 from gateway.bus.embedded import EmbeddedBus
 from gateway.bus.kafka import KafkaBus
+from gateway.core import audit
+from gateway.core.audit import AuditRecord, AuditTrail, NoAudit
 from gateway.core.events import Event
 from gateway.dicom.scu import ClientTls, Outbound, RemoteAE
 from gateway.dicom.service import DimseService
@@ -31,6 +37,7 @@ from gateway.retrieve import Holdings, find, move
 from gateway.runtime import Role
 from gateway.settings import DicomSettings, Settings, SettingsError
 from gateway.xds.client import XdsClient
+from workers.audit import AuditDelivery, AuditLogStage
 from workers.availability import IAN, AvailabilityNotifier, ian_sender
 from workers.commitment import REPORT, CommitmentTracker, report_sender
 from workers.deliver import Deliverer, RetryPolicy
@@ -91,14 +98,15 @@ async def _services(settings: Settings) -> AsyncIterator[tuple[ObjectStore, Inde
         await objects.close()
 
 
-def store_pool(settings: Settings, bus: Bus, metrics: Metrics) -> StorePool:
+def store_pool(settings: Settings, bus: Bus, metrics: Metrics, trail: AuditTrail) -> StorePool:
     profiles = ProfileSelector.from_settings(settings.validation)
 
     @asynccontextmanager
     async def open_stage(producer: Producer) -> AsyncIterator[tuple[StoreStage, StabilityClock]]:
         async with _services(settings) as (objects, index):
             yield (StoreStage(objects, index, producer, settings.topics, profiles,
-                              CorrectionPolicy(settings.store.correction_policy), settings.iocm, metrics),
+                              CorrectionPolicy(settings.store.correction_policy), settings.iocm, metrics, trail,
+                              settings.dicom.ae_title),
                    StabilityClock(index, producer, settings.topics, settings.xds.stable_after_seconds, metrics))
 
     return StorePool(bus, settings.topics, open_stage, settings.xds.stability_check_seconds, metrics,
@@ -126,7 +134,7 @@ def notify_pool(settings: Settings, bus: Bus, metrics: Metrics) -> EventPool[Eve
                      notify.retry_max_seconds, settings.runtime.drain_timeout_seconds)
 
 
-def register_pool(settings: Settings, bus: Bus, metrics: Metrics) -> EventPool[Event]:
+def register_pool(settings: Settings, bus: Bus, metrics: Metrics, trail: AuditTrail) -> EventPool[Event]:
     xds = settings.xds
     if not xds.enabled:
         raise SettingsError("the register role needs GATEWAY_XDS__REPOSITORY_URL (registration is off without it)")
@@ -137,7 +145,7 @@ def register_pool(settings: Settings, bus: Bus, metrics: Metrics) -> EventPool[E
     async def open_stage(producer: Producer) -> AsyncIterator[RegisterStage]:
         async with _services(settings) as (_, index), XdsClient(xds) as client:
             registrar = Registrar(index, client, producer, xds, settings.dicom, settings.topics,
-                                  settings.validation.test_environment)
+                                  settings.validation.test_environment, trail)
             retry = RetryPolicy(xds.retry_initial_seconds, xds.retry_max_seconds, xds.retry_max_attempts,
                                 xds.timeout_seconds * 4 + 30)
             deliverer = Deliverer(index, {REGISTRATION: registrar.send}, producer, settings.topics, retry,
@@ -148,7 +156,7 @@ def register_pool(settings: Settings, bus: Bus, metrics: Metrics) -> EventPool[E
                      xds.retry_max_seconds, settings.runtime.drain_timeout_seconds)
 
 
-def forward_pool(settings: Settings, bus: Bus, metrics: Metrics) -> EventPool[Event]:
+def forward_pool(settings: Settings, bus: Bus, metrics: Metrics, trail: AuditTrail) -> EventPool[Event]:
     forward = settings.forward
     if not forward.destinations:
         raise SettingsError("the forward role needs GATEWAY_FORWARD__DESTINATIONS (where to forward to)")
@@ -163,7 +171,7 @@ def forward_pool(settings: Settings, bus: Bus, metrics: Metrics) -> EventPool[Ev
     async def open_stage(producer: Producer) -> AsyncIterator[ForwardStage]:
         async with _services(settings) as (objects, index):
             stage = ForwardStage(index, Router(forward), forward, metrics, forward.lease_seconds)
-            stage.attach(BatchSender(index, objects, policy, metrics, stage.apply_report))
+            stage.attach(BatchSender(index, objects, policy, metrics, stage.apply_report, trail))
             try:
                 yield stage
             finally:
@@ -173,27 +181,28 @@ def forward_pool(settings: Settings, bus: Bus, metrics: Metrics) -> EventPool[Ev
                      forward.retry_max_seconds, settings.runtime.drain_timeout_seconds)
 
 
-def hl7_listener(settings: Settings, bus: Bus, metrics: Metrics) -> Hl7Listener:
+def hl7_listener(settings: Settings, bus: Bus, metrics: Metrics, trail: AuditTrail) -> Hl7Listener:
     hl7 = settings.hl7
     if not hl7.enabled:
         raise SettingsError("the hl7 role needs GATEWAY_HL7__PORT (and GATEWAY_HL7__ALLOWED_SENDERS)")
     holdings = Holdings(lambda: open_index(settings), lambda: build_objects(settings))
     return Hl7Listener(hl7, settings.topics, bus, metrics, trusted_authorities(settings),
-                       settings.validation.test_environment, holdings, settings.runtime.drain_timeout_seconds)
+                       settings.validation.test_environment, holdings, settings.runtime.drain_timeout_seconds, trail)
 
 
 def trusted_authorities(settings: Settings) -> frozenset[str]:
     return frozenset({HETU_OID, *settings.hl7.local_authorities})
 
 
-def patient_pools(settings: Settings, bus: Bus, metrics: Metrics) -> list[Role]:
+def patient_pools(settings: Settings, bus: Bus, metrics: Metrics, trail: AuditTrail) -> list[Role]:
     """Applying ADT, and passing it on upstream when one is configured: two consumer groups of the hl7 topic."""
     hl7, drain = settings.hl7, settings.runtime.drain_timeout_seconds
 
     @asynccontextmanager
     async def apply_stage(producer: Producer) -> AsyncIterator[PatientStage]:
         async with _services(settings) as (_, index):
-            yield PatientStage(index, producer, settings.topics, metrics, settings.xds.reregister_on_patient_change)
+            yield PatientStage(index, producer, settings.topics, metrics, settings.xds.reregister_on_patient_change,
+                               trail, settings.dicom.ae_title)
 
     # applying commits per fetch (a replay finds each message applied: a duplicate), passing on per message (what
     # the upstream acknowledged is never sent again after an outage part-way through a fetch)
@@ -214,19 +223,20 @@ def patient_pools(settings: Settings, bus: Bus, metrics: Metrics) -> list[Role]:
     return pools
 
 
-def retrieval(settings: Settings, metrics: Metrics, holdings: Holdings) -> tuple[Holdings, list[DimseService]] | None:
+def retrieval(settings: Settings, metrics: Metrics, holdings: Holdings,
+              trail: AuditTrail) -> tuple[Holdings, list[DimseService]] | None:
     """C-FIND, C-MOVE and C-GET for the receiver's acceptor, reading the index and object store it opens on
     first use."""
     if not settings.query.enabled:
         return None
     dicom = settings.dicom
     outbound = build_outbound(dicom, dicom.dimse_timeout_seconds)
-    return holdings, [find.QueryService(holdings, settings.query, dicom.ae_title, metrics),
-                      move.RetrieveService(holdings, settings.query, outbound, metrics)]
+    return holdings, [find.QueryService(holdings, settings.query, dicom.ae_title, metrics, trail),
+                      move.RetrieveService(holdings, settings.query, outbound, metrics, trail)]
 
 
 def receiver(settings: Settings, bus: Bus, metrics: Metrics, endpoints: Endpoints,
-             space: DiskSpace | None) -> Receiver:
+             space: DiskSpace | None, trail: AuditTrail) -> Receiver:
     """The receiver, with query/retrieve and the IOCM check before Success reading one index, opened on first use."""
     holdings = Holdings(lambda: open_index(settings), lambda: build_objects(settings))
     check = RejectionCheck(holdings.index, settings.iocm.policy(), settings.iocm.refresh_seconds) \
@@ -235,26 +245,69 @@ def receiver(settings: Settings, bus: Bus, metrics: Metrics, endpoints: Endpoint
                     reply_to=(lambda: endpoints.internal_url) if settings.notify.report_on_same_association else None,
                     shortage=(lambda: space.shortage) if space is not None else lambda: None,
                     destinations=[d.ae_title for d in settings.forward.destinations],
-                    retrieval=retrieval(settings, metrics, holdings),
-                    rejections=None if check is None else (holdings, check))
+                    retrieval=retrieval(settings, metrics, holdings, trail),
+                    rejections=None if check is None else (holdings, check), audit_trail=trail)
+
+
+def audit_pools(settings: Settings, bus: Bus, metrics: Metrics) -> list[Role]:
+    """Delivering to the audit record repository (when one is configured) and keeping the local audit log: two
+    consumer groups of the audit topic."""
+    settings_audit, drain = settings.audit, settings.runtime.drain_timeout_seconds
+
+    @asynccontextmanager
+    async def log_stage(producer: Producer) -> AsyncIterator[AuditLogStage]:
+        async with _services(settings) as (_, index):
+            yield AuditLogStage(index, settings_audit.retention_days)
+
+    pools: list[Role] = [EventPool("audit-log", bus, settings.topics, settings.topics.audit, audit_record, log_stage,
+                                   metrics, settings_audit.retry_max_seconds, drain)]
+    url = settings_audit.repository_url
+    if url is not None:
+        source = AuditSource(settings_audit.source_id or settings.dicom.ae_title,
+                             settings_audit.enterprise_site_id or settings.xds.organization_oid or "")
+        context = tls_context(settings_audit.ca_file, settings_audit.cert_file, settings_audit.key_file) \
+            if url.startswith("tls:") else None
+
+        @asynccontextmanager
+        async def delivery_stage(producer: Producer) -> AsyncIterator[AuditDelivery]:
+            target = repository(url, context)
+            try:
+                yield AuditDelivery(target, source, settings_audit.app_name, settings_audit.utf8_bom,
+                                    url.split(":", 1)[0], metrics)
+            finally:
+                await target.close()
+
+        pools.append(EventPool("audit", bus, settings.topics, settings.topics.audit, audit_record, delivery_stage,
+                               metrics, settings_audit.retry_max_seconds, drain))
+    return pools
+
+
+def audit_record(record: Record) -> AuditRecord:
+    return audit.decode(record.value)
 
 
 def build_roles(names: Sequence[str], settings: Settings, bus: Bus, metrics: Metrics,
                 endpoints: Endpoints, space: DiskSpace | None = None) -> list[Role]:
     """``endpoints`` is filled in by the runtime once the internal port is bound, before the roles start;
-    ``space``, watched by the runtime, stops the receiver taking instances while the disk is full."""
+    ``space``, watched by the runtime, stops the receiver taking instances while the disk is full. The audit
+    trail comes first: entered before the roles and left after them."""
+    digest = "sha256:" + hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
+    trail = BusAuditTrail(bus, settings.topics.audit, settings.dicom.ae_title, metrics, digest) \
+        if settings.audit.enabled else None
+    audit_to: AuditTrail = trail if trail is not None else NoAudit()
     factories: dict[str, Callable[[], Role | list[Role]]] = {
-        "receiver": lambda: receiver(settings, bus, metrics, endpoints, space),
+        "receiver": lambda: receiver(settings, bus, metrics, endpoints, space, audit_to),
         "api": lambda: Api(lambda: open_index(settings), bus, settings, lambda: build_objects(settings), metrics,
-                           (lambda: space.shortage) if space is not None else lambda: None),
-        "store": lambda: store_pool(settings, bus, metrics),
-        "register": lambda: register_pool(settings, bus, metrics),
+                           (lambda: space.shortage) if space is not None else lambda: None, audit_to),
+        "store": lambda: store_pool(settings, bus, metrics, audit_to),
+        "register": lambda: register_pool(settings, bus, metrics, audit_to),
         "notify": lambda: notify_pool(settings, bus, metrics),
-        "forward": lambda: forward_pool(settings, bus, metrics),
-        "hl7": lambda: hl7_listener(settings, bus, metrics),
-        "patient": lambda: patient_pools(settings, bus, metrics),
+        "forward": lambda: forward_pool(settings, bus, metrics, audit_to),
+        "hl7": lambda: hl7_listener(settings, bus, metrics, audit_to),
+        "patient": lambda: patient_pools(settings, bus, metrics, audit_to),
+        "audit": lambda: audit_pools(settings, bus, metrics),
     }
-    roles: list[Role] = []
+    roles: list[Role] = [trail] if trail is not None else []
     for name in names:
         built = factories[name]()
         roles.extend(built if isinstance(built, list) else [built])

@@ -28,6 +28,8 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import web
 
+from gateway.core import audit
+from gateway.core.audit import AuditTrail
 from gateway.metrics import Metrics
 from gateway.settings import API_ROLES, HttpAuthSettings, OidcSettings, SettingsError
 
@@ -365,7 +367,10 @@ class Authenticator:
         return await self._oidc.verify(token)
 
 
-def middleware(authenticator: Authenticator, metrics: Metrics) -> Any:
+def middleware(authenticator: Authenticator, metrics: Metrics, trail: AuditTrail) -> Any:
+    """Every request authenticated before its handler; refusals and each user's first login in an hour audited."""
+    logins = _Logins(trail)
+
     @web.middleware
     async def authenticate(request: web.Request,
                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
@@ -382,15 +387,57 @@ def middleware(authenticator: Authenticator, metrics: Metrics) -> Any:
             metrics.http_auth_failures.labels(refused.reason).inc()
             log.warning("HTTP request refused", extra={"peer": _peer(request), "method": request.method,
                                                        "path": request.path, "reason": refused.reason})
+            logins.refused(request, refused)
             return _refusal(refused, bool(request.headers.get("Authorization")))
         except KeysUnavailable:
             metrics.http_auth_failures.labels("keys_unavailable").inc()
             return web.json_response({"error": "unavailable",
                                       "reason": "the identity provider's keys could not be fetched"}, status=503)
         request[PRINCIPAL] = principal
+        logins.accepted(request, principal)
         return await handler(request)
 
     return authenticate
+
+
+class _Logins:
+    """User Authentication records (PS3.15 A.5.3.16): every refusal, and a principal's first accepted request
+    from an address each hour (a bearer token has no login of its own; a record per request would bury the rest)."""
+
+    _REMEMBER_SECONDS = 3600.0
+    _MAX_REMEMBERED = 10_000
+
+    def __init__(self, trail: AuditTrail) -> None:
+        self._trail = trail
+        self._seen: dict[tuple[str, str], float] = {}
+
+    def accepted(self, request: web.Request, principal: Principal) -> None:
+        host = request.remote or ""
+        now = time.monotonic()
+        key = (principal.subject, host)
+        if now - self._seen.get(key, -self._REMEMBER_SECONDS) < self._REMEMBER_SECONDS:
+            return
+        if len(self._seen) >= self._MAX_REMEMBERED:
+            self._seen.clear()
+        self._seen[key] = now
+        self._trail.note(self._record(audit.Outcome.SUCCESS, principal.subject, host,
+                                      f"{principal.source}, role {principal.role.name.lower()}"))
+
+    def refused(self, request: web.Request, refused: AuthError) -> None:
+        if refused.status == 403:
+            self._trail.note(audit.AuditRecord(
+                audit.Event.SECURITY_ALERT, audit.Outcome.MINOR_FAILURE,
+                (audit.peer("-", request.remote or "", None),), audit.Interface.API, audit.Action.EXECUTE,
+                outcome_text=f"{request.method} {request.path} refused: {refused.reason}"))
+            return
+        self._trail.note(self._record(audit.Outcome.MINOR_FAILURE, "-", request.remote or "",
+                                      f"{request.method} {request.path} refused: {refused.reason}"))
+
+    @staticmethod
+    def _record(outcome: audit.Outcome, user: str, host: str, text: str) -> audit.AuditRecord:
+        return audit.AuditRecord(audit.Event.USER_AUTHENTICATION, outcome, (audit.peer(user, host, None),),
+                                 audit.Interface.API, audit.Action.EXECUTE, (audit.EventType.LOGIN,),
+                                 outcome_text=text)
 
 
 def _peer(request: web.Request) -> str:

@@ -11,6 +11,7 @@ import socket
 import ssl
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,11 +21,16 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
 from gateway import dead_letter, logs
-from gateway.app import build_bus, build_roles
+from gateway.app import build_bus, build_roles, open_index
+from gateway.audit.report import FORMATS, report
+from gateway.audit.trail import KEY as AUDIT_KEY
+from gateway.core import audit
+from gateway.core.audit import AuditRecord, instant
 from gateway.core.errors import CannotUnderstand, DicomStatusError
 from gateway.core.iocm import NoteRefused, Title
 from gateway.disk import DiskSpace
 from gateway.http import Endpoints
+from gateway.index.audit_log import AuditEntry
 from gateway.listen import PortUnavailable, server_tls_context
 from gateway.metrics import Metrics
 from gateway.processes import MergedMetrics, ReceiverProcesses
@@ -36,6 +42,8 @@ from gateway.xds import simulator as xds_simulator
 from workers.validation import cli as validation_cli
 
 log = logging.getLogger("gateway")
+
+_AUDIT_EXPORT_LIMIT = 100_000
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,6 +84,21 @@ def _parser() -> argparse.ArgumentParser:
                                "113039 retention expired")
     withdraw.add_argument("--config", type=Path, help="YAML settings file")
     withdraw.set_defaults(func=_reject)
+
+    trail = commands.add_parser("audit", help="the audit log: a patient's report (who processed their data, to whom "
+                                              "it was disclosed)")
+    trail_commands = trail.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    exported = trail_commands.add_parser("export", help="print a patient's entries (the report an information "
+                                                        "request needs); the export is audited")
+    exported.add_argument("--patient", required=True, metavar="PATIENT_ID", help="the patient's ID (a HETU)")
+    exported.add_argument("--from", dest="since", metavar="DATE", help="ISO 8601 date or time (default: all)")
+    exported.add_argument("--to", dest="until", metavar="DATE", help="ISO 8601 date or time, exclusive "
+                                                                      "(default: now)")
+    exported.add_argument("--format", choices=FORMATS, default="text")
+    exported.add_argument("--operator", default=os.environ.get("USER") or "operator",
+                          help="who asks, as the audit trail records it (default: $USER)")
+    exported.add_argument("--config", type=Path, help="YAML settings file")
+    exported.set_defaults(func=_audit_export)
 
     validation_cli.add_parser(commands)
     xds_cli.add_parser(commands)
@@ -216,6 +239,46 @@ async def _dead_letter_async(settings: Settings, args: argparse.Namespace) -> in
     return 1 if failed else 0
 
 
+def _audit_export(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    _warn_unknown_variables()
+    _check_data_dir(settings.data_dir)
+    logs.configure("WARNING", settings.log.json_format)
+    try:
+        since = instant(args.since, 0.0)
+        until = instant(args.until, time.time() + 1)
+    except ValueError as exc:
+        print(f"dicom-gateway: {exc}", file=sys.stderr)
+        return 2
+    if not args.patient.strip():
+        print("dicom-gateway: --patient needs a patient ID", file=sys.stderr)
+        return 2
+    if settings.database.url is None:  # relative to where it is run: say which index is read
+        print(f"dicom-gateway: index {(settings.data_dir / 'index.sqlite3').resolve()}", file=sys.stderr)
+    entries = uvloop.run(_audit_entries(settings, args.patient, since, until, args.operator))
+    sys.stdout.write(report(entries, args.patient, since, until, args.format))
+    return 0
+
+
+async def _audit_entries(settings: Settings, patient_id: str, since: float, until: float,
+                         operator: str) -> list[AuditEntry]:
+    """The patient's entries, once the export itself is on the audit trail (Audit Log Used)."""
+    bus = build_bus(settings, Metrics())
+    await bus.ensure_topics()
+    async with bus.producer() as producer:
+        record = AuditRecord(
+            audit.Event.AUDIT_LOG_USED, audit.Outcome.SUCCESS,
+            (audit.Participant(operator, True, None, alternative_user_id="dicom-gateway audit export"),),
+            audit.Interface.API, audit.Action.READ, patient=audit.Patient(patient_id))
+        await producer.publish(settings.topics.audit, AUDIT_KEY, audit.encode(record))
+    index = await open_index(settings)
+    try:
+        await index.migrate()
+        return await index.audit_entries(patient_id, since, until, _AUDIT_EXPORT_LIMIT)
+    finally:
+        await index.close()
+
+
 def _reject(args: argparse.Namespace) -> int:
     """Exit 0 once the note is durable on the bus, 1 when it is refused (nothing published), 2 when what is
     named is not held."""
@@ -275,7 +338,8 @@ def _run(args: argparse.Namespace) -> int:
         log.warning(line, extra={"variable": name})
     roles = args.roles or [role for role in ROLES if (role != "register" or settings.xds.enabled)
                            and (role != "forward" or settings.forward.destinations)
-                           and (role not in ("hl7", "patient") or settings.hl7.enabled)]
+                           and (role not in ("hl7", "patient") or settings.hl7.enabled)
+                           and (role != "audit" or settings.audit.enabled)]
     try:
         uvloop.run(_serve(settings, roles, args.config, args.ready_fd))
     except RoleCrashed:

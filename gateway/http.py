@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import auth
 from gateway.auth import Authenticator
+from gateway.core.audit import AuditTrail, NoAudit
 from gateway.disk import DiskSpace
 from gateway.listen import PortUnavailable, server_tls_context
 from gateway.metrics import Metrics
@@ -61,7 +62,7 @@ class Endpoints:
 
 
 def make_app(health: Health, metrics: Metrics, authenticator: Authenticator, public_metrics: bool = True,
-             routes: Sequence[web.RouteDef] = ()) -> web.Application:
+             routes: Sequence[web.RouteDef] = (), audit: AuditTrail | None = None) -> web.Application:
     @auth.public
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -79,7 +80,7 @@ def make_app(health: Health, metrics: Metrics, authenticator: Authenticator, pub
         response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
         return response
 
-    app = web.Application(middlewares=[auth.middleware(authenticator, metrics)])
+    app = web.Application(middlewares=[auth.middleware(authenticator, metrics, audit or NoAudit())])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", auth.public(metrics_endpoint) if public_metrics
@@ -92,6 +93,7 @@ def make_app(health: Health, metrics: Metrics, authenticator: Authenticator, pub
 async def serve_http(
     settings: Settings, health: Health, metrics: Metrics, routes: Sequence[web.RouteDef] = (),
     internal_routes: Sequence[web.RouteDef] = (), endpoints: Endpoints | None = None,
+    audit: AuditTrail | None = None,
 ) -> AsyncIterator[int]:
     """Serve the API port (with the roles' routes) and, when a role has internal routes, the internal port,
     until the block ends; yields the API port as bound and fills in ``endpoints``."""
@@ -99,7 +101,7 @@ async def serve_http(
     authenticator = auth.Authenticator.from_settings(http.auth, settings.data_dir)
     async with AsyncExitStack() as stack:
         stack.push_async_callback(authenticator.close)
-        app = make_app(health, metrics, authenticator, http.auth.public_metrics, routes)
+        app = make_app(health, metrics, authenticator, http.auth.public_metrics, routes, audit)
         port = await stack.enter_async_context(_site(app, http.host, http.port, server_tls_context(http.tls)))
         if internal_routes:
             internal = settings.internal

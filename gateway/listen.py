@@ -48,11 +48,16 @@ class PortUnavailable(OSError):
 
 class StreamListener:
     """``max_per_peer`` bounds the connections one address may hold open at once (the rest are closed before a
-    byte is read, ``on_refused`` told), so that one host cannot take every descriptor or the whole drain."""
+    byte is read, ``on_refused`` told), so that one host cannot take every descriptor or the whole drain. TLS is
+    negotiated once a connection is admitted, so that a failed handshake (an untrusted or missing client
+    certificate, a peer speaking plain text) is logged and told to ``on_tls_failure`` with the peer's address and
+    the reason."""
 
     def __init__(self, name: str, host: str, handler: Handler, drain_timeout: float,
                  handshake_timeout: float, reuse_port: bool = False, max_per_peer: int | None = None,
-                 on_refused: Callable[[], None] | None = None) -> None:
+                 on_refused: Callable[[], None] | None = None,
+                 on_tls_failure: Callable[[str, str], None] | None = None) -> None:
+        self._on_tls_failure = on_tls_failure
         self._name = name
         self._host = host
         self._handler = handler
@@ -72,11 +77,12 @@ class StreamListener:
 
     async def listen(self, port: int, tls: ssl.SSLContext | None) -> int:
         """Accept on ``port`` (0: any free one); returns the port bound."""
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self._accept(reader, writer, tls)
+
         try:
-            server = await asyncio.start_server(
-                self._accept, self._host, port, ssl=tls, reuse_port=self._reuse_port,
-                ssl_handshake_timeout=self._handshake_timeout if tls else None, limit=_STREAM_LIMIT,
-            )
+            server = await asyncio.start_server(accept, self._host, port, reuse_port=self._reuse_port,
+                                                limit=_STREAM_LIMIT)
         except OSError as exc:
             raise PortUnavailable(self._host, port, exc) from exc
         self._servers.append(server)
@@ -84,7 +90,8 @@ class StreamListener:
         log.info("listening", extra={"listener": self._name, "port": self.ports[-1], "tls": tls is not None})
         return self.ports[-1]
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      tls: ssl.SSLContext | None) -> None:
         peername = writer.get_extra_info("peername") or ("", 0)
         peer = str(peername[0])
         open_from_peer = self._per_peer.get(peer, 0)
@@ -104,6 +111,8 @@ class StreamListener:
         assert task is not None
         self._connections.add(task)
         try:
+            if tls is not None and not await self._handshake(writer, tls, f"{peer}:{peername[1]}"):
+                return
             await self._handler(reader, writer)
         except Exception:
             log.exception("connection handler failed", extra={"listener": self._name})
@@ -112,6 +121,23 @@ class StreamListener:
             remaining = self._per_peer.pop(peer, 1) - 1
             if remaining:
                 self._per_peer[peer] = remaining
+
+    async def _handshake(self, writer: asyncio.StreamWriter, tls: ssl.SSLContext, peer: str) -> bool:
+        try:
+            await writer.start_tls(tls, ssl_handshake_timeout=self._handshake_timeout)
+            return True
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
+            reason = (f"certificate verification failed: {exc.verify_message}"
+                      if isinstance(exc, ssl.SSLCertVerificationError) else
+                      f"TLS: {exc.reason}" if isinstance(exc, ssl.SSLError) and exc.reason else
+                      "handshake timed out" if isinstance(exc, TimeoutError) else
+                      f"connection lost during the handshake ({type(exc).__name__})")
+            with bound(peer=peer):
+                log.warning("TLS handshake failed", extra={"listener": self._name, "reason": reason})
+            if self._on_tls_failure is not None:
+                self._on_tls_failure(peer.rpartition(":")[0], reason)
+            writer.transport.abort()
+            return False
 
     def stop_accepting(self) -> None:
         """Close the listening sockets at once (a new connection is refused); connections in progress go on."""

@@ -79,6 +79,16 @@ class Metrics:
         self.dead_letters = Counter(
             "dicomgw_dead_letters_total", "Instances sent to the dead-letter topic", ["stage"], registry=r
         )
+        self.audit_records = Counter(
+            "dicomgw_audit_records_total", "Audit records made durable on the audit topic, by event", ["event"],
+            registry=r)
+        self.audit_failures = Counter(
+            "dicomgw_audit_records_lost_total",
+            "Audit records of refusals the bus did not take, or dropped while too many waited for it (logged)",
+            registry=r)
+        self.audit_delivered = Counter(
+            "dicomgw_audit_messages_delivered_total", "Audit messages the repository took, by transport",
+            ["transport"], registry=r)
         self.stage_retries = Counter(
             "dicomgw_stage_retries_total", "Back-offs while a service a stage needs was down", ["stage"], registry=r
         )

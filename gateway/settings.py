@@ -35,7 +35,7 @@ from gateway.hl7.message import CHARSETS
 ENV_PREFIX = "GATEWAY_"
 NESTED_DELIMITER = "__"
 DEFAULT_SECRETS_DIR = Path("/run/secrets/dicom-gateway")
-ROLES = ("receiver", "store", "register", "notify", "forward", "api", "hl7", "patient")
+ROLES = ("receiver", "store", "register", "notify", "forward", "api", "hl7", "patient", "audit")
 """Roles this build can run; each worker role is added here when its stage exists."""
 
 
@@ -280,6 +280,8 @@ class TopicSettings(_Section):
     dead_letter: str = "dicomgw.dead-letter"
     hl7: str = "dicomgw.hl7"
     """ADT messages the hl7 role accepted, in the order they were acknowledged (one key, one partition)."""
+    audit: str = "dicomgw.audit"
+    """Audit records, in the order they were written (one key, one partition); they name patients."""
 
 
 class KafkaSettings(_Section):
@@ -375,6 +377,48 @@ class IocmSettings(_Section):
 
     def policy(self) -> dict[Title, Resend]:
         return {**DEFAULT_RESEND, **self.resend}
+
+
+class AuditSettings(_Section):
+    """The audit trail (IHE ATNA): records on the bus, delivered by the ``audit`` role to the repository and kept
+    in the index's disclosure log."""
+
+    enabled: bool = True
+    """Off: nothing is recorded (only for benchmarks and tests that measure without it)."""
+    repository_url: str | None = None
+    """The audit record repository: ``tls://host:port`` (RFC 5425) or ``udp://host:port`` (RFC 5426); unset,
+    records go to the disclosure log only."""
+    ca_file: Path | None = None
+    """CAs the repository's TLS certificate must chain to; unset, the system's."""
+    cert_file: Path | None = None
+    """A client certificate for repositories that ask for one (mutual TLS), with ``key_file``."""
+    key_file: Path | None = None
+    source_id: str | None = None
+    """AuditSourceID: unset, the gateway's AE title."""
+    enterprise_site_id: str | None = None
+    """AuditEnterpriseSiteID: unset, ``xds.organization_oid`` when set."""
+    app_name: str = "dicom-gateway"
+    """RFC 5424 APP-NAME of every message."""
+    utf8_bom: bool = True
+    """Start each message's XML with the UTF-8 byte-order mark (RFC 5424 section 6.4); some repositories want
+    it left out."""
+    retention_days: int = Field(4383, ge=1)
+    """How long the disclosure log keeps an entry (the default is twelve years)."""
+    retry_max_seconds: float = Field(60.0, gt=0)
+    """Longest back-off while the repository is down; records wait on the bus meanwhile."""
+
+    @field_validator("repository_url")
+    @classmethod
+    def _transport(cls, url: str | None) -> str | None:
+        if url is not None and not re.fullmatch(r"(tls|udp)://(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):\d{1,5}", url):
+            raise ValueError("must be tls://host:port or udp://host:port")
+        return url
+
+    @model_validator(mode="after")
+    def _client_certificate(self) -> AuditSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be set together")
+        return self
 
 
 class NotifySettings(_Section):
@@ -694,6 +738,7 @@ class Settings(BaseSettings):
     validation: ValidationSettings = ValidationSettings()
     store: StoreSettings = StoreSettings()
     iocm: IocmSettings = IocmSettings()
+    audit: AuditSettings = AuditSettings()
     notify: NotifySettings = NotifySettings()
     xds: XdsSettings = XdsSettings()
     forward: ForwardSettings = ForwardSettings()

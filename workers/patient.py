@@ -15,15 +15,18 @@ and an unreachable upstream is an outage (back off, send the same message again)
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import ssl
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from gateway.bus import Producer, Record
-from gateway.core import events
+from gateway.core import audit, events
+from gateway.core.audit import AuditRecord, AuditTrail
 from gateway.core.errors import Permanent, Unavailable
 from gateway.core.events import PatientUpdated
 from gateway.hl7 import mllp
@@ -44,9 +47,15 @@ def adt_record(record: Record) -> AdtRecord:
     return AdtRecord.decode(record.value, record.headers)
 
 
+_AUDIT_IDS = uuid.UUID("5d1f0c3e-8a4b-4c1e-9a57-1f3a3c1b2d40")
+"""Namespace of the Patient Record records' ids, derived from the message so that a replay is kept once."""
+
+
 class PatientStage:
     def __init__(self, index: Patients, producer: Producer, topics: TopicSettings, metrics: Metrics,
-                 reregister: bool) -> None:
+                 reregister: bool, audit: AuditTrail, ae_title: str) -> None:
+        self._audit = audit
+        self._ae_title = ae_title
         self._index = index
         self._producer = producer
         self._topics = topics
@@ -65,10 +74,33 @@ class PatientStage:
         self._metrics.patient_changes.labels(applied.action).inc()
         log.info("patient change applied", extra={"trigger": change.trigger, "control_id": change.control_id[:64],
                                                   "action": applied.action, "studies": len(applied.studies)})
-        # published again for a message applied before: its first run may have died between commit and publish
+        # audited and published again for a message applied before: its first run may have died between commit and
+        # publish (the records' ids come from the message, so the audit log keeps each once)
+        await asyncio.gather(*(self._audit.record(r) for r in self._records(record, applied.action)))
         event = PatientUpdated(message_key=change.message_key, trigger=change.trigger, action=applied.action,
                                study_instance_uids=applied.studies, applied_at=now.isoformat())
         await self._producer.publish(self._topics.events, event.key, events.encode(event))
+
+    def _records(self, record: AdtRecord, action: str) -> list[AuditRecord]:
+        """Patient Record (PS3.15 A.5.3.9): the patient created or updated, and for a merge or an identifier change
+        the prior identifier deleted; the message itself as a detail."""
+        change = record.change
+        participants = (audit.peer(change.sender or "-", "", audit.Role.SOURCE),
+                        audit.this_gateway(self._ae_title, audit.Role.DESTINATION))
+        at = datetime.fromtimestamp(record.received_at, UTC)
+        records = [AuditRecord(
+            audit.Event.PATIENT_RECORD, audit.Outcome.SUCCESS, participants, audit.Interface.HL7,
+            audit.Action.CREATE if action == "created" else audit.Action.UPDATE,
+            patient=audit.Patient(change.patient.patient_id, change.patient.issuer),
+            details=(audit.Detail("HL7v2 Message", record.message),), at=at,
+            id=str(uuid.uuid5(_AUDIT_IDS, f"{change.message_key}|patient")))]
+        if change.prior is not None:
+            records.append(AuditRecord(
+                audit.Event.PATIENT_RECORD, audit.Outcome.SUCCESS, participants, audit.Interface.HL7,
+                audit.Action.DELETE, patient=audit.Patient(change.prior.patient_id, change.prior.issuer),
+                details=(audit.Detail("HL7v2 Message", record.message),), at=at,
+                id=str(uuid.uuid5(_AUDIT_IDS, f"{change.message_key}|prior"))))
+        return records
 
     async def fetched(self) -> None:
         """Each message is applied as it comes."""

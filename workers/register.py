@@ -22,18 +22,22 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from gateway.bus import Producer
-from gateway.core import events
+from gateway.core import audit, events
+from gateway.core.audit import AuditRecord, AuditTrail
 from gateway.core.errors import DeliveryFailed, DeliveryRefused
 from gateway.core.events import Event, StudyRegistered, StudyStable
+from gateway.core.study import StudyInstance
 from gateway.dicom.kos_check import check_kos
 from gateway.index import Delivery, InstanceIndex, OutboundQueue, Patients, Registration, Registrations, Rejections
 from gateway.settings import DicomSettings, TopicSettings, XdsSettings
@@ -61,7 +65,8 @@ class _RegistrarIndex(InstanceIndex, OutboundQueue, Registrations, Patients, Rej
 
 class Registrar:
     def __init__(self, index: _RegistrarIndex, client: XdsClient, producer: Producer, xds: XdsSettings, dicom: DicomSettings,
-                 topics: TopicSettings, test_environment: bool) -> None:
+                 topics: TopicSettings, test_environment: bool, audit: AuditTrail) -> None:
+        self._audit = audit
         self._index = index
         self._client = client
         self._producer = producer
@@ -122,13 +127,17 @@ class Registrar:
                 test_environment=self._test_environment)
         except (MetadataError, ValueError) as exc:
             raise DeliveryRefused(f"the study cannot be described for XDS: {exc}") from exc
+        exported = self._exported(rows, submission.submission_set_unique_id)
         try:
             await self._client.provide_and_register(submission)
         except XdsTransient as exc:
+            self._audit.note(exported(audit.Outcome.SERIOUS_FAILURE, f"registry unavailable: {exc.codes}"))
             raise DeliveryFailed(f"registry: {exc} {list(exc.codes)}") from exc
         except XdsPermanent as exc:
             if not (DUPLICATE_UNIQUE_ID in exc.codes and delivery.attempts and await self._registered(submission)):
+                self._audit.note(exported(audit.Outcome.SERIOUS_FAILURE, f"registry refused: {list(exc.codes)}"))
                 raise DeliveryRefused(f"registry refused the submission: {list(exc.codes)} {exc}") from exc
+        await self._audit.record(exported(audit.Outcome.SUCCESS, ""))
         registration = Registration(study, payload["generation"], submission.unique_id, submission.document_entry_uuid,
                                     submission.submission_set_unique_id, len(rows), time.time(),
                                     current.entry_uuid if current else None)
@@ -139,6 +148,25 @@ class Registrar:
         log.info("study registered", extra={"study_instance_uid": study, "generation": payload["generation"],
                                             "document_unique_id": submission.unique_id,
                                             "replaces": registration.replaces_entry_uuid})
+
+    def _exported(self, rows: list[StudyInstance], submission_set: str) -> Callable[[audit.Outcome, str], AuditRecord]:
+        """The Export record of a RAD-68 submission (PS3.15 A.5.3.6; IHE ITI-41): this gateway as the source that
+        asked, the repository as the destination, the patient, the study and the submission set."""
+        head = rows[0]
+        classes = Counter(row.sop_class_uid for row in rows)
+        repository = self._xds.repository_url or ""
+
+        def record(outcome: audit.Outcome, why: str) -> AuditRecord:
+            return AuditRecord(
+                audit.Event.EXPORT, outcome,
+                (audit.this_gateway(self._dicom.ae_title, audit.Role.SOURCE, requestor=True),
+                 audit.peer(repository, urlsplit(repository).hostname or "", audit.Role.DESTINATION, False)),
+                audit.Interface.XDS, audit.Action.READ, (audit.EventType.ITI_41,),
+                patient=audit.Patient(head.patient_id, head.issuer_of_patient_id),
+                studies=(audit.Study(head.study_instance_uid, tuple(sorted(classes.items())), head.accession_number),),
+                submission_set=submission_set, recipient=repository, outcome_text=why)
+
+        return record
 
     async def _deprecate(self, current: Registration, payload: dict[str, Any], prepared_at: datetime) -> None:
         """Every instance of the study was withdrawn: its manifest's entry becomes Deprecated (ITI-57)."""

@@ -25,6 +25,8 @@ from typing import Protocol
 
 from pydicom.uid import generate_uid
 
+from gateway.core import audit
+from gateway.core.audit import AuditRecord, AuditTrail
 from gateway.core.errors import describe
 from gateway.core.study import Patient
 from gateway.dicom import commitment, contexts, dimse
@@ -37,6 +39,7 @@ from gateway.dicom.transcode import CannotTranscode, NotPart10, open_part10, tra
 from gateway.index import Forwarding, ForwardItem, ForwardResult, ForwardState, ForwardTransaction, Patients
 from gateway.metrics import Metrics
 from gateway.objects import ObjectNotFound, ObjectStore, ObjectStoreError
+from gateway.retrieve.disclosure import by_patient
 from gateway.settings import ForwardDestination
 from workers.deliver import RetryPolicy
 
@@ -101,7 +104,8 @@ class SendIndex(Forwarding, Patients, Protocol):
 
 class BatchSender:
     def __init__(self, index: SendIndex, objects: ObjectStore, policy: SendPolicy, metrics: Metrics,
-                 apply_report: ReportApplier) -> None:
+                 apply_report: ReportApplier, audit: AuditTrail) -> None:
+        self._audit = audit
         self._index = index
         self._objects = objects
         self._policy = policy
@@ -168,11 +172,14 @@ class BatchSender:
         pacer = self._pacers.setdefault(destination.name, _Pacer(destination.rate_per_minute))
         unrecorded: list[ForwardResult] = []
         rewrites = await self._index.patients_to_write([item.sop_instance_uid for item in to_send])
+        sent: list[ForwardItem] = []
         try:
             for item in to_send:
                 await pacer.wait()
                 result = await self._store(association, destination, item, rewrites.get(item.sop_instance_uid))
                 unrecorded.append(result)
+                if result.stored:
+                    sent.append(item)
                 if result.state is ForwardState.SENT:
                     pending[item.sop_instance_uid] = replace(item, state=ForwardState.SENT)
                 else:
@@ -183,6 +190,23 @@ class BatchSender:
         finally:
             if unrecorded:
                 await asyncio.shield(self._index.record_forward_results(destination.name, unrecorded, time.time()))
+            if sent:
+                await asyncio.shield(self._audit_sent(destination, sent))
+
+    async def _audit_sent(self, destination: ForwardDestination, sent: list[ForwardItem]) -> None:
+        """DICOM Instances Transferred to the destination, one record per patient: after the results are recorded,
+        so an outage of the bus here loses the records (logged), never a send."""
+        try:
+            groups = await by_patient(self._index, [(item.study_instance_uid, item.sop_class_uid) for item in sent])
+            participants = (audit.this_gateway(self._policy.calling_ae, audit.Role.SOURCE, requestor=True),
+                            audit.peer(destination.ae_title, destination.host, audit.Role.DESTINATION, False))
+            await asyncio.gather(*(self._audit.record(AuditRecord(
+                audit.Event.INSTANCES_TRANSFERRED, audit.Outcome.SUCCESS, participants, audit.Interface.FORWARD,
+                audit.Action.READ, patient=patient if patient.id else None, studies=studies,
+                recipient=destination.ae_title)) for patient, studies in groups))
+        except Exception as exc:
+            log.error("forwarded instances could not be audited", extra={
+                "destination": destination.name, "instances": len(sent), "error": describe(exc)})
 
     async def _store(self, association: RequestorAssociation, destination: ForwardDestination,
                      item: ForwardItem, patient: Patient | None) -> ForwardResult:

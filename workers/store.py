@@ -23,9 +23,10 @@ import dataclasses
 import hashlib
 import logging
 import time
+import uuid
 import warnings
 import zlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,7 +35,8 @@ from typing import Protocol
 from pydicom.dataset import Dataset
 
 from gateway.bus import Producer, Record
-from gateway.core import events
+from gateway.core import audit, events
+from gateway.core.audit import STOW_CALLING_AE, Action, AuditRecord, AuditTrail
 from gateway.core.envelope import MAY_EXPIRE, InstanceEnvelope, InstanceHeader
 from gateway.core.errors import CannotUnderstand, Permanent, describe, retriable
 from gateway.core.iocm import EXPIRY_NOT_AUTHORISED, NoteRefused, RejectionNote, Title
@@ -56,6 +58,7 @@ from gateway.index import (
 from gateway.index.rejections import Applied
 from gateway.metrics import Metrics
 from gateway.objects import ObjectStore, Upload
+from gateway.retrieve.disclosure import by_patient
 from gateway.settings import IocmSettings, TopicSettings
 from workers.validation import (
     Finding,
@@ -71,6 +74,10 @@ from workers.validation import (
 from workers.validation.header import first_item, text
 
 log = logging.getLogger(__name__)
+
+_DROPPED = frozenset({Outcome.IGNORED, Outcome.REFUSED})
+_AUDIT_IDS = uuid.UUID("0b6c8f4e-2d3a-4f51-9c7e-6a1d2e3f4b5c")
+"""Namespace of the ids of records about a rejection note, derived from the note so that a replay is kept once."""
 
 HEADER_LIMIT_BYTES = 8 * 1024 * 1024
 STUDY_PATIENT_CACHE = 10_000
@@ -114,6 +121,15 @@ class Stored:
     """The rejection note the instance is, to be applied where it stands in the batch."""
     may_expire: bool = False
     """Its sender may send a retention-expiry note (``envelope.MAY_EXPIRE``)."""
+    peer: str = ""
+    called_ae: str = ""
+    user: str = ""
+
+    def sender(self) -> audit.Participant:
+        """Who sent it, as the audit trail names them: the calling AE (with its DICOM user), or the HTTP user."""
+        stow = self.row.source_ae == STOW_CALLING_AE
+        return audit.Participant(self.user if stow and self.user else self.row.source_ae, True, audit.Role.SOURCE,
+                                 self.peer if stow else self.peer.rpartition(":")[0], "" if stow else self.user)
 
 
 class DeadLetter(Permanent):
@@ -198,8 +214,12 @@ class StoreStage:
         policy: CorrectionPolicy,
         iocm: IocmSettings,
         metrics: Metrics,
+        audit_trail: AuditTrail,
+        ae_title: str,
     ) -> None:
         self._objects = objects
+        self._audit = audit_trail
+        self._ae_title = ae_title
         self._iocm = iocm
         self._resend = iocm.policy()
         self._index = index
@@ -237,7 +257,8 @@ class StoreStage:
         if pending.note is not None and note is None:
             log.warning("rejection note quarantined: it withdraws nothing", extra={
                 "instance_id": row.instance_id, "findings": sorted({f["code"] for f in row.findings})})
-        self._stored.append(Stored(row, records, note, records[-1].header(MAY_EXPIRE) == b"1"))
+        self._stored.append(Stored(row, records, note, records[-1].header(MAY_EXPIRE) == b"1", instance.peer,
+                                   instance.called_ae, instance.user))
         if row.status is InstanceStatus.STORED and row.patient_attributes:
             self._remember_patient(row.study_instance_uid,
                                    self._study_patients.get(row.study_instance_uid) or [row.patient_attributes])
@@ -272,7 +293,7 @@ class StoreStage:
         moved: dict[str, list[InstanceRow]] = {}
         for position, (stored, row, result) in enumerate(zip(batch, rows, results, strict=True)):
             if position in applied and stored.note is not None:  # applied, even when its own row failed after
-                deliveries += await self._announce(stored.note, applied[position], now)
+                deliveries += await self._announce(stored, stored.note, applied[position], now)
             if isinstance(result, Exception):
                 outcome.append((stored, result))
                 continue
@@ -286,7 +307,8 @@ class StoreStage:
         for study, previous in moved.items():
             deliveries += await self._withdrawn(study, Title.WORKLIST, "", "", [
                 (p.series_instance_uid, p.sop_class_uid, p.sop_instance_uid) for p in previous], now)
-        await asyncio.gather(*deliveries)
+        await asyncio.gather(*deliveries, *(self._audit.record(record)
+                                            for record in received(batch, results)))
         return outcome
 
     async def _record(self, rows: list[InstanceRow]) -> list[RecordResult | Exception]:
@@ -429,11 +451,22 @@ class StoreStage:
                                            "status": result.current.status.value, "storage_key": row.storage_key})
         return delivered
 
-    async def _announce(self, note: RejectionNote, applied: Applied, now: datetime) -> list[Awaitable[None]]:
+    async def _announce(self, stored: Stored, note: RejectionNote, applied: Applied,
+                        now: datetime) -> list[Awaitable[None]]:
         """``instances.rejected`` for each study the note withdrew instances from (the note's own study at least:
-        forwarding looks there for the note)."""
+        forwarding looks there for the note), and DICOM Study Deleted for each patient of those instances (ids
+        from the note, so that a re-delivery is kept once)."""
         by_study = applied.by_study() or {note.study_instance_uid: []}
-        sent = []
+        sent: list[Awaitable[None]] = []
+        withdrawn_classes = [(r.study_instance_uid, r.sop_class_uid) for r in applied.withdrawn]
+        for patient, studies in await by_patient(self._index, withdrawn_classes) if withdrawn_classes else []:
+            sent.append(self._audit.record(AuditRecord(
+                audit.Event.STUDY_DELETED, audit.Outcome.SUCCESS,
+                (stored.sender(), audit.this_gateway(stored.called_ae or "-", audit.Role.DESTINATION)),
+                audit.Interface.STOW_RS if stored.row.source_ae == STOW_CALLING_AE else audit.Interface.C_STORE,
+                Action.DELETE, patient=patient if patient.id else None, studies=studies,
+                outcome_text=f"withdrawn by rejection note: {note.title.value} {note.title.meaning}",
+                id=str(uuid.uuid5(_AUDIT_IDS, f"{note.sop_instance_uid}|{patient.id}|{patient.issuer}")))))
         for study, withdrawn in by_study.items():
             sent += await self._withdrawn(study, note.title, note.sop_instance_uid, note.study_instance_uid, [
                 (r.series_instance_uid, r.sop_class_uid, r.sop_instance_uid) for r in withdrawn], now)
@@ -458,17 +491,31 @@ class StoreStage:
     async def delete_expired(self, owns: Callable[[str], bool]) -> int:
         """Delete the rows, then the objects, of the owned instances whose retention-expiry grace has ended: a
         row is never left without its object (a crash in between leaves objects nothing refers to, named in the
-        log line before they go)."""
-        deleted = 0
+        log line before they go). Each study's deletion is on the audit trail before it happens (DICOM Study
+        Deleted): a crash in between records it again, never not at all."""
+        by_study: dict[str, list[str]] = {}
         for uid, study in await self._index.expired_rejections(time.time(), EXPIRED_BATCH):
-            if not owns(study):
-                continue
-            keys = await self._index.forget_instance(uid, time.time())
-            log.info("rejected instance deleted: its retention expired", extra={
-                "sop_instance_uid": uid, "study_instance_uid": study, "storage_keys": keys})
-            for key in keys:
-                await self._objects.delete(key)
-            deleted += 1
+            if owns(study):
+                by_study.setdefault(study, []).append(uid)
+        if not by_study:
+            return 0
+        patients = await self._index.patients_of_studies(list(by_study))
+        deleted = 0
+        for study, uids in by_study.items():
+            patient = patients.get(study)
+            await self._audit.record(AuditRecord(
+                audit.Event.STUDY_DELETED, audit.Outcome.SUCCESS,
+                (audit.this_gateway(self._ae_title, None, requestor=True),), audit.Interface.SYSTEM, Action.DELETE,
+                patient=audit.Patient(patient.patient_id, patient.issuer) if patient is not None else None,
+                studies=(audit.Study(study),),
+                outcome_text=f"{len(uids)} instances deleted: data retention policy expired (113039)"))
+            for uid in uids:
+                keys = await self._index.forget_instance(uid, time.time())
+                log.info("rejected instance deleted: its retention expired", extra={
+                    "sop_instance_uid": uid, "study_instance_uid": study, "storage_keys": keys})
+                for key in keys:
+                    await self._objects.delete(key)
+                deleted += 1
         return deleted
 
     async def _try_decide(self, pending: _Pending, complete: bool) -> None:
@@ -612,6 +659,36 @@ class StoreStage:
             except Exception as exc:
                 log.warning("abort of a partial object failed", extra={"key": pending.key, "error": describe(exc)})
             pending.upload = None
+
+
+def received(batch: list[Stored], results: list[RecordResult | Exception]) -> list[AuditRecord]:
+    """DICOM Instances Transferred, one record per study, sender and patient of the batch (PS3.15 A.5.3.4): Create
+    where the index did not hold them, Update where they replaced what it held, Read where it had them already;
+    instances that go to the dead letters in a record of their own, failed. A rejected instance sent again and
+    dropped or refused is left out: it was not taken (dcm4chee-arc-light#2083 asked the same)."""
+    groups: dict[tuple[str, str, str, audit.Participant, str, bool], list[tuple[InstanceRow, RecordResult | None]]] = {}
+    for stored, result in zip(batch, results, strict=True):
+        if isinstance(result, RecordResult) and result.outcome in _DROPPED:
+            continue
+        row = stored.row
+        key = (row.study_instance_uid, row.patient_id, row.issuer_of_patient_id, stored.sender(), stored.called_ae,
+               isinstance(result, Exception))
+        groups.setdefault(key, []).append((row, None if isinstance(result, Exception) else result))
+    records = []
+    for (study, patient, issuer, sender, called_ae, failed), rows in groups.items():
+        outcomes = {result.outcome for _, result in rows if result is not None}
+        action = (Action.UPDATE if Outcome.REPLACED in outcomes else
+                  Action.CREATE if failed or outcomes & {Outcome.INSERTED, Outcome.RESTORED} else Action.READ)
+        classes = Counter(row.sop_class_uid for row, _ in rows)
+        records.append(AuditRecord(
+            audit.Event.INSTANCES_TRANSFERRED,
+            audit.Outcome.SERIOUS_FAILURE if failed else audit.Outcome.SUCCESS,
+            (sender, audit.this_gateway(called_ae, audit.Role.DESTINATION)),
+            audit.Interface.STOW_RS if rows[0][0].source_ae == STOW_CALLING_AE else audit.Interface.C_STORE, action,
+            patient=audit.Patient(patient, issuer) if patient else None,
+            studies=(audit.Study(study, tuple(sorted(classes.items())), rows[0][0].accession_number),),
+            outcome_text="not stored: in the dead letters" if failed else "", at=rows[0][0].received_at))
+    return records
 
 
 @dataclass(frozen=True, slots=True)

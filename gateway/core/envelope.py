@@ -9,7 +9,7 @@ Chunks hold the data set bytes exactly as received, without the Part 10 file met
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Self
 
 import orjson
@@ -56,6 +56,9 @@ class InstanceHeader:
     organization_oid: str
     received_at: str
     """UTC, ISO 8601."""
+    user: str = field(default="", kw_only=True)
+    """Who sent it, when the sender authenticated as a user (DICOM User Identity, the HTTP token's subject):
+    for the audit trail. Records written before it was added have none."""
 
     def to_json(self) -> bytes:
         return orjson.dumps(self)

@@ -124,6 +124,15 @@ class Query:
     def condition(self, keyword: str) -> Condition | None:
         return next((condition for condition in self.conditions if condition.keyword == keyword), None)
 
+    def patient(self) -> tuple[str, str] | None:
+        """(Patient ID, issuer) when the query names one patient (single-value matching): whose data it reads,
+        for the audit trail."""
+        patient = self.condition("PatientID")
+        if patient is None or patient.match is not Match.SINGLE or not patient.values[0]:
+            return None
+        issuer = self.condition("IssuerOfPatientID")
+        return patient.values[0], issuer.values[0] if issuer is not None and issuer.match is Match.SINGLE else ""
+
 
 def level_of(key: Key, model: Model) -> Level:
     return Level.STUDY if model is Model.STUDY_ROOT and key.level is Level.PATIENT else key.level

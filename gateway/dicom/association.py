@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 from pynetdicom.pdu import A_ABORT_RQ, A_RELEASE_RP
 
+from gateway.core import audit
+from gateway.core.audit import AuditRecord, AuditTrail
 from gateway.core.errors import DicomStatusError
 from gateway.dicom import acse, dimse
 from gateway.dicom.dimse import Command
@@ -169,8 +171,11 @@ class Association:
         timeouts: Timeouts,
         metrics: Metrics,
         occupancy: acse.Occupancy,
+        audit: AuditTrail,
     ) -> None:
-        """``occupancy`` counts the acceptor's associations; this one joins it once accepted."""
+        """``occupancy`` counts the acceptor's associations; this one joins it once accepted; ``audit`` hears of
+        associations refused (Security Alert)."""
+        self._audit = audit
         self._reader = reader
         self._writer = writer
         self._policy = policy
@@ -182,7 +187,7 @@ class Association:
         self._peer_ip = str(peer[0])
         self.peer = f"{peer[0]}:{peer[1]}"
         self.id = uuid.uuid4().hex[:12]
-        self.calling_ae = self.called_ae = ""
+        self.calling_ae = self.called_ae = self.user = ""
         self.caller: Caller | None = None
         self._accepted: acse.Accepted | None = None
         self._command = CommandAssembler()
@@ -276,9 +281,16 @@ class Association:
         if isinstance(outcome, acse.Rejected):
             self._metrics.associations.labels("rejected").inc()
             log.warning("association rejected", extra={"reason": outcome.reason})
+            self._audit.note(AuditRecord(
+                audit.Event.SECURITY_ALERT, audit.Outcome.MINOR_FAILURE,
+                (audit.peer(outcome.calling_ae or "-", self._peer_ip, audit.Role.SOURCE),
+                 audit.this_gateway(outcome.called_ae or "-", audit.Role.DESTINATION)),
+                audit.Interface.DICOM, audit.Action.EXECUTE, (audit.EventType.ASSOCIATION_REFUSED,),
+                outcome_text=f"association rejected: {outcome.reason}"))
             return
         self._accepted = outcome
         self.caller = outcome.caller
+        self.user = outcome.user
         self.on_end(self._occupancy.admit(self.calling_ae))
         self._metrics.associations.labels("accepted").inc()
         log.info("association accepted", extra={"contexts": len(outcome.contexts), "user": outcome.user})

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from pynetdicom.presentation import PresentationContext
 
+from gateway.core import audit
 from gateway.core.errors import DicomStatusError
 from gateway.dicom import dimse
 from gateway.dicom.dimse import Command, SubOperations
@@ -101,6 +102,8 @@ class AssociationContext(Protocol):
     peer: str
     """``ip:port`` of the requestor."""
     caller: Caller | None
+    user: str
+    """The user the requestor authenticated as (User Identity Negotiation), or ""."""
 
     def transfer_syntax(self, context_id: int) -> str: ...
 
@@ -120,6 +123,12 @@ class AssociationContext(Protocol):
     def on_end(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once when the association ends, however it ends."""
         ...
+
+
+def requestor(association: AssociationContext) -> audit.Participant:
+    """The calling AE as the requesting participant of an audit record: its title, address and user."""
+    return audit.Participant(association.calling_ae, True, audit.Role.SOURCE,
+                             association.peer.rpartition(":")[0].strip("[]"), association.user)
 
 
 class DimseService(Protocol):

@@ -21,6 +21,8 @@ from contextlib import AsyncExitStack
 from types import TracebackType
 
 from gateway.bus import Bus, BusError, Producer, RecordTooLarge
+from gateway.core import audit
+from gateway.core.audit import AuditTrail, NoAudit
 from gateway.core.errors import describe
 from gateway.hl7 import adt, mllp
 from gateway.hl7.message import ACCEPT, ERROR, REJECT, Hl7Error, Message, acknowledgment, header_of, parse
@@ -45,9 +47,10 @@ class Hl7Listener:
 
     def __init__(self, settings: Hl7Settings, topics: TopicSettings, bus: Bus, metrics: Metrics,
                  trusted: Collection[str], test_identities: bool,
-                 holdings: Holdings | None, drain_timeout: float) -> None:
+                 holdings: Holdings | None, drain_timeout: float, audit_trail: AuditTrail | None = None) -> None:
         """``trusted``: assigning authorities a patient identifier may have; ``holdings``: the index the
-        pre-check reads (None: no pre-check)."""
+        pre-check reads (None: no pre-check); ``audit_trail`` hears of failed TLS handshakes."""
+        trail: AuditTrail = audit_trail if audit_trail is not None else NoAudit()
         self._settings = settings
         self._topics = topics
         self._bus = bus
@@ -59,7 +62,9 @@ class Hl7Listener:
         self._producer: Producer | None = None
         self._listener = StreamListener("hl7", settings.host, self._connection, drain_timeout,
                                         min(settings.idle_timeout_seconds, _HANDSHAKE_SECONDS),
-                                        max_per_peer=settings.max_connections_per_peer)
+                                        max_per_peer=settings.max_connections_per_peer,
+                                        on_tls_failure=lambda host, reason: trail.note(
+                                            audit.tls_refused(audit.Interface.HL7, host, "-", reason)))
 
     @property
     def ports(self) -> list[int]:

@@ -35,9 +35,11 @@ from gateway.core.study import InstanceStatus as InstanceStatus  # re-exported: 
 from gateway.core.study import Patient, StudyInstance
 
 if TYPE_CHECKING:
+    from gateway.core.audit import AuditRecord
     from gateway.core.iocm import RejectionNote
     from gateway.hl7.adt import PatientChange
     from gateway.index import rejections
+    from gateway.index.audit_log import AuditEntry
     from gateway.index.patients import Applied
 
 
@@ -697,8 +699,18 @@ class Rejections(Protocol):
     async def forget_instance(self, sop_instance_uid: str, now: float) -> list[str]: ...
 
 
+class AuditLog(Protocol):
+    """The local audit log (``gateway.index.audit_log``)."""
+
+    async def log_audit(self, records: Sequence[AuditRecord]) -> None: ...
+
+    async def audit_entries(self, patient_id: str, since: float, until: float, limit: int) -> list[AuditEntry]: ...
+
+    async def purge_audit(self, before: float) -> None: ...
+
+
 class Index(InstanceIndex, StudyClock, CommitmentLog, OutboundQueue, Registrations, Forwarding, Catalogue,
-            Patients, Rejections, Protocol):
+            Patients, Rejections, AuditLog, Protocol):
     """Every port at once: what an adapter implements. A consumer types against the ports it uses."""
 
     async def migrate(self) -> None:

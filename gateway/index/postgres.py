@@ -39,6 +39,7 @@ from gateway.index import (
     Registration,
     StudyActivity,
     StudySummary,
+    audit_log,
     patients,
     rejections,
     resolve,
@@ -155,7 +156,8 @@ def _row(record: asyncpg.Record) -> InstanceRow:
     return InstanceRow(**values)
 
 
-class PostgresIndex(ForwardQueries, search.SearchQueries, patients.PatientQueries, rejections.RejectionQueries):
+class PostgresIndex(ForwardQueries, search.SearchQueries, patients.PatientQueries, rejections.RejectionQueries,
+                  audit_log.AuditLogQueries):
     _claim_lock = " FOR UPDATE SKIP LOCKED"
 
     def __init__(self, pool: asyncpg.Pool) -> None:

@@ -40,6 +40,7 @@ from gateway.index import (
     Registration,
     StudyActivity,
     StudySummary,
+    audit_log,
     patients,
     rejections,
     resolve,
@@ -171,7 +172,8 @@ def _translate(exc: sqlite3.Error) -> IndexFailure:
     return IndexUnavailable(f"{what}: {exc}" if isinstance(exc, sqlite3.OperationalError) else what)
 
 
-class SqliteIndex(ForwardQueries, search.SearchQueries, patients.PatientQueries, rejections.RejectionQueries):
+class SqliteIndex(ForwardQueries, search.SearchQueries, patients.PatientQueries, rejections.RejectionQueries,
+                  audit_log.AuditLogQueries):
     _sqlite = True
 
     def __init__(self, connection: sqlite3.Connection, thread: ThreadPoolExecutor) -> None:

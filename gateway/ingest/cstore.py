@@ -98,6 +98,7 @@ class StorageService:
             calling_ae=association.calling_ae, called_ae=association.called_ae, peer=association.peer,
             organization=caller.organization if caller else "",
             organization_oid=caller.organization_oid if caller else "", may_expire=may_expire,
+            user=association.user,
         )
         publisher = InstancePublisher(
             self._producer, self._topic, origin,

@@ -70,6 +70,8 @@ class Origin:
     organization_oid: str
     may_expire: bool = False
     """The sender may send a retention-expiry note (the ``expire`` permission, an operator)."""
+    user: str = ""
+    """The user the sender authenticated as, if any (for the audit trail)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,5 +318,6 @@ class InstancePublisher:
             organization=origin.organization,
             organization_oid=origin.organization_oid,
             received_at=self._received_at,
+            user=origin.user,
         )
 

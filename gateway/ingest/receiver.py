@@ -20,6 +20,8 @@ from types import TracebackType
 from aiohttp import web
 
 from gateway.bus import Bus, Producer
+from gateway.core import audit
+from gateway.core.audit import AuditTrail, NoAudit
 from gateway.dicom import acse, commitment
 from gateway.dicom.association import Association, Timeouts
 from gateway.dicom.identity import Authenticator
@@ -71,10 +73,13 @@ class Receiver:
         shortage: Callable[[], str | None] = lambda: None, destinations: Collection[str] = (),
         retrieval: tuple[Holdings, Sequence[DimseService]] | None = None,
         rejections: tuple[Holdings, RejectionCheck] | None = None,
+        audit_trail: AuditTrail | None = None,
     ) -> None:
         """``destinations``: AE titles of the archives the forward role sends to, whose reports are taken;
         ``retrieval``: the query/retrieve services and the holdings they read (closed with the role);
-        ``rejections``: the IOCM check before Success and the holdings it reads (the same as retrieval's)."""
+        ``rejections``: the IOCM check before Success and the holdings it reads (the same as retrieval's);
+        ``audit_trail``: where refused associations and TLS handshakes are recorded."""
+        self._audit: AuditTrail = audit_trail if audit_trail is not None else NoAudit()
         self._rejections = rejections
         self._settings = settings
         self._destinations = frozenset(destinations)
@@ -92,7 +97,9 @@ class Receiver:
         self._listener = StreamListener("dicom", settings.host, self._associate, drain_timeout,
                                         settings.acse_timeout_seconds, settings.reuse_port,
                                         settings.max_connections_per_peer,
-                                        metrics.associations.labels("refused_peer_limit").inc)
+                                        metrics.associations.labels("refused_peer_limit").inc,
+                                        lambda host, reason: self._audit.note(
+                                            audit.tls_refused(audit.Interface.DICOM, host, settings.ae_title, reason)))
         self._policy = acceptor_policy(settings, self._destinations)
         self._timeouts = Timeouts(settings.acse_timeout_seconds, settings.dimse_timeout_seconds,
                                   settings.network_timeout_seconds)
@@ -147,7 +154,7 @@ class Receiver:
         self._metrics.associations_open.inc()
         try:
             await Association(reader, writer, self._policy, self._services, self._timeouts, self._metrics,
-                              self._occupancy).run()
+                              self._occupancy, self._audit).run()
         finally:
             self._metrics.associations_open.dec()
 

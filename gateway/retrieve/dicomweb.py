@@ -30,8 +30,22 @@ import orjson
 from aiohttp import BodyPartReader, MultipartReader, web
 from pydicom.dataset import Dataset
 
-from gateway.auth import Role, requires
+from gateway.auth import PRINCIPAL, Role, requires
 from gateway.bus import Producer
+from gateway.core import audit
+from gateway.core.audit import (
+    STOW_CALLING_AE,
+    Action,
+    AuditRecord,
+    AuditTrail,
+    Code,
+    Event,
+    Interface,
+    NoAudit,
+    Outcome,
+    Participant,
+)
+from gateway.core.audit import Query as AuditQuery
 from gateway.core.errors import DicomStatusError, describe
 from gateway.core.query import KEYS, LEVELS, Condition, InvalidQuery, Level, Match, Model, Query, parse_qido
 from gateway.dicom.acse import EXPLICIT_LITTLE, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
@@ -45,6 +59,7 @@ from gateway.metrics import Metrics
 from gateway.objects import ObjectNotFound, ObjectStore, ObjectStoreError
 from gateway.retrieve import stored_instances
 from gateway.retrieve.answer import identifier
+from gateway.retrieve.disclosure import Transfer, by_patient, instance_classes
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,9 +82,10 @@ _UID = r"[0-9.]{1,64}"
 class DicomWeb:
     def __init__(self, index: Callable[[], Index], objects: Callable[[], ObjectStore],
                  producer: Callable[[], Producer], settings: Settings, metrics: Metrics,
-                 shortage: Callable[[], str | None] = lambda: None) -> None:
+                 shortage: Callable[[], str | None] = lambda: None, audit: AuditTrail | None = None) -> None:
         """``index``, ``objects`` and ``producer`` give what the API role opened (503 until it has);
         ``shortage`` says why the data directory is short of space (STOW-RS then answers 503, as C-STORE 0xA700)."""
+        self._audit: AuditTrail = audit if audit is not None else NoAudit()
         self._index = index
         self._rejections = RejectionCheck(self._index_now, settings.iocm.policy(), settings.iocm.refresh_seconds) \
             if settings.iocm.check_on_receive else None
@@ -128,6 +144,10 @@ class DicomWeb:
             self._metrics.queries.labels("qido", "failed").inc()
             log.error("QIDO-RS failed: the index is unavailable", extra={"error": describe(exc)})
             raise web.HTTPServiceUnavailable(text="the index is unavailable") from None
+        await self._record(AuditRecord(
+            Event.QUERY, Outcome.SUCCESS, self._participants(request, audit.Role.SOURCE), Interface.QIDO_RS,
+            Action.EXECUTE, patient=None if (named := query.patient()) is None else audit.Patient(*named),
+            query=AuditQuery(request.query_string.encode(), uri=request.path)))
         self._metrics.queries.labels("qido", "answered").inc()
         warnings_ = []
         if query.unsupported:
@@ -174,6 +194,16 @@ class DicomWeb:
                        and not can_transcode(s.transfer_syntax_uid, wanted)]
             if refused:
                 raise web.HTTPNotAcceptable(text=f"{len(refused)} instance(s) cannot be sent in {wanted}")
+        transfer = await self._transfer(request, instances)
+        sent = 0
+        try:
+            response = await self._send(request, instances, wanted)
+            sent = len(instances)
+        finally:
+            await transfer.end(sent, len(instances) - sent, "" if sent else "the response was cut short")
+        return response
+
+    async def _send(self, request: web.Request, instances: list[Stored], wanted: str) -> web.StreamResponse:
         boundary = uuid.uuid4().hex
         response = web.StreamResponse(headers={
             "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
@@ -204,6 +234,7 @@ class DicomWeb:
     @requires(Role.READER)
     async def _metadata(self, request: web.Request) -> web.Response:
         instances = await self._matches(request)
+        transfer = await self._transfer(request, instances)
         objects = self._objects()
         answers = []
         for stored in instances:
@@ -222,7 +253,39 @@ class DicomWeb:
             for tag in [tag for tag, element in answer.items() if element.get("vr") in _BULK_VRS
                         or "BulkDataURI" in element]:
                 del answer[tag]
+        await transfer.end(len(instances), 0)
         return web.Response(body=orjson.dumps(answers), content_type=DICOM_JSON)
+
+    def _participants(self, request: web.Request, role: Code) -> tuple[Participant, ...]:
+        """The user who asked (as the token names them) and the gateway."""
+        principal = request.get(PRINCIPAL)
+        return (audit.peer(principal.subject if principal else "-", request.remote or "", role),
+                audit.this_gateway(self._settings.dicom.ae_title,
+                                   audit.Role.DESTINATION if role == audit.Role.SOURCE else audit.Role.SOURCE))
+
+    async def _record(self, record: AuditRecord) -> None:
+        """Before the answer: 503 when the audit trail cannot take the record."""
+        try:
+            await self._audit.record(record)
+        except Exception as exc:
+            log.error("DICOMweb request refused: it could not be audited", extra={"error": describe(exc)})
+            raise web.HTTPServiceUnavailable(text="the audit trail is unavailable") from None
+
+    async def _transfer(self, request: web.Request, instances: list[Stored]) -> Transfer:
+        """A WADO-RS retrieve's records, its Begin Transferring durable before the first byte goes."""
+        principal = request.get(PRINCIPAL)
+        try:
+            groups = await by_patient(self._index(), instance_classes(instances))
+            transfer = Transfer(self._audit, Interface.WADO_RS, self._participants(request, audit.Role.DESTINATION),
+                                principal.subject if principal else "-", groups)
+            await transfer.begin()
+        except IndexFailure as exc:
+            log.error("WADO-RS failed: the index is unavailable", extra={"error": describe(exc)})
+            raise web.HTTPServiceUnavailable(text="the index is unavailable") from None
+        except Exception as exc:
+            log.error("WADO-RS refused: it could not be audited", extra={"error": describe(exc)})
+            raise web.HTTPServiceUnavailable(text="the audit trail is unavailable") from None
+        return transfer
 
     @requires(Role.OPERATOR)
     async def _stow(self, request: web.Request) -> web.Response:
@@ -238,9 +301,10 @@ class DicomWeb:
             reader = await request.multipart()
         except (ValueError, AssertionError) as exc:
             raise web.HTTPBadRequest(text=f"not a multipart body: {exc}") from None
-        origin = Origin(calling_ae="STOW-RS", called_ae=self._settings.dicom.ae_title,
+        origin = Origin(calling_ae=STOW_CALLING_AE, called_ae=self._settings.dicom.ae_title,
                         peer=request.remote or "", organization="", organization_oid="",
-                        may_expire=True)  # an authenticated operator, as the role says
+                        may_expire=True,  # an authenticated operator, as the role says
+                        user=request[PRINCIPAL].subject)
         stored: list[tuple[str, str]] = []
         failed: list[tuple[str, str, int]] = []
         try:

@@ -13,13 +13,23 @@ import logging
 import warnings
 from collections.abc import AsyncIterator, Mapping, Sequence
 
+from gateway.core import audit
+from gateway.core.audit import AuditRecord, AuditTrail
 from gateway.core.errors import describe
 from gateway.core.query import FIND_PATIENT_ROOT, FIND_STUDY_ROOT, MODELS, InvalidQuery, Query, parse_identifier
 from gateway.dicom import dimse
 from gateway.dicom.acse import EXPLICIT_LITTLE, IMPLICIT_LITTLE
 from gateway.dicom.dataset import read_prefix
 from gateway.dicom.dimse import Command
-from gateway.dicom.service import AssociationContext, DataSetSink, Operation, Response, WholeDataSet, permits
+from gateway.dicom.service import (
+    AssociationContext,
+    DataSetSink,
+    Operation,
+    Response,
+    WholeDataSet,
+    permits,
+    requestor,
+)
 from gateway.index import IndexFailure
 from gateway.metrics import Metrics
 from gateway.retrieve import Holdings
@@ -50,7 +60,9 @@ def read_identifier(data: bytes, transfer_syntax: str, model_uid: str, fold_name
 class QueryService:
     command_fields = frozenset({dimse.C_FIND_RQ})
 
-    def __init__(self, holdings: Holdings, settings: QuerySettings, ae_title: str, metrics: Metrics) -> None:
+    def __init__(self, holdings: Holdings, settings: QuerySettings, ae_title: str, metrics: Metrics,
+                 audit: AuditTrail) -> None:
+        self._audit = audit
         self._holdings = holdings
         self._settings = settings
         self._ae_title = ae_title
@@ -90,8 +102,22 @@ class QueryService:
             return Response(dimse.OUT_OF_RESOURCES,
                             f"more than {self._settings.max_results} matches: narrow the query")
         log.info("C-FIND", extra={"level": query.level, "model": query.model, "matches": found})
+        try:
+            await self._audit.record(AuditRecord(
+                audit.Event.QUERY, audit.Outcome.SUCCESS,
+                (requestor(association), audit.this_gateway(association.called_ae, audit.Role.DESTINATION)),
+                audit.Interface.C_FIND, audit.Action.EXECUTE, patient=_patient(query),
+                query=audit.Query(data, sop_class=request.affected_sop_class_uid, transfer_syntax=syntax)))
+        except Exception as exc:
+            log.error("C-FIND refused: the query could not be audited", extra={"error": describe(exc)})
+            return Response(dimse.OUT_OF_RESOURCES, "the audit trail is unavailable")
         self._metrics.queries.labels("dimse", "answered").inc()
         return _Matches(self._holdings, query, syntax, self._ae_title)
+
+
+def _patient(query: Query) -> audit.Patient | None:
+    named = query.patient()
+    return None if named is None else audit.Patient(*named)
 
 
 class _Matches:

@@ -14,6 +14,7 @@ the end (as dcm4chee does): the destination still receives everything the reques
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -22,6 +23,8 @@ from typing import Protocol
 
 from pydicom.dataset import Dataset
 
+from gateway.core import audit
+from gateway.core.audit import AuditTrail
 from gateway.core.errors import describe
 from gateway.core.query import (
     GET_PATIENT_ROOT,
@@ -37,12 +40,22 @@ from gateway.dicom.dataset import encode
 from gateway.dicom.dimse import Command, SubOperations
 from gateway.dicom.requestor import Peer, RequestorAssociation, open_association
 from gateway.dicom.scu import Outbound, RemoteAE, client_tls_context
-from gateway.dicom.service import VERIFICATION, AssociationContext, DataSetSink, Operation, Response, WholeDataSet, permits
+from gateway.dicom.service import (
+    VERIFICATION,
+    AssociationContext,
+    DataSetSink,
+    Operation,
+    Response,
+    WholeDataSet,
+    permits,
+    requestor,
+)
 from gateway.dicom.transcode import CannotTranscode, NotPart10, open_part10, transcode, with_patient
 from gateway.index import IndexFailure, Stored
 from gateway.metrics import Metrics
 from gateway.objects import ChunkStream, ObjectNotFound, ObjectStoreError
 from gateway.retrieve import Holdings, stored_instances
+from gateway.retrieve.disclosure import Transfer, by_patient, instance_classes
 from gateway.retrieve.find import IDENTIFIER_LIMIT, QUERY_SYNTAXES, read_identifier
 from gateway.settings import QuerySettings
 
@@ -53,7 +66,9 @@ log = logging.getLogger(__name__)
 class RetrieveService:
     command_fields = frozenset({dimse.C_MOVE_RQ, dimse.C_GET_RQ})
 
-    def __init__(self, holdings: Holdings, settings: QuerySettings, outbound: Outbound, metrics: Metrics) -> None:
+    def __init__(self, holdings: Holdings, settings: QuerySettings, outbound: Outbound, metrics: Metrics,
+                 audit: AuditTrail) -> None:
+        self._audit = audit
         self._holdings = holdings
         self._settings = settings
         self._outbound = outbound
@@ -99,11 +114,26 @@ class RetrieveService:
         log.info("C-MOVE" if moving else "C-GET", extra={
             "level": query.level, "instances": len(instances),
             "move_destination": destination.ae_title if destination else None})
+        gateway = audit.this_gateway(association.called_ae, audit.Role.SOURCE)
+        participants: tuple[audit.Participant, ...]
+        if destination is not None:
+            participants = (dataclasses.replace(requestor(association), role=None), gateway,
+                            audit.peer(destination.ae_title, destination.host, audit.Role.DESTINATION, False))
+        else:
+            participants = (dataclasses.replace(requestor(association), role=audit.Role.DESTINATION), gateway)
+        try:
+            transfer = Transfer(self._audit, audit.Interface.C_MOVE if moving else audit.Interface.C_GET,
+                                participants, destination.ae_title if destination else association.calling_ae,
+                                await by_patient(await self._holdings.index(), instance_classes(instances)))
+            await transfer.begin()
+        except Exception as exc:
+            log.error("retrieve refused: it could not be audited", extra={"error": describe(exc)})
+            return Response(dimse.OUT_OF_RESOURCES, "the audit trail is unavailable")
         if destination is not None:
             return _Retrieval(self, instances, syntax, "c-move", self._moving(destination, instances, (
-                association.calling_ae, request.message_id)), detached=True)
+                association.calling_ae, request.message_id)), transfer, detached=True)
         return _Retrieval(self, instances, syntax, "c-get", _on_requestor(association, self._outbound.timeout),
-                          detached=False)
+                          transfer, detached=False)
 
     async def _matches(self, images: Query) -> list[Stored] | None:
         """Where the matched instances are; None when more match than one retrieve may send."""
@@ -193,7 +223,8 @@ async def _on_requestor(association: AssociationContext, timeout: float) -> Asyn
 
 class _Retrieval:
     def __init__(self, service: RetrieveService, instances: list[Stored], transfer_syntax: str, interface: str,
-                 target: AbstractAsyncContextManager[_Target], detached: bool) -> None:
+                 target: AbstractAsyncContextManager[_Target], transfer: Transfer, detached: bool) -> None:
+        self._transfer = transfer
         self._service = service
         self._instances = instances
         self._syntax = transfer_syntax
@@ -204,6 +235,7 @@ class _Retrieval:
     async def responses(self, cancelled: asyncio.Event) -> AsyncIterator[Response]:
         progress = _Progress(remaining=len(self._instances))
         if not self._instances:
+            await self._transfer.end(0, 0)
             yield progress.final(False, self._syntax)
             return
         objects = self._service.holdings.objects()
@@ -232,6 +264,10 @@ class _Retrieval:
         finally:
             if opening is not None:
                 _discard(opening)
+        try:
+            await self._transfer.end(progress.completed + progress.warning, progress.failed, progress.broken)
+        except Exception as exc:
+            log.error("the end of a retrieve could not be audited", extra={"error": describe(exc)})
         yield progress.final(cancelled.is_set(), self._syntax)
 
 

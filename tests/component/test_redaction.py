@@ -26,6 +26,7 @@ from gateway import dead_letter, logs
 from gateway.app import open_index, store_pool
 from gateway.bus import Record
 from gateway.bus.embedded import EmbeddedBus
+from gateway.core.audit import NoAudit
 from gateway.dicom.dataset import part10_header
 from gateway.index import InstanceStatus
 from gateway.ingest.receiver import Receiver
@@ -199,7 +200,7 @@ async def gateway(tmp_path: Path) -> AsyncIterator[tuple[Settings, EmbeddedBus, 
         store=StoreSettings(retry_max_seconds=1), runtime=RuntimeSettings(drain_timeout_seconds=5))
     metrics = Metrics()
     bus = EmbeddedBus(settings.data_dir / "bus", settings.embedded_bus, metrics)
-    async with Receiver(settings.dicom, settings.topics, bus, metrics, 5), store_pool(settings, bus, metrics):
+    async with Receiver(settings.dicom, settings.topics, bus, metrics, 5), store_pool(settings, bus, metrics, NoAudit()):
         yield settings, bus, metrics
 
 

@@ -21,6 +21,7 @@ from gateway import dead_letter
 from gateway.app import open_index, store_pool
 from gateway.bus.embedded import EmbeddedBus, partition_for
 from gateway.core import envelope
+from gateway.core.audit import NoAudit
 from gateway.index import InstanceRow, InstanceStatus
 from gateway.ingest.receiver import Receiver
 from gateway.metrics import Metrics
@@ -67,7 +68,7 @@ async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
     metrics = Metrics()
     bus = EmbeddedBus(settings.data_dir / "bus", settings.embedded_bus, metrics)
     async with Receiver(settings.dicom, settings.topics, bus, metrics, 5), \
-            store_pool(settings, bus, metrics):
+            store_pool(settings, bus, metrics, NoAudit()):
         yield Gateway(settings, metrics)
 
 
@@ -208,7 +209,7 @@ async def coerced_and_stored(tmp_path: Path, coercion: str, tool: str, calling_a
     metrics = Metrics()
     bus = EmbeddedBus(settings.data_dir / "bus", settings.embedded_bus, metrics)
     async with Receiver(settings.dicom, settings.topics, bus, metrics, 5), \
-            store_pool(settings, bus, metrics):
+            store_pool(settings, bus, metrics, NoAudit()):
         code, out = await run(dcmtk(tool), "-aet", calling_ae, "-aec", "DICOMGW", "127.0.0.1",
                               str(settings.dicom.port), str(path))
         assert code == 0, out

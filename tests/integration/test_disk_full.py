@@ -29,6 +29,7 @@ from pydicom.uid import UID
 from gateway.app import store_pool
 from gateway.bus import BusUnavailable
 from gateway.bus.embedded import EmbeddedBus
+from gateway.core.audit import NoAudit
 from gateway.index import CorrectionPolicy, IndexUnavailable, Outcome
 from gateway.index.sqlite import SqliteIndex
 from gateway.ingest.receiver import Receiver
@@ -294,7 +295,7 @@ async def test_store_pool_backs_off_on_a_full_disk_and_resumes(small_disk: Path,
                         store=StoreSettings(retry_max_seconds=1), runtime=RuntimeSettings(drain_timeout_seconds=5))
     metrics = Metrics()
     bus = EmbeddedBus(tmp_path / "bus", settings.embedded_bus, metrics)
-    pool = store_pool(settings, bus, metrics)
+    pool = store_pool(settings, bus, metrics, NoAudit())
     async with Receiver(settings.dicom, settings.topics, bus, metrics, 5), pool:
         async with asyncio.timeout(10):  # the index is created before the disk fills
             while not (small_disk / "index.sqlite3").exists():

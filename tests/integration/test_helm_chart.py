@@ -35,9 +35,14 @@ WORKER_ROLES = ("store", "register", "notify", "forward")
 # destinations are.
 ENABLED_WORKER_ROLES = ("store", "notify")
 OPTIONAL_ROLES = ("register", "forward")
-SPLIT_ROLES = ("receiver", *ENABLED_WORKER_ROLES, "api")
+# The audit trail is on by default (gateway.audit.enabled): split mode deploys the audit role.
+AUDIT_ROLE = "audit"
+SPLIT_ROLES = ("receiver", *ENABLED_WORKER_ROLES, AUDIT_ROLE, "api")
 # The roles hl7.enabled deploys in split mode: the MLLP listener and the role that applies ADT.
 HL7_ROLES = ("hl7", "patient")
+# Roles that read a topic with one used partition (one key keeps the order): one replica does all the work, so
+# values.yaml pins them at 1 without an autoscaler.
+ONE_PARTITION_ROLES = ("patient", AUDIT_ROLE)
 # ci/split-values.yaml also forwards and takes HL7 (register needs an XDS repository).
 SPLIT_CI_ROLES = (*SPLIT_ROLES, "forward", *HL7_ROLES)
 # One destination: what forward.enabled needs.
@@ -336,6 +341,9 @@ def test_every_deployment_has_a_pdb_and_an_autoscaler(value_set: str) -> None:
         pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert pdbs[name]["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
         autoscalers = [m for m in (hpas.get(name), scaled.get(name)) if m]
+        if not autoscalers and component(deployment) in ONE_PARTITION_ROLES:
+            assert deployment["spec"]["replicas"] == 1, f"{name}: one partition, one replica"
+            continue
         assert len(autoscalers) == 1, f"{name} needs exactly one autoscaler"
         assert autoscalers[0]["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
         assert "replicas" not in deployment["spec"], "an autoscaled Deployment must not pin replicas"
@@ -371,7 +379,7 @@ def test_network_policy_unless_disabled() -> None:
     (rule,) = _rules_for(receiver, "dicom-tls")
     # dicomFrom, then reportsFrom (the forward destinations' storage-commitment reports).
     assert [peer["ipBlock"]["cidr"] for peer in rule["from"]] == ["10.20.0.0/16", "192.0.2.0/24", "198.51.100.0/24"]
-    for role in (*ENABLED_WORKER_ROLES, "forward", "patient"):
+    for role in (*ENABLED_WORKER_ROLES, "forward", "patient", AUDIT_ROLE):
         ports = [p["port"] for r in policies[f"gw-dicom-gateway-{role}"]["spec"]["ingress"] for p in r["ports"]]
         assert ports == ["http"], role
     ports = [p["port"] for r in policies["gw-dicom-gateway-hl7"]["spec"]["ingress"] for p in r["ports"]]
@@ -397,19 +405,20 @@ def test_keda_scaled_objects_only_when_enabled() -> None:
     assert trigger["metadata"]["topic"] == "dicomgw.instances"
     assert "gw-dicom-gateway-store" not in of_kind(manifests, "HorizontalPodAutoscaler")
 
-    # Single mode: one trigger per consumer group of an enabled worker role.
+    # Single mode: one trigger per consumer group of an enabled worker role (and of the audit role, on by default).
     single = render(BACKENDS, "single.keda.enabled=true")
     (scaled,) = of_kind(single, "ScaledObject").values()
     groups = sorted(t["metadata"]["consumerGroup"] for t in scaled["spec"]["triggers"])
-    assert groups == ["dicomgw-notify", "dicomgw-store"]
+    assert groups == ["dicomgw-audit-log", "dicomgw-notify", "dicomgw-store"]
     single = render(BACKENDS, "single.keda.enabled=true", *ENABLE_OPTIONAL_ROLES)
     (scaled,) = of_kind(single, "ScaledObject").values()
     topics = {t["metadata"]["consumerGroup"]: t["metadata"]["topic"] for t in scaled["spec"]["triggers"]}
     assert topics == {"dicomgw-store": "dicomgw.instances", "dicomgw-register": "dicomgw.events",
-                      "dicomgw-notify": "dicomgw.events", "dicomgw-forward": "dicomgw.events"}, \
+                      "dicomgw-notify": "dicomgw.events", "dicomgw-forward": "dicomgw.events",
+                      "dicomgw-audit-log": "dicomgw.audit"}, \
         "each group's lag is measured on the topic it reads"
     assert "enable at least one" in render_error(BACKENDS, "single.keda.enabled=true", "store.enabled=false",
-                                                 "notify.enabled=false")
+                                                 "notify.enabled=false", "gateway.audit.enabled=false")
 
     # A disabled role's keda switch renders nothing.
     split = render("mode=split", BACKENDS, "register.keda.enabled=true")
@@ -467,7 +476,7 @@ def test_every_value_is_documented_and_in_the_schema() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     schema = json.loads((CHART / "values.schema.json").read_text())
     readme = (CHART / "README.md").read_text()
-    roles = {"single", "receiver", "api", *WORKER_ROLES, *HL7_ROLES}
+    roles = {"single", "receiver", "api", *WORKER_ROLES, *HL7_ROLES, AUDIT_ROLE}
     for path in _leaf_paths(values):
         # A role's values are documented for every role (<role>.replicas) or for that role (hl7.service.type).
         doc_paths = [("<role>", *path[1:]), path] if path[0] in roles else [path]
@@ -557,6 +566,11 @@ def test_the_gateway_accepts_the_rendered_configuration(delivery: str, values: P
         opens_dicom = component(deployment) in ("single", "receiver", "notify", "forward")
         tls_cert = "/etc/dicom-gateway/tls/tls.crt" if opens_dicom else None
         assert settings["dicom"]["tls"]["cert_file"] == tls_cert, name
+        # every pod records audit events; only the audit pods (split-ci: tls://) get the repository's TLS files
+        assert settings["audit"]["enabled"] is True, name
+        assert settings["audit"]["repository_url"] == config["GATEWAY_AUDIT__REPOSITORY_URL"], name
+        audit_ca = "/etc/dicom-gateway/audit-tls/ca.crt" if component(deployment) == AUDIT_ROLE else None
+        assert settings["audit"]["ca_file"] == audit_ca, name
         assert "from-dicomgw-s3-secret-key" not in output, "secrets must stay masked"
         assert settings["s3"]["secret_key"] and settings["database"]["url"], name
 
@@ -1185,6 +1199,8 @@ def test_chart_schema_refuses_wrong_api_values(tmp_path: Path) -> None:
     ("GATEWAY_HL7__PORT", "gateway.hl7"),
     ("GATEWAY_HL7__TLS__CERT_FILE", "gateway.hl7"),
     ("GATEWAY_XDS__REREGISTER_ON_PATIENT_CHANGE", "gateway.xds.reregisterOnPatientChange"),
+    ("GATEWAY_AUDIT__REPOSITORY_URL", "gateway.audit"),
+    ("GATEWAY_AUDIT__CA_FILE", "gateway.audit"),
 ])
 def test_extra_config_refuses_settings_the_chart_renders(key: str, hint: str) -> None:
     assert hint in render_error(f"gateway.extraConfig.{key}=x")
@@ -1714,7 +1730,7 @@ def test_keda_scales_the_patient_role_on_the_hl7_topic(tmp_path: Path) -> None:
         "dicomgw-patient": "site.hl7", "dicomgw-hl7-forward": "site.hl7"}
     # Single mode: the single pods' triggers include the patient groups, which suffice for single.keda.
     single = render(BACKENDS, "single.keda.enabled=true", "store.enabled=false", "notify.enabled=false",
-                    "gateway.hl7.forwardTo.host=up", values=values)
+                    "gateway.audit.enabled=false", "gateway.hl7.forwardTo.host=up", values=values)
     (scaled,) = of_kind(single, "ScaledObject").values()
     topics = {t["metadata"]["consumerGroup"]: t["metadata"]["topic"] for t in scaled["spec"]["triggers"]}
     assert topics == {"dicomgw-patient": "dicomgw.hl7", "dicomgw-hl7-forward": "dicomgw.hl7"}
@@ -1734,3 +1750,238 @@ def test_hl7_service_follows_its_values(tmp_path: Path) -> None:
     assert "externalTrafficPolicy" not in service["spec"]
     assert "nodePort" not in service["spec"]["ports"][0]
     assert "nodePort" in render_error("hl7.service.nodePort=80", values=(_hl7_values(tmp_path),))
+
+
+# The audit trail (IHE ATNA, gateway.audit): the audit role's Deployment (the audit log, delivery to the audit record
+# repository), its settings in the shared config, the repository's TLS files, the NetworkPolicy egress to it and its
+# scaling.
+AUDIT_TLS_DIR = "/etc/dicom-gateway/audit-tls"
+AUDIT_REPOSITORY = [{"ipBlock": {"cidr": "192.0.2.10/32"}}]
+# gateway.audit values: (value, GATEWAY_AUDIT__ setting, the gateway's default as the ConfigMap holds it).
+AUDIT_TUNABLES = {
+    "appName": ("APP_NAME", "dicom-gateway"),
+    "utf8Bom": ("UTF8_BOM", "true"),
+    "retentionDays": ("RETENTION_DAYS", "4383"),
+    "retryMaxSeconds": ("RETRY_MAX_SECONDS", "60"),
+}
+AUDIT_TLS = {"caSecret": "dicomgw-arr-ca", "caKey": "bundle.pem", "clientSecret": "dicomgw-arr-client"}
+
+
+def _audit_values(tmp_path: Path, *, audit: dict[str, Any] | None = None,
+                  network_policy: dict[str, Any] | None = None, name: str = "audit-values.yaml") -> Path:
+    """A values file for the audit trail (a file: --set would turn OIDs into numbers)."""
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"gateway": {"audit": audit or {}}, "networkPolicy": network_policy or {}}))
+    return path
+
+
+def test_audit_in_split_mode_runs_the_audit_role(tmp_path: Path) -> None:
+    audit = {"repositoryUrl": "tls://arr.example.org:6514", "sourceId": "DICOMGW-1",
+             "enterpriseSiteId": "1.2.246.10.1234567", "tls": AUDIT_TLS}
+    manifests = render("mode=split", BACKENDS, values=(_audit_values(tmp_path, audit=audit),))
+    deployments = _by_component(manifests)
+    assert set(deployments) == set(SPLIT_ROLES)
+    assert AUDIT_ROLE in ROLES, "the gateway runs the audit role"
+
+    deployment = deployments[AUDIT_ROLE]
+    assert deployment["metadata"]["name"] == "gw-dicom-gateway-audit"
+    assert _container(deployment)["args"] == ["run", "--role", "audit"]
+    assert _ports(deployment) == {"http": 8080}, "the audit role listens on nothing but http"
+    # One partition keeps the records in order: one replica, no autoscaler by default.
+    assert deployment["spec"]["replicas"] == 1
+    assert AUDIT_ROLE not in _by_component(manifests, "HorizontalPodAutoscaler")
+    assert AUDIT_ROLE not in _by_component(manifests, "ScaledObject")
+    for kind in ("PodDisruptionBudget", "NetworkPolicy"):
+        assert AUDIT_ROLE in _by_component(manifests, kind), kind
+
+    # The settings, in the shared ConfigMap: every process records.
+    config = config_map(manifests)
+    assert config["GATEWAY_AUDIT__ENABLED"] == "true"
+    assert config["GATEWAY_AUDIT__REPOSITORY_URL"] == "tls://arr.example.org:6514"
+    assert config["GATEWAY_AUDIT__SOURCE_ID"] == "DICOMGW-1"
+    assert config["GATEWAY_AUDIT__ENTERPRISE_SITE_ID"] == "1.2.246.10.1234567"
+    for key, (setting, default) in AUDIT_TUNABLES.items():
+        assert config[f"GATEWAY_AUDIT__{setting}"] == default, key
+    assert not {key for key in config if key.startswith("GATEWAY_AUDIT__") and key.endswith("_FILE")}, \
+        "file paths only where the files are mounted"
+
+    # The repository's TLS files: only in the audit pods.
+    for role, deployment in deployments.items():
+        assert _container(deployment)["envFrom"] == [{"configMapRef": {"name": "gw-dicom-gateway-config"}}], role
+        env = {name: entry["value"] for name, entry in _env(deployment).items() if name.startswith("GATEWAY_AUDIT__")}
+        volumes = _volumes(deployment)
+        if role == AUDIT_ROLE:
+            assert env == {"GATEWAY_AUDIT__CA_FILE": f"{AUDIT_TLS_DIR}/ca.crt",
+                           "GATEWAY_AUDIT__CERT_FILE": f"{AUDIT_TLS_DIR}/tls.crt",
+                           "GATEWAY_AUDIT__KEY_FILE": f"{AUDIT_TLS_DIR}/tls.key"}
+            sources = volumes["audit-tls"]["projected"]["sources"]
+            assert [(s["secret"]["name"], s["secret"]["items"]) for s in sources] == [
+                ("dicomgw-arr-ca", [{"key": "bundle.pem", "path": "ca.crt"}]),
+                ("dicomgw-arr-client", [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]),
+            ]
+            assert _mounts(deployment)["audit-tls"] == {"name": "audit-tls", "mountPath": AUDIT_TLS_DIR,
+                                                        "readOnly": True}
+        else:
+            assert env == {}, role
+            assert "audit-tls" not in volumes, role
+        # The gateway accepts every pod's settings (cert_file and key_file together, wherever they are read).
+        settings, _ = _gateway_settings(deployment, config, tmp_path / role)
+        assert settings["audit"]["enabled"] is True, role
+        assert settings["audit"]["repository_url"] == "tls://arr.example.org:6514", role
+        assert (settings["audit"]["source_id"], settings["audit"]["enterprise_site_id"]) == (
+            "DICOMGW-1", "1.2.246.10.1234567"), role
+        expected_ca = f"{AUDIT_TLS_DIR}/ca.crt" if role == AUDIT_ROLE else None
+        expected_key = f"{AUDIT_TLS_DIR}/tls.key" if role == AUDIT_ROLE else None
+        assert (settings["audit"]["ca_file"], settings["audit"]["key_file"]) == (expected_ca, expected_key), role
+
+
+def test_audit_defaults_are_the_gateways(tmp_path: Path) -> None:
+    for sets in (("mode=split", BACKENDS), (BACKENDS,), ()):
+        manifests = render(*sets)
+        config = config_map(manifests)
+        assert config["GATEWAY_AUDIT__ENABLED"] == "true", sets
+        for unset in ("REPOSITORY_URL", "SOURCE_ID", "ENTERPRISE_SITE_ID"):
+            assert f"GATEWAY_AUDIT__{unset}" not in config, (sets, unset)
+        deployments = _by_component(manifests)
+        runs_audit = AUDIT_ROLE if "mode=split" in sets else "single"
+        assert runs_audit in deployments, sets
+        for deployment in deployments.values():
+            assert "audit-tls" not in _volumes(deployment), sets
+        settings, _ = _gateway_settings(deployments[runs_audit], config, tmp_path / f"{runs_audit}-{len(sets)}")
+        assert settings["audit"] == {"enabled": True, "repository_url": None, "ca_file": None, "cert_file": None,
+                                     "key_file": None, "source_id": None, "enterprise_site_id": None,
+                                     "app_name": "dicom-gateway", "utf8_bom": True, "retention_days": 4383,
+                                     "retry_max_seconds": 60.0}, sets
+
+
+def test_audit_in_single_mode_is_served_by_the_single_pods(tmp_path: Path) -> None:
+    audit = {"repositoryUrl": "tls://arr.example.org:6514", "utf8Bom": False, "appName": "dicomgw",
+             "retentionDays": 3653, "retryMaxSeconds": 2.5, "tls": {"caSecret": "dicomgw-arr-ca"}}
+    for sets in ((BACKENDS,), ()):
+        manifests = render(*sets, values=(_audit_values(tmp_path, audit=audit),))
+        (deployment,) = of_kind(manifests, "Deployment").values()
+        assert _container(deployment)["args"] == ["run"], "run without --role starts the audit role"
+        config = config_map(manifests)
+        assert config["GATEWAY_AUDIT__ENABLED"] == "true"
+        assert config["GATEWAY_AUDIT__REPOSITORY_URL"] == "tls://arr.example.org:6514"
+        assert (config["GATEWAY_AUDIT__UTF8_BOM"], config["GATEWAY_AUDIT__APP_NAME"]) == ("false", "dicomgw")
+        assert config["GATEWAY_AUDIT__RETENTION_DAYS"] == "3653"
+        assert config["GATEWAY_AUDIT__RETRY_MAX_SECONDS"] == "2.5"
+        # A CA bundle without a client certificate: the CA file alone.
+        env = {name: entry["value"] for name, entry in _env(deployment).items() if name.startswith("GATEWAY_AUDIT__")}
+        assert env == {"GATEWAY_AUDIT__CA_FILE": f"{AUDIT_TLS_DIR}/ca.crt"}
+        (source,) = _volumes(deployment)["audit-tls"]["projected"]["sources"]
+        assert source["secret"] == {"name": "dicomgw-arr-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+        settings, _ = _gateway_settings(deployment, config, tmp_path / f"single-{len(sets)}")
+        assert (settings["audit"]["ca_file"], settings["audit"]["cert_file"]) == (f"{AUDIT_TLS_DIR}/ca.crt", None)
+        assert (settings["audit"]["utf8_bom"], settings["audit"]["retention_days"],
+                settings["audit"]["retry_max_seconds"]) == (False, 3653, 2.5)
+    # UDP has no TLS: no files mounted (ci/single-values.yaml delivers over UDP).
+    (deployment,) = of_kind(render_set("single-ci"), "Deployment").values()
+    assert "audit-tls" not in _volumes(deployment)
+    assert not {name for name in _env(deployment) if name.startswith("GATEWAY_AUDIT__")}
+
+
+@pytest.mark.parametrize("sets", [("mode=split", BACKENDS), (BACKENDS,), ()], ids=["split", "single-kafka", "embedded"])
+def test_no_audit_role_when_disabled(sets: tuple[str, ...], tmp_path: Path) -> None:
+    audit = {"enabled": False, "repositoryUrl": "tls://arr.example.org:6514", "tls": AUDIT_TLS}
+    values = _audit_values(tmp_path, audit=audit, network_policy={"egress": [{}]})
+    manifests = render(*sets, values=(values,))
+    config = config_map(manifests)
+    assert config["GATEWAY_AUDIT__ENABLED"] == "false"
+    assert [key for key in config if key.startswith("GATEWAY_AUDIT__")] == ["GATEWAY_AUDIT__ENABLED"]
+    for kind in ("Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler", "ScaledObject", "NetworkPolicy"):
+        assert AUDIT_ROLE not in _by_component(manifests, kind), kind
+    for name, deployment in of_kind(manifests, "Deployment").items():
+        assert "audit-tls" not in _volumes(deployment), name
+        assert not {key for key in _env(deployment) if key.startswith("GATEWAY_AUDIT__")}, name
+        settings, _ = _gateway_settings(deployment, config, tmp_path / name)
+        assert settings["audit"]["enabled"] is False, name
+    for policy in of_kind(manifests, "NetworkPolicy").values():
+        assert not _egress_to_ports(policy, {6514})
+    if "mode=split" in sets:
+        assert set(_by_component(manifests)) == set(SPLIT_ROLES) - {AUDIT_ROLE}
+
+
+def test_chart_refuses_audit_settings_the_gateway_would_refuse(tmp_path: Path) -> None:
+    refused: list[tuple[dict[str, Any], str]] = [
+        ({"repositoryUrl": "https://arr.example.org:6514"}, "repositoryUrl"),
+        ({"repositoryUrl": "tls://arr.example.org"}, "repositoryUrl"),
+        ({"repositoryUrl": "udp://arr example:514"}, "repositoryUrl"),
+        ({"retentionDays": 0}, "retentionDays"),
+        ({"retryMaxSeconds": 0}, "retryMaxSeconds"),
+        ({"appName": ""}, "appName"),
+        ({"appName": "x" * 49}, "appName"),
+        ({"appName": "dicom gateway"}, "appName"),
+        ({"sourceId": 7}, "sourceId"),
+        ({"password": "x"}, "password"),
+        ({"tls": {"caKey": ""}}, "caKey"),
+    ]
+    for audit, expected in refused:
+        assert expected in render_error(BACKENDS, values=(_audit_values(tmp_path, audit=audit),)), audit
+    # udp:// has no TLS: its files would be mounted for nothing.
+    for tls in ({"caSecret": "ca"}, {"clientSecret": "client"}):
+        values = _audit_values(tmp_path, audit={"repositoryUrl": "udp://arr.example.org:514", "tls": tls})
+        assert "need a tls:// gateway.audit.repositoryUrl" in render_error(BACKENDS, values=(values,)), tls
+    # IPv6 literals and both transports are accepted, as the gateway accepts them.
+    for url in ("tls://[2001:db8::10]:6514", "udp://arr.example.org:514", "tls://10.0.0.5:6514"):
+        render(BACKENDS, values=(_audit_values(tmp_path, audit={"repositoryUrl": url}),))
+    assert "auditRepositoryTo" in render_error(BACKENDS, "networkPolicy.auditRepositoryTo[0].cidr=10.0.0.0/8")
+
+
+@pytest.mark.parametrize("mode", ["split", "single"])
+@pytest.mark.parametrize(("url", "port", "protocol"), [("tls://arr.example.org:6514", 6514, "TCP"),
+                                                       ("udp://[2001:db8::10]:514", 514, "UDP")])
+def test_network_policy_lets_the_audit_pods_reach_the_repository(mode: str, url: str, port: int, protocol: str,
+                                                                  tmp_path: Path) -> None:
+    delivering = AUDIT_ROLE if mode == "split" else "single"
+    egress: list[Manifest] = [{"to": [{"namespaceSelector": {}}]}]
+    values = _audit_values(tmp_path, audit={"repositoryUrl": url},
+                           network_policy={"egress": egress, "auditRepositoryTo": AUDIT_REPOSITORY})
+    manifests = render(f"mode={mode}", BACKENDS, values=(values,))
+    policies = _by_component(manifests, "NetworkPolicy")
+    policy = policies[delivering]
+    assert policy["spec"]["egress"][:-1] == egress
+    assert policy["spec"]["egress"][-1] == {"ports": [{"port": port, "protocol": protocol}], "to": AUDIT_REPOSITORY}
+    pod_labels = _by_component(manifests)[delivering]["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    for role, other in policies.items():
+        if role != delivering:
+            assert other["spec"]["egress"] == egress, f"{role} delivers no audit records"
+
+    # auditRepositoryTo [] admits any address.
+    values = _audit_values(tmp_path, audit={"repositoryUrl": url}, network_policy={"egress": egress}, name="open.yaml")
+    policy = _by_component(render(f"mode={mode}", BACKENDS, values=(values,)), "NetworkPolicy")[delivering]
+    assert policy["spec"]["egress"][-1] == {"ports": [{"port": port, "protocol": protocol}]}
+
+    # Without a repository no rule for it; without networkPolicy.egress no Egress policy type at all.
+    values = _audit_values(tmp_path, network_policy={"egress": egress}, name="no-repository.yaml")
+    policies = _by_component(render(f"mode={mode}", BACKENDS, values=(values,)), "NetworkPolicy")
+    assert all(policy["spec"]["egress"] == egress for policy in policies.values())
+    values = _audit_values(tmp_path, audit={"repositoryUrl": url}, name="no-egress.yaml")
+    for role, policy in _by_component(render(f"mode={mode}", BACKENDS, values=(values,)), "NetworkPolicy").items():
+        assert policy["spec"]["policyTypes"] == ["Ingress"], role
+
+
+def test_keda_scales_the_audit_role_on_the_audit_topic(tmp_path: Path) -> None:
+    manifests = render("mode=split", BACKENDS, "audit.keda.enabled=true")
+    scaled = _by_component(manifests, "ScaledObject")
+    assert set(scaled) == {AUDIT_ROLE}
+    (trigger,) = scaled[AUDIT_ROLE]["spec"]["triggers"]
+    assert (trigger["metadata"]["consumerGroup"], trigger["metadata"]["topic"]) == ("dicomgw-audit-log",
+                                                                                    "dicomgw.audit")
+    assert (scaled[AUDIT_ROLE]["spec"]["minReplicaCount"], scaled[AUDIT_ROLE]["spec"]["maxReplicaCount"]) == (1, 1)
+    assert AUDIT_ROLE not in _by_component(manifests, "HorizontalPodAutoscaler")
+    # Delivering to the repository is a second consumer group of the same topic.
+    values = (_audit_values(tmp_path, audit={"repositoryUrl": "udp://arr.example.org:514"}),)
+    manifests = render("mode=split", BACKENDS, "audit.keda.enabled=true", "keda.topics.audit=site.audit",
+                       values=values)
+    triggers = _by_component(manifests, "ScaledObject")[AUDIT_ROLE]["spec"]["triggers"]
+    assert {t["metadata"]["consumerGroup"]: t["metadata"]["topic"] for t in triggers} == {
+        "dicomgw-audit-log": "site.audit", "dicomgw-audit": "site.audit"}
+    # Single mode: the single pods' triggers include the audit groups, which suffice for single.keda.
+    single = render(BACKENDS, "single.keda.enabled=true", "store.enabled=false", "notify.enabled=false",
+                    values=values)
+    (scaled,) = of_kind(single, "ScaledObject").values()
+    topics = {t["metadata"]["consumerGroup"]: t["metadata"]["topic"] for t in scaled["spec"]["triggers"]}
+    assert topics == {"dicomgw-audit-log": "dicomgw.audit", "dicomgw-audit": "dicomgw.audit"}

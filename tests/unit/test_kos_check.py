@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import CTImageStorage, MRImageStorage
 
+from gateway.core.audit import NoAudit
 from gateway.core.errors import DeliveryRefused
 from gateway.core.study import StudyInstance
 from gateway.dicom.kos_check import CODES, KosFinding, check_kos, uid_problem
@@ -319,7 +320,7 @@ def _registrar(index: _Index, client: _Client, producer: _Producer) -> register.
     xds = XdsSettings(repository_url="http://127.0.0.1:9/xds", retrieve_location_uid=REPOSITORY_OID,
                       organization_oid="1.2.246.10.2048198", organization_name="Turun kaupunki")
     return register.Registrar(index, client, producer, xds, DicomSettings(), TopicSettings(),  # type: ignore[arg-type]
-                              test_environment=True)
+                              test_environment=True, audit=NoAudit())
 
 
 def _delivery() -> Delivery:

@@ -18,6 +18,8 @@ FORBIDDEN = {
     "gateway/index": ("gateway.dicom", "gateway.ingest", "gateway.bus", "gateway.objects", "gateway.xds", "workers."),
     "gateway/objects": ("gateway.dicom", "gateway.ingest", "gateway.bus", "gateway.index", "gateway.xds", "workers."),
     "gateway/ingest": ("gateway.app", "gateway.index", "gateway.objects", "workers."),
+    "gateway/audit": ("gateway.app", "gateway.dicom", "gateway.ingest", "gateway.objects", "gateway.retrieve",
+                      "gateway.xds", "workers."),
     "workers": ("gateway.app", "gateway.bus.kafka", "gateway.bus.embedded", "gateway.bus.rdkafka",
                 "gateway.index.postgres", "gateway.index.sqlite", "gateway.objects.s3", "gateway.objects.filesystem",
                 "gateway.ingest"),

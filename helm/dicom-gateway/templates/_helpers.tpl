@@ -1,10 +1,11 @@
 {{/*
 Names, labels and the per-role facts every template shares. Helpers that take
 a role are called with (dict "root" $ "component" "<role>"); a role is one of
-single, receiver, store, register, notify, forward, hl7, patient, api. The worker
-roles (store, register, notify, forward) are deployed only when <role>.enabled,
-hl7 and patient only with hl7.enabled: a role arrives with the gateway release
-whose image can run it.
+single, receiver, store, register, notify, forward, hl7, patient, audit, api. The
+worker roles (store, register, notify, forward) are deployed only when
+<role>.enabled, hl7 and patient only with hl7.enabled, audit only with
+gateway.audit.enabled: a role arrives with the gateway release whose image can
+run it.
 */}}
 
 {{- define "dicom-gateway.name" -}}
@@ -38,9 +39,9 @@ whose image can run it.
 {{- end }}
 
 {{/* Roles deployed in the configured mode, space separated: single, or the receiver, the enabled worker roles,
-hl7 and patient (hl7.enabled) and the api. */}}
+hl7 and patient (hl7.enabled), audit (gateway.audit.enabled) and the api. */}}
 {{- define "dicom-gateway.components" -}}
-{{- if eq .Values.mode "single" }}single{{ else }}{{ list "receiver" (include "dicom-gateway.workerRoles" .) (ternary "hl7 patient" "" .Values.hl7.enabled) (ternary "api" "" .Values.api.enabled) | compact | join " " }}{{ end }}
+{{- if eq .Values.mode "single" }}single{{ else }}{{ list "receiver" (include "dicom-gateway.workerRoles" .) (ternary "hl7 patient" "" .Values.hl7.enabled) (ternary "audit" "" .Values.gateway.audit.enabled) (ternary "api" "" .Values.api.enabled) | compact | join " " }}{{ end }}
 {{- end }}
 
 {{/* Object name of a role: the full name in single mode, <fullname>-<role> in split mode. */}}
@@ -108,15 +109,17 @@ gateway.dicom.tls.tlsOnly is false (GATEWAY_DICOM__TLS_ONLY).
 {{- end }}
 
 {{/* Kafka consumer groups a role's pods belong to (single: those of the enabled worker roles and, with
-hl7.enabled, of the patient role). */}}
+hl7.enabled, of the patient role and, with gateway.audit.enabled, of the audit role). */}}
 {{- define "dicom-gateway.consumerGroups" -}}
 {{- if eq .component "single" }}
 {{- $groups := list }}
 {{- range include "dicom-gateway.workerRoles" .root | splitList " " | compact }}{{ $groups = append $groups (printf "dicomgw-%s" .) }}{{ end }}
 {{- if include "dicom-gateway.hl7" .root }}{{ $groups = append $groups (include "dicom-gateway.patientGroups" .root) }}{{ end }}
+{{- if include "dicom-gateway.audit" .root }}{{ $groups = append $groups (include "dicom-gateway.auditGroups" .root) }}{{ end }}
 {{- join " " $groups }}
 {{- else if has .component (list "store" "register" "notify" "forward") }}dicomgw-{{ .component }}
 {{- else if eq .component "patient" }}{{ include "dicom-gateway.patientGroups" .root }}
+{{- else if eq .component "audit" }}{{ include "dicom-gateway.auditGroups" .root }}
 {{- end }}
 {{- end }}
 
@@ -126,12 +129,19 @@ upstream (gateway.hl7.forwardTo.host). */}}
 dicomgw-patient{{ if include "dicom-gateway.hl7Forwarding" . }} dicomgw-hl7-forward{{ end }}
 {{- end }}
 
+{{/* The consumer groups of the audit role: dicomgw-audit-log keeps the index's audit log (always), dicomgw-audit
+delivers to the audit record repository (gateway.audit.repositoryUrl). */}}
+{{- define "dicom-gateway.auditGroups" -}}
+dicomgw-audit-log{{ if .Values.gateway.audit.repositoryUrl }} dicomgw-audit{{ end }}
+{{- end }}
+
 {{/* The topic a consumer group reads (keda.topics): store the instances, patient and hl7-forward the ADT
-messages, the others the events. */}}
+messages, audit-log and audit the audit records, the others the events. */}}
 {{- define "dicom-gateway.groupTopic" -}}
 {{- $topics := .root.Values.keda.topics }}
 {{- if eq .group "dicomgw-store" }}{{ $topics.instances }}
 {{- else if has .group (list "dicomgw-patient" "dicomgw-hl7-forward") }}{{ $topics.hl7 }}
+{{- else if has .group (list "dicomgw-audit-log" "dicomgw-audit") }}{{ $topics.audit }}
 {{- else }}{{ $topics.events }}
 {{- end }}
 {{- end }}
@@ -262,6 +272,47 @@ mode. */}}
 /etc/dicom-gateway/hl7-forward-tls
 {{- end }}
 
+{{/*
+"true" when the release keeps an audit trail (gateway.audit.enabled, GATEWAY_AUDIT__ENABLED): every process
+writes its records to the audit topic, and the audit role consumes them: its own Deployment in split mode; in
+single mode the single pods run it, as the gateway runs the audit role unless auditing is off.
+*/}}
+{{- define "dicom-gateway.audit" -}}
+{{- if .Values.gateway.audit.enabled }}true{{ end }}
+{{- end }}
+
+{{/* The role whose pods run the audit role (the audit log, delivery to the repository): audit in split mode, the
+single pods in single mode. */}}
+{{- define "dicom-gateway.auditComponent" -}}
+{{- ternary "single" "audit" (eq .Values.mode "single") }}
+{{- end }}
+
+{{/* "true" when the audit role delivers to an audit record repository (gateway.audit.repositoryUrl). */}}
+{{- define "dicom-gateway.auditDelivery" -}}
+{{- if and .Values.gateway.audit.enabled .Values.gateway.audit.repositoryUrl }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the delivering pods mount TLS files for the repository: a tls:// URL and a CA bundle or a client
+certificate Secret (gateway.audit.tls). */}}
+{{- define "dicom-gateway.auditTls" -}}
+{{- $a := .Values.gateway.audit }}
+{{- if and (include "dicom-gateway.auditDelivery" .) (hasPrefix "tls://" $a.repositoryUrl) (or $a.tls.caSecret $a.tls.clientSecret) }}true{{ end }}
+{{- end }}
+
+{{/* The repository's port, from gateway.audit.repositoryUrl (scheme://host:port). */}}
+{{- define "dicom-gateway.auditRepositoryPort" -}}
+{{- regexFind "[0-9]+$" .Values.gateway.audit.repositoryUrl }}
+{{- end }}
+
+{{/* The repository's transport: UDP for udp:// (RFC 5426), TCP for tls:// (RFC 5425). */}}
+{{- define "dicom-gateway.auditRepositoryProtocol" -}}
+{{- ternary "UDP" "TCP" (hasPrefix "udp://" .Values.gateway.audit.repositoryUrl) }}
+{{- end }}
+
+{{- define "dicom-gateway.auditTlsDir" -}}
+/etc/dicom-gateway/audit-tls
+{{- end }}
+
 {{/* The role whose pods call the internal port: notify in split mode, the single pods in single mode. */}}
 {{- define "dicom-gateway.notifyComponent" -}}
 {{- ternary "single" "notify" (eq .Values.mode "single") }}
@@ -373,7 +424,7 @@ set, the only roles whose pods get it.
 {{- fail (printf "kafka.securityProtocol=%s needs kafka.sasl.existingSecret" $v.kafka.securityProtocol) }}
 {{- end }}
 {{- if and (eq $v.mode "single") $v.single.keda.enabled (not (include "dicom-gateway.consumerGroups" (dict "root" . "component" "single"))) }}
-{{- fail "single.keda scales on the consumer groups of the enabled worker roles: enable at least one of store, register, notify, forward (or hl7)" }}
+{{- fail "single.keda scales on the consumer groups of the enabled worker roles: enable at least one of store, register, notify, forward (or hl7, or gateway.audit)" }}
 {{- end }}
 {{- if and (ne $v.kafka.securityProtocol "PLAINTEXT") (not $v.keda.authenticationRef) }}
 {{- range $component := include "dicom-gateway.components" . | splitList " " }}
@@ -451,9 +502,15 @@ an allow-list is one of them (an ADT message changes what every later answer say
 {{- end }}
 {{- end }}
 {{- end }}
+{{- /* The audit settings go to every pod (every process records); the TLS files only to the delivering ones. */}}
+{{- with $v.gateway.audit }}
+{{- if and .enabled .repositoryUrl (not (hasPrefix "tls://" .repositoryUrl)) (or .tls.caSecret .tls.clientSecret) }}
+{{- fail "gateway.audit.tls.caSecret and clientSecret need a tls:// gateway.audit.repositoryUrl (udp:// has no TLS)" }}
+{{- end }}
+{{- end }}
 {{- /* Settings the chart renders itself, from values it also builds objects from (ports, mounts, Secrets, probes). */}}
 {{- $managed := dict "GATEWAY_HTTP__HOST" "always 0.0.0.0, so that probes and Services reach the pods" "GATEWAY_HTTP__PORT" "set gateway.http.port" "GATEWAY_NOTIFY__REPORT_ON_SAME_ASSOCIATION" "set gateway.notify.reportOnSameAssociation" "GATEWAY_XDS__REREGISTER_ON_PATIENT_CHANGE" "set gateway.xds.reregisterOnPatientChange" }}
-{{- $managedPrefixes := dict "GATEWAY_HTTP__TLS__" "set gateway.http.tls" "GATEWAY_HTTP__AUTH__" "set gateway.http.auth" "GATEWAY_INTERNAL__" "set gateway.internal and gateway.notify.reportOnSameAssociation" "GATEWAY_FORWARD__" "set gateway.forward and forward.enabled" "GATEWAY_HL7__" "set gateway.hl7 and hl7.enabled" }}
+{{- $managedPrefixes := dict "GATEWAY_HTTP__TLS__" "set gateway.http.tls" "GATEWAY_HTTP__AUTH__" "set gateway.http.auth" "GATEWAY_INTERNAL__" "set gateway.internal and gateway.notify.reportOnSameAssociation" "GATEWAY_FORWARD__" "set gateway.forward and forward.enabled" "GATEWAY_HL7__" "set gateway.hl7 and hl7.enabled" "GATEWAY_AUDIT__" "set gateway.audit" }}
 {{- range $key, $_ := $v.gateway.extraConfig }}
 {{- if not (hasPrefix "GATEWAY_" $key) }}
 {{- fail (printf "gateway.extraConfig key %q must start with GATEWAY_" $key) }}

@@ -1,0 +1,73 @@
+"""The audit role: audit records from their topic to the audit record repository and the local audit log.
+
+Two consumer groups of the audit topic, so that a repository outage never holds back the local log. Delivery
+sends a fetch's records as one batch and commits only once the repository has them: while it is down the records
+wait on the bus (durably, in order) and the member backs off and comes back for them. A record the repository can
+never take (too large for a datagram) is dead-lettered with that reason. The log writes a fetch's records in one
+transaction, once each, and purges what is older than the retention.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from gateway.audit.message import AuditSource, render
+from gateway.audit.syslog import Repository, syslog_message
+from gateway.core.audit import AuditRecord, Outcome
+from gateway.index import AuditLog
+from gateway.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+_PURGE_SECONDS = 3600.0
+
+
+class AuditDelivery:
+    def __init__(self, repository: Repository, source: AuditSource, app_name: str, bom: bool, transport: str,
+                 metrics: Metrics) -> None:
+        self._repository = repository
+        self._source = source
+        self._app_name = app_name
+        self._bom = bom
+        self._transport = transport
+        self._metrics = metrics
+        self._batch: list[bytes] = []
+
+    async def handle(self, record: AuditRecord, source: dict[str, Any]) -> None:
+        message = syslog_message(render(record, self._source), at=record.at, hostname=record.node,
+                                 app_name=self._app_name, procid=record.process,
+                                 failure=record.outcome is not Outcome.SUCCESS, bom=self._bom)
+        self._repository.check(message)
+        self._batch.append(message)
+
+    async def fetched(self) -> None:
+        batch, self._batch = self._batch, []
+        if batch:
+            await self._repository.send(batch)
+            self._metrics.audit_delivered.labels(self._transport).inc(len(batch))
+
+    def loops(self) -> list[tuple[float, Callable[[], Awaitable[None]]]]:
+        return []
+
+
+class AuditLogStage:
+    def __init__(self, index: AuditLog, retention_days: int) -> None:
+        self._index = index
+        self._retention = retention_days * 86400.0
+        self._batch: list[AuditRecord] = []
+
+    async def handle(self, record: AuditRecord, source: dict[str, Any]) -> None:
+        self._batch.append(record)
+
+    async def fetched(self) -> None:
+        batch, self._batch = self._batch, []
+        await self._index.log_audit(batch)
+
+    def loops(self) -> list[tuple[float, Callable[[], Awaitable[None]]]]:
+        return [(_PURGE_SECONDS, self._purge)]
+
+    async def _purge(self) -> None:
+        await self._index.purge_audit(time.time() - self._retention)
