@@ -1,15 +1,21 @@
 """The operators' page as the people who run the gateway meet it: the page and its files answer without a token
 but hold no data, with a Content-Security-Policy; in a real (headless) Chromium the page signs in with the API
 token, lists today's study with its path, finds it by accession and by Study UID, shows its instance, the
-forwarding destinations, and says plainly when the token is wrong (401) or its role may not act (403)."""
+forwarding destinations, and says plainly when the token is wrong (401) or its role may not act (403). An operator
+reads the audit log (the most recent entries, and a patient's entries with their disclosures counted); a reader is
+told the audit log needs the operator role. Screenshots of the page are kept as artefacts: in
+``$GATEWAY_TEST_ARTEFACTS`` when set, otherwise in the test's own temporary directory (kept when it fails)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import shutil
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +37,19 @@ def gateway(tmp_path: Path, roles: list[str], **http: Any) -> AbstractAsyncConte
                    forward={"destinations": [ARCHIVE], "retry_initial_seconds": 60, "retry_max_seconds": 60})
 
 
-def todays_study(tmp_path: Path) -> tuple[Path, pydicom.Dataset]:
+def todays_study(tmp_path: Path, patient_id: str = "") -> tuple[Path, pydicom.Dataset]:
+    """CT_small as a new study received today (its own patient ID when ``patient_id`` is given)."""
     dataset = pydicom.dcmread(CT)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        if patient_id:
+            dataset.PatientID = patient_id
         dataset.StudyInstanceUID, dataset.SeriesInstanceUID = generate_uid(), generate_uid()
         dataset.SOPInstanceUID = generate_uid()
         dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
         dataset.StudyDate = "20040119"  # an old study received today: the page lists it by when it arrived
         dataset.AccessionNumber = "WEBACC0042"
-        path = tmp_path / "today.dcm"
+        path = tmp_path / f"today-{dataset.PatientID}.dcm"
         dataset.save_as(path)
     return path, dataset
 
@@ -51,6 +60,25 @@ async def stored(running: Gateway, study: str, timeout: float = 30) -> None:
     async with asyncio.timeout(timeout):
         while (await fetch(f"{running.api}/api/studies/{study}", headers))[0] != 200:
             await asyncio.sleep(0.1)
+
+
+async def audit_log(running: Gateway, patient_id: str, wanted: Callable[[list[dict[str, Any]]], bool],
+                    timeout: float = 30) -> list[dict[str, Any]]:
+    """A patient's audit log entries (everyone's most recent without ``patient_id``) once ``wanted`` holds of them
+    (the audit role has logged the records)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            status, log = await running.get(f"/api/audit?patient_id={patient_id}" if patient_id else "/api/audit?limit=50")
+            if status == 200 and wanted(log):
+                return log
+            await asyncio.sleep(0.3)  # each read is audited too: not so often that they bury the rest
+
+
+def artefact(tmp_path: Path, name: str) -> Path:
+    """Where a screenshot is kept: ``$GATEWAY_TEST_ARTEFACTS`` when set, else the test's temporary directory."""
+    directory = Path(os.environ.get("GATEWAY_TEST_ARTEFACTS") or tmp_path)
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / name
 
 
 async def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, Any]:
@@ -75,7 +103,8 @@ async def browser_page() -> AsyncIterator[tuple[Any, list[str]]]:
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
         try:
-            context = await browser.new_context()
+            # tall enough that a section's screenshot needs no scrolling (the sticky nav would cover its top)
+            context = await browser.new_context(viewport={"width": 1280, "height": 2400})
             page = await context.new_page()
             page.set_default_timeout(15_000)
             problems: list[str] = []
@@ -185,10 +214,96 @@ async def test_a_reader_sees_the_destinations_and_is_told_its_role_may_not_re_dr
         await page.wait_for_selector("#whoami:has-text('Signed in as dashboards (reader')")
         destination = page.locator("#destinations-table tr[data-destination='regional-pacs']")
         await destination.wait_for()
+        await page.wait_for_selector("#audit-summary.denied:has-text('The audit log needs the operator role')")
+        assert "403" in await page.inner_text("#audit-summary")
+        assert await page.is_hidden("#audit-table") and await page.is_hidden("#audit-search")
+        assert await page.locator("#messages li").count() == 0, "the rest of the page works as before"
+        await page.locator("#audit").screenshot(path=artefact(tmp_path, "audit-log-reader.png"))
         await destination.locator("button:has-text('Re-drive failed')").click()
         await page.wait_for_selector("#messages:has-text('403: your role may not do this')")
         await page.click("#refresh")
         await destination.locator("button:has-text('Pause')").click()
         await page.wait_for_selector("#messages:has-text('403: your role may not do this')")
         assert "paused" not in await destination.inner_text()
+        assert problems == [], "the page breaks its own Content-Security-Policy or throws"
+
+
+async def test_an_operator_reads_the_audit_log_and_a_patients_entries_with_their_disclosures(tmp_path: Path) -> None:
+    async with (gateway(tmp_path, ["receiver", "store", "api", "audit"]) as running,
+                browser_page() as (page, problems)):
+        path, dataset = todays_study(tmp_path)
+        other_path, other = todays_study(tmp_path, patient_id="WEBOTHER7")
+        await running.store(path, other_path)
+        patient, study = str(dataset.PatientID), str(dataset.StudyInstanceUID)
+        await stored(running, study)
+        await stored(running, str(other.StudyInstanceUID))
+        headers = {**api_headers(running.settings.data_dir), "Accept": 'multipart/related; type="application/dicom"'}
+        status, _, _ = await fetch(f"{running.api}/dicomweb/studies/{study}", headers)  # a disclosure to the token
+        assert status == 200
+        status, _, _ = await fetch(f"{running.api}/api/dlq", {"Authorization": "Bearer wrong-token-" + "w" * 30})
+        assert status == 401  # a failed User Authentication
+
+        def transferred(log: list[dict[str, Any]]) -> bool:
+            return any(e["event"] == "DICOM Instances Transferred" and e["action"] == "C" for e in log)
+
+        await audit_log(running, "WEBOTHER7", transferred)
+        await audit_log(running, "", lambda log: any(e["outcome"] != "0" for e in log))
+        await audit_log(running, patient, lambda log: transferred(log) and any(e["disclosure"] for e in log))
+        token = (running.settings.data_dir / "api-token").read_text().strip()
+
+        await page.goto(f"{running.api}/")
+        await sign_in(page, token)
+        await page.wait_for_selector("#audit-summary:has-text('most recent entries, newest first')")
+        received = page.locator(f"#audit-table tr[data-patient='{patient}']",
+                                has_text="DICOM Instances Transferred").filter(has_text="DICOM C-STORE")
+        await received.first.wait_for()
+        cells = await received.first.locator("td").all_inner_texts()
+        assert cells[0] and "C create" in cells[1] and cells[2] == "success" and cells[3] == "DICOM C-STORE"
+        assert cells[4] == "MODALITY1 @ 127.0.0.1" and cells[6] == patient
+        assert study in cells[7] and "1 instance" in cells[7]
+        assert await page.locator("#audit-table tr[data-patient='WEBOTHER7']").count() >= 1, "everyone's entries"
+        assert await page.is_hidden("#audit-summary.denied")
+        refused = page.locator("#audit-table tr.outcome-failed", has_text="User Authentication")
+        cells = await refused.first.locator("td").all_inner_texts()
+        assert cells[2] == "minor failure\nGET /api/dlq refused: unknown_token", "marked, with the outcome's text"
+        assert await refused.first.locator(".badge.failed").is_visible()
+        await page.locator("#audit").screenshot(path=artefact(tmp_path, "audit-log-recent.png"))
+
+        await page.fill("#audit-patient", patient)
+        await page.click("#audit-search button[type=submit]")
+        summary = page.locator("#audit-summary")
+        await page.wait_for_selector(f"#audit-summary:has-text('for patient {patient}')")
+        counted = re.fullmatch(rf"(\d+) entr(?:y|ies) for patient {patient}, (\d+) disclosures?, oldest first",
+                               await summary.inner_text())
+        assert counted, await summary.inner_text()
+        rows = page.locator("#audit-table tbody tr")
+        assert int(counted[1]) == await rows.count() >= 3
+        assert {await row.get_attribute("data-patient") for row in await rows.all()} == {patient}, "that patient's only"
+        disclosed = page.locator("#audit-table tbody tr:has(.badge.disclosure)")
+        assert int(counted[2]) == await disclosed.count() >= 1
+        cells = await disclosed.first.locator("td").all_inner_texts()
+        assert "DICOM Instances Transferred" in cells[1] and cells[3] == "DICOMweb WADO-RS"
+        assert cells[4].startswith("api-token @ 127.0.0.1") and cells[5].startswith("api-token")
+        assert "disclosure" in cells[5] and await disclosed.first.locator(".badge.disclosure").is_visible()
+        await received.first.wait_for()
+        await page.locator("#audit").screenshot(path=artefact(tmp_path, "audit-log-patient.png"))
+        await page.wait_for_selector("#dlq-table:has-text('No open dead-letter entries.')")
+        await page.screenshot(path=artefact(tmp_path, "audit-log-page.png"), full_page=True)
+
+        today = date.today()
+        await page.fill("#audit-from", today.isoformat())
+        await page.fill("#audit-to", today.isoformat())
+        await page.click("#audit-search button[type=submit]")
+        await page.wait_for_selector(f"#audit-summary:has-text('for patient {patient} from {today.isoformat()}')")
+        await received.first.wait_for()
+        await page.fill("#audit-from", (today + timedelta(days=1)).isoformat())
+        await page.fill("#audit-to", (today + timedelta(days=1)).isoformat())
+        await page.click("#audit-search button[type=submit]")
+        await page.wait_for_selector("#audit-summary:has-text('0 entries for patient')")
+        await page.wait_for_selector("#audit-table:has-text('No entries for this patient.')")
+
+        await page.click("#audit-clear")
+        await page.wait_for_selector("#audit-summary:has-text('most recent entries, newest first')")
+        assert await page.input_value("#audit-patient") == "" and await page.input_value("#audit-from") == ""
+        assert await page.locator("#messages li.error").count() == 0
         assert problems == [], "the page breaks its own Content-Security-Policy or throws"

@@ -7,9 +7,14 @@
   const TOKEN_KEY = "dicom-gateway-api-token";
   const DETAIL_LIMIT = 50; // studies whose path is fetched for the list
   const DETAIL_CONCURRENCY = 4;
+  const AUDIT_RECENT = 50; // entries listed when no patient is asked for
+  const AUDIT_LIMIT = 5000; // the most the API answers at once
+  const ACTIONS = { C: "create", R: "read", U: "update", D: "delete", E: "execute" };
+  const OUTCOMES = { 0: "success", 4: "minor failure", 8: "serious failure", 12: "major failure" };
 
   const $ = (id) => document.getElementById(id);
   let generation = 0; // bumped on sign-in and sign-out: late answers for an older session are dropped
+  let auditRequest = 0; // bumped per audit log request: an older search's late answer is dropped
 
   class ApiError extends Error {
     constructor(status, reason) {
@@ -179,18 +184,21 @@
     $("content").hidden = true;
     $("study").hidden = true;
     for (const id of ["studies-table", "dlq-table", "destinations-table", "failed-table", "overdue-table",
-                      "study-forwarding", "study-notifications"]) {
+                      "study-forwarding", "study-notifications", "audit-table"]) {
       body(id);
     }
-    for (const id of ["study-facts", "study-registration", "study-series", "study-path", "studies-summary"]) {
+    for (const id of ["study-facts", "study-registration", "study-series", "study-path", "studies-summary",
+                      "audit-summary"]) {
       clear($(id));
     }
+    for (const id of ["audit-patient", "audit-from", "audit-to"]) $(id).value = "";
+    auditAllowed(true);
   }
 
   async function refresh() {
     const session = generation;
     await Promise.all([loadStudies(session), loadDeadLetters(session), loadDestinations(session),
-                       loadFailed(session), loadOverdue(session)]);
+                       loadFailed(session), loadOverdue(session), loadAudit(session)]);
   }
 
   // ---- Studies ----------------------------------------------------------------------------------------------
@@ -539,6 +547,125 @@
     }
   }
 
+  // ---- Audit log (operator) ---------------------------------------------------------------------------------
+
+  function plural(n, one, many) {
+    return n + " " + (n === 1 ? one : many);
+  }
+
+  // A date input's day (YYYY-MM-DD) as the instant its local midnight starts, `days` later: "to" is sent as
+  // the next day's midnight, so both days of the form are whole and included (the API's "to" is exclusive).
+  function dayStart(value, days) {
+    const match = /^(\d{4})-(\d{2})-(\d{2})$/.exec(value);
+    if (!match) return "";
+    return new Date(Number(match[1]), Number(match[2]) - 1, Number(match[3]) + days).toISOString();
+  }
+
+  function auditAllowed(allowed) {
+    $("audit-search").hidden = !allowed;
+    $("audit-table").hidden = !allowed;
+    $("audit-summary").classList.toggle("denied", !allowed);
+  }
+
+  function auditCriteria() {
+    return {
+      patient: $("audit-patient").value.trim(),
+      from: $("audit-from").value,
+      to: $("audit-to").value,
+    };
+  }
+
+  async function loadAudit(session) {
+    const criteria = auditCriteria();
+    const request = ++auditRequest;
+    const summary = $("audit-summary");
+    if (criteria.from && criteria.to && criteria.from > criteria.to) {
+      body("audit-table");
+      summary.textContent = "The From date is after the To date.";
+      return;
+    }
+    summary.textContent = "Loading…";
+    const query = new URLSearchParams();
+    if (criteria.patient) query.set("patient_id", criteria.patient);
+    if (criteria.from) query.set("from", dayStart(criteria.from, 0));
+    if (criteria.to) query.set("to", dayStart(criteria.to, 1));
+    query.set("limit", String(criteria.patient ? AUDIT_LIMIT : AUDIT_RECENT));
+    let entries;
+    try {
+      entries = await api("/api/audit?" + query.toString());
+    } catch (error) {
+      if (session !== generation || request !== auditRequest) return;
+      body("audit-table");
+      if (error instanceof ApiError && error.status === 403) {
+        // a role below operator: say so here, once, and leave the rest of the page alone
+        auditAllowed(false);
+        summary.textContent = "The audit log needs the operator role: " + error.message;
+        return;
+      }
+      summary.textContent = "";
+      failed("Audit log", error);
+      return;
+    }
+    if (session !== generation || request !== auditRequest) return;
+    auditAllowed(true);
+    const tbody = body("audit-table");
+    const between = (criteria.from ? " from " + criteria.from : "") + (criteria.to ? " to " + criteria.to : "");
+    const disclosures = entries.filter((entry) => entry.disclosure).length;
+    const capped = entries.length >= AUDIT_LIMIT
+      ? " (the first " + AUDIT_LIMIT + " only: narrow the dates to see the rest)" : "";
+    summary.textContent = criteria.patient
+      ? plural(entries.length, "entry", "entries") + " for patient " + criteria.patient + between + ", "
+        + plural(disclosures, "disclosure", "disclosures") + ", oldest first" + capped
+      : plural(entries.length, "most recent entry", "most recent entries") + between + ", newest first, "
+        + plural(disclosures, "disclosure", "disclosures");
+    if (!entries.length) {
+      emptyRow(tbody, 8, criteria.patient ? "No entries for this patient." : "No audit entries.");
+      return;
+    }
+    for (const entry of entries) tbody.append(auditRow(entry));
+  }
+
+  function auditRow(entry) {
+    const failedOutcome = String(entry.outcome) !== "0";
+    const action = entry.action
+      ? el("span", { className: "action", title: ACTIONS[entry.action] || "" },
+        entry.action + (ACTIONS[entry.action] ? " " + ACTIONS[entry.action] : ""))
+      : null;
+    const outcome = failedOutcome
+      ? el("td", { className: "error-text" },
+        el("span", { className: "badge failed" }, OUTCOMES[entry.outcome] || "failure " + entry.outcome),
+        entry.outcome_text ? el("div", null, entry.outcome_text) : null)
+      : el("td", null, OUTCOMES[entry.outcome] || entry.outcome, entry.outcome_text
+        ? el("div", { className: "muted" }, entry.outcome_text) : null);
+    const who = (entry.actor || "") + (entry.actor_host ? " @ " + entry.actor_host : "");
+    const recipient = el("td", null, entry.recipient || "", entry.recipient && entry.disclosure ? " " : null,
+      entry.disclosure ? el("span", { className: "badge disclosure" }, "disclosure") : null);
+    const patient = entry.patient_id
+      ? button(entry.patient_id + (entry.issuer_of_patient_id ? " (" + entry.issuer_of_patient_id + ")" : ""),
+        () => {
+          $("audit-patient").value = entry.patient_id;
+          clearMessages();
+          loadAudit(generation);
+        }, "link")
+      : "";
+    const studies = el("td", { className: "uid" },
+      ...(entry.studies || []).map((uid) => el("div", null, uid)),
+      entry.instances ? el("div", { className: "number-note" }, plural(Number(entry.instances), "instance",
+        "instances")) : null);
+    return el("tr", {
+      "data-record": entry.record_id, "data-patient": entry.patient_id,
+      className: [failedOutcome ? "outcome-failed" : "", entry.disclosure ? "disclosed" : ""].join(" ").trim(),
+    },
+    el("td", null, time(entry.at)),
+    el("td", null, entry.event, action ? " " : null, action),
+    outcome,
+    el("td", null, entry.interface),
+    el("td", null, who),
+    recipient,
+    el("td", null, patient),
+    studies);
+  }
+
   // ---- Actions (the operator routes) ------------------------------------------------------------------------
 
   async function act(what, path, payload, done) {
@@ -588,6 +715,16 @@
       loadStudies(generation);
     });
     $("today-only").addEventListener("change", () => loadStudies(generation));
+    $("audit-search").addEventListener("submit", (event) => {
+      event.preventDefault();
+      clearMessages();
+      loadAudit(generation);
+    });
+    $("audit-clear").addEventListener("click", () => {
+      for (const id of ["audit-patient", "audit-from", "audit-to"]) $(id).value = "";
+      clearMessages();
+      loadAudit(generation);
+    });
     $("study-close").addEventListener("click", () => {
       $("study").hidden = true;
       delete $("study").dataset.study;
