@@ -66,7 +66,6 @@ import json
 import os
 import resource
 import shutil
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -80,7 +79,6 @@ from contextlib import ExitStack, closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import asyncpg
@@ -89,6 +87,7 @@ import uvloop
 from benchmarks import services
 from benchmarks.forward import Gateway, _get, _kill, _level, _tail
 from benchmarks.proc import cpu_and_rss
+from benchmarks.report import reported
 from benchmarks.run import machine, percentile
 from benchmarks.targets import free_port
 from tests.hapi import _build, _require, hapi_jars
@@ -712,9 +711,6 @@ def measure(options: Options, work: Path, state_dir: Path, keep: bool, state: di
         raise RuntimeError(f"not every message AA: {failed}; not applied: {unapplied}; history: {wrong_history}")
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -763,23 +759,8 @@ def main() -> None:
                    "and SQLite. HAPI: HAPI HL7v2 2.6 SimpleServer answering generateACK(), durable nowhere. Client: "
                    "one asyncio (uvloop) process, the same for all.")}
 
-    def report() -> None:
-        state["markdown"] = markdown(state)
-        (out / "results.md").write_text(state["markdown"])
-        (out / "results.json").write_text(json.dumps({k: v for k, v in state.items() if k != "markdown"}, indent=1,
-                                                     default=str))
-
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        measure(options, args.work, args.services_state, keep, state, report)
-    except BaseException as exc:
-        state["error"] = f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        report()
-        print()
-        print(state["markdown"])
-        print(f"results in {out}")
+    reported(out, state, markdown,
+             lambda report: measure(options, args.work, args.services_state, keep, state, report))
 
 
 if __name__ == "__main__":

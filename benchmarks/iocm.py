@@ -88,7 +88,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import asyncpg
@@ -100,6 +99,7 @@ from benchmarks.datasets import dataset
 from benchmarks.forward import GATEWAY_AE, Gateway, _get
 from benchmarks.hl7 import _execute, log_section, log_summary
 from benchmarks.proc import cpu_and_rss
+from benchmarks.report import reported
 from benchmarks.run import machine, percentile
 from benchmarks.scu import Association
 from gateway.core.iocm import Reference, Title
@@ -843,9 +843,6 @@ def measure(options: Options, work: Path, state_dir: Path, state: dict[str, Any]
             print(f"skipping {backend}: {exc}", file=sys.stderr)
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -909,24 +906,10 @@ def main() -> None:
                    f"setting, interleaved. Note: a study of {options.note_instances} tiny instances, one 113001 note "
                    "naming all of them. Sender: benchmarks.scu (one asyncio process).")}
 
-    def report() -> None:
-        state["markdown"] = markdown(state)
-        (out / "results.md").write_text(state["markdown"])
-        (out / "results.json").write_text(json.dumps({k: v for k, v in state.items() if k != "markdown"}, indent=1,
-                                                     default=str))
-
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        measure(options, args.work, args.services_state, state, report, out / "profiles" if args.py_spy else None)
-    except BaseException as exc:
-        state["error"] = f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        state["code_after"] = code_version()
-        report()
-        print()
-        print(state["markdown"])
-        print(f"results in {out}")
+    profiles = out / "profiles" if args.py_spy else None
+    reported(out, state, markdown,
+             lambda report: measure(options, args.work, args.services_state, state, report, profiles),
+             finish=lambda: state.update(code_after=code_version()))
 
 
 if __name__ == "__main__":

@@ -60,7 +60,6 @@ import json
 import math
 import random
 import shutil
-import signal
 import socket
 import statistics
 import struct
@@ -76,7 +75,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from io import BytesIO
 from pathlib import Path
-from types import FrameType
 from typing import Any, cast
 
 import uvloop
@@ -97,6 +95,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # made at impo
 from benchmarks.datasets import SECONDARY_CAPTURE, dataset, test_patient_id
 from benchmarks.forward import FILES_ON_DISK, GATEWAY_AE, STUDIES, Gateway, Orthanc, _level, _tail, send, storescp
 from benchmarks.proc import cpu_and_rss
+from benchmarks.report import reported
 from benchmarks.run import machine, percentile
 from benchmarks.scu import _PDV, AssociationFailed, command_set, response_status
 from benchmarks.scu import Association as StoreAssociation
@@ -1001,9 +1000,6 @@ def at_error(gateway: Gateway) -> dict[str, Any]:
     return {"c_find_requests_sent": dict(FINDS_SENT), "gateway_metrics": metrics}
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1039,23 +1035,7 @@ def main() -> None:
                    f"{options.ct} instances (0.5 MB). {options.queries} C-FIND queries of each kind per target, "
                    f"{options.repeats} runs of each retrieve.")}
 
-    def report() -> None:
-        state["markdown"] = markdown(state)
-        (out / "results.md").write_text(state["markdown"])
-        (out / "results.json").write_text(json.dumps({k: v for k, v in state.items() if k != "markdown"}, indent=2,
-                                                     default=str))
-
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        measure(options, args.work, state, report)
-    except BaseException as exc:
-        state["error"] = f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        report()
-        print()
-        print(state["markdown"])
-        print(f"results in {out}")
+    reported(out, state, markdown, lambda report: measure(options, args.work, state, report))
 
 
 if __name__ == "__main__":

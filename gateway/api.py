@@ -200,6 +200,8 @@ class Api:
             since = instant(request.query.get("from", ""), 0.0)
             until = instant(request.query.get("to", ""), time.time() + 1)
             limit = min(int(request.query.get("limit", _AUDIT_LIMIT)), _AUDIT_LIMIT)
+            if limit < 1:
+                raise ValueError("limit must be at least 1")
         except ValueError as exc:
             raise web.HTTPBadRequest(text=str(exc)) from None
         patient_id = request.query.get("patient_id", "")

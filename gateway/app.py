@@ -308,7 +308,8 @@ def build_roles(names: Sequence[str], settings: Settings, bus: Bus, metrics: Met
         "audit": lambda: audit_pools(settings, bus, metrics),
     }
     roles: list[Role] = [trail] if trail is not None else []
-    for name in names:
+    # the audit role right after the trail: it stops after the others, which may still write records as they drain
+    for name in sorted(names, key=lambda name: name != "audit"):
         built = factories[name]()
         roles.extend(built if isinstance(built, list) else [built])
     return roles

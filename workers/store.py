@@ -665,7 +665,8 @@ def received(batch: list[Stored], results: list[RecordResult | Exception]) -> li
     """DICOM Instances Transferred, one record per study, sender and patient of the batch (PS3.15 A.5.3.4): Create
     where the index did not hold them, Update where they replaced what it held, Read where it had them already;
     instances that go to the dead letters in a record of their own, failed. A rejected instance sent again and
-    dropped or refused is left out: it was not taken (dcm4chee-arc-light#2083 asked the same)."""
+    dropped or refused is left out: it was not taken (dcm4chee-arc-light#2083 asked the same). A batch processed
+    again after a crash writes the records again, as they were (a receive that is current was created by it)."""
     groups: dict[tuple[str, str, str, audit.Participant, str, bool], list[tuple[InstanceRow, RecordResult | None]]] = {}
     for stored, result in zip(batch, results, strict=True):
         if isinstance(result, RecordResult) and result.outcome in _DROPPED:
@@ -676,7 +677,7 @@ def received(batch: list[Stored], results: list[RecordResult | Exception]) -> li
         groups.setdefault(key, []).append((row, None if isinstance(result, Exception) else result))
     records = []
     for (study, patient, issuer, sender, called_ae, failed), rows in groups.items():
-        outcomes = {result.outcome for _, result in rows if result is not None}
+        outcomes = {_replayed(row, result) for row, result in rows if result is not None}
         action = (Action.UPDATE if Outcome.REPLACED in outcomes else
                   Action.CREATE if failed or outcomes & {Outcome.INSERTED, Outcome.RESTORED} else Action.READ)
         classes = Counter(row.sop_class_uid for row, _ in rows)
@@ -689,6 +690,14 @@ def received(batch: list[Stored], results: list[RecordResult | Exception]) -> li
             studies=(audit.Study(study, tuple(sorted(classes.items())), rows[0][0].accession_number),),
             outcome_text="not stored: in the dead letters" if failed else "", at=rows[0][0].received_at))
     return records
+
+
+def _replayed(row: InstanceRow, result: RecordResult) -> Outcome:
+    """The outcome as the receive first had it: a batch processed again after a crash finds its own receive current
+    (the same instance id), a duplicate only to the index."""
+    if result.outcome is Outcome.DUPLICATE and result.current.instance_id == row.instance_id:
+        return Outcome.INSERTED
+    return result.outcome
 
 
 @dataclass(frozen=True, slots=True)
