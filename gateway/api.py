@@ -92,10 +92,10 @@ class Api:
 
     def __init__(self, open_index: Callable[[], Awaitable[Index]], bus: Bus, settings: Settings,
                  open_objects: Callable[[], ObjectStore], metrics: Metrics,
-                 shortage: Callable[[], str | None] = lambda: None, audit: AuditTrail | None = None) -> None:
+                 shortage: Callable[[], str | None] = lambda: None, audit_trail: AuditTrail | None = None) -> None:
         """DICOMweb (``gateway.retrieve.dicomweb``) is served too when ``query.enabled``: it reads the object
         store and publishes STOW-RS instances into the bus."""
-        self._audit: AuditTrail = audit if audit is not None else NoAudit()
+        self._audit: AuditTrail = audit_trail if audit_trail is not None else NoAudit()
         self._open_index = open_index
         self._open_objects = open_objects
         self._objects: ObjectStore | None = None

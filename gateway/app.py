@@ -37,7 +37,7 @@ from gateway.retrieve import Holdings, find, move
 from gateway.runtime import Role
 from gateway.settings import DicomSettings, Settings, SettingsError
 from gateway.xds.client import XdsClient
-from workers.audit import AuditDelivery, AuditLogStage
+from workers.audit import LINGER_SECONDS, AuditDelivery, AuditLogStage
 from workers.availability import IAN, AvailabilityNotifier, ian_sender
 from workers.commitment import REPORT, CommitmentTracker, report_sender
 from workers.deliver import Deliverer, RetryPolicy
@@ -260,7 +260,7 @@ def audit_pools(settings: Settings, bus: Bus, metrics: Metrics) -> list[Role]:
             yield AuditLogStage(index, settings_audit.retention_days)
 
     pools: list[Role] = [EventPool("audit-log", bus, settings.topics, settings.topics.audit, audit_record, log_stage,
-                                   metrics, settings_audit.retry_max_seconds, drain)]
+                                   metrics, settings_audit.retry_max_seconds, drain, linger=LINGER_SECONDS)]
     url = settings_audit.repository_url
     if url is not None:
         source = AuditSource(settings_audit.source_id or settings.dicom.ae_title,
@@ -278,7 +278,7 @@ def audit_pools(settings: Settings, bus: Bus, metrics: Metrics) -> list[Role]:
                 await target.close()
 
         pools.append(EventPool("audit", bus, settings.topics, settings.topics.audit, audit_record, delivery_stage,
-                               metrics, settings_audit.retry_max_seconds, drain))
+                               metrics, settings_audit.retry_max_seconds, drain, linger=LINGER_SECONDS))
     return pools
 
 

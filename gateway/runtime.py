@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any, Protocol
 
-from gateway.core.audit import AuditTrail
+from gateway.core.audit import TRAIL_ROLE, AuditTrail
 from gateway.core.errors import describe, retriable
 from gateway.disk import DiskSpace
 from gateway.http import Endpoints, Health, serve_http
@@ -31,8 +31,6 @@ from gateway.settings import Settings
 log = logging.getLogger(__name__)
 
 FORCED_EXIT_CODE = 130
-AUDIT_TRAIL = "audit-trail"
-"""The role that is the process's audit trail, which the API port's authentication also writes to."""
 
 
 class Role(AbstractAsyncContextManager["Role"], Protocol):
@@ -81,7 +79,7 @@ async def run_roles(
                 await stack.enter_async_context(space.watching())
             routes = [route for role in roles for route in getattr(role, "routes", ())]
             internal_routes = [route for role in roles for route in getattr(role, "internal_routes", ())]
-            trail = next((role for role in roles if role.name == AUDIT_TRAIL), None)
+            trail = next((role for role in roles if role.name == TRAIL_ROLE), None)
             port = await stack.enter_async_context(serve_http(
                 settings, health, metrics, routes, internal_routes, endpoints,
                 typing.cast(AuditTrail, trail) if trail is not None else None))

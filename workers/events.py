@@ -27,6 +27,8 @@ from workers.retry import WorkerRole
 
 log = logging.getLogger(__name__)
 
+_LINGER_RECORDS = 2000
+"""The most records a lingering pool hands its stage at once."""
 _IN_PLACE_PAUSE = 0.2
 """Before another try of an event whose handling failed with an error nobody classified."""
 
@@ -63,9 +65,12 @@ class EventPool(WorkerRole, Generic[E]):
 
     def __init__(self, name: str, bus: Bus, topics: TopicSettings, topic: str, decode: Callable[[Record], E],
                  stage: Callable[[Producer], AbstractAsyncContextManager[EventStage[E]]], metrics: Metrics,
-                 retry_max_seconds: float, drain_timeout: float, commit_each: bool = False) -> None:
+                 retry_max_seconds: float, drain_timeout: float, commit_each: bool = False,
+                 linger: float = 0.0) -> None:
         """``commit_each``: commit after every record (a stage whose records each have an effect outside the
-        index, such as a message sent on, so that an outage part-way through a fetch repeats none of them)."""
+        index, such as a message sent on, so that an outage part-way through a fetch repeats none of them).
+        ``linger``: once a fetch brings records, keep fetching for up to this many seconds (or until
+        ``_LINGER_RECORDS``) and hand the stage them together (a stage that merges what belongs together)."""
         super().__init__(metrics, retry_max_seconds, drain_timeout)
         self.name = name
         self.group = f"dicomgw-{name}"
@@ -74,6 +79,7 @@ class EventPool(WorkerRole, Generic[E]):
         self._topic = topic
         self._decode = decode
         self._commit_each = commit_each
+        self._linger = linger
         self._stage_factory = stage
         self._attempts = Attempts()
 
@@ -108,7 +114,7 @@ class EventPool(WorkerRole, Generic[E]):
 
     async def _events(self, consumer: Consumer, stage: EventStage[E], producer: Producer) -> None:
         while not self._stopping.is_set():
-            records = await consumer.fetch(timeout=0.5)
+            records = await self._fetch(consumer)
             for record in records:
                 await self._handle(record, stage, producer)
                 if self._commit_each:
@@ -123,6 +129,18 @@ class EventPool(WorkerRole, Generic[E]):
                 await consumer.commit()
             self._progressed = self._progressed or bool(records)
             await self._report_lag(consumer, self._topic)
+
+    async def _fetch(self, consumer: Consumer) -> list[Record]:
+        records = await consumer.fetch(timeout=0.5)
+        if not (records and self._linger):
+            return records
+        deadline = asyncio.get_running_loop().time() + self._linger
+        while len(records) < _LINGER_RECORDS and not self._stopping.is_set():
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            records += await consumer.fetch(timeout=min(left, 0.5), max_records=_LINGER_RECORDS - len(records))
+        return records
 
     async def _handle(self, record: Record, stage: EventStage[E], producer: Producer) -> None:
         source = {"topic": record.topic, "partition": record.partition, "offset": record.offset}

@@ -21,10 +21,19 @@ from typing import Self
 
 from gateway.bus import Bus, Producer
 from gateway.core import audit
-from gateway.core.audit import Action, AuditRecord, Event, EventType, Interface, Outcome, Participant, Role
+from gateway.core.audit import (
+    TRAIL_ROLE,
+    Action,
+    AuditRecord,
+    Event,
+    EventType,
+    Interface,
+    Outcome,
+    Participant,
+    Role,
+)
 from gateway.core.errors import describe
 from gateway.metrics import Metrics
-from gateway.runtime import AUDIT_TRAIL
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +44,7 @@ _MAX_PENDING_NOTES = 1000
 
 
 class BusAuditTrail:
-    name = AUDIT_TRAIL
+    name = TRAIL_ROLE
 
     def __init__(self, bus: Bus, topic: str, ae_title: str, metrics: Metrics, configuration: str = "") -> None:
         """``configuration``: a digest of the effective settings, named in Application Start so that an auditor

@@ -1,8 +1,8 @@
 """What the audit trail records: one processing of patient data (or one security event), as a typed value.
 
 The roles build these at the points that matter and hand them to an ``AuditTrail``; the audit role turns each
-into a DICOM PS3.15 A.5 audit message for the repository and, when it names a patient, a row of the local
-disclosure log. A record names at most one patient (PS3.15 A.5.3: a transfer of several patients' studies is
+into a DICOM PS3.15 A.5 audit message for the repository and a row of the local audit log (a disclosure when it
+names a patient and a recipient). A record names at most one patient (PS3.15 A.5.3: a transfer of several patients' studies is
 one message per patient), so the callers split by patient. Records travel on their own topic as JSON
 (``encode``/``decode``); unlike the events topic, they carry patient identifiers, as audit messages must.
 """
@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol
@@ -41,7 +42,6 @@ class Event:
     APPLICATION_ACTIVITY = _dcm("110100", "Application Activity")
     AUDIT_LOG_USED = _dcm("110101", "Audit Log Used")
     BEGIN_TRANSFERRING = _dcm("110102", "Begin Transferring DICOM Instances")
-    INSTANCES_ACCESSED = _dcm("110103", "DICOM Instances Accessed")
     INSTANCES_TRANSFERRED = _dcm("110104", "DICOM Instances Transferred")
     STUDY_DELETED = _dcm("110105", "DICOM Study Deleted")
     EXPORT = _dcm("110106", "Export")
@@ -61,8 +61,6 @@ class EventType:
     SOFTWARE_CONFIGURATION = _dcm("110131", "Software Configuration")
     ASSOCIATION_REFUSED = Code("ASSOCIATION-REFUSED", "99DICOMGW", "Association refused")
     ITI_41 = Code("ITI-41", "IHE Transactions", "Provide and Register Document Set-b")
-    ITI_18 = Code("ITI-18", "IHE Transactions", "Registry Stored Query")
-    ITI_57 = Code("ITI-57", "IHE Transactions", "Update Document Set")
 
 
 class Role:
@@ -106,6 +104,11 @@ class Interface(StrEnum):
     FORWARD = "DICOM C-STORE (forward)"
     SYSTEM = "System"
 
+
+_RECEIPTS = frozenset({Interface.C_STORE, Interface.STOW_RS})
+
+TRAIL_ROLE = "audit-trail"
+"""The name of the role that is a process's audit trail (the runtime gives it to the API port's authentication)."""
 
 STOW_CALLING_AE = "STOW-RS"
 """What a STOW-RS instance's envelope names as its calling AE."""
@@ -198,6 +201,40 @@ class AuditRecord:
     @property
     def disclosure(self) -> bool:
         return bool(self.recipient) and self.patient is not None
+
+
+def receipt(record: AuditRecord) -> tuple[Any, ...] | None:
+    """What receipts ``merged`` merges have in common; None for a record that is not one."""
+    if record.event != Event.INSTANCES_TRANSFERRED or record.interface not in _RECEIPTS \
+            or len(record.studies) != 1 or record.recipient:
+        return None
+    return (record.participants, record.patient, record.studies[0].uid, record.studies[0].accession,
+            record.action, record.outcome, record.outcome_text, record.interface, record.node, record.process)
+
+
+def merged(records: Sequence[AuditRecord]) -> list[AuditRecord]:
+    """The records with each study's receipts from one sender merged (DICOM Instances Transferred of C-STORE or
+    STOW-RS with the same participants, patient, study, action and outcome): the store stage writes one per batch,
+    the repository and the log get one per study and sender for what arrived together. The merged record keeps
+    the first's id and time and sums the SOP classes' counts; the others keep their order."""
+    out: list[AuditRecord] = []
+    open_: dict[tuple[Any, ...], int] = {}
+    for record in records:
+        key = receipt(record)
+        if key is None:
+            out.append(record)
+            continue
+        at = open_.get(key)
+        if at is None:
+            open_[key] = len(out)
+            out.append(record)
+            continue
+        first = out[at]
+        counts: dict[str, int] = dict(first.studies[0].sop_classes)
+        for sop_class, count in record.studies[0].sop_classes:
+            counts[sop_class] = counts.get(sop_class, 0) + count
+        out[at] = replace(first, studies=(replace(first.studies[0], sop_classes=tuple(sorted(counts.items()))),))
+    return out
 
 
 def instant(value: str | None, default: float) -> float:

@@ -82,10 +82,10 @@ _UID = r"[0-9.]{1,64}"
 class DicomWeb:
     def __init__(self, index: Callable[[], Index], objects: Callable[[], ObjectStore],
                  producer: Callable[[], Producer], settings: Settings, metrics: Metrics,
-                 shortage: Callable[[], str | None] = lambda: None, audit: AuditTrail | None = None) -> None:
+                 shortage: Callable[[], str | None] = lambda: None, audit_trail: AuditTrail | None = None) -> None:
         """``index``, ``objects`` and ``producer`` give what the API role opened (503 until it has);
         ``shortage`` says why the data directory is short of space (STOW-RS then answers 503, as C-STORE 0xA700)."""
-        self._audit: AuditTrail = audit if audit is not None else NoAudit()
+        self._audit: AuditTrail = audit_trail if audit_trail is not None else NoAudit()
         self._index = index
         self._rejections = RejectionCheck(self._index_now, settings.iocm.policy(), settings.iocm.refresh_seconds) \
             if settings.iocm.check_on_receive else None

@@ -95,7 +95,8 @@ async def test_the_embedded_default_generates_an_admin_token_and_opens_nothing_w
         token_file = tmp_path / "data" / "api-token"
         token = token_file.read_text().strip()
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600 and len(token) >= 32
-        for path in ("/api/studies", "/api/dlq", "/api/settings", "/api/studies/1.2.3", "/api/patients/P1"):
+        for path in ("/api/studies", "/api/dlq", "/api/settings", "/api/studies/1.2.3", "/api/patients/P1",
+                     "/api/audit?patient_id=P1"):
             status, body, headers = await call(base, path)
             assert status == 401 and body["error"] == "unauthorized", path
             assert headers["WWW-Authenticate"] == 'Bearer realm="dicom-gateway"'
@@ -107,7 +108,7 @@ async def test_the_embedded_default_generates_an_admin_token_and_opens_nothing_w
         for open_path in ("/healthz", "/readyz", "/metrics"):
             async with aiohttp.ClientSession() as session, session.get(f"{base}{open_path}") as response:
                 assert response.status == 200, open_path
-        assert (await auth_failures(base)) == {"missing": 5.0, "unknown_token": 1.0}  # one per path above
+        assert (await auth_failures(base)) == {"missing": 6.0, "unknown_token": 1.0}  # one per path above
     assert any(str(token_file.resolve()) in record.getMessage() + str(getattr(record, "path", ""))
                for record in caplog.records)
     assert token not in caplog.text
@@ -130,6 +131,11 @@ async def test_roles_from_the_tokens_file_and_its_rotation_without_a_restart(tmp
         status, body, _ = await call(base, "/api/dlq/0123/redrive", OPERATOR, "POST")
         assert status == 404, "the operator may re-drive; there is no such entry"
         assert (await call(base, "/api/settings", OPERATOR))[0] == 403
+        assert (await call(base, "/api/audit?patient_id=P1", READER))[0] == 403, "who did what: operators only"
+        status, entries, _ = await call(base, "/api/audit?patient_id=P1&from=2026-01-01", OPERATOR)
+        assert status == 200 and entries == []
+        for bad in ("from=yesterday", "to=2026-13-01", "limit=-1", "limit=many"):
+            assert (await call(base, f"/api/audit?{bad}", OPERATOR))[0] == 400, bad
         status, settings, _ = await call(base, "/api/settings", ADMIN)
         assert status == 200 and settings["http"]["auth"]["tokens_file"] == str(path)
 

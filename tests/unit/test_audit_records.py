@@ -67,3 +67,30 @@ def test_the_log_s_period_takes_dates_times_and_offsets() -> None:
     with pytest.raises(ValueError, match="not an ISO 8601"):
         instant("yesterday", 0)
 
+
+
+def test_receipts_of_one_study_and_sender_are_merged_and_nothing_else_is() -> None:
+    modality = (audit.peer("MODALITY1", "10.0.0.5", audit.Role.SOURCE),
+                audit.Participant("DICOMGW", False, audit.Role.DESTINATION))
+    patient = audit.Patient("010101-123N", "1.2.246.21")
+
+    def receipt(study: str, classes: tuple[tuple[str, int], ...], sender: tuple[audit.Participant, ...] = modality,
+                action: audit.Action = audit.Action.CREATE) -> AuditRecord:
+        return AuditRecord(audit.Event.INSTANCES_TRANSFERRED, audit.Outcome.SUCCESS, sender, audit.Interface.C_STORE,
+                           action, patient=patient, studies=(audit.Study(study, classes),))
+
+    ct, mr = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"
+    first = receipt("1.2.3", ((ct, 2),))
+    query = AuditRecord(audit.Event.QUERY, audit.Outcome.SUCCESS, modality, audit.Interface.C_FIND)
+    other_study = receipt("1.2.4", ((ct, 1),))
+    other_sender = receipt("1.2.3", ((ct, 1),), (audit.peer("PACS", "10.0.0.6", audit.Role.SOURCE),))
+    updated = receipt("1.2.3", ((ct, 1),), action=audit.Action.UPDATE)
+    disclosed = replace(receipt("1.2.3", ((ct, 5),)), recipient="VIEWER", interface=audit.Interface.C_GET)
+
+    out = audit.merged([first, query, receipt("1.2.3", ((ct, 3), (mr, 1))), other_study, other_sender,
+                        receipt("1.2.3", ((mr, 2),)), updated, disclosed])
+
+    assert [record.id for record in out] == [first.id, query.id, other_study.id, other_sender.id, updated.id,
+                                             disclosed.id]
+    assert out[0].studies[0].sop_classes == ((ct, 5), (mr, 3)) and out[0].at == first.at
+    assert out[2:] == [other_study, other_sender, updated, disclosed]
