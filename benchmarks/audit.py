@@ -128,7 +128,7 @@ class Node:
 
     def audit_backlog(self) -> float:
         """Records made durable on the audit topic that the repository has not taken yet (0 with auditing off)."""
-        return self.metric("dicomgw_audit_records_total{") - self.metric("dicomgw_audit_messages_delivered_total{")
+        return self.metric("dicomgw_audit_records_total{") - self.metric("dicomgw_audit_records_delivered_total{")
 
     def wait(self, done: Callable[[], bool], what: str) -> float:
         """Poll until ``done``; the seconds it took."""
@@ -384,7 +384,8 @@ def markdown(state: dict[str, Any]) -> str:
         lines += [f"| {v['backend']} | {v['rounds']} | **{v['stored']:.3f}** | {v['received']:.3f} | {v['p50_ms']:.3f} | "
                   f"{v['cpu']:.3f} | {'yes' if v['within_target'] else '**no**'} |" for v in state.get("verdicts", [])]
     if state.get("repositories"):
-        lines += ["", "Audit records made by the `on` gateway / messages rsyslog received: " + "; ".join(
+        lines += ["", ("Audit records made by the `on` gateway / messages rsyslog received (a study's receipts gathered "
+                  "together go as one): ") + "; ".join(
             f"{name}: {found['records']:.0f} / {found['received']}" for name, found in state["repositories"].items())]
     if state.get("skipped"):
         lines += ["", f"Skipped: {state['skipped']}"]

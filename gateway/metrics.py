@@ -87,7 +87,8 @@ class Metrics:
             "Audit records of refusals the bus did not take, or dropped while too many waited for it (logged)",
             registry=r)
         self.audit_delivered = Counter(
-            "dicomgw_audit_messages_delivered_total", "Audit messages the repository took, by transport",
+            "dicomgw_audit_records_delivered_total",
+            "Audit records the repository took (several receipts may go as one message), by transport",
             ["transport"], registry=r)
         self.stage_retries = Counter(
             "dicomgw_stage_retries_total", "Back-offs while a service a stage needs was down", ["stage"], registry=r

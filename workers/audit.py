@@ -51,7 +51,7 @@ class AuditDelivery:
         rendered = dict(batch)
         messages = [rendered.get(record) or self._message(record) for record in merged([r for r, _ in batch])]
         await self._repository.send(messages)
-        self._metrics.audit_delivered.labels(self._transport).inc(len(messages))
+        self._metrics.audit_delivered.labels(self._transport).inc(len(batch))
 
     def loops(self) -> list[tuple[float, Callable[[], Awaitable[None]]]]:
         return []

@@ -442,3 +442,30 @@ async def test_forwarded_instances_are_disclosed_per_patient_to_the_destination(
         assert {(e["event"], e["action"], e["recipient"], e["disclosure"]) for e in sent} == {
             ("DICOM Instances Transferred", "R", DESTINATION_AE, True)}
         assert {s for e in sent for s in e["studies"]} == {uid}
+
+
+async def test_a_message_too_large_for_a_datagram_is_dead_lettered_and_the_rest_goes_on(
+        tmp_path: Path, repository: Rsyslog) -> None:
+    """An ADT message with 60 KB of notes: its Patient Record carries it (base64), beyond a UDP datagram. It goes
+    to the dead letters with that reason, stays in the local audit log, and the records after it still go."""
+    async with audited(tmp_path, repository, ["receiver", "store", "api", "hl7", "patient"], transport="udp",
+                       hl7={"host": "127.0.0.1", "port": free_port(), "allowed_senders": [{"application": "HIS"}],
+                            "local_authorities": [HOSP], "idle_timeout_seconds": 3},
+                       validation={"test_environment": True}) as gateway:
+        await stored(gateway, tmp_path, "big", 1, PatientID="P-BIG-1", PatientName="ISO^VIESTI")
+        notes = "\r".join(f"NTE|{n}||{'x' * 990}" for n in range(60))
+        large = adt("A08", "P-BIG-1", control_id="BIG-1", name="ISO^VIESTI") + "\r" + notes
+        small = adt("A08", "P-BIG-1", control_id="BIG-2", name="PIENI^VIESTI")
+        acks = await mllp_send(hl7_port(gateway), large, small, tmp=tmp_path)
+        assert [(ack.code, ack.control_id) for ack in acks] == [("AA", "BIG-1"), ("AA", "BIG-2")]
+        await applied(gateway, "P-BIG-1", "BIG-2")
+
+        roots = await arrived(repository, lambda roots: any(
+            event_of(root) == ("110110", "U") and hl7_message(root) == small.encode() for root in roots))
+        _, dead = await gateway.until("/api/dlq", lambda body: any(e["stage"] == "audit" for e in body))
+        log = await audit_log(gateway, "P-BIG-1", lambda body: sum(e["interface"] == "HL7 v2 ADT" for e in body) >= 2)
+    all_valid(repository)
+    assert not any(event_of(root)[0] == "110110" and hl7_message(root) == large.encode() for root in roots)
+    [entry] = [e for e in dead if e["stage"] == "audit"]
+    assert "datagram limit" in entry["reason"] and "P-BIG-1" not in entry["reason"]
+    assert [e["action"] for e in log if e["interface"] == "HL7 v2 ADT"] == ["U", "U"]
