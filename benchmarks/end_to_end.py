@@ -175,7 +175,8 @@ def gateway_env(base: dict[str, str], work: Path, listener_port: int, verificati
     profile.write_text(KANTA_PROFILE)
     return base | {
         "GATEWAY_TOPICS__INSTANCES": f"e2e-{suffix}", "GATEWAY_TOPICS__EVENTS": f"e2e-ev-{suffix}",
-        "GATEWAY_TOPICS__DEAD_LETTER": f"e2e-dl-{suffix}", "GATEWAY_KAFKA__PARTITIONS": "12",
+        "GATEWAY_TOPICS__DEAD_LETTER": f"e2e-dl-{suffix}", "GATEWAY_TOPICS__AUDIT": f"e2e-audit-{suffix}",
+        "GATEWAY_KAFKA__PARTITIONS": "12",
         "GATEWAY_LOG__LEVEL": log_level,
         "GATEWAY_VALIDATION__DEFAULT_PROFILE": "fi-kanta", "GATEWAY_VALIDATION__TEST_ENVIRONMENT": "true",
         "GATEWAY_VALIDATION__PROFILE_FILES": json.dumps([str(profile)]),

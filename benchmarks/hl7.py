@@ -358,7 +358,8 @@ def kafka_gateway(work: Path, state: Path, keep: bool, log_level: str) -> Iterat
                        "GATEWAY_TOPICS__INSTANCES": f"bench-instances-{suffix}",
                        "GATEWAY_TOPICS__EVENTS": f"bench-events-{suffix}",
                        "GATEWAY_TOPICS__DEAD_LETTER": f"bench-dead-letter-{suffix}",
-                       "GATEWAY_TOPICS__HL7": f"bench-hl7-{suffix}"}
+                       "GATEWAY_TOPICS__HL7": f"bench-hl7-{suffix}",
+                       "GATEWAY_TOPICS__AUDIT": f"bench-audit-{suffix}"}
         target = None
         try:
             target = start_gateway("gateway-kafka", work, gateway_env, log_level, url, state)

@@ -284,7 +284,8 @@ def gateway_pair(backend: str, roles: tuple[str, ...], env: dict[str, str], work
                             "GATEWAY_TOPICS__INSTANCES": f"bench-iocm-instances-{suffix}",
                             "GATEWAY_TOPICS__EVENTS": f"bench-iocm-events-{suffix}",
                             "GATEWAY_TOPICS__DEAD_LETTER": f"bench-iocm-dead-letter-{suffix}",
-                            "GATEWAY_TOPICS__HL7": f"bench-iocm-hl7-{suffix}"}
+                            "GATEWAY_TOPICS__HL7": f"bench-iocm-hl7-{suffix}",
+                            "GATEWAY_TOPICS__AUDIT": f"bench-iocm-audit-{suffix}"}
             nodes[check] = start_node(backend, check, roles, work, node_env, log_level,
                                       state if backend == "kafka" else None)
         yield nodes

@@ -64,7 +64,8 @@ def stored(http: int) -> float:
 def run_once(workers: int, instances: int, base: dict[str, str], work: Path) -> float:
     suffix = uuid.uuid4().hex[:8]
     env = {**base, "GATEWAY_TOPICS__INSTANCES": f"scaling-{suffix}", "GATEWAY_TOPICS__EVENTS": f"scaling-ev-{suffix}",
-           "GATEWAY_TOPICS__DEAD_LETTER": f"scaling-dl-{suffix}", "GATEWAY_KAFKA__PARTITIONS": "12",
+           "GATEWAY_TOPICS__DEAD_LETTER": f"scaling-dl-{suffix}", "GATEWAY_TOPICS__AUDIT": f"scaling-audit-{suffix}",
+           "GATEWAY_KAFKA__PARTITIONS": "12",
            "GATEWAY_DICOM__PORT": str(free_port()), "GATEWAY_DICOM__HOST": "127.0.0.1"}
     files = generate(KINDS["ct"], instances, work / f"ct-{suffix}", studies=24)
     receiver, _ = start("receiver", env, work)

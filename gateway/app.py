@@ -257,7 +257,7 @@ def audit_pools(settings: Settings, bus: Bus, metrics: Metrics) -> list[Role]:
     @asynccontextmanager
     async def log_stage(producer: Producer) -> AsyncIterator[AuditLogStage]:
         async with _services(settings) as (_, index):
-            yield AuditLogStage(index, settings_audit.retention_days)
+            yield AuditLogStage(index, settings_audit.retention_days, metrics)
 
     pools: list[Role] = [EventPool("audit-log", bus, settings.topics, settings.topics.audit, audit_record, log_stage,
                                    metrics, settings_audit.retry_max_seconds, drain, linger=LINGER_SECONDS)]

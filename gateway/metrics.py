@@ -84,7 +84,8 @@ class Metrics:
             registry=r)
         self.audit_failures = Counter(
             "dicomgw_audit_records_lost_total",
-            "Audit records of refusals the bus did not take, or dropped while too many waited for it (logged)",
+            "Audit records of refusals the bus did not take or dropped while too many waited for it, and records "
+            "the index refused for the audit log (each logged)",
             registry=r)
         self.audit_delivered = Counter(
             "dicomgw_audit_records_delivered_total",

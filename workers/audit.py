@@ -11,6 +11,7 @@ transaction, once each, and purges what is older than the retention.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,8 +19,11 @@ from typing import Any
 from gateway.audit.message import AuditSource, render
 from gateway.audit.syslog import Repository, syslog_message
 from gateway.core.audit import AuditRecord, Outcome, merged
+from gateway.core.errors import describe, retriable
 from gateway.index import AuditLog
 from gateway.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 _PURGE_SECONDS = 3600.0
 LINGER_SECONDS = 2.0
@@ -63,7 +67,8 @@ class AuditDelivery:
 
 
 class AuditLogStage:
-    def __init__(self, index: AuditLog, retention_days: int) -> None:
+    def __init__(self, index: AuditLog, retention_days: int, metrics: Metrics) -> None:
+        self._metrics = metrics
         self._index = index
         self._retention = retention_days * 86400.0
         self._batch: list[AuditRecord] = []
@@ -72,8 +77,24 @@ class AuditLogStage:
         self._batch.append(record)
 
     async def fetched(self) -> None:
-        batch, self._batch = self._batch, []
-        await self._index.log_audit(merged(batch))
+        """One transaction for the fetch; when the index refuses it for good, record by record, and one it refuses
+        alone is logged and left out (it still goes to the repository: the other group sends it)."""
+        batch, self._batch = merged(self._batch), []
+        try:
+            await self._index.log_audit(batch)
+        except Exception as exc:
+            if retriable(exc) is True:
+                raise
+            for record in batch:
+                try:
+                    await self._index.log_audit([record])
+                except Exception as alone:
+                    if retriable(alone) is True:
+                        raise
+                    self._metrics.audit_failures.inc()
+                    log.error("an audit record was left out of the audit log: the index refused it",
+                              extra={"record_id": record.id, "event": record.event.meaning,
+                                     "error": describe(alone)})
 
     def loops(self) -> list[tuple[float, Callable[[], Awaitable[None]]]]:
         return [(_PURGE_SECONDS, self._purge)]

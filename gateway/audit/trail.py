@@ -32,13 +32,14 @@ from gateway.core.audit import (
     Participant,
     Role,
 )
-from gateway.core.errors import describe
+from gateway.core.errors import describe, retriable
 from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 KEY = b"audit"
 _NOTE_DRAIN_SECONDS = 5.0
+_START_RETRY_SECONDS = 0.5
 _MAX_PENDING_NOTES = 1000
 """Refusals recorded without waiting that may wait for the bus at once; beyond, they are counted and dropped."""
 
@@ -58,19 +59,33 @@ class BusAuditTrail:
         self._opened: AbstractAsyncContextManager[Producer] | None = None
         self._notes: set[asyncio.Task[None]] = set()
         self._stopped = asyncio.Event()
+        self._starting: asyncio.Task[None] | None = None
         self._dropped_logged_at = -math.inf
         self._node = socket.gethostname()
         self._process = str(os.getpid())
 
     async def __aenter__(self) -> Self:
-        self._opened = self._bus.producer()
-        self._producer = await self._opened.__aenter__()
-        await self.record(self._activity(audit.EventType.APPLICATION_START))
+        """Application Start is written before the other roles start; when the bus cannot take it (a full disk:
+        the roles then start unready, as the runtime has them), it is written as soon as it can be."""
+        opened = self._bus.producer()
+        self._producer = await opened.__aenter__()
+        self._opened = opened
+        start = self._activity(EventType.APPLICATION_START)
+        try:
+            await self.record(start)
+        except Exception as exc:
+            if retriable(exc) is not True:
+                raise
+            log.warning("Application Start waits for the bus", extra={"error": describe(exc)})
+            self._starting = asyncio.create_task(self._retried(start), name="audit-start")
         return self
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         try:
+            if self._starting is not None and not self._starting.done():
+                self._starting.cancel()
+                log.error("Application Start was never audited: the bus did not take it")
             if self._notes:
                 await asyncio.wait(self._notes, timeout=_NOTE_DRAIN_SECONDS)
             await self.record(self._activity(EventType.APPLICATION_STOP))
@@ -81,6 +96,19 @@ class BusAuditTrail:
             opened, self._opened, self._producer = self._opened, None, None
             if opened is not None:
                 await opened.__aexit__(kind, exc, tb)
+
+    async def _retried(self, record: AuditRecord) -> None:
+        pause = _START_RETRY_SECONDS
+        while True:
+            await asyncio.sleep(pause)
+            try:
+                await self.record(record)
+                return
+            except Exception as exc:
+                if retriable(exc) is not True:
+                    log.error("Application Start could not be audited", extra={"error": describe(exc)})
+                    return
+                pause = min(pause * 2, 30.0)
 
     async def wait(self) -> None:
         await self._stopped.wait()

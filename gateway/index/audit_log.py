@@ -57,15 +57,18 @@ class AuditEntry:
 
 
 def entry_of(record: AuditRecord) -> tuple[Any, ...]:
+    """The row of a record. Text comes from peers: a NUL, which PostgreSQL cannot hold (an identifier sent with
+    one is what the audit log must record most of all), is kept as U+FFFD."""
     requestors = [p for p in record.participants if p.requestor] or list(record.participants[:1])
     patient = record.patient
-    return (record.id, record.at.timestamp(), record.event.code, record.event.meaning,
-            record.action.value if record.action else "", record.outcome.value, record.outcome_text,
-            record.interface.value, patient.id if patient else "", patient.issuer if patient else "",
-            orjson.dumps([s.uid for s in record.studies]).decode(),
-            sum(n for study in record.studies for _, n in study.sop_classes),
-            ", ".join(p.user_id for p in requestors), ", ".join(p.host for p in requestors if p.host),
-            record.recipient, record.disclosure)
+    return tuple(value.replace("\x00", "\ufffd") if isinstance(value, str) else value for value in (
+        record.id, record.at.timestamp(), record.event.code, record.event.meaning,
+        record.action.value if record.action else "", record.outcome.value, record.outcome_text,
+        record.interface.value, patient.id if patient else "", patient.issuer if patient else "",
+        orjson.dumps([s.uid for s in record.studies]).decode(),
+        sum(n for study in record.studies for _, n in study.sop_classes),
+        ", ".join(p.user_id for p in requestors), ", ".join(p.host for p in requestors if p.host),
+        record.recipient, record.disclosure))
 
 
 def _entry(row: tuple[Any, ...]) -> AuditEntry:

@@ -33,6 +33,7 @@ async def environment(services: dict[str, str]) -> dict[str, str]:
     return {**services, "GATEWAY_DATABASE__URL": await fresh_database(services["GATEWAY_DATABASE__URL"]),
             "GATEWAY_TOPICS__INSTANCES": f"instances-{suffix}", "GATEWAY_TOPICS__EVENTS": f"events-{suffix}",
             "GATEWAY_TOPICS__DEAD_LETTER": f"dead-letter-{suffix}", "GATEWAY_TOPICS__HL7": f"hl7-{suffix}",
+            "GATEWAY_TOPICS__AUDIT": f"audit-{suffix}",
             "GATEWAY_HL7__ALLOWED_SENDERS": '[{"application": "HIS"}]',
             "GATEWAY_HL7__LOCAL_AUTHORITIES": f'["{HOSP}"]', "GATEWAY_HL7__PRECHECK_TIMEOUT_SECONDS": "2",
             "GATEWAY_STORE__RETRY_MAX_SECONDS": "2", "GATEWAY_KAFKA__SESSION_TIMEOUT_MS": "6000"}

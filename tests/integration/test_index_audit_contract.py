@@ -74,3 +74,11 @@ async def test_records_without_a_patient_are_kept_and_the_purge_drops_only_older
     assert next(e for e in before if e.record_id == alert.id).outcome_text.startswith("association rejected")
     assert await index.audit_entries("", old.timestamp(), old.timestamp() + 1, 100) == []
     assert [e.record_id for e in await index.audit_entries(patient, 0, time.time() + 10, 100)] == [kept.id]
+
+
+async def test_a_nul_sent_in_an_identifier_is_logged_not_refused(index: Index) -> None:
+    """PostgreSQL cannot hold a NUL in text; the audit log must still record who sent such an identifier."""
+    record = transferred("P\x00NUL", datetime.now(UTC))
+    await index.log_audit([record])
+    [entry] = await index.audit_entries("P\ufffdNUL", 0, time.time() + 10, 10)
+    assert entry.record_id == record.id

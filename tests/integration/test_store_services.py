@@ -32,7 +32,8 @@ async def environment(services: dict[str, str]) -> dict[str, str]:
     suffix = uuid.uuid4().hex[:8]
     return {**services, "GATEWAY_DATABASE__URL": await fresh_database(services["GATEWAY_DATABASE__URL"]),
             "GATEWAY_TOPICS__INSTANCES": f"instances-{suffix}", "GATEWAY_TOPICS__EVENTS": f"events-{suffix}",
-            "GATEWAY_TOPICS__DEAD_LETTER": f"dead-letter-{suffix}", "GATEWAY_KAFKA__PARTITIONS": "4",
+            "GATEWAY_TOPICS__DEAD_LETTER": f"dead-letter-{suffix}", "GATEWAY_TOPICS__AUDIT": f"audit-{suffix}",
+            "GATEWAY_KAFKA__PARTITIONS": "4",
             "GATEWAY_STORE__RETRY_MAX_SECONDS": "4", "GATEWAY_KAFKA__SESSION_TIMEOUT_MS": "6000"}
 
 
