@@ -39,12 +39,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -64,7 +62,7 @@ from benchmarks.forward import GATEWAY_AE, Gateway, _get
 from benchmarks.hl7 import _execute, log_section, log_summary
 from benchmarks.iocm import code_version
 from benchmarks.proc import cpu_and_rss
-from benchmarks.report import reported
+from benchmarks.report import add_run_arguments, reported
 from benchmarks.run import machine, percentile
 from tests.rsyslog import Rsyslog, make_pki
 
@@ -460,16 +458,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=ROUNDS, help="rounds of an on and an off run")
     parser.add_argument("--associations", type=int, default=ASSOCIATIONS)
     parser.add_argument("--warmup", type=int, default=-1, help=f"untimed instances per gateway first (default {WARMUP})")
-    parser.add_argument("--services-state", type=Path,
-                        default=Path(os.environ.get("GATEWAY_SERVICES_STATE") or services.DEFAULT_STATE),
-                        help="scripts/services state dir (default $GATEWAY_SERVICES_STATE, else "
-                             f"{services.DEFAULT_STATE}); services it starts there are stopped afterwards only in "
-                             f"{services.DEFAULT_STATE}, a shared set keeps them")
-    parser.add_argument("--keep-services", action="store_true", help="leave services this run started running")
-    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING"], default="WARNING",
-                        help="the gateways' log level (their logs are in the work dir)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "dicom-gateway-bench" / "audit")
+    add_run_arguments(parser, "audit")
     args = parser.parse_args()
     quick = args.quick
     backends = tuple(name for name in args.backends.split(",") if name) or (QUICK_BACKENDS if quick else BACKENDS)

@@ -70,7 +70,6 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -87,7 +86,7 @@ import uvloop
 from benchmarks import services
 from benchmarks.forward import Gateway, _get, _kill, _level, _tail
 from benchmarks.proc import cpu_and_rss
-from benchmarks.report import reported
+from benchmarks.report import add_run_arguments, reported
 from benchmarks.run import machine, percentile
 from benchmarks.targets import free_port
 from tests.hapi import _build, _require, hapi_jars
@@ -725,16 +724,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=WARMUP,
                         help=f"untimed messages each target takes first (default {WARMUP})")
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"some of {','.join(TARGETS)}")
-    parser.add_argument("--services-state", type=Path,
-                        default=Path(os.environ.get("GATEWAY_SERVICES_STATE") or services.DEFAULT_STATE),
-                        help="scripts/services state dir (default $GATEWAY_SERVICES_STATE, else "
-                             f"{services.DEFAULT_STATE}); services it starts there are stopped afterwards only in "
-                             f"{services.DEFAULT_STATE}, a shared set keeps them")
-    parser.add_argument("--keep-services", action="store_true", help="leave services this run started running")
-    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING"], default="WARNING",
-                        help="the gateways' log level (their logs are in the work dir)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "dicom-gateway-bench" / "hl7")
+    add_run_arguments(parser, "hl7")
     args = parser.parse_args()
     quick = args.quick
     targets = tuple(name for name in args.targets.split(",") if name)

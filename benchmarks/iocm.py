@@ -71,13 +71,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import uuid
@@ -99,7 +97,7 @@ from benchmarks.datasets import dataset
 from benchmarks.forward import GATEWAY_AE, Gateway, _get
 from benchmarks.hl7 import _execute, log_section, log_summary
 from benchmarks.proc import cpu_and_rss
-from benchmarks.report import reported
+from benchmarks.report import add_run_arguments, reported
 from benchmarks.run import machine, percentile
 from benchmarks.scu import Association
 from gateway.core.iocm import Reference, Title
@@ -860,22 +858,13 @@ def main() -> None:
                         help=f"instances the rejection note names (default {NOTE_INSTANCES})")
     parser.add_argument("--warmup", type=int, default=-1,
                         help=f"untimed instances of each kind per gateway first (default {WARMUP})")
-    parser.add_argument("--services-state", type=Path,
-                        default=Path(os.environ.get("GATEWAY_SERVICES_STATE") or services.DEFAULT_STATE),
-                        help="scripts/services state dir (default $GATEWAY_SERVICES_STATE, else "
-                             f"{services.DEFAULT_STATE}); services it starts there are stopped afterwards only in "
-                             f"{services.DEFAULT_STATE}, a shared set keeps them")
     parser.add_argument("--py-spy", action="store_true",
                         help="record each gateway with py-spy (100 Hz, non-blocking) in the first repeat of every "
                              "receive run and note; collapsed stacks and a summary in OUT/profiles")
     parser.add_argument("--no-receiver-alone", action="store_true",
                         help="measure the check only with the receiver and store roles together (not also the receiver "
                              "alone)")
-    parser.add_argument("--keep-services", action="store_true", help="leave services this run started running")
-    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING"], default="WARNING",
-                        help="the gateways' log level (their logs are in the work dir)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "dicom-gateway-bench" / "iocm")
+    add_run_arguments(parser, "iocm")
     args = parser.parse_args()
     quick = args.quick
     backends = tuple(name for name in args.backends.split(",") if name)

@@ -3,12 +3,34 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import signal
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from benchmarks import services
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """The options every service-backed benchmark takes: where the services' state is and whether to keep them,
+    the gateways' log level, where results and work files go."""
+    parser.add_argument("--services-state", type=Path,
+                        default=Path(os.environ.get("GATEWAY_SERVICES_STATE") or services.DEFAULT_STATE),
+                        help="scripts/services state dir (default $GATEWAY_SERVICES_STATE, else "
+                             f"{services.DEFAULT_STATE}); services it starts there are stopped afterwards only in "
+                             f"{services.DEFAULT_STATE}, a shared set keeps them")
+    parser.add_argument("--keep-services", action="store_true", help="leave services this run started running")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING"], default="WARNING",
+                        help="the gateways' log level (their logs are in the work dir)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "dicom-gateway-bench" / name)
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
