@@ -184,14 +184,18 @@ class Api:
                 audit.Interface.API, audit.Action.EXECUTE,
                 patient=audit.Patient(patient_id, request.query.get("issuer", "")) if patient_id else None,
                 query=audit.Query(request.query_string.encode(), uri=request.path))
-            try:
-                await self._audit.record(record)
-            except Exception as exc:
-                log.error("request refused: it could not be audited", extra={"error": describe(exc)})
-                raise web.HTTPServiceUnavailable(text="the audit trail is unavailable") from None
+            await self._recorded(record, "request")
             return await handler(request)
 
         return audited
+
+    async def _recorded(self, record: AuditRecord, what: str) -> None:
+        """Return once ``record`` is durable; 503 (the request refused, and why logged) when it cannot be."""
+        try:
+            await self._audit.record(record)
+        except Exception as exc:
+            log.error(f"{what} refused: it could not be audited", extra={"error": describe(exc)})
+            raise web.HTTPServiceUnavailable(text="the audit trail is unavailable") from None
 
     @requires(Role.OPERATOR)
     async def _audit_log(self, request: web.Request) -> web.Response:
@@ -206,15 +210,11 @@ class Api:
             raise web.HTTPBadRequest(text=str(exc)) from None
         patient_id = request.query.get("patient_id", "")
         principal = request[PRINCIPAL]
-        try:
-            await self._audit.record(AuditRecord(
-                audit.Event.AUDIT_LOG_USED, audit.Outcome.SUCCESS,
-                (audit.peer(principal.subject, request.remote or "", None),), audit.Interface.API,
-                audit.Action.READ, patient=audit.Patient(patient_id) if patient_id else None,
-                query=audit.Query(request.query_string.encode(), uri=request.path)))
-        except Exception as exc:
-            log.error("audit log read refused: it could not be audited", extra={"error": describe(exc)})
-            raise web.HTTPServiceUnavailable(text="the audit trail is unavailable") from None
+        await self._recorded(AuditRecord(
+            audit.Event.AUDIT_LOG_USED, audit.Outcome.SUCCESS,
+            (audit.peer(principal.subject, request.remote or "", None),), audit.Interface.API,
+            audit.Action.READ, patient=audit.Patient(patient_id) if patient_id else None,
+            query=audit.Query(request.query_string.encode(), uri=request.path)), "audit log read")
         entries = await self._ready_index().audit_entries(patient_id, since, until, limit)
         return web.json_response([_audit_entry(entry) for entry in entries])
 
