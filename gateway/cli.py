@@ -36,6 +36,7 @@ from gateway.metrics import Metrics
 from gateway.processes import MergedMetrics, ReceiverProcesses
 from gateway.reject import NoteTooLarge, NotHeld, reject
 from gateway.runtime import Role, RoleCrashed, run_roles
+from gateway.selftest import command as selftest
 from gateway.settings import ROLES, Settings, SettingsError, load_settings, unknown_variables
 from gateway.xds import cli as xds_cli
 from gateway.xds import simulator as xds_simulator
@@ -103,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     validation_cli.add_parser(commands)
     xds_cli.add_parser(commands)
     xds_simulator.add_parser(commands)
+    selftest.add_parser(commands)
     return parser
 
 

@@ -20,6 +20,8 @@ FORBIDDEN = {
     "gateway/ingest": ("gateway.app", "gateway.index", "gateway.objects", "workers."),
     "gateway/audit": ("gateway.app", "gateway.runtime", "gateway.cli", "gateway.dicom", "gateway.ingest",
                       "gateway.objects", "gateway.retrieve", "gateway.xds", "workers."),
+    "gateway/selftest": ("gateway.app", "gateway.runtime", "gateway.bus", "gateway.index", "gateway.objects",
+                         "gateway.ingest", "gateway.retrieve", "gateway.audit", "gateway.api", "workers."),
     "workers": ("gateway.app", "gateway.bus.kafka", "gateway.bus.embedded", "gateway.bus.rdkafka",
                 "gateway.index.postgres", "gateway.index.sqlite", "gateway.objects.s3", "gateway.objects.filesystem",
                 "gateway.ingest"),
