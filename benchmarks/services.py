@@ -1,9 +1,10 @@
 """Kafka, SeaweedFS and PostgreSQL for the benchmarks, through ``scripts/services`` with a state dir of our own.
 
-The services listen on fixed ports plus ``GATEWAY_SERVICES_PORT_OFFSET`` (default 0; the script reads it too),
-so a second set (another engineer's tests, say) runs beside ours only with an offset and a state dir of its own
-(``--services-state``). Before starting anything we check that no port we need is held by a service outside
-our state dir, and stop with a message naming it rather than sharing or killing it. Services we started are
+The script chooses ports of its own when the default ones are held by another set (another engineer's tests,
+say), so ours run beside theirs with a state dir of our own (``--services-state``). With
+``GATEWAY_SERVICES_PORT_OFFSET`` set the ports are fixed: then we check before starting anything that no port we
+need is held by a service outside our state dir, and stop with a message naming it rather than sharing or
+killing it. Services we started are
 stopped at the end and their data removed: a quick run leaves gigabytes of Kafka segments and S3 volumes.
 """
 
@@ -21,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = [sys.executable, str(ROOT / "scripts" / "services")]
 DEFAULT_STATE = Path("/tmp/bench-services")
-PORT_OFFSET = int(os.environ.get("GATEWAY_SERVICES_PORT_OFFSET", "0"))
-PORTS = {name: tuple(port + PORT_OFFSET for port in ports) for name, ports in
+GIVEN_OFFSET = os.environ.get("GATEWAY_SERVICES_PORT_OFFSET")
+PORTS = {name: tuple(port + int(GIVEN_OFFSET or 0) for port in ports) for name, ports in
          {"kafka": (19092, 19093), "s3": (18333, 19333, 18080, 18888), "postgres": (15432,)}.items()}
 DIRECTORIES = {"kafka": "kafka", "s3": "seaweedfs", "postgres": "postgres"}
 """Each service's data under the state dir (scripts/services)."""
@@ -48,7 +49,7 @@ def _status(state: Path) -> dict[str, bool]:
 def running(names: list[str], state: Path = DEFAULT_STATE, keep: bool = False) -> Iterator[dict[str, str]]:
     """The gateway's environment for these services, started under ``state`` unless already up there."""
     up = _status(state)
-    taken = [f"{name} port {port}" for name in names if not up.get(name)
+    taken = [f"{name} port {port}" for name in names if GIVEN_OFFSET is not None and not up.get(name)
              for port in PORTS[name] if _open(port)]
     if taken:
         raise PortTaken(f"{', '.join(taken)} in use by a service outside {state}; stop it or run later")

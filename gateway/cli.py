@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ctypes
 import errno
 import logging
@@ -24,15 +25,18 @@ from gateway import dead_letter, logs
 from gateway.app import build_bus, build_roles, open_index
 from gateway.audit.report import FORMATS, report
 from gateway.audit.trail import KEY as AUDIT_KEY
+from gateway.bus import Bus, BusError
 from gateway.core import audit
 from gateway.core.audit import AuditRecord, instant
-from gateway.core.errors import CannotUnderstand, DicomStatusError
+from gateway.core.errors import CannotUnderstand, DicomStatusError, describe, retriable
 from gateway.core.iocm import NoteRefused, Title
 from gateway.disk import DiskSpace
 from gateway.http import Endpoints
+from gateway.index import IndexFailure
 from gateway.index.audit_log import AuditEntry
 from gateway.listen import PortUnavailable, server_tls_context
 from gateway.metrics import Metrics
+from gateway.objects import ObjectStoreError
 from gateway.processes import MergedMetrics, ReceiverProcesses
 from gateway.reject import NoteTooLarge, NotHeld, reject
 from gateway.runtime import Role, RoleCrashed, run_roles
@@ -348,7 +352,20 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     except PortUnavailable as exc:
         raise SettingsError(_unavailable(settings, exc)) from None
+    except (IndexFailure, ObjectStoreError, BusError) as exc:  # refused, not down: waiting would not help
+        log.error("start-up failed", extra={"error": describe(exc)})
+        raise SettingsError(f"{_service_variable(exc)}: {exc}") from None
     return 0
+
+
+def _service_variable(exc: Exception) -> str:
+    """The settings to check when a service refuses the gateway at start-up (credentials, a database or bucket
+    that does not exist, a topic it may not create)."""
+    if isinstance(exc, IndexFailure):
+        return "GATEWAY_DATABASE__URL"
+    if isinstance(exc, ObjectStoreError):
+        return "GATEWAY_S3__ENDPOINT, __BUCKET, __ACCESS_KEY, __SECRET_KEY"
+    return "GATEWAY_KAFKA__BOOTSTRAP_SERVERS and its security settings"
 
 
 async def _serve(settings: Settings, roles: list[str], config: Path | None, ready_fd: int | None) -> None:
@@ -366,10 +383,31 @@ async def _serve(settings: Settings, roles: list[str], config: Path | None, read
     bus = build_bus(settings, metrics)
     if bus.kind == "embedded":
         log.info("no Kafka configured: using the embedded bus", extra={"data_dir": str(settings.data_dir)})
-    await bus.ensure_topics()
+    await _bus_reachable(bus)
     endpoints, space = Endpoints(), DiskSpace.for_settings(settings)
     await run_roles(settings, [*extra, *build_roles(roles, settings, bus, metrics, endpoints, space)], metrics,
                     on_ready=None if ready_fd is None else _tell_parent(ready_fd), endpoints=endpoints, space=space)
+
+
+BUS_RETRY_MAX_SECONDS = 30.0
+
+
+async def _bus_reachable(bus: Bus) -> None:
+    """Wait for the bus (its topics made sure of) before anything opens a port: a broker down at start-up is
+    waited for with a back-off, one line per attempt naming what to check, as a running role waits for it."""
+    delay = 1.0
+    while True:
+        try:
+            await bus.ensure_topics()
+            return
+        except Exception as exc:
+            if retriable(exc) is not True:
+                raise
+            log.warning("waiting for the bus", extra={
+                "bus": bus.kind, "error": describe(exc), "retry_in": delay,
+                "check": "GATEWAY_KAFKA__BOOTSTRAP_SERVERS" if bus.kind == "kafka" else "GATEWAY_DATA_DIR"})
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, BUS_RETRY_MAX_SECONDS)
 
 
 def _tell_parent(ready_fd: int) -> Callable[[int], None]:

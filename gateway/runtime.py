@@ -7,7 +7,7 @@ work (bounded by ``runtime.drain_timeout_seconds``), consumers commit, producers
 A second signal exits at once. If any role dies, the others are drained and the process exits non-zero,
 so the orchestrator restarts it rather than leaving a half-working pod. A full disk is not a death: the process
 stays up, unready with the reason, until there is room (``gateway.disk``); a role that cannot even start then
-starts once there is room.
+starts once there is room. Nor is a service that is down at start-up: the role waits for it, the process unready.
 """
 
 from __future__ import annotations
@@ -105,19 +105,34 @@ async def run_roles(
     log.info("stopped")
 
 
+START_RETRY_MAX_SECONDS = 30.0
+
+
 async def _enter(stack: AsyncExitStack, role: Role, space: DiskSpace | None, stop: asyncio.Event) -> bool:
     """Enter a role; one that fails to start on a full disk (SQLite cannot even open a WAL database without room
-    for its -shm file) is started again once there is room. False: stopped while waiting."""
+    for its -shm file) is started again once there is room, and one whose service (the database, the object
+    store, the bus) is unreachable is started again after a back-off, the process unready meanwhile, as the stages
+    wait for their services once running. False: stopped while waiting."""
+    delay = 1.0
     while True:
         try:
             await stack.enter_async_context(role)
             return True
         except Exception as exc:
-            if space is None or space.shortage is None or retriable(exc) is not True:
+            if space is not None and space.shortage is not None and retriable(exc) is True:
+                log.warning("role waits for disk space to start", extra={"role": role.name, "error": describe(exc)})
+                if not await space.room(stop):
+                    return False
+                continue
+            if getattr(exc, "retriable", None) is not True:  # only a port's "my service is down", not a busy port
                 raise
-            log.warning("role waits for disk space to start", extra={"role": role.name, "error": describe(exc)})
-        if not await space.room(stop):
-            return False
+            log.warning("role waits for a service to start", extra={
+                "role": role.name, "error": describe(exc), "retry_in": delay})
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+                return False
+            except TimeoutError:
+                delay = min(delay * 2, START_RETRY_MAX_SECONDS)
 
 
 async def _until_stop_or_crash(stop: asyncio.Event, roles: Sequence[Role]) -> None:
