@@ -64,7 +64,7 @@ def read_note(dataset: Dataset) -> RejectionNote | None:
 PATIENT_STUDY_KEYWORDS = (
     "SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence",
     "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName",
-    "StudyID", "AccessionNumber", "IssuerOfAccessionNumberSequence", "StudyDescription")
+    "StudyID", "AccessionNumber", "IssuerOfAccessionNumberSequence", "StudyDescription", "ProcedureCodeSequence")
 """Copied from an instance of the study into a note built here (the Patient and General Study modules)."""
 
 

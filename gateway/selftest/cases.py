@@ -59,10 +59,11 @@ class Target:
 
 
 class Selftest:
-    def __init__(self, target: Target, seed: int | None = None) -> None:
+    def __init__(self, target: Target, seed: int | None = None, procedure_code: tuple[str, str] | None = None) -> None:
         self.target = target
         self._rng = random.Random(seed)
-        self.study = SyntheticStudy.create(self._rng)
+        self._procedure_code = procedure_code
+        self.study = SyntheticStudy.create(self._rng, procedure_code=procedure_code)
         self.report = Report(target={**target.description, "patient_id": self.study.patient_id,
                                      "study_instance_uid": self.study.study_instance_uid,
                                      "accession_number": self.study.accession_number})
@@ -317,7 +318,7 @@ class Selftest:
         """A study stored under a second test identity, which the HIS then merges into the first."""
         hl7 = self.target.hl7
         assert hl7 is not None
-        prior = SyntheticStudy.create(self._rng, series=1, per_series=1)
+        prior = SyntheticStudy.create(self._rng, series=1, per_series=1, procedure_code=self._procedure_code)
         with case.step("C-STORE a study under a second test identity") as step:
             self.target.dicom.store(step, prior.instances)
         with case.step("stored (operators' API)") as step:

@@ -58,6 +58,9 @@ def add_parser(subparsers: Any) -> None:
                                                         "(default: {data_dir}/api-token)")
     parser.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
                         help="how long each step waits for the gateway (default 120)")
+    parser.add_argument("--procedure-code", type=_code, metavar="CODE^SCHEME",
+                        help="the study code the test study carries (Procedure Code Sequence), e.g. one from the "
+                             "site's list where fi-kanta requires a known code")
     parser.add_argument("--work", type=Path, help="--simulator: where its gateway and simulator keep their data "
                                                   "(default: a temporary directory, removed afterwards)")
     parser.set_defaults(func=run)
@@ -81,13 +84,21 @@ def _test(settings: Settings, args: argparse.Namespace, description: dict[str, A
                             "which refuses test identities (900-999); the self-test sends only test identities "
                             "and runs only where they are allowed")
     target = _target(settings, args, description)
-    report = Selftest(target).run()
+    report = Selftest(target, procedure_code=args.procedure_code).run()
     report.finished = time.time()
     json_path, html_path = report.write(args.out)
     for case in report.cases:
         print(f"{case.verdict.value:8} {case.id:18} {case.seconds:7.2f} s  {case.reason}".rstrip())
     print(f"selftest {'passed' if report.passed else 'FAILED'}: {html_path} {json_path}")
     return 0 if report.passed else 1
+
+
+def _code(value: str) -> tuple[str, str]:
+    code, _, scheme = value.partition("^")
+    if not code or not scheme or len(code) > 16 or len(scheme) > 16:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected CODE^CODING-SCHEME-DESIGNATOR (each up to 16 "
+                                         "characters)")
+    return code, scheme
 
 
 def _local(host: str, override: str | None) -> str:

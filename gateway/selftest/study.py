@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from gateway.core.iocm import Reference, Title
@@ -36,12 +37,15 @@ class SyntheticStudy:
     patient_name: str = "SELFTEST^TESTI"
     accession_number: str = field(default_factory=lambda: f"ST{random.randrange(10**12):012d}")
     study_instance_uid: str = field(default_factory=generate_uid)
+    procedure_code: tuple[str, str] | None = None
+    """(CodeValue, CodingSchemeDesignator) of the study code a site's profile requires (fi-kanta)."""
     frame_of_reference_uid: str = field(default_factory=generate_uid)
     instances: list[Dataset] = field(default_factory=list)
 
     @classmethod
-    def create(cls, rng: random.Random, series: int = SERIES, per_series: int = INSTANCES_PER_SERIES) -> SyntheticStudy:
-        study = cls(temporary_identity(rng))
+    def create(cls, rng: random.Random, series: int = SERIES, per_series: int = INSTANCES_PER_SERIES,
+               procedure_code: tuple[str, str] | None = None) -> SyntheticStudy:
+        study = cls(temporary_identity(rng), procedure_code=procedure_code)
         now = datetime.now(UTC)
         for series_number in range(1, series + 1):
             series_uid = generate_uid()
@@ -89,6 +93,11 @@ class SyntheticStudy:
         ds.SliceThickness = 1
         ds.KVP = 120
         ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        if self.procedure_code is not None:
+            code = Dataset()
+            code.CodeValue, code.CodingSchemeDesignator = self.procedure_code
+            code.CodeMeaning = "Deployment self-test"
+            ds.ProcedureCodeSequence = DicomSequence([code])
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"
         ds.Rows, ds.Columns = ROWS, COLUMNS

@@ -59,16 +59,24 @@ def test_a_production_configuration_is_refused(tmp_path: Path) -> None:
 
 
 def test_against_a_running_gateway_each_missing_capability_is_named(tmp_path: Path) -> None:
-    """A gateway that stores test identities but knows nothing of the self-test's AE: echo and store pass, the
-    commitment cannot be reported to it (named with its setting), so the deployment test fails."""
-    gateway = GatewayProcess(tmp_path / "data", GATEWAY_VALIDATION__TEST_ENVIRONMENT="true",
-                             GATEWAY_INTERNAL__PORT=str(free_port()), GATEWAY_LOG__LEVEL="WARNING")
+    """A site gateway validating with fi-kanta (the shipped example profile) that stores test identities but knows
+    nothing of the self-test's AE: echo and store pass with the site's study code, the commitment cannot be
+    reported to it (named with its setting), so the deployment test fails; without a study code the store case
+    fails with the validation finding."""
+    profile = Path(__file__).resolve().parents[2] / "docs" / "examples" / "fi-kanta" / "profile.yaml"
+    site = {"GATEWAY_VALIDATION__TEST_ENVIRONMENT": "true", "GATEWAY_VALIDATION__DEFAULT_PROFILE": "fi-kanta",
+            "GATEWAY_VALIDATION__PROFILE_FILES": orjson.dumps([str(profile)]).decode(),
+            "GATEWAY_DICOM__ALLOWED_AES": '[{"ae_title":"SELFTEST","organization":"Self-test",'
+                                          '"organization_oid":"1.2.246.10.99999999","permissions":["store"]}]'}
+    gateway = GatewayProcess(tmp_path / "data", GATEWAY_INTERNAL__PORT=str(free_port()), GATEWAY_LOG__LEVEL="WARNING",
+                             **site)
+    target = {**site, "GATEWAY_DATA_DIR": str(gateway.data_dir), "GATEWAY_DICOM__PORT": str(gateway.dicom_port),
+              "GATEWAY_HTTP__PORT": str(gateway.http_port)}
     try:
         gateway.wait_ready()
-        out = tmp_path / "report"
-        code, output = selftest("--out", str(out), "--timeout", "30", env={
-            "GATEWAY_DATA_DIR": str(gateway.data_dir), "GATEWAY_DICOM__PORT": str(gateway.dicom_port),
-            "GATEWAY_HTTP__PORT": str(gateway.http_port), "GATEWAY_VALIDATION__TEST_ENVIRONMENT": "true"})
+        out, uncoded = tmp_path / "report", tmp_path / "uncoded"
+        code, output = selftest("--out", str(out), "--timeout", "30", "--procedure-code", "NA1AA^99TEST", env=target)
+        uncoded_code, uncoded_output = selftest("--out", str(uncoded), "--timeout", "30", env=target)
     finally:
         gateway.stop()
     data = report(out)
@@ -80,6 +88,9 @@ def test_against_a_running_gateway_each_missing_capability_is_named(tmp_path: Pa
     assert "GATEWAY_XDS__REPOSITORY_URL" in cases["registration"]["reason"]
     assert "may not query and retrieve" in cases["find"]["reason"]
     assert cases["rejection"]["verdict"] == "passed", cases["rejection"]
+    store = next(case for case in report(uncoded)["cases"] if case["id"] == "store")
+    assert uncoded_code == 1 and store["verdict"] == "failed", uncoded_output
+    assert "quarantined by validation: FI-STUDY-CODE-MISSING" in store["reason"]
 
 
 def test_a_gateway_that_refuses_the_selftest_fails_at_once_naming_the_allow_list(tmp_path: Path) -> None:

@@ -274,3 +274,13 @@ def test_runs_as_a_module(header: Dataset, tmp_path: Path) -> None:
         env={**env, "GATEWAY_VALIDATION__TEST_ENVIRONMENT": "true", "GATEWAY_SECRETS_DIR": str(tmp_path / "none")},
     )
     assert (done.returncode, json_array(done.stdout)[0]["has_errors"]) == (0, False)
+
+
+def test_the_shipped_example_site_profile_loads_and_judges_study_codes(header: Dataset, tmp_path: Path,
+                                                                      capsys: Any) -> None:
+    """docs/examples/fi-kanta: what a new site copies to run fi-kanta (which needs a code list of its own)."""
+    example = ["--profile-file", str(ROOT / "docs" / "examples" / "fi-kanta" / "profile.yaml")]
+    assert main([str(save(header, tmp_path / "ok.dcm")), *KANTA, *example]) == 0
+    header.RequestedProcedureCodeSequence[0].CodeValue = "ZZ9ZZ"
+    assert main([str(save(header, tmp_path / "unknown.dcm")), *KANTA, *example]) == 1
+    assert "FI-STUDY-CODE-UNKNOWN" in capsys.readouterr().out
