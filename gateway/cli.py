@@ -208,6 +208,15 @@ def _show_settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say_where(settings: Settings, index: bool = True) -> None:
+    """The embedded bus and index live under the data dir, which is relative to where a command runs: say which
+    ones a command reads (a command run elsewhere would otherwise read an empty store without a word)."""
+    if settings.embedded_bus_enabled:
+        print(f"dicom-gateway: embedded bus under {(settings.data_dir / 'bus').resolve()}", file=sys.stderr)
+    if index and settings.database.url is None:
+        print(f"dicom-gateway: index {(settings.data_dir / 'index.sqlite3').resolve()}", file=sys.stderr)
+
+
 def _dead_letter(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     _warn_unknown_variables()
@@ -220,8 +229,7 @@ async def _dead_letter_async(settings: Settings, args: argparse.Namespace) -> in
     if args.action == "redrive" and not (args.all or args.entry_ids):
         print("dicom-gateway: dead-letter redrive needs entry ids (from dead-letter list) or --all", file=sys.stderr)
         return 2
-    if settings.embedded_bus_enabled:  # relative to where it is run: say which store is read
-        print(f"dicom-gateway: embedded bus under {(settings.data_dir / 'bus').resolve()}", file=sys.stderr)
+    _say_where(settings, index=False)
     bus = build_bus(settings, Metrics())
     await bus.ensure_topics()
     open_entries = await dead_letter.entries(bus, settings.topics)
@@ -259,8 +267,7 @@ def _audit_export(args: argparse.Namespace) -> int:
     if not args.patient.strip():
         print("dicom-gateway: --patient needs a patient ID", file=sys.stderr)
         return 2
-    if settings.database.url is None:  # relative to where it is run: say which index is read
-        print(f"dicom-gateway: index {(settings.data_dir / 'index.sqlite3').resolve()}", file=sys.stderr)
+    _say_where(settings)
     entries = uvloop.run(_audit_entries(settings, args.patient, since, until, args.operator))
     sys.stdout.write(report(entries, args.patient, since, until, args.format))
     return 0
@@ -292,6 +299,7 @@ def _reject(args: argparse.Namespace) -> int:
     _warn_unknown_variables()
     _check_data_dir(settings.data_dir)
     logs.configure("WARNING", settings.log.json_format)
+    _say_where(settings)
     try:
         rejected = uvloop.run(reject(settings, args.study, args.series, args.instances, args.reason))
     except NotHeld as exc:

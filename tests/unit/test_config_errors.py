@@ -145,6 +145,17 @@ def test_dead_letter_redrive_without_ids_says_what_it_needs_and_list_names_the_s
     assert f"embedded bus under {tmp_path / 'data' / 'bus'}" in listed.stderr
 
 
+def test_reject_names_the_embedded_bus_and_index_it_uses(tmp_path: Path) -> None:
+    """Run from another directory, a relative data dir would silently be an empty one: the command says which."""
+    env = {"GATEWAY_DATA_DIR": "data", "GATEWAY_SECRETS_DIR": str(tmp_path / "none"), "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    refused = subprocess.run([sys.executable, "-m", "gateway.cli", "reject", "1.2.3", "--reason", "113001"],
+                             env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr
+    assert f"embedded bus under {tmp_path / 'data' / 'bus'}" in refused.stderr
+    assert f"index {tmp_path / 'data' / 'index.sqlite3'}" in refused.stderr
+
+
 @pytest.mark.parametrize(("value", "expected"), [
     ('{"113002": "ignore"}', "GATEWAY_IOCM__RESEND"),
     ('{"113001": "forget"}', "GATEWAY_IOCM__RESEND"),
