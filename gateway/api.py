@@ -266,6 +266,8 @@ class Api:
         deliveries = await index.deliveries(rows[0].study_instance_uid)
         registrations = await index.registrations(rows[0].study_instance_uid)
         patient = (await index.patients_of_studies([rows[0].study_instance_uid])).get(rows[0].study_instance_uid)
+        commitments = [_commitment(commitment, await index.deliveries(commitment.transaction_uid))
+                       for commitment in await index.study_commitments(rows[0].study_instance_uid)]
         return web.json_response({
             "study_instance_uid": rows[0].study_instance_uid,
             "patient_id": current[0].patient_id,
@@ -277,9 +279,12 @@ class Api:
             "study_description": current[0].study_description,
             "series": list(series.values()),
             "stability": None if activity is None else {
-                "last_instance_at": _utc(activity.last_instance_at), "stable_at": _utc(activity.stable_at),
+                # from the instances: a commitment that hastens stability overwrites the activity's time
+                "last_instance_at": max(row.received_at for row in rows).astimezone(UTC).isoformat(),
+                "stable_at": _utc(activity.stable_at),
                 "generation": activity.generation,
             },
+            "commitments": commitments,
             "notifications": [_delivery(d) for d in deliveries if d.kind == "ian"],
             "registration": _registration(activity, registrations,
                                           next((d for d in deliveries if d.kind == "xds-registration"), None)),

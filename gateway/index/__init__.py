@@ -417,6 +417,9 @@ class CommitmentLog(Protocol):
     async def commitments_waiting_for(self, sop_instance_uids: list[str]) -> list[str]:
         """Transaction UIDs of undecided transactions that reference any of the instances."""
 
+    async def study_commitments(self, study_instance_uid: str, limit: int = 20) -> list[Commitment]:
+        """The transactions that named any instance of the study the index holds, the latest request first."""
+
     async def overdue_commitments(self, now: float, report_kind: str, limit: int = 100) -> list[Commitment]:
         """Transactions past their deadline whose report (the delivery of ``report_kind``) has not been
         delivered: undecided, or decided with the report pending or failed; earliest deadline first."""

@@ -371,6 +371,12 @@ class PostgresIndex(ForwardQueries, search.SearchQueries, patients.PatientQuerie
                     for row in await connection.fetch(workflow.EXPIRED_COMMITMENTS, now, limit)]
 
     @_translated
+    async def study_commitments(self, study_instance_uid: str, limit: int = 20) -> list[Commitment]:
+        async with self._pool.acquire() as connection:
+            return [await self._commitment(connection, row)
+                    for row in await connection.fetch(workflow.STUDY_COMMITMENTS, study_instance_uid, limit)]
+
+    @_translated
     async def overdue_commitments(self, now: float, report_kind: str, limit: int = 100) -> list[Commitment]:
         async with self._pool.acquire() as connection:
             return [await self._commitment(connection, row)

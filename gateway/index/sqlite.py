@@ -412,6 +412,13 @@ class SqliteIndex(ForwardQueries, search.SearchQueries, patients.PatientQueries,
 
         return await self._run(query)
 
+    async def study_commitments(self, study_instance_uid: str, limit: int = 20) -> list[Commitment]:
+        def query() -> list[Commitment]:
+            rows = self._db.execute(workflow.sqlite(workflow.STUDY_COMMITMENTS), (study_instance_uid, limit)).fetchall()
+            return [self._commitment(row) for row in rows]
+
+        return await self._run(query)
+
     async def overdue_commitments(self, now: float, report_kind: str, limit: int = 100) -> list[Commitment]:
         def query() -> list[Commitment]:
             rows = self._db.execute(workflow.sqlite(workflow.OVERDUE_COMMITMENTS), (now, report_kind, limit)).fetchall()

@@ -23,9 +23,10 @@ import aiohttp
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
+from pynetdicom import AE, StoragePresentationContexts, evt
 
-from tests.component.test_notify_embedded import CT, Gateway, running
-from tests.helpers import api_headers
+from tests.component.test_notify_embedded import CT, Gateway, Peer, running
+from tests.helpers import api_headers, free_port
 
 READER = "reader-token-" + "r" * 20
 ARCHIVE = {"name": "regional-pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 9, "storage_commitment": False}
@@ -307,3 +308,62 @@ async def test_an_operator_reads_the_audit_log_and_a_patients_entries_with_their
         assert await page.input_value("#audit-patient") == "" and await page.input_value("#audit-from") == ""
         assert await page.locator("#messages li.error").count() == 0
         assert problems == [], "the page breaks its own Content-Security-Policy or throws"
+
+
+async def test_an_operator_follows_a_study_to_its_commitment_and_ian_and_re_drives_its_failed_forward(
+        tmp_path: Path) -> None:
+    """The study's path shows its storage commitment (reported) and IAN (sent); its forward failed while the
+    archive was down, and once the archive is up a re-drive from the page sends it."""
+    ris, port = Peer("RIS1"), free_port()
+    archive = {**ARCHIVE, "port": port}
+    received: list[str] = []
+    scp = AE(ae_title="PACS")
+    scp.supported_contexts = StoragePresentationContexts
+
+    def store(event: evt.Event) -> int:
+        received.append(str(event.dataset.SOPInstanceUID))
+        return 0x0000
+
+    with ris.listening():
+        async with (running(tmp_path, ["receiver", "store", "notify", "forward", "api"],
+                            dicom={"remote_aes": [ris.remote()]}, notify={"ian_subscribers": ["RIS1"]},
+                            forward={"destinations": [archive], "retry_initial_seconds": 0.2,
+                                     "retry_max_seconds": 0.5, "retry_max_attempts": 1, "batch_delay_seconds": 0,
+                                     "association_timeout_seconds": 2}) as gateway,
+                    browser_page() as (page, problems)):
+            path, dataset = todays_study(tmp_path)
+            await gateway.store(path)
+            study, sop = str(dataset.StudyInstanceUID), str(dataset.SOPInstanceUID)
+            await stored(gateway, study)
+            await gateway.request_commitment([(str(dataset.SOPClassUID), sop)], calling_ae="RIS1")
+            await gateway.until(f"/api/studies/{study}", lambda s: s["forwarding"] and s["forwarding"][0]["state"]
+                                == "failed" and s["notifications"] and s["notifications"][0]["state"] == "delivered"
+                                and s["commitments"] and (s["commitments"][0]["report"] or {}).get("state")
+                                == "delivered")
+
+            await page.goto(f"{gateway.api}/")
+            await sign_in(page, (gateway.settings.data_dir / "api-token").read_text().strip())
+            row = page.locator(f"#studies-table tr[data-study='{study}']")
+            await row.locator("[data-stage=forwarded]:has-text('regional-pacs: failed')").wait_for()
+            assert await row.locator("[data-stage=committed]").inner_text() == "committed 1, reported"
+            assert await row.locator("[data-stage=ian]").inner_text() == "IAN sent"
+            await page.fill("#search-study", study)
+            await page.click("#search button[type=submit]")
+            commitment = page.locator("#study-commitments tr[data-transaction]")
+            await commitment.wait_for()
+            assert "RIS1" in await commitment.inner_text() and "committed 1" in await commitment.inner_text()
+            assert "1970" not in await page.inner_text("#study-facts"), "the commitment hastened stability"
+
+            server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, store)])
+            try:
+                destination = page.locator("#destinations-table tr[data-destination='regional-pacs']")
+                await destination.locator("button:has-text('Re-drive failed')").click()
+                await page.wait_for_selector("#messages li.ok:has-text('Re-drive regional-pacs')")
+                await gateway.until(f"/api/studies/{study}", lambda s: s["forwarding"][0]["state"] == "archived")
+                await page.click("#refresh")  # the search names the study: it is opened again, with its path
+                await page.locator("#study-path [data-stage=forwarded]:has-text('regional-pacs: archived')").wait_for()
+                await page.screenshot(path=artefact(tmp_path, "study-path-re-driven.png"), full_page=True)
+            finally:
+                server.shutdown()
+            assert received == [sop]
+            assert problems == [], "the page breaks its own Content-Security-Policy or throws"

@@ -99,6 +99,25 @@ async def test_waiting_commitments_are_found_by_their_instances(index: Index) ->
     assert await index.commitments_waiting_for([new_uid()]) == []
 
 
+async def test_a_studys_commitments_are_those_naming_its_instances_latest_first(index: Index) -> None:
+    row = make_row()
+    await index.record_instance(row, CorrectionPolicy.REPLACE)
+    other = make_row()
+    await index.record_instance(other, CorrectionPolicy.REPLACE)
+    earlier = replace(a_commitment(1), items=(CommitmentItem(CT, row.sop_instance_uid), CommitmentItem(CT, new_uid())))
+    later = replace(a_commitment(0), requested_at=earlier.requested_at + 5,
+                    items=(CommitmentItem(CT, row.sop_instance_uid), CommitmentItem(CT, other.sop_instance_uid)))
+    unrelated = replace(a_commitment(1), items=(CommitmentItem(CT, other.sop_instance_uid),))
+    for commitment in (earlier, later, unrelated):
+        await index.add_commitment(commitment)
+    assert [c.transaction_uid for c in await index.study_commitments(row.study_instance_uid)] == [
+        later.transaction_uid, earlier.transaction_uid]
+    assert (await index.study_commitments(row.study_instance_uid))[1] == earlier
+    assert [c.transaction_uid for c in await index.study_commitments(row.study_instance_uid, limit=1)] == [
+        later.transaction_uid]
+    assert await index.study_commitments(new_uid()) == []
+
+
 async def test_deciding_records_outcomes_and_queues_the_report_atomically(index: Index) -> None:
     commitment = a_commitment(2)
     await index.add_commitment(commitment)

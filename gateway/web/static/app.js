@@ -297,6 +297,7 @@
       result.push({ name: "stored", state: quarantined === current.length ? "bad" : "warn",
                     text: "stored " + (current.length - quarantined) + ", quarantined " + quarantined });
     }
+    result.push(committed(detail.commitments || []));
     const stability = detail.stability;
     result.push(stability && stability.stable_at
       ? { name: "stable", state: "done", text: "stable", title: time(stability.stable_at) }
@@ -317,7 +318,33 @@
                       title: entry.last_error || counts(entry.instances) });
       }
     }
+    result.push(announced(detail.notifications || []));
     return result;
+  }
+
+  // The latest storage-commitment transaction that named the study's instances, and whether its report went.
+  function committed(commitments) {
+    if (!commitments.length) return { name: "committed", state: "off", text: "no commitment asked" };
+    const latest = commitments[0];
+    const outcomes = latest.instances.map((i) => i.outcome);
+    const failures = outcomes.filter((o) => o === "failed").length;
+    const title = latest.requester_ae + ", transaction " + latest.transaction_uid;
+    if (outcomes.includes("waiting")) return { name: "committed", state: "wait", text: "commitment waiting", title };
+    const report = latest.report ? latest.report.state : "pending";
+    const text = (failures ? "committed " + (outcomes.length - failures) + ", failed " + failures
+      : "committed " + outcomes.length) + (report === "delivered" ? ", reported" : ", report " + report);
+    const state = failures || report === "failed" ? "bad" : report === "delivered" ? "done" : "wait";
+    return { name: "committed", state, text, title: latest.report && latest.report.last_error || title };
+  }
+
+  // The Instance Availability Notifications of the study, to each subscriber.
+  function announced(notifications) {
+    if (!notifications.length) return { name: "ian", state: "off", text: "no IAN" };
+    const states = notifications.map((n) => n.state);
+    const targets = notifications.map((n) => n.target_ae + " " + n.state).join(", ");
+    if (states.includes("failed")) return { name: "ian", state: "bad", text: "IAN failed", title: targets };
+    if (states.includes("pending")) return { name: "ian", state: "wait", text: "IAN pending", title: targets };
+    return { name: "ian", state: "done", text: "IAN sent", title: targets };
   }
 
   function pathOf(detail) {
@@ -392,6 +419,18 @@
     for (const manifest of reg.manifests) {
       fact(registration, "Manifest " + manifest.status, manifest.document_unique_id + " (generation "
         + manifest.generation + ", " + manifest.instances + " instances, " + time(manifest.registered_at) + ")");
+    }
+
+    const commitments = body("study-commitments");
+    if (!detail.commitments.length) emptyRow(commitments, 5, "No storage commitment asked for these instances.");
+    for (const commitment of detail.commitments) {
+      const outcomes = {};
+      for (const instance of commitment.instances) outcomes[instance.outcome] = (outcomes[instance.outcome] || 0) + 1;
+      commitments.append(el("tr", { "data-transaction": commitment.transaction_uid },
+        el("td", null, commitment.transaction_uid), el("td", null, commitment.requester_ae),
+        el("td", null, time(commitment.requested_at)), el("td", null, counts(outcomes)),
+        el("td", null, commitment.report ? commitment.report.state + (commitment.report.last_error
+          ? ": " + commitment.report.last_error : "") : "not yet")));
     }
 
     const notifications = body("study-notifications");
