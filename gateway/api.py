@@ -2,9 +2,9 @@
 
     GET /api/studies?patient_id=&accession=   studies with current instances, the most recently received first
     GET /api/studies/{study_uid}              its series and instances (quarantined, rejected, prior versions and
-                                              variants in other transfer syntaxes too), stability, its IANs'
-                                              delivery state, its XDS registration (manifests, current one, state)
-                                              and its rejections
+                                              variants in other transfer syntaxes too), stability, the storage
+                                              commitments naming its instances, its IANs' delivery state, its
+                                              XDS registration (manifests, current one, state) and its rejections
     GET /api/studies/{study_uid}/rejections   its IOCM rejection notes (title, sender, when) and the instances
                                               they withdrew or await, with the deletion time of retention expiry
     GET /api/commitments/{transaction_uid}    a storage-commitment transaction: requester, outcome per instance,
@@ -22,6 +22,8 @@
     POST /api/forward/redrive                 {"destination", "study_instance_uid", "resend"}: queue failed
                                               instances again (``resend``: every instance, committed ones too)
                                               for a destination, a study, or both (operator)
+    GET /api/lag                              each worker pool's backlog on the bus (records its consumer group has
+                                              not done yet, over all its members)
     GET /api/dlq                              open dead-letter entries with their reasons
     POST /api/dlq/{entry_id}/redrive          send an entry's records through again (operator)
     GET /api/audit?patient_id=&from=&to=      the local audit log: a patient's entries (who processed their data,
@@ -43,7 +45,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -54,7 +56,7 @@ from aiohttp import web
 
 from gateway import dead_letter
 from gateway.auth import PRINCIPAL, Role, requires
-from gateway.bus import Bus, Producer
+from gateway.bus import Bus, BusError, Producer
 from gateway.core import audit
 from gateway.core.audit import AuditRecord, AuditTrail, NoAudit, instant
 from gateway.core.errors import describe
@@ -82,6 +84,8 @@ from gateway.xds.metadata import MetadataError, patient_cx
 log = logging.getLogger(__name__)
 
 _LIST_LIMIT = 200
+LAG_TIMEOUT_SECONDS = 10.0
+"""How long the lag report waits for the bus (Kafka's group offsets) before answering 503."""
 _AUDIT_LIMIT = 5000
 _REPORT = "commitment-report"
 """The delivery kind of a storage-commitment report (workers.commitment.REPORT)."""
@@ -92,7 +96,8 @@ class Api:
 
     def __init__(self, open_index: Callable[[], Awaitable[Index]], bus: Bus, settings: Settings,
                  open_objects: Callable[[], ObjectStore], metrics: Metrics,
-                 shortage: Callable[[], str | None] = lambda: None, audit_trail: AuditTrail | None = None) -> None:
+                 shortage: Callable[[], str | None] = lambda: None, audit_trail: AuditTrail | None = None,
+                 groups: Sequence[tuple[str, str, str]] = ()) -> None:
         """DICOMweb (``gateway.retrieve.dicomweb``) is served too when ``query.enabled``: it reads the object
         store and publishes STOW-RS instances into the bus."""
         self._audit: AuditTrail = audit_trail if audit_trail is not None else NoAudit()
@@ -102,6 +107,7 @@ class Api:
         self._producer: Producer | None = None
         self._stack = AsyncExitStack()
         self._bus = bus
+        self._groups = groups
         self._settings = settings
         self._topics = settings.topics
         self._xds = settings.xds
@@ -122,6 +128,7 @@ class Api:
             web.get("/api/forward/failed", read(self._failed_forwards)),
             web.post("/api/forward/redrive", self._redrive_forwards),
             web.get("/api/dlq", read(self._dead_letters)),
+            web.get("/api/lag", self._lag),
             web.post("/api/dlq/{entry_id}/redrive", self._redrive),
             web.get("/api/audit", self._audit_log),
             web.get("/api/me", self._me),
@@ -298,6 +305,20 @@ class Api:
         if not found["notes"] and not found["instances"]:
             raise web.HTTPNotFound(text="no rejection in this study")
         return web.json_response(_rejections(found))
+
+    @requires(Role.READER)
+    async def _lag(self, request: web.Request) -> web.Response:
+        """Each worker pool's backlog as the bus holds it (all its members, in every pod): records not yet done."""
+        answer = []
+        try:
+            async with asyncio.timeout(LAG_TIMEOUT_SECONDS):
+                for role, group, topic in self._groups:
+                    answer.append({"role": role, "group": group, "topic": topic,
+                                   "waiting": await self._bus.backlog(group, topic)})
+        except (TimeoutError, BusError, OSError) as exc:
+            log.warning("consumer lag not read", extra={"error": describe(exc)})
+            raise web.HTTPServiceUnavailable(text="the bus did not answer") from None
+        return web.json_response(answer)
 
     @requires(Role.READER)
     async def _destinations(self, request: web.Request) -> web.Response:

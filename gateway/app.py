@@ -35,7 +35,7 @@ from gateway.objects.filesystem import FilesystemObjectStore
 from gateway.objects.s3 import S3ObjectStore
 from gateway.retrieve import Holdings, find, move
 from gateway.runtime import Role
-from gateway.settings import DicomSettings, Settings, SettingsError
+from gateway.settings import ROLES, DicomSettings, Settings, SettingsError
 from gateway.xds.client import XdsClient
 from workers.audit import LINGER_SECONDS, AuditDelivery, AuditLogStage
 from workers.availability import IAN, AvailabilityNotifier, ian_sender
@@ -286,6 +286,34 @@ def audit_record(record: Record) -> AuditRecord:
     return audit.decode(record.value)
 
 
+def default_roles(settings: Settings) -> list[str]:
+    """What ``dicom-gateway run`` runs without ``--role``: every role whose work is configured."""
+    return [role for role in ROLES if (role != "register" or settings.xds.enabled)
+            and (role != "forward" or settings.forward.destinations)
+            and (role not in ("hl7", "patient") or settings.hl7.enabled)
+            and (role != "audit" or settings.audit.enabled)]
+
+
+def consumer_groups(settings: Settings) -> list[tuple[str, str, str]]:
+    """(role, consumer group, topic) of every worker pool this configuration runs, wherever it runs: what the
+    operators' API reports the backlog of."""
+    topics, events = settings.topics, settings.topics.events
+    groups = [("store", "dicomgw-store", topics.instances), ("notify", "dicomgw-notify", events)]
+    if settings.xds.enabled:
+        groups.append(("register", "dicomgw-register", events))
+    if settings.forward.destinations:
+        groups.append(("forward", "dicomgw-forward", events))
+    if settings.hl7.enabled:
+        groups.append(("patient", "dicomgw-patient", topics.hl7))
+        if settings.hl7.forward_to.enabled:
+            groups.append(("patient", "dicomgw-hl7-forward", topics.hl7))
+    if settings.audit.enabled:
+        groups.append(("audit", "dicomgw-audit-log", topics.audit))
+        if settings.audit.repository_url is not None:
+            groups.append(("audit", "dicomgw-audit", topics.audit))
+    return groups
+
+
 def build_roles(names: Sequence[str], settings: Settings, bus: Bus, metrics: Metrics,
                 endpoints: Endpoints, space: DiskSpace | None = None) -> list[Role]:
     """``endpoints`` is filled in by the runtime once the internal port is bound, before the roles start;
@@ -298,7 +326,8 @@ def build_roles(names: Sequence[str], settings: Settings, bus: Bus, metrics: Met
     factories: dict[str, Callable[[], Role | list[Role]]] = {
         "receiver": lambda: receiver(settings, bus, metrics, endpoints, space, audit_to),
         "api": lambda: Api(lambda: open_index(settings), bus, settings, lambda: build_objects(settings), metrics,
-                           (lambda: space.shortage) if space is not None else lambda: None, audit_to),
+                           (lambda: space.shortage) if space is not None else lambda: None, audit_to,
+                           consumer_groups(settings)),
         "store": lambda: store_pool(settings, bus, metrics, audit_to),
         "register": lambda: register_pool(settings, bus, metrics, audit_to),
         "notify": lambda: notify_pool(settings, bus, metrics),

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
 from gateway import dead_letter, logs
-from gateway.app import build_bus, build_roles, open_index
+from gateway.app import build_bus, build_roles, default_roles, open_index
 from gateway.audit.report import FORMATS, report
 from gateway.audit.trail import KEY as AUDIT_KEY
 from gateway.bus import Bus, BusError
@@ -350,10 +350,7 @@ def _run(args: argparse.Namespace) -> int:
     logs.configure(settings.log.level, settings.log.json_format)
     for name, line in _unknown_variables():
         log.warning(line, extra={"variable": name})
-    roles = args.roles or [role for role in ROLES if (role != "register" or settings.xds.enabled)
-                           and (role != "forward" or settings.forward.destinations)
-                           and (role not in ("hl7", "patient") or settings.hl7.enabled)
-                           and (role != "audit" or settings.audit.enabled)]
+    roles = args.roles or default_roles(settings)
     try:
         uvloop.run(_serve(settings, roles, args.config, args.ready_fd))
     except RoleCrashed:

@@ -136,6 +136,11 @@ class Bus(Protocol):
         self, group: str, topics: Sequence[str], on_revoked: RevokeCallback | None = None
     ) -> AbstractAsyncContextManager[Consumer]: ...
 
+    async def backlog(self, group: str, topic: str) -> int:
+        """Records on ``topic`` that ``group`` has not committed yet, over every partition and whichever members
+        (or pods) hold them; a partition the group has never committed counts from its earliest record held."""
+        ...
+
 
 @dataclass(slots=True)
 class _PartitionProgress:

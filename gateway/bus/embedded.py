@@ -196,6 +196,18 @@ class EmbeddedBus:
 
         return await asyncio.to_thread(select)
 
+    async def backlog(self, group: str, topic: str) -> int:
+        def count() -> int:
+            with contextlib.closing(self._open()) as connection:
+                row = connection.execute(
+                    'SELECT COALESCE(SUM(e.next_offset - COALESCE(c.next_offset, (SELECT MIN(r."offset") FROM records r '
+                    "WHERE r.topic = e.topic AND r.partition = e.partition), e.next_offset)), 0) FROM log_end e "
+                    "LEFT JOIN committed c ON c.grp = ? AND c.topic = e.topic AND c.partition = e.partition "
+                    "WHERE e.topic = ?", (group, topic)).fetchone()
+            return int(row[0])
+
+        return await asyncio.to_thread(count)
+
     @asynccontextmanager
     async def producer(self) -> AsyncIterator[EmbeddedProducer]:
         producer = EmbeddedProducer(self)

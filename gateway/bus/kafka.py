@@ -98,6 +98,32 @@ class KafkaBus:
         finally:
             await admin.close()
 
+    async def backlog(self, group: str, topic: str) -> int:
+        admin = AIOKafkaAdminClient(**self._common())
+        client = AIOKafkaConsumer(**self._common(), enable_auto_commit=False, group_id=None,
+                                  isolation_level="read_committed")
+        await admin.start()
+        try:
+            await client.start()
+            try:
+                [described] = await admin.describe_topics([topic])
+                partitions = sorted(TopicPartition(topic, p["partition"]) for p in described.get("partitions", ()))
+                if described.get("error_code") or not partitions:
+                    return 0
+                committed = await admin.list_consumer_group_offsets(group, partitions=partitions)
+                ends = await client.end_offsets(partitions)
+                starts = await client.beginning_offsets(partitions)
+            finally:
+                await client.stop()
+        finally:
+            await admin.close()
+        total = 0
+        for tp in partitions:
+            done = committed.get(tp)
+            position = done.offset if done is not None and done.offset >= 0 else starts[tp]
+            total += max(ends[tp] - position, 0)
+        return total
+
     async def read(self, topic: str, partition: int, offsets: Sequence[int]) -> list[Record]:
         wanted = set(offsets)
         tp = TopicPartition(topic, partition)

@@ -144,7 +144,7 @@ async def test_the_page_and_its_files_answer_without_a_token_but_hold_no_data(tm
         assert b"<script src=\"static/app.js\"" in page and b"<script>" not in page, "no inline script"
         for missing in ("/static/nothing.js", "/static/..%2Fapi.py", "/static/"):
             assert (await fetch(f"{running.api}{missing}"))[0] == 404, missing
-        for closed in ("/api/studies", f"/api/studies/{study}", "/api/forward/destinations", "/api/dlq"):
+        for closed in ("/api/studies", f"/api/studies/{study}", "/api/forward/destinations", "/api/dlq", "/api/lag"):
             status, body, _ = await fetch(f"{running.api}{closed}")
             assert status == 401 and b"1CT1" not in body, closed
 
@@ -195,6 +195,9 @@ async def test_an_operator_signs_in_finds_todays_study_and_sees_the_destinations
         await destination.wait_for()
         assert "PACS@127.0.0.1:9" in await destination.inner_text()
         await page.wait_for_selector("#dlq-table:has-text('No open dead-letter entries.')")
+        store_backlog = page.locator("#lag-table tr[data-group='dicomgw-store']")
+        assert (await store_backlog.locator("td").all_inner_texts())[:3] == ["store", "dicomgw-store",
+                                                                           running.settings.topics.instances]
 
         await page.click("#signout")
         assert await page.is_hidden("#content")
@@ -289,6 +292,9 @@ async def test_an_operator_reads_the_audit_log_and_a_patients_entries_with_their
         await received.first.wait_for()
         await page.locator("#audit").screenshot(path=artefact(tmp_path, "audit-log-patient.png"))
         await page.wait_for_selector("#dlq-table:has-text('No open dead-letter entries.')")
+        store_backlog = page.locator("#lag-table tr[data-group='dicomgw-store']")
+        assert (await store_backlog.locator("td").all_inner_texts())[:3] == ["store", "dicomgw-store",
+                                                                           running.settings.topics.instances]
         await page.screenshot(path=artefact(tmp_path, "audit-log-page.png"), full_page=True)
 
         today = date.today()

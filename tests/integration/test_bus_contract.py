@@ -91,6 +91,26 @@ async def test_uncommitted_records_are_delivered_again(bus_and_topic: tuple[Bus,
     assert [int(r.value) for r in again] == [4, 5, 6, 7, 8, 9]
 
 
+async def test_a_groups_backlog_is_what_it_has_not_committed_on_any_partition(bus_and_topic: tuple[Bus, str]) -> None:
+    """What the operators' page shows as consumer lag, read from outside the group (another pod's API)."""
+    bus, topic = bus_and_topic
+    assert await bus.backlog("backlog", topic) == 0
+    async with bus.producer() as producer:
+        await asyncio.gather(*[await producer.send(topic, f"k{i}".encode(), b"v") for i in range(12)])
+    assert await bus.backlog("backlog", topic) == 12, "never committed: every record waits"
+    async with bus.consumer("backlog", [topic]) as consumer:
+        records = await drain(consumer, 12, mark_done=False)
+        for record in records:
+            if record.key != b"k3":  # one key's partition stops at k3
+                consumer.done(record)
+        await consumer.commit()
+        waiting = await bus.backlog("backlog", topic)
+    behind = [r for r in records if r.partition == next(x for x in records if x.key == b"k3").partition]
+    after = next(i for i, r in enumerate(sorted(behind, key=lambda r: r.offset)) if r.key == b"k3")
+    assert waiting == len(behind) - after
+    assert await bus.backlog("someone-else", topic) == 12
+
+
 async def test_each_group_gets_every_record(bus_and_topic: tuple[Bus, str]) -> None:
     bus, topic = bus_and_topic
     async with bus.producer() as producer:

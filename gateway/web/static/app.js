@@ -198,7 +198,7 @@
   async function refresh() {
     const session = generation;
     await Promise.all([loadStudies(session), loadDeadLetters(session), loadDestinations(session),
-                       loadFailed(session), loadOverdue(session), loadAudit(session)]);
+                       loadFailed(session), loadOverdue(session), loadLag(session), loadAudit(session)]);
   }
 
   // ---- Studies ----------------------------------------------------------------------------------------------
@@ -583,6 +583,24 @@
         + (c.report.last_error ? ": " + c.report.last_error : "") + ")" : "none";
       tbody.append(el("tr", null, el("td", { className: "uid" }, c.transaction_uid), el("td", null, c.requester_ae),
         el("td", null, time(c.deadline)), el("td", null, counts(outcomes)), el("td", null, report)));
+    }
+  }
+
+  async function loadLag(session) {
+    let pools;
+    try {
+      pools = await api("/api/lag");
+    } catch (error) {
+      if (session === generation) failed("Worker backlog", error);
+      return;
+    }
+    if (session !== generation) return;
+    const tbody = body("lag-table");
+    if (!pools.length) emptyRow(tbody, 4, "No worker pools configured.");
+    for (const pool of pools) {
+      tbody.append(el("tr", { "data-group": pool.group }, el("td", null, pool.role), el("td", null, pool.group),
+        el("td", null, pool.topic), el("td", { className: "number" + (pool.waiting ? " error-text" : "") },
+          String(pool.waiting))));
     }
   }
 
