@@ -359,18 +359,20 @@ def _run(args: argparse.Namespace) -> int:
         raise SettingsError(_unavailable(settings, exc)) from None
     except (IndexFailure, ObjectStoreError, BusError) as exc:  # refused, not down: waiting would not help
         log.error("start-up failed", extra={"error": describe(exc)})
-        raise SettingsError(f"{_service_variable(exc)}: {exc}") from None
+        raise SettingsError(f"{_service_variable(settings, exc)}: {exc}") from None
     return 0
 
 
-def _service_variable(exc: Exception) -> str:
+def _service_variable(settings: Settings, exc: Exception) -> str:
     """The settings to check when a service refuses the gateway at start-up (credentials, a database or bucket
-    that does not exist, a topic it may not create)."""
-    if isinstance(exc, IndexFailure):
+    that does not exist, a topic it may not create); the data dir for the embedded ones."""
+    if isinstance(exc, IndexFailure) and settings.database.url is not None:
         return "GATEWAY_DATABASE__URL"
-    if isinstance(exc, ObjectStoreError):
+    if isinstance(exc, ObjectStoreError) and settings.s3.endpoint is not None:
         return "GATEWAY_S3__ENDPOINT, __BUCKET, __ACCESS_KEY, __SECRET_KEY"
-    return "GATEWAY_KAFKA__BOOTSTRAP_SERVERS and its security settings"
+    if isinstance(exc, BusError) and not settings.embedded_bus_enabled:
+        return "GATEWAY_KAFKA__BOOTSTRAP_SERVERS and its security settings"
+    return f"GATEWAY_DATA_DIR {settings.data_dir}"
 
 
 async def _serve(settings: Settings, roles: list[str], config: Path | None, ready_fd: int | None) -> None:

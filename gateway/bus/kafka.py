@@ -102,20 +102,20 @@ class KafkaBus:
         admin = AIOKafkaAdminClient(**self._common())
         client = AIOKafkaConsumer(**self._common(), enable_auto_commit=False, group_id=None,
                                   isolation_level="read_committed")
-        await admin.start()
         try:
+            await admin.start()
             await client.start()
-            try:
-                [described] = await admin.describe_topics([topic])
-                partitions = sorted(TopicPartition(topic, p["partition"]) for p in described.get("partitions", ()))
-                if described.get("error_code") or not partitions:
-                    return 0
-                committed = await admin.list_consumer_group_offsets(group, partitions=partitions)
-                ends = await client.end_offsets(partitions)
-                starts = await client.beginning_offsets(partitions)
-            finally:
-                await client.stop()
+            [described] = await admin.describe_topics([topic])
+            partitions = sorted(TopicPartition(topic, p["partition"]) for p in described.get("partitions", ()))
+            if described.get("error_code") or not partitions:
+                return 0
+            committed = await admin.list_consumer_group_offsets(group, partitions=partitions)
+            ends = await client.end_offsets(partitions)
+            starts = await client.beginning_offsets(partitions)
+        except KafkaError as exc:
+            raise BusUnavailable(f"Kafka did not say the group's offsets: {type(exc).__name__}") from exc
         finally:
+            await client.stop()
             await admin.close()
         total = 0
         for tp in partitions:

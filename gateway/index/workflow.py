@@ -45,7 +45,7 @@ EXPIRED_COMMITMENTS = ("SELECT transaction_uid, requester_ae, requested_at, dead
                        "FROM commitments WHERE decided_at IS NULL AND deadline <= $1 ORDER BY deadline LIMIT $2")
 STUDY_COMMITMENTS = """SELECT c.transaction_uid, c.requester_ae, c.requested_at, c.deadline, c.source, c.decided_at
 FROM commitments c WHERE c.transaction_uid IN (SELECT ci.transaction_uid FROM commitment_items ci
-JOIN instances i ON i.sop_instance_uid = ci.sop_instance_uid WHERE i.study_instance_uid = $1)
+JOIN instances i ON i.sop_instance_uid = ci.sop_instance_uid WHERE i.study_instance_uid = $1 AND i.is_current)
 ORDER BY c.requested_at DESC LIMIT $2"""
 OVERDUE_COMMITMENTS = """SELECT c.transaction_uid, c.requester_ae, c.requested_at, c.deadline, c.source, c.decided_at
 FROM commitments c LEFT JOIN deliveries d ON d.subject = c.transaction_uid AND d.kind = $2

@@ -54,6 +54,8 @@ class Target:
     """Why the self-test may not query and retrieve; empty when it may."""
     xds: XdsSettings | None = None
     forward: tuple[str, ...] = ()
+    local_archive: str = ""
+    """The destination that is the self-test's own listener (simulator mode): what it received is checked too."""
     hl7: Hl7Endpoint | None = None
     description: dict[str, Any] = field(default_factory=dict)
 
@@ -111,7 +113,6 @@ class Selftest:
                 except StepFailed as exc:
                     case.verdict, case.reason = Verdict.FAILED, str(exc)
             verdicts[case_id] = case.verdict
-        self.target.dicom.close()
         return self.report
 
     def _study_path(self) -> str:
@@ -212,6 +213,14 @@ class Selftest:
 
                 self.target.api.until(step, self._study_path(), archived, self.target.timeout,
                                       f"the study archived at {destination}")
+            if destination == self.target.local_archive:
+                with case.step(f"received by {destination} (the self-test's own archive)") as step:
+                    received = self.target.dicom.received
+                    arrived = {str(ds.SOPInstanceUID) for _, _, ds in received.forwarded}
+                    missing = {uid for _, uid in self.study.references} - arrived
+                    if missing:
+                        raise StepFailed(f"{len(missing)} instances reported archived never arrived")
+                    step.received(DICOM, "C-STORE-RQ from the gateway", instances=len(self.study.references))
 
     def find(self, case: Case) -> None:
         dicom = self.target.dicom
@@ -352,7 +361,8 @@ class Selftest:
         with case.step("the rejection applied (operators' API)") as step:
             uid = str(withdrawn.SOPInstanceUID)
             self.target.api.until(step, f"{self._study_path()}/rejections",
-                                  lambda found: any(i["sop_instance_uid"] == uid for i in found["instances"]),
+                                  lambda found: any(i["sop_instance_uid"] == uid and i["held"]
+                                                    for i in found["instances"]),
                                   self.target.timeout, "the instance rejected")
         kept = {str(ds.SOPInstanceUID) for ds in self.study.instances[:-1]}
         if not self.target.query:

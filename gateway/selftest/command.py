@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
@@ -32,8 +32,9 @@ from gateway.settings import Settings, SettingsError, load_settings
 
 UNUSABLE = 2
 WILDCARDS = ("0.0.0.0", "::", "")
-ARCHIVE_AE = "SELFTESTARC"
-"""The called AE of the local archive the simulator's gateway forwards to (the self-test's own listener)."""
+ARCHIVE_AE, SIMULATED_ARCHIVE = "SELFTESTARC", "local-archive"
+"""The called AE and destination name of the archive the simulator's gateway forwards to (the self-test's own
+listener)."""
 
 
 def add_parser(subparsers: Any) -> None:
@@ -54,7 +55,7 @@ def add_parser(subparsers: Any) -> None:
                         help="where the self-test listens for reports and IANs (its port: remote_aes)")
     parser.add_argument("--api-url", help="the operators' API (default: from GATEWAY_HTTP__*)")
     parser.add_argument("--api-ca-file", type=Path, help="CAs the API's HTTPS certificate chains to")
-    parser.add_argument("--token-file", type=Path, help="an API token with the operator role "
+    parser.add_argument("--token-file", type=Path, help="an API token with the reader role or above "
                                                         "(default: {data_dir}/api-token)")
     parser.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
                         help="how long each step waits for the gateway (default 120)")
@@ -70,23 +71,28 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.simulator:
             with _simulated(args) as settings:
-                return _test(settings, args, {"mode": "simulator"})
+                return _test(settings, args, {"mode": "simulator"}, "127.0.0.1", SIMULATED_ARCHIVE)
         settings = load_settings(args.config)
-        return _test(settings, args, {"mode": "running configuration"})
+        return _test(settings, args, {"mode": "running configuration"}, args.listen_host)
     except SettingsError as exc:
         print(f"dicom-gateway selftest: {exc}", file=sys.stderr)
         return UNUSABLE
 
 
-def _test(settings: Settings, args: argparse.Namespace, description: dict[str, Any]) -> int:
+def _test(settings: Settings, args: argparse.Namespace, description: dict[str, Any], listen_host: str,
+          local_archive: str = "") -> int:
     if not settings.validation.test_environment:
         raise SettingsError("GATEWAY_VALIDATION__TEST_ENVIRONMENT is false: this is a production configuration, "
                             "which refuses test identities (900-999); the self-test sends only test identities "
                             "and runs only where they are allowed")
-    target = _target(settings, args, description)
-    report = Selftest(target, procedure_code=args.procedure_code).run()
+    target = _target(settings, args, description, listen_host, local_archive)
+    with target.dicom:
+        report = Selftest(target, procedure_code=args.procedure_code).run()
     report.finished = time.time()
-    json_path, html_path = report.write(args.out)
+    try:
+        json_path, html_path = report.write(args.out)
+    except OSError as exc:
+        raise SettingsError(f"--out {args.out}: the report cannot be written ({exc.strerror or exc})") from None
     for case in report.cases:
         print(f"{case.verdict.value:8} {case.id:18} {case.seconds:7.2f} s  {case.reason}".rstrip())
     print(f"selftest {'passed' if report.passed else 'FAILED'}: {html_path} {json_path}")
@@ -105,27 +111,34 @@ def _local(host: str, override: str | None) -> str:
     return override or ("127.0.0.1" if host in WILDCARDS else host)
 
 
-def _target(settings: Settings, args: argparse.Namespace, description: dict[str, Any]) -> Target:
+def _tls(where: str, build: Callable[[], ssl.SSLContext | None]) -> ssl.SSLContext | None:
+    """A TLS context from the files ``where`` names, or one line saying why not (the self-test may run as a user
+    who cannot read the gateway's key)."""
+    try:
+        return build()
+    except (OSError, ssl.SSLError) as exc:
+        raise SettingsError(f"{where}: cannot be loaded ({getattr(exc, 'strerror', None) or exc})") from None
+
+
+def _target(settings: Settings, args: argparse.Namespace, description: dict[str, Any], listen_host: str,
+            local_archive: str) -> Target:
     """What to reach and how, from the gateway's settings: every case the deployment does not offer is named
-    with the setting that would offer it."""
+    with the setting that would offer it. The listener is opened last, once nothing else can fail."""
     ae = args.ae_title
     dicom, tls = settings.dicom, settings.dicom.tls
     client_tls = ClientTls(tls.cert_file, tls.key_file, tls.ca_file)
     uses_tls = not dicom.plain_port_open
     endpoint = Endpoint(_local(dicom.host, args.host), tls.port if uses_tls else dicom.port, dicom.ae_title,
-                        client_tls_context(client_tls) if uses_tls else None)
+                        _tls("GATEWAY_DICOM__TLS__CERT_FILE, __KEY_FILE, __CA_FILE",
+                             lambda: client_tls_context(client_tls)) if uses_tls else None)
     peer = DicomPeer(ae, endpoint, args.timeout)
 
     remote = dicom.remote_ae(ae)
     reports_to_us = "" if remote is not None else (
         f"the self-test's AE {ae} is not in GATEWAY_DICOM__REMOTE_AES (where the gateway sends commitment reports "
         "and IANs)")
-    if remote is not None:
-        try:
-            peer.listen(args.listen_host, remote.port, server_tls_context(tls) if remote.tls else None)
-        except OSError as exc:
-            raise SettingsError(f"GATEWAY_DICOM__REMOTE_AES {ae}: the self-test cannot listen on "
-                                f"{args.listen_host}:{remote.port} ({exc.strerror or exc})") from None
+    listener_tls = _tls("GATEWAY_DICOM__TLS__CERT_FILE, __KEY_FILE (the self-test's listener)",
+                        lambda: server_tls_context(tls)) if remote is not None and remote.tls else None
     allowed = next((entry for entry in dicom.allowed_aes if entry.ae_title == ae), None)
     query = "" if settings.query.enabled and allowed is not None and {"query", "retrieve"} <= allowed.permissions \
         else f"{ae} may not query and retrieve (GATEWAY_DICOM__ALLOWED_AES permissions, GATEWAY_QUERY__ENABLED)"
@@ -140,7 +153,8 @@ def _target(settings: Settings, args: argparse.Namespace, description: dict[str,
         token = token_file.read_text().strip()
     except OSError as exc:
         raise SettingsError(f"--token-file {token_file}: cannot be read ({exc.strerror or exc})") from None
-    api_tls = ssl.create_default_context(cafile=args.api_ca_file) if api_url.startswith("https") else None
+    api_tls = _tls(f"--api-ca-file {args.api_ca_file}", lambda: ssl.create_default_context(cafile=args.api_ca_file)) \
+        if api_url.startswith("https") else None
 
     hl7 = None
     if settings.hl7.enabled and settings.hl7.allowed_senders:
@@ -148,7 +162,8 @@ def _target(settings: Settings, args: argparse.Namespace, description: dict[str,
         assert settings.hl7.port is not None
         hl7_tls = None
         if settings.hl7.tls.enabled:  # the CAs that sign the site's certificates sign the HL7 port's too
-            hl7_tls = client_tls_context(ClientTls(tls.cert_file, tls.key_file, settings.hl7.tls.ca_file or tls.ca_file))
+            hl7_client = ClientTls(tls.cert_file, tls.key_file, settings.hl7.tls.ca_file or tls.ca_file)
+            hl7_tls = _tls("GATEWAY_HL7__TLS__CA_FILE", lambda: client_tls_context(hl7_client))
         hl7 = Hl7Endpoint(_local(settings.hl7.host, args.host), settings.hl7.port, sender.application,
                           sender.facility or "SELFTEST", settings.hl7.application, hl7_tls)
     description = {**description, "selftest_version": version("dicom-gateway"), "gateway_ae": dicom.ae_title,
@@ -157,9 +172,16 @@ def _target(settings: Settings, args: argparse.Namespace, description: dict[str,
                    "xds_repository": settings.xds.repository_url, "xds_registry": settings.xds.registry_url,
                    "forward_destinations": [d.name for d in settings.forward.destinations],
                    "hl7": None if hl7 is None else f"{hl7.host}:{hl7.port}"}
+    if remote is not None:
+        try:
+            peer.listen(listen_host, remote.port, listener_tls)
+        except OSError as exc:
+            raise SettingsError(f"GATEWAY_DICOM__REMOTE_AES {ae}: the self-test cannot listen on "
+                                f"{listen_host}:{remote.port} ({exc.strerror or exc})") from None
     return Target(peer, Api(api_url, token, api_tls, args.timeout), args.timeout, reports_to_us=reports_to_us,
                   ian=ian, query=query, xds=settings.xds if settings.xds.enabled else None,
-                  forward=tuple(d.name for d in settings.forward.destinations), hl7=hl7, description=description)
+                  forward=tuple(d.name for d in settings.forward.destinations), local_archive=local_archive,
+                  hl7=hl7, description=description)
 
 
 def _free_port() -> int:
@@ -192,7 +214,7 @@ def _simulated(args: argparse.Namespace) -> Iterator[Settings]:
                 "organization_oid": "1.2.246.10.99999999", "organization_name": "Self-test",
                 "retrieve_location_uid": "1.2.246.10.99999999.1",
                 "stable_after_seconds": 5, "stability_check_seconds": 1},
-        "forward": {"destinations": [{"name": "local-archive", "ae_title": ARCHIVE_AE, "host": "127.0.0.1",
+        "forward": {"destinations": [{"name": SIMULATED_ARCHIVE, "ae_title": ARCHIVE_AE, "host": "127.0.0.1",
                                       "port": listen_port, "storage_commitment": False}]},
         "hl7": {"host": "127.0.0.1", "port": _free_port(), "allowed_senders": [{"application": "SELFTEST"}]},
         "log": {"level": "WARNING"},
@@ -208,7 +230,8 @@ def _simulated(args: argparse.Namespace) -> Iterator[Settings]:
     gateway = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config", str(config_file)],
                                env=environment, stdout=log, stderr=subprocess.STDOUT)
     try:
-        settings = Settings(**config)
+        with _environment(environment):  # the settings as the gateway started reads them
+            settings = load_settings(config_file)
         _wait_ready(gateway, f"http://127.0.0.1:{config['http']['port']}/readyz", work / "processes.log")
         yield settings
     finally:
@@ -224,6 +247,18 @@ def _simulated(args: argparse.Namespace) -> Iterator[Settings]:
         log.close()
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+@contextmanager
+def _environment(environment: dict[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(environment)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _wait_ready(gateway: subprocess.Popen[bytes], url: str, log: Path, timeout: float = 60) -> None:

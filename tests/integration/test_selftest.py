@@ -111,3 +111,14 @@ def test_a_gateway_that_refuses_the_selftest_fails_at_once_naming_the_allow_list
     assert cases["echo"]["verdict"] == "failed" and "GATEWAY_DICOM__ALLOWED_AES" in cases["echo"]["reason"]
     assert {cases[case]["verdict"] for case in ALL_CASES[1:]} == {"not run"}
     assert "failed" in (out / "selftest-report.html").read_text()
+
+
+def test_a_certificate_it_cannot_read_is_named_in_one_line(tmp_path: Path) -> None:
+    code, output = selftest("--out", str(tmp_path / "report"), env={
+        "GATEWAY_DATA_DIR": str(tmp_path / "data"), "GATEWAY_VALIDATION__TEST_ENVIRONMENT": "true",
+        "GATEWAY_DICOM__TLS__CERT_FILE": str(tmp_path / "missing.pem"),
+        "GATEWAY_DICOM__TLS__KEY_FILE": str(tmp_path / "missing.key")})
+    assert code == 2, output
+    assert "GATEWAY_DICOM__TLS__CERT_FILE, __KEY_FILE, __CA_FILE: cannot be loaded (No such file or directory)" \
+        in output
+    assert "Traceback" not in output
