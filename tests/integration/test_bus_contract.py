@@ -36,14 +36,17 @@ async def bus_and_topic(request: pytest.FixtureRequest, tmp_path: Path) -> Async
     yield bus, topics.instances
 
 
-async def drain(consumer: Consumer, want: int, timeout: float = 30.0, mark_done: bool = True) -> list[Record]:
+async def drain(consumer: Consumer, want: int, timeout: float = 60.0, mark_done: bool = True) -> list[Record]:
     records: list[Record] = []
-    async with asyncio.timeout(timeout):
-        while len(records) < want:
-            for record in await consumer.fetch(timeout=0.5):
-                records.append(record)
-                if mark_done:
-                    consumer.done(record)
+    try:
+        async with asyncio.timeout(timeout):
+            while len(records) < want:
+                for record in await consumer.fetch(timeout=0.5):
+                    records.append(record)
+                    if mark_done:
+                        consumer.done(record)
+    except TimeoutError:
+        pytest.fail(f"{len(records)} of {want} records in {timeout:.0f} s; assigned {sorted(consumer.assignment())}")
     return records
 
 
@@ -115,7 +118,7 @@ async def test_each_group_gets_every_record(bus_and_topic: tuple[Bus, str]) -> N
     bus, topic = bus_and_topic
     async with bus.producer() as producer:
         await asyncio.gather(*[await producer.send(topic, f"k{i}".encode(), b"v") for i in range(20)])
-    for group in ("store", "notify"):
+    for group in (f"store-{topic}", f"notify-{topic}"):  # new groups, as a new deployment's pools are
         async with bus.consumer(group, [topic]) as consumer:
             assert len(await drain(consumer, 20)) == 20
 
