@@ -7,16 +7,18 @@ helm is the one scripts/helm-check installs (GATEWAY_TOOLS_DIR, default
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from gateway import cli
 from gateway.settings import ROLES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -525,21 +527,22 @@ def _pod_settings(deployment: Manifest, config: dict[str, str], secrets_dir: Pat
 
 def _gateway_settings(deployment: Manifest, config: dict[str, str], secrets_dir: Path,
                       secret_values: SecretValues | None = None) -> tuple[dict[str, Any], str]:
-    """What `dicom-gateway settings` prints in a pod of this Deployment, and its raw output."""
+    """What `dicom-gateway settings` prints in a pod of this Deployment, and its raw output: the command's own
+    code run here with the pod's environment only (a process per Deployment cost seconds of imports each)."""
     secrets_dir.mkdir()
     env = _pod_settings(deployment, config, secrets_dir, secret_values)
-    base = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "settings"],
-        env={**base, **env, "PYTHONPATH": str(REPO_ROOT)},
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, f"{deployment['metadata']['name']}: {result.stderr}"
-    return json.loads(result.stdout), result.stdout
+    saved = dict(os.environ)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        os.environ.clear()
+        os.environ.update({**{k: v for k, v in saved.items() if not k.startswith("GATEWAY_")}, **env})
+        with contextlib.chdir(REPO_ROOT), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main(["settings"])
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert code == 0, f"{deployment['metadata']['name']}: {err.getvalue()}"
+    return json.loads(out.getvalue()), out.getvalue()
 
 
 def test_the_gateway_accepts_the_embedded_defaults(tmp_path: Path) -> None:
