@@ -42,7 +42,7 @@ from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 from pynetdicom import AE, evt
@@ -76,6 +76,8 @@ class Options:
     filesystem objects and SQLite index (the single-workstation deployment)."""
     log_level: str = "WARNING"
     """The gateway's (its log is in the work dir): INFO names each transaction decided and report delivered."""
+    settings: tuple[tuple[str, str], ...] = ()
+    """GATEWAY_* variables given to the gateway over the benchmark's own: one change measured against another."""
 
 
 class CommitmentListener:
@@ -250,8 +252,8 @@ def measure(options: Options, work: Path, state: Path, out: Path) -> dict[str, A
     print(f"end to end: {options.seconds:.0f} s at {options.rate or 'unlimited'} {options.dataset} instances/s, "
           f"{options.concurrency} associations, commitment verification {options.verification}", flush=True)
     with backends(options.backends, state) as (base, service_pids), CommitmentListener() as listener:
-        gateway = start_gateway(gateway_env(base, work, listener.port, options.verification, options.log_level),
-                                work, options.profiler)
+        gateway = start_gateway(gateway_env(base, work, listener.port, options.verification, options.log_level)
+                                | dict(options.settings), work, options.profiler)
         try:
             pids = service_pids | {"gateway": gateway.pid}
             before, processed_before = cpu(pids), gateway.processed()
@@ -485,9 +487,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--work", type=Path, default=Path("/tmp/dicom-gateway-bench/end-to-end"))
     parser.add_argument("--services-state", type=Path, default=services.DEFAULT_STATE)
+    parser.add_argument("--setting", action="append", default=[], metavar="GATEWAY_X=VALUE",
+                        help="a setting for the gateway over the benchmark's (repeatable), e.g. "
+                             "GATEWAY_KAFKA__CONSUMER_CLIENT=aiokafka")
     args = parser.parse_args()
+    settings = tuple(tuple(item.split("=", 1)) for item in args.setting)
+    if any(len(pair) != 2 or not pair[0].startswith("GATEWAY_") for pair in settings):
+        parser.error("--setting takes GATEWAY_NAME=VALUE")
     options = Options(args.seconds, args.rate, args.concurrency, args.dataset, args.commit_every, args.verification,
-                      args.drain_seconds, args.profiler, args.backends, args.log_level)
+                      args.drain_seconds, args.profiler, args.backends, args.log_level,
+                      cast(tuple[tuple[str, str], ...], settings))
     out = args.out / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-end-to-end"
     out.mkdir(parents=True, exist_ok=True)
     figures = measure(options, args.work, args.services_state, out)

@@ -291,6 +291,8 @@ class KafkaSettings(_Section):
     client_id: str = "dicom-gateway"
     producer_client: Literal["librdkafka", "aiokafka"] = "librdkafka"
     """librdkafka costs less than half aiokafka's CPU per GB produced (benchmarks/produce_path.py)."""
+    consumer_client: Literal["librdkafka", "aiokafka"] = "librdkafka"
+    """librdkafka decodes fetches on its own threads, aiokafka on the event loop (benchmarks/consume_path.py)."""
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
     sasl_username: str | None = None

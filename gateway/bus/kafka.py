@@ -23,6 +23,7 @@ from gateway.bus import (
     MAX_RECORD_BYTES,
     BusError,
     BusUnavailable,
+    Consumer,
     Headers,
     OffsetTracker,
     Producer,
@@ -32,7 +33,7 @@ from gateway.bus import (
     check_record_size,
 )
 from gateway.bus import TopicPartition as TP
-from gateway.bus.rdkafka import rdkafka_producer
+from gateway.bus.rdkafka import rdkafka_consumer, rdkafka_producer
 from gateway.metrics import Metrics
 from gateway.settings import KafkaSettings, TopicSettings
 
@@ -173,9 +174,16 @@ class KafkaBus:
         finally:
             await client.stop()
 
-    @asynccontextmanager
-    async def consumer(
+    def consumer(
         self, group: str, topics: Sequence[str], on_revoked: RevokeCallback | None = None
+    ) -> AbstractAsyncContextManager[Consumer]:
+        if self._settings.consumer_client == "librdkafka":
+            return rdkafka_consumer(self._settings, group, topics, self._metrics, on_revoked)
+        return self._aiokafka_consumer(group, topics, on_revoked)
+
+    @asynccontextmanager
+    async def _aiokafka_consumer(
+        self, group: str, topics: Sequence[str], on_revoked: RevokeCallback | None
     ) -> AsyncIterator[KafkaConsumer]:
         s = self._settings
         client = AIOKafkaConsumer(

@@ -1,33 +1,52 @@
-"""The Kafka producer on librdkafka (confluent-kafka), for the receiver's produce path.
+"""The Kafka producer and consumer on librdkafka (confluent-kafka).
 
 Measured here against the real broker with 1 MiB records, acks=all and idempotence
-(``python -m benchmarks.produce_path``): aiokafka 2.5 CPU-seconds per GB, librdkafka 1.1, so the receiver
-produces through librdkafka; consumers stay on aiokafka. librdkafka delivers its reports on the thread that
-polls it; a small poller thread resolves each record's future on the event loop.
+(``python -m benchmarks.produce_path``): aiokafka 2.5 CPU-seconds per GB produced, librdkafka 1.1; consuming
+(``python -m benchmarks.consume_path``) the difference is larger, as aiokafka decodes every fetch response in
+Python on the event loop while librdkafka does it in its own threads. librdkafka delivers its reports on the
+thread that polls it; a small poller thread resolves each record's future on the event loop. A consumer polls
+on a thread of its own, where librdkafka also runs its rebalance callbacks: those hand the work to the event
+loop and wait for it, so that what is done is committed before a partition moves on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from aiokafka.partitioner import murmur2
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import TopicPartition as KafkaPartition
 
-from gateway.bus import MAX_RECORD_BYTES, BusUnavailable, Headers, ProducerDied, check_record_size
+from gateway.bus import (
+    MAX_RECORD_BYTES,
+    BusUnavailable,
+    Headers,
+    OffsetTracker,
+    ProducerDied,
+    Record,
+    RevokeCallback,
+    TopicPartition,
+    check_record_size,
+)
 from gateway.metrics import Metrics
 from gateway.settings import KafkaSettings
 
+log = logging.getLogger(__name__)
+
 _RECORD_OVERHEAD = 64 * 1024
 _QUEUE_FULL_PAUSE = 0.005
+_REVOKE_WAIT_SECONDS = 120.0
 
 
 def producer_config(settings: KafkaSettings) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "bootstrap.servers": settings.bootstrap_servers,
-        "client.id": settings.client_id,
+    config = _connection(settings)
+    config.update({
         "acks": "all",
         "enable.idempotence": True,
         "compression.type": "none",
@@ -38,6 +57,46 @@ def producer_config(settings: KafkaSettings) -> dict[str, Any]:
         "request.timeout.ms": settings.request_timeout_ms,
         "delivery.timeout.ms": max(settings.request_timeout_ms * 2, 60_000),
         "queue.buffering.max.kbytes": 262_144,
+    })
+    return config
+
+
+def consumer_config(settings: KafkaSettings, group: str) -> dict[str, Any]:
+    """What aiokafka's consumer had, said to librdkafka: offsets committed only by the tracker, committed
+    transactions only, Java's round-robin assignor (members on either client can share a group during an
+    upgrade), and a prefetch queue bounded by the fetch size rather than librdkafka's 64 MiB default."""
+    config = _connection(settings)
+    partition_fetch = 4 * (MAX_RECORD_BYTES + _RECORD_OVERHEAD)
+    fetch = max(settings.fetch_max_bytes, partition_fetch)
+    config.update({
+        "group.id": group,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        "session.timeout.ms": settings.session_timeout_ms,
+        "heartbeat.interval.ms": settings.session_timeout_ms // 3,
+        "max.poll.interval.ms": settings.max_poll_interval_ms,
+        "partition.assignment.strategy": "roundrobin",
+        "fetch.max.bytes": fetch,
+        "max.partition.fetch.bytes": partition_fetch,
+        "receive.message.max.bytes": fetch + _RECORD_OVERHEAD,
+        "queued.max.messages.kbytes": fetch // 1024,
+        "fetch.queue.backoff.ms": 10,  # a full prefetch queue otherwise holds a partition's next fetch for 1 s
+        "error_cb": _client_error,
+    })
+    return config
+
+
+def _client_error(error: KafkaError) -> None:
+    """librdkafka's own reports (a broker down, all brokers down): it reconnects by itself."""
+    log.warning("Kafka client error", extra={"error": error.str(), "fatal": error.fatal()})
+
+
+def _connection(settings: KafkaSettings) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "client.id": settings.client_id,
         "security.protocol": settings.security_protocol.lower(),
     }
     if settings.ssl_ca_file:
@@ -150,3 +209,174 @@ async def rdkafka_producer(settings: KafkaSettings, metrics: Metrics) -> AsyncIt
         yield producer
     finally:
         await producer.stop()
+
+
+class RdKafkaConsumer:
+    """A consumer-group member polling librdkafka on a thread of its own.
+
+    A fetch cancelled by its caller (a worker stopping, a timeout around it) is not lost: librdkafka has moved
+    past those records, so the next fetch returns them first. Committing past a record fetched and never seen
+    would lose it."""
+
+    def __init__(self, settings: KafkaSettings, group: str, metrics: Metrics,
+                 on_revoked: RevokeCallback | None) -> None:
+        self.group = group
+        self._metrics = metrics
+        self._on_revoked = on_revoked
+        self._loop = asyncio.get_running_loop()
+        self._tracker = OffsetTracker()
+        self._assigned: frozenset[TopicPartition] = frozenset()
+        self._partitions: dict[str, int] = {}
+        self._timeout = settings.request_timeout_ms / 1000
+        self._poller = ThreadPoolExecutor(1, thread_name_prefix=f"rdkafka-{group}")
+        self._fetching: asyncio.Future[list[Message]] | None = None
+        try:
+            self._client = Consumer(consumer_config(settings, group))
+        except KafkaException as exc:
+            raise BusUnavailable(f"librdkafka refused the consumer's settings: {exc}") from exc
+
+    async def start(self, topics: Sequence[str]) -> None:
+        """Fail fast, as aiokafka's consumer does, when no broker answers."""
+        try:
+            metadata = await self._loop.run_in_executor(self._poller, lambda: self._client.list_topics(
+                timeout=self._timeout))
+        except KafkaException as exc:
+            raise BusUnavailable(f"cannot connect to Kafka: {exc}") from exc
+        self._count_partitions(metadata)
+        self._client.subscribe(list(topics), on_assign=self._assigned_now, on_revoke=self._revoked_now)
+
+    async def close(self) -> None:
+        if self._fetching is not None:
+            await asyncio.gather(self._fetching, return_exceptions=True)
+        try:
+            await self._loop.run_in_executor(self._poller, self._client.close)
+        finally:
+            self._poller.shutdown(wait=False)
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._assigned)
+
+    def owns(self, topic: str, key: bytes) -> bool:
+        """librdkafka's murmur2_random, like Java's default partitioner, for keyed records."""
+        count = self._partitions.get(topic)
+        if not count:
+            return False
+        return (topic, (murmur2(key) & 0x7FFFFFFF) % count) in self._assigned
+
+    async def lag(self) -> dict[TopicPartition, int]:
+        lags = {}
+        assigned = [KafkaPartition(topic, partition) for topic, partition in self._assigned]
+        positions = {(tp.topic, tp.partition): tp.offset for tp in self._client.position(assigned)}
+        for tp in assigned:
+            _, highwater = self._client.get_watermark_offsets(tp, cached=True)
+            position = positions.get((tp.topic, tp.partition), -1)
+            if highwater >= 0 and position >= 0:
+                lags[(tp.topic, tp.partition)] = (max(0, highwater - position)
+                                                  + self._tracker.unfinished((tp.topic, tp.partition)))
+        return lags
+
+    async def fetch(self, timeout: float = 1.0, max_records: int = 500) -> list[Record]:
+        if self._fetching is None:
+            self._fetching = self._loop.run_in_executor(self._poller, self._client.consume, max_records, timeout)
+        fetching = self._fetching
+        try:
+            messages = await asyncio.shield(fetching)
+        except asyncio.CancelledError:
+            raise  # still fetching: the next call takes its records
+        except KafkaException as exc:
+            self._fetching = None
+            raise BusUnavailable(f"Kafka consumer failed: {exc}") from exc
+        self._fetching = None
+        records: list[Record] = []
+        counts: dict[str, int] = {}
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.fatal():
+                    raise BusUnavailable(f"Kafka consumer failed: {error.str()}")
+                log.warning("Kafka consumer error", extra={"error": error.str(), "group": self.group})
+                continue
+            topic = message.topic() or ""
+            record = Record(topic, message.partition() or 0, message.offset() or 0, message.key() or b"",
+                            message.value() or b"", _headers(message), message.timestamp()[1])
+            self._tracker.fetched(record)
+            records.append(record)
+            counts[topic] = counts.get(topic, 0) + 1
+        for topic, count in counts.items():
+            self._metrics.bus_records_consumed.labels(topic, self.group).inc(count)
+        return records
+
+    def done(self, record: Record) -> None:
+        self._tracker.done(record)
+
+    async def commit(self, partitions: set[TopicPartition] | None = None) -> None:
+        """On a thread of the loop's pool, not the poller's: a rebalance callback waiting on the poller commits."""
+        offsets = self._tracker.take_committable(set(self._assigned) if partitions is None
+                                                 else partitions & self._assigned)
+        if not offsets:
+            return
+        wanted = [KafkaPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
+        try:
+            await asyncio.to_thread(self._client.commit, offsets=wanted, asynchronous=False)
+        except KafkaException as exc:
+            raise BusUnavailable(f"Kafka did not take the commit: {exc}") from exc
+        self._metrics.bus_commits.labels(self.group).inc()
+
+    async def revoked(self, partitions: set[TopicPartition]) -> None:
+        """Before partitions move to another member: commit what is done here and forget the rest."""
+        try:
+            await self.commit(partitions)
+        except BusUnavailable as exc:
+            log.warning("commit on revoke failed; records will be redelivered", extra={"error": str(exc)})
+        self._tracker.forget(partitions)
+        if self._on_revoked is not None:
+            await self._on_revoked(partitions)
+
+    def _assigned_now(self, client: Consumer, partitions: list[KafkaPartition]) -> None:
+        """On the poller thread, inside ``consume``: before any record of these partitions is returned."""
+        self._assigned = self._assigned | {(tp.topic, tp.partition) for tp in partitions}
+        if any(tp.topic not in self._partitions for tp in partitions):
+            self._count_partitions(client.list_topics(timeout=self._timeout))
+        log.info("partitions assigned", extra={
+            "group": self.group, "partitions": sorted((tp.topic, tp.partition) for tp in partitions)})
+
+    def _revoked_now(self, _: Consumer, partitions: list[KafkaPartition]) -> None:
+        """On the poller thread: the loop commits and lets go while librdkafka waits."""
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        if revoked and not self._loop.is_closed():
+            handed = asyncio.run_coroutine_threadsafe(self.revoked(revoked), self._loop)
+            try:
+                handed.result(timeout=_REVOKE_WAIT_SECONDS)  # a loop that stopped meanwhile never answers
+            except Exception as exc:
+                handed.cancel()
+                log.warning("letting go of partitions failed; their records will be delivered again",
+                            extra={"group": self.group, "error": repr(exc)})
+        self._assigned = self._assigned - revoked
+
+    def _count_partitions(self, metadata: Any) -> None:
+        self._partitions.update({name: len(topic.partitions) for name, topic in metadata.topics.items()
+                                 if topic.error is None})
+
+
+def _headers(message: Message) -> tuple[tuple[str, bytes], ...]:
+    headers = message.headers() or ()
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    return tuple((name, value.encode() if isinstance(value, str) else value or b"") for name, value in pairs)
+
+
+@asynccontextmanager
+async def rdkafka_consumer(settings: KafkaSettings, group: str, topics: Sequence[str], metrics: Metrics,
+                           on_revoked: RevokeCallback | None) -> AsyncIterator[RdKafkaConsumer]:
+    consumer = RdKafkaConsumer(settings, group, metrics, on_revoked)
+    try:
+        await consumer.start(topics)
+    except BaseException:
+        await consumer.close()
+        raise
+    try:
+        yield consumer
+    finally:
+        try:
+            await consumer.commit()
+        finally:
+            await consumer.close()

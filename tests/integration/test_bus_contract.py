@@ -18,7 +18,7 @@ from gateway.metrics import Metrics
 from gateway.settings import EmbeddedBusSettings, KafkaSettings, TopicSettings
 
 
-@pytest.fixture(params=["embedded", "kafka", "kafka-aiokafka-producer"])
+@pytest.fixture(params=["embedded", "kafka", "kafka-aiokafka"])
 async def bus_and_topic(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Bus, str]]:
     topics = TopicSettings(
         instances=f"contract-{uuid.uuid4().hex[:8]}", events=f"ev-{uuid.uuid4().hex[:8]}",
@@ -29,9 +29,9 @@ async def bus_and_topic(request: pytest.FixtureRequest, tmp_path: Path) -> Async
         bus = EmbeddedBus(tmp_path / "bus", EmbeddedBusSettings(partitions=4, session_timeout_seconds=2), Metrics())
     else:
         bootstrap = request.getfixturevalue("kafka_bootstrap")
-        producer = "aiokafka" if request.param == "kafka-aiokafka-producer" else "librdkafka"
+        client = "aiokafka" if request.param == "kafka-aiokafka" else "librdkafka"
         bus = KafkaBus(KafkaSettings(bootstrap_servers=bootstrap, partitions=4, session_timeout_ms=6000,
-                                     producer_client=producer), topics, Metrics())
+                                     producer_client=client, consumer_client=client), topics, Metrics())
     await bus.ensure_topics()
     yield bus, topics.instances
 
