@@ -141,8 +141,9 @@ class _Pending:
     header: InstanceHeader
     sha256: hashlib._Hash = field(default_factory=hashlib.sha256)
     """Of the data set as received: checked against the envelope."""
-    stored_sha256: hashlib._Hash = field(default_factory=hashlib.sha256)
-    """Of the data set as stored: the same unless coercion rewrote the header."""
+    stored_sha256: hashlib._Hash | None = None
+    """Of the data set as stored, once coercion rewrote the header; until then what is stored is what arrived,
+    and hashing it twice would cost a pass over every byte."""
     size: int = 0
     prefix: bytearray = field(default_factory=bytearray)
     validation: ValidationResult | None = None
@@ -368,6 +369,7 @@ class StoreStage:
         else:
             await self._write(pending, data)
         if pending.recoder is not None:
+            assert pending.stored_sha256 is not None  # a recoder is there because coercion changed the header
             pending.stored_sha256.update(tail := pending.recoder.flush())
             await _upload(pending, tail)
         sha256 = pending.sha256.hexdigest()
@@ -375,10 +377,11 @@ class StoreStage:
             raise DeadLetter(f"data set of {pending.size} bytes / sha256 {sha256} does not match the envelope "
                              f"({instance.size} bytes / {instance.sha256}): corrupted on the bus")
         assert pending.upload is not None and pending.validation is not None
+        stored_sha256 = (pending.stored_sha256 or pending.sha256).hexdigest()
         with self._metrics.object_store_seconds.time():
-            stored = await pending.upload.complete(pending.stored_sha256.hexdigest())
+            stored = await pending.upload.complete(stored_sha256)
         pending.upload = None
-        return self._row(pending, instance, stored.size, pending.stored_sha256.hexdigest())
+        return self._row(pending, instance, stored.size, stored_sha256)
 
     async def _record_alone(self, row: InstanceRow) -> RecordResult | Exception:
         try:
@@ -582,6 +585,7 @@ class StoreStage:
         await _upload(pending, file_meta(header))
         data, pending.prefix = bytes(pending.prefix), bytearray()
         if pending.coerced is not None:
+            pending.stored_sha256 = hashlib.sha256()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if header.transfer_syntax_uid == DEFLATED:  # every byte from here on goes through it
@@ -646,10 +650,11 @@ class StoreStage:
             self._study_patients.popitem(last=False)
 
     async def _write(self, pending: _Pending, data: bytes) -> None:
-        """Write data set bytes, hashing what is stored (which differs from what arrived once coerced)."""
+        """Write data set bytes, hashing what is stored where it differs from what arrived (coerced)."""
         if pending.recoder is not None:
             data = pending.recoder.feed(data)
-        pending.stored_sha256.update(data)
+        if pending.stored_sha256 is not None:
+            pending.stored_sha256.update(data)
         await _upload(pending, data)
 
     async def _abort(self, pending: _Pending) -> None:

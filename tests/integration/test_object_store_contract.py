@@ -272,3 +272,16 @@ async def test_s3_unavailable_is_retriable_and_quick() -> None:
     await streaming.abort()
     await store.close()
     assert time.monotonic() - started < 10
+
+
+async def test_s3_refusing_the_credentials_is_permanent(s3_settings: S3Settings) -> None:
+    """A wrong secret is a configuration fault: the signed PutObject is refused by S3, and retrying cannot help."""
+    store = S3ObjectStore(s3_settings.model_copy(update={"secret_key": SecretStr("not-the-secret")}))
+    upload = store.begin("refused/k", {"source-ae": "CT1"})
+    await upload.write(b"x")
+    with pytest.raises(ObjectStoreError) as raised:
+        await upload.complete(sha256(b"x"))
+    assert not raised.value.retriable
+    assert "SignatureDoesNotMatch" in str(raised.value) or "AccessDenied" in str(raised.value)
+    await upload.abort()
+    await store.close()
