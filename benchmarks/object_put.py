@@ -1,10 +1,12 @@
-"""CPU cost of putting whole objects into S3: the minio SDK in a thread against aiohttp on the event loop.
+"""CPU cost of putting whole objects into S3 and reading them back: the minio SDK in a thread against aiohttp
+on the event loop.
 
     python -m benchmarks.object_put [--count 400] [--kb 525]   # with GATEWAY_S3__* set (scripts/services env)
 
 Each client puts the same objects (with metadata and the sha256 tag, as the store stage does), 8 at a time,
-into one SeaweedFS; we report CPU-milliseconds of this process per object and objects/s, median over repeats,
-interleaved. SeaweedFS's own CPU is the same for both and is not counted.
+into one SeaweedFS, then reads each back whole (as the commitment's verification and forwarding do); we report
+CPU-milliseconds of this process per object and objects/s for each, median over repeats, interleaved.
+SeaweedFS's own CPU is the same for both and is not counted.
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def run(client: str, count: int, data: bytes) -> tuple[float, float]:
+Figures = dict[str, tuple[float, float]]
+
+
+async def run(client: str, count: int, data: bytes) -> Figures:
     settings = Settings().s3
     store = S3ObjectStore(settings)
     await store.ensure_bucket()
@@ -49,11 +54,32 @@ async def run(client: str, count: int, data: bytes) -> tuple[float, float]:
                     store._client.put_object, settings.bucket, key, io.BytesIO(data), len(data),
                     metadata=_headers(metadata), tags=_tags(digest), num_parallel_uploads=1))
 
-    started_cpu, started = cpu_seconds(), time.perf_counter()
-    await asyncio.gather(*(one(n) for n in range(count)))
-    elapsed, cpu = time.perf_counter() - started, cpu_seconds() - started_cpu
+    async def read(n: int) -> None:
+        key = f"{prefix}/{n}.dcm"
+        async with gate:
+            if client == "aiohttp":
+                got = b"".join([chunk async for chunk in await store.read(key)])
+            else:
+                got = await asyncio.to_thread(_minio_read, store, settings.bucket, key)
+            assert len(got) == len(data)
+
+    figures: Figures = {}
+    for operation, call in (("put", one), ("read", read)):
+        started_cpu, started = cpu_seconds(), time.perf_counter()
+        await asyncio.gather(*(call(n) for n in range(count)))
+        elapsed, cpu = time.perf_counter() - started, cpu_seconds() - started_cpu
+        figures[operation] = cpu / count * 1000, count / elapsed
     await store.close()
-    return cpu / count * 1000, count / elapsed
+    return figures
+
+
+def _minio_read(store: S3ObjectStore, bucket: str, key: str) -> bytes:
+    response = store._client.get_object(bucket, key)
+    try:
+        return response.read()
+    finally:
+        response.close()
+        response.release_conn()
 
 
 def main() -> None:
@@ -63,15 +89,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     data = os.urandom(args.kb * 1024)
-    results: dict[str, list[tuple[float, float]]] = {"minio": [], "aiohttp": []}
+    results: dict[str, list[Figures]] = {"minio": [], "aiohttp": []}
     for _ in range(args.repeats):
         for client, runs in results.items():
             runs.append(uvloop.run(run(client, args.count, data)))
-            print(f"{client:8} {runs[-1][0]:.2f} CPU-ms/object, {runs[-1][1]:.0f} objects/s", flush=True)
+            print(f"{client:8} " + ", ".join(f"{operation} {cpu:.2f} CPU-ms/object {rate:.0f}/s"
+                                             for operation, (cpu, rate) in runs[-1].items()), flush=True)
     for client, runs in results.items():
-        cpu = sorted(r[0] for r in runs)[len(runs) // 2]
-        rate = sorted(r[1] for r in runs)[len(runs) // 2]
-        print(f"{client:8} median {cpu:.2f} CPU-ms per object, {rate:.0f} objects/s ({args.kb} KiB)")
+        for operation in ("put", "read"):
+            cpu = sorted(r[operation][0] for r in runs)[len(runs) // 2]
+            rate = sorted(r[operation][1] for r in runs)[len(runs) // 2]
+            print(f"{client:8} {operation:5} median {cpu:.2f} CPU-ms per object, {rate:.0f} objects/s ({args.kb} KiB)")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The object store port: whole objects under keys, streamed in and out, visible only once complete.
 
 Two adapters implement it with the same semantics, checked by one contract suite against both: ``s3``
-(S3-compatible storage through minio) and ``filesystem`` (a directory, for the embedded mode).
+(S3-compatible storage over aiohttp and minio) and ``filesystem`` (a directory, for the embedded mode).
 
 * An ``Upload`` streams an object in with bounded memory and stays invisible under its key until
   ``complete()``; ``abort()`` discards it. Every upload must end with one of the two.
@@ -16,10 +16,9 @@ Two adapters implement it with the same semantics, checked by one contract suite
 
 from __future__ import annotations
 
-import asyncio
 import re
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -131,14 +130,15 @@ def check_sha256(sha256: str) -> None:
 
 
 class ChunkStream(AsyncIterator[bytes]):
-    """An object's chunks, each read by a blocking call in a thread; the source is closed when the stream
-    ends, fails, is ``aclose()``d or is dropped, so an abandoned read never leaks a connection or file.
+    """An object's chunks, each from an awaited read (a blocking one is sent to a thread by its adapter); the
+    source is closed when the stream ends, fails, is ``aclose()``d or is dropped, so an abandoned read never
+    leaks a connection or file.
 
-    ``first`` is a chunk the adapter read in the same thread call that opened the object, and ``complete`` says
-    it was the whole object: a small object then costs one hop to a thread, not three (open, read, see the end),
-    which is most of what sending it costs."""
+    ``first`` is a chunk the adapter read when it opened the object, and ``complete`` says it was the whole
+    object: a small object then costs one call (one thread hop for a file, one request for S3), not three (open,
+    read, see the end), which is most of what sending it costs."""
 
-    def __init__(self, read_chunk: Callable[[], bytes], close: Callable[[], None], first: bytes = b"",
+    def __init__(self, read_chunk: Callable[[], Awaitable[bytes]], close: Callable[[], None], first: bytes = b"",
                  complete: bool = False) -> None:
         self._read_chunk = read_chunk
         self._close = weakref.finalize(self, close)
@@ -156,7 +156,7 @@ class ChunkStream(AsyncIterator[bytes]):
         if not self._close.alive:
             raise StopAsyncIteration
         try:
-            chunk = await asyncio.to_thread(self._read_chunk)
+            chunk = await self._read_chunk()
         except BaseException:
             self._close()
             raise

@@ -88,7 +88,7 @@ class FilesystemObjectStore:
     async def read(self, key: str) -> ChunkStream:
         path = self._path(key)
         file, first = await self._call(key, partial(_open_object, path, key))
-        return ChunkStream(partial(_read_chunk, file, key), file.close, first,
+        return ChunkStream(partial(asyncio.to_thread, _read_chunk, file, key), file.close, first,
                            complete=len(first) < READ_CHUNK_BYTES)  # a file reads short only at its end
 
     async def copy(self, source: str, destination: str, metadata: dict[str, str] | None = None) -> ObjectInfo:

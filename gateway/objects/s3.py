@@ -1,10 +1,12 @@
-"""S3-compatible object storage: whole objects put over aiohttp on the event loop, the rest through the minio
-SDK with every blocking call in a thread off the loop.
+"""S3-compatible object storage: what every instance costs (its PutObject, the commitment's and forwarding's
+reads, stat and delete) over aiohttp on the event loop; multipart uploads, copies and the bucket through the
+minio SDK with every blocking call in a thread off the loop.
 
 Almost every instance fits one part, so its object is one PutObject: sent from the loop (SigV4 signed here,
 payload unsigned: the SHA-256 the gateway checks is its own, re-read by the commitment's verification) it
 costs neither a thread hop nor minio's and urllib3's per-request work, which were a sixth of the whole
-gateway's CPU in the end-to-end profile, nor minio's extra SHA-256 pass over every byte to sign it.
+gateway's CPU in the end-to-end profile, nor minio's extra SHA-256 pass over every byte to sign it. Reads
+likewise: one GET whose first megabyte comes with the answer, streamed on from the loop.
 
 The SHA-256 is kept as the object tag ``sha256``: S3 takes metadata only when an upload starts, and a streamed
 object's hash is known only at its end. ``put`` and ``copy`` send the tag with the object itself; a streamed
@@ -99,8 +101,9 @@ def translated(key: str) -> Iterator[None]:
         raise error from exc
 
 
-class _Put:
-    """PutObject over aiohttp, signed with AWS Signature Version 4 (header form, UNSIGNED-PAYLOAD)."""
+class _Http:
+    """The requests every instance makes (PutObject, GetObject, HeadObject, tagging, DeleteObject) over aiohttp
+    on the event loop, signed with AWS Signature Version 4 (header form, UNSIGNED-PAYLOAD)."""
 
     def __init__(self, settings: S3Settings, connect_timeout: float, read_timeout: float) -> None:
         assert settings.endpoint is not None
@@ -114,36 +117,51 @@ class _Put:
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def __call__(self, key: str, data: bytes, metadata: dict[str, str], sha256: str) -> None:
+    async def put(self, key: str, data: bytes, metadata: dict[str, str], sha256: str) -> None:
         headers = {META_PREFIX + name: value for name, value in metadata.items()}
         headers["x-amz-tagging"] = f"{SHA256_TAG}={sha256}"
         headers["content-type"] = "application/octet-stream"
+        await _body(await self.send("PUT", key, headers, data=data), key)
+
+    async def send(self, method: str, key: str, headers: dict[str, str] | None = None, query: str = "",
+                   data: bytes | None = None) -> aiohttp.ClientResponse:
+        """The response to ``method`` on ``key``, its body still to be read or released; what S3 refuses is
+        raised as the port's error (404: ``ObjectNotFound``)."""
         path = self._path + quote(key, safe="/~")
+        headers = dict(headers or {})
         if self._access:
-            headers = self._signed("PUT", path, headers)
+            headers = self._signed(method, path, query, headers)
         if self._session is None or self._loop is not asyncio.get_running_loop():  # a session lives on one loop
-            self._session = aiohttp.ClientSession(timeout=self._timeout, skip_auto_headers=("Content-Type",))
+            self._session = aiohttp.ClientSession(timeout=self._timeout, skip_auto_headers=("Content-Type",),
+                                                  read_bufsize=READ_CHUNK_BYTES)
             self._loop = asyncio.get_running_loop()
+        url = self._base + quote(key, safe="/~") + (f"?{query}" if query else "")
         try:
-            async with self._session.put(self._base + quote(key, safe="/~"), data=_Body(data),
-                                         headers=headers) as response:
-                body = await response.read()
+            response = await self._session.request(method, url, headers=headers,
+                                                    data=None if data is None else _Body(data))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise ObjectStoreUnavailable(f"S3 unavailable for {key!r}: {type(exc).__name__} {exc}") from exc
-        if response.status >= 300:
-            code = _xml_text(body, "Code") or str(response.status)
-            text = f"{code} {_xml_text(body, 'Message')}".strip()
-            if response.status >= 500 or response.status in (408, 429):
-                raise ObjectStoreUnavailable(f"S3 failed on {key!r}: {text}")
-            raise ObjectStoreError(f"S3 refused {key!r}: {text}")
+        if response.status < 300:
+            return response
+        body = b""
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
+            body = await response.read()
+        response.release()
+        code = _xml_text(body, "Code") or str(response.status)
+        text = f"{code} {_xml_text(body, 'Message')}".strip()
+        if response.status == 404 and code in ("NoSuchKey", "404"):
+            raise ObjectNotFound(key)
+        if response.status >= 500 or response.status in (408, 429):
+            raise ObjectStoreUnavailable(f"S3 failed on {key!r}: {text}")
+        raise ObjectStoreError(f"S3 refused {key!r}: {text}")
 
-    def _signed(self, method: str, path: str, headers: dict[str, str]) -> dict[str, str]:
+    def _signed(self, method: str, path: str, query: str, headers: dict[str, str]) -> dict[str, str]:
         now = datetime.now(UTC)
         stamp, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
         headers = {name.lower(): value.strip() for name, value in headers.items()} | {
             "host": self._host, "x-amz-date": stamp, "x-amz-content-sha256": "UNSIGNED-PAYLOAD"}
         names = sorted(headers)
-        canonical = "\n".join([method, path, "", *(f"{name}:{headers[name]}" for name in names), "",
+        canonical = "\n".join([method, path, query, *(f"{name}:{headers[name]}" for name in names), "",
                                ";".join(names), "UNSIGNED-PAYLOAD"])
         scope = f"{day}/{self._region}/s3/aws4_request"
         to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
@@ -159,6 +177,38 @@ class _Put:
         if self._session is not None and self._loop is asyncio.get_running_loop():
             await self._session.close()
         self._session = None
+
+
+async def _body(response: aiohttp.ClientResponse, key: str) -> bytes:
+    try:
+        return await response.read()
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise ObjectStoreUnavailable(f"S3 unavailable for {key!r}: {type(exc).__name__} {exc}") from exc
+    finally:
+        response.release()
+
+
+async def _read_chunk(response: aiohttp.ClientResponse, key: str) -> bytes:
+    """What has arrived (a socket read's worth: at most the session's ``read_bufsize``, which bounds what a
+    stream holds), b"" at the end; taken as it came, not joined into larger chunks."""
+    try:
+        return await response.content.readany()
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise ObjectStoreUnavailable(f"S3 unavailable for {key!r}: {type(exc).__name__} {exc}") from exc
+
+
+def _release(response: aiohttp.ClientResponse) -> None:
+    """Back to the pool when read to the end, closed otherwise; at exit the loop may be gone."""
+    with contextlib.suppress(RuntimeError):
+        response.release()
+
+
+def _tag(body: bytes, name: str) -> str | None:
+    """A tag's value in a GetObjectTagging answer."""
+    for tag in body.split(b"<Tag>")[1:]:
+        if _xml_text(tag, "Key") == name:
+            return _xml_text(tag, "Value") or None
+    return None
 
 
 class _Body(aiohttp.payload.Payload):
@@ -207,16 +257,16 @@ class S3ObjectStore:
         self._region = settings.region
         self._part_size = part_size
         self._idle_timeout = idle_timeout_seconds
-        self._http = http_client(connect_timeout_seconds, read_timeout_seconds, retries)
+        self._pool = http_client(connect_timeout_seconds, read_timeout_seconds, retries)
         self._client = Minio(
             settings.endpoint,
             access_key=settings.access_key.get_secret_value() if settings.access_key else None,
             secret_key=settings.secret_key.get_secret_value() if settings.secret_key else None,
             secure=settings.secure,
             region=settings.region,
-            http_client=self._http,
+            http_client=self._pool,
         )
-        self._put = _Put(settings, connect_timeout_seconds, read_timeout_seconds)
+        self._http = _Http(settings, connect_timeout_seconds, read_timeout_seconds)
 
     async def _call(self, key: str, call: Callable[[], T]) -> T:
         with translated(key):
@@ -241,7 +291,7 @@ class S3ObjectStore:
         part_size = self._part_size
         if size_hint is not None and size_hint > part_size * MAX_PARTS:
             part_size = -(-size_hint // (MAX_PARTS * MiB)) * MiB
-        return S3Upload(self._client, self._put, self._bucket, key, metadata, part_size, self._idle_timeout)
+        return S3Upload(self._client, self._http, self._bucket, key, metadata, part_size, self._idle_timeout)
 
     async def put(self, key: str, data: bytes, metadata: dict[str, str], sha256: str) -> ObjectInfo:
         check_key(key)
@@ -253,46 +303,43 @@ class S3ObjectStore:
                 metadata=_headers(metadata), tags=_tags(sha256), part_size=self._part_size, num_parallel_uploads=1,
             ))
         else:
-            await self._put(key, data, metadata, sha256)
+            await self._http.put(key, data, metadata, sha256)
         return ObjectInfo(key, len(data), dict(metadata), sha256)
 
     async def stat(self, key: str) -> ObjectInfo | None:
         check_key(key)
         try:
-            return await self._call(key, partial(self._stat, key))
+            head = await self._http.send("HEAD", key)
+            head.release()
+            tags = await _body(await self._http.send("GET", key, query="tagging="), key)
         except ObjectNotFound:
             return None
-
-    def _stat(self, key: str) -> ObjectInfo:
-        head = self._client.stat_object(self._bucket, key)
-        tags = self._client.get_object_tags(self._bucket, key)
         metadata = {
             name.lower().removeprefix(META_PREFIX): value
-            for name, value in (head.metadata or {}).items()
+            for name, value in head.headers.items()
             if name.lower().startswith(META_PREFIX)
         }
-        return ObjectInfo(key, head.size or 0, metadata, tags.get(SHA256_TAG) if tags else None)
+        return ObjectInfo(key, head.content_length or 0, metadata, _tag(tags, SHA256_TAG))
 
     async def read(self, key: str) -> ChunkStream:
         check_key(key)
-        response, first = await self._call(key, partial(self._open, key))
-        return ChunkStream(partial(_read_chunk, response, key), partial(_release, response), first)
-
-    def _open(self, key: str) -> tuple[urllib3.BaseHTTPResponse, bytes]:
-        """The response and its first chunk, in one thread call."""
-        response = self._client.get_object(self._bucket, key)
+        response = await self._http.send("GET", key)
+        read_chunk = partial(_read_chunk, response, key)
         try:
-            return response, response.read(READ_CHUNK_BYTES)
+            first = await read_chunk()
         except BaseException:
-            _release(response)
+            response.close()
             raise
+        return ChunkStream(read_chunk, partial(_release, response), first, complete=response.content.at_eof())
 
     async def copy(self, source: str, destination: str, metadata: dict[str, str] | None = None) -> ObjectInfo:
         check_key(source)
         check_key(destination)
         if metadata is not None:
             check_metadata(metadata)
-        info = await self._call(source, partial(self._stat, source))
+        info = await self.stat(source)
+        if info is None:
+            raise ObjectNotFound(source)
         target = ObjectInfo(destination, info.size, dict(info.metadata if metadata is None else metadata),
                             info.sha256)
         tags = _tags(info.sha256) if info.sha256 else None
@@ -311,11 +358,12 @@ class S3ObjectStore:
 
     async def delete(self, key: str) -> None:
         check_key(key)
-        await self._call(key, partial(self._client.remove_object, self._bucket, key))
+        with contextlib.suppress(ObjectNotFound):
+            await _body(await self._http.send("DELETE", key), key)
 
     async def close(self) -> None:
-        await self._put.close()
-        self._http.clear()
+        await self._http.close()
+        self._pool.clear()
 
 
 def _headers(metadata: dict[str, str]) -> dict[str, str | list[str] | tuple[str]]:
@@ -326,16 +374,6 @@ def _tags(sha256: str) -> Tags:
     tags = Tags(for_object=True)
     tags[SHA256_TAG] = sha256
     return tags
-
-
-def _read_chunk(response: urllib3.BaseHTTPResponse, key: str) -> bytes:
-    with translated(key):
-        return response.read(READ_CHUNK_BYTES)
-
-
-def _release(response: urllib3.BaseHTTPResponse) -> None:
-    response.close()
-    response.release_conn()
 
 
 class _Signal(enum.Enum):
@@ -389,10 +427,10 @@ class S3Upload:
     gives up after ``idle_timeout`` without writes.
     """
 
-    def __init__(self, client: Minio, put: _Put, bucket: str, key: str, metadata: dict[str, str], part_size: int,
+    def __init__(self, client: Minio, http: _Http, bucket: str, key: str, metadata: dict[str, str], part_size: int,
                  idle_timeout: float) -> None:
         self._client = client
-        self._put_object = put
+        self._http = http
         self._bucket = bucket
         self._key = key
         self._metadata = dict(metadata)
@@ -446,7 +484,8 @@ class S3Upload:
     async def _put_whole(self, sha256: str) -> ObjectInfo:
         """Everything fitted one part: a single PutObject with its tag, from the loop."""
         data, self._buffer = bytes(self._buffer), bytearray()
-        whole: asyncio.Future[None] = asyncio.ensure_future(self._put_object(self._key, data, self._metadata, sha256))
+        whole: asyncio.Future[None] = asyncio.ensure_future(
+            self._http.put(self._key, data, self._metadata, sha256))
         self._whole = whole
         await asyncio.shield(whole)  # cancelled, the request still ends: abort() waits for it
         return ObjectInfo(self._key, self._size, dict(self._metadata), sha256)

@@ -11,6 +11,7 @@ import tracemalloc
 import warnings
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 def file_chunks(path: Path, size: int) -> ChunkStream:
     """The file as the object store hands an object out."""
     source = path.open("rb")
-    return ChunkStream(lambda: source.read(size), source.close)
+    return ChunkStream(partial(asyncio.to_thread, source.read, size), source.close)
 
 
 def public_values(dataset: Dataset) -> dict[int, Any]:

@@ -102,6 +102,17 @@ async def test_put_stat_read_round_trip(backend: Backend, prefix: str) -> None:
     assert await read_all(store, key) == data
 
 
+async def test_keys_with_characters_urls_escape(backend: Backend, prefix: str) -> None:
+    """Any key the port accepts is the same object on both adapters: S3's signature covers the escaped path."""
+    store, data = backend.store, os.urandom(1000)
+    key = f"{prefix}a b+c%20d=e&f,g;h@i'j(k)!~ä.dcm"
+    info = await store.put(key, data, METADATA, sha256(data))
+    assert await store.stat(key) == info
+    assert await read_all(store, key) == data
+    await store.delete(key)
+    assert await store.stat(key) is None
+
+
 async def test_streamed_upload_is_byte_identical_in_bounded_memory(backend: Backend, prefix: str) -> None:
     store, key, pieces = backend.store, f"{prefix}large.dcm", 128
     written, read = hashlib.sha256(), hashlib.sha256()
@@ -216,7 +227,7 @@ async def test_partial_read_releases_its_source(backend: Backend, prefix: str) -
     await store.put(key, data, {}, sha256(data))
     for _ in range(20):
         stream = await store.read(key)
-        assert len(await anext(stream)) == MiB
+        assert 0 < len(await anext(stream)) <= MiB
         await stream.aclose()
     assert await read_all(store, key) == data
 
