@@ -113,6 +113,7 @@ class _Http:
         self._access = settings.access_key.get_secret_value() if settings.access_key else ""
         self._secret = settings.secret_key.get_secret_value() if settings.secret_key else ""
         self._region = settings.region or "us-east-1"
+        self._signing_day, self._signing_key = "", b""
         self._timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=read_timeout)
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -165,10 +166,12 @@ class _Http:
                                ";".join(names), "UNSIGNED-PAYLOAD"])
         scope = f"{day}/{self._region}/s3/aws4_request"
         to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-        signing = f"AWS4{self._secret}".encode()
-        for part in (day, self._region, "s3", "aws4_request"):
-            signing = hmac.digest(signing, part.encode(), "sha256")
-        signature = hmac.new(signing, to_sign.encode(), "sha256").hexdigest()
+        if self._signing_day != day:  # the derived key changes once a day
+            signing = f"AWS4{self._secret}".encode()
+            for part in (day, self._region, "s3", "aws4_request"):
+                signing = hmac.digest(signing, part.encode(), "sha256")
+            self._signing_day, self._signing_key = day, signing
+        signature = hmac.new(self._signing_key, to_sign.encode(), "sha256").hexdigest()
         headers["authorization"] = (f"AWS4-HMAC-SHA256 Credential={self._access}/{scope}, "
                                     f"SignedHeaders={';'.join(names)}, Signature={signature}")
         return headers
