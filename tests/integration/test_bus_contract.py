@@ -46,7 +46,9 @@ async def drain(consumer: Consumer, want: int, timeout: float = 60.0, mark_done:
                     if mark_done:
                         consumer.done(record)
     except TimeoutError:
-        pytest.fail(f"{len(records)} of {want} records in {timeout:.0f} s; assigned {sorted(consumer.assignment())}")
+        got = sorted((r.partition, r.offset) for r in records)
+        pytest.fail(f"{consumer.group}: {len(records)} of {want} records in {timeout:.0f} s (partition, offset: "
+                    f"{got}); assigned {sorted(consumer.assignment())}")
     return records
 
 
@@ -118,6 +120,7 @@ async def test_each_group_gets_every_record(bus_and_topic: tuple[Bus, str]) -> N
     bus, topic = bus_and_topic
     async with bus.producer() as producer:
         await asyncio.gather(*[await producer.send(topic, f"k{i}".encode(), b"v") for i in range(20)])
+    assert await bus.backlog(f"nobody-{topic}", topic) == 20, "every acknowledged record is on the broker"
     for group in (f"store-{topic}", f"notify-{topic}"):  # new groups, as a new deployment's pools are
         async with bus.consumer(group, [topic]) as consumer:
             assert len(await drain(consumer, 20)) == 20
