@@ -128,20 +128,20 @@ class _Http:
                    data: bytes | None = None) -> aiohttp.ClientResponse:
         """The response to ``method`` on ``key``, its body still to be read or released; what S3 refuses is
         raised as the port's error (404: ``ObjectNotFound``)."""
-        path = self._path + quote(key, safe="/~")
+        encoded = quote(key, safe="/~")
         headers = dict(headers or {})
         if self._access:
-            headers = self._signed(method, path, query, headers)
+            headers = self._signed(method, self._path + encoded, query, headers)
         if self._session is None or self._loop is not asyncio.get_running_loop():  # a session lives on one loop
             self._session = aiohttp.ClientSession(timeout=self._timeout, skip_auto_headers=("Content-Type",),
                                                   read_bufsize=READ_CHUNK_BYTES)
             self._loop = asyncio.get_running_loop()
-        url = self._base + quote(key, safe="/~") + (f"?{query}" if query else "")
+        url = self._base + encoded + (f"?{query}" if query else "")
         try:
             response = await self._session.request(method, url, headers=headers,
                                                     data=None if data is None else _Body(data))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise ObjectStoreUnavailable(f"S3 unavailable for {key!r}: {type(exc).__name__} {exc}") from exc
+            raise _unavailable(key, exc) from exc
         if response.status < 300:
             return response
         body = b""
@@ -182,11 +182,16 @@ class _Http:
         self._session = None
 
 
+def _unavailable(key: str, exc: BaseException) -> ObjectStoreUnavailable:
+    """An aiohttp request that failed on the way: no connection, a timeout, a body cut short."""
+    return ObjectStoreUnavailable(f"S3 unavailable for {key!r}: {type(exc).__name__} {exc}")
+
+
 async def _body(response: aiohttp.ClientResponse, key: str) -> bytes:
     try:
         return await response.read()
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise ObjectStoreUnavailable(f"S3 unavailable for {key!r}: {type(exc).__name__} {exc}") from exc
+        raise _unavailable(key, exc) from exc
     finally:
         response.release()
 
@@ -197,7 +202,7 @@ async def _read_chunk(response: aiohttp.ClientResponse, key: str) -> bytes:
     try:
         return await response.content.readany()
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise ObjectStoreUnavailable(f"S3 unavailable for {key!r}: {type(exc).__name__} {exc}") from exc
+        raise _unavailable(key, exc) from exc
 
 
 def _release(response: aiohttp.ClientResponse) -> None:
