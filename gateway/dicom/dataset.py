@@ -36,7 +36,7 @@ def read_prefix(prefix: bytes, transfer_syntax: str, stop_before: int, complete:
                 stream,
                 is_implicit_VR=transfer_syntax == IMPLICIT_LITTLE,
                 is_little_endian=transfer_syntax != EXPLICIT_BIG,
-                stop_when=lambda tag, vr, length: tag >= stop_before,
+                stop_when=lambda tag, vr, length: tag.real >= stop_before,  # int's compare, not BaseTag's
             )
             if stream.tell() >= len(prefix) and not complete:
                 return None

@@ -9,9 +9,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 
@@ -87,11 +87,22 @@ class ProfileParameters:
     """Known study codes, compared on their first five characters as the archive does."""
 
 
+class Walked(NamedTuple):
+    """One standard element of a VR the rules check, with its values as text."""
+
+    vr: str
+    keyword: str
+    tag: int
+    values: tuple[str, ...]
+    where: str
+    """The sequence path leading to it, for messages ("" at the top level)."""
+
+
 @dataclass(frozen=True)
 class RuleContext:
     source: SourceContext
     parameters: ProfileParameters = ProfileParameters()
-    walked: dict[int, list[tuple[DataElement, str]]] = field(default_factory=dict, compare=False, repr=False)
+    walked: dict[int, list[Walked]] = field(default_factory=dict, compare=False, repr=False)
     """Each header's elements, walked once for every rule that checks them all (by ``id`` of the header,
     which outlives the context)."""
 

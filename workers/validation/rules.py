@@ -6,18 +6,27 @@ and integration engineers refer to it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
+from struct import calcsize
+from typing import Any
 
-from pydicom.dataelem import DataElement
+from pydicom._dicom_dict import DicomDictionary
+from pydicom.charset import default_encoding
+from pydicom.datadict import private_dictionary_VR
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException
+from pydicom.hooks import hooks
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
+from pydicom.values import converters
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
 from workers.validation import kanta, vr
 from workers.validation.header import text
-from workers.validation.model import Rule, RuleContext, Severity, Violation, rule
+from workers.validation.model import Rule, RuleContext, Severity, Violation, Walked, rule
 
 IDENTIFYING_UIDS = (
     "StudyInstanceUID",
@@ -119,40 +128,113 @@ def sop_class(ds: Dataset, context: RuleContext) -> Iterator[Violation]:
         yield Violation("SOPClassUID", f"SOPClassUID is {what}, not a known storage SOP Class")
 
 
-def _elements(ds: Dataset, context: RuleContext) -> list[tuple[DataElement, str]]:
-    """Every standard element, with the sequence path leading to it for messages; walked once per header."""
+CHECKED_VRS = frozenset({"DA", "TM", "DT", "PN", "CS", "AS", "UI"})
+_DEFAULT_REPERTOIRE = CHECKED_VRS - {"PN"}
+"""Values never decoded with the Specific Character Set (PS3.5 6.1.2.3): their raw bytes are read as pydicom
+would read them, without converting the element. Converting every element was most of validation's cost."""
+
+_CONVERTIBLE = frozenset(vr.value for vr in converters)
+_VALUE_SIZES = {vr.value: calcsize("=" + converter[1]) for vr, converter in converters.items()
+                if isinstance(converter, tuple)}
+
+
+def _elements(ds: Dataset, context: RuleContext) -> list[Walked]:
+    """Every standard element the VR rules check, nested ones included; walked once per header."""
     walked = context.walked.get(id(ds))
     if walked is None:
         walked = context.walked[id(ds)] = list(_walk(ds, ""))
     return walked
 
 
-def _walk(ds: Dataset, where: str) -> Iterator[tuple[DataElement, str]]:
-    for element in ds:
-        if element.tag.is_private or not element.keyword:
+def _walk(ds: Dataset, where: str) -> Iterator[Walked]:
+    """Also the check that every element converts, which the store stage relies on to quarantine a header pydicom
+    cannot read (a binary value of the wrong length, an unknown VR after a length that overran): sequences and
+    names are converted, the rest checked where pydicom's conversion would fail."""
+    elements = ds._dict
+    creators: dict[int, str] = {}
+    for tag in sorted(elements):
+        element = elements[tag]
+        public = not tag.group & 1 and tag in DicomDictionary
+        if isinstance(element, RawDataElement):
+            if element.VR is None and tag.group & 1:
+                vr = _implicit_private_vr(ds, tag, creators)
+            else:
+                found: dict[str, Any] = {}
+                hooks.raw_element_vr(element, found, ds=ds)
+                vr = found["VR"]
+            if vr in _DEFAULT_REPERTOIRE:
+                value = (element.value or b"").decode(default_encoding).rstrip(" \x00")
+                if public and value:
+                    values = value.split("\\")
+                    if vr == "UI":  # as pydicom's UID() does
+                        values = [uid.strip() for uid in values]
+                    yield Walked(vr, DicomDictionary[tag][4], tag, tuple(values), where)
+                continue
+            if vr not in ("SQ", "PN"):
+                _check_converts(element, vr)
+                continue
+            element = ds[tag]
+        if not public:
             continue
+        keyword = DicomDictionary[tag][4]
         if element.VR == "SQ":
             for index, item in enumerate(element.value):
-                yield from _walk(item, f"{where}{element.keyword}[{index}] > ")
-        else:
-            yield element, where
+                yield from _walk(item, f"{where}{keyword}[{index}] > ")
+        elif element.VR in CHECKED_VRS and not element.is_empty:
+            values = list(element.value) if isinstance(element.value, MultiValue) else [element.value]
+            yield Walked(element.VR, keyword, tag, tuple("" if v is None else str(v) for v in values), where)
+
+
+def _implicit_private_vr(ds: Dataset, tag: int, creators: dict[int, str]) -> str:
+    """The VR pydicom gives a private element read in implicit VR (``hooks._private_vr_for_tag``), with each
+    creator looked up once per data set and the private dictionary's answers cached: looking them up for every
+    element was half the walk of a header with many private elements."""
+    element = tag & 0xFFFF
+    if 0x10 <= element < 0x100:
+        return "LO"  # a private creator
+    if element & 0xFF00:
+        creator_tag = tag >> 16 << 16 | element >> 8
+        creator = creators.get(creator_tag)
+        if creator is None:
+            found = ds.get(creator_tag)
+            creator = creators[creator_tag] = str(found.value) if found is not None and found.value else ""
+        if creator:
+            return _private_dictionary_vr(int(tag), creator)
+    return "UN"
+
+
+@functools.lru_cache(maxsize=4096)
+def _private_dictionary_vr(tag: int, creator: str) -> str:
+    try:
+        return private_dictionary_VR(tag, creator)
+    except KeyError:
+        return "UN"
+
+
+def _check_converts(element: RawDataElement, vr: str) -> None:
+    """Raise where pydicom's conversion of the element would (the message names the tag, never the value)."""
+    if vr not in _CONVERTIBLE:
+        raise NotImplementedError(f"unknown value representation in tag {element.tag}")
+    size = _VALUE_SIZES.get(vr)
+    if size and element.value and len(element.value) % size:
+        raise BytesLengthException(f"{vr} value of tag {element.tag} is not a whole number of values")
 
 
 def _vr_rule(code: str, value_representation: str, severity: Severity, check: Callable[[str], str | None]) -> Rule:
     """A rule checking every value of every element with this VR, nested ones included."""
 
     def check_values(ds: Dataset, context: RuleContext) -> Iterator[Violation]:
-        for element, where in _elements(ds, context):
-            if value_representation != element.VR or element.is_empty:
+        for element in _elements(ds, context):
+            if value_representation != element.vr:
                 continue
-            if where == "" and value_representation == "UI" and element.keyword in IDENTIFYING_UIDS:
+            if element.where == "" and value_representation == "UI" and element.keyword in IDENTIFYING_UIDS:
                 continue
-            values = list(element.value) if isinstance(element.value, MultiValue) else [element.value]
-            for index, value in enumerate(values):
-                problem = check(str(value)) if value is not None and str(value) else None
+            for index, value in enumerate(element.values):
+                problem = check(value) if value else None
                 if problem:
-                    position = f" value {index + 1}" if len(values) > 1 else ""
-                    yield Violation(element.keyword, f"{where}{element.keyword}{position} {problem}", element.tag)
+                    position = f" value {index + 1}" if len(element.values) > 1 else ""
+                    yield Violation(element.keyword, f"{element.where}{element.keyword}{position} {problem}",
+                                    element.tag)
 
     return rule(code, severity)(check_values)
 
