@@ -17,6 +17,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pydicom
@@ -80,8 +81,8 @@ def main() -> None:
             rounds: dict[bool, list[float]] = {False: [], True: []}
             for _ in range(5):
                 for convert_all in (False, True):
-                    rounds[convert_all].append(cpu_ms(
-                        lambda: header_work(data, transfer_syntax, profile, convert_all), options.repeats // 5))
+                    work = partial(header_work, data, transfer_syntax, profile, convert_all)
+                    rounds[convert_all].append(cpu_ms(work, options.repeats // 5))
             ours, converted = statistics.median(rounds[False]), statistics.median(rounds[True])
             print(f"| {name} | {elements} | {encoding} | {len(data)} | {ours:.3f} | {converted:.3f} "
                   f"| {ours / converted:.2f} |")
