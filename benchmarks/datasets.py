@@ -7,11 +7,15 @@ environment on) accepts them. Files are generated once per kind and reused by la
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -34,6 +38,9 @@ class Kind:
     modality: str
     rows: int
     columns: int
+    modality_header: str = ""
+    """A pydicom test file whose other elements (private groups included) join the header, as a real modality's
+    header carries hundreds; identity, UIDs and the image pixel module stay the synthetic ones."""
 
     @property
     def pixel_bytes(self) -> int:
@@ -43,6 +50,7 @@ class Kind:
 KINDS = {
     "ct": Kind("ct", CT_IMAGE_STORAGE, "CT", 512, 512),  # 0.5 MB, the common case
     "tiny": Kind("tiny", SECONDARY_CAPTURE, "OT", 64, 80),  # 10 KB, per-instance overhead
+    "ct-real": Kind("ct-real", CT_IMAGE_STORAGE, "CT", 512, 512, "CT_small.dcm"),  # ct with a real CT's header
     "dx": Kind("dx", DIGITAL_XRAY, "DX", 2048, 2560),  # 10 MB radiograph
     "mammo": Kind("mammo", DIGITAL_MAMMOGRAPHY, "MG", 4096, 6144),  # 50 MB
 }
@@ -85,8 +93,26 @@ def _instance(kind: Kind, n: int, study: int, study_uid: str, series_uid: str) -
     ds.Modality, ds.SeriesNumber, ds.InstanceNumber = kind.modality, 1, n + 1
     ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = kind.rows, kind.columns, 16, 16, 15
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = 1, "MONOCHROME2", 0
+    if kind.modality_header:
+        for element in _modality_header(kind.modality_header):
+            if element.tag not in ds and element.tag.group not in _KEPT_GROUPS and element.tag not in _KEPT:
+                ds.add(copy.deepcopy(element))
     ds.PixelData = os.urandom(kind.pixel_bytes)
     return ds
+
+
+_KEPT_GROUPS = (0x0002, 0x0010, 0x0028, 0x7FE0)
+"""File meta, patient, image pixel module and pixel data: the synthetic instance's own."""
+_KEPT = frozenset({0x00080018, 0x0020000D, 0x0020000E, 0x00200052, 0x00080050, 0x00081030, 0x00321064,
+                   0x00080020, 0x00080030, 0x00200010, 0x00080090})
+"""SOP Instance, Study, Series and Frame of Reference UIDs, and the study's identity (fi-kanta checks it)."""
+
+
+@functools.cache
+def _modality_header(name: str) -> Dataset:
+    path = get_testdata_file(name)
+    assert isinstance(path, str), name
+    return dcmread(path, stop_before_pixels=True)
 
 
 def generate(kind: Kind, count: int, directory: Path, studies: int = 10) -> list[Path]:
