@@ -136,3 +136,17 @@ def build_into(target: Path, build: Callable[[Path], None], complete: Callable[[
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+_LONG_VRS = frozenset((b"OB", b"OW", b"SQ", b"UN", b"UT", b"UC", b"UR"))
+
+
+def explicit_element(tag: int, vr: bytes, value: bytes, length: int | None = None) -> bytes:
+    """One explicit VR little endian element, padded to even length unless ``length`` says otherwise."""
+    if length is None and len(value) % 2:
+        value += b"\0" if vr == b"UI" else b" "
+    size = len(value) if length is None else length
+    group, number = tag >> 16, tag & 0xFFFF
+    if vr in _LONG_VRS:
+        return struct.pack("<HH2sHI", group, number, vr, 0, size) + value
+    return struct.pack("<HH2sH", group, number, vr, size) + value

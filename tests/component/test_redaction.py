@@ -40,6 +40,7 @@ from gateway.settings import (
     StoreSettings,
     ValidationSettings,
 )
+from tests.helpers import explicit_element as element
 from tests.helpers import free_port
 
 VALID_HETU, BAD_HETU = b"010190-123M", b"010190-123X"
@@ -47,20 +48,8 @@ VALID_HETU, BAD_HETU = b"010190-123M", b"010190-123X"
 LEAK = re.compile(b"canary|" + b"CANARY".hex().encode() + b"|010190.{0,6}123", re.IGNORECASE)
 """The patient data of every data set below: as text, as hex (parsers quote bytes so) and the identity code."""
 CALLING_AE, KNOWN_CODE = "LEAKTEST", b"AB1CD"
-_LONG_VRS = frozenset((b"OB", b"OW", b"SQ", b"UN", b"UT", b"UC", b"UR"))
 _NOISY = ("aiokafka", "kafka", "pynetdicom", "aiohttp.access", "pydicom")
 """The loggers ``logs.configure`` sets levels on."""
-
-
-def element(tag: int, vr: bytes, value: bytes, length: int | None = None) -> bytes:
-    """One explicit VR little endian element, padded to even length unless ``length`` says otherwise."""
-    if length is None and len(value) % 2:
-        value += b"\0" if vr == b"UI" else b" "
-    size = len(value) if length is None else length
-    group, number = tag >> 16, tag & 0xFFFF
-    if vr in _LONG_VRS:
-        return struct.pack("<HH2sHI", group, number, vr, 0, size) + value
-    return struct.pack("<HH2sH", group, number, vr, size) + value
 
 
 def sequence(tag: int, item: bytes) -> bytes:

@@ -15,6 +15,7 @@ from pydicom.errors import BytesLengthException
 from pydicom.uid import ExplicitVRLittleEndian
 
 from gateway.dicom.dataset import IMPLICIT_LITTLE, PIXEL_DATA, encode, read_prefix
+from tests.helpers import explicit_element
 from workers.validation import RULES, Finding, RuleContext, Severity, SourceContext
 
 Put = Callable[[Dataset, str, Any], None]
@@ -245,12 +246,6 @@ def test_headers_as_received_get_the_same_findings(
         assert RULES[code].findings(received, recontext(context) if recontext else context) == expected
 
 
-def _raw_element(tag: int, vr: bytes, value: bytes) -> bytes:
-    """Explicit VR little endian with a 2-byte length."""
-    return (tag >> 16).to_bytes(2, "little") + (tag & 0xFFFF).to_bytes(2, "little") + vr + len(value).to_bytes(
-        2, "little") + value
-
-
 @pytest.mark.parametrize(("tag", "vr", "value"), [
     (0x00189087, b"FD", b"123456"),  # Diffusion b-value, 6 bytes of an 8-byte value
     (0x00291010, b"US", b"\x01\x02\x03"),  # a private one: pydicom cannot read it either
@@ -263,7 +258,8 @@ def test_values_pydicom_cannot_convert_fail_the_vr_rules(tag: int, vr: bytes, va
     before, after = Dataset(), Dataset()
     for element in header:
         (before if element.tag < tag else after).add(element)
-    data = encode(before, EXPLICIT_LITTLE) + _raw_element(tag, vr, value) + encode(after, EXPLICIT_LITTLE)
+    unpadded = explicit_element(tag, vr, value, len(value))  # an odd length is part of what is wrong
+    data = encode(before, EXPLICIT_LITTLE) + unpadded + encode(after, EXPLICIT_LITTLE)
     read = read_prefix(data, EXPLICIT_LITTLE, PIXEL_DATA, complete=True)
     assert read is not None
     with pytest.raises((BytesLengthException, NotImplementedError)) as raised:
