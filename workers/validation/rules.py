@@ -133,8 +133,8 @@ _DEFAULT_REPERTOIRE = CHECKED_VRS - {"PN"}
 """Values never decoded with the Specific Character Set (PS3.5 6.1.2.3): their raw bytes are read as pydicom
 would read them, without converting the element. Converting every element was most of validation's cost."""
 
-_CONVERTIBLE = frozenset(vr.value for vr in converters)
-_VALUE_SIZES = {vr.value: calcsize("=" + converter[1]) for vr, converter in converters.items()
+_CONVERTIBLE = frozenset(representation.value for representation in converters)
+_VALUE_SIZES = {representation.value: calcsize("=" + converter[1]) for representation, converter in converters.items()
                 if isinstance(converter, tuple)}
 
 
@@ -154,24 +154,25 @@ def _walk(ds: Dataset, where: str) -> Iterator[Walked]:
     creators: dict[int, str] = {}
     for tag in sorted(elements):
         element = elements[tag]
-        public = not tag.group & 1 and tag in DicomDictionary
+        private = tag.group & 1
+        public = not private and tag in DicomDictionary
         if isinstance(element, RawDataElement):
-            if element.VR is None and tag.group & 1:
-                vr = _implicit_private_vr(ds, tag, creators)
+            if element.VR is None and private:
+                representation = _implicit_private_vr(ds, tag, creators)
             else:
                 found: dict[str, Any] = {}
                 hooks.raw_element_vr(element, found, ds=ds)
-                vr = found["VR"]
-            if vr in _DEFAULT_REPERTOIRE:
+                representation = found["VR"]
+            if representation in _DEFAULT_REPERTOIRE:
                 value = (element.value or b"").decode(default_encoding).rstrip(" \x00")
                 if public and value:
                     values = value.split("\\")
-                    if vr == "UI":  # as pydicom's UID() does
+                    if representation == "UI":  # as pydicom's UID() does
                         values = [uid.strip() for uid in values]
-                    yield Walked(vr, DicomDictionary[tag][4], tag, tuple(values), where)
+                    yield Walked(representation, DicomDictionary[tag][4], tag, tuple(values), where)
                 continue
-            if vr not in ("SQ", "PN"):
-                _check_converts(element, vr)
+            if representation not in ("SQ", "PN"):
+                _check_converts(element, representation)
                 continue
             element = ds[tag]
         if not public:
@@ -211,13 +212,13 @@ def _private_dictionary_vr(tag: int, creator: str) -> str:
         return "UN"
 
 
-def _check_converts(element: RawDataElement, vr: str) -> None:
+def _check_converts(element: RawDataElement, representation: str) -> None:
     """Raise where pydicom's conversion of the element would (the message names the tag, never the value)."""
-    if vr not in _CONVERTIBLE:
+    if representation not in _CONVERTIBLE:
         raise NotImplementedError(f"unknown value representation in tag {element.tag}")
-    size = _VALUE_SIZES.get(vr)
+    size = _VALUE_SIZES.get(representation)
     if size and element.value and len(element.value) % size:
-        raise BytesLengthException(f"{vr} value of tag {element.tag} is not a whole number of values")
+        raise BytesLengthException(f"{representation} value of tag {element.tag} is not a whole number of values")
 
 
 def _vr_rule(code: str, value_representation: str, severity: Severity, check: Callable[[str], str | None]) -> Rule:
